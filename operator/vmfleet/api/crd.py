@@ -1,0 +1,84 @@
+"""CustomResourceDefinitions built from the schema in schema.py; `vmfleet crds` writes them to crds/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schema import API_VERSION, CATEGORY, GROUP, KINDS, VERSION, Kind, Rule, Schema
+
+RULES_KEY = "x-vmfleet-rules"
+
+
+def openapi(schema: Schema) -> Schema:
+    """The schema as the apiserver takes it: Python rules become CEL `x-kubernetes-validations`."""
+    if isinstance(schema, dict):
+        out: Schema = {}
+        for key, value in schema.items():
+            if key == RULES_KEY:
+                out["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in value]
+            else:
+                out[key] = openapi(value)
+        return out
+    if isinstance(schema, list):
+        return [openapi(v) for v in schema]
+    return schema
+
+
+def root_schema(kind: Kind) -> Schema:
+    """The whole object's schema, with rules at the root (those may read metadata.name)."""
+    schema: Schema = {
+        "type": "object",
+        "description": f"{kind.kind} ({API_VERSION}).",
+        "properties": {
+            "apiVersion": {"type": "string", "description": "vmfleet.io/v1alpha1"},
+            "kind": {"type": "string", "description": kind.kind},
+            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "spec": kind.spec,
+            "status": kind.status,
+        },
+        "required": ["spec"],
+    }
+    if kind.root_rules:
+        schema[RULES_KEY] = list(kind.root_rules)
+    return schema
+
+
+def crd(kind: Kind) -> dict[str, Any]:
+    subresources: dict[str, Any] = {"status": {}}
+    if kind.scale:
+        subresources["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced" if kind.namespaced else "Cluster",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
+                "categories": [CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": openapi(root_schema(kind))},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": list(kind.printer_columns),
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name in crds/ -> CRD object."""
+    return {f"{k.plural}.{GROUP}.yaml": crd(k) for k in KINDS.values()}
+
+
+__all__ = ["Rule", "all_crds", "crd", "openapi", "root_schema"]

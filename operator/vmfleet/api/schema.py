@@ -1,0 +1,484 @@
+"""The vmfleet.io/v1alpha1 API, written once: the CRDs in crds/ and the standalone validator both come from here.
+
+Rules that span fields are written twice on purpose, side by side: as CEL for the apiserver and as a
+Python predicate for standalone mode. tests/test_api_schema.py checks that crds/ is generated from this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+GROUP = "vmfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+CATEGORY = "vmfleet"
+
+# DNS-1123 label: what Kubernetes accepts as a name, and safe in a file name and a libvirt domain name.
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Path segments may not start with a dot: that rules out "." and ".." (and hidden files) in one stroke.
+_SEGMENT = r"[A-Za-z0-9_+@%=:,-][A-Za-z0-9_+@%=:,.-]*"
+ABSOLUTE_PATH_PATTERN = rf"^(/{_SEGMENT})+/?$"
+RELATIVE_PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*$"
+HOSTNAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
+LIBVIRT_URI_PATTERN = r"^(qemu(\+ssh|\+tcp|\+tls|\+unix)?|test)://[^\s'\"`$;&|<>\\]*$"
+# A fleet name leaves room for "-<ordinal>" inside a 63-character name.
+MAX_FLEET_NAME = 52
+MAX_REPLICAS = 5000
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule over one object: `cel` for the apiserver, `check` for standalone mode; same meaning."""
+
+    cel: str
+    message: str
+    check: Callable[[dict[str, Any]], bool]
+
+
+Schema = dict[str, Any]
+
+
+def string(description: str, **extra: Any) -> Schema:
+    return {"type": "string", "description": description, **extra}
+
+
+def integer(description: str, minimum: int | None = None, maximum: int | None = None, **extra: Any) -> Schema:
+    schema: Schema = {"type": "integer", "description": description, **extra}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def boolean(description: str, **extra: Any) -> Schema:
+    return {"type": "boolean", "description": description, **extra}
+
+
+def array(description: str, items: Schema, **extra: Any) -> Schema:
+    return {"type": "array", "description": description, "items": items, **extra}
+
+
+def obj(
+    description: str,
+    properties: dict[str, Schema],
+    required: tuple[str, ...] = (),
+    rules: tuple[Rule, ...] = (),
+    **extra: Any,
+) -> Schema:
+    schema: Schema = {"type": "object", "description": description, "properties": properties, **extra}
+    if required:
+        schema["required"] = list(required)
+    if rules:
+        schema["x-vmfleet-rules"] = list(rules)
+    return schema
+
+
+def name_field(description: str) -> Schema:
+    return string(description, pattern=NAME_PATTERN, maxLength=63)
+
+
+def reference(kind: str) -> Schema:
+    return obj(f"Refers to a {kind} by name.", {"name": name_field(f"Name of the {kind}.")}, required=("name",))
+
+
+def secret_reference(description: str) -> Schema:
+    return obj(
+        description,
+        {
+            "name": name_field("Name of the Secret."),
+            "namespace": name_field("Namespace of the Secret."),
+        },
+        required=("name", "namespace"),
+    )
+
+
+def _condition() -> Schema:
+    return obj(
+        "One observation of the object's state, as in Kubernetes API conventions.",
+        {
+            "type": string("Ready, Reconciling, Stalled or Degraded."),
+            "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string("One CamelCase word a program can match on."),
+            "message": string("What happened, for a human."),
+            "lastTransitionTime": string("When status last changed.", format="date-time"),
+            "observedGeneration": integer("The generation of the spec this condition speaks of.", 0),
+        },
+        required=("type", "status"),
+    )
+
+
+def conditions() -> Schema:
+    return array(
+        "Conditions: Ready, Reconciling, Stalled, Degraded.",
+        _condition(),
+        **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+def observed_generation() -> Schema:
+    return integer("The metadata.generation this status was computed from.", 0)
+
+
+def _has(field: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda o: field in o
+
+
+# ---------------------------------------------------------------- CloneStore
+
+STORE_DRIVERS = ["sonas", "gpfs", "reflink", "qcow2"]
+REMOTE_DRIVERS = ("sonas", "gpfs")
+
+CLONE_STORE_SPEC = obj(
+    "Where template images and their clones live, and how clones are made.",
+    {
+        "driver": string(
+            "How clones are made: sonas (mkclone over SSH), gpfs (mmclone over SSH), "
+            "reflink (FICLONE on a local XFS or btrfs), qcow2 (qemu-img overlays in a local directory).",
+            enum=STORE_DRIVERS,
+        ),
+        "root": string(
+            "Absolute path on the storage under which parents and clones are kept "
+            "(the server-side path for sonas and gpfs).",
+            pattern=ABSOLUTE_PATH_PATTERN,
+            maxLength=1024,
+        ),
+        "localPath": string(
+            "Where `root` is mounted for the operator (the NFS export, for sonas). Defaults to `root`.",
+            pattern=ABSOLUTE_PATH_PATTERN,
+            maxLength=1024,
+        ),
+        "ssh": obj(
+            "How the operator reaches the storage's management or GPFS node (sonas and gpfs only).",
+            {
+                "host": string("Host name or address.", pattern=HOSTNAME_PATTERN, maxLength=253),
+                "port": integer("TCP port.", 1, 65535, default=22),
+                "user": string("CLI or shell user.", pattern=r"^[a-z_][a-z0-9_-]*$", maxLength=32),
+                "secretRef": secret_reference(
+                    "Secret holding `ssh-privatekey` and `known_hosts`; host keys are always verified."
+                ),
+                "commandTimeoutSeconds": integer("How long one storage command may take.", 1, 3600, default=60),
+            },
+            required=("host", "user", "secretRef"),
+        ),
+        "maxCloneDepth": integer(
+            "Longest clone chain allowed on the storage (0 = no limit); longer chains are redirected.", 0, 64, default=0
+        ),
+        "concurrency": integer("How many storage operations run at once.", 1, 256, default=8),
+    },
+    required=("driver", "root"),
+    rules=(
+        Rule(
+            "self.driver in ['sonas', 'gpfs'] ? has(self.ssh) : !has(self.ssh)",
+            "spec.ssh is required for the sonas and gpfs drivers and not allowed for reflink and qcow2",
+            lambda o: ("ssh" in o) == (o.get("driver") in REMOTE_DRIVERS),
+        ),
+        Rule(
+            "self.driver != 'sonas' || has(self.localPath)",
+            "spec.localPath is required for the sonas driver (space is read through the NFS export)",
+            lambda o: o.get("driver") != "sonas" or "localPath" in o,
+        ),
+    ),
+)
+
+CLONE_STORE_STATUS = obj(
+    "What the operator last saw of the store.",
+    {"observedGeneration": observed_generation(), "conditions": conditions()},
+)
+
+# ---------------------------------------------------------------- KvmHost
+
+KVM_HOST_SPEC = obj(
+    "One libvirt endpoint on which fleets place their VMs; metadata.labels are matched by hostSelector.",
+    {
+        "uri": string(
+            "libvirt connection URI: qemu:///system, qemu+ssh://user@host/system, test:///default.",
+            pattern=LIBVIRT_URI_PATTERN,
+            maxLength=1024,
+        ),
+        "domainType": string(
+            "kvm for hardware virtualisation, qemu for software emulation (TCG).", enum=["kvm", "qemu"], default="kvm"
+        ),
+        "capacity": obj(
+            "What fleets may use on this host; defaults to what libvirt reports for the node.",
+            {
+                "vcpus": integer("Virtual CPUs.", 1, 65536),
+                "memoryMiB": integer("Memory in MiB.", 64, 1 << 30),
+            },
+        ),
+        "storeMounts": array(
+            "Where this host mounts each store's root; a store not listed is mounted at its `root`.",
+            obj(
+                "One store mount.",
+                {
+                    "store": name_field("Name of the CloneStore."),
+                    "path": string("Absolute path of the store's root on this host.", pattern=ABSOLUTE_PATH_PATTERN),
+                },
+                required=("store", "path"),
+            ),
+            maxItems=64,
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["store"]},
+        ),
+        "consoleLogDir": string(
+            "Directory on the host where each VM's serial console is logged as <domain>.log.",
+            pattern=ABSOLUTE_PATH_PATTERN,
+            maxLength=1024,
+        ),
+    },
+    required=("uri",),
+)
+
+KVM_HOST_STATUS = obj(
+    "What the operator last saw of the host.",
+    {
+        "observedGeneration": observed_generation(),
+        "conditions": conditions(),
+        "domains": integer("Domains defined on the host.", 0),
+    },
+)
+
+# ---------------------------------------------------------------- VmTemplate
+
+PROFILES = ["linux-virtio", "windows-legacy"]
+
+VM_TEMPLATE_SPEC = obj(
+    "A golden image on a CloneStore and the defaults of every VM cloned from it.",
+    {
+        "storeRef": reference("CloneStore"),
+        "image": obj(
+            "The template image.",
+            {
+                "path": string(
+                    "Path of the image relative to the store's root; no '..', no leading '/'.",
+                    pattern=RELATIVE_PATH_PATTERN,
+                    maxLength=1024,
+                ),
+                "format": string("Disk format of the image.", enum=["raw", "qcow2"], default="raw"),
+            },
+            required=("path",),
+        ),
+        "profile": string(
+            "Device profile: linux-virtio (virtio disk and NIC) or windows-legacy (SATA disk, e1000 NIC), "
+            "for guests without virtio drivers such as Windows Server 2008 R2.",
+            enum=PROFILES,
+            default="linux-virtio",
+        ),
+        "vcpus": integer("Virtual CPUs of each VM.", 1, 256, default=1),
+        "memoryMiB": integer("Memory of each VM in MiB.", 16, 4194304, default=1024),
+        "machineType": string(
+            "QEMU machine type (q35, pc, pc-q35-7.2, ...); defaults to q35, or pc for windows-legacy.",
+            pattern=r"^[a-z0-9][a-z0-9._-]*$",
+            maxLength=64,
+        ),
+        "firmware": string("bios (SeaBIOS) or uefi (OVMF).", enum=["bios", "uefi"], default="bios"),
+        "network": string(
+            "libvirt network each VM's NIC joins; no NIC when unset.", pattern=r"^[A-Za-z0-9_.-]+$", maxLength=64
+        ),
+    },
+    required=("storeRef", "image"),
+)
+
+VM_TEMPLATE_STATUS = obj(
+    "The template's read-only clone parent.",
+    {
+        "observedGeneration": observed_generation(),
+        "conditions": conditions(),
+        "parent": obj(
+            "The read-only clone parent every clone of this template is made from.",
+            {
+                "path": string("Path of the parent relative to the store's root."),
+                "format": string("Disk format of the parent."),
+                "clones": integer("Clones that refer to this parent.", 0),
+                "preparedAt": string("When the parent was made.", format="date-time"),
+            },
+        ),
+    },
+)
+
+# ---------------------------------------------------------------- VmFleet
+
+_VM_OVERRIDE = obj(
+    "Settings for one VM that differ from the template's.",
+    {
+        "ordinal": integer("The VM's ordinal (its name is <fleet>-<ordinal>).", 0, MAX_REPLICAS - 1),
+        "vcpus": integer("Virtual CPUs.", 1, 256),
+        "memoryMiB": integer("Memory in MiB.", 16, 4194304),
+        "running": boolean("Whether this VM runs."),
+    },
+    required=("ordinal",),
+)
+
+VM_FLEET_SPEC = obj(
+    "A fleet of VMs, each booted from its own copy-on-write clone of a template.",
+    {
+        "templateRef": reference("VmTemplate in the fleet's namespace"),
+        "replicas": integer("How many VMs.", 0, MAX_REPLICAS, default=1),
+        "hostSelector": obj(
+            "Which KvmHosts the fleet may use; all hosts when empty.",
+            {
+                "matchLabels": {
+                    "type": "object",
+                    "description": "Labels a KvmHost must carry.",
+                    "additionalProperties": string("Label value.", maxLength=63),
+                    "maxProperties": 32,
+                }
+            },
+        ),
+        "placement": string(
+            "spread: as few VMs per host as possible; pack: fill one host before the next.",
+            enum=["spread", "pack"],
+            default="spread",
+        ),
+        "running": boolean("Whether the fleet's VMs run.", default=True),
+        "deletionPolicy": string(
+            "What happens to the clones when the fleet is deleted: Delete them, or Retain them on the storage.",
+            enum=["Delete", "Retain"],
+            default="Delete",
+        ),
+        "overrides": array(
+            "Per-VM settings, by ordinal.",
+            _VM_OVERRIDE,
+            maxItems=MAX_REPLICAS,
+            **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["ordinal"]},
+        ),
+    },
+    required=("templateRef",),
+)
+
+_CLONE_STATUS = obj(
+    "One VM of the fleet.",
+    {
+        "name": string("The VM's name, <fleet>-<ordinal>."),
+        "ordinal": integer("The VM's ordinal.", 0),
+        "host": string("The KvmHost the VM is placed on."),
+        "path": string("The clone's path relative to the store's root."),
+        "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
+        "logicalBytes": integer("The clone's size as the guest sees it.", 0),
+        "allocatedBytes": integer("Bytes that belong to this clone alone: what deleting it frees.", 0),
+    },
+    required=("name", "ordinal"),
+)
+
+VM_FLEET_STATUS = obj(
+    "What the fleet looks like now.",
+    {
+        "observedGeneration": observed_generation(),
+        "conditions": conditions(),
+        "replicas": integer("VMs that exist (a clone and a domain).", 0),
+        "readyReplicas": integer("VMs in the state the spec asks for.", 0),
+        "logicalBytes": integer("Sum of the clones' logical sizes.", 0),
+        "allocatedBytes": integer("Sum of the clones' own bytes.", 0),
+        "savedBytes": integer("logicalBytes - allocatedBytes: what full copies would have cost on top.", 0),
+        "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
+        "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
+        "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),
+        "clones": array("One entry per VM, by ordinal.", _CLONE_STATUS, maxItems=MAX_REPLICAS + 1000),
+    },
+)
+
+
+def _metadata_name_rule(max_len: int) -> Rule:
+    return Rule(
+        f"self.metadata.name.size() <= {max_len}",
+        f"metadata.name must be at most {max_len} characters",
+        lambda o: len(o.get("metadata", {}).get("name", "")) <= max_len,
+    )
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    namespaced: bool
+    spec: Schema
+    status: Schema
+    printer_columns: tuple[dict[str, Any], ...] = ()
+    root_rules: tuple[Rule, ...] = ()
+    scale: bool = False
+
+
+def _column(name: str, path: str, type_: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
+    column = {"name": name, "type": type_, "jsonPath": path, "description": description or name}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+_AGE = _column("Age", ".metadata.creationTimestamp", "date")
+
+KINDS: dict[str, Kind] = {
+    k.kind: k
+    for k in (
+        Kind(
+            "CloneStore",
+            "clonestores",
+            "clonestore",
+            ("cst",),
+            False,
+            CLONE_STORE_SPEC,
+            CLONE_STORE_STATUS,
+            (
+                _column("Driver", ".spec.driver"),
+                _column("Root", ".spec.root"),
+                _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+                _AGE,
+            ),
+        ),
+        Kind(
+            "KvmHost",
+            "kvmhosts",
+            "kvmhost",
+            ("kvh",),
+            False,
+            KVM_HOST_SPEC,
+            KVM_HOST_STATUS,
+            (
+                _column("URI", ".spec.uri"),
+                _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+                _column("Domains", ".status.domains", "integer"),
+                _AGE,
+            ),
+        ),
+        Kind(
+            "VmTemplate",
+            "vmtemplates",
+            "vmtemplate",
+            ("vmt",),
+            True,
+            VM_TEMPLATE_SPEC,
+            VM_TEMPLATE_STATUS,
+            (
+                _column("Store", ".spec.storeRef.name"),
+                _column("Image", ".spec.image.path"),
+                _column("Profile", ".spec.profile"),
+                _column("Clones", ".status.parent.clones", "integer"),
+                _AGE,
+            ),
+        ),
+        Kind(
+            "VmFleet",
+            "vmfleets",
+            "vmfleet",
+            ("vmf",),
+            True,
+            VM_FLEET_SPEC,
+            VM_FLEET_STATUS,
+            (
+                _column("Desired", ".spec.replicas", "integer"),
+                _column("Ready", ".status.readyReplicas", "integer"),
+                _column("Allocated", ".status.allocatedBytes", "integer", description="Bytes the clones own"),
+                _column("Saved", ".status.savedBytes", "integer", description="Bytes saved against full copies"),
+                _column("Age", ".metadata.creationTimestamp", "date"),
+                _column("Template", ".spec.templateRef.name", priority=1),
+                _column("Placement", ".spec.placement", priority=1),
+                _column("Ratio", ".status.savingsRatio", "number", priority=1),
+                _column("Status", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
+            ),
+            root_rules=(_metadata_name_rule(MAX_FLEET_NAME),),
+            scale=True,
+        ),
+    )
+}

@@ -1,0 +1,94 @@
+"""Reading manifests from files and directories, and resolving what they refer to."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import yaml
+
+from ..api import CloneStore, FieldError, InvalidManifest, KvmHost, Resource, VmFleet, VmTemplate, validate
+from ..api.types import PARSERS
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(paths: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            out += sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(SUFFIXES))
+        elif os.path.isfile(path):
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    return out
+
+
+@dataclass(frozen=True)
+class Loaded:
+    doc: dict  # validated and defaulted, as the apiserver would store it
+    resource: Resource
+
+
+def load(paths: Iterable[str]) -> list[Loaded]:
+    """Every vmfleet object in the files; InvalidManifest lists every bad field of every object at once."""
+    resources: list[Loaded] = []
+    problems: list[str] = []
+    for path in manifest_files(paths):
+        with open(path, encoding="utf-8") as f:
+            try:
+                docs = list(yaml.safe_load_all(f))
+            except yaml.YAMLError as e:
+                problems.append(f"{path}: not valid YAML: {e}")
+                continue
+        for i, doc in enumerate(d for d in docs if d is not None):
+            try:
+                checked = validate(doc, f"{path}#{i + 1}")
+                resources.append(Loaded(checked, PARSERS[checked["kind"]].parse(checked)))
+            except InvalidManifest as e:
+                problems.append(str(e))
+    if problems:
+        raise InvalidManifest("the manifests", [FieldError("", p) for p in problems])
+    return resources
+
+
+@dataclass
+class World:
+    stores: dict[str, CloneStore] = field(default_factory=dict)
+    hosts: dict[str, KvmHost] = field(default_factory=dict)
+    templates: dict[tuple[str, str], VmTemplate] = field(default_factory=dict)
+    fleets: list[VmFleet] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, resources: Iterable[Resource]) -> "World":
+        world = cls()
+        for r in resources:
+            if isinstance(r, CloneStore):
+                world.stores[r.meta.name] = r
+            elif isinstance(r, KvmHost):
+                world.hosts[r.meta.name] = r
+            elif isinstance(r, VmTemplate):
+                world.templates[(r.meta.namespace or "default", r.meta.name)] = r
+            else:
+                world.fleets.append(r)
+        world.check_references()
+        return world
+
+    def check_references(self) -> None:
+        errors = []
+        for (ns, name), t in self.templates.items():
+            if t.store not in self.stores:
+                errors.append(FieldError(f"VmTemplate {ns}/{name}: spec.storeRef.name",
+                                         f"CloneStore {t.store!r} is not defined"))
+        for f in self.fleets:
+            key = (f.meta.namespace or "default", f.template)
+            if key not in self.templates:
+                errors.append(FieldError(f"VmFleet {key[0]}/{f.meta.name}: spec.templateRef.name",
+                                         f"VmTemplate {f.template!r} is not defined in namespace {key[0]}"))
+        if errors:
+            raise InvalidManifest("the manifests", errors)
+
+    def template_of(self, fleet: VmFleet) -> VmTemplate:
+        return self.templates[(fleet.meta.namespace or "default", fleet.template)]

@@ -1,0 +1,88 @@
+"""`vmfleet apply`: the operator's reconcile, run once over manifests from files, with no cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterable
+
+from ..api import CloneStore, KvmHost, VmFleet
+from ..engine import Runtime, reconcile_fleet, reconcile_template
+from ..engine.fleet import FleetResult, clone_count, now
+from ..engine.status import Event, condition
+from .manifests import Loaded, World
+
+
+def _log(kind: str, name: str, events: Iterable[Event]) -> None:
+    for e in events:
+        print(f"{e.type:7} {e.reason:18} {kind} {name}: {e.message}", file=sys.stderr)
+
+
+async def _host_status(runtime: Runtime, host: KvmHost) -> dict[str, Any]:
+    gen = host.meta.generation
+    try:
+        domains = await runtime.host(host).list_domains()
+    except Exception as e:  # noqa: BLE001 - reported as the condition
+        return {"observedGeneration": gen, "conditions": [condition("Ready", False, "Unreachable", str(e), gen,
+                                                                    None, now())]}
+    return {"observedGeneration": gen, "domains": len(domains),
+            "conditions": [condition("Ready", True, "Connected", f"{host.uri}: {len(domains)} domain(s)", gen,
+                                     None, now())]}
+
+
+def _store_status(store: CloneStore) -> dict[str, Any]:
+    gen = store.meta.generation
+    ok = os.path.isdir(store.local_path)
+    message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
+    return {"observedGeneration": gen,
+            "conditions": [condition("Ready", ok, "Reachable" if ok else "RootMissing", message, gen, None, now())]}
+
+
+def plan_text(fleet: VmFleet, result: FleetResult) -> str:
+    lines = [f"VmFleet {fleet.meta.namespace}/{fleet.meta.name}: {len(result.plan.actions)} action(s)"]
+    for a in result.plan.actions:
+        who = fleet.vm_name(a.ordinal) if a.ordinal is not None else "(template)"
+        lines.append(f"  {a.op.value:15} {who:20} {a.host or '':12} {a.why}")
+    for p in result.plan.problems:
+        lines.append(f"  ! {p.severity.value}/{p.reason}: {p.message}")
+    return "\n".join(lines)
+
+
+async def apply(loaded: list[Loaded], dry_run: bool = False) -> tuple[list[dict[str, Any]], list[FleetResult]]:
+    """Converge every fleet in the manifests; the objects with their status, in input order."""
+    world = World.of(item.resource for item in loaded)
+    runtime = Runtime()
+    statuses: dict[int, dict[str, Any]] = {}
+    results: list[FleetResult] = []
+    try:
+        by_id = {id(item.resource): i for i, item in enumerate(loaded)}
+        hosts = list(world.hosts.values())
+        for fleet in world.fleets:
+            template = world.template_of(fleet)
+            result = await reconcile_fleet(runtime, fleet, template, world.stores[template.store], hosts,
+                                           dry_run=dry_run)
+            _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
+            statuses[by_id[id(fleet)]] = result.status
+            results.append(result)
+        for (ns, name), template in world.templates.items():
+            if dry_run:
+                continue
+            count = sum(clone_count(r.status) for f, r in zip(world.fleets, results) if world.template_of(f) is template)
+            status, events = await reconcile_template(runtime, template, world.stores[template.store], count, None)
+            _log("VmTemplate", f"{ns}/{name}", events)
+            statuses[by_id[id(template)]] = status
+        for host in hosts:
+            statuses[by_id[id(host)]] = await _host_status(runtime, host)
+        for store in world.stores.values():
+            statuses[by_id[id(store)]] = _store_status(store)
+    finally:
+        await runtime.close()
+    objects = []
+    for i, item in enumerate(loaded):
+        obj = dict(item.doc)
+        obj["status"] = statuses.get(i, {})
+        objects.append(obj)
+    return objects, results
+
+
+__all__ = ["apply", "plan_text"]

@@ -1,0 +1,54 @@
+"""Running a plan: the parent first, then each VM's chain of actions, many VMs at once but bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from ..planner import Action, Plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Actuator = Callable[[Action], Awaitable[None]]
+
+
+async def execute(plan: Plan, actuate: Actuator, concurrency: int) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for action in plan.parent_actions():
+        outcome = await _attempt(actuate, action)
+        outcomes.append(outcome)
+        if not outcome.ok:  # no parent, no clones: the VM chains would only fail the same way
+            return outcomes
+    limit = asyncio.Semaphore(concurrency)
+
+    async def chain(actions: list[Action]) -> list[Outcome]:
+        done = []
+        async with limit:
+            for action in actions:
+                outcome = await _attempt(actuate, action)
+                done.append(outcome)
+                if not outcome.ok:
+                    break
+        return done
+
+    for chain_outcomes in await asyncio.gather(*(chain(c) for c in plan.chains().values())):
+        outcomes.extend(chain_outcomes)
+    return outcomes
+
+
+async def _attempt(actuate: Actuator, action: Action) -> Outcome:
+    try:
+        await actuate(action)
+    except Exception as e:  # noqa: BLE001 - every failure becomes an event and a condition, never a crash
+        return Outcome(action, str(e) or type(e).__name__)
+    return Outcome(action)

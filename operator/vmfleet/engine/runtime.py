@@ -1,0 +1,40 @@
+"""Long-lived connections shared by every reconcile: one store driver per CloneStore, one libvirt
+connection per KvmHost, one lock per fleet so two passes over a fleet never overlap."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..api.types import CloneStore, KvmHost
+from ..hypervisor import LibvirtHost
+from ..storage import StoreDriver, make_driver
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
+        self._hosts: dict[str, LibvirtHost] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def store_driver(self, store: CloneStore) -> StoreDriver:
+        known = self._stores.get(store.meta.name)
+        if known is None or known[0] != store:
+            self._stores[store.meta.name] = (store, make_driver(store))
+        return self._stores[store.meta.name][1]
+
+    def host(self, host: KvmHost) -> LibvirtHost:
+        known = self._hosts.get(host.meta.name)
+        if known is None or known.uri != host.uri:
+            known = self._hosts[host.meta.name] = LibvirtHost(host.meta.name, host.uri)
+        return known
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def close(self) -> None:
+        for _, driver in self._stores.values():
+            await driver.close()
+        for host in self._hosts.values():
+            await host.close()
+        self._stores.clear()
+        self._hosts.clear()

@@ -1,0 +1,178 @@
+"""A fleet's status and Events, from what was observed, planned and done: what a human and kstatus read."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..planner import Observation, Op, Plan, Severity
+from ..storage import Space
+from .execute import Outcome
+
+if TYPE_CHECKING:
+    from .fleet import FleetScope
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+_DONE = {
+    Op.PREPARE_PARENT: ("ParentPrepared", "prepared the clone parent"),
+    Op.CREATE_CLONE: ("ClonesCreated", "created clone(s) for"),
+    Op.DEFINE: ("DomainsDefined", "defined domain(s) for"),
+    Op.START: ("DomainsStarted", "started"),
+    Op.STOP: ("DomainsStopped", "stopped"),
+    Op.UNDEFINE: ("DomainsUndefined", "undefined domain(s) of"),
+    Op.DELETE_CLONE: ("ClonesDeleted", "deleted clone(s) of"),
+}
+_FAILED = {
+    Op.PREPARE_PARENT: "PrepareParentFailed",
+    Op.CREATE_CLONE: "CreateCloneFailed",
+    Op.DEFINE: "DefineFailed",
+    Op.START: "StartFailed",
+    Op.STOP: "StopFailed",
+    Op.UNDEFINE: "UndefineFailed",
+    Op.DELETE_CLONE: "DeleteCloneFailed",
+}
+_LISTED = 5  # names listed in one message before "and N more"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+
+
+def events_for(
+    scope: "FleetScope",
+    plan: Plan,
+    outcomes: list[Outcome],
+    previous_status: Mapping[str, Any] | None,
+    status: Mapping[str, Any] | None,
+) -> list[Event]:
+    """One Event per kind of action done (not one per VM), one per failure, one per new problem."""
+    done: dict[Op, list[str]] = defaultdict(list)
+    events: list[Event] = []
+    for outcome in outcomes:
+        a = outcome.action
+        who = scope.fleet.vm_name(a.ordinal) if a.ordinal is not None else scope.parent
+        if outcome.ok:
+            done[a.op].append(who)
+        else:
+            where = f" on {a.host}" if a.host else ""
+            events.append(Event("Warning", _FAILED[a.op], f"{who}{where}: {outcome.error}"))
+    summary = []
+    for op, names in done.items():
+        reason, verb = _DONE[op]
+        detail = f"{verb} {len(names)} VM(s): {_names(names)}" if op is not Op.PREPARE_PARENT else (
+            f"{verb} {scope.parent} from {scope.template.image_path}")
+        summary.append(Event("Normal", reason, detail))
+    events = summary + events
+    before = _condition_messages(previous_status)
+    after = _condition_messages(status)
+    for kind in ("Stalled", "Degraded"):
+        if kind in after and after[kind] != before.get(kind):
+            for p in plan.problems:
+                if p.severity.value == kind:
+                    events.append(Event("Warning", p.reason, p.message))
+    return events
+
+
+def _condition_messages(status: Mapping[str, Any] | None) -> dict[str, str]:
+    return {
+        c["type"]: c.get("message", "")
+        for c in (status or {}).get("conditions", []) or []
+        if c.get("status") == "True"
+    }
+
+
+def condition(
+    type_: str, true: bool, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    status = "True" if true else "False"
+    old = next((c for c in (previous or {}).get("conditions", []) or [] if c.get("type") == type_), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def _summary(problems: list[str]) -> str:
+    return "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+
+
+def fleet_status(
+    scope: "FleetScope",
+    seen: Observation,
+    plan: Plan,
+    outcomes: list[Outcome],
+    space: Mapping[str, Space],
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    fleet = scope.fleet
+    wants = {w.ordinal: w for w in scope.wants()}
+    problem_state = {p.ordinal: ("Unknown" if p.reason == "HostUnreachable" else
+                                 "Lost" if p.reason == "CloneLost" else "Pending")
+                     for p in plan.problems if p.ordinal is not None}
+    clones: list[dict[str, Any]] = []
+    existing = ready = 0
+    logical = allocated = 0
+    for o in sorted(set(wants) | set(seen.clones) | set(seen.domains)):
+        domain = seen.domains.get(o)
+        entry: dict[str, Any] = {"name": fleet.vm_name(o), "ordinal": o}
+        host = domain.host if domain else plan.placement.get(o)
+        if host:
+            entry["host"] = host
+        path = scope.clone(o)
+        if o in seen.clones:
+            entry["path"] = path
+        entry["state"] = problem_state.get(o) or (domain.state if domain else "Pending")
+        if path in space:
+            entry["logicalBytes"] = space[path].logical
+            entry["allocatedBytes"] = space[path].allocated
+            logical += space[path].logical
+            allocated += space[path].allocated
+        if domain and o in seen.clones:
+            existing += 1
+            want = wants.get(o)
+            if want and want.running == domain.active and o not in problem_state:
+                ready += 1
+        clones.append(entry)
+
+    stalled = [p.message for p in plan.problems if p.severity is Severity.STALLED]
+    degraded = [p.message for p in plan.problems if p.severity is Severity.DEGRADED]
+    failures = [f"{o.action.op.value} {fleet.vm_name(o.action.ordinal) if o.action.ordinal is not None else ''}"
+                f": {o.error}" for o in outcomes if not o.ok]
+    degraded += failures
+    desired = fleet.replicas
+    all_ready = ready == desired and existing == desired and not stalled and not degraded
+    gen = fleet.meta.generation
+    stalled_reason = next((p.reason for p in plan.problems if p.severity is Severity.STALLED), "")
+    degraded_reason = next((p.reason for p in plan.problems if p.severity is Severity.DEGRADED), "ActionsFailed")
+    conditions = [
+        condition("Ready", all_ready, "AllReplicasReady" if all_ready else (stalled_reason or "ReplicasNotReady"),
+                  f"{ready}/{desired} VMs ready", gen, previous, now),
+        condition("Reconciling", not all_ready and not stalled,
+                  "Progressing" if not all_ready and not stalled else "Converged" if all_ready else "Stalled",
+                  f"{ready}/{desired} VMs ready; {len(plan.actions)} action(s) planned this pass", gen, previous, now),
+        condition("Stalled", bool(stalled), stalled_reason or "NotStalled", _summary(stalled), gen, previous, now),
+        condition("Degraded", bool(degraded), degraded_reason if degraded else "NotDegraded", _summary(degraded),
+                  gen, previous, now),
+    ]
+    return {
+        "observedGeneration": gen,
+        "conditions": conditions,
+        "replicas": existing,
+        "readyReplicas": ready,
+        "logicalBytes": logical,
+        "allocatedBytes": allocated,
+        "savedBytes": logical - allocated,
+        "savingsRatio": round((logical - allocated) / logical, 4) if logical else 0.0,
+        "measuredAt": now,
+        "parent": scope.parent,
+        "clones": clones,
+    }

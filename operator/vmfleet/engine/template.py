@@ -1,0 +1,52 @@
+"""A VmTemplate's clone parent: made once per image, counted, removed only when nothing refers to it."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..api.types import CloneStore, VmTemplate
+from ..storage import parent_path
+from .fleet import now
+from .runtime import Runtime
+from .status import Event, condition
+
+
+async def reconcile_template(
+    runtime: Runtime, template: VmTemplate, store: CloneStore, clones: int, previous: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[Event]]:
+    driver = runtime.store_driver(store)
+    parent = parent_path(template.image_path, template.image_format)
+    events: list[Event] = []
+    old = (previous or {}).get("parent") or {}
+    prepared_at = old.get("preparedAt") if old.get("path") == parent else None
+    t = now()
+    try:
+        if not await driver.exists(parent):
+            await driver.prepare_parent(template.image_path, template.image_format, parent)
+            events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))
+            prepared_at = t
+        ok, reason, message = True, "ParentReady", f"clone parent {parent} is ready"
+    except Exception as e:  # noqa: BLE001 - reported in status and as an event
+        ok, reason, message = False, "ParentFailed", str(e)
+        events.append(Event("Warning", reason, message))
+    status: dict[str, Any] = {
+        "observedGeneration": template.meta.generation,
+        "conditions": [condition("Ready", ok, reason, message, template.meta.generation, previous, t)],
+    }
+    if ok:
+        status["parent"] = {"path": parent, "format": template.image_format, "clones": clones,
+                            "preparedAt": prepared_at or t}
+    return status, events
+
+
+async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneStore, clones: int,
+                         shared_with_other_templates: bool) -> tuple[bool, Event]:
+    """Delete the template's parent if nothing refers to it; (released, what happened)."""
+    parent = parent_path(template.image_path, template.image_format)
+    if clones:
+        return False, Event("Warning", "ParentInUse",
+                            f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first")
+    if shared_with_other_templates:
+        return True, Event("Normal", "ParentKept", f"{parent} is kept: another template uses the same image")
+    await runtime.store_driver(store).delete(parent)
+    return True, Event("Normal", "ParentDeleted", f"deleted {parent}")

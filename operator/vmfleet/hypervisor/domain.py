@@ -1,0 +1,153 @@
+"""Domain XML from a VM's settings, and the vmfleet <metadata> that lets the operator recognise its domains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+
+METADATA_NS = "https://vmfleet.io/xmlns/domain/v1alpha1"
+METADATA_KEY = "vmfleet"
+
+# Device profiles: what the guest's drivers can talk to.
+PROFILES = {
+    "linux-virtio": {"disk_bus": "virtio", "disk_dev": "vda", "nic": "virtio", "machine": "q35", "clock": "utc"},
+    # Windows Server 2008 R2 and friends ship no virtio drivers: SATA disk, e1000 NIC, local-time clock.
+    "windows-legacy": {"disk_bus": "sata", "disk_dev": "sda", "nic": "e1000", "machine": "pc", "clock": "localtime"},
+}
+
+STATES = {
+    0: "Unknown",
+    1: "Running",
+    2: "Running",  # blocked on I/O: still running
+    3: "Paused",
+    4: "ShuttingDown",
+    5: "Stopped",
+    6: "Crashed",
+    7: "Suspended",
+}
+ACTIVE_STATES = {"Running", "Paused", "ShuttingDown", "Suspended"}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which fleet VM a domain is: stored in the domain's metadata."""
+
+    fleet_uid: str
+    namespace: str
+    fleet: str
+    ordinal: int
+    clone: str
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    profile: str
+    machine: str | None
+    firmware: str
+    disk_path: str
+    disk_format: str
+    network: str | None
+    console_log: str | None
+
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    state: str
+    vcpus: int
+    memory_mib: int
+    owner: Owner | None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def owner_xml(owner: Owner) -> str:
+    el = ET.Element(
+        "instance",
+        {
+            "fleet-uid": owner.fleet_uid,
+            "namespace": owner.namespace,
+            "fleet": owner.fleet,
+            "ordinal": str(owner.ordinal),
+            "clone": owner.clone,
+            "spec-hash": owner.spec_hash,
+        },
+    )
+    return ET.tostring(el, encoding="unicode")
+
+
+def parse_owner(xml: str | None) -> Owner | None:
+    """The Owner in a domain's vmfleet metadata; None for a domain vmfleet did not make."""
+    if not xml:
+        return None
+    try:
+        el = ET.fromstring(xml)
+        return Owner(
+            el.attrib["fleet-uid"],
+            el.attrib["namespace"],
+            el.attrib["fleet"],
+            int(el.attrib["ordinal"]),
+            el.attrib["clone"],
+            el.attrib.get("spec-hash", ""),
+        )
+    except (ET.ParseError, KeyError, ValueError):
+        return None
+
+
+def domain_xml(spec: DomainSpec, owner: Owner) -> str:
+    profile = PROFILES[spec.profile]
+    dom = ET.Element("domain", {"type": spec.domain_type})
+    _sub(dom, "name", spec.name)
+    meta = _sub(dom, "metadata")
+    ET.register_namespace(METADATA_KEY, METADATA_NS)
+    inst = ET.fromstring(owner_xml(owner))
+    inst.tag = f"{{{METADATA_NS}}}instance"
+    meta.append(inst)
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus))
+    os_attrs = {"firmware": "efi"} if spec.firmware == "uefi" else {}
+    os_el = _sub(dom, "os", **os_attrs)
+    _sub(os_el, "type", "hvm", arch="x86_64", machine=spec.machine or profile["machine"])
+    _sub(os_el, "boot", dev="hd")
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    _sub(dom, "clock", offset=profile["clock"])
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+    devices = _sub(dom, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=spec.disk_format, cache="none", discard="unmap")
+    _sub(disk, "source", file=spec.disk_path)
+    _sub(disk, "target", dev=profile["disk_dev"], bus=profile["disk_bus"])
+    if spec.network:
+        nic = _sub(devices, "interface", type="network")
+        _sub(nic, "source", network=spec.network)
+        _sub(nic, "model", type=profile["nic"])
+    serial = _sub(devices, "serial", type="pty")
+    if spec.console_log:
+        _sub(serial, "log", file=spec.console_log, append="off")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+    return ET.tostring(dom, encoding="unicode")

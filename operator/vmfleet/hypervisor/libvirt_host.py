@@ -1,0 +1,127 @@
+"""One libvirt endpoint: a single connection, reopened when it dies, every call run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, TypeVar
+
+import libvirt
+
+from ..api.types import Capacity
+from .domain import METADATA_KEY, METADATA_NS, DomainInfo, STATES, parse_owner
+
+T = TypeVar("T")
+
+# libvirt prints every error to stderr by default; the exceptions carry the same text.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class HostError(RuntimeError):
+    """A libvirt call failed; the message names the host and the call."""
+
+
+class LibvirtHost:
+    def __init__(self, name: str, uri: str):
+        self.name = name
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._drop()
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as e:
+                raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: {e}") from e
+            return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    async def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        def run() -> T:
+            conn = self._connection()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError as e:
+                raise HostError(f"KvmHost {self.name}: {what} failed: {e}") from e
+
+        return await asyncio.to_thread(run)
+
+    async def capacity(self) -> Capacity:
+        info = await self._call("getInfo", lambda c: c.getInfo())
+        return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
+
+    async def list_domains(self) -> list[DomainInfo]:
+        def collect(conn: libvirt.virConnect) -> list[DomainInfo]:
+            out = []
+            for dom in conn.listAllDomains(0):
+                try:
+                    state, max_kib, _mem, vcpus, _cpu = dom.info()
+                    out.append(DomainInfo(dom.name(), STATES.get(state, "Unknown"), vcpus, max_kib // 1024,
+                                          parse_owner(_metadata(dom))))
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
+                        raise
+            return out
+
+        return await self._call("listing domains", collect)
+
+    async def define(self, xml: str) -> None:
+        await self._call("defining a domain", lambda c: c.defineXML(xml))
+
+    async def start(self, name: str) -> None:
+        await self._call(f"starting {name}", lambda c: c.lookupByName(name).create())
+
+    async def stop(self, name: str) -> None:
+        def destroy(conn: libvirt.virConnect) -> None:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+
+        await self._call(f"stopping {name}", destroy)
+
+    async def undefine(self, name: str) -> None:
+        def undefine(conn: libvirt.virConnect) -> None:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
+            try:
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                dom.undefine()
+
+        await self._call(f"undefining {name}", undefine)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._drop)
+
+
+def _metadata(dom: Any) -> str | None:
+    try:
+        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+
+
+__all__ = ["HostError", "LibvirtHost", "METADATA_KEY"]

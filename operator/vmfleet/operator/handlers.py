@@ -1,0 +1,135 @@
+"""The kopf handlers: thin doors that gather the indices into a Catalog and call passes.py."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import kopf
+
+from ..api.schema import GROUP, VERSION
+from ..engine import Event, Runtime, clone_count
+from . import passes
+
+RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))
+FINALIZER = f"{GROUP}/finalizer"
+
+
+def plain(value: Any) -> Any:
+    """A detached copy of a kopf body (its views follow the live object)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = 20  # INFO: our Normal events are worth posting
+    settings.watching.server_timeout = 300
+    memo.runtime = Runtime()
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.runtime.close()
+
+
+# ---------------------------------------------------------------- indices: in-memory views of the API
+
+
+@kopf.index(GROUP, VERSION, "clonestores")
+def clonestores(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "kvmhosts")
+def kvmhosts(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
+    return {name: plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "vmtemplates")
+def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    return {(namespace, name): plain(body)}
+
+
+@kopf.index(GROUP, VERSION, "vmfleets")
+def fleet_clones(namespace: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
+    return {(namespace, spec.get("templateRef", {}).get("name", "")): clone_count(plain(status))}
+
+
+def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
+            fleet_clones: kopf.Index) -> passes.Catalog:
+    first = lambda store: next(iter(store))  # noqa: E731 - one object per name
+    templates = {key: first(store) for key, store in vmtemplates.items()}
+    return passes.Catalog(
+        stores={key: first(store) for key, store in clonestores.items()},
+        hosts=[first(store) for store in kvmhosts.values()],
+        templates=templates,
+        clones_by_template={key: sum(store) for key, store in fleet_clones.items()},
+        images_by_template={
+            key: (t["spec"]["storeRef"]["name"], t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))
+            for key, t in templates.items()
+        },
+    )
+
+
+def post(body: kopf.Body, events: list[Event]) -> None:
+    for e in events:
+        kopf.event(body, type=e.type, reason=e.reason, message=e.message)
+
+
+# ---------------------------------------------------------------- VmFleet
+
+
+@kopf.on.resume(GROUP, VERSION, "vmfleets")
+@kopf.on.create(GROUP, VERSION, "vmfleets")
+@kopf.on.update(GROUP, VERSION, "vmfleets", field="spec")
+@kopf.timer(GROUP, VERSION, "vmfleets", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw))
+    patch.status.update(result.status)
+    post(body, result.events)
+
+
+@kopf.on.delete(GROUP, VERSION, "vmfleets")
+async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    try:
+        result = await passes.fleet_delete_pass(memo.runtime, plain(body), _catalog(kw))
+    except passes.Unresolved as e:
+        raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=30) from e
+    post(body, result.events)
+    if not result.complete:
+        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying", delay=15)
+
+
+# ---------------------------------------------------------------- VmTemplate
+
+
+@kopf.on.resume(GROUP, VERSION, "vmtemplates")
+@kopf.on.create(GROUP, VERSION, "vmtemplates")
+@kopf.on.update(GROUP, VERSION, "vmtemplates", field="spec")
+@kopf.timer(GROUP, VERSION, "vmtemplates", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
+    patch.status.update(result.status)
+    post(body, result.events)
+
+
+@kopf.on.delete(GROUP, VERSION, "vmtemplates")
+async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    try:
+        released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
+    except passes.Unresolved as e:
+        released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
+    post(body, [event])
+    if not released:
+        raise kopf.TemporaryError(event.message, delay=30)
+
+
+def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
+    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"])

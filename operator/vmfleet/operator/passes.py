@@ -1,0 +1,125 @@
+"""What each kopf handler does, as plain functions over plain dicts: tests call these without a cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, parse
+from ..engine import Event, Runtime, TeardownResult, reconcile_fleet, reconcile_template, release_parent, teardown_fleet
+from ..engine.fleet import now
+from ..engine.status import condition
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Catalog:
+    """The objects a fleet or template refers to, as the operator's indices hold them."""
+
+    stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    hosts: list[Mapping[str, Any]] = field(default_factory=list)
+    templates: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
+    clones_by_template: Mapping[Key, int] = field(default_factory=dict)
+    images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class PassResult:
+    status: dict[str, Any]
+    events: list[Event]
+
+
+class Unresolved(Exception):
+    """A reference that does not resolve, or an object the API should not have accepted."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _hosts(catalog: Catalog) -> list[KvmHost]:
+    out = []
+    for body in catalog.hosts:
+        try:
+            out.append(KvmHost.parse(_valid(body)))
+        except Unresolved:
+            continue  # an invalid host is reported on the host, not on every fleet
+    return out
+
+
+def _valid(body: Mapping[str, Any]) -> dict[str, Any]:
+    from ..api import validate
+
+    try:
+        return validate(dict(body), "the API")
+    except InvalidManifest as e:
+        raise Unresolved("InvalidSpec", str(e)) from e
+
+
+def resolve_template(body: Mapping[str, Any], catalog: Catalog) -> tuple[VmTemplate, CloneStore]:
+    template = parse(_valid(body))
+    assert isinstance(template, VmTemplate)
+    store_body = catalog.stores.get(template.store)
+    if store_body is None:
+        raise Unresolved("StoreNotFound", f"spec.storeRef.name: CloneStore {template.store!r} does not exist")
+    return template, CloneStore.parse(_valid(store_body))
+
+
+def resolve_fleet(body: Mapping[str, Any], catalog: Catalog) -> tuple[VmFleet, VmTemplate, CloneStore, list[KvmHost]]:
+    fleet = parse(_valid(body))
+    assert isinstance(fleet, VmFleet)
+    key = (fleet.meta.namespace or "default", fleet.template)
+    template_body = catalog.templates.get(key)
+    if template_body is None:
+        raise Unresolved("TemplateNotFound",
+                         f"spec.templateRef.name: VmTemplate {fleet.template!r} does not exist in {key[0]}")
+    template, store = resolve_template(template_body, catalog)
+    return fleet, template, store, _hosts(catalog)
+
+
+def _stalled(body: Mapping[str, Any], reason: str, message: str) -> dict[str, Any]:
+    gen = int(body.get("metadata", {}).get("generation") or 1)
+    previous = body.get("status") or {}
+    t = now()
+    return {
+        "observedGeneration": gen,
+        "conditions": [
+            condition("Ready", False, reason, message, gen, previous, t),
+            condition("Reconciling", False, reason, message, gen, previous, t),
+            condition("Stalled", True, reason, message, gen, previous, t),
+        ],
+    }
+
+
+async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:
+    try:
+        fleet, template, store, hosts = resolve_fleet(body, catalog)
+    except Unresolved as e:
+        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))])
+    result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"))
+    return PassResult(result.status, result.events)
+
+
+async def fleet_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> TeardownResult:
+    fleet, template, store, hosts = resolve_fleet(body, catalog)
+    return await teardown_fleet(runtime, fleet, template, store, hosts)
+
+
+async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:
+    try:
+        template, store = resolve_template(body, catalog)
+    except Unresolved as e:
+        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))])
+    key = (template.meta.namespace or "default", template.meta.name)
+    status, events = await reconcile_template(runtime, template, store, catalog.clones_by_template.get(key, 0),
+                                              body.get("status"))
+    return PassResult(status, events)
+
+
+async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> tuple[bool, Event]:
+    template, store = resolve_template(body, catalog)
+    key = (template.meta.namespace or "default", template.meta.name)
+    image = (template.store, template.image_path, template.image_format)
+    shared = any(k != key and v == image for k, v in catalog.images_by_template.items())
+    return await release_parent(runtime, template, store, catalog.clones_by_template.get(key, 0), shared)

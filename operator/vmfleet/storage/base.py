@@ -1,0 +1,85 @@
+"""The storage interface every clone driver implements, and the layout of a store.
+
+Drivers take paths relative to the store's root; `layout` is the only place that makes them, and
+`StorePath.check` the only place that accepts them, so no `..` or absolute path reaches a driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from ..api.schema import RELATIVE_PATH_PATTERN
+
+PARTIAL_SUFFIX = ".partial"
+_RELATIVE = re.compile(RELATIVE_PATH_PATTERN)
+
+
+class StoreError(RuntimeError):
+    """A storage operation failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Space:
+    logical: int
+    allocated: int
+
+
+def check_relative(path: str) -> str:
+    """A path under the store's root, or StoreError: no '..', no leading '/', no odd characters."""
+    if not _RELATIVE.match(path) or len(path) > 4096:
+        raise StoreError(f"path {path!r} is not a plain relative path under the store root ({RELATIVE_PATH_PATTERN})")
+    return path
+
+
+def extension(disk_format: str) -> str:
+    return {"raw": ".img", "qcow2": ".qcow2"}[disk_format]
+
+
+def parent_path(image_path: str, image_format: str) -> str:
+    """The read-only clone parent of one template image: one per image, shared by all templates naming it."""
+    digest = hashlib.sha256(f"{image_path}\0{image_format}".encode()).hexdigest()[:12]
+    stem = image_path.rsplit("/", 1)[-1].split(".", 1)[0] or "image"
+    return f"vmfleet/parents/{stem}-{digest}{extension(image_format)}"
+
+
+def fleet_dir(namespace: str, fleet: str) -> str:
+    return f"vmfleet/clones/{namespace}/{fleet}"
+
+
+def clone_path(namespace: str, fleet: str, vm_name: str, disk_format: str) -> str:
+    return f"{fleet_dir(namespace, fleet)}/{vm_name}{extension(disk_format)}"
+
+
+class StoreDriver(Protocol):
+    """What the engine needs from a store. All paths are relative to the store's root."""
+
+    def clone_format(self, parent_format: str) -> str:
+        """The disk format of a clone made from a parent of this format."""
+        ...
+
+    async def exists(self, path: str) -> bool: ...
+
+    async def prepare_parent(self, image: str, image_format: str, parent: str) -> None:
+        """Make the read-only clone parent of `image` at `parent` (nothing if it exists)."""
+        ...
+
+    async def list_dir(self, directory: str) -> list[str]:
+        """File names in `directory` ([] if it does not exist); leftovers of interrupted clones are removed."""
+        ...
+
+    async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
+        """A writable clone of `parent` at `target`; fails if `target` exists; leaves nothing half-made."""
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Remove a clone or a childless parent; a missing file is not an error."""
+        ...
+
+    async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
+        """Logical size and own bytes of each existing file, in one pass."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,47 @@
+"""Bytes a file shares with others and bytes it owns, from the FIEMAP ioctl.
+
+`du` and st_blocks count shared extents in full and cannot see copy-on-write overwrites; FIEMAP's
+SHARED flag can (see reference/test-infra.md §4).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+FS_IOC_FIEMAP = 0xC020660B
+FIEMAP_FLAG_SYNC = 0x1
+FIEMAP_EXTENT_LAST = 0x1
+FIEMAP_EXTENT_UNKNOWN = 0x2
+FIEMAP_EXTENT_DELALLOC = 0x4
+FIEMAP_EXTENT_SHARED = 0x2000
+_HEADER = struct.Struct("=QQLLLL")
+_EXTENT = struct.Struct("=QQQQQLLLL")
+_BATCH = 512
+
+
+def exclusive_and_shared(path: str) -> tuple[int, int]:
+    """(bytes only this file holds, bytes it shares with any other file)."""
+    exclusive = shared = 0
+    start = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            request = bytearray(_HEADER.size + _EXTENT.size * _BATCH)
+            _HEADER.pack_into(request, 0, start, 0xFFFFFFFFFFFFFFFF - start, FIEMAP_FLAG_SYNC, 0, _BATCH, 0)
+            fcntl.ioctl(fd, FS_IOC_FIEMAP, request)
+            mapped = _HEADER.unpack_from(request, 0)[3]
+            if mapped == 0:
+                return exclusive, shared
+            for i in range(mapped):
+                logical, _, length, _, _, flags, *_ = _EXTENT.unpack_from(request, _HEADER.size + i * _EXTENT.size)
+                if flags & FIEMAP_EXTENT_SHARED:
+                    shared += length
+                else:
+                    exclusive += length
+                start = logical + length
+                if flags & FIEMAP_EXTENT_LAST:
+                    return exclusive, shared
+    finally:
+        os.close(fd)
