@@ -15,13 +15,20 @@ def openapi(schema: Schema) -> Schema:
         out: Schema = {}
         for key, value in schema.items():
             if key == RULES_KEY:
-                out["x-kubernetes-validations"] = [{"rule": r.cel, "message": r.message} for r in value]
+                out["x-kubernetes-validations"] = [_cel(r) for r in value]
             else:
                 out[key] = openapi(value)
         return out
     if isinstance(schema, list):
         return [openapi(v) for v in schema]
     return schema
+
+
+def _cel(rule: Rule) -> dict[str, str]:
+    out = {"rule": rule.cel, "message": rule.message}
+    if rule.field:
+        out["fieldPath"] = "." + rule.field
+    return out
 
 
 def root_schema(kind: Kind) -> Schema:

@@ -34,6 +34,7 @@ class Rule:
     cel: str
     message: str
     check: Callable[[dict[str, Any]], bool]
+    field: str = ""  # the field the error is reported on, relative to the object holding the rule
 
 
 Schema = dict[str, Any]
@@ -173,11 +174,13 @@ CLONE_STORE_SPEC = obj(
             "self.driver in ['sonas', 'gpfs'] ? has(self.ssh) : !has(self.ssh)",
             "spec.ssh is required for the sonas and gpfs drivers and not allowed for reflink and qcow2",
             lambda o: ("ssh" in o) == (o.get("driver") in REMOTE_DRIVERS),
+            "ssh",
         ),
         Rule(
             "self.driver != 'sonas' || has(self.localPath)",
             "spec.localPath is required for the sonas driver (space is read through the NFS export)",
             lambda o: o.get("driver") != "sonas" or "localPath" in o,
+            "localPath",
         ),
     ),
 )
@@ -383,6 +386,7 @@ def _metadata_name_rule(max_len: int) -> Rule:
         f"self.metadata.name.size() <= {max_len}",
         f"metadata.name must be at most {max_len} characters",
         lambda o: len(o.get("metadata", {}).get("name", "")) <= max_len,
+        "metadata.name",
     )
 
 

@@ -100,7 +100,7 @@ def _check_rules(schema: Schema, value: Any, path: list[Any]) -> Iterator[FieldE
     if isinstance(value, dict):
         for rule in schema.get(RULES_KEY, ()):
             if not rule.check(value):
-                yield FieldError(_path(path), rule.message)
+                yield FieldError(_path(path + rule.field.split(".") if rule.field else path), rule.message)
         for name, sub in schema.get("properties", {}).items():
             if name in value:
                 yield from _check_rules(sub, value[name], path + [name])

@@ -9,7 +9,7 @@ from typing import Any, Callable, TypeVar
 import libvirt
 
 from ..api.types import Capacity
-from .domain import METADATA_KEY, METADATA_NS, DomainInfo, STATES, parse_owner
+from .domain import METADATA_NS, STATES, DomainInfo, parse_owner
 
 T = TypeVar("T")
 
@@ -102,10 +102,10 @@ class LibvirtHost:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     return
                 raise
-            try:
+            try:  # UEFI guests have an NVRAM file that must go with them
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             except libvirt.libvirtError as e:
-                if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
                     raise
                 dom.undefine()
 
@@ -124,4 +124,4 @@ def _metadata(dom: Any) -> str | None:
         raise
 
 
-__all__ = ["HostError", "LibvirtHost", "METADATA_KEY"]
+__all__ = ["HostError", "LibvirtHost"]

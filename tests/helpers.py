@@ -1,0 +1,50 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def open_up(path: Path) -> None:
+    """Let QEMU (user libvirt-qemu) walk down to `path`: pytest's temporary directories are 0700."""
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o755)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def quickstart(tmp: Path, image: Path, **fleet_spec: Any) -> Path:
+    """The quickstart manifests with the store moved under `tmp`; returns the manifest directory."""
+    out = tmp / "manifests"
+    out.mkdir(exist_ok=True)
+    root = tmp / "store"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    if not (root / "images" / "basic.img").exists():
+        shutil.copyfile(image, root / "images" / "basic.img")
+    for src in sorted((REPO / "examples" / "quickstart").glob("*.yaml")):
+        doc = yaml.safe_load(src.read_text())
+        if doc["kind"] == "CloneStore":
+            doc["spec"]["root"] = str(root)
+        if doc["kind"] == "VmFleet":
+            doc["spec"].update(fleet_spec)
+        (out / src.name).write_text(yaml.safe_dump(doc))
+    return out

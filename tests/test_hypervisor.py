@@ -1,0 +1,116 @@
+"""The libvirt driver against libvirt's test driver and against the real libvirtd with QEMU (TCG)."""
+
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from helpers import open_up, wait_for
+from vmfleet.hypervisor import DomainSpec, HostError, LibvirtHost, Owner, domain_xml
+from vmfleet.storage.qcow2 import Qcow2Store
+from vmfleet.storage.reflink import ReflinkStore
+
+
+def spec(name: str, disk: str, profile: str = "linux-virtio", fmt: str = "raw", log: str | None = None,
+         domain_type: str = "qemu") -> DomainSpec:
+    return DomainSpec(name, domain_type, 1, 64, profile, None, "bios", disk, fmt, None, log)
+
+
+def owner(ordinal: int, s: DomainSpec) -> Owner:
+    return Owner("uid-1", "ns", "web", ordinal, f"vmfleet/clones/ns/web/web-{ordinal}.img", s.spec_hash())
+
+
+@pytest.fixture
+async def test_host():
+    host = LibvirtHost("t", "test:///default")
+    yield host
+    await host.close()
+
+
+async def test_define_list_start_stop_undefine_on_the_test_driver(test_host: LibvirtHost, unique: str) -> None:
+    s = spec(f"ns.web-{unique}", "/nowhere/web-0.img")
+    await test_host.define(domain_xml(s, owner(0, s)))
+    found = {d.name: d for d in await test_host.list_domains()}
+    mine = found[s.name]
+    assert mine.owner == owner(0, s) and mine.state == "Stopped" and mine.memory_mib == 64
+    assert found["test"].owner is None  # the test driver's own domain is not ours
+    await test_host.start(s.name)
+    assert {d.name: d.state for d in await test_host.list_domains()}[s.name] == "Running"
+    await test_host.stop(s.name)
+    await test_host.undefine(s.name)
+    await test_host.undefine(s.name)  # already gone: not an error
+    assert s.name not in {d.name for d in await test_host.list_domains()}
+
+
+def test_device_profiles_give_virtio_or_sata_and_e1000() -> None:
+    virtio = ET.fromstring(domain_xml(spec("a", "/d.img"), owner(0, spec("a", "/d.img"))))
+    legacy_spec = DomainSpec("b", "kvm", 2, 2048, "windows-legacy", None, "bios", "/d.img", "raw", "default", None)
+    legacy = ET.fromstring(domain_xml(legacy_spec, owner(0, legacy_spec)))
+    assert virtio.find("devices/disk/target").attrib == {"dev": "vda", "bus": "virtio"}
+    assert virtio.find("os/type").attrib["machine"] == "q35"
+    assert legacy.find("devices/disk/target").attrib == {"dev": "sda", "bus": "sata"}
+    assert legacy.find("devices/interface/model").attrib == {"type": "e1000"}
+    assert legacy.find("clock").attrib == {"offset": "localtime"}
+    assert legacy.find("os/type").attrib["machine"] == "pc"
+
+
+async def test_an_unreachable_uri_is_a_host_error_naming_the_host() -> None:
+    host = LibvirtHost("far", "qemu+tcp://127.0.0.1:1/system")
+    with pytest.raises(HostError, match="KvmHost far: cannot connect"):
+        await host.list_domains()
+
+
+async def boot_from_clone(uri: str, disk: Path, fmt: str, profile: str, logs: Path, name: str) -> str:
+    host = LibvirtHost("real", uri)
+    s = spec(name, str(disk), profile, fmt, str(logs / f"{name}.log"))
+    try:
+        await host.define(domain_xml(s, owner(0, s)))
+        await host.start(name)
+        return wait_for(lambda: (logs / f"{name}.log").exists() and (logs / f"{name}.log").read_text(errors="replace"),
+                        20, f"{name}'s serial console log") and wait_for(
+            lambda: "VMFLEET-BOOT-OK" in (logs / f"{name}.log").read_text(errors="replace") and "ok", 30,
+            f"the boot marker on {name}'s serial console")
+    finally:
+        await host.stop(name)
+        await host.undefine(name)
+        await host.close()
+
+
+@pytest.mark.parametrize("profile", ["linux-virtio", "windows-legacy"])
+async def test_a_qemu_guest_boots_from_its_reflink_clone(libvirtd: str, xfs: Path, small_image: Path,
+                                                         unique: str, profile: str) -> None:
+    root = xfs / f"boot-{unique}"
+    (root / "images").mkdir(parents=True)
+    shutil.copyfile(small_image, root / "images" / "t.img")
+    store = ReflinkStore(str(root))
+    await store.prepare_parent("images/t.img", "raw", "vmfleet/parents/t.img")
+    await store.create_clone("vmfleet/parents/t.img", "raw", "vmfleet/clones/ns/web/web-0.img")
+    logs = root / "logs"
+    logs.mkdir()
+    open_up(logs)
+    open_up(root / "vmfleet/clones/ns/web")
+    assert await boot_from_clone(libvirtd, root / "vmfleet/clones/ns/web/web-0.img", "raw", profile, logs,
+                                 f"vmfleet-test-{unique}")
+
+
+async def test_a_qemu_guest_boots_from_its_qcow2_overlay(libvirtd: str, tmp_path: Path, small_image: Path,
+                                                         unique: str) -> None:
+    (tmp_path / "images").mkdir()
+    shutil.copyfile(small_image, tmp_path / "images" / "t.img")
+    store = Qcow2Store(str(tmp_path))
+    await store.prepare_parent("images/t.img", "raw", "vmfleet/parents/t.img")
+    await store.create_clone("vmfleet/parents/t.img", "raw", "vmfleet/clones/ns/web/web-0.qcow2")
+    (tmp_path / "logs").mkdir()
+    open_up(tmp_path / "logs")
+    open_up(tmp_path / "vmfleet/clones/ns/web")
+    open_up(tmp_path / "vmfleet/parents")
+    assert await boot_from_clone(libvirtd, tmp_path / "vmfleet/clones/ns/web/web-0.qcow2", "qcow2",
+                                 "linux-virtio", tmp_path / "logs", f"vmfleet-test-{unique}")
+
+
+def test_libvirt_is_the_version_we_pin_against() -> None:
+    assert libvirt.getVersion() >= 9000000

@@ -1,0 +1,193 @@
+"""The planner, with no I/O: scale out and in, adoption after a crash, hosts gone, capacity full."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmfleet.planner import HostView, Observation, Op, Severity, VmSeen, VmWant, plan_fleet
+
+
+def wants(n: int, running: bool = True, vcpus: int = 1, memory: int = 512) -> list[VmWant]:
+    return [VmWant(o, f"web-{o}", vcpus, memory, running) for o in range(n)]
+
+
+def host(name: str, vcpus: int = 64, memory: int = 65536, reachable: bool = True, **kw: object) -> HostView:
+    return HostView(name, reachable, vcpus=vcpus, memory_mib=memory, error="" if reachable else "refused", **kw)
+
+
+def hosts(*views: HostView) -> dict[str, HostView]:
+    return {v.name: v for v in views}
+
+
+def seen(**kw: object) -> Observation:
+    base: dict[str, object] = {"parent_exists": True, "clones": frozenset(), "domains": {}, "hosts": hosts(host("a"))}
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def same_hash(ordinal: int, host: str) -> str:
+    return "h"
+
+
+def running(ordinal: int, host_name: str = "a", state: str = "Running") -> VmSeen:
+    return VmSeen(ordinal, host_name, state, state == "Running", "h")
+
+
+def ops(plan) -> list[tuple[str, int | None]]:
+    return [(a.op.value, a.ordinal) for a in plan.actions]
+
+
+def test_scale_out_from_nothing_makes_the_parent_then_each_vm_in_order() -> None:
+    plan = plan_fleet(wants(2), seen(parent_exists=False), "spread", same_hash)
+    assert ops(plan) == [
+        ("prepare-parent", None),
+        ("create-clone", 0), ("define", 0), ("start", 0),
+        ("create-clone", 1), ("define", 1), ("start", 1),
+    ]
+    assert plan.problems == []
+
+
+def test_converged_fleet_needs_nothing() -> None:
+    plan = plan_fleet(wants(3), seen(clones=frozenset({0, 1, 2}), domains={o: running(o) for o in range(3)}),
+                      "spread", same_hash)
+    assert plan.actions == [] and plan.problems == []
+
+
+def test_scale_in_removes_the_highest_ordinals_first_domain_before_clone() -> None:
+    plan = plan_fleet(wants(2), seen(clones=frozenset(range(5)), domains={o: running(o) for o in range(5)}),
+                      "spread", same_hash)
+    assert ops(plan) == [
+        ("stop", 4), ("undefine", 4), ("delete-clone", 4),
+        ("stop", 3), ("undefine", 3), ("delete-clone", 3),
+        ("stop", 2), ("undefine", 2), ("delete-clone", 2),
+    ]
+
+
+def test_adoption_after_a_crash_between_clone_and_define_never_remakes_the_clone() -> None:
+    # The operator died after cloning web-1 and before defining it; web-0 was finished.
+    plan = plan_fleet(wants(2), seen(clones=frozenset({0, 1}), domains={0: running(0)}), "spread", same_hash)
+    assert ops(plan) == [("define", 1), ("start", 1)]
+
+
+def test_a_stopped_domain_is_started_and_running_false_stops_the_fleet() -> None:
+    stopped = seen(clones=frozenset({0, 1}), domains={0: running(0, state="Stopped"), 1: running(1)})
+    assert ops(plan_fleet(wants(2), stopped, "spread", same_hash)) == [("start", 0)]
+    assert ops(plan_fleet(wants(2, running=False), stopped, "spread", same_hash)) == [("stop", 1)]
+
+
+def test_a_changed_definition_is_redefined_in_place() -> None:
+    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), domains={0: running(0)}), "spread",
+                      lambda o, h: "new")
+    assert ops(plan) == [("define", 0)]
+
+
+def test_a_domain_undefined_by_hand_comes_back_on_its_host() -> None:
+    views = hosts(host("a"), host("b"))
+    plan = plan_fleet(wants(2), seen(clones=frozenset({0, 1}), domains={0: running(0, "a")}, hosts=views,
+                                     recorded={0: "a", 1: "b"}), "spread", same_hash)
+    assert [(a.op.value, a.ordinal, a.host) for a in plan.actions] == [("define", 1, "b"), ("start", 1, "b")]
+
+
+def test_a_lost_clone_is_reported_not_recreated_empty() -> None:
+    plan = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0), 1: running(1)}),
+                      "spread", same_hash)
+    assert plan.actions == []
+    assert [(p.severity, p.reason, p.ordinal) for p in plan.problems] == [(Severity.DEGRADED, "CloneLost", 1)]
+    recorded = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, recorded={0: "a", 1: "a"}),
+                          "spread", same_hash)
+    assert recorded.actions == [] and [p.reason for p in recorded.problems] == ["CloneLost"]
+
+
+def test_vms_on_an_unreachable_host_are_reported_and_not_moved() -> None:
+    views = hosts(host("a"), host("b", reachable=False))
+    plan = plan_fleet(wants(3), seen(clones=frozenset({0, 1, 2}), hosts=views,
+                                     domains={0: running(0, "a"), 1: running(1, "b")}, recorded={2: "b"}),
+                      "spread", same_hash)
+    assert plan.actions == []
+    assert sorted((p.reason, p.ordinal) for p in plan.problems) == [("HostUnreachable", 1), ("HostUnreachable", 2)]
+    assert plan.placement == {0: "a", 1: "b", 2: "b"}
+
+
+def test_scale_in_waits_for_an_unreachable_host_and_keeps_the_clone() -> None:
+    views = hosts(host("a", reachable=False))
+    plan = plan_fleet(wants(0), seen(clones=frozenset({0}), hosts=views, domains={0: running(0)}), "spread",
+                      same_hash)
+    assert plan.actions == [] and [p.reason for p in plan.problems] == ["HostUnreachable"]
+
+
+def test_new_vms_go_only_where_they_fit() -> None:
+    views = hosts(host("a", vcpus=4, memory=4096, used_vcpus=2, used_memory_mib=1024))
+    plan = plan_fleet(wants(4, vcpus=1, memory=1024), seen(hosts=views), "spread", same_hash)
+    assert [a.ordinal for a in plan.actions if a.op is Op.CREATE_CLONE] == [0, 1]
+    assert [(p.severity, p.reason) for p in plan.problems] == [(Severity.STALLED, "InsufficientCapacity")] * 2
+
+
+def test_stopped_vms_need_no_capacity() -> None:
+    views = hosts(host("a", vcpus=1, memory=64))
+    plan = plan_fleet(wants(3, running=False), seen(hosts=views), "spread", same_hash)
+    assert [a.op for a in plan.actions].count(Op.DEFINE) == 3 and not plan.problems
+
+
+def test_spread_balances_and_pack_fills_the_first_host() -> None:
+    views = hosts(host("a", vcpus=4), host("b", vcpus=4), host("c", vcpus=4))
+    spread = plan_fleet(wants(6), seen(hosts=views), "spread", same_hash)
+    assert Counter(spread.placement.values()) == {"a": 2, "b": 2, "c": 2}
+    pack = plan_fleet(wants(6), seen(hosts=views), "pack", same_hash)
+    assert Counter(pack.placement.values()) == {"a": 4, "b": 2}
+
+
+def test_hosts_outside_the_selector_are_never_chosen() -> None:
+    views = hosts(host("a", eligible=False), host("b"))
+    plan = plan_fleet(wants(2), seen(hosts=views), "spread", same_hash)
+    assert set(plan.placement.values()) == {"b"}
+    none = plan_fleet(wants(1), seen(hosts=hosts(host("a", eligible=False))), "spread", same_hash)
+    assert [p.reason for p in none.problems] == ["NoHosts"]
+
+
+def test_a_name_taken_by_someone_elses_domain_stalls_that_vm() -> None:
+    plan = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, conflicts={1: "a"}),
+                      "spread", same_hash)
+    assert plan.actions == [] and [(p.reason, p.ordinal) for p in plan.problems] == [("NameConflict", 1)]
+
+
+observations = st.builds(
+    lambda n, clones, domains, reach, parent: (
+        n,
+        Observation(
+            parent,
+            frozenset(clones),
+            {o: running(o, "a" if o % 2 else "b") for o in domains},
+            hosts(host("a", reachable=reach[0]), host("b", reachable=reach[1])),
+        ),
+    ),
+    st.integers(0, 12),
+    st.sets(st.integers(0, 15)),
+    st.sets(st.integers(0, 15)),
+    st.tuples(st.booleans(), st.booleans()),
+    st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(observations, st.sampled_from(["spread", "pack"]))
+def test_no_plan_overwrites_or_loses_a_wanted_clone(case: tuple[int, Observation], policy: str) -> None:
+    n, obs = case
+    plan = plan_fleet(wants(n), obs, policy, same_hash)
+    for a in plan.actions:
+        if a.op is Op.CREATE_CLONE:
+            assert a.ordinal not in obs.clones, "a clone was made over an existing one"
+        if a.op is Op.DELETE_CLONE:
+            assert a.ordinal >= n, "a wanted VM's clone was deleted"
+            assert a.ordinal not in obs.domains or obs.hosts[obs.domains[a.ordinal].host].reachable
+        if a.host is not None:
+            assert obs.hosts[a.host].reachable, "an action was planned on an unreachable host"
+    per_vm = plan.chains()
+    for ordinal, chain in per_vm.items():
+        order = [a.op for a in chain]
+        if Op.DELETE_CLONE in order and Op.UNDEFINE in order:
+            assert order.index(Op.UNDEFINE) < order.index(Op.DELETE_CLONE)
+        if Op.CREATE_CLONE in order:
+            assert order.index(Op.CREATE_CLONE) < order.index(Op.DEFINE)
