@@ -25,6 +25,8 @@ class Runtime:
     def host(self, host: KvmHost) -> LibvirtHost:
         known = self._hosts.get(host.meta.name)
         if known is None or known.uri != host.uri:
+            if known is not None:
+                known.drop()
             known = self._hosts[host.meta.name] = LibvirtHost(host.meta.name, host.uri)
         return known
 

@@ -36,14 +36,14 @@ class LibvirtHost:
                         return self._conn
                 except libvirt.libvirtError:
                     pass
-                self._drop()
+                self.drop()
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as e:
                 raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: {e}") from e
             return self._conn
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -112,7 +112,7 @@ class LibvirtHost:
         await self._call(f"undefining {name}", undefine)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._drop)
+        await asyncio.to_thread(self.drop)
 
 
 def _metadata(dom: Any) -> str | None:

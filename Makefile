@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both set up a fresh machine themselves.
+VENV    ?= .venv
+PYTHON  ?= python3
+DEMO_ROOT := /tmp/vmfleet-quickstart
+
+.PHONY: demo test crds bench clean
+
+$(VENV)/.installed: pyproject.toml
+	hack/system-packages.sh demo
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/vmfleet image $(DEMO_ROOT)/images/basic.img
+	$(VENV)/bin/vmfleet apply -f examples/quickstart/
+
+test: $(VENV)/.installed
+	hack/system-packages.sh test
+	$(VENV)/bin/pytest -q -ra
+
+crds: $(VENV)/.installed
+	$(VENV)/bin/vmfleet crds -d crds
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_ROOT)

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [--quick] [--json]`. Ratios are measured side by side in one run."""

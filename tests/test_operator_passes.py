@@ -1,0 +1,115 @@
+"""The reconcile entry points the kopf handlers call, with the objects as the API would hand them over."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import kopf
+import pytest
+import yaml
+
+from helpers import REPO, quickstart
+from vmfleet.engine import Runtime
+from vmfleet.operator import passes
+
+
+def load(manifests: Path) -> dict[str, dict]:
+    docs = {}
+    for path in manifests.glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        doc["metadata"].update(uid=f"uid-{doc['kind'].lower()}", generation=1)
+        docs[doc["kind"]] = doc
+    return docs
+
+
+def catalog(docs: dict[str, dict], clones: int = 0, hosts: list[dict] | None = None) -> passes.Catalog:
+    t = docs["VmTemplate"]
+    return passes.Catalog(
+        stores={docs["CloneStore"]["metadata"]["name"]: docs["CloneStore"]},
+        hosts=hosts if hosts is not None else [docs["KvmHost"]],
+        templates={("default", t["metadata"]["name"]): t},
+        clones_by_template={("default", t["metadata"]["name"]): clones},
+        images_by_template={("default", "basic"): ("local", "images/basic.img", "raw")},
+    )
+
+
+@pytest.fixture
+def docs(tmp_path: Path, small_image: Path) -> dict[str, dict]:
+    return load(quickstart(tmp_path, small_image))
+
+
+def reasons(events) -> list[str]:
+    return [e.reason for e in events]
+
+
+async def test_a_fleet_pass_converges_and_a_second_pass_is_quiet(runtime: Runtime, docs: dict) -> None:
+    fleet = docs["VmFleet"]
+    first = await passes.fleet_pass(runtime, fleet, catalog(docs))
+    assert first.status["readyReplicas"] == 3 and first.status["observedGeneration"] == 1
+    assert reasons(first.events) == ["ParentPrepared", "ClonesCreated", "DomainsDefined", "DomainsStarted"]
+    fleet["status"] = first.status
+    second = await passes.fleet_pass(runtime, fleet, catalog(docs))
+    assert second.events == []
+    assert second.status["clones"] == first.status["clones"]
+    ready = next(c for c in second.status["conditions"] if c["type"] == "Ready")
+    first_ready = next(c for c in first.status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == first_ready["lastTransitionTime"]
+
+
+async def test_a_host_that_goes_away_degrades_the_fleet_and_its_vms_stay_put(runtime: Runtime, docs: dict) -> None:
+    fleet = docs["VmFleet"]
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, catalog(docs))).status
+    gone = copy.deepcopy(docs["KvmHost"])
+    gone["spec"]["uri"] = "qemu+tcp://127.0.0.1:1/system"
+    result = await passes.fleet_pass(runtime, fleet, catalog(docs, hosts=[gone]))
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "HostUnreachable"
+    assert {c["state"] for c in result.status["clones"]} == {"Unknown"}
+    assert {c["host"] for c in result.status["clones"]} == {"local"}
+    assert "HostUnreachable" in reasons(result.events)
+    assert len(list((Path(docs["CloneStore"]["spec"]["root"])).rglob("demo-*.qcow2"))) == 3
+
+
+async def test_a_missing_template_stalls_the_fleet_with_the_field_named(runtime: Runtime, docs: dict) -> None:
+    empty = passes.Catalog(stores={}, hosts=[docs["KvmHost"]])
+    result = await passes.fleet_pass(runtime, docs["VmFleet"], empty)
+    stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "TemplateNotFound"
+    assert "spec.templateRef.name" in stalled["message"]
+
+
+@pytest.mark.parametrize("policy,kept", [("Delete", 0), ("Retain", 3)])
+async def test_deleting_a_fleet_honours_its_deletion_policy(runtime: Runtime, docs: dict, policy: str,
+                                                            kept: int) -> None:
+    fleet = docs["VmFleet"]
+    fleet["spec"]["deletionPolicy"] = policy
+    await passes.fleet_pass(runtime, fleet, catalog(docs))
+    result = await passes.fleet_delete_pass(runtime, fleet, catalog(docs))
+    assert result.complete
+    root = Path(docs["CloneStore"]["spec"]["root"])
+    assert len(list(root.rglob("demo-*.qcow2"))) == kept
+    host = runtime.host(passes._hosts(catalog(docs))[0])
+    assert not [d for d in await host.list_domains() if d.owner is not None]
+    assert ("ClonesRetained" in reasons(result.events)) == (policy == "Retain")
+
+
+async def test_a_template_keeps_its_parent_while_clones_refer_to_it(runtime: Runtime, docs: dict) -> None:
+    template = docs["VmTemplate"]
+    made = await passes.template_pass(runtime, template, catalog(docs, clones=2))
+    parent = Path(docs["CloneStore"]["spec"]["root"]) / made.status["parent"]["path"]
+    assert parent.exists() and made.status["parent"]["clones"] == 2
+    released, event = await passes.template_delete_pass(runtime, template, catalog(docs, clones=2))
+    assert not released and event.reason == "ParentInUse" and parent.exists()
+    released, event = await passes.template_delete_pass(runtime, template, catalog(docs, clones=0))
+    assert released and event.reason == "ParentDeleted" and not parent.exists()
+
+
+def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() -> None:
+    import vmfleet.operator.handlers  # noqa: F401
+
+    registry = kopf.get_default_registry()
+    names = {h.id for h in registry._changing.get_all_handlers()}
+    assert {"reconcile_vmfleet", "delete_vmfleet", "reconcile_vmtemplate", "delete_vmtemplate"} <= {
+        n.split("/")[0] for n in names}
+    assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
