@@ -4,7 +4,7 @@
 #   hack/system-packages.sh test   what the whole test suite needs (+ libvirtd, QEMU, XFS tools)
 set -euo pipefail
 
-demo=(gcc pkg-config libvirt-dev qemu-utils python3-venv)
+demo=(gcc pkg-config libvirt-dev qemu-utils)
 test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps)
 
 case "${1:-demo}" in
