@@ -12,12 +12,15 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from vmfleet.engine import Runtime
 from vmfleet.images import make_template_image
+
+if TYPE_CHECKING:
+    from cluster import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_REAL = os.environ.get("VMFLEET_REQUIRE_REAL") == "1"
@@ -115,3 +118,28 @@ def small_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
+    """A real etcd and kube-apiserver on loopback with RBAC, deploy/ applied (CRDs, RBAC, namespace)."""
+    from cluster import Cluster, build
+
+    if not shutil.which("go"):
+        unavailable("go is not installed: the test apiserver is built from the Go module proxy")
+    try:
+        binaries = build()
+    except RuntimeError as e:
+        unavailable(str(e))
+    cluster = Cluster(binaries, tmp_path_factory.mktemp("kube"))
+    try:
+        cluster.start()
+    except RuntimeError as e:
+        cluster.stop()
+        unavailable(str(e))
+    try:
+        cluster.kubectl("apply", "-k", str(REPO / "deploy"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield cluster
+    finally:
+        cluster.stop()

@@ -120,7 +120,7 @@ BAD = [
     (FLEET, "spec.replica", 3, "spec.replica", "unknown field"),
     (FLEET, "spec.overrides", [{"ordinal": 1}, {"ordinal": 1}], "spec.overrides[1]", "duplicate entry"),
     (FLEET, "metadata.name", "x" * 53, "metadata.name", "at most 52 characters"),
-    (FLEET, "metadata.name", "web;rm -rf /", "metadata.name", "DNS-1123"),
+    (FLEET, "metadata.name", "web;reboot", "metadata.name", "DNS-1123"),
     (TEMPLATE, "spec.image", {"path": "../etc/passwd"}, "spec.image.path", "must match"),
     (TEMPLATE, "spec.image", {"path": "/etc/passwd"}, "spec.image.path", "must match"),
     (TEMPLATE, "spec.image", {"path": "images/a.img", "format": "vmdk"}, "spec.image.format", "must be one of"),

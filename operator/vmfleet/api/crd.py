@@ -32,21 +32,20 @@ def _cel(rule: Rule) -> dict[str, str]:
 
 
 def root_schema(kind: Kind) -> Schema:
-    """The whole object's schema, with rules at the root (those may read metadata.name)."""
+    """The whole object's schema."""
     schema: Schema = {
         "type": "object",
         "description": f"{kind.kind} ({API_VERSION}).",
         "properties": {
             "apiVersion": {"type": "string", "description": "vmfleet.io/v1alpha1"},
             "kind": {"type": "string", "description": kind.kind},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # The apiserver allows nothing in metadata's schema but limits on name and generateName.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": kind.max_name}}},
             "spec": kind.spec,
             "status": kind.status,
         },
         "required": ["spec"],
     }
-    if kind.root_rules:
-        schema[RULES_KEY] = list(kind.root_rules)
     return schema
 
 

@@ -381,15 +381,6 @@ VM_FLEET_STATUS = obj(
 )
 
 
-def _metadata_name_rule(max_len: int) -> Rule:
-    return Rule(
-        f"self.metadata.name.size() <= {max_len}",
-        f"metadata.name must be at most {max_len} characters",
-        lambda o: len(o.get("metadata", {}).get("name", "")) <= max_len,
-        "metadata.name",
-    )
-
-
 @dataclass(frozen=True)
 class Kind:
     kind: str
@@ -400,7 +391,7 @@ class Kind:
     spec: Schema
     status: Schema
     printer_columns: tuple[dict[str, Any], ...] = ()
-    root_rules: tuple[Rule, ...] = ()
+    max_name: int = 63  # CRDs may restrict metadata.name (and nothing else in metadata)
     scale: bool = False
 
 
@@ -481,7 +472,7 @@ KINDS: dict[str, Kind] = {
                 _column("Ratio", ".status.savingsRatio", "number", priority=1),
                 _column("Status", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
             ),
-            root_rules=(_metadata_name_rule(MAX_FLEET_NAME),),
+            max_name=MAX_FLEET_NAME,
             scale=True,
         ),
     )

@@ -39,12 +39,16 @@ def _path(parts: Iterator[Any] | list[Any]) -> str:
     return out or "(root)"
 
 
-def _strict(schema: Schema) -> Schema:
-    """The schema for jsonschema: unknown fields are errors (as `kubectl apply --validate=strict`)."""
+def _strict(schema: Schema, open_object: bool = False) -> Schema:
+    """The schema for jsonschema: unknown fields are errors (as `kubectl apply --validate=strict`),
+    except in metadata, whose other fields Kubernetes itself checks."""
     if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items() if k != RULES_KEY}
-        if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out:
-            if set(out["properties"]) != {"apiVersion", "kind", "metadata", "spec", "status"}:
+        out = {k: _strict(v) for k, v in schema.items() if k not in (RULES_KEY, "properties")}
+        if "properties" in schema:
+            props = schema["properties"]
+            top = "metadata" in props and "spec" in props
+            out["properties"] = {k: _strict(v, open_object=top and k == "metadata") for k, v in props.items()}
+            if not top and not open_object and "additionalProperties" not in out:
                 out["additionalProperties"] = False
         return out
     if isinstance(schema, list):

@@ -101,10 +101,10 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
         result = await passes.fleet_delete_pass(memo.runtime, plain(body), _catalog(kw))
     except passes.Unresolved as e:
-        raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=30) from e
+        raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=RESYNC_SECONDS) from e
     post(body, result.events)
     if not result.complete:
-        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying", delay=15)
+        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying", delay=RESYNC_SECONDS)
 
 
 # ---------------------------------------------------------------- VmTemplate
@@ -128,7 +128,7 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
         released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
     post(body, [event])
     if not released:
-        raise kopf.TemporaryError(event.message, delay=30)
+        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
 
 
 def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:

@@ -1,0 +1,178 @@
+"""A real Kubernetes control plane for the tests: etcd and kube-apiserver on loopback, RBAC on.
+
+Built from source by tests/kube/build.sh (cached outside the repo); started once per session.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+import secrets
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pem_key(key: Any) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificates(d: Path) -> None:
+    """A CA, a serving certificate for 127.0.0.1 signed by it, and the service-account key pair."""
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmfleet-test-ca")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "apiserver.key").write_bytes(_pem_key(key))
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (d / "sa.key").write_bytes(_pem_key(sa))
+    (d / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def kubeconfig(server: str, ca: Path, token: str, user: str) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {
+            "server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+    })
+
+
+@dataclass
+class Cluster:
+    bin: Path
+    dir: Path
+    server: str = ""
+    kubeconfig: Path = field(default=Path())
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    start_seconds: float = 0.0
+
+    def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig),
+                "KUBECACHEDIR": str(self.dir / "kubecache"), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+
+    def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 120,
+                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(self.bin / "kubectl"), *args], capture_output=True, text=True,
+                              env=self.env(kubeconfig), timeout=timeout, input=stdin)
+        if check and done.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
+        return done
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def start(self) -> None:
+        t0 = time.monotonic()
+        d = self.dir
+        _certificates(d)
+        token = secrets.token_hex(16)
+        (d / "tokens.csv").write_text(f"{token},vmfleet-test-admin,uid-admin,system:masters\n")
+        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_log = open(d / "etcd.log", "wb")
+        self.processes.append(subprocess.Popen([
+            str(self.bin / "etcd"), "--name=default", f"--data-dir={d / 'etcd'}",
+            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+            "--log-level=warn", "--unsafe-no-fsync",
+        ], stdout=etcd_log, stderr=subprocess.STDOUT))
+        api_log = open(d / "apiserver.log", "wb")
+        self.processes.append(subprocess.Popen([
+            str(self.bin / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--cert-dir={d}", f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
+            f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.96.0.0/24", "--enable-priority-and-fairness=false",
+            "--endpoint-reconciler-type=none",  # a loopback advertise address is refused otherwise
+            "--v=0",
+        ], stdout=api_log, stderr=subprocess.STDOUT))
+        self.server = f"https://127.0.0.1:{api_port}"
+        self.kubeconfig = d / "admin.kubeconfig"
+        self.kubeconfig.write_text(kubeconfig(self.server, d / "ca.crt", token, "admin"))
+        context = ssl.create_default_context(cafile=str(d / "ca.crt"))
+        deadline = time.monotonic() + 90
+        while True:
+            for p in self.processes:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[0]} exited with {p.returncode}: see {d}/*.log:\n"
+                                       + (d / "apiserver.log").read_text()[-3000:])
+            try:
+                req = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"})
+                if urllib.request.urlopen(req, context=context, timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"kube-apiserver not ready after 90 s; see {d}/apiserver.log")
+            time.sleep(0.2)
+        self.start_seconds = time.monotonic() - t0
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.terminate()
+        for p in reversed(self.processes):
+            try:
+                p.wait(5)  # throwaway state: no need for a graceful drain
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig for a ServiceAccount, with a token from the TokenRequest API."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h").stdout.strip()
+        path.write_text(kubeconfig(self.server, self.dir / "ca.crt", token, f"{namespace}-{name}"))
+        return path
+
+
+def build() -> Path:
+    done = subprocess.run([str(HERE / "kube" / "build.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building kube-apiserver failed:\n{done.stderr[-4000:]}")
+    return Path(done.stdout.strip())

@@ -1,0 +1,57 @@
+"""The operator as its own OS process (`vmfleet run`), as it runs in a cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cluster import free_port
+
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 2.0):
+        self.kubeconfig, self.log, self.resync = kubeconfig, log, resync_seconds
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VMFLEET_RESYNC_SECONDS": str(self.resync)}
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([VMFLEET, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"],
+                                     env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the operator exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the operator was not healthy within 60 s:\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()

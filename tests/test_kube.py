@@ -1,0 +1,214 @@
+"""The operator against a real kube-apiserver, driven with kubectl, running as deploy/'s ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+import yaml
+
+from cluster import Cluster
+from helpers import REPO, open_up, wait_for
+from operator_process import OperatorProcess
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture(scope="module")
+def operator(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    d = tmp_path_factory.mktemp("operator")
+    sa = kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", d / "sa.kubeconfig")
+    op = OperatorProcess(sa, d / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str = "Delete") -> list[dict]:
+    return [
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name},
+         "spec": {"driver": "qcow2", "root": str(root)}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name},
+         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 8192}}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": ns},
+         "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
+         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy}},
+    ]
+
+
+def apply(kube: Cluster, docs: list[dict]) -> None:
+    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+
+def store_root(tmp_path: Path, image: Path) -> Path:
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    shutil.copyfile(image, root / "images" / "t.img")
+    open_up(root)
+    return root
+
+
+def fleet(kube: Cluster, ns: str) -> dict:
+    return kube.get("vmfleets", "web", "-n", ns)
+
+
+def test_a_fleet_through_kubectl_scale_restart_and_delete(
+        kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path,
+        unique: str) -> None:
+    ns = f"k-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    apply(kube, objects(root, ns, libvirtd, 3, f"s-{unique}"))
+    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    status = fleet(kube, ns)["status"]
+    assert status["readyReplicas"] == 3 and len(status["clones"]) == 3
+    assert all(c["allocatedBytes"] < c["logicalBytes"] // 100 for c in status["clones"])
+
+    table = kube.kubectl("get", "vmf", "-n", ns).stdout.splitlines()
+    assert table[0].split() == ["NAME", "DESIRED", "READY", "ALLOCATED", "SAVED", "AGE"]
+    assert table[1].split()[:3] == ["web", "3", "3"]
+    wide = kube.kubectl("get", "vmf", "-n", ns, "-o", "wide").stdout.splitlines()[0].split()
+    assert wide[-4:] == ["TEMPLATE", "PLACEMENT", "RATIO", "STATUS"]
+    reasons = {e["reason"] for e in kube.get("events", "-n", ns)["items"]}
+    assert {"ClonesCreated", "DomainsDefined", "DomainsStarted"} <= reasons
+
+    kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=5")
+    kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=5", "vmfleet/web", "-n", ns, "--timeout=90s")
+
+    conn = libvirt.open(libvirtd)
+    try:
+        uuids = {o: conn.lookupByName(f"{ns}.web-{o}").UUIDString() for o in range(2)}
+        inodes = {p.name: p.stat().st_ino for p in root.rglob("web-*.qcow2")}
+        operator.kill()  # no cleanup, no goodbye
+        kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=2")
+        operator.start()
+        kube.kubectl("wait", "--for=jsonpath={.status.replicas}=2", "vmfleet/web", "-n", ns, "--timeout=90s")
+        kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+        assert {o: conn.lookupByName(f"{ns}.web-{o}").UUIDString() for o in range(2)} == uuids
+        assert {p.name: p.stat().st_ino for p in root.rglob("web-*.qcow2")} == {
+            n: i for n, i in inodes.items() if n in ("web-0.qcow2", "web-1.qcow2")}
+
+        kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=90s")
+        assert kube.kubectl("get", "vmfleet/web", "-n", ns, check=False).returncode != 0
+        assert not [d for d in conn.listAllDomains() if d.name().startswith(f"{ns}.")]
+    finally:
+        conn.close()
+    assert list(root.rglob("web-*.qcow2")) == []
+    events = kube.get("events", "-n", ns)["items"]
+    assert {"DomainsUndefined", "ClonesDeleted"} <= {e["reason"] for e in events}
+
+
+def test_every_status_field_the_operator_writes_survives_the_apiserver(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    ns = f"s-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    docs = objects(root, ns, "test:///default", 2, f"s-{unique}", policy="Retain")
+    apply(kube, docs)
+    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    stored = fleet(kube, ns)["status"]
+
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
+    local = subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "apply", "-f", str(tmp_path / "m.yaml"),
+                            "-o", "json", "--dry-run"], capture_output=True, text=True, check=True)
+    written = next(o for o in json.loads(local.stdout) if o["kind"] == "VmFleet")["status"]
+    assert set(written) <= set(stored), f"pruned by the apiserver: {set(written) - set(stored)}"
+    assert set(stored["clones"][0]) == {"name", "ordinal", "host", "path", "state", "logicalBytes",
+                                        "allocatedBytes"}
+    wait_for(lambda: kube.get("vmtemplate", "tiny", "-n", ns)["status"].get("parent", {}).get("clones") == 2, 30,
+             "the template to count its clones")
+    assert kube.get("vmtemplate", "tiny", "-n", ns)["status"]["parent"]["path"].startswith("vmfleet/parents/")
+
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+    assert len(list(root.rglob("web-*.qcow2"))) == 2, "deletionPolicy Retain must keep the clones"
+
+
+def test_a_template_with_live_clones_keeps_its_parent(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    ns = f"t-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    apply(kube, objects(root, ns, "test:///default", 1, f"t-{unique}"))
+    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    kube.kubectl("delete", "vmtemplate/tiny", "-n", ns, "--wait=false")
+    wait_for(lambda: "ParentInUse" in {e["reason"] for e in kube.get("events", "-n", ns)["items"]}, 30,
+             "the template to refuse deletion")
+    assert list(root.glob("vmfleet/parents/*.img")), "the parent went while a clone refers to it"
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+    kube.kubectl("wait", "--for=delete", "vmtemplate/tiny", "-n", ns, "--timeout=90s")
+    assert not list(root.glob("vmfleet/parents/*.img"))
+
+
+def test_the_examples_are_accepted_by_the_apiserver(kube: Cluster) -> None:
+    for path in sorted((REPO / "examples").rglob("*.yaml")):
+        kube.kubectl("apply", "--dry-run=server", "-f", str(path))
+
+
+def _invalid_corpus() -> list[tuple[str, dict, str]]:
+    from test_api import BAD, _with
+
+    cases = [(f"{path}={value!r}", _with(doc, path, value), field) for doc, path, value, field, _ in BAD]
+    fleet = BAD[0][0]
+    more = [
+        ("spec.templateRef.name too long", _with(fleet, "spec.templateRef", {"name": "a" * 64}),
+         "spec.templateRef.name"),
+        ("spec.overrides[0].ordinal out of range", _with(fleet, "spec.overrides", [{"ordinal": 5000}]),
+         "spec.overrides[0].ordinal"),
+        ("spec.overrides[0].vcpus zero", _with(fleet, "spec.overrides", [{"ordinal": 0, "vcpus": 0}]),
+         "spec.overrides[0].vcpus"),
+        ("spec.running not a boolean", _with(fleet, "spec.running", "yes"), "spec.running"),
+        ("spec.hostSelector.matchLabels not a map", _with(fleet, "spec.hostSelector", {"matchLabels": ["a"]}),
+         "spec.hostSelector.matchLabels"),
+        ("spec missing", _with(fleet, "spec", None), "spec"),
+    ]
+    template = next(b[0] for b in BAD if b[0]["kind"] == "VmTemplate")
+    store = next(b[0] for b in BAD if b[0]["kind"] == "CloneStore")
+    host = next(b[0] for b in BAD if b[0]["kind"] == "KvmHost")
+    more += [
+        ("spec.vcpus 0", _with(template, "spec.vcpus", 0), "spec.vcpus"),
+        ("spec.firmware", _with(template, "spec.firmware", "coreboot"), "spec.firmware"),
+        ("spec.machineType", _with(template, "spec.machineType", "q35; reboot"), "spec.machineType"),
+        ("spec.network", _with(template, "spec.network", "br0 && ls"), "spec.network"),
+        ("spec.concurrency 0", _with(store, "spec.concurrency", 0), "spec.concurrency"),
+        ("spec.maxCloneDepth", _with(store, "spec.maxCloneDepth", 1000), "spec.maxCloneDepth"),
+        ("spec.ssh.port", _with(store, "spec.ssh", {**store["spec"]["ssh"], "port": 70000}), "spec.ssh.port"),
+        ("spec.capacity.vcpus", _with(host, "spec.capacity", {"vcpus": 0, "memoryMiB": 1024}),
+         "spec.capacity.vcpus"),
+        ("spec.storeMounts[0].path", _with(host, "spec.storeMounts", [{"store": "a", "path": "rel"}]),
+         "spec.storeMounts[0].path"),
+    ]
+    return cases + more
+
+
+INVALID = _invalid_corpus()
+
+
+def test_the_invalid_corpus_is_large_enough() -> None:
+    assert len(INVALID) >= 30
+
+
+@pytest.mark.parametrize("name,doc,field", INVALID, ids=[c[0][:50] for c in INVALID])
+def test_the_apiserver_rejects_invalid_manifests_naming_the_field(kube: Cluster, name: str, doc: dict,
+                                                                  field: str) -> None:
+    doc = json.loads(json.dumps(doc))
+    if doc.get("spec") is None:
+        doc.pop("spec", None)
+    if doc["kind"] in ("VmFleet", "VmTemplate"):
+        doc["metadata"]["namespace"] = "default"
+    done = kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc), check=False)
+    assert done.returncode != 0, f"{name} was accepted"
+    assert field in done.stderr, done.stderr
+
+
+def test_the_operator_never_lacked_a_permission_or_crashed(operator: OperatorProcess) -> None:
+    """Runs last: a verb missing from deploy/rbac.yaml shows up as a 403 in the operator's log."""
+    log = operator.output()
+    assert "Forbidden" not in log and " 403" not in log, [line for line in log.splitlines() if "403" in line][:3]
+    assert "Traceback" not in log, log[-5000:]
