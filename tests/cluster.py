@@ -17,7 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +31,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_ok(request: urllib.request.Request, processes: list[subprocess.Popen[bytes]], timeout: float,
+                  logs: Callable[[], str], context: ssl.SSLContext | None = None) -> None:
+    """Poll an HTTP endpoint until it answers 200; fail early, with the logs, if a process dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for p in processes:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[0]} exited with {p.returncode}:\n{logs()[-3000:]}")
+        try:
+            if urllib.request.urlopen(request, context=context, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{request.full_url} did not answer within {timeout} s:\n{logs()[-3000:]}")
+        time.sleep(0.2)
 
 
 def _pem_key(key: Any) -> bytes:
@@ -136,22 +154,9 @@ class Cluster:
         self.server = f"https://127.0.0.1:{api_port}"
         self.kubeconfig = d / "admin.kubeconfig"
         self.kubeconfig.write_text(kubeconfig(self.server, d / "ca.crt", token, "admin"))
-        context = ssl.create_default_context(cafile=str(d / "ca.crt"))
-        deadline = time.monotonic() + 90
-        while True:
-            for p in self.processes:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{p.args[0]} exited with {p.returncode}: see {d}/*.log:\n"
-                                       + (d / "apiserver.log").read_text()[-3000:])
-            try:
-                req = urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"})
-                if urllib.request.urlopen(req, context=context, timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"kube-apiserver not ready after 90 s; see {d}/apiserver.log")
-            time.sleep(0.2)
+        wait_until_ok(urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"}),
+                      self.processes, 90, lambda: (d / "etcd.log").read_text() + (d / "apiserver.log").read_text(),
+                      ssl.create_default_context(cafile=str(d / "ca.crt")))
         self.start_seconds = time.monotonic() - t0
 
     def stop(self) -> None:

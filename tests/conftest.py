@@ -26,6 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRE_REAL = os.environ.get("VMFLEET_REQUIRE_REAL") == "1"
 
 
+TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for what, seconds in TIMINGS.items():
+        terminalreporter.write_line(f"vmfleet: {what} in {seconds:.1f} s")
+
+
 def unavailable(what: str) -> None:
     if REQUIRE_REAL:
         pytest.fail(f"VMFLEET_REQUIRE_REAL=1 and {what}")
@@ -127,16 +135,19 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
 
     if not shutil.which("go"):
         unavailable("go is not installed: the test apiserver is built from the Go module proxy")
+    t0 = time.monotonic()
     try:
         binaries = build()
     except RuntimeError as e:
         unavailable(str(e))
+    TIMINGS["kube binaries built or found"] = time.monotonic() - t0
     cluster = Cluster(binaries, tmp_path_factory.mktemp("kube"))
     try:
         cluster.start()
     except RuntimeError as e:
         cluster.stop()
         unavailable(str(e))
+    TIMINGS["kube-apiserver and etcd ready"] = cluster.start_seconds
     try:
         cluster.kubectl("apply", "-k", str(REPO / "deploy"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from cluster import free_port
+from cluster import free_port, wait_until_ok
 
 VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
@@ -26,18 +25,7 @@ class OperatorProcess:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([VMFLEET, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz"],
                                      env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the operator exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).status == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the operator was not healthy within 60 s:\n{self.output()[-3000:]}")
-            time.sleep(0.2)
+        wait_until_ok(urllib.request.Request(f"http://127.0.0.1:{port}/healthz"), [self.proc], 60, self.output)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
