@@ -17,6 +17,6 @@ RUN apt-get update \
 COPY --from=build /opt/vmfleet /opt/vmfleet
 ENV PATH=/opt/vmfleet/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 10001
-EXPOSE 8080
+EXPOSE 8080 9090
 ENTRYPOINT ["vmfleet"]
 CMD ["run", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -78,6 +78,11 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
     assert wide[-4:] == ["TEMPLATE", "PLACEMENT", "RATIO", "STATUS"]
     reasons = {e["reason"] for e in kube.get("events", "-n", ns)["items"]}
     assert {"ClonesCreated", "DomainsDefined", "DomainsStarted"} <= reasons
+    scraped = operator.metrics()
+    labels = frozenset({("namespace", ns), ("fleet", "web")})
+    assert scraped[("vmfleet_fleet_ready_replicas", labels)] == 3
+    assert scraped[("vmfleet_fleet_allocated_bytes", labels)] == fleet(kube, ns)["status"]["allocatedBytes"]
+    assert scraped[("vmfleet_events_total", frozenset({("type", "Normal"), ("reason", "ClonesCreated")}))] >= 1
 
     kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=5")
     kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=5", "vmfleet/web", "-n", ns, "--timeout=90s")

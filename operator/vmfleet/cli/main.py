@@ -68,6 +68,7 @@ def _image(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ..operator.run import run_operator
 
+    os.environ["VMFLEET_METRICS_PORT"] = str(args.metrics_port)
     return run_operator(namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
                         verbose=args.verbose)
 
@@ -85,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")
     r.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's health endpoint")
+    r.add_argument("--metrics-port", type=int, default=int(os.environ.get("VMFLEET_METRICS_PORT", "9090")),
+                   help="where Prometheus scrapes /metrics (0: none)")
     r.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=_run)

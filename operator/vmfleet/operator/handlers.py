@@ -9,9 +9,10 @@ import kopf
 
 from ..api.schema import GROUP, VERSION
 from ..engine import Event, Runtime, clone_count
-from . import passes
+from . import metrics, passes
 
 RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))
+METRICS_PORT = int(os.environ.get("VMFLEET_METRICS_PORT", "9090"))  # 0: no metrics endpoint
 FINALIZER = f"{GROUP}/finalizer"
 
 
@@ -32,6 +33,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = 20  # INFO: our Normal events are worth posting
     settings.watching.server_timeout = 300
     memo.runtime = Runtime()
+    if METRICS_PORT:
+        metrics.serve(METRICS_PORT)
 
 
 @kopf.on.cleanup()
@@ -79,6 +82,7 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
 
 
 def post(body: kopf.Body, events: list[Event]) -> None:
+    metrics.count(events)
     for e in events:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message)
 
@@ -91,8 +95,10 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 @kopf.on.update(GROUP, VERSION, "vmfleets", field="spec")
 @kopf.timer(GROUP, VERSION, "vmfleets", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
-    result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw))
+    with metrics.RECONCILE.labels("VmFleet").time():
+        result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw))
     patch.status.update(result.status)
+    metrics.record_fleet(body.metadata.namespace or "", body.metadata.name or "", body.spec, result.status)
     post(body, result.events)
 
 
@@ -103,7 +109,9 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     except passes.Unresolved as e:
         raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=RESYNC_SECONDS) from e
     post(body, result.events)
-    if not result.complete:
+    if result.complete:
+        metrics.forget_fleet(body.metadata.namespace or "", body.metadata.name or "")
+    else:
         raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying", delay=RESYNC_SECONDS)
 
 
@@ -115,7 +123,8 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
 @kopf.on.update(GROUP, VERSION, "vmtemplates", field="spec")
 @kopf.timer(GROUP, VERSION, "vmtemplates", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
-    result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
+    with metrics.RECONCILE.labels("VmTemplate").time():
+        result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
     patch.status.update(result.status)
     post(body, result.events)
 
