@@ -18,12 +18,12 @@ def _apply(args: argparse.Namespace) -> int:
     from .standalone import apply, plan_text
 
     try:
-        loaded = load(args.filename)
+        loaded, secrets = load(args.filename)
     except (InvalidManifest, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        objects, results = asyncio.run(apply(loaded, dry_run=args.dry_run))
+        objects, results = asyncio.run(apply(loaded, secrets, dry_run=args.dry_run))
     except InvalidManifest as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -27,14 +27,40 @@ def manifest_files(paths: Iterable[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Secret:
+    namespace: str
+    name: str
+    data: dict[str, str]
+
+
+def _secret(doc: dict, source: str) -> Secret:
+    """A core v1 Secret beside the vmfleet objects (standalone mode has no cluster to hold it)."""
+    import base64
+    import binascii
+
+    meta = doc.get("metadata") or {}
+    if not isinstance(meta.get("name"), str):
+        raise InvalidManifest(f"Secret ({source})", [FieldError("metadata.name", "required")])
+    data = {k: str(v) for k, v in (doc.get("stringData") or {}).items()}
+    for k, v in (doc.get("data") or {}).items():
+        try:
+            data[k] = base64.b64decode(v, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError, TypeError):
+            raise InvalidManifest(f"Secret {meta['name']!r} ({source})",
+                                  [FieldError(f"data.{k}", "must be base64")]) from None
+    return Secret(meta.get("namespace") or "default", meta["name"], data)
+
+
+@dataclass(frozen=True)
 class Loaded:
     doc: dict  # validated and defaulted, as the apiserver would store it
     resource: Resource
 
 
-def load(paths: Iterable[str]) -> list[Loaded]:
-    """Every vmfleet object in the files; InvalidManifest lists every bad field of every object at once."""
+def load(paths: Iterable[str]) -> tuple[list[Loaded], dict[tuple[str, str], Secret]]:
+    """Every vmfleet object and Secret in the files; InvalidManifest lists every bad field at once."""
     resources: list[Loaded] = []
+    secrets: dict[tuple[str, str], Secret] = {}
     problems: list[str] = []
     for path in manifest_files(paths):
         with open(path, encoding="utf-8") as f:
@@ -45,13 +71,17 @@ def load(paths: Iterable[str]) -> list[Loaded]:
                 continue
         for i, doc in enumerate(d for d in docs if d is not None):
             try:
+                if isinstance(doc, dict) and doc.get("apiVersion") == "v1" and doc.get("kind") == "Secret":
+                    secret = _secret(doc, f"{path}#{i + 1}")
+                    secrets[(secret.namespace, secret.name)] = secret
+                    continue
                 checked = validate(doc, f"{path}#{i + 1}")
                 resources.append(Loaded(checked, PARSERS[checked["kind"]].parse(checked)))
             except InvalidManifest as e:
                 problems.append(str(e))
     if problems:
         raise InvalidManifest("the manifests", [FieldError("", p) for p in problems])
-    return resources
+    return resources, secrets
 
 
 @dataclass

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from ..api import CloneStore, KvmHost, VmFleet
 from ..engine import Runtime, reconcile_fleet, reconcile_template
 from ..engine.fleet import FleetResult, clone_count, now
 from ..engine.status import Event, condition
-from .manifests import Loaded, World
+from ..api.types import SecretRef
+from ..storage import SecretReader, StoreError
+from .manifests import Loaded, Secret, World
 
 
 def _log(kind: str, name: str, events: Iterable[Event]) -> None:
@@ -48,10 +50,22 @@ def plan_text(fleet: VmFleet, result: FleetResult) -> str:
     return "\n".join(lines)
 
 
-async def apply(loaded: list[Loaded], dry_run: bool = False) -> tuple[list[dict[str, Any]], list[FleetResult]]:
-    """Converge every fleet in the manifests; the objects with their status, in input order."""
+def secret_reader(secrets: Mapping[tuple[str, str], Secret]) -> SecretReader:
+    def read(ref: SecretRef) -> Mapping[str, str]:
+        found = secrets.get((ref.namespace, ref.name))
+        if found is None:
+            raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) is not in the manifests")
+        return found.data
+
+    return read
+
+
+async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] | None = None,
+                dry_run: bool = False) -> tuple[list[dict[str, Any]], list[FleetResult]]:
+    """Converge every fleet in the manifests; the objects with their status, in input order.
+    Secrets are read, never printed."""
     world = World.of(item.resource for item in loaded)
-    runtime = Runtime()
+    runtime = Runtime(secret_reader(secrets or {}))
     statuses: dict[int, dict[str, Any]] = {}
     results: list[FleetResult] = []
     try:

@@ -15,10 +15,10 @@ from typing import Any, Mapping, Sequence
 from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
 from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, plan_fleet
-from ..storage import StoreDriver, clone_path, fleet_dir, parent_path
+from ..storage import StoreDriver, StoreError, clone_path, fleet_dir, parent_path
 from .execute import Outcome, execute
 from .runtime import Runtime
-from .status import Event, events_for, fleet_status
+from .status import Event, blocked_status, events_for, fleet_status
 
 
 @dataclass
@@ -175,6 +175,24 @@ async def reconcile_fleet(
     hosts: Sequence[KvmHost],
     previous_status: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+) -> FleetResult:
+    try:
+        return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run)
+    except StoreError as e:
+        message = f"CloneStore {store.meta.name}: {e}"
+        status = blocked_status(fleet.meta.generation, previous_status, "Degraded", "StoreUnavailable", message,
+                                now())
+        return FleetResult(status, [Event("Warning", "StoreUnavailable", message)], Plan())
+
+
+async def _reconcile(
+    runtime: Runtime,
+    fleet: VmFleet,
+    template: VmTemplate,
+    store: CloneStore,
+    hosts: Sequence[KvmHost],
+    previous_status: Mapping[str, Any] | None,
+    dry_run: bool,
 ) -> FleetResult:
     scope = FleetScope(runtime, fleet, template, store, hosts)
     recorded = recorded_hosts(previous_status)

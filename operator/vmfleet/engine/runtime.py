@@ -7,11 +7,17 @@ import asyncio
 
 from ..api.types import CloneStore, KvmHost
 from ..hypervisor import LibvirtHost
-from ..storage import StoreDriver, make_driver
+from ..api.types import SecretRef
+from ..storage import SecretReader, StoreDriver, StoreError, make_driver
+
+
+def no_secrets(ref: SecretRef) -> dict[str, str]:
+    raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) is not available here")
 
 
 class Runtime:
-    def __init__(self) -> None:
+    def __init__(self, read_secret: SecretReader = no_secrets) -> None:
+        self.read_secret = read_secret
         self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
         self._hosts: dict[str, LibvirtHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -19,7 +25,7 @@ class Runtime:
     def store_driver(self, store: CloneStore) -> StoreDriver:
         known = self._stores.get(store.meta.name)
         if known is None or known[0] != store:
-            self._stores[store.meta.name] = (store, make_driver(store))
+            self._stores[store.meta.name] = (store, make_driver(store, self.read_secret))
         return self._stores[store.meta.name][1]
 
     def host(self, host: KvmHost) -> LibvirtHost:

@@ -152,7 +152,8 @@ def fleet_status(
     all_ready = ready == desired and existing == desired and not stalled and not degraded
     gen = fleet.meta.generation
     stalled_reason = next((p.reason for p in plan.problems if p.severity is Severity.STALLED), "")
-    degraded_reason = next((p.reason for p in plan.problems if p.severity is Severity.DEGRADED), "ActionsFailed")
+    degraded_reason = next((p.reason for p in plan.problems if p.severity is Severity.DEGRADED),
+                           next((_FAILED[o.action.op] for o in outcomes if not o.ok), ""))
     conditions = [
         condition("Ready", all_ready, "AllReplicasReady" if all_ready else (stalled_reason or "ReplicasNotReady"),
                   f"{ready}/{desired} VMs ready", gen, previous, now),
@@ -175,4 +176,21 @@ def fleet_status(
         "measuredAt": now,
         "parent": scope.parent,
         "clones": clones,
+    }
+
+
+def blocked_status(generation: int, previous: Mapping[str, Any] | None, kind: str, reason: str, message: str,
+                   now: str) -> dict[str, Any]:
+    """Status when a pass could not even observe (a missing reference, an unreachable store): the
+    conditions say why; what the last good pass recorded stays (the status is merged, not replaced)."""
+    return {
+        "observedGeneration": generation,
+        "conditions": [
+            condition("Ready", False, reason, message, generation, previous, now),
+            condition("Reconciling", kind != "Stalled", reason, message, generation, previous, now),
+            condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else "NotStalled",
+                      message if kind == "Stalled" else "", generation, previous, now),
+            condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else "NotDegraded",
+                      message if kind == "Degraded" else "", generation, previous, now),
+        ],
     }

@@ -14,13 +14,13 @@ from .status import Event, condition
 async def reconcile_template(
     runtime: Runtime, template: VmTemplate, store: CloneStore, clones: int, previous: Mapping[str, Any] | None
 ) -> tuple[dict[str, Any], list[Event]]:
-    driver = runtime.store_driver(store)
     parent = parent_path(template.image_path, template.image_format)
     events: list[Event] = []
     old = (previous or {}).get("parent") or {}
     prepared_at = old.get("preparedAt") if old.get("path") == parent else None
     t = now()
     try:
+        driver = runtime.store_driver(store)
         if not await driver.exists(parent):
             await driver.prepare_parent(template.image_path, template.image_format, parent)
             events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))

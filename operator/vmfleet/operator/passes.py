@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, parse
 from ..engine import Event, Runtime, TeardownResult, reconcile_fleet, reconcile_template, release_parent, teardown_fleet
 from ..engine.fleet import now
-from ..engine.status import condition
+from ..engine.status import blocked_status
 
 Key = tuple[str, str]
 
@@ -80,16 +80,7 @@ def resolve_fleet(body: Mapping[str, Any], catalog: Catalog) -> tuple[VmFleet, V
 
 def _stalled(body: Mapping[str, Any], reason: str, message: str) -> dict[str, Any]:
     gen = int(body.get("metadata", {}).get("generation") or 1)
-    previous = body.get("status") or {}
-    t = now()
-    return {
-        "observedGeneration": gen,
-        "conditions": [
-            condition("Ready", False, reason, message, gen, previous, t),
-            condition("Reconciling", False, reason, message, gen, previous, t),
-            condition("Stalled", True, reason, message, gen, previous, t),
-        ],
-    }
+    return blocked_status(gen, body.get("status") or {}, "Stalled", reason, message, now())
 
 
 async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:

@@ -1,17 +1,45 @@
 """Storage drivers: one per CloneStore driver name, all behind base.StoreDriver."""
 
-from ..api.types import CloneStore
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from ..api.types import CloneStore, SecretRef
 from .base import Space, StoreDriver, StoreError, clone_path, fleet_dir, parent_path
 from .qcow2 import Qcow2Store
 from .reflink import ReflinkStore
+from .remote import GpfsStore, SonasStore
+from .ssh import SshCredentials, SshRunner
+
+SecretReader = Callable[[SecretRef], Mapping[str, str]]
+"""Reads a Secret's data (decoded); raises StoreError naming the Secret when it cannot."""
+
+PRIVATE_KEY = "ssh-privatekey"  # the key of a kubernetes.io/ssh-auth Secret
+KNOWN_HOSTS = "known_hosts"
 
 
-def make_driver(store: CloneStore) -> StoreDriver:
+def credentials(store: CloneStore, read_secret: SecretReader) -> SshCredentials:
+    assert store.ssh is not None
+    ref = store.ssh.secret
+    data = read_secret(ref)
+    missing = [k for k in (PRIVATE_KEY, KNOWN_HOSTS) if not data.get(k)]
+    if missing:
+        raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) has no {' or '.join(missing)}")
+    return SshCredentials(store.ssh.host, store.ssh.port, store.ssh.user, data[PRIVATE_KEY], data[KNOWN_HOSTS])
+
+
+def make_driver(store: CloneStore, read_secret: SecretReader) -> StoreDriver:
     if store.driver == "reflink":
         return ReflinkStore(store.local_path)
     if store.driver == "qcow2":
         return Qcow2Store(store.local_path)
-    raise StoreError(f"CloneStore {store.meta.name}: the {store.driver} driver is not available in this release")
+    assert store.ssh is not None
+    runner = SshRunner(credentials(store, read_secret), channels=store.concurrency,
+                       timeout=store.ssh.command_timeout)
+    if store.driver == "sonas":
+        return SonasStore(store.root, store.local_path, runner, store.max_clone_depth)
+    return GpfsStore(store.root, runner, store.max_clone_depth)
 
 
-__all__ = ["Space", "StoreDriver", "StoreError", "clone_path", "fleet_dir", "make_driver", "parent_path"]
+__all__ = ["SecretReader", "Space", "StoreDriver", "StoreError", "clone_path", "fleet_dir", "make_driver",
+           "parent_path"]

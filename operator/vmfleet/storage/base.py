@@ -31,6 +31,8 @@ def check_relative(path: str) -> str:
     """A path under the store's root, or StoreError: no '..', no leading '/', no odd characters."""
     if not _RELATIVE.match(path) or len(path) > 4096:
         raise StoreError(f"path {path!r} is not a plain relative path under the store root ({RELATIVE_PATH_PATTERN})")
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise StoreError(f"path {path[:80]!r}...: a file name is longer than 255 bytes")
     return path
 
 

@@ -6,6 +6,7 @@ SHARED flag can (see reference/test-infra.md §4).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -45,3 +46,15 @@ def exclusive_and_shared(path: str) -> tuple[int, int]:
                     return exclusive, shared
     finally:
         os.close(fd)
+
+
+def own_bytes(path: str) -> int:
+    """Bytes that belong to this file alone: FIEMAP where the file system shares extents by reference
+    (XFS, btrfs), else st_blocks, which GPFS (also through its NFS export) charges to the file's own
+    copy-on-write blocks only, the shared ones going to the clone parent."""
+    try:
+        return exclusive_and_shared(path)[0]
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
+            raise
+    return os.stat(path).st_blocks * 512

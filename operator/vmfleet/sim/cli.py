@@ -1,0 +1,190 @@
+"""The commands the simulator answers: the SONAS CLI (mkclone, lsclone) and a GPFS node's shell
+(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat), with their output formats and errors.
+
+Verified against shared/reference/gpfs-clones.md: the `mmclone show` table, the
+`EFSSG1000I The command completed successfully.` trailer, `mmclone: Read-only file system` on
+re-snapping a parent, EROFS from rm of a parent with clones. The texts of the SONAS CLI's own
+errors are not public; the simulator uses EFSSG-coded stand-ins (marked below), and vmfleet relies
+only on their form (`EFSSG<4 digits><severity>`, non-zero exit), never on their numbers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shlex
+
+from .fs import FsError, SimFs
+
+Result = tuple[int, str, str]  # exit status, stdout, stderr
+
+SUCCESS = "EFSSG1000I The command completed successfully.\n"
+_SAFE_UNQUOTED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./- ")
+# Stand-ins for SONAS CLI errors whose real codes are not public (EFSSG0264C is real: path not found).
+_SONAS_ERRORS = {
+    errno.ENOENT: "EFSSG0264C The path {path} does not exist.",
+    errno.EEXIST: "EFSSG0765C The file {path} already exists.",
+    errno.EINVAL: "EFSSG0766C The file {path} is not a clone parent or not in a GPFS file system.",
+    errno.EROFS: "EFSSG0767C The file {path} is a read-only clone parent.",
+    errno.EISDIR: "EFSSG0768C The path {path} is a directory.",
+}
+
+
+def unquoted_metacharacters(command: str) -> set[str]:
+    """Characters a shell would read as syntax: what vmfleet must never send unquoted."""
+    found: set[str] = set()
+    quote = None
+    escaped = False
+    for ch in command:
+        if escaped:
+            escaped = False
+        elif quote == "'":
+            quote = None if ch == "'" else quote
+        elif quote == '"':
+            if ch == '"':
+                quote = None
+            elif ch in "$`\\":
+                found.add(ch)
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "\\":
+            escaped = True
+        elif ch not in _SAFE_UNQUOTED:
+            found.add(ch)
+    return found
+
+
+def split(command: str) -> list[str]:
+    bad = unquoted_metacharacters(command)
+    if bad:
+        raise ValueError(f"unquoted shell syntax {''.join(sorted(bad))!r}")
+    return shlex.split(command)
+
+
+# ---------------------------------------------------------------- SONAS CLI
+
+
+def _sonas_error(e: FsError) -> Result:
+    text = _SONAS_ERRORS.get(e.errno or 0, "EFSSG0632C Command execution aborted.")  # EFSSG0632C is real
+    return 1, text.format(path=e.filename) + "\n", ""
+
+
+def sonas(fs: SimFs, argv: list[str]) -> Result:
+    if not argv:
+        return 1, "", "EFSSG0001C Enter a command.\n"  # stand-in
+    name, args = argv[0], argv[1:]
+    try:
+        if name == "mkclone":
+            opts = _options(args, {"-p", "-s", "-t"})
+            if opts is None or "-s" not in opts or "-t" not in opts:
+                return 1, "EFSSG0002C Usage: mkclone [-p parent] -s source -t target\n", ""  # stand-in
+            if "-p" in opts:
+                fs.snap(opts["-s"], opts["-p"])
+                fs.copy(opts["-p"], opts["-t"])
+            else:
+                fs.copy(opts["-s"], opts["-t"])
+            return 0, SUCCESS, ""
+        if name == "lsclone":
+            if not args:
+                return 1, "EFSSG0002C Usage: lsclone file [file...]\n", ""  # stand-in
+            return 0, _show(fs, args) + SUCCESS, ""
+    except FsError as e:
+        return _sonas_error(e)
+    return 1, f"EFSSG0003C {name}: unknown command (restricted CLI).\n", ""  # stand-in
+
+
+def _options(args: list[str], allowed: set[str]) -> dict[str, str] | None:
+    if len(args) % 2:
+        return None
+    opts = dict(zip(args[::2], args[1::2]))
+    return opts if set(opts) <= allowed and len(opts) == len(args) // 2 else None
+
+
+# ---------------------------------------------------------------- GPFS node
+
+
+def _show(fs: SimFs, paths: list[str]) -> str:
+    lines = ["Parent  Depth   Parent inode   File name", "------  -----  --------------  ---------"]
+    for p in paths:
+        fs.local(p)
+        if not os.path.lexists(fs.local(p)):
+            raise FsError(errno.ENOENT, os.strerror(errno.ENOENT), p)
+        info = fs.info(p)
+        if info is None:
+            lines.append(f"{'':>6}  {'':>5}  {'':>14}  {p}")
+        else:
+            inode = "" if info.parent_inode is None else str(info.parent_inode)
+            lines.append(f"{'yes' if info.is_parent else 'no':>6}  {info.depth:>5}  {inode:>14}  {p}")
+    return "\n".join(lines) + "\n"
+
+
+def gpfs(fs: SimFs, argv: list[str]) -> Result:
+    if not argv:
+        return 0, "", ""
+    name, args = os.path.basename(argv[0]), argv[1:]
+    try:
+        if name == "mmclone":
+            return _mmclone(fs, args)
+        if name == "mkdir" and args[:2] == ["-p", "--"] and len(args) == 3:
+            os.makedirs(fs.local(args[2]), exist_ok=True)
+            return 0, "", ""
+        if name == "rm" and args[:2] == ["-f", "--"]:
+            for p in args[2:]:
+                try:
+                    fs.remove(p)
+                except FsError as e:
+                    if e.errno != errno.ENOENT:
+                        return 1, "", f"rm: cannot remove '{p}': {os.strerror(e.errno or 0)}\n"
+            return 0, "", ""
+        if name == "ls" and args[:2] == ["-1", "--"] and len(args) == 3:
+            local = fs.local(args[2])
+            if not os.path.isdir(local):
+                return 2, "", f"ls: cannot access '{args[2]}': No such file or directory\n"
+            return 0, "".join(f"{n}\n" for n in sorted(os.listdir(local))), ""
+        if name == "stat" and args[:1] == ["-c"] and len(args) >= 4 and args[2] == "--":
+            return _stat(fs, args[1], args[3:])
+    except FsError as e:
+        return 1, "", f"{name}: {e.filename}: {os.strerror(e.errno or 0)}\n"
+    return 127, "", f"bash: {argv[0]}: command not found\n"
+
+
+def _mmclone(fs: SimFs, args: list[str]) -> Result:
+    usage = (1, "", "Usage: mmclone {snap|copy|split|redirect|show} ...\n")
+    if not args:
+        return usage
+    verb, files = args[0], args[1:]
+    try:
+        if verb == "snap" and len(files) in (1, 2):
+            fs.snap(files[0], files[1] if len(files) == 2 else None)
+        elif verb == "copy" and len(files) == 2:
+            fs.copy(files[0], files[1])
+        elif verb == "split" and files:
+            for f in files:
+                fs.split(f)
+        elif verb == "redirect" and files:
+            for f in files:
+                fs.redirect(f)
+        elif verb == "show" and files:
+            return 0, _show(fs, files), ""
+        else:
+            return usage
+    except FsError as e:
+        return e.errno or 1, "", f"mmclone: {os.strerror(e.errno or 0)}\n"
+    return 0, "", ""
+
+
+def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
+    out, err, status = [], [], 0
+    for p in paths:
+        try:
+            local = fs.local(p)
+            st = os.stat(local)
+        except (FsError, FileNotFoundError):
+            err.append(f"stat: cannot statx '{p}': No such file or directory\n")
+            status = 1
+            continue
+        values = {"%n": p, "%s": str(st.st_size), "%b": str(fs.charged_blocks(p)), "%i": str(st.st_ino),
+                  "%h": str(st.st_nlink)}
+        out.append(re.sub(r"%[nsbih]", lambda m: values[m.group()], fmt) + "\n")
+    return status, "".join(out), "".join(err)

@@ -1,0 +1,168 @@
+"""Every command vmfleet sends to SONAS or a GPFS node is built here, and every output parsed here.
+
+Paths are server-side absolute paths checked by `server_path` before any command is built; every
+argument is quoted with shlex.quote, so no name or path is ever read by a shell as syntax.
+Output formats: shared/reference/gpfs-clones.md (mmclone show table, EFSSG messages, Cinder fixtures).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Sequence
+
+from .base import StoreError, check_relative
+
+MMCLONE = "/usr/lpp/mmfs/bin/mmclone"
+SUCCESS = "EFSSG1000I The command completed successfully."
+_EFSSG = re.compile(r"\b(EFSSG\d{4}[A-Z])\b\s*(.*)")
+MAX_PATH = 4096
+
+
+class CommandFailed(StoreError):
+    """A storage command exited non-zero or printed an error; `code` is the EFSSG code where there is one."""
+
+    def __init__(self, command: str, message: str, code: str = "", exit_status: int | None = None):
+        super().__init__(f"{command.split()[0]} failed: {message}")
+        self.code, self.exit_status = code, exit_status
+
+
+def server_path(root: str, relative: str) -> str:
+    """The absolute server-side path of `relative` under `root`; nothing outside the root gets through."""
+    path = posixpath.join(root, check_relative(relative))
+    if len(path) > MAX_PATH or posixpath.normpath(path) != path or not path.startswith(root.rstrip("/") + "/"):
+        raise StoreError(f"path {relative!r} does not stay under the store root {root}")
+    return path
+
+
+def _join(*words: str) -> str:
+    return " ".join(shlex.quote(w) for w in words)
+
+
+# ---------------------------------------------------------------- builders: SONAS CLI (restricted shell)
+
+
+def mkclone_with_parent(parent: str, source: str, target: str) -> str:
+    """Make the read-only clone parent of `source` and a first clone of it (SONAS `mkclone -p -s -t`)."""
+    return _join("mkclone", "-p", parent, "-s", source, "-t", target)
+
+
+def mkclone(parent: str, target: str) -> str:
+    """A writable clone of an existing clone parent (SONAS `mkclone -s -t`)."""
+    return _join("mkclone", "-s", parent, "-t", target)
+
+
+def lsclone(paths: Sequence[str]) -> str:
+    return _join("lsclone", *paths)
+
+
+# ---------------------------------------------------------------- builders: a GPFS node's shell
+
+
+def mmclone_snap(source: str, parent: str) -> str:
+    return _join(MMCLONE, "snap", source, parent)
+
+
+def mmclone_copy(parent: str, target: str) -> str:
+    return _join(MMCLONE, "copy", parent, target)
+
+
+def mmclone_show(paths: Sequence[str]) -> str:
+    return _join(MMCLONE, "show", *paths)
+
+
+def mmclone_redirect(path: str) -> str:
+    return _join(MMCLONE, "redirect", path)
+
+
+def mkdir_p(path: str) -> str:
+    return _join("mkdir", "-p", "--", path)
+
+
+def rm_f(path: str) -> str:
+    return _join("rm", "-f", "--", path)
+
+
+def ls(directory: str) -> str:
+    return _join("ls", "-1", "--", directory)
+
+
+STAT_FORMAT = "%n\t%s\t%b"
+
+
+def stat(paths: Sequence[str]) -> str:
+    """One stat for many files: name, size in bytes, 512-byte blocks charged to the file."""
+    return _join("stat", "-c", STAT_FORMAT, "--", *paths)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def sonas_output(command: str, exit_status: int | None, stdout: str, stderr: str) -> str:
+    """The CLI's output without its success trailer; CommandFailed for an EFSSG error, a non-zero exit,
+    or output cut off before `EFSSG1000I The command completed successfully.`"""
+    text = stdout + ("\n" + stderr if stderr else "")
+    for line in text.splitlines():
+        m = _EFSSG.search(line)
+        if m and not m.group(1).endswith("I"):
+            raise CommandFailed(command, f"{m.group(1)} {m.group(2)}".strip(), m.group(1), exit_status)
+    if exit_status != 0:
+        raise CommandFailed(command, f"exit status {exit_status}: {text.strip() or 'no output'}", "", exit_status)
+    lines = stdout.rstrip("\n").splitlines()
+    if not lines or lines[-1].strip() != SUCCESS:
+        raise CommandFailed(command, f"output ended without {SUCCESS} (truncated?): {stdout[-200:]!r}")
+    return "\n".join(lines[:-1])
+
+
+def shell_output(command: str, exit_status: int | None, stdout: str, stderr: str) -> str:
+    if exit_status != 0:
+        raise CommandFailed(command, f"exit status {exit_status}: {(stderr or stdout).strip() or 'no output'}",
+                            "", exit_status)
+    return stdout
+
+
+@dataclass(frozen=True)
+class CloneRow:
+    """One row of `mmclone show` / `lsclone`."""
+
+    name: str
+    is_parent: bool | None  # None: not a clone at all
+    depth: int | None
+    parent_inode: int | None
+
+
+_ROW = re.compile(r"^\s*(?:(yes|no)\s+(\d+)\s+(?:(\d+)\s+)?)?(\S.*?)\s*$")
+
+
+def clone_rows(text: str, expected: Sequence[str] | None = None) -> list[CloneRow]:
+    """Parse the `Parent Depth Parent inode File name` table; the file name is the last column."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].split()[:2] == ["Parent", "Depth"] or not set(lines[1]) <= set("- "):
+        raise StoreError(f"unexpected clone listing (no 'Parent Depth Parent inode File name' header): {text[:200]!r}")
+    rows = []
+    for line in lines[2:]:
+        m = _ROW.match(line)
+        if not m:
+            raise StoreError(f"unexpected clone listing row: {line!r}")
+        flag, depth, inode, name = m.groups()
+        rows.append(CloneRow(name, None if flag is None else flag == "yes",
+                             None if depth is None else int(depth), None if inode is None else int(inode)))
+    if expected is not None and [r.name for r in rows] != list(expected):
+        raise StoreError(f"clone listing names {[r.name for r in rows]} instead of {list(expected)} (truncated?)")
+    return rows
+
+
+def stat_rows(text: str, expected: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Parse `stat -c '%n\\t%s\\t%b'`: path -> (size, 512-byte blocks). Every expected path must be there."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise StoreError(f"unexpected stat output line: {line!r}")
+        out[parts[0]] = (int(parts[1]), int(parts[2]))
+    missing = [p for p in expected if p not in out]
+    if missing:
+        raise StoreError(f"stat printed nothing for {len(missing)} file(s), e.g. {missing[0]!r} (truncated?)")
+    return out

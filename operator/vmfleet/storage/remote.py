@@ -1,0 +1,154 @@
+"""The two SSH drivers: `sonas` (the SONAS CLI's mkclone/lsclone) and `gpfs` (mmclone on a GPFS node).
+
+Both make clones from a read-only clone parent, on the server, in milliseconds and 0 bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Sequence
+
+from . import commands as cmd
+from .base import Space, StoreError
+from .fiemap import own_bytes
+from .local import LocalStore
+from .ssh import SshRunner
+
+STAT_BATCH = 500  # paths per stat command: well under any ARG_MAX
+
+
+class SonasStore(LocalStore):
+    """Clones through the SONAS CLI over SSH; listing, deleting and measuring through the NFS export
+    mounted at `local` where the operator runs (the CLI user has no shell to do them with)."""
+
+    def __init__(self, root: str, local: str, runner: SshRunner, max_depth: int):
+        super().__init__(local)
+        self.root, self.runner, self.max_depth = root.rstrip("/"), runner, max_depth
+
+    def clone_format(self, parent_format: str) -> str:
+        return parent_format
+
+    async def _cli(self, command: str, retry: bool = False) -> str:
+        reply = await self.runner.run(command, retry=retry)
+        return cmd.sonas_output(command, reply.exit_status, reply.stdout, reply.stderr)
+
+    async def prepare_parent(self, image: str, image_format: str, parent: str) -> None:
+        if await self.exists(parent):
+            return
+        seed = parent + ".seed"
+        os.makedirs(os.path.dirname(self.abspath(parent)), exist_ok=True)
+        await self._remove_local(seed)
+        await self._cli(cmd.mkclone_with_parent(cmd.server_path(self.root, parent), cmd.server_path(self.root, image),
+                                                cmd.server_path(self.root, seed)))
+        # `mkclone -p` always makes a first clone too; like Cinder's IBMNAS driver, drop it.
+        await self._remove_local(seed)
+        await self._check_depth(parent)
+
+    async def _check_depth(self, parent: str) -> None:
+        if not self.max_depth:
+            return
+        path = cmd.server_path(self.root, parent)
+        (row,) = cmd.clone_rows(await self._cli(cmd.lsclone([path]), retry=True), [path])
+        if row.depth is not None and row.depth + 1 > self.max_depth:
+            raise StoreError(f"clones of {parent} would be {row.depth + 1} deep, over the store's maxCloneDepth "
+                             f"{self.max_depth}; the SONAS CLI cannot redirect: use a template image that is not "
+                             "itself a deep clone")
+
+    async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
+        if await self.exists(target):
+            raise StoreError(f"clone {target!r} already exists")
+        os.makedirs(os.path.dirname(self.abspath(target)), exist_ok=True)
+        await self._cli(cmd.mkclone(cmd.server_path(self.root, parent), cmd.server_path(self.root, target)))
+
+    async def _remove_local(self, path: str) -> None:
+        try:
+            os.unlink(self.abspath(path))
+        except FileNotFoundError:
+            pass
+
+    def _measure(self, path: str) -> Space:
+        return Space(os.stat(path).st_size, own_bytes(path))
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+
+class GpfsStore:
+    """Everything through a shell on a GPFS node: mmclone, mkdir, ls, rm, and one stat for many files."""
+
+    def __init__(self, root: str, runner: SshRunner, max_depth: int):
+        self.root, self.runner, self.max_depth = root.rstrip("/"), runner, max_depth
+        self._dirs: set[str] = set()
+
+    def clone_format(self, parent_format: str) -> str:
+        return parent_format
+
+    def _path(self, relative: str) -> str:
+        return cmd.server_path(self.root, relative)
+
+    async def _sh(self, command: str, retry: bool = False) -> str:
+        reply = await self.runner.run(command, retry=retry)
+        return cmd.shell_output(command, reply.exit_status, reply.stdout, reply.stderr)
+
+    async def exists(self, path: str) -> bool:
+        reply = await self.runner.run(cmd.stat([self._path(path)]), retry=True)
+        return reply.exit_status == 0
+
+    async def _mkdir(self, directory: str) -> None:
+        if directory not in self._dirs:
+            await self._sh(cmd.mkdir_p(directory))
+            self._dirs.add(directory)
+
+    async def prepare_parent(self, image: str, image_format: str, parent: str) -> None:
+        if await self.exists(parent):
+            return
+        target = self._path(parent)
+        await self._mkdir(posixpath.dirname(target))
+        await self._sh(cmd.mmclone_snap(self._path(image), target))
+        if self.max_depth:
+            (row,) = cmd.clone_rows(await self._sh(cmd.mmclone_show([target]), retry=True), [target])
+            for _ in range(max(0, (row.depth or 0) + 1 - self.max_depth)):
+                await self._sh(cmd.mmclone_redirect(target))  # one link of the chain less each time
+
+    async def list_dir(self, directory: str) -> list[str]:
+        reply = await self.runner.run(cmd.ls(self._path(directory)), retry=True)
+        if reply.exit_status != 0:
+            if "No such file or directory" in reply.stderr:
+                return []
+            cmd.shell_output("ls", reply.exit_status, reply.stdout, reply.stderr)
+        return sorted(n for n in reply.stdout.splitlines() if n)
+
+    async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
+        path = self._path(target)
+        await self._mkdir(posixpath.dirname(path))
+        try:
+            await self._sh(cmd.mmclone_copy(self._path(parent), path))
+        except cmd.CommandFailed as e:
+            if "File exists" in str(e):
+                raise StoreError(f"clone {target!r} already exists") from None
+            raise
+
+    async def delete(self, path: str) -> None:
+        await self._sh(cmd.rm_f(self._path(path)))
+
+    async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
+        out: dict[str, Space] = {}
+        for i in range(0, len(paths), STAT_BATCH):
+            batch = list(paths[i:i + STAT_BATCH])
+            server = [self._path(p) for p in batch]
+            reply = await self.runner.run(cmd.stat(server), retry=True)
+            # stat exits 1 when some file is missing and still prints the others.
+            found = cmd.stat_rows(reply.stdout, []) if reply.exit_status in (0, 1) else {}
+            if reply.exit_status not in (0, 1):
+                cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr)
+            for rel, srv in zip(batch, server):
+                if srv in found:
+                    size, blocks = found[srv]
+                    out[rel] = Space(size, blocks * 512)
+        return out
+
+    async def close(self) -> None:
+        await self.runner.close()
+
+

@@ -1,0 +1,124 @@
+"""One SSH connection per store, reused by every reconcile; a bounded number of channels on it;
+host keys always checked against the store's known_hosts; reconnect with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import asyncssh
+
+from .base import StoreError
+
+
+@dataclass(frozen=True)
+class SshCredentials:
+    host: str
+    port: int
+    user: str
+    private_key: str
+    known_hosts: str
+
+    def __repr__(self) -> str:  # never print the key
+        return f"SshCredentials({self.user}@{self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class Reply:
+    exit_status: int | None
+    stdout: str
+    stderr: str
+
+
+class SshRunner:
+    RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
+
+    def __init__(self, credentials: SshCredentials, channels: int, timeout: float):
+        self.credentials = credentials
+        self.timeout = timeout
+        self._channels = asyncio.Semaphore(channels)
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._connecting = asyncio.Lock()
+        self.commands_sent = 0
+        self.connections_made = 0
+
+    @property
+    def where(self) -> str:
+        c = self.credentials
+        return f"{c.user}@{c.host}:{c.port}"
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        async with self._connecting:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            c = self.credentials
+            try:
+                key = asyncssh.import_private_key(c.private_key)
+                known = asyncssh.import_known_hosts(c.known_hosts)
+            except (asyncssh.KeyImportError, ValueError) as e:
+                raise StoreError(f"SSH credentials for {self.where} are unusable: {type(e).__name__}") from None
+            try:
+                self._conn = await asyncio.wait_for(
+                    asyncssh.connect(c.host, c.port, username=c.user, client_keys=[key], known_hosts=known,
+                                     agent_path=None, config=None, keepalive_interval=30),
+                    self.timeout,
+                )
+            except asyncssh.HostKeyNotVerifiable as e:
+                raise StoreError(f"host key of {self.where} is not in the store's known_hosts ({e.reason}); "
+                                 "refusing to connect") from None
+            except asyncssh.PermissionDenied:
+                raise StoreError(f"{self.where} refused the store's SSH key (permission denied)") from None
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+                raise StoreError(f"cannot reach {self.where}: {type(e).__name__}: {e}") from None
+            self.connections_made += 1
+            return self._conn
+
+    async def run(self, command: str, retry: bool = False) -> Reply:
+        """Run one command. `retry`: the command only reads, so it is sent again after a dropped connection."""
+        delays = self.RETRY_DELAYS if retry else ()
+        for attempt in range(len(delays) + 1):
+            try:
+                return await self._run_once(command)
+            except ConnectionDropped as e:
+                if attempt == len(delays):
+                    raise StoreError(str(e)) from None
+                await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    async def _run_once(self, command: str) -> Reply:
+        conn = await self._connection()
+        async with self._channels:
+            self.commands_sent += 1
+            try:
+                done = await asyncio.wait_for(conn.run(command, check=False), self.timeout)
+            except asyncio.TimeoutError:
+                raise StoreError(f"{command.split()[0]} on {self.where} took longer than {self.timeout:g} s") from None
+            except (OSError, asyncssh.Error) as e:
+                self._drop()
+                raise ConnectionDropped(f"connection to {self.where} lost during {command.split()[0]}: "
+                                        f"{type(e).__name__}") from None
+        if done.exit_status is None and done.exit_signal is None and conn.is_closed():
+            self._drop()
+            raise ConnectionDropped(f"connection to {self.where} closed during {command.split()[0]}")
+        return Reply(done.exit_status, _text(done.stdout), _text(done.stderr))
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+
+class ConnectionDropped(StoreError):
+    pass
+
+
+def _text(data: object) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else str(data)

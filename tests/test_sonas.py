@@ -1,0 +1,246 @@
+"""The sonas and gpfs drivers over real SSH against the simulator, on XFS reflinks."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+import asyncssh
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator import MOUNT, SimEnv, fleet, host, template
+from vmfleet import sim
+from vmfleet.engine import Runtime, reconcile_fleet
+from vmfleet.images import make_template_image
+from vmfleet.sim.cli import unquoted_metacharacters
+from vmfleet.storage import StoreError, make_driver
+from vmfleet.storage import commands as cmd
+
+pytestmark = pytest.mark.sonas
+MIB, GIB = 1 << 20, 1 << 30
+
+MakeEnv = Callable[..., Awaitable[SimEnv]]
+
+
+@pytest.fixture
+async def make_env(xfs: Path, unique: str, small_image: Path) -> AsyncIterator[MakeEnv]:
+    made: list[SimEnv] = []
+
+    async def make(personality: str, image: Path | None = None, **faults: object) -> SimEnv:
+        directory = xfs / f"gpfs-{unique}-{len(made)}"
+        (directory / "frank" / "image" / "linux").mkdir(parents=True)
+        target = directory / "frank" / "image" / "linux" / "basic.img"
+        if image is None:
+            shutil.copyfile(small_image, target)
+        else:
+            os.rename(image, target)
+        client = asyncssh.generate_private_key("ssh-ed25519")
+        s = await sim.start(str(directory), MOUNT, personality, client.export_public_key().decode(),
+                            faults=sim.Faults(**faults))  # type: ignore[arg-type]
+        env = SimEnv(s, directory, client, Runtime())
+        env.runtime.read_secret = env.read_secret
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        await env.runtime.close()
+        await env.sim.stop()
+
+
+def clones(status: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in status["clones"]}
+
+
+async def test_the_seed_transcript_zero_byte_clones_until_written(make_env: MakeEnv, xfs: Path, unique: str) -> None:
+    """mkclone of a 10 GiB template holding 1 GiB of data: clones of 0 bytes; 100 MiB written into one."""
+    image = xfs / f"seed-{unique}.img"
+    make_template_image(str(image), 10 * GIB, 1 * GIB)
+    env = await make_env("sonas", image)
+    store, t, f = env.store(), template(), fleet(3)
+    result = await reconcile_fleet(env.runtime, f, t, store, [host()])
+    status = result.status
+    assert status["readyReplicas"] == 3, status["conditions"]
+    for c in status["clones"]:
+        assert c["logicalBytes"] == 10 * GIB  # `ls -al`: 10737418240, as the original
+        assert c["allocatedBytes"] == 0  # `du -sh`: 0
+    assert env.sim.count("mkclone -p") == 1 and env.sim.count("mkclone -s") == 3
+
+    with open(env.directory / "frank" / clones(status)["web-1"]["path"], "r+b") as disk:
+        disk.seek(512 * MIB)
+        for _ in range(100):
+            disk.write(os.urandom(MIB))
+        os.fsync(disk.fileno())
+    after = (await reconcile_fleet(env.runtime, f, t, store, [host()], status)).status
+    by_name = clones(after)
+    assert abs(by_name["web-1"]["allocatedBytes"] - 100 * MIB) <= 4096
+    assert by_name["web-0"]["allocatedBytes"] == by_name["web-2"]["allocatedBytes"] == 0
+    assert after["allocatedBytes"] == sum(c["allocatedBytes"] for c in after["clones"])
+    assert after["logicalBytes"] == 3 * 10 * GIB
+    assert after["savedBytes"] == after["logicalBytes"] - after["allocatedBytes"]
+
+
+async def test_lsclone_shows_the_parent_and_its_clones_as_gpfs_does(make_env: MakeEnv) -> None:
+    env = await make_env("sonas")
+    status = (await reconcile_fleet(env.runtime, fleet(2), template(), env.store(), [host()])).status
+    driver = env.runtime.store_driver(env.store())
+    parent = cmd.server_path(f"{MOUNT}/frank", status["parent"])
+    clone = cmd.server_path(f"{MOUNT}/frank", status["clones"][0]["path"])
+    reply = await driver.runner.run(cmd.lsclone([parent, clone]))  # type: ignore[attr-defined]
+    assert reply.stdout.splitlines()[0] == "Parent  Depth   Parent inode   File name"
+    assert reply.stdout.rstrip().endswith("EFSSG1000I The command completed successfully.")
+    rows = cmd.clone_rows(cmd.sonas_output("lsclone", reply.exit_status, reply.stdout, reply.stderr),
+                          [parent, clone])
+    assert (rows[0].is_parent, rows[0].depth, rows[0].parent_inode) == (True, 0, None)
+    assert (rows[1].is_parent, rows[1].depth) == (False, 1)
+    assert rows[1].parent_inode == (env.directory / "frank" / status["parent"]).stat().st_ino
+
+
+@pytest.mark.parametrize("personality", ["sonas", "gpfs"])
+async def test_200_clones_over_one_connection_and_a_refresh_that_does_not_grow(make_env: MakeEnv,
+                                                                               personality: str) -> None:
+    env = await make_env(personality)
+    store = env.store(concurrency=16)
+    small = (await reconcile_fleet(env.runtime, fleet(20, "small"), template(), store, [host()])).status
+    assert small["readyReplicas"] == 20
+    big = (await reconcile_fleet(env.runtime, fleet(200, "big"), template(), store, [host()])).status
+    assert big["readyReplicas"] == 200, big["conditions"]
+    assert env.sim.connections == 1
+    copies = env.sim.count("mkclone -s") + env.sim.count(f"{cmd.MMCLONE} copy")
+    assert copies == 220
+
+    def refresh_cost(status: dict, f) -> Awaitable[int]:
+        async def run() -> int:
+            before = len(env.sim.commands)
+            result = await reconcile_fleet(env.runtime, f, template(), store, [host()], status)
+            assert result.status["readyReplicas"] == f.replicas and not result.plan.actions
+            return len(env.sim.commands) - before
+        return run()
+
+    small_cost = await refresh_cost(small, fleet(20, "small"))
+    big_cost = await refresh_cost(big, fleet(200, "big"))
+    assert big_cost == small_cost <= 3, (personality, small_cost, big_cost)
+
+
+async def test_gpfs_measures_all_clones_with_one_stat(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    status = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()])).status
+    before = env.sim.count("stat ")
+    clone = env.directory / "frank" / status["clones"][2]["path"]
+    with open(clone, "r+b") as disk:
+        disk.write(os.urandom(3 * MIB))
+        os.fsync(disk.fileno())
+    after = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()], status)).status
+    assert [c["allocatedBytes"] for c in after["clones"]] == [0, 0, 3 * MIB, 0, 0]
+    assert env.sim.count("stat ") - before == 2  # the parent's existence, and one for all five clones
+
+
+async def test_a_failed_clone_leaves_nothing_and_the_next_pass_converges(make_env: MakeEnv) -> None:
+    env = await make_env("sonas", fail={3, 5})
+    store = env.store()
+    first = await reconcile_fleet(env.runtime, fleet(4), template(), store, [host()])
+    failed = [e for e in first.events if e.reason == "CreateCloneFailed"]
+    assert len(failed) == 2 and "EFSSG0632C Command execution aborted." in failed[0].message
+    degraded = next(c for c in first.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert len(list((env.directory / "frank").rglob("web-*.img"))) == 2
+    second = await reconcile_fleet(env.runtime, fleet(4), template(), store, [host()], first.status)
+    assert second.status["readyReplicas"] == 4
+    assert sorted(p.name for p in (env.directory / "frank").rglob("web-*.img")) == [f"web-{i}.img" for i in range(4)]
+
+
+async def test_a_dropped_connection_is_reconnected(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs", drop={4})
+    first = await reconcile_fleet(env.runtime, fleet(3), template(), env.store(), [host()])
+    second = await reconcile_fleet(env.runtime, fleet(3), template(), env.store(), [host()], first.status)
+    assert second.status["readyReplicas"] == 3
+    assert env.sim.connections == 2
+
+
+async def test_a_hanging_command_times_out_with_a_clear_error(make_env: MakeEnv) -> None:
+    env = await make_env("sonas", hang={1})
+    result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(timeout=1), [host()])
+    assert any("mkclone on vmfleet@127.0.0.1" in e.message and "took longer than 1 s" in e.message
+               for e in result.events), result.events
+    assert not list((env.directory / "frank").rglob("web-*.img"))
+
+
+async def test_truncated_output_is_an_error_not_a_success(make_env: MakeEnv) -> None:
+    env = await make_env("sonas", truncate={1})
+    result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(), [host()])
+    assert any("truncated" in e.message for e in result.events), result.events
+    again = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(), [host()], result.status)
+    assert again.status["readyReplicas"] == 1
+
+
+async def test_an_unknown_host_key_is_refused(make_env: MakeEnv) -> None:
+    env = await make_env("sonas")
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    env.known_hosts = f"[127.0.0.1]:{env.sim.port} {other}"
+    result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(), [host()])
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "PrepareParentFailed"
+    assert "host key of vmfleet@127.0.0.1" in degraded["message"] and "refusing to connect" in degraded["message"]
+    assert env.sim.commands == []
+    gpfs = await make_env("gpfs")  # the gpfs driver observes over SSH: the whole store is unavailable
+    gpfs.known_hosts = f"[127.0.0.1]:{gpfs.sim.port} {other}"
+    result = await reconcile_fleet(gpfs.runtime, fleet(1), template(), gpfs.store(), [host()])
+    degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["reason"] == "StoreUnavailable" and "refusing to connect" in degraded["message"]
+
+
+async def test_a_wrong_key_is_refused_and_the_key_never_appears(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    env.client_key = asyncssh.generate_private_key("ssh-ed25519")
+    result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(), [host()])
+    text = repr(result.status) + repr(result.events)
+    assert "refused the store's SSH key" in text
+    assert "PRIVATE KEY" not in text and env.client_key.export_private_key().decode()[40:80] not in text
+    assert env.sim.commands == []
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "/etc/passwd", "a/../../b", "a;rm -rf /", "a$(reboot)",
+                                 "x" * 256, "a b"])
+def test_bad_paths_never_become_commands(bad: str) -> None:
+    with pytest.raises(StoreError):
+        cmd.server_path(f"{MOUNT}/frank", bad)
+
+
+async def test_a_secret_without_the_key_is_named(make_env: MakeEnv) -> None:
+    env = await make_env("sonas")
+    with pytest.raises(StoreError, match="Secret vmfleet-system/ssh .spec.ssh.secretRef. has no ssh-privatekey"):
+        make_driver(env.store(), lambda ref: {"known_hosts": env.sim.known_hosts})
+
+
+_segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
+                   min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_segment, min_size=1, max_size=4))
+def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
+    relative = "/".join(parts)
+    try:
+        path = cmd.server_path(f"{MOUNT}/frank", relative)
+    except StoreError:
+        return
+    for built in (cmd.mkclone(path, path), cmd.mkclone_with_parent(path, path, path), cmd.lsclone([path]),
+                  cmd.mmclone_copy(path, path), cmd.stat([path, path]), cmd.rm_f(path), cmd.ls(path)):
+        assert unquoted_metacharacters(built) == set()
+        assert path in shlex.split(built)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.integers(-1, 3))
+def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: int) -> None:
+    for parse in (lambda: cmd.clone_rows(text), lambda: cmd.stat_rows(text, ["/x"]),
+                  lambda: cmd.sonas_output("lsclone x", exit_status, text, "")):
+        try:
+            parse()
+        except StoreError:
+            pass
