@@ -3,7 +3,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 DEMO_ROOT := /tmp/vmfleet-quickstart
 
-.PHONY: demo test crds bench clean
+.PHONY: demo demo-sonas test crds bench clean
 
 $(VENV)/.installed: pyproject.toml
 	hack/system-packages.sh demo
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/vmfleet image $(DEMO_ROOT)/images/basic.img
 	$(VENV)/bin/vmfleet apply -f examples/quickstart/
+
+demo-sonas: $(VENV)/.installed
+	hack/demo-sonas.sh
 
 test: $(VENV)/.installed
 	hack/system-packages.sh test

@@ -34,12 +34,14 @@ def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str
     return [
         {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name},
          "spec": {"driver": "qcow2", "root": str(root)}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name},
-         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 8192}}},
+        # libvirt's test driver always runs its own 8 GiB domain "test".
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name, "labels": {"test": name}},
+         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}}},
         {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": ns},
          "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
         {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
-         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy}},
+         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy,
+                  "hostSelector": {"matchLabels": {"test": name}}}},
     ]
 
 
@@ -59,6 +61,14 @@ def fleet(kube: Cluster, ns: str) -> dict:
     return kube.get("vmfleets", "web", "-n", ns)
 
 
+def wait_ready(kube: Cluster, ns: str, timeout: int = 90) -> None:
+    done = kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, f"--timeout={timeout}s",
+                        check=False)
+    if done.returncode != 0:
+        conditions = fleet(kube, ns).get("status", {}).get("conditions")
+        raise AssertionError(f"vmfleet/web in {ns} not Ready: {json.dumps(conditions, indent=1)}")
+
+
 def test_a_fleet_through_kubectl_scale_restart_and_delete(
         kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path,
         unique: str) -> None:
@@ -66,7 +76,7 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
     apply(kube, objects(root, ns, libvirtd, 3, f"s-{unique}"))
-    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    wait_ready(kube, ns)
     status = fleet(kube, ns)["status"]
     assert status["readyReplicas"] == 3 and len(status["clones"]) == 3
     assert all(c["allocatedBytes"] < c["logicalBytes"] // 100 for c in status["clones"])
@@ -95,7 +105,7 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
         kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=2")
         operator.start()
         kube.kubectl("wait", "--for=jsonpath={.status.replicas}=2", "vmfleet/web", "-n", ns, "--timeout=90s")
-        kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+        wait_ready(kube, ns)
         assert {o: conn.lookupByName(f"{ns}.web-{o}").UUIDString() for o in range(2)} == uuids
         assert {p.name: p.stat().st_ino for p in root.rglob("web-*.qcow2")} == {
             n: i for n, i in inodes.items() if n in ("web-0.qcow2", "web-1.qcow2")}
@@ -117,7 +127,7 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
     root = store_root(tmp_path, small_image)
     docs = objects(root, ns, "test:///default", 2, f"s-{unique}", policy="Retain")
     apply(kube, docs)
-    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    wait_ready(kube, ns)
     stored = fleet(kube, ns)["status"]
 
     (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
@@ -141,7 +151,7 @@ def test_a_template_with_live_clones_keeps_its_parent(
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
     apply(kube, objects(root, ns, "test:///default", 1, f"t-{unique}"))
-    kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=90s")
+    wait_ready(kube, ns)
     kube.kubectl("delete", "vmtemplate/tiny", "-n", ns, "--wait=false")
     wait_for(lambda: "ParentInUse" in {e["reason"] for e in kube.get("events", "-n", ns)["items"]}, 30,
              "the template to refuse deletion")
@@ -210,6 +220,55 @@ def test_the_apiserver_rejects_invalid_manifests_naming_the_field(kube: Cluster,
     done = kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc), check=False)
     assert done.returncode != 0, f"{name} was accepted"
     assert field in done.stderr, done.stderr
+
+
+
+@pytest.fixture
+def sonas_simulator(xfs: Path, unique: str, small_image: Path) -> Iterator[tuple[object, Path, str]]:
+    """The SONAS simulator serving from its own thread and event loop, as a separate machine would."""
+    import asyncio
+    import threading
+
+    import asyncssh
+
+    from vmfleet import sim
+
+    directory = xfs / f"kube-sonas-{unique}"
+    (directory / "frank" / "images").mkdir(parents=True)
+    shutil.copyfile(small_image, directory / "frank" / "images" / "t.img")
+    client = asyncssh.generate_private_key("ssh-ed25519")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(
+        sim.start(str(directory), "/ibm/gpfs0", "sonas", client.export_public_key().decode()), loop).result(10)
+    yield server, directory, client.export_private_key().decode()
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
+        kube: Cluster, operator: OperatorProcess, sonas_simulator: tuple, unique: str) -> None:
+    server, directory, private_key = sonas_simulator
+    ns = f"n-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
+              "metadata": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"},
+              "stringData": {"ssh-privatekey": private_key, "known_hosts": server.known_hosts}}
+    docs = objects(directory, ns, "test:///default", 3, f"n-{unique}")
+    docs[0]["spec"] = {"driver": "sonas", "root": "/ibm/gpfs0/frank", "localPath": str(directory / "frank"),
+                       "ssh": {"host": "127.0.0.1", "port": server.port, "user": "admin",
+                               "secretRef": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"}}}
+    apply(kube, [secret, *docs])
+    wait_ready(kube, ns)
+    status = fleet(kube, ns)["status"]
+    assert [c["allocatedBytes"] for c in status["clones"]] == [0, 0, 0]
+    assert server.count("mkclone -s") == 3 and server.connections == 1
+    seen = json.dumps(status) + json.dumps(kube.get("events", "-n", ns)) + operator.output()
+    assert private_key.splitlines()[1][:40] not in seen, "the private key leaked"
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+    assert not list((directory / "frank").rglob("web-*.img"))
 
 
 def test_the_operator_never_lacked_a_permission_or_crashed(operator: OperatorProcess) -> None:

@@ -113,3 +113,15 @@ def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() ->
     assert {"reconcile_vmfleet", "delete_vmfleet", "reconcile_vmtemplate", "delete_vmtemplate"} <= {
         n.split("/")[0] for n in names}
     assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
+
+
+async def test_a_parent_that_retained_qcow2_clones_still_use_is_kept(runtime: Runtime, docs: dict) -> None:
+    fleet = docs["VmFleet"]
+    fleet["spec"]["deletionPolicy"] = "Retain"
+    await passes.fleet_pass(runtime, fleet, catalog(docs))
+    assert (await passes.fleet_delete_pass(runtime, fleet, catalog(docs))).complete
+    released, event = await passes.template_delete_pass(runtime, docs["VmTemplate"], catalog(docs, clones=0))
+    assert not released and event.reason == "ParentInUse"
+    assert "3 clone(s) still use vmfleet/parents/" in event.message
+    root = Path(docs["CloneStore"]["spec"]["root"])
+    assert len(list(root.glob("vmfleet/parents/*.img"))) == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..api.types import CloneStore, VmTemplate
-from ..storage import parent_path
+from ..storage import StoreError, parent_path
 from .fleet import now
 from .runtime import Runtime
 from .status import Event, condition
@@ -48,5 +48,8 @@ async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneSto
                             f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first")
     if shared_with_other_templates:
         return True, Event("Normal", "ParentKept", f"{parent} is kept: another template uses the same image")
-    await runtime.store_driver(store).delete(parent)
+    try:
+        await runtime.store_driver(store).delete_parent(parent)
+    except StoreError as e:
+        return False, Event("Warning", "ParentInUse", str(e))
     return True, Event("Normal", "ParentDeleted", f"deleted {parent}")

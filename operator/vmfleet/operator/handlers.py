@@ -10,6 +10,7 @@ import kopf
 from ..api.schema import GROUP, VERSION
 from ..engine import Event, Runtime, clone_count
 from . import metrics, passes
+from .secrets import ClusterSecrets
 
 RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))
 METRICS_PORT = int(os.environ.get("VMFLEET_METRICS_PORT", "9090"))  # 0: no metrics endpoint
@@ -32,7 +33,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = 20  # INFO: our Normal events are worth posting
     settings.watching.server_timeout = 300
-    memo.runtime = Runtime()
+    memo.runtime = Runtime(ClusterSecrets())
     if METRICS_PORT:
         metrics.serve(METRICS_PORT)
 

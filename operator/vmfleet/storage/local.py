@@ -109,6 +109,9 @@ class LocalStore:
         except OSError:
             pass
 
+    async def delete_parent(self, parent: str) -> None:
+        await self.delete(parent)
+
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
         return await asyncio.to_thread(self._measure_all, list(paths))
 

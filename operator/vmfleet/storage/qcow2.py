@@ -16,6 +16,19 @@ from .local import LocalStore, require_tool
 _QCOW2_MAGIC = b"QFI\xfb"
 
 
+def qcow2_backing_file(path: str) -> str | None:
+    """The backing file an overlay names (offset 8: its offset, 16: its length), as written."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+        if len(header) < 20 or header[:4] != _QCOW2_MAGIC:
+            return None
+        offset, size = struct.unpack(">QI", header[8:20])
+        if not offset:
+            return None
+        f.seek(offset)
+        return f.read(size).decode(errors="replace")
+
+
 def qcow2_virtual_size(path: str) -> int:
     """The guest-visible size from the qcow2 header (offset 24, big-endian u64)."""
     with open(path, "rb") as f:
@@ -40,6 +53,22 @@ class Qcow2Store(LocalStore):
         _, err = await proc.communicate()
         if proc.returncode != 0:
             raise StoreError(f"qemu-img create failed for {tmp}: {err.decode(errors='replace').strip()}")
+
+    async def delete_parent(self, parent: str) -> None:
+        """Overlays read their parent at every boot: one that a retained clone still uses must stay."""
+        target = self.abspath(parent)
+        users = [p for p in self._overlays() if os.path.normpath(os.path.join(
+            os.path.dirname(p), qcow2_backing_file(p) or "")) == target]
+        if users:
+            raise StoreError(f"{len(users)} clone(s) still use {parent} as their backing file "
+                             f"(e.g. {os.path.relpath(users[0], self.base)}): delete them first")
+        await self.delete(parent)
+
+    def _overlays(self) -> list[str]:
+        out = []
+        for dirpath, _, files in os.walk(os.path.join(self.base, "vmfleet", "clones")):
+            out += [os.path.join(dirpath, f) for f in files if f.endswith(".qcow2")]
+        return out
 
     def _measure(self, path: str) -> Space:
         return Space(qcow2_virtual_size(path), os.stat(path).st_blocks * 512)

@@ -132,6 +132,9 @@ class GpfsStore:
     async def delete(self, path: str) -> None:
         await self._sh(cmd.rm_f(self._path(path)))
 
+    async def delete_parent(self, parent: str) -> None:
+        await self.delete(parent)  # GPFS itself refuses (EROFS) while clones refer to it
+
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
         out: dict[str, Space] = {}
         for i in range(0, len(paths), STAT_BATCH):
