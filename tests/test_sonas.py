@@ -244,3 +244,24 @@ def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: 
             parse()
         except StoreError:
             pass
+
+
+@pytest.mark.parametrize("personality", ["gpfs", "sonas"])
+async def test_the_depth_limit_is_enforced_on_a_template_that_is_itself_a_clone(make_env: MakeEnv,
+                                                                                 personality: str) -> None:
+    env = await make_env(personality)
+    image = f"{MOUNT}/frank/image/linux/basic.img"
+    env.sim.fs.snap(image, f"{MOUNT}/frank/image/linux/gold.parent")  # basic.img is now a clone, depth 1
+    store = env.store(maxCloneDepth=1)
+    result = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()])
+    parent = f"{MOUNT}/frank/{result.status['parent']}"
+    if personality == "gpfs":
+        assert result.status["readyReplicas"] == 1
+        assert env.sim.count(f"{cmd.MMCLONE} redirect") == 1
+        assert env.sim.fs.info(parent).parent_inode is None  # no longer chained to gold.parent
+    else:
+        degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+        assert "over the store's maxCloneDepth 1" in degraded["message"]
+        assert not (env.directory / "frank" / result.status["parent"]).exists()
+        again = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()], result.status)
+        assert again.status["readyReplicas"] == 0 and env.sim.count("mkclone -s") == 0

@@ -51,6 +51,7 @@ class SonasStore(LocalStore):
         path = cmd.server_path(self.root, parent)
         (row,) = cmd.clone_rows(await self._cli(cmd.lsclone([path]), retry=True), [path])
         if row.depth is not None and row.depth + 1 > self.max_depth:
+            await self._remove_local(parent)  # still childless: no later pass may clone from it
             raise StoreError(f"clones of {parent} would be {row.depth + 1} deep, over the store's maxCloneDepth "
                              f"{self.max_depth}; the SONAS CLI cannot redirect: use a template image that is not "
                              "itself a deep clone")
