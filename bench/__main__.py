@@ -62,7 +62,7 @@ async def floor(root: str, n: int, name: str) -> float:
         async with limit:
             await scope.driver.create_clone(scope.parent, template.image_format, scope.clone(o))
             spec = scope.domain_spec(o, "t")
-            await endpoint.define(domain_xml(spec, scope.owner(o, spec)))
+            await endpoint.define(domain_xml(spec, scope.owner(o, "t", spec)))
             await endpoint.start(spec.name)
 
     try:

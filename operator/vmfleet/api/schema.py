@@ -21,7 +21,7 @@ _SEGMENT = r"[A-Za-z0-9_+@%=:,-][A-Za-z0-9_+@%=:,.-]*"
 ABSOLUTE_PATH_PATTERN = rf"^(/{_SEGMENT})+/?$"
 RELATIVE_PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 HOSTNAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
-LIBVIRT_URI_PATTERN = r"^(qemu(\+ssh|\+tcp|\+tls|\+unix)?|test)://[^\s'\"`$;&|<>\\]*$"
+LIBVIRT_URI_PATTERN = r"^(qemu(\+ssh|\+libssh|\+libssh2|\+tcp|\+tls|\+unix)?|test)://[^\s'\"`$;&|<>\\]*$"
 # A fleet name leaves room for "-<ordinal>" inside a 63-character name.
 MAX_FLEET_NAME = 52
 MAX_REPLICAS = 5000
@@ -228,8 +228,21 @@ KVM_HOST_SPEC = obj(
             pattern=ABSOLUTE_PATH_PATTERN,
             maxLength=1024,
         ),
+        "secretRef": secret_reference(
+            "Secret with `ssh-privatekey` and `known_hosts` for a qemu+libssh:// URI; the host key is "
+            "always checked against known_hosts."
+        ),
     },
     required=("uri",),
+    rules=(
+        Rule(
+            "!has(self.secretRef) || self.uri.startsWith('qemu+libssh')",
+            "spec.secretRef needs a qemu+libssh:// or qemu+libssh2:// uri (they check the host key against "
+            "the Secret's known_hosts)",
+            lambda o: "secretRef" not in o or o.get("uri", "").startswith("qemu+libssh"),
+            "secretRef",
+        ),
+    ),
 )
 
 KVM_HOST_STATUS = obj(

@@ -88,6 +88,7 @@ class KvmHost:
     capacity: Capacity | None
     store_mounts: Mapping[str, str]
     console_log_dir: str | None
+    secret: SecretRef | None = None
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> "KvmHost":
@@ -101,6 +102,7 @@ class KvmHost:
             capacity,
             {m["store"]: m["path"].rstrip("/") for m in s.get("storeMounts", [])},
             s.get("consoleLogDir"),
+            SecretRef(**s["secretRef"]) if "secretRef" in s else None,
         )
 
     def store_path(self, store: CloneStore, relative: str) -> str:

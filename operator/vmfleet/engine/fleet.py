@@ -89,9 +89,9 @@ class FleetScope:
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
         )
 
-    def owner(self, ordinal: int, spec: DomainSpec) -> Owner:
+    def owner(self, ordinal: int, host: str, spec: DomainSpec) -> Owner:
         return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, self.clone(ordinal),
-                     spec.spec_hash())
+                     spec.spec_hash(), host)
 
     # ------------------------------------------------------------------ observe
 
@@ -109,6 +109,8 @@ class FleetScope:
         for view, found in views:
             hosts[view.name] = view
             for d in found:
+                if d.owner is not None and d.owner.host not in ("", view.name):
+                    continue  # placed on another KvmHost that reaches the same libvirtd
                 if d.owner is not None and d.owner.fleet_uid == self.fleet.meta.uid:
                     domains[d.owner.ordinal] = VmSeen(d.owner.ordinal, view.name, d.state, d.active,
                                                       d.owner.spec_hash)
@@ -124,7 +126,7 @@ class FleetScope:
             capacity = host.capacity or await endpoint.capacity()
         except HostError as e:
             return HostView(name, reachable=False, eligible=eligible, error=str(e)), []
-        active = [d for d in found if d.active]
+        active = [d for d in found if d.active and (d.owner is None or d.owner.host in ("", name))]
         return HostView(name, True, eligible, capacity.vcpus, capacity.memory_mib,
                         sum(d.vcpus for d in active), sum(d.memory_mib for d in active)), found
 
@@ -140,7 +142,7 @@ class FleetScope:
             await self.driver.delete(self.clone(o))
         elif action.op is Op.DEFINE:
             spec = self.domain_spec(o, host)
-            await self.endpoints[host].define(domain_xml(spec, self.owner(o, spec)))
+            await self.endpoints[host].define(domain_xml(spec, self.owner(o, host, spec)))
         elif action.op is Op.START:
             await self.endpoints[host].start(self.domain_name(o))
         elif action.op is Op.STOP:

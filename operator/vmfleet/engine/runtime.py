@@ -4,6 +4,7 @@ connection per KvmHost, one lock per fleet so two passes over a fleet never over
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from ..api.types import CloneStore, KvmHost
 from ..hypervisor import LibvirtHost
@@ -30,11 +31,26 @@ class Runtime:
 
     def host(self, host: KvmHost) -> LibvirtHost:
         known = self._hosts.get(host.meta.name)
-        if known is None or known.uri != host.uri:
+        if known is None or (known.uri, known.secret) != (host.uri, host.secret):
             if known is not None:
                 known.drop()
-            known = self._hosts[host.meta.name] = LibvirtHost(host.meta.name, host.uri)
+            known = self._hosts[host.meta.name] = LibvirtHost(host.meta.name, host.uri, self._credentials(host),
+                                                             host.secret)
         return known
+
+    def _credentials(self, host: KvmHost) -> Callable[[], tuple[str, str]] | None:
+        ref = host.secret
+        if ref is None:
+            return None
+
+        def read() -> tuple[str, str]:
+            data = self.read_secret(ref)
+            missing = [k for k in ("ssh-privatekey", "known_hosts") if not data.get(k)]
+            if missing:
+                raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.secretRef) has no {' or '.join(missing)}")
+            return data["ssh-privatekey"], data["known_hosts"]
+
+        return read
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

@@ -40,6 +40,7 @@ class Owner:
     ordinal: int
     clone: str
     spec_hash: str
+    host: str = ""  # the KvmHost it was placed on: two KvmHosts may be one libvirtd under two URIs
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ def owner_xml(owner: Owner) -> str:
             "ordinal": str(owner.ordinal),
             "clone": owner.clone,
             "spec-hash": owner.spec_hash,
+            "host": owner.host,
         },
     )
     return ET.tostring(el, encoding="unicode")
@@ -108,6 +110,7 @@ def parse_owner(xml: str | None) -> Owner | None:
             int(el.attrib["ordinal"]),
             el.attrib["clone"],
             el.attrib.get("spec-hash", ""),
+            el.attrib.get("host", ""),
         )
     except (ET.ParseError, KeyError, ValueError):
         return None

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import threading
+import urllib.parse
 from typing import Any, Callable, TypeVar
 
 import libvirt
@@ -21,12 +25,36 @@ class HostError(RuntimeError):
     """A libvirt call failed; the message names the host and the call."""
 
 
+Credentials = Callable[[], tuple[str, str]]
+"""() -> (private key, known_hosts) for a qemu+libssh:// endpoint; raises when they cannot be had."""
+
+
 class LibvirtHost:
-    def __init__(self, name: str, uri: str):
+    def __init__(self, name: str, uri: str, credentials: Credentials | None = None, secret: object = None):
         self.name = name
         self.uri = uri
+        self.secret = secret  # which Secret the credentials come from: a new one means a new connection
+        self._credentials = credentials
+        self._files: str | None = None  # a private directory holding the key and known_hosts
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+
+    def _connect_uri(self) -> str:
+        if self._credentials is None:
+            return self.uri
+        if self._files is None:
+            try:
+                key, known_hosts = self._credentials()
+            except Exception as e:  # noqa: BLE001 - the reason is the host's condition
+                raise HostError(f"KvmHost {self.name}: {e}") from None
+            self._files = tempfile.mkdtemp(prefix="vmfleet-host-")
+            for name, text in (("key", key), ("known_hosts", known_hosts)):
+                fd = os.open(os.path.join(self._files, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text if text.endswith("\n") else text + "\n")
+        params = urllib.parse.urlencode({"keyfile": os.path.join(self._files, "key"), "sshauth": "privkey",
+                                         "known_hosts": os.path.join(self._files, "known_hosts")})
+        return f"{self.uri}{'&' if '?' in self.uri else '?'}{params}"
 
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
@@ -37,8 +65,9 @@ class LibvirtHost:
                 except libvirt.libvirtError:
                     pass
                 self.drop()
+            uri = self._connect_uri()
             try:
-                self._conn = libvirt.open(self.uri)
+                self._conn = libvirt.open(uri)
             except libvirt.libvirtError as e:
                 raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: {e}") from e
             return self._conn
@@ -113,6 +142,9 @@ class LibvirtHost:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.drop)
+        if self._files is not None:
+            shutil.rmtree(self._files, ignore_errors=True)
+            self._files = None
 
 
 def _metadata(dom: Any) -> str | None:
