@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -154,3 +155,85 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
         yield cluster
     finally:
         cluster.stop()
+
+
+class Sshd:
+    """OpenSSH's sshd on a loopback port, root login by key only: a second way into the KVM host."""
+
+    def __init__(self, base: Path):
+        self.base, self.port = base, 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        for key in ("host", "client"):
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key))
+        (base / "authorized_keys").write_text((base / "client.pub").read_text())
+
+    @property
+    def private_key(self) -> str:
+        return (self.base / "client").read_text()
+
+    @property
+    def known_hosts(self) -> str:
+        return f"[127.0.0.1]:{self.port} {(self.base / 'host.pub').read_text()}"
+
+    def start(self) -> None:
+        from cluster import free_port
+
+        self.port = self.port or free_port()
+        (self.base / "sshd_config").write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.base / 'host'}",
+            f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+            "UsePAM no", "StrictModes no", ""]))
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"),
+                                      "-E", str(self.base / "sshd.log")])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"sshd did not start: {(self.base / 'sshd.log').read_text()}")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """The listener and every session it forked (libvirt's open connection among them): the host is gone."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        sessions = [pid for pid in _descendants(self.proc.pid)]
+        self.proc.terminate()
+        self.proc.wait(10)
+        for pid in sessions:
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    if os.geteuid() != 0 or not os.path.exists("/usr/sbin/sshd"):
+        unavailable("sshd needs root and openssh-server (apt-get install openssh-server)")
+    server = Sshd(tmp_path_factory.mktemp("sshd"))
+    server.start()
+    yield server
+    server.stop()
