@@ -27,7 +27,8 @@ crds: $(VENV)/.installed
 	$(VENV)/bin/vmfleet crds -d crds
 
 bench: $(VENV)/.installed
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/python -m bench --report
 
 clean:
 	rm -rf $(VENV) $(DEMO_ROOT)

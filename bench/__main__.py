@@ -1,110 +1,108 @@
-"""Fleet provisioning through the engine against the floor: the same driver calls in a bare loop.
+"""`python -m bench [--quick] [--json] [--report]`: how fast and how cheap vmfleet is, side by side in one run.
 
-Both run here, now, on a qcow2 store in a temporary directory and libvirt's test driver, so their
-ratio holds on a noisy machine even when the seconds do not. Prints a table, or one JSON object.
+Prints a table, or with --json one JSON object on the last line; --report writes docs/benchmarks.md
+and its plot. Run as root for XFS reflinks and the real kube-apiserver (as `sudo make bench`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
+import os
 import platform
-import statistics
-import tempfile
-import time
+import shutil
+import sys
+from pathlib import Path
 
-from vmfleet.api import parse
-from vmfleet.engine import Runtime, reconcile_fleet
-from vmfleet.hypervisor import LibvirtHost, domain_xml
-from vmfleet.images import make_template_image
+from . import clone_vs_copy, fleet, site
 
-
-def objects(root: str, n: int, name: str):
-    store = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "b"},
-                   "spec": {"driver": "qcow2", "root": root, "concurrency": 8}})
-    host = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "t"},
-                  "spec": {"uri": "test:///default", "domainType": "qemu",
-                           "capacity": {"vcpus": 65536, "memoryMiB": 1 << 30}}})
-    template = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
-                      "spec": {"storeRef": {"name": "b"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}})
-    fleet = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
-                   "metadata": {"name": name, "namespace": "bench"},
-                   "spec": {"templateRef": {"name": "t"}, "replicas": n}})
-    return store, host, template, fleet
+REPO = Path(__file__).resolve().parent.parent
+GIB = 1 << 30
 
 
-async def through_engine(root: str, n: int, name: str) -> float:
-    store, host, template, fleet = objects(root, n, name)
-    runtime = Runtime()
-    try:
-        t0 = time.perf_counter()
-        result = await reconcile_fleet(runtime, fleet, template, store, [host])
-        elapsed = time.perf_counter() - t0
-        assert result.status["readyReplicas"] == n, result.status["conditions"]
-        return elapsed
-    finally:
-        await runtime.close()
+async def _local(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    with site.scratch() as (directory, fs):
+        async with site.simulator(directory) as (server, runtime):
+            store = runtime.store_driver(site.store(server, 8))
+            cvc = await clone_vs_copy.measure(directory, fs, server, store.runner.run,  # type: ignore[attr-defined]
+                                              (1 if quick else 10) * GIB, (GIB // 8) if quick else GIB,
+                                              1 if quick else 3)
+        sizes = [10, 100] if quick else [10, 100, 1000]
+        fleets = await fleet.measure(directory, sizes, 1 if quick else 3)
+        big = 500 if quick else 5000
+        fleets["status_bytes"][str(big)] = await fleet.status_size(directory, big)
+        kube: dict = {}
+        skipped = ""
+        if shutil.which("go") and os.geteuid() == 0 and not args.no_kube:
+            from . import kube as kube_bench
 
-
-async def floor(root: str, n: int, name: str) -> float:
-    """The same clone/define/start calls with no observation, planning or status."""
-    from vmfleet.engine.fleet import FleetScope
-
-    store, host, template, fleet = objects(root, n, name)
-    runtime = Runtime()
-    scope = FleetScope(runtime, fleet, template, store, [host])
-    endpoint = LibvirtHost("t", "test:///default")
-    limit = asyncio.Semaphore(store.concurrency)
-    await scope.driver.prepare_parent(template.image_path, template.image_format, scope.parent)
-
-    async def one(o: int) -> None:
-        async with limit:
-            await scope.driver.create_clone(scope.parent, template.image_format, scope.clone(o))
-            spec = scope.domain_spec(o, "t")
-            await endpoint.define(domain_xml(spec, scope.owner(o, "t", spec)))
-            await endpoint.start(spec.name)
-
-    try:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(o) for o in range(n)))
-        return time.perf_counter() - t0
-    finally:
-        await endpoint.close()
-        await runtime.close()
-
-
-async def measure(sizes: list[int], repeats: int) -> list[dict]:
-    rows = []
-    for n in sizes:
-        engine_s, floor_s = [], []
-        for r in range(repeats):
-            with tempfile.TemporaryDirectory() as root:
-                make_template_image(f"{root}/images/t.img", 64 << 20, 4 << 20)
-                engine_s.append(await through_engine(root, n, f"e{r}"))
-                floor_s.append(await floor(root, n, f"f{r}"))
-        e, f = statistics.median(engine_s), statistics.median(floor_s)
-        rows.append({"n": n, "seconds": round(e, 4), "floor_seconds": round(f, 4),
-                     "overhead_ratio": round(e / f, 3), "per_vm_ms": round(1000 * e / n, 3)})
-    return rows
+            kube = kube_bench.measure(directory, [20] if quick else [100, 1000])
+        else:
+            skipped = "needs root and go (--no-kube given)" if args.no_kube else "needs root and go"
+    return {"cvc": cvc, "fleet": fleets, "kube": kube, "kube_skipped": skipped}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--quick", action="store_true", help="small N, one repeat")
+    p.add_argument("--quick", action="store_true", help="small N and one repeat: under two minutes")
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.add_argument("--report", action="store_true", help="write docs/benchmarks.md and docs/benchmarks.png")
+    p.add_argument("--no-kube", action="store_true", help="skip the kube-apiserver part")
     args = p.parse_args()
-    sizes, repeats = ([10, 50], 1) if args.quick else ([10, 100, 1000], 3)
-    rows = asyncio.run(measure(sizes, repeats))
-    report = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": __import__("os").cpu_count()},
-              "fleet": rows[-1], "fleet_sizes": rows}
+    raw = asyncio.run(_local(args))
+    rows = raw["fleet"]["rows"]
+    top, refresh = rows[-1], raw["fleet"]["refresh"][-1]
+    kube_rows = raw["kube"].get("rows", []) if raw["kube"] else []
+    rss = max((r["operator_peak_rss_mib"] for r in kube_rows), default=None)
+    sizes = raw["fleet"]["status_bytes"]
+    result = {
+        "clone_vs_copy": {"speedup": raw["cvc"]["speedup"], "bytes_ratio": raw["cvc"]["bytes_ratio"]},
+        "fleet": {"n": top["n"], "seconds": top["seconds"], "floor_seconds": top["floor_seconds"],
+                  "overhead_ratio": top["overhead_ratio"], "rows": rows, "refresh": raw["fleet"]["refresh"]},
+        "refresh": refresh,
+        "memory": {"rss_mib": rss, "n": kube_rows[-1]["n"] if kube_rows else None},
+        "status_bytes": sizes,
+        "kube": raw["kube"],
+        "kube_skipped": raw["kube_skipped"],
+        "clone_vs_copy_detail": raw["cvc"],
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "date": dt.date.today().isoformat(),
+        "command": "python -m bench" + (" --quick" if args.quick else ""),
+    }
+    biggest = max(sizes, key=int)
+    result["targets"] = [
+        *((f"{name} ≥ 1000× faster than the full copy", f"{r['speedup']:,}×", r["speedup"] >= 1000)
+          for name, r in raw["cvc"]["rows"].items() if name != "full sparse copy"),
+        *((f"{name} ≤ 1 % of the copy's bytes", f"{r['bytes_ratio']:.4%}", r["bytes_ratio"] <= 0.01)
+          for name, r in raw["cvc"]["rows"].items() if name != "full sparse copy"),
+        (f"N={top['n']}: vmfleet/floor ≤ 1.5", str(top["overhead_ratio"]), top["overhead_ratio"] <= 1.5),
+        (f"N={top['n']}: whole fleet ready ≤ 60 s", f"{top['seconds']} s", top["seconds"] <= 60),
+        (f"refresh of {refresh['clones']} clones ≤ 1 s", f"{refresh['seconds']} s", refresh["seconds"] <= 1),
+        ("refresh SSH commands constant in N", str([r["ssh_commands"] for r in raw["fleet"]["refresh"]]),
+         len({r["ssh_commands"] for r in raw["fleet"]["refresh"]}) == 1),
+        ("operator peak RSS ≤ 200 MiB", f"{rss} MiB" if rss is not None else "not run",
+         rss is not None and rss <= 200),
+        (f"VmFleet object with {biggest} clones ≤ 1 MiB", f"{sizes[biggest]:,} B", sizes[biggest] <= 1 << 20),
+    ]
+    if args.report:
+        from .report import markdown, plot
+
+        plot(result, REPO / "docs" / "benchmarks.png")
+        (REPO / "docs" / "benchmarks.md").write_text(markdown(result, "benchmarks.png"))
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(result))
         return
-    print(f"{'N':>6} {'engine s':>10} {'floor s':>10} {'ratio':>7} {'ms/VM':>8}")
+    print(f"clone vs copy: {result['clone_vs_copy']}")
+    print(f"{'N':>6} {'vmfleet s':>10} {'floor s':>9} {'ratio':>6} {'ms/VM':>7}")
     for r in rows:
-        print(f"{r['n']:>6} {r['seconds']:>10} {r['floor_seconds']:>10} {r['overhead_ratio']:>7} {r['per_vm_ms']:>8}")
+        print(f"{r['n']:>6} {r['seconds']:>10} {r['floor_seconds']:>9} {r['overhead_ratio']:>6} {r['per_vm_ms']:>7}")
+    print(f"refresh: {refresh}; memory: {result['memory']}; object bytes: {sizes}")
+    for name, measured, met in result["targets"]:
+        print(f"  {'ok ' if met else 'MISS'} {name}: {measured}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

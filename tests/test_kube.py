@@ -161,6 +161,19 @@ def test_a_template_with_live_clones_keeps_its_parent(
     assert not list(root.glob("vmfleet/parents/*.img"))
 
 
+def test_a_fleet_applied_before_its_template_waits_then_converges(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    ns = f"o-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    docs = objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"o-{unique}")
+    apply(kube, docs[3:])
+    wait_for(lambda: any(c["type"] == "Stalled" and c["reason"] == "TemplateNotFound"
+                         for c in fleet(kube, ns).get("status", {}).get("conditions", [])), 30,
+             "the fleet to say its template is missing")
+    apply(kube, docs[:3])
+    wait_ready(kube, ns)
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+
 def test_the_examples_are_accepted_by_the_apiserver(kube: Cluster) -> None:
     for path in sorted((REPO / "examples").rglob("*.yaml")):
         kube.kubectl("apply", "--dry-run=server", "-f", str(path))

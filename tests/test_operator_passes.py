@@ -77,6 +77,7 @@ async def test_a_missing_template_stalls_the_fleet_with_the_field_named(runtime:
     stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "TemplateNotFound"
     assert "spec.templateRef.name" in stalled["message"]
+    assert result.waiting  # the handler retries in seconds: the template may be on its way
 
 
 @pytest.mark.parametrize("policy,kept", [("Delete", 0), ("Retain", 3)])

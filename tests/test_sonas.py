@@ -130,14 +130,19 @@ async def test_200_clones_over_one_connection_and_a_refresh_that_does_not_grow(m
 async def test_gpfs_measures_all_clones_with_one_stat(make_env: MakeEnv) -> None:
     env = await make_env("gpfs")
     status = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()])).status
-    before = env.sim.count("stat ")
     clone = env.directory / "frank" / status["clones"][2]["path"]
     with open(clone, "r+b") as disk:
         disk.write(os.urandom(3 * MIB))
         os.fsync(disk.fileno())
+    before = len(env.sim.commands)
     after = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()], status)).status
     assert [c["allocatedBytes"] for c in after["clones"]] == [0, 0, 3 * MIB, 0, 0]
-    assert env.sim.count("stat ") - before == 2  # the parent's existence, and one for all five clones
+    refresh = env.sim.commands[before:]
+    assert [c.split()[0] for c in refresh] == ["stat", "ls", "xargs"]  # parent, clones, and all their sizes
+    os.unlink(clone)  # a clone deleted by hand: the others are still measured
+    lost = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()], after)).status
+    assert [c.get("allocatedBytes") for c in lost["clones"]] == [0, 0, None, 0, 0]
+    assert next(c for c in lost["clones"] if c["name"] == "web-2")["state"] == "Lost"
 
 
 async def test_a_failed_clone_leaves_nothing_and_the_next_pass_converges(make_env: MakeEnv) -> None:

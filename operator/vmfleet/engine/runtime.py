@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-from ..api.types import CloneStore, KvmHost
+from ..api.types import CloneStore, KvmHost, SecretRef
 from ..hypervisor import LibvirtHost
-from ..api.types import SecretRef
 from ..storage import SecretReader, StoreDriver, StoreError, make_driver
 
 
 def no_secrets(ref: SecretRef) -> dict[str, str]:
-    raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) is not available here")
+    raise StoreError(f"Secret {ref.namespace}/{ref.name} is not available here")
 
 
 class Runtime:
@@ -22,10 +21,13 @@ class Runtime:
         self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
         self._hosts: dict[str, LibvirtHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._retired: list[StoreDriver] = []
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
         known = self._stores.get(store.meta.name)
         if known is None or known[0] != store:
+            if known is not None:
+                self._retired.append(known[1])  # its connection is closed with the runtime
             self._stores[store.meta.name] = (store, make_driver(store, self.read_secret))
         return self._stores[store.meta.name][1]
 
@@ -56,8 +58,9 @@ class Runtime:
         return self._locks.setdefault(key, asyncio.Lock())
 
     async def close(self) -> None:
-        for _, driver in self._stores.values():
+        for driver in [d for _, d in self._stores.values()] + self._retired:
             await driver.close()
+        self._retired.clear()
         for host in self._hosts.values():
             await host.close()
         self._stores.clear()

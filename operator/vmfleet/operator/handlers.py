@@ -13,6 +13,7 @@ from . import metrics, passes
 from .secrets import ClusterSecrets
 
 RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))
+WAITING_RETRY_SECONDS = min(5.0, RESYNC_SECONDS)  # objects applied together arrive in any order
 METRICS_PORT = int(os.environ.get("VMFLEET_METRICS_PORT", "9090"))  # 0: no metrics endpoint
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -101,6 +102,8 @@ async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
     patch.status.update(result.status)
     metrics.record_fleet(body.metadata.namespace or "", body.metadata.name or "", body.spec, result.status)
     post(body, result.events)
+    if result.waiting:
+        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
 
 
 @kopf.on.delete(GROUP, VERSION, "vmfleets")
@@ -128,6 +131,8 @@ async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
         result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
     patch.status.update(result.status)
     post(body, result.events)
+    if result.waiting:
+        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
 
 
 @kopf.on.delete(GROUP, VERSION, "vmtemplates")

@@ -28,6 +28,7 @@ class Catalog:
 class PassResult:
     status: dict[str, Any]
     events: list[Event]
+    waiting: bool = False  # on a reference that does not resolve yet: retry soon, not at the next resync
 
 
 class Unresolved(Exception):
@@ -87,7 +88,7 @@ async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog
     try:
         fleet, template, store, hosts = resolve_fleet(body, catalog)
     except Unresolved as e:
-        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))])
+        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))], waiting=True)
     result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"))
     return PassResult(result.status, result.events)
 
@@ -101,7 +102,7 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
     try:
         template, store = resolve_template(body, catalog)
     except Unresolved as e:
-        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))])
+        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))], waiting=True)
     key = (template.meta.namespace or "default", template.meta.name)
     status, events = await reconcile_template(runtime, template, store, catalog.clones_by_template.get(key, 0),
                                               body.get("status"))

@@ -70,8 +70,13 @@ class Simulator:
         else:
             try:
                 argv = cli.split(command)
+                if argv[:2] == ["xargs", "-0"] and self.personality == "gpfs":
+                    stdin = await process.stdin.read()
+                    argv = argv[2:] + [p for p in stdin.split("\0") if p]
                 run: Callable[[SimFs, list[str]], cli.Result] = cli.sonas if self.personality == "sonas" else cli.gpfs
                 status, out, err = await asyncio.to_thread(run, self.fs, argv)
+                if command.startswith("xargs") and status == 1:
+                    status = 123  # what xargs reports when the command it ran failed
             except ValueError as e:
                 status, out, err = 2, "", f"sim: refusing {e}: {command!r}\n"
         if n in self.faults.truncate:

@@ -93,8 +93,18 @@ STAT_FORMAT = "%n\t%s\t%b"
 
 
 def stat(paths: Sequence[str]) -> str:
-    """One stat for many files: name, size in bytes, 512-byte blocks charged to the file."""
+    """stat of a few files: name, size in bytes, 512-byte blocks charged to the file."""
     return _join("stat", "-c", STAT_FORMAT, "--", *paths)
+
+
+def stat_stdin() -> str:
+    """stat of any number of files in one command: the paths come NUL-separated on stdin (`stat_input`),
+    so neither an SSH packet nor ARG_MAX limits the fleet's size."""
+    return _join("xargs", "-0", "stat", "-c", STAT_FORMAT, "--")
+
+
+def stat_input(paths: Sequence[str]) -> str:
+    return "\0".join(paths)
 
 
 # ---------------------------------------------------------------- parsers

@@ -15,9 +15,6 @@ from .fiemap import own_bytes
 from .local import LocalStore
 from .ssh import SshRunner
 
-STAT_BATCH = 500  # paths per stat command: well under any ARG_MAX
-
-
 class SonasStore(LocalStore):
     """Clones through the SONAS CLI over SSH; listing, deleting and measuring through the NFS export
     mounted at `local` where the operator runs (the CLI user has no shell to do them with)."""
@@ -137,20 +134,15 @@ class GpfsStore:
         await self.delete(parent)  # GPFS itself refuses (EROFS) while clones refer to it
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
-        out: dict[str, Space] = {}
-        for i in range(0, len(paths), STAT_BATCH):
-            batch = list(paths[i:i + STAT_BATCH])
-            server = [self._path(p) for p in batch]
-            reply = await self.runner.run(cmd.stat(server), retry=True)
-            # stat exits 1 when some file is missing and still prints the others.
-            found = cmd.stat_rows(reply.stdout, []) if reply.exit_status in (0, 1) else {}
-            if reply.exit_status not in (0, 1):
-                cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr)
-            for rel, srv in zip(batch, server):
-                if srv in found:
-                    size, blocks = found[srv]
-                    out[rel] = Space(size, blocks * 512)
-        return out
+        if not paths:
+            return {}
+        server = [self._path(p) for p in paths]
+        reply = await self.runner.run(cmd.stat_stdin(), retry=True, stdin=cmd.stat_input(server))
+        # xargs exits 123 when stat failed for some file (one deleted by hand): the others still count.
+        if reply.exit_status not in (0, 123):
+            cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr)
+        found = cmd.stat_rows(reply.stdout, [])
+        return {rel: Space(found[srv][0], found[srv][1] * 512) for rel, srv in zip(paths, server) if srv in found}
 
     async def close(self) -> None:
         await self.runner.close()

@@ -73,24 +73,24 @@ class SshRunner:
             self.connections_made += 1
             return self._conn
 
-    async def run(self, command: str, retry: bool = False) -> Reply:
+    async def run(self, command: str, retry: bool = False, stdin: str | None = None) -> Reply:
         """Run one command. `retry`: the command only reads, so it is sent again after a dropped connection."""
         delays = self.RETRY_DELAYS if retry else ()
         for attempt in range(len(delays) + 1):
             try:
-                return await self._run_once(command)
+                return await self._run_once(command, stdin)
             except ConnectionDropped as e:
                 if attempt == len(delays):
                     raise StoreError(str(e)) from None
                 await asyncio.sleep(delays[attempt])
         raise AssertionError("unreachable")
 
-    async def _run_once(self, command: str) -> Reply:
+    async def _run_once(self, command: str, stdin: str | None) -> Reply:
         conn = await self._connection()
         async with self._channels:
             self.commands_sent += 1
             try:
-                done = await asyncio.wait_for(conn.run(command, check=False), self.timeout)
+                done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
             except asyncio.TimeoutError:
                 raise StoreError(f"{command.split()[0]} on {self.where} took longer than {self.timeout:g} s") from None
             except (OSError, asyncssh.Error) as e:

@@ -1,0 +1,79 @@
+"""The operator against the real kube-apiserver: kubectl apply to Ready, and the operator's peak RSS."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from cluster import Cluster, build  # noqa: E402  (the test suite's control plane)
+from operator_process import OperatorProcess  # noqa: E402
+
+from vmfleet.images import make_template_image  # noqa: E402
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="vmfleet-bench-kube-"))
+    cluster = Cluster(build(), base)
+    cluster.start()
+    operator = None
+    try:
+        cluster.kubectl("apply", "-k", str(REPO / "deploy"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        sa = cluster.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", base / "sa.kubeconfig")
+        operator = OperatorProcess(sa, base / "operator.log", resync_seconds=30)
+        operator.start()
+        root = directory / "kube"
+        make_template_image(str(root / "images" / "t.img"), 64 << 20, 4 << 20)
+        driver = "reflink" if _reflinks(root) else "qcow2"
+        rows = []
+        for n in sizes:
+            ns = f"bench-{n}"
+            cluster.kubectl("create", "namespace", ns)
+            docs = [
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": ns},
+                 "spec": {"driver": driver, "root": str(root), "concurrency": 16}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": ns, "labels": {"b": ns}},
+                 "spec": {"uri": "test:///default", "domainType": "qemu",
+                          "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30}}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t", "namespace": ns},
+                 "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "f", "namespace": ns},
+                 "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": ns}}}},
+            ]
+            t0 = time.perf_counter()
+            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+            cluster.kubectl("wait", "--for=condition=Ready", "vmfleet/f", "-n", ns, f"--timeout={int(budget_seconds)}s",
+                            timeout=budget_seconds + 30)
+            seconds = time.perf_counter() - t0
+            size = len(cluster.kubectl("get", "vmfleets", "f", "-n", ns, "-o", "json").stdout)
+            assert operator.proc is not None
+            rows.append({"n": n, "apply_to_ready_seconds": round(seconds, 2), "object_bytes": size,
+                         "operator_peak_rss_mib": round(peak_rss_mib(operator.proc.pid), 1)})
+        return {"rows": rows, "driver": driver}
+    finally:
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _reflinks(root: Path) -> bool:
+    import subprocess
+
+    return subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True,
+                          text=True).stdout.strip() in ("xfs", "btrfs")

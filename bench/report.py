@@ -1,0 +1,80 @@
+"""docs/benchmarks.md and its plot, from one run's results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["fleet"]["rows"]
+    ns = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ns, [r["per_vm_ms"] for r in rows], "o-", label="vmfleet apply (engine)")
+    ax.plot(ns, [r["floor_per_vm_ms"] for r in rows], "s--", label="floor: the same calls in a bare loop")
+    ax.set_xscale("log")
+    ax.set_xlabel("VMs in the fleet (N)")
+    ax.set_ylabel("ms per VM (clone over SSH + define + start)")
+    ax.set_title("Fleet provisioning cost per VM")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(result: dict, png: str) -> str:
+    m = result["machine"]
+    cvc = result["clone_vs_copy_detail"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Run `{result['command']}` on {result['date']}: {m['platform']}, {m['cpus']} CPUs, Python {m['python']}, "
+        f"scratch file system {cvc['template']['fs']}. Ratios are measured side by side in the same run; "
+        "seconds are medians over the repeats. Regenerate with `sudo make bench`.",
+        "",
+        f"## Clone against copy ({_mib(cvc['template']['size'])} template, {_mib(cvc['template']['data'])} of data)",
+        "",
+        "| method | seconds | bytes it owns | copy/clone time | clone/copy bytes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in cvc["rows"].items():
+        lines.append(f"| {name} | {r['seconds']:.4f} | {r['bytes']:,} | {r['speedup']:,.0f}× | "
+                     f"{r['bytes_ratio']:.4%} |")
+    lines += ["", f"Headline ({cvc['headline']}): **{result['clone_vs_copy']['speedup']:,}×** faster than the copy, "
+              f"**{result['clone_vs_copy']['bytes_ratio']:.4%}** of its bytes.", "",
+              "## Fleet provisioning (gpfs simulator over SSH, libvirt test driver)", "",
+              "| N | vmfleet s | floor s | vmfleet/floor | ms per VM | floor ms per VM |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for r in result["fleet"]["rows"]:
+        lines.append(f"| {r['n']} | {r['seconds']} | {r['floor_seconds']} | {r['overhead_ratio']} | "
+                     f"{r['per_vm_ms']} | {r['floor_per_vm_ms']} |")
+    lines += ["", f"![per-VM cost against N]({png})", "", "## Status refresh", "",
+              "| clones | seconds | SSH commands |", "|---:|---:|---:|"]
+    for r in result["fleet"]["refresh"]:
+        lines.append(f"| {r['clones']} | {r['seconds']} | {r['ssh_commands']} |")
+    lines += ["", "## Through Kubernetes (real kube-apiserver, operator as deploy/'s ServiceAccount)", ""]
+    if result.get("kube"):
+        lines += [f"Store driver: {result['kube']['driver']}.", "",
+                  "| N | kubectl apply to Ready, s | VmFleet object bytes | operator peak RSS |",
+                  "|---:|---:|---:|---:|"]
+        for r in result["kube"]["rows"]:
+            lines.append(f"| {r['n']} | {r['apply_to_ready_seconds']} | {r['object_bytes']:,} | "
+                         f"{r['operator_peak_rss_mib']} MiB |")
+    else:
+        lines.append(f"Not run: {result.get('kube_skipped', 'no kube-apiserver')}.")
+    lines += ["", "## VmFleet object size", "", "| clones | bytes |", "|---:|---:|"]
+    for n, size in result["status_bytes"].items():
+        lines.append(f"| {n} | {size:,} |")
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, measured, met in result["targets"]:
+        lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,83 @@
+"""Where the benchmarks run: a scratch directory on XFS (reflinks) when root, else on /tmp; the
+SSH simulator; and the vmfleet objects pointing at them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import asyncssh
+
+from vmfleet import sim
+from vmfleet.api import parse
+from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
+from vmfleet.engine import Runtime
+
+MOUNT = "/ibm/gpfs0"
+
+
+@contextlib.contextmanager
+def scratch() -> Iterator[tuple[Path, str]]:
+    """(directory, file system name): XFS with reflink=1 on a loop device when root, else a tmp dir."""
+    base = Path(tempfile.mkdtemp(prefix="vmfleet-bench-"))
+    mnt = base / "mnt"
+    mnt.mkdir()
+    mounted = False
+    if os.geteuid() == 0 and shutil.which("mkfs.xfs"):
+        with open(base / "xfs.img", "wb") as f:
+            f.truncate(64 << 30)
+        subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(base / "xfs.img")], check=True)
+        mounted = subprocess.run(["mount", "-o", "loop", str(base / "xfs.img"), str(mnt)]).returncode == 0
+    try:
+        fs = subprocess.run(["stat", "-f", "-c", "%T", str(mnt)], capture_output=True, text=True).stdout.strip()
+        yield mnt, fs
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def simulator(directory: Path, personality: str = "gpfs",
+                    latency: float = 0.0) -> AsyncIterator[tuple[sim.Simulator, Runtime]]:
+    client = asyncssh.generate_private_key("ssh-ed25519")
+    server = await sim.start(str(directory), MOUNT, personality, client.export_public_key().decode(),
+                             faults=sim.Faults(latency=latency))
+    runtime = Runtime(lambda ref: {"ssh-privatekey": client.export_private_key().decode(),
+                                   "known_hosts": server.known_hosts})
+    try:
+        yield server, runtime
+    finally:
+        await runtime.close()
+        await server.stop()
+
+
+def store(server: sim.Simulator, concurrency: int) -> CloneStore:
+    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "bench"},
+                  "spec": {"driver": "gpfs", "root": f"{MOUNT}/bench", "concurrency": concurrency,
+                           "ssh": {"host": "127.0.0.1", "port": server.port, "user": "bench",
+                                   "secretRef": {"name": "ssh", "namespace": "bench"}}}})  # type: ignore[return-value]
+
+
+def host() -> KvmHost:
+    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "t"},
+                  "spec": {"uri": "test:///default", "domainType": "qemu",
+                           "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30}}})  # type: ignore[return-value]
+
+
+def template() -> VmTemplate:
+    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
+                  "metadata": {"name": "t", "namespace": "bench"},
+                  "spec": {"storeRef": {"name": "bench"}, "image": {"path": "images/t.img"},
+                           "memoryMiB": 64}})  # type: ignore[return-value]
+
+
+def fleet(n: int, name: str) -> VmFleet:
+    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
+                  "metadata": {"name": name, "namespace": "bench"},
+                  "spec": {"templateRef": {"name": "t"}, "replicas": n}})  # type: ignore[return-value]
