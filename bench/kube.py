@@ -32,8 +32,7 @@ def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> d
     cluster.start()
     operator = None
     try:
-        cluster.kubectl("apply", "-k", str(REPO / "deploy"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        cluster.install(REPO / "deploy")
         sa = cluster.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", base / "sa.kubeconfig")
         operator = OperatorProcess(sa, base / "operator.log", resync_seconds=30)
         operator.start()

@@ -169,6 +169,17 @@ class Cluster:
                 p.kill()
                 p.wait()
 
+    def install(self, kustomization: Path) -> None:
+        """kubectl apply -k, then wait until the new resources are Established and actually listable:
+        a fresh CRD answers 429 "storage is (re)initializing" for a while, and kopf backs off for long."""
+        self.kubectl("apply", "-k", str(kustomization))
+        self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        deadline = time.monotonic() + 60
+        while self.kubectl("get", "clonestores,kvmhosts,vmtemplates,vmfleets", "-A", check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the vmfleet resources were not listable 60 s after their CRDs were Established")
+            time.sleep(0.2)
+
     def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
         """A kubeconfig for a ServiceAccount, with a token from the TokenRequest API."""
         token = self.kubectl("create", "token", name, "-n", namespace, "--duration=2h").stdout.strip()

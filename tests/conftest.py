@@ -150,8 +150,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
         unavailable(str(e))
     TIMINGS["kube-apiserver and etcd ready"] = cluster.start_seconds
     try:
-        cluster.kubectl("apply", "-k", str(REPO / "deploy"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        cluster.install(REPO / "deploy")
         yield cluster
     finally:
         cluster.stop()

@@ -37,9 +37,11 @@ def boot_sector(marker: str) -> bytes:
     return body.ljust(510, b"\x00") + b"\x55\xaa"
 
 
-def make_template_image(path: str, size: int, data: int = 0, marker: str = "VMFLEET-BOOT-OK") -> None:
+def make_template_image(path: str, size: int, data: int = 0, marker: str = "VMFLEET-BOOT-OK",
+                        contiguous: bool = False) -> None:
     """A sparse raw image of `size` bytes: the boot sector, then `data` bytes of incompressible data
-    written 1 MiB at a time and spread across the image, like a real OS image with holes."""
+    written 1 MiB at a time and spread across the image, like a real OS image with holes
+    (or in one run after the first MiB, with `contiguous`)."""
     if size < _MIB or data > size // 2:
         raise ValueError("size must be at least 1 MiB and data at most half of it")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -49,7 +51,7 @@ def make_template_image(path: str, size: int, data: int = 0, marker: str = "VMFL
         f.write(boot_sector(marker))
         chunks = data // _MIB
         if chunks:
-            stride = (size - _MIB) // chunks  # >= 1 MiB since data <= size / 2
+            stride = _MIB if contiguous else (size - _MIB) // chunks  # >= 1 MiB since data <= size / 2
             for i in range(chunks):
                 f.seek(_MIB + i * stride)
                 f.write(os.urandom(_MIB))
