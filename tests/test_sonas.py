@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import shutil
@@ -270,3 +271,28 @@ async def test_the_depth_limit_is_enforced_on_a_template_that_is_itself_a_clone(
         assert not (env.directory / "frank" / result.status["parent"]).exists()
         again = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()], result.status)
         assert again.status["readyReplicas"] == 0 and env.sim.count("mkclone -s") == 0
+
+
+async def test_a_template_and_its_fleets_preparing_the_parent_at_once_make_it_once(make_env: MakeEnv) -> None:
+    from vmfleet.engine import reconcile_template
+
+    env = await make_env("sonas")
+    store = env.store()
+    results = await asyncio.gather(
+        reconcile_template(env.runtime, template(), store, 0, None),
+        reconcile_fleet(env.runtime, fleet(2, "a"), template(), store, [host()]),
+        reconcile_fleet(env.runtime, fleet(2, "b"), template(), store, [host()]),
+    )
+    assert results[1].status["readyReplicas"] == results[2].status["readyReplicas"] == 2
+    assert env.sim.count("mkclone -p") == 1 and env.sim.connections == 1
+
+
+async def test_the_simulator_reports_errors_instead_of_dropping_the_connection(make_env: MakeEnv) -> None:
+    env = await make_env("sonas")
+    runner = env.runtime.store_driver(env.store()).runner  # type: ignore[attr-defined]
+    source = f"{MOUNT}/frank/image/linux/basic.img"
+    first, second = await asyncio.gather(
+        runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c1.img")),
+        runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c2.img")))
+    assert sorted([first.exit_status, second.exit_status]) == [0, 1]
+    assert env.sim.connections == 1

@@ -39,6 +39,7 @@ class FleetScope:
         self.driver: StoreDriver = runtime.store_driver(store)
         self.endpoints: dict[str, LibvirtHost] = {h.meta.name: runtime.host(h) for h in hosts}
         self.parent = parent_path(template.image_path, template.image_format)
+        self.parent_lock = runtime.parent_lock(store, self.parent)
         self.clone_format = self.driver.clone_format(template.image_format)
         self.namespace = fleet.meta.namespace or "default"
         self._wants = self._make_wants()
@@ -135,7 +136,8 @@ class FleetScope:
     async def actuate(self, action: Action) -> None:
         o, host = action.ordinal, action.host
         if action.op is Op.PREPARE_PARENT:
-            await self.driver.prepare_parent(self.template.image_path, self.template.image_format, self.parent)
+            async with self.parent_lock:
+                await self.driver.prepare_parent(self.template.image_path, self.template.image_format, self.parent)
         elif action.op is Op.CREATE_CLONE:
             await self.driver.create_clone(self.parent, self.template.image_format, self.clone(o))
         elif action.op is Op.DELETE_CLONE:

@@ -57,6 +57,10 @@ class Runtime:
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
+    def parent_lock(self, store: CloneStore, parent: str) -> asyncio.Lock:
+        """A template and each of its fleets may all find the parent missing at once: one makes it."""
+        return self.lock(f"parent\0{store.meta.name}\0{parent}")
+
     async def close(self) -> None:
         for driver in [d for _, d in self._stores.values()] + self._retired:
             await driver.close()

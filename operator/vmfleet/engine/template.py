@@ -21,10 +21,11 @@ async def reconcile_template(
     t = now()
     try:
         driver = runtime.store_driver(store)
-        if not await driver.exists(parent):
-            await driver.prepare_parent(template.image_path, template.image_format, parent)
-            events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))
-            prepared_at = t
+        async with runtime.parent_lock(store, parent):
+            if not await driver.exists(parent):
+                await driver.prepare_parent(template.image_path, template.image_format, parent)
+                events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))
+                prepared_at = t
         ok, reason, message = True, "ParentReady", f"clone parent {parent} is ready"
     except Exception as e:  # noqa: BLE001 - reported in status and as an event
         ok, reason, message = False, "ParentFailed", str(e)

@@ -95,6 +95,8 @@ class SimFs:
             raise _err(errno.ENOENT, target)
         try:
             ficlone(src, dst)
+        except FileExistsError:
+            raise _err(errno.EEXIST, target) from None  # made by a concurrent command a moment ago
         except OSError as e:
             if e.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL):
                 raise

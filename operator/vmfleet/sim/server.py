@@ -79,6 +79,8 @@ class Simulator:
                     status = 123  # what xargs reports when the command it ran failed
             except ValueError as e:
                 status, out, err = 2, "", f"sim: refusing {e}: {command!r}\n"
+            except OSError as e:  # a real server reports its errors; it does not drop the connection
+                status, out, err = 1, "", f"{command.split()[0]}: {e.strerror or e}\n"
         if n in self.faults.truncate:
             out = out[: len(out) // 2]
         process.stdout.write(out)
