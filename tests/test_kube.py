@@ -174,6 +174,24 @@ def test_a_fleet_applied_before_its_template_waits_then_converges(
     wait_ready(kube, ns)
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
 
+def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    ns, name = f"d-{unique}", f"d-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    apply(kube, objects(root, ns, "test:///default", 2, name))
+    wait_ready(kube, ns)
+    kube.kubectl("delete", f"clonestore/{name}", f"kvmhost/{name}", "--wait=false")
+    reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"]  # noqa: E731
+                       if e["involvedObject"]["name"] == name}
+    wait_for(lambda: {"StoreInUse", "HostInUse"} <= reasons(), 30, "the store and the host to refuse deletion")
+    assert kube.get("clonestore", name)["metadata"]["deletionTimestamp"]
+    wait_ready(kube, ns)  # the fleet still converges with both going away
+    assert len(list(root.rglob("web-*.qcow2"))) == 2
+    kube.kubectl("delete", "vmfleet/web", "vmtemplate/tiny", "-n", ns, "--timeout=60s")
+    kube.kubectl("wait", "--for=delete", f"clonestore/{name}", f"kvmhost/{name}", "--timeout=60s")
+    assert not list(root.rglob("web-*.qcow2"))
+
 def test_the_examples_are_accepted_by_the_apiserver(kube: Cluster) -> None:
     for path in sorted((REPO / "examples").rglob("*.yaml")):
         kube.kubectl("apply", "--dry-run=server", "-f", str(path))

@@ -126,3 +126,13 @@ async def test_a_parent_that_retained_qcow2_clones_still_use_is_kept(runtime: Ru
     assert "3 clone(s) still use vmfleet/parents/" in event.message
     root = Path(docs["CloneStore"]["spec"]["root"])
     assert len(list(root.glob("vmfleet/parents/*.img"))) == 1
+
+
+def test_a_store_or_host_in_use_is_not_released() -> None:
+    in_use = passes.Catalog(images_by_template={("ns", "basic"): ("local", "images/basic.img", "raw")},
+                            vms_by_host={"kvm-a": 3})
+    assert passes.store_delete_pass("local", in_use)[1].reason == "StoreInUse"
+    assert passes.store_delete_pass("other", in_use)[0]
+    released, event = passes.host_delete_pass("kvm-a", in_use)
+    assert not released and event.message.startswith("3 VM(s) are placed on KvmHost kvm-a")
+    assert passes.host_delete_pass("kvm-b", in_use)[0]

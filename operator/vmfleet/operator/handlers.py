@@ -67,8 +67,17 @@ def fleet_clones(namespace: str, spec: kopf.Spec, status: kopf.Status, **_: Any)
     return {(namespace, spec.get("templateRef", {}).get("name", "")): clone_count(plain(status))}
 
 
+@kopf.index(GROUP, VERSION, "vmfleets")
+def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
+    hosts: dict[str, int] = {}
+    for entry in plain(status).get("clones", []) or []:
+        if entry.get("host"):
+            hosts[entry["host"]] = hosts.get(entry["host"], 0) + 1
+    return hosts
+
+
 def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
-            fleet_clones: kopf.Index) -> passes.Catalog:
+            fleet_clones: kopf.Index, fleet_hosts: kopf.Index) -> passes.Catalog:
     first = lambda store: next(iter(store))  # noqa: E731 - one object per name
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return passes.Catalog(
@@ -80,6 +89,7 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
             key: (t["spec"]["storeRef"]["name"], t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))
             for key, t in templates.items()
         },
+        vms_by_host={key: sum(store) for key, store in fleet_hosts.items()},
     )
 
 
@@ -146,5 +156,24 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
         raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
 
 
+# ---------------------------------------------------------------- CloneStore and KvmHost: never deleted from under us
+
+
+@kopf.on.delete(GROUP, VERSION, "clonestores")
+async def delete_clonestore(name: str, body: kopf.Body, **kw: Any) -> None:
+    released, event = passes.store_delete_pass(name, _catalog(kw))
+    post(body, [event])
+    if not released:
+        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+
+
+@kopf.on.delete(GROUP, VERSION, "kvmhosts")
+async def delete_kvmhost(name: str, body: kopf.Body, **kw: Any) -> None:
+    released, event = passes.host_delete_pass(name, _catalog(kw))
+    post(body, [event])
+    if not released:
+        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+
+
 def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
-    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"])
+    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"])

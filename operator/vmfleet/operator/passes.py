@@ -22,6 +22,7 @@ class Catalog:
     templates: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
     clones_by_template: Mapping[Key, int] = field(default_factory=dict)
     images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)
+    vms_by_host: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -115,3 +116,25 @@ async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalo
     image = (template.store, template.image_path, template.image_format)
     shared = any(k != key and v == image for k, v in catalog.images_by_template.items())
     return await release_parent(runtime, template, store, catalog.clones_by_template.get(key, 0), shared)
+
+
+def _names(keys: list[str]) -> str:
+    return ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
+    """A CloneStore goes only when no template refers to it: its clones would be out of reach."""
+    users = [f"{ns}/{t}" for (ns, t), (store, _, _) in catalog.images_by_template.items() if store == name]
+    if users:
+        return False, Event("Warning", "StoreInUse", f"VmTemplates {_names(users)} use CloneStore {name}; "
+                                                     "delete them (and their fleets) first")
+    return True, Event("Normal", "StoreReleased", f"no VmTemplate uses CloneStore {name}")
+
+
+def host_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
+    """A KvmHost goes only when no VM is placed on it: they would be orphaned, not moved."""
+    vms = catalog.vms_by_host.get(name, 0)
+    if vms:
+        return False, Event("Warning", "HostInUse", f"{vms} VM(s) are placed on KvmHost {name}; scale their "
+                                                    "fleets in or change their hostSelector first")
+    return True, Event("Normal", "HostReleased", f"no VM is placed on KvmHost {name}")
