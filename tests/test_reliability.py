@@ -1,0 +1,170 @@
+"""Crash anywhere, faults everywhere: vmfleet converges, loses no disk and leaves no orphan."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+import yaml
+
+from cluster import Cluster
+from conftest import TIMINGS
+from helpers import open_up, wait_for
+from operator_process import OperatorProcess
+from simulator import MOUNT, fleet, host, template
+from test_sonas import MakeEnv, make_env  # noqa: F401 - the simulator fixture
+from vmfleet.engine import reconcile_fleet
+from vmfleet.hypervisor import parse_owner
+from vmfleet.hypervisor.domain import METADATA_NS
+from vmfleet.planner import Op
+
+pytestmark = pytest.mark.reliability
+
+TRIALS = 20
+VMS = 50
+
+
+async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_env: MakeEnv) -> None:
+    """10 % of storage commands failing, a connection dropped mid-command, a command hanging past its timeout."""
+    env = await make_env("gpfs", fail_fraction=0.10, drop={9, 30}, hang={15}, seed=7)
+    store = env.store(timeout=1)
+    status: dict | None = None
+    failures = warnings = 0
+    for _ in range(4):
+        result = await reconcile_fleet(env.runtime, fleet(20), template(), store, [host()], status)
+        failed = [o for o in result.outcomes if not o.ok]
+        failures += len(failed)
+        warnings += sum(1 for e in result.events if e.type == "Warning" and e.reason.endswith("Failed"))
+        if failed:
+            degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
+            assert degraded["status"] == "True" and degraded["reason"].endswith("Failed")
+        assert all(o.action.op is not Op.DELETE_CLONE for o in result.outcomes), "a clone with VM data was deleted"
+        status = result.status if "clones" in result.status else status
+    assert failures > 0 and warnings == failures, "every failed action is an Event with its reason"
+    env.sim.faults.fail_fraction, env.sim.faults.drop, env.sim.faults.hang = 0.0, set(), set()
+    done = await reconcile_fleet(env.runtime, fleet(20), template(), store, [host()], status)
+    assert done.status["readyReplicas"] == 20, done.status["conditions"]
+    files = sorted(p.name for p in (env.directory / "frank").rglob("web-*"))
+    assert files == sorted(f"web-{i}.img" for i in range(20))
+    assert not [c for c in env.sim.commands if c.startswith("rm ")], "nothing was deleted to converge"
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator",
+                                           tmp_path_factory.mktemp("crash") / "sa.kubeconfig")
+
+
+def _ours(conn: libvirt.virConnect, ns: str) -> dict[str, object]:
+    out = {}
+    for d in conn.listAllDomains():
+        if d.name().startswith(f"{ns}."):
+            out[d.name()] = parse_owner(d.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
+    return out
+
+
+@pytest.fixture
+def crash_site(xfs: Path, small_image: Path, unique: str) -> Iterator[Path]:
+    root = xfs / f"crash-{unique}"
+    (root / "images").mkdir(parents=True)
+    shutil.copyfile(small_image, root / "images" / "t.img")
+    open_up(root)
+    yield root
+
+
+def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remakes(
+        kube: Cluster, sa_kubeconfig: Path, libvirtd: str, crash_site: Path, tmp_path: Path, unique: str) -> None:
+    rng = random.Random(20261129)
+    conn = libvirt.open(libvirtd)
+    landed_mid_way = 0
+    points = []
+    t0 = time.monotonic()
+    try:
+        for trial in range(TRIALS):
+            ns = f"c{trial}-{unique}"
+            kube.kubectl("create", "namespace", ns)
+            docs = [
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": ns},
+                 "spec": {"driver": "reflink", "root": str(crash_site), "concurrency": 8}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": ns, "labels": {"c": ns}},
+                 "spec": {"uri": libvirtd, "domainType": "qemu", "capacity": {"vcpus": 1024, "memoryMiB": 1 << 20}}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t", "namespace": ns},
+                 "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 16}},
+                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
+                 "spec": {"templateRef": {"name": "t"}, "replicas": VMS, "running": False,
+                          "hostSelector": {"matchLabels": {"c": ns}}}},
+            ]
+            operator = OperatorProcess(sa_kubeconfig, tmp_path / f"operator-{trial}.log", resync_seconds=2)
+            operator.start()
+            clones = crash_site / "vmfleet" / "clones" / ns / "web"
+            # The crash point: once k clones exist, or once k domains are defined (k seeded, 0..VMS-1).
+            stage, k = rng.choice(["clones", "domains"]), rng.randrange(VMS)
+            progress = {"clones": lambda: len(list(clones.glob("web-*"))) if clones.exists() else 0,
+                        "domains": lambda: len(_ours(conn, ns))}[stage]
+            kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+            deadline = time.monotonic() + 60
+            while progress() < k and time.monotonic() < deadline:
+                time.sleep(0.002)
+            operator.kill()
+            at_kill = {p.name: p.stat().st_ino for p in clones.glob("web-*.img")} if clones.exists() else {}
+            domains_at_kill = len(_ours(conn, ns))
+            landed_mid_way += 0 < len(at_kill) < VMS or 0 < domains_at_kill < VMS
+            points.append((len(at_kill), domains_at_kill))
+
+            operator.start()
+            kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150)
+            names = {p.name: p.stat().st_ino for p in clones.iterdir()}
+            assert sorted(names) == sorted(f"web-{i}.img" for i in range(VMS)), f"trial {trial}: {sorted(names)}"
+            assert {n: names[n] for n in at_kill} == at_kill, f"trial {trial}: a clone was remade"
+            domains = _ours(conn, ns)
+            assert sorted(domains) == sorted(f"{ns}.web-{i}" for i in range(VMS)), f"trial {trial}"
+            assert all(o is not None and o.clone.endswith(f"web-{o.ordinal}.img") for o in domains.values())
+            status = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout)["status"]
+            assert status["replicas"] == status["readyReplicas"] == VMS
+
+            kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150)
+            kube.kubectl("delete", "vmtemplate/t", "-n", ns, "--timeout=60s")
+            kube.kubectl("delete", f"clonestore/{ns}", f"kvmhost/{ns}", "--timeout=60s")
+            operator.stop()
+            assert "Traceback" not in operator.output(), operator.output()[-3000:]
+            assert not _ours(conn, ns) and not clones.exists() or not list(clones.iterdir())
+    finally:
+        conn.close()
+    TIMINGS[f"reliability: {TRIALS} SIGKILL trials of a {VMS}-VM fleet, (clones, domains) at each kill "
+            f"{points}"] = time.monotonic() - t0
+    assert landed_mid_way >= TRIALS // 2, f"only {landed_mid_way} kills landed mid-provisioning: {points}"
+
+
+def test_no_secret_reaches_logs_events_status_or_errors(tmp_path: Path, small_image: Path) -> None:
+    """Standalone: a Secret in the manifests, a store that fails to use it; the key appears nowhere."""
+    from test_cli import apply
+
+    planted = "-----BEGIN OPENSSH PRIVATE KEY-----\nVMFLEET-PLANTED-SECRET-4f1c9\n-----END OPENSSH PRIVATE KEY-----\n"
+    docs = [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssh", "namespace": "vmfleet-system"},
+         "stringData": {"ssh-privatekey": planted, "known_hosts": "[127.0.0.1]:1 ssh-ed25519 AAAAVMFLEETKNOWN"}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
+         "spec": {"driver": "gpfs", "root": f"{MOUNT}/x",
+                  "ssh": {"host": "127.0.0.1", "port": 1, "user": "u",
+                          "secretRef": {"name": "ssh", "namespace": "vmfleet-system"}}}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "h"},
+         "spec": {"uri": "test:///default"}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
+         "spec": {"storeRef": {"name": "s"}, "image": {"path": "i.img"}}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "f"},
+         "spec": {"templateRef": {"name": "t"}, "replicas": 1}},
+    ]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
+    seen = ""
+    for fmt in ("json", "yaml", "table"):
+        done = apply("-f", str(tmp_path / "m.yaml"), "-o", fmt)
+        seen += done.stdout + done.stderr
+    assert "StoreUnavailable" in seen or "unusable" in seen  # it did try, and failed
+    for needle in ("VMFLEET-PLANTED-SECRET", "PRIVATE KEY", "AAAAVMFLEETKNOWN"):
+        assert needle not in seen, f"{needle} leaked"
