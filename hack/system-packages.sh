@@ -5,7 +5,8 @@
 set -euo pipefail
 
 demo=(gcc pkg-config libvirt-dev qemu-utils)
-test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps openssh-server openssh-client)
+test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps openssh-server openssh-client
+      podman runc debootstrap)
 
 case "${1:-demo}" in
   demo) wanted=("${demo[@]}") ;;
