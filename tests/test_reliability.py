@@ -166,6 +166,11 @@ def test_no_secret_reaches_logs_events_status_or_errors(tmp_path: Path, small_im
     for fmt in ("json", "yaml", "table"):
         done = apply("-f", str(tmp_path / "m.yaml"), "-o", fmt)
         seen += done.stdout + done.stderr
+        if fmt == "json":
+            store = next(o for o in json.loads(done.stdout) if o["kind"] == "CloneStore")
+            ready = store["status"]["conditions"][0]
+            assert (ready["status"], ready["reason"]) == ("False", "Unreachable")
+            assert not any(o["kind"] == "Secret" for o in json.loads(done.stdout))
     assert "StoreUnavailable" in seen or "unusable" in seen  # it did try, and failed
     for needle in ("VMFLEET-PLANTED-SECRET", "PRIVATE KEY", "AAAAVMFLEETKNOWN"):
         assert needle not in seen, f"{needle} leaked"

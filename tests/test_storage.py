@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import unavailable
+
 from vmfleet.storage import StoreError
 from vmfleet.storage.qcow2 import Qcow2Store
 from vmfleet.storage.reflink import ReflinkStore
@@ -79,10 +81,18 @@ async def test_reflink_clone_refuses_an_existing_target_and_leaves_no_partial(re
     assert not (root / "vmfleet/clones/ns/web/web-1.img.partial").exists()
 
 
-async def test_reflink_on_a_file_system_without_reflinks_says_so(tmp_path: Path, small_image: Path) -> None:
-    probe = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
-    if probe in ("xfs", "btrfs"):
-        pytest.skip(f"{tmp_path} is {probe}: it has reflinks")
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Path:
+    """A file system that certainly has no reflinks."""
+    if os.geteuid() != 0:
+        unavailable("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(tmp_path)], check=True)
+    yield tmp_path
+    subprocess.run(["umount", str(tmp_path)], check=False)
+
+
+async def test_reflink_on_a_file_system_without_reflinks_says_so(tmpfs: Path, small_image: Path) -> None:
+    tmp_path = tmpfs
     (tmp_path / "images").mkdir()
     shutil.copyfile(small_image, tmp_path / "images" / "t.img")
     store = ReflinkStore(str(tmp_path))

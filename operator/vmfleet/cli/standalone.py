@@ -7,10 +7,10 @@ import sys
 from typing import Any, Iterable, Mapping
 
 from ..api import CloneStore, KvmHost, VmFleet
+from ..api.types import SecretRef
 from ..engine import Runtime, reconcile_fleet, reconcile_template
 from ..engine.fleet import FleetResult, clone_count, now
 from ..engine.status import Event, condition
-from ..api.types import SecretRef
 from ..storage import SecretReader, StoreError
 from .manifests import Loaded, Secret, World
 
@@ -32,12 +32,19 @@ async def _host_status(runtime: Runtime, host: KvmHost) -> dict[str, Any]:
                                      None, now())]}
 
 
-def _store_status(store: CloneStore) -> dict[str, Any]:
+async def _store_status(runtime: Runtime, store: CloneStore) -> dict[str, Any]:
     gen = store.meta.generation
-    ok = os.path.isdir(store.local_path)
-    message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
-    return {"observedGeneration": gen,
-            "conditions": [condition("Ready", ok, "Reachable" if ok else "RootMissing", message, gen, None, now())]}
+    if store.driver == "gpfs":  # nothing of it is mounted here: ask the GPFS node
+        try:
+            await runtime.store_driver(store).list_dir("vmfleet")
+            ok, reason, message = True, "Reachable", f"{store.root} answers over SSH"
+        except StoreError as e:
+            ok, reason, message = False, "Unreachable", str(e)
+    else:
+        ok = os.path.isdir(store.local_path)
+        reason = "Reachable" if ok else "RootMissing"
+        message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
+    return {"observedGeneration": gen, "conditions": [condition("Ready", ok, reason, message, gen, None, now())]}
 
 
 def plan_text(fleet: VmFleet, result: FleetResult) -> str:
@@ -88,7 +95,7 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
         for host in hosts:
             statuses[by_id[id(host)]] = await _host_status(runtime, host)
         for store in world.stores.values():
-            statuses[by_id[id(store)]] = _store_status(store)
+            statuses[by_id[id(store)]] = await _store_status(runtime, store)
     finally:
         await runtime.close()
     objects = []

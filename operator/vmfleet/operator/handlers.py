@@ -99,6 +99,21 @@ def post(body: kopf.Body, events: list[Event]) -> None:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message)
 
 
+def report(body: kopf.Body, patch: kopf.Patch, result: passes.PassResult) -> None:
+    """Write the status and post the events; when waiting on a reference, come back in seconds."""
+    patch.status.update(result.status)
+    post(body, result.events)
+    if result.waiting:
+        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
+
+
+def release(body: kopf.Body, released: bool, event: Event) -> None:
+    """Let a deletion finish, or keep the finalizer and say why."""
+    post(body, [event])
+    if not released:
+        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+
+
 # ---------------------------------------------------------------- VmFleet
 
 
@@ -109,11 +124,8 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     with metrics.RECONCILE.labels("VmFleet").time():
         result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw))
-    patch.status.update(result.status)
     metrics.record_fleet(body.metadata.namespace or "", body.metadata.name or "", body.spec, result.status)
-    post(body, result.events)
-    if result.waiting:
-        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
+    report(body, patch, result)
 
 
 @kopf.on.delete(GROUP, VERSION, "vmfleets")
@@ -139,10 +151,7 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
 async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     with metrics.RECONCILE.labels("VmTemplate").time():
         result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
-    patch.status.update(result.status)
-    post(body, result.events)
-    if result.waiting:
-        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
+    report(body, patch, result)
 
 
 @kopf.on.delete(GROUP, VERSION, "vmtemplates")
@@ -151,9 +160,7 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
         released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
     except passes.Unresolved as e:
         released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
-    post(body, [event])
-    if not released:
-        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+    release(body, released, event)
 
 
 # ---------------------------------------------------------------- CloneStore and KvmHost: never deleted from under us
@@ -161,18 +168,12 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
 
 @kopf.on.delete(GROUP, VERSION, "clonestores")
 async def delete_clonestore(name: str, body: kopf.Body, **kw: Any) -> None:
-    released, event = passes.store_delete_pass(name, _catalog(kw))
-    post(body, [event])
-    if not released:
-        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+    release(body, *passes.store_delete_pass(name, _catalog(kw)))
 
 
 @kopf.on.delete(GROUP, VERSION, "kvmhosts")
 async def delete_kvmhost(name: str, body: kopf.Body, **kw: Any) -> None:
-    released, event = passes.host_delete_pass(name, _catalog(kw))
-    post(body, [event])
-    if not released:
-        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+    release(body, *passes.host_delete_pass(name, _catalog(kw)))
 
 
 def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
