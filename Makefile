@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -ra
 
 crds: $(VENV)/.installed
-	$(VENV)/bin/vmfleet crds -d crds
+	$(VENV)/bin/vmfleet crds -d crds --reference docs/api.md
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[test,bench]'

@@ -51,6 +51,13 @@ def test_crds_in_the_repo_are_generated_from_the_schema() -> None:
         assert on_disk == crd, f"crds/{name} is stale: run `vmfleet crds`"
 
 
+def test_the_api_reference_in_docs_is_generated_from_the_schema() -> None:
+    from vmfleet.api.reference import markdown
+
+    assert (REPO / "docs" / "api.md").read_text() == markdown(), "docs/api.md is stale: run `make crds`"
+    assert "| `spec.replicas` | integer | ≥ 0; ≤ 5000; default `1` |" in markdown()
+
+
 def test_vmfleet_crd_has_scale_printer_columns_short_names_and_category() -> None:
     crd = all_crds()["vmfleets.vmfleet.io.yaml"]
     version = crd["spec"]["versions"][0]

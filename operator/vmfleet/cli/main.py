@@ -45,7 +45,11 @@ def _ready(obj: dict) -> bool:
 
 def _crds(args: argparse.Namespace) -> int:
     from ..api.crd import all_crds
+    from ..api.reference import markdown
 
+    if args.reference:
+        with open(args.reference, "w", encoding="utf-8") as f:
+            f.write(markdown())
     os.makedirs(args.dir, exist_ok=True)
     for name, crd in all_crds().items():
         with open(os.path.join(args.dir, name), "w", encoding="utf-8") as f:
@@ -94,6 +98,7 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions")
     c.add_argument("-d", "--dir", default="crds")
+    c.add_argument("--reference", metavar="FILE", help="also write the API reference (docs/api.md)")
     c.set_defaults(func=_crds)
 
     i = sub.add_parser("image", help="write a small bootable template image (for trying vmfleet out)")
