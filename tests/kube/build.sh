@@ -10,7 +10,7 @@ bin="$cache/$key/bin"
 if [ ! -x "$bin/kube-apiserver" ] || [ ! -x "$bin/kubectl" ] || [ ! -x "$bin/etcd" ]; then
   mkdir -p "$bin.partial"
   start=$(date +%s)
-  (cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$bin.partial/" \
+  (cd "$here" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags='-s -w' -o "$bin.partial/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd) >&2
   rm -rf "$bin" && mv "$bin.partial" "$bin"
   echo "built kube-apiserver, kubectl and etcd in $(( $(date +%s) - start )) s" >&2
