@@ -71,13 +71,24 @@ async def test_a_host_that_goes_away_degrades_the_fleet_and_its_vms_stay_put(run
     assert len(list((Path(docs["CloneStore"]["spec"]["root"])).rglob("demo-*.qcow2"))) == 3
 
 
-async def test_a_missing_template_stalls_the_fleet_with_the_field_named(runtime: Runtime, docs: dict) -> None:
+async def test_a_missing_template_is_waited_for_with_the_field_named(runtime: Runtime, docs: dict) -> None:
     empty = passes.Catalog(stores={}, hosts=[docs["KvmHost"]])
     result = await passes.fleet_pass(runtime, docs["VmFleet"], empty)
+    state = {c["type"]: (c["status"], c["reason"]) for c in result.status["conditions"]}
+    # In progress, not Stalled: applied together, the template may be on its way (and Flux fails fast on Stalled).
+    assert state == {"Ready": ("False", "TemplateNotFound"), "Reconciling": ("True", "TemplateNotFound"),
+                     "Stalled": ("False", "NotStalled"), "Degraded": ("False", "NotDegraded")}
+    assert "spec.templateRef.name" in result.status["conditions"][0]["message"]
+    assert result.waiting  # the handler retries in seconds
+
+
+async def test_an_invalid_spec_stalls_the_fleet(runtime: Runtime, docs: dict) -> None:
+    fleet = copy.deepcopy(docs["VmFleet"])
+    fleet["spec"]["replicas"] = -1  # the API refuses this; an old object or a CRD without validation may not
+    result = await passes.fleet_pass(runtime, fleet, catalog(docs))
     stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
-    assert stalled["status"] == "True" and stalled["reason"] == "TemplateNotFound"
-    assert "spec.templateRef.name" in stalled["message"]
-    assert result.waiting  # the handler retries in seconds: the template may be on its way
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec" and "spec.replicas" in stalled["message"]
+    assert not result.waiting
 
 
 @pytest.mark.parametrize("policy,kept", [("Delete", 0), ("Retain", 3)])

@@ -42,7 +42,7 @@ def root_schema(kind: Kind) -> Schema:
             # The apiserver allows nothing in metadata's schema but limits on name and generateName.
             "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": kind.max_name}}},
             "spec": kind.spec,
-            "status": kind.status,
+            "status": {**kind.status, "default": {"observedGeneration": 0}} if kind.reconciled else kind.status,
         },
         "required": ["spec"],
     }

@@ -406,6 +406,9 @@ class Kind:
     printer_columns: tuple[dict[str, Any], ...] = ()
     max_name: int = 63  # CRDs may restrict metadata.name (and nothing else in metadata)
     scale: bool = False
+    # The operator reconciles this kind and writes its status: until it has, the API serves
+    # status.observedGeneration 0, so kstatus (Flux) and Argo CD read a new object as in progress, not current.
+    reconciled: bool = False
 
 
 def _column(name: str, path: str, type_: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
@@ -458,7 +461,8 @@ KINDS: dict[str, Kind] = {
             True,
             VM_TEMPLATE_SPEC,
             VM_TEMPLATE_STATUS,
-            (
+            reconciled=True,
+            printer_columns=(
                 _column("Store", ".spec.storeRef.name"),
                 _column("Image", ".spec.image.path"),
                 _column("Profile", ".spec.profile"),
@@ -474,7 +478,8 @@ KINDS: dict[str, Kind] = {
             True,
             VM_FLEET_SPEC,
             VM_FLEET_STATUS,
-            (
+            reconciled=True,
+            printer_columns=(
                 _column("Desired", ".spec.replicas", "integer"),
                 _column("Ready", ".status.readyReplicas", "integer"),
                 _column("Allocated", ".status.allocatedBytes", "integer", description="Bytes the clones own"),

@@ -11,6 +11,7 @@ from ..api.types import SecretRef
 from ..engine import Runtime, reconcile_fleet, reconcile_template
 from ..engine.fleet import FleetResult, clone_count, now
 from ..engine.status import Event, condition
+from ..planner import summarise
 from ..storage import SecretReader, StoreError
 from .manifests import Loaded, Secret, World
 
@@ -52,8 +53,8 @@ def plan_text(fleet: VmFleet, result: FleetResult) -> str:
     for a in result.plan.actions:
         who = fleet.vm_name(a.ordinal) if a.ordinal is not None else "(template)"
         lines.append(f"  {a.op.value:15} {who:20} {a.host or '':12} {a.why}")
-    for p in result.plan.problems:
-        lines.append(f"  ! {p.severity.value}/{p.reason}: {p.message}")
+    for p, text in summarise(result.plan.problems):
+        lines.append(f"  ! {p.severity.value}/{p.reason}: {text}")
     return "\n".join(lines)
 
 

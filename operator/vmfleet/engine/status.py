@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..planner import Observation, Op, Plan, Severity
+from ..planner import Observation, Op, Plan, Severity, listing, summarise
 from ..storage import Space
 from .execute import Outcome
 
@@ -39,14 +39,6 @@ _FAILED = {
     Op.UNDEFINE: "UndefineFailed",
     Op.DELETE_CLONE: "DeleteCloneFailed",
 }
-_LISTED = 5  # names listed in one message before "and N more"
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:_LISTED])
-    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
-
-
 def events_for(
     scope: "FleetScope",
     plan: Plan,
@@ -68,7 +60,7 @@ def events_for(
     summary = []
     for op, names in done.items():
         reason, verb = _DONE[op]
-        detail = f"{verb} {len(names)} VM(s): {_names(names)}" if op is not Op.PREPARE_PARENT else (
+        detail = f"{verb} {len(names)} VM(s): {listing(names)}" if op is not Op.PREPARE_PARENT else (
             f"{verb} {scope.parent} from {scope.template.image_path}")
         summary.append(Event("Normal", reason, detail))
     events = summary + events
@@ -76,9 +68,9 @@ def events_for(
     after = _condition_messages(status)
     for kind in ("Stalled", "Degraded"):
         if kind in after and after[kind] != before.get(kind):
-            for p in plan.problems:
+            for p, text in summarise(plan.problems):
                 if p.severity.value == kind:
-                    events.append(Event("Warning", p.reason, p.message))
+                    events.append(Event("Warning", p.reason, text))
     return events
 
 
@@ -143,8 +135,8 @@ def fleet_status(
                 ready += 1
         clones.append(entry)
 
-    stalled = [p.message for p in plan.problems if p.severity is Severity.STALLED]
-    degraded = [p.message for p in plan.problems if p.severity is Severity.DEGRADED]
+    stalled = [text for p, text in summarise(plan.problems) if p.severity is Severity.STALLED]
+    degraded = [text for p, text in summarise(plan.problems) if p.severity is Severity.DEGRADED]
     failures = [f"{o.action.op.value} {fleet.vm_name(o.action.ordinal) if o.action.ordinal is not None else ''}"
                 f": {o.error}" for o in outcomes if not o.ok]
     degraded += failures
@@ -181,16 +173,24 @@ def fleet_status(
 
 def blocked_status(generation: int, previous: Mapping[str, Any] | None, kind: str, reason: str, message: str,
                    now: str) -> dict[str, Any]:
-    """Status when a pass could not even observe (a missing reference, an unreachable store): the
-    conditions say why; what the last good pass recorded stays (the status is merged, not replaced)."""
-    return {
-        "observedGeneration": generation,
-        "conditions": [
-            condition("Ready", False, reason, message, generation, previous, now),
-            condition("Reconciling", kind != "Stalled", reason, message, generation, previous, now),
-            condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else "NotStalled",
-                      message if kind == "Stalled" else "", generation, previous, now),
-            condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else "NotDegraded",
-                      message if kind == "Degraded" else "", generation, previous, now),
-        ],
-    }
+    """Status when a pass could not do its work, by kind: Waiting (on a reference that may yet appear: in
+    progress, retried in seconds), Degraded (a fault the operator retries), Stalled (only a spec change helps).
+    What the last good pass recorded stays (the status is merged, not replaced)."""
+    return {"observedGeneration": generation,
+            "conditions": summary_conditions(kind, reason, message, generation, previous, now)}
+
+
+def summary_conditions(kind: str, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None,
+                       now: str) -> list[dict[str, Any]]:
+    """Ready, Reconciling, Stalled and Degraded for one state (Ready, Waiting, Degraded or Stalled), as kstatus,
+    Argo CD and `kubectl wait` read them."""
+    ready = kind == "Ready"
+    return [
+        condition("Ready", ready, reason, message, generation, previous, now),
+        condition("Reconciling", kind in ("Waiting", "Degraded"), reason if not ready else "Converged",
+                  message if not ready else "", generation, previous, now),
+        condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else "NotStalled",
+                  message if kind == "Stalled" else "", generation, previous, now),
+        condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else "NotDegraded",
+                  message if kind == "Degraded" else "", generation, previous, now),
+    ]

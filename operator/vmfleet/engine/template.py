@@ -8,7 +8,7 @@ from ..api.types import CloneStore, VmTemplate
 from ..storage import StoreError, parent_path
 from .fleet import now
 from .runtime import Runtime
-from .status import Event, condition
+from .status import Event, summary_conditions
 
 
 async def reconcile_template(
@@ -32,7 +32,8 @@ async def reconcile_template(
         events.append(Event("Warning", reason, message))
     status: dict[str, Any] = {
         "observedGeneration": template.meta.generation,
-        "conditions": [condition("Ready", ok, reason, message, template.meta.generation, previous, t)],
+        "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,
+                                         previous, t),
     }
     if ok:
         status["parent"] = {"path": parent, "format": template.image_format, "clones": clones,

@@ -9,6 +9,7 @@ from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, par
 from ..engine import Event, Runtime, TeardownResult, reconcile_fleet, reconcile_template, release_parent, teardown_fleet
 from ..engine.fleet import now
 from ..engine.status import blocked_status
+from ..planner import listing
 
 Key = tuple[str, str]
 
@@ -80,16 +81,20 @@ def resolve_fleet(body: Mapping[str, Any], catalog: Catalog) -> tuple[VmFleet, V
     return fleet, template, store, _hosts(catalog)
 
 
-def _stalled(body: Mapping[str, Any], reason: str, message: str) -> dict[str, Any]:
+def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
+    """A missing reference is waited for (objects applied together arrive in any order, and Flux fails fast on
+    Stalled); an invalid spec is Stalled: only an edit helps."""
     gen = int(body.get("metadata", {}).get("generation") or 1)
-    return blocked_status(gen, body.get("status") or {}, "Stalled", reason, message, now())
+    kind = "Stalled" if e.reason == "InvalidSpec" else "Waiting"
+    status = blocked_status(gen, body.get("status") or {}, kind, e.reason, str(e), now())
+    return PassResult(status, [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
 
 
 async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:
     try:
         fleet, template, store, hosts = resolve_fleet(body, catalog)
     except Unresolved as e:
-        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))], waiting=True)
+        return _unresolved(body, e)
     result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"))
     return PassResult(result.status, result.events)
 
@@ -103,7 +108,7 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
     try:
         template, store = resolve_template(body, catalog)
     except Unresolved as e:
-        return PassResult(_stalled(body, e.reason, str(e)), [Event("Warning", e.reason, str(e))], waiting=True)
+        return _unresolved(body, e)
     key = (template.meta.namespace or "default", template.meta.name)
     status, events = await reconcile_template(runtime, template, store, catalog.clones_by_template.get(key, 0),
                                               body.get("status"))
@@ -118,15 +123,11 @@ async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalo
     return await release_parent(runtime, template, store, catalog.clones_by_template.get(key, 0), shared)
 
 
-def _names(keys: list[str]) -> str:
-    return ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-
 def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
     """A CloneStore goes only when no template refers to it: its clones would be out of reach."""
     users = [f"{ns}/{t}" for (ns, t), (store, _, _) in catalog.images_by_template.items() if store == name]
     if users:
-        return False, Event("Warning", "StoreInUse", f"VmTemplates {_names(users)} use CloneStore {name}; "
+        return False, Event("Warning", "StoreInUse", f"VmTemplates {listing(sorted(users))} use CloneStore {name}; "
                                                      "delete them (and their fleets) first")
     return True, Event("Normal", "StoreReleased", f"no VmTemplate uses CloneStore {name}")
 

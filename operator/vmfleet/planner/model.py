@@ -82,8 +82,26 @@ class Severity(enum.Enum):
 class Problem:
     severity: Severity
     reason: str
-    message: str
+    message: str  # what is wrong, without the VM's name: VMs with the same problem are reported together
     ordinal: int | None = None
+    subject: str = ""  # the VM's name
+
+
+def listing(names: list[str], shown: int = 5) -> str:
+    """'a, b, c, d, e and 3 more': names in a message that stays short for a fleet of thousands."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def summarise(problems: list[Problem]) -> list[tuple[Problem, str]]:
+    """One line per distinct problem, naming the VMs that have it: 'web-0, web-1: host kvm-a is unreachable'."""
+    groups: dict[tuple[Severity, str, str], list[Problem]] = {}
+    for p in problems:
+        groups.setdefault((p.severity, p.reason, p.message), []).append(p)
+    out = []
+    for same in groups.values():
+        who = listing([p.subject for p in same if p.subject])
+        out.append((same[0], f"{who}: {same[0].message}" if who else same[0].message))
+    return out
 
 
 @dataclass

@@ -42,8 +42,8 @@ def _converge_vm(
     if o in seen.conflicts:
         plan.problems.append(
             Problem(Severity.STALLED, "NameConflict",
-                    f"{want.name}: a domain of that name on {seen.conflicts[o]} is not this fleet's; "
-                    "rename or remove it", o)
+                    f"a domain of that name on {seen.conflicts[o]} is not this fleet's; rename or remove it",
+                    o, want.name)
         )
         return
     domain = seen.domains.get(o)
@@ -52,7 +52,7 @@ def _converge_vm(
         plan.placement[o] = host
         plan.problems.append(
             Problem(Severity.DEGRADED, "HostUnreachable",
-                    f"{want.name}: host {host} is unreachable ({seen.hosts[host].error}); the VM is not moved", o)
+                    f"host {host} is unreachable ({seen.hosts[host].error}); not moved elsewhere", o, want.name)
         )
         return
     has_clone = o in seen.clones
@@ -60,8 +60,8 @@ def _converge_vm(
         plan.placement[o] = host or ""
         plan.problems.append(
             Problem(Severity.DEGRADED, "CloneLost",
-                    f"{want.name}: its clone is missing from the store; it is not recreated empty "
-                    "(restore the file, or scale in to drop the VM)", o)
+                    "clone missing from the store; not recreated empty (restore the file, or scale in to drop the VM)",
+                    o, want.name)
         )
         return
     if domain is not None:
@@ -91,14 +91,14 @@ def _converge_vm(
 def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:
     views = [v for v in hosts.values() if v.eligible]
     if not views:
-        return Problem(Severity.STALLED, "NoHosts", f"{want.name}: no KvmHost matches the fleet's hostSelector",
-                       want.ordinal)
+        return Problem(Severity.STALLED, "NoHosts", "no KvmHost matches the fleet's hostSelector", want.ordinal,
+                       want.name)
     if not any(v.reachable for v in views):
-        return Problem(Severity.STALLED, "NoReachableHost", f"{want.name}: none of the fleet's hosts is reachable",
-                       want.ordinal)
+        return Problem(Severity.STALLED, "NoReachableHost", "none of the fleet's hosts is reachable", want.ordinal,
+                       want.name)
     return Problem(
         Severity.STALLED, "InsufficientCapacity",
-        f"{want.name}: no host has {want.vcpus} vCPU and {want.memory_mib} MiB free", want.ordinal,
+        f"no host has {want.vcpus} vCPU and {want.memory_mib} MiB free", want.ordinal, want.name,
     )
 
 
@@ -109,7 +109,7 @@ def _remove_vm(plan: Plan, ordinal: int, seen: Observation) -> None:
         if domain.host in seen.hosts and not seen.hosts[domain.host].reachable:
             plan.problems.append(
                 Problem(Severity.DEGRADED, "HostUnreachable",
-                        f"ordinal {ordinal}: cannot remove it while host {domain.host} is unreachable", ordinal)
+                        f"cannot remove it while host {domain.host} is unreachable", ordinal, f"ordinal {ordinal}")
             )
             return
         if domain.active:
