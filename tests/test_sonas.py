@@ -13,6 +13,7 @@ import asyncssh
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from simulator import MOUNT, SimEnv, fleet, host, template
 from vmfleet import sim
@@ -166,6 +167,14 @@ async def test_a_dropped_connection_is_reconnected(make_env: MakeEnv) -> None:
     second = await reconcile_fleet(env.runtime, fleet(3), template(), env.store(), [host()], first.status)
     assert second.status["readyReplicas"] == 3
     assert env.sim.connections == 2
+    assert ssh_errors(env, "dropped") == 1
+
+
+def ssh_errors(env: SimEnv, error: str) -> float:
+    """What /metrics says of this simulator (each listens on a port of its own)."""
+    value = REGISTRY.get_sample_value("vmfleet_ssh_errors_total",
+                                      {"target": f"vmfleet@127.0.0.1:{env.sim.port}", "error": error})
+    return value or 0.0
 
 
 async def test_a_hanging_command_times_out_with_a_clear_error(make_env: MakeEnv) -> None:
@@ -173,6 +182,7 @@ async def test_a_hanging_command_times_out_with_a_clear_error(make_env: MakeEnv)
     result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(timeout=1), [host()])
     assert any("mkclone on vmfleet@127.0.0.1" in e.message and "took longer than 1 s" in e.message
                for e in result.events), result.events
+    assert ssh_errors(env, "timeout") == 1
     assert not list((env.directory / "frank").rglob("web-*.img"))
 
 
@@ -193,6 +203,7 @@ async def test_an_unknown_host_key_is_refused(make_env: MakeEnv) -> None:
     assert degraded["status"] == "True" and degraded["reason"] == "PrepareParentFailed"
     assert "host key of vmfleet@127.0.0.1" in degraded["message"] and "refusing to connect" in degraded["message"]
     assert env.sim.commands == []
+    assert ssh_errors(env, "hostkey") >= 1
     gpfs = await make_env("gpfs")  # the gpfs driver observes over SSH: the whole store is unavailable
     gpfs.known_hosts = f"[127.0.0.1]:{gpfs.sim.port} {other}"
     result = await reconcile_fleet(gpfs.runtime, fleet(1), template(), gpfs.store(), [host()])

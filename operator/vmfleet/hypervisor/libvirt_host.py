@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import libvirt
 
+from .. import metrics
 from ..api.types import Capacity
 from .domain import METADATA_NS, STATES, DomainInfo, parse_owner
 
@@ -69,6 +70,7 @@ class LibvirtHost:
             try:
                 self._conn = libvirt.open(uri)
             except libvirt.libvirtError as e:
+                metrics.LIBVIRT_ERRORS.labels(self.name, "connect").inc()
                 raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: {e}") from e
             return self._conn
 
@@ -80,18 +82,19 @@ class LibvirtHost:
             except libvirt.libvirtError:
                 pass
 
-    async def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+    async def _call(self, operation: str, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
         def run() -> T:
             conn = self._connection()
             try:
                 return fn(conn)
             except libvirt.libvirtError as e:
+                metrics.LIBVIRT_ERRORS.labels(self.name, operation).inc()
                 raise HostError(f"KvmHost {self.name}: {what} failed: {e}") from e
 
         return await asyncio.to_thread(run)
 
     async def capacity(self) -> Capacity:
-        info = await self._call("getInfo", lambda c: c.getInfo())
+        info = await self._call("capacity", "getInfo", lambda c: c.getInfo())
         return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     async def list_domains(self) -> list[DomainInfo]:
@@ -107,13 +110,13 @@ class LibvirtHost:
                         raise
             return out
 
-        return await self._call("listing domains", collect)
+        return await self._call("list", "listing domains", collect)
 
     async def define(self, xml: str) -> None:
-        await self._call("defining a domain", lambda c: c.defineXML(xml))
+        await self._call("define", "defining a domain", lambda c: c.defineXML(xml))
 
     async def start(self, name: str) -> None:
-        await self._call(f"starting {name}", lambda c: c.lookupByName(name).create())
+        await self._call("start", f"starting {name}", lambda c: c.lookupByName(name).create())
 
     async def stop(self, name: str) -> None:
         def destroy(conn: libvirt.virConnect) -> None:
@@ -121,7 +124,7 @@ class LibvirtHost:
             if dom.isActive():
                 dom.destroy()
 
-        await self._call(f"stopping {name}", destroy)
+        await self._call("stop", f"stopping {name}", destroy)
 
     async def undefine(self, name: str) -> None:
         def undefine(conn: libvirt.virConnect) -> None:
@@ -138,7 +141,7 @@ class LibvirtHost:
                     raise
                 dom.undefine()
 
-        await self._call(f"undefining {name}", undefine)
+        await self._call("undefine", f"undefining {name}", undefine)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.drop)

@@ -9,7 +9,8 @@ import kopf
 
 from ..api.schema import GROUP, VERSION
 from ..engine import Event, Runtime, clone_count
-from . import metrics, passes
+from .. import metrics
+from . import passes
 from .secrets import ClusterSecrets
 
 RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from .. import metrics
 from .base import StoreError
 
 
@@ -64,11 +65,14 @@ class SshRunner:
                     self.timeout,
                 )
             except asyncssh.HostKeyNotVerifiable as e:
+                metrics.SSH_ERRORS.labels(self.where, "hostkey").inc()
                 raise StoreError(f"host key of {self.where} is not in the store's known_hosts ({e.reason}); "
                                  "refusing to connect") from None
             except asyncssh.PermissionDenied:
+                metrics.SSH_ERRORS.labels(self.where, "auth").inc()
                 raise StoreError(f"{self.where} refused the store's SSH key (permission denied)") from None
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+                metrics.SSH_ERRORS.labels(self.where, "connect").inc()
                 raise StoreError(f"cannot reach {self.where}: {type(e).__name__}: {e}") from None
             self.connections_made += 1
             return self._conn
@@ -87,19 +91,24 @@ class SshRunner:
 
     async def _run_once(self, command: str, stdin: str | None) -> Reply:
         conn = await self._connection()
+        name = command.split()[0]
         async with self._channels:
             self.commands_sent += 1
             try:
-                done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
+                with metrics.SSH_SECONDS.labels(self.where, name).time():
+                    done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
             except asyncio.TimeoutError:
-                raise StoreError(f"{command.split()[0]} on {self.where} took longer than {self.timeout:g} s") from None
+                metrics.SSH_ERRORS.labels(self.where, "timeout").inc()
+                raise StoreError(f"{name} on {self.where} took longer than {self.timeout:g} s") from None
             except (OSError, asyncssh.Error) as e:
                 self._drop()
-                raise ConnectionDropped(f"connection to {self.where} lost during {command.split()[0]}: "
+                metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
+                raise ConnectionDropped(f"connection to {self.where} lost during {name}: "
                                         f"{type(e).__name__}") from None
         if done.exit_status is None and done.exit_signal is None and conn.is_closed():
             self._drop()
-            raise ConnectionDropped(f"connection to {self.where} closed during {command.split()[0]}")
+            metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
+            raise ConnectionDropped(f"connection to {self.where} closed during {name}")
         return Reply(done.exit_status, _text(done.stdout), _text(done.stderr))
 
     def _drop(self) -> None:
