@@ -22,6 +22,7 @@ from vmfleet.images import make_template_image
 
 if TYPE_CHECKING:
     from cluster import Cluster
+    from operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRE_REAL = os.environ.get("VMFLEET_REQUIRE_REAL") == "1"
@@ -236,3 +237,16 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(kube: "Cluster", tmp_path_factory: pytest.TempPathFactory) -> Iterator["OperatorProcess"]:
+    """The operator as its own process, as deploy/'s ServiceAccount; one per test module (never two at once)."""
+    from operator_process import OperatorProcess
+
+    d = tmp_path_factory.mktemp("operator")
+    sa = kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", d / "sa.kubeconfig")
+    op = OperatorProcess(sa, d / "operator.log")
+    op.start()
+    yield op
+    op.stop()

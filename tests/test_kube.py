@@ -14,59 +14,11 @@ import pytest
 import yaml
 
 from cluster import Cluster
-from helpers import REPO, open_up, wait_for
+from helpers import REPO, wait_for
+from kubefleet import apply, fleet, objects, store_root, wait_ready
 from operator_process import OperatorProcess
 
 pytestmark = pytest.mark.kube
-
-
-@pytest.fixture(scope="module")
-def operator(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    d = tmp_path_factory.mktemp("operator")
-    sa = kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", d / "sa.kubeconfig")
-    op = OperatorProcess(sa, d / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-
-
-def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str = "Delete") -> list[dict]:
-    return [
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name},
-         "spec": {"driver": "qcow2", "root": str(root)}},
-        # libvirt's test driver always runs its own 8 GiB domain "test".
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name, "labels": {"test": name}},
-         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": ns},
-         "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
-         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy,
-                  "hostSelector": {"matchLabels": {"test": name}}}},
-    ]
-
-
-def apply(kube: Cluster, docs: list[dict]) -> None:
-    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-
-
-def store_root(tmp_path: Path, image: Path) -> Path:
-    root = tmp_path / "store"
-    (root / "images").mkdir(parents=True)
-    shutil.copyfile(image, root / "images" / "t.img")
-    open_up(root)
-    return root
-
-
-def fleet(kube: Cluster, ns: str) -> dict:
-    return kube.get("vmfleets", "web", "-n", ns)
-
-
-def wait_ready(kube: Cluster, ns: str, timeout: int = 90) -> None:
-    done = kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, f"--timeout={timeout}s",
-                        check=False)
-    if done.returncode != 0:
-        conditions = fleet(kube, ns).get("status", {}).get("conditions")
-        raise AssertionError(f"vmfleet/web in {ns} not Ready: {json.dumps(conditions, indent=1)}")
 
 
 def test_a_fleet_through_kubectl_scale_restart_and_delete(
@@ -167,7 +119,7 @@ def test_a_fleet_applied_before_its_template_waits_then_converges(
     kube.kubectl("create", "namespace", ns)
     docs = objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"o-{unique}")
     apply(kube, docs[3:])
-    wait_for(lambda: any(c["type"] == "Stalled" and c["reason"] == "TemplateNotFound"
+    wait_for(lambda: any(c["type"] == "Reconciling" and c["reason"] == "TemplateNotFound"
                          for c in fleet(kube, ns).get("status", {}).get("conditions", [])), 30,
              "the fleet to say its template is missing")
     apply(kube, docs[:3])

@@ -15,7 +15,7 @@ import yaml
 
 from cluster import Cluster
 from conftest import TIMINGS
-from helpers import open_up, wait_for
+from helpers import open_up
 from operator_process import OperatorProcess
 from simulator import MOUNT, fleet, host, template
 from test_sonas import MakeEnv, make_env  # noqa: F401 - the simulator fixture

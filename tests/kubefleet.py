@@ -1,0 +1,51 @@
+"""A small fleet (qcow2 store, one KvmHost, a template, a fleet) driven through kubectl, for the kube tests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from cluster import Cluster
+from helpers import open_up
+
+
+def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str = "Delete") -> list[dict]:
+    return [
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name},
+         "spec": {"driver": "qcow2", "root": str(root)}},
+        # libvirt's test driver always runs its own 8 GiB domain "test".
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name, "labels": {"test": name}},
+         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": ns},
+         "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
+         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy,
+                  "hostSelector": {"matchLabels": {"test": name}}}},
+    ]
+
+
+def apply(kube: Cluster, docs: list[dict]) -> None:
+    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+
+
+def store_root(tmp_path: Path, image: Path) -> Path:
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    shutil.copyfile(image, root / "images" / "t.img")
+    open_up(root)
+    return root
+
+
+def fleet(kube: Cluster, ns: str) -> dict:
+    return kube.get("vmfleets", "web", "-n", ns)
+
+
+def wait_ready(kube: Cluster, ns: str, timeout: int = 90) -> None:
+    done = kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, f"--timeout={timeout}s",
+                        check=False)
+    if done.returncode != 0:
+        conditions = fleet(kube, ns).get("status", {}).get("conditions")
+        raise AssertionError(f"vmfleet/web in {ns} not Ready: {json.dumps(conditions, indent=1)}")
