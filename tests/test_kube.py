@@ -144,6 +144,25 @@ def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
     kube.kubectl("wait", "--for=delete", f"clonestore/{name}", f"kvmhost/{name}", "--timeout=60s")
     assert not list(root.rglob("web-*.qcow2"))
 
+def _fields(schema: dict, path: str) -> Iterator[tuple[str, str]]:
+    for name, sub in (schema.get("properties") or {}).items():
+        yield f"{path}.{name}", sub.get("description", "")
+        yield from _fields(sub.get("items", sub), f"{path}.{name}")
+
+
+@pytest.mark.parametrize("kind", ["VmFleet", "VmTemplate", "CloneStore", "KvmHost"])
+def test_kubectl_explain_describes_every_field(kube: Cluster, kind: str) -> None:
+    from vmfleet.api.crd import root_schema
+    from vmfleet.api.schema import KINDS
+
+    k = KINDS[kind]
+    fields = list(_fields(root_schema(k)["properties"]["spec"], f"{k.plural}.spec"))
+    assert len(fields) >= 10
+    for path, description in fields:
+        shown = " ".join(kube.kubectl("explain", path).stdout.split())
+        assert description and " ".join(description.split())[:60] in shown, (path, shown)
+
+
 def test_the_examples_are_accepted_by_the_apiserver(kube: Cluster) -> None:
     for path in sorted((REPO / "examples").rglob("*.yaml")):
         kube.kubectl("apply", "--dry-run=server", "-f", str(path))
