@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,13 +73,47 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path, small_image
     assert not (tmp_path / "store" / "vmfleet").exists()
 
 
-def test_table_output_shows_each_clone_and_the_savings(tmp_path: Path, small_image: Path) -> None:
+def test_table_output_shows_each_clone_the_savings_and_a_summary(tmp_path: Path, small_image: Path) -> None:
     done = apply("-f", str(quickstart(tmp_path, small_image)))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("VmFleet default/demo: 3/3 ready (AllReplicasReady)")
     assert lines[1].split() == ["NAME", "HOST", "STATE", "LOGICAL", "ALLOCATED", "CLONE"]
     assert [line.split()[:3] for line in lines[2:5]] == [[f"demo-{i}", "local", "Running"] for i in range(3)]
+    assert lines[-2].split() == ["NAMESPACE", "NAME", "READY", "CLONES", "LOGICAL", "ALLOCATED", "SAVED", "STATUS"]
+    assert lines[-1].split()[:4] == ["default", "demo", "3/3", "3"] and lines[-1].endswith("AllReplicasReady")
+
+
+def test_long_work_shows_progress_and_quiet_does_not(tmp_path: Path, small_image: Path) -> None:
+    done = apply("-f", str(quickstart(tmp_path, small_image, replicas=12)))
+    assert done.returncode == 0, done.stderr
+    # 1 parent + 12 x (clone, define, start) = 37 actions; not a terminal: one line per tenth, the last at 100 %.
+    progress = [line for line in done.stderr.splitlines() if line.startswith("demo: ") and "actions" in line]
+    counts = [int(line.split()[1].split("/")[0]) for line in progress]
+    assert counts == sorted(counts) and len(counts) == 10 and progress[-1].startswith("demo: 37/37 actions (100%)")
+    assert "last: start demo-" in progress[-1]
+    quiet = apply("-f", str(quickstart(tmp_path, small_image, replicas=14)), "-q")
+    assert quiet.returncode == 0 and "actions (" not in quiet.stderr
+
+
+def test_status_looks_at_manifests_without_changing_anything(tmp_path: Path, small_image: Path) -> None:
+    manifests = quickstart(tmp_path, small_image, replicas=2)
+    apply("-f", str(manifests))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.qcow2")}
+    done = subprocess.run([VMFLEET, "status", "-f", str(manifests)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split()[:4] == ["NAMESPACE", "NAME", "READY", "CLONES"] and row.split()[:2] == ["default", "demo"]
+    assert row.split()[3] == "2"  # the clones are there; libvirt's test driver forgets its domains between runs
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.qcow2")} == before
+
+
+def test_status_without_a_cluster_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "missing")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    done = subprocess.run([VMFLEET, "status"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert "set KUBECONFIG, or look at standalone manifests with `vmfleet status -f DIR`" in done.stderr
 
 
 def test_a_bad_manifest_is_rejected_naming_the_field_and_nothing_is_made(tmp_path: Path,
@@ -111,3 +146,11 @@ def test_a_fleet_that_does_not_fit_is_reported_and_exits_non_zero(tmp_path: Path
     assert stalled["status"] == "True" and stalled["reason"] == "InsufficientCapacity"
     # 16 vCPU minus the test driver's own 2-vCPU domain: 14 one-vCPU VMs fit, the rest wait.
     assert status["readyReplicas"] == 14
+
+
+def test_a_problem_in_the_table_comes_with_what_to_do(tmp_path: Path, small_image: Path) -> None:
+    done = apply("-f", str(quickstart(tmp_path, small_image, replicas=16)), "-q")
+    assert done.returncode == 3
+    assert "Stalled (InsufficientCapacity): demo-14, demo-15: no host has 1 vCPU and 256 MiB free" in done.stdout
+    assert "hint: add a KvmHost, raise spec.capacity of one, or lower spec.replicas" in done.stdout
+

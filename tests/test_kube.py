@@ -144,6 +144,26 @@ def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
     kube.kubectl("wait", "--for=delete", f"clonestore/{name}", f"kvmhost/{name}", "--timeout=60s")
     assert not list(root.rglob("web-*.qcow2"))
 
+def test_vmfleet_status_reads_fleets_from_the_cluster(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    ns = f"v-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    apply(kube, objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"v-{unique}"))
+    wait_ready(kube, ns)
+    vmfleet = lambda *args: subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "status", *args],  # noqa
+                                           capture_output=True, text=True, env=kube.env(), timeout=60)
+    listed = vmfleet("-n", ns)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert row.split()[:4] == [ns, "web", "2/2", "2"] and row.endswith("AllReplicasReady")
+    one = vmfleet("web", "-n", ns).stdout.splitlines()
+    assert one[0].startswith(f"VmFleet {ns}/web: 2/2 ready") and [r.split()[0] for r in one[2:]] == ["web-0", "web-1"]
+    assert [ns, "web", "2/2"] in [line.split()[:3] for line in vmfleet("-A").stdout.splitlines()]
+    missing = vmfleet("nope", "-n", ns)
+    assert missing.returncode == 1 and f"`vmfleet status -n {ns}` lists the fleets there" in missing.stderr
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+
+
 def _fields(schema: dict, path: str) -> Iterator[tuple[str, str]]:
     for name, sub in (schema.get("properties") or {}).items():
         yield f"{path}.{name}", sub.get("description", "")

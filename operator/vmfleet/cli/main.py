@@ -1,4 +1,4 @@
-"""The `vmfleet` command: apply (standalone), run (the operator), crds, image."""
+"""The `vmfleet` command: apply (standalone), status, run (the operator), crds, image."""
 
 from __future__ import annotations
 
@@ -12,21 +12,30 @@ import yaml
 from ..api import InvalidManifest
 
 
-def _apply(args: argparse.Namespace) -> int:
+def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list, list, list] | None:
+    """Load the manifests and converge them (or only look, with dry_run); None after printing why not."""
     from .manifests import load
-    from .output import render
-    from .standalone import apply, plan_text
+    from .progress import ProgressReport
+    from .standalone import apply
 
     try:
         loaded, secrets = load(args.filename)
+        progress = None if args.quiet or dry_run else (lambda fleet: ProgressReport(fleet.meta.name))
+        objects, results = asyncio.run(apply(loaded, secrets, dry_run=dry_run, progress=progress))
     except (InvalidManifest, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return None
+    return loaded, objects, results
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from .output import render
+    from .standalone import plan_text
+
+    done = _standalone(args, args.dry_run)
+    if done is None:
         return 1
-    try:
-        objects, results = asyncio.run(apply(loaded, secrets, dry_run=args.dry_run))
-    except InvalidManifest as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    loaded, objects, results = done
     if args.dry_run and args.output == "table":
         fleets = [item.resource for item in loaded if item.doc["kind"] == "VmFleet"]
         print("\n".join(plan_text(f, r) for f, r in zip(fleets, results)))
@@ -36,6 +45,33 @@ def _apply(args: argparse.Namespace) -> int:
     if not_ready and not args.dry_run:
         print(f"not converged: {', '.join(not_ready)} (see the conditions above)", file=sys.stderr)
         return 3
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .cluster import ClusterError, read_fleets
+    from .output import fleet_table, fleets_table, render
+
+    if args.filename:
+        done = _standalone(args, dry_run=True)  # look, change nothing
+        if done is None:
+            return 1
+        fleets = [o for o in done[1] if o["kind"] == "VmFleet" and (not args.name or o["metadata"]["name"] == args.name)]
+    else:
+        try:
+            fleets = read_fleets(args.namespace, args.all_namespaces, args.name)
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    if args.output != "table":
+        print(render(fleets, args.output))
+    elif args.name:
+        print("\n\n".join(fleet_table(f) for f in fleets))
+    elif fleets:
+        print(fleets_table(fleets))
+    else:
+        print("no VmFleets" + ("" if args.all_namespaces or args.filename else
+                               f" in namespace {args.namespace or 'of the current context'} (-A: all namespaces)"))
     return 0
 
 
@@ -85,7 +121,16 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("-f", "--filename", action="append", required=True, help="a manifest file or directory")
     a.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     a.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     a.set_defaults(func=_apply)
+
+    s = sub.add_parser("status", help="fleets, clones and space: from the cluster, or from manifests with -f")
+    s.add_argument("name", nargs="?", help="one fleet, with its clones")
+    s.add_argument("-n", "--namespace", help="default: the kubeconfig context's")
+    s.add_argument("-A", "--all-namespaces", action="store_true")
+    s.add_argument("-f", "--filename", action="append", help="observe standalone manifests instead (changes nothing)")
+    s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    s.set_defaults(func=_status, quiet=True)
 
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")

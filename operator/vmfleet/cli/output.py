@@ -24,14 +24,61 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+# What to do about each reason a fleet or template gives for not being Ready.
+HINTS = {
+    "TemplateNotFound": "apply the VmTemplate named in spec.templateRef, in the fleet's namespace",
+    "StoreNotFound": "apply the CloneStore named in the template's spec.storeRef",
+    "InvalidSpec": "fix the field named above and apply again",
+    "NoHosts": "label a KvmHost to match the fleet's spec.hostSelector, or change the selector",
+    "NoReachableHost": "check each KvmHost's spec.uri: `virsh -c URI list` from where the operator runs",
+    "InsufficientCapacity": "add a KvmHost, raise spec.capacity of one, or lower spec.replicas",
+    "HostUnreachable": "check libvirtd on that host and the network to it; its VMs stay put until it is back",
+    "CloneLost": "restore the clone file from a backup, or scale in to drop the VM",
+    "NameConflict": "a domain of that name was not made by vmfleet: rename or undefine it",
+    "StoreUnavailable": "check the store: SSH to spec.ssh.host with its key and known_hosts, or its NFS mount",
+    "ParentFailed": "check the template's spec.image.path exists under the store's root",
+    "PrepareParentFailed": "check the template's spec.image.path exists under the store's root",
+    "CreateCloneFailed": "see the store's message above; the next pass retries",
+    "DefineFailed": "see libvirt's message above; `virsh -c URI define` the same XML to reproduce",
+    "StartFailed": "see libvirt's message above; the VM's log is under /var/log/libvirt/qemu on its host",
+}
+
+
+def _ready_reason(status: dict[str, Any]) -> str:
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return str(ready.get("reason", "NotObserved"))
+
+
+def fleets_table(objects: list[dict[str, Any]]) -> str:
+    """One row per fleet and a total: what `vmfleet status` lists and `vmfleet apply` ends with."""
+    rows = [("NAMESPACE", "NAME", "READY", "CLONES", "LOGICAL", "ALLOCATED", "SAVED", "STATUS")]
+    totals = [0, 0, 0, 0, 0]
+    for obj in objects:
+        status = obj.get("status", {})
+        clones = sum(1 for c in status.get("clones", []) if "path" in c)
+        numbers = [status.get("readyReplicas", 0), obj["spec"]["replicas"], clones, status.get("logicalBytes", 0),
+                   status.get("allocatedBytes", 0)]
+        totals = [t + n for t, n in zip(totals, numbers)]
+        rows.append((obj["metadata"].get("namespace", "default"), obj["metadata"]["name"], f"{numbers[0]}/{numbers[1]}",
+                     str(clones), human_bytes(numbers[3]), human_bytes(numbers[4]), _saved(numbers[3], numbers[4]),
+                     _ready_reason(status)))
+    if len(objects) > 1:
+        rows.append(("", "TOTAL", f"{totals[0]}/{totals[1]}", str(totals[2]), human_bytes(totals[3]),
+                     human_bytes(totals[4]), _saved(totals[3], totals[4]), ""))
+    return table(rows)
+
+
+def _saved(logical: int, allocated: int) -> str:
+    return f"{human_bytes(logical - allocated)} ({(logical - allocated) * 100 / logical:.2f}%)" if logical else "-"
+
+
 def fleet_table(obj: dict[str, Any]) -> str:
     status = obj.get("status", {})
     meta = obj["metadata"]
-    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
     logical, allocated = status.get("logicalBytes", 0), status.get("allocatedBytes", 0)
     head = (
         f"VmFleet {meta.get('namespace', 'default')}/{meta['name']}: "
-        f"{status.get('readyReplicas', 0)}/{obj['spec']['replicas']} ready ({ready.get('reason', '?')}) · "
+        f"{status.get('readyReplicas', 0)}/{obj['spec']['replicas']} ready ({_ready_reason(status)}) · "
         f"logical {human_bytes(logical)} · allocated {human_bytes(allocated)} · "
         f"saved {human_bytes(status.get('savedBytes', 0))} ({status.get('savingsRatio', 0) * 100:.2f}%)"
     )
@@ -39,9 +86,21 @@ def fleet_table(obj: dict[str, Any]) -> str:
     for c in status.get("clones", []):
         rows.append((c["name"], c.get("host", "-"), c.get("state", "-"), human_bytes(c.get("logicalBytes")),
                      human_bytes(c.get("allocatedBytes")), c.get("path", "-")))
-    problems = [f"  {c['type']}: {c['message']}" for c in status.get("conditions", [])
-                if c["type"] in ("Stalled", "Degraded") and c["status"] == "True"]
-    return "\n".join([head, table(rows), *problems])
+    return "\n".join([head, table(rows), *problems(status)])
+
+
+def problems(status: dict[str, Any]) -> list[str]:
+    """The conditions that say something is wrong, each with what to do about it."""
+    lines = []
+    for c in status.get("conditions", []):
+        if c["status"] != "True" or c["type"] not in ("Stalled", "Degraded", "Reconciling"):
+            continue
+        if c["type"] == "Reconciling" and c.get("reason") in ("Progressing", "Converged"):
+            continue
+        lines.append(f"  {c['type']} ({c.get('reason', '')}): {c.get('message', '')}")
+        if c.get("reason") in HINTS:
+            lines.append(f"    hint: {HINTS[c['reason']]}")
+    return lines
 
 
 def render(objects: list[dict[str, Any]], fmt: str) -> str:
@@ -49,4 +108,5 @@ def render(objects: list[dict[str, Any]], fmt: str) -> str:
         return json.dumps(objects, indent=2)
     if fmt == "yaml":
         return yaml.safe_dump_all(objects, sort_keys=False).rstrip()
-    return "\n\n".join(fleet_table(o) for o in objects if o["kind"] == "VmFleet")
+    fleets = [o for o in objects if o["kind"] == "VmFleet"]
+    return "\n\n".join([*(fleet_table(o) for o in fleets), fleets_table(fleets)] if fleets else [])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from ..api import CloneStore, KvmHost, VmFleet
 from ..api.types import SecretRef
 from ..engine import Runtime, reconcile_fleet, reconcile_template
+from ..engine.execute import Progress
 from ..engine.fleet import FleetResult, clone_count, now
 from ..engine.status import Event, condition
 from ..planner import summarise
@@ -69,7 +70,8 @@ def secret_reader(secrets: Mapping[tuple[str, str], Secret]) -> SecretReader:
 
 
 async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] | None = None,
-                dry_run: bool = False) -> tuple[list[dict[str, Any]], list[FleetResult]]:
+                dry_run: bool = False, progress: Callable[[VmFleet], Progress] | None = None,
+                ) -> tuple[list[dict[str, Any]], list[FleetResult]]:
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
     world = World.of(item.resource for item in loaded)
@@ -82,7 +84,7 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
         for fleet in world.fleets:
             template = world.template_of(fleet)
             result = await reconcile_fleet(runtime, fleet, template, world.stores[template.store], hosts,
-                                           dry_run=dry_run)
+                                           dry_run=dry_run, progress=progress(fleet) if progress else None)
             _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
             statuses[by_id[id(fleet)]] = result.status
             results.append(result)

@@ -20,12 +20,24 @@ class Outcome:
 
 
 Actuator = Callable[[Action], Awaitable[None]]
+Progress = Callable[[Outcome, int, int], None]
+"""Told of each action as it ends: (its outcome, actions ended so far, actions planned)."""
 
 
-async def execute(plan: Plan, actuate: Actuator, concurrency: int) -> list[Outcome]:
+async def execute(plan: Plan, actuate: Actuator, concurrency: int, progress: Progress | None = None) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    for action in plan.parent_actions():
+    total, ended = len(plan.actions), 0
+
+    async def attempt(action: Action) -> Outcome:
+        nonlocal ended
         outcome = await _attempt(actuate, action)
+        ended += 1
+        if progress is not None:
+            progress(outcome, ended, total)
+        return outcome
+
+    for action in plan.parent_actions():
+        outcome = await attempt(action)
         outcomes.append(outcome)
         if not outcome.ok:  # no parent, no clones: the VM chains would only fail the same way
             return outcomes
@@ -35,7 +47,7 @@ async def execute(plan: Plan, actuate: Actuator, concurrency: int) -> list[Outco
         done = []
         async with limit:
             for action in actions:
-                outcome = await _attempt(actuate, action)
+                outcome = await attempt(action)
                 done.append(outcome)
                 if not outcome.ok:
                     break

@@ -16,7 +16,7 @@ from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
 from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, plan_fleet
 from ..storage import StoreDriver, StoreError, clone_path, fleet_dir, parent_path
-from .execute import Outcome, execute
+from .execute import Outcome, Progress, execute
 from .runtime import Runtime
 from .status import Event, blocked_status, events_for, fleet_status
 
@@ -179,9 +179,10 @@ async def reconcile_fleet(
     hosts: Sequence[KvmHost],
     previous_status: Mapping[str, Any] | None = None,
     dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> FleetResult:
     try:
-        return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run)
+        return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run, progress)
     except StoreError as e:
         message = f"CloneStore {store.meta.name}: {e}"
         status = blocked_status(fleet.meta.generation, previous_status, "Degraded", "StoreUnavailable", message,
@@ -197,6 +198,7 @@ async def _reconcile(
     hosts: Sequence[KvmHost],
     previous_status: Mapping[str, Any] | None,
     dry_run: bool,
+    progress: Progress | None,
 ) -> FleetResult:
     scope = FleetScope(runtime, fleet, template, store, hosts)
     recorded = recorded_hosts(previous_status)
@@ -205,7 +207,7 @@ async def _reconcile(
         plan = plan_fleet(scope.wants(), seen, fleet.placement, lambda o, h: scope.domain_spec(o, h).spec_hash())
         outcomes: list[Outcome] = []
         if plan.actions and not dry_run:
-            outcomes = await execute(plan, scope.actuate, store.concurrency)
+            outcomes = await execute(plan, scope.actuate, store.concurrency, progress)
             seen = await scope.observe(recorded)
             # What failed is reported through outcomes; the problems are those of the state we ended in.
             plan.problems = plan_fleet(

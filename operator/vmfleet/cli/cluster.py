@@ -1,0 +1,64 @@
+"""Reading vmfleet's objects from a cluster for `vmfleet status`, with errors that say what to do."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..api.schema import GROUP, VERSION
+
+
+class ClusterError(Exception):
+    pass
+
+
+def _namespace_of_context() -> str:
+    from kubernetes import config
+
+    _, active = config.list_kube_config_contexts()
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = None) -> list[dict[str, Any]]:
+    """The VmFleets in a namespace (the kubeconfig context's by default), or in all; from $KUBECONFIG or in-cluster."""
+    import urllib3
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        config.load_kube_config()
+        ns = namespace or _namespace_of_context()
+    except (ConfigException, FileNotFoundError) as e:
+        if "KUBERNETES_SERVICE_HOST" not in os.environ:
+            where = os.environ.get("KUBECONFIG", "~/.kube/config")
+            raise ClusterError(f"no cluster to ask: the kubeconfig {where} is unusable ({e}); set KUBECONFIG, "
+                               "or look at standalone manifests with `vmfleet status -f DIR`") from None
+        config.load_incluster_config()
+        ns = namespace or "default"
+    api = client.CustomObjectsApi()
+    try:
+        if name:
+            return [api.get_namespaced_custom_object(GROUP, VERSION, ns, "vmfleets", name, _request_timeout=15)]
+        if all_namespaces:
+            found = api.list_cluster_custom_object(GROUP, VERSION, "vmfleets", _request_timeout=15)
+        else:
+            found = api.list_namespaced_custom_object(GROUP, VERSION, ns, "vmfleets", _request_timeout=15)
+    except ApiException as e:
+        raise ClusterError(_explain(e, ns, name)) from None
+    except urllib3.exceptions.HTTPError as e:
+        host = client.Configuration.get_default_copy().host
+        raise ClusterError(f"cannot reach the Kubernetes API at {host} ({type(e).__name__}); "
+                           "check KUBECONFIG and that the cluster is up") from None
+    return sorted(found.get("items", []), key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+
+def _explain(e: Any, namespace: str, name: str | None) -> str:
+    if e.status == 404 and name:
+        return f"VmFleet {namespace}/{name} not found: `vmfleet status -n {namespace}` lists the fleets there"
+    if e.status == 404:
+        return "the cluster does not know VmFleets: install vmfleet's CRDs with `kubectl apply -k deploy/`"
+    if e.status in (401, 403):
+        return (f"the API refused to show VmFleets in {namespace} ({e.status} {e.reason}): your kubeconfig's user "
+                "needs get/list on vmfleets.vmfleet.io")
+    return f"the Kubernetes API answered {e.status} {e.reason}"
