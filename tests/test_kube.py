@@ -161,6 +161,12 @@ def test_vmfleet_status_reads_fleets_from_the_cluster(
     assert [ns, "web", "2/2"] in [line.split()[:3] for line in vmfleet("-A").stdout.splitlines()]
     missing = vmfleet("nope", "-n", ns)
     assert missing.returncode == 1 and f"`vmfleet status -n {ns}` lists the fleets there" in missing.stderr
+    # The store and the host report too, in kubectl's READY column.
+    for kind in ("clonestore", "kvmhost"):
+        table = lambda: kube.kubectl("get", kind, f"v-{unique}").stdout.splitlines()  # noqa: E731,B023
+        wait_for(lambda: dict(zip(*(line.split() for line in table()))).get("READY") == "True", 30,  # noqa: B023
+                 f"the {kind} to be Ready")
+    assert kube.get("kvmhost", f"v-{unique}")["status"]["domains"] >= 1
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable, Iterable, Mapping
 
-from ..api import CloneStore, KvmHost, VmFleet
+from ..api import VmFleet
 from ..api.types import SecretRef
-from ..engine import Runtime, reconcile_fleet, reconcile_template
+from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
-from ..engine.fleet import FleetResult, clone_count, now
-from ..engine.status import Event, condition
+from ..engine.fleet import FleetResult, clone_count
+from ..engine.status import Event
 from ..planner import summarise
 from ..storage import SecretReader, StoreError
 from .manifests import Loaded, Secret, World
@@ -20,33 +19,6 @@ from .manifests import Loaded, Secret, World
 def _log(kind: str, name: str, events: Iterable[Event]) -> None:
     for e in events:
         print(f"{e.type:7} {e.reason:18} {kind} {name}: {e.message}", file=sys.stderr)
-
-
-async def _host_status(runtime: Runtime, host: KvmHost) -> dict[str, Any]:
-    gen = host.meta.generation
-    try:
-        domains = await runtime.host(host).list_domains()
-    except Exception as e:  # noqa: BLE001 - reported as the condition
-        return {"observedGeneration": gen, "conditions": [condition("Ready", False, "Unreachable", str(e), gen,
-                                                                    None, now())]}
-    return {"observedGeneration": gen, "domains": len(domains),
-            "conditions": [condition("Ready", True, "Connected", f"{host.uri}: {len(domains)} domain(s)", gen,
-                                     None, now())]}
-
-
-async def _store_status(runtime: Runtime, store: CloneStore) -> dict[str, Any]:
-    gen = store.meta.generation
-    if store.driver == "gpfs":  # nothing of it is mounted here: ask the GPFS node
-        try:
-            await runtime.store_driver(store).list_dir("vmfleet")
-            ok, reason, message = True, "Reachable", f"{store.root} answers over SSH"
-        except StoreError as e:
-            ok, reason, message = False, "Unreachable", str(e)
-    else:
-        ok = os.path.isdir(store.local_path)
-        reason = "Reachable" if ok else "RootMissing"
-        message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
-    return {"observedGeneration": gen, "conditions": [condition("Ready", ok, reason, message, gen, None, now())]}
 
 
 def plan_text(fleet: VmFleet, result: FleetResult) -> str:
@@ -96,9 +68,9 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
             _log("VmTemplate", f"{ns}/{name}", events)
             statuses[by_id[id(template)]] = status
         for host in hosts:
-            statuses[by_id[id(host)]] = await _host_status(runtime, host)
+            statuses[by_id[id(host)]] = await host_status(runtime, host, None)
         for store in world.stores.values():
-            statuses[by_id[id(store)]] = await _store_status(runtime, store)
+            statuses[by_id[id(store)]] = await store_status(runtime, store, None)
     finally:
         await runtime.close()
     objects = []

@@ -1,6 +1,7 @@
 """The reconcile engine shared by the operator and standalone mode: observe, plan, act, report."""
 
 from .fleet import FleetResult, TeardownResult, clone_count, reconcile_fleet, teardown_fleet
+from .probe import host_status, store_status
 from .runtime import Runtime
 from .status import Event
 from .template import reconcile_template, release_parent
@@ -11,8 +12,10 @@ __all__ = [
     "Runtime",
     "TeardownResult",
     "clone_count",
+    "host_status",
     "reconcile_fleet",
     "reconcile_template",
     "release_parent",
+    "store_status",
     "teardown_fleet",
 ]

@@ -164,7 +164,23 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
     release(body, released, event)
 
 
-# ---------------------------------------------------------------- CloneStore and KvmHost: never deleted from under us
+# ---------------------------------------------------------------- CloneStore and KvmHost: watched, never deleted from under us
+
+
+@kopf.on.resume(GROUP, VERSION, "clonestores")
+@kopf.on.create(GROUP, VERSION, "clonestores")
+@kopf.on.update(GROUP, VERSION, "clonestores", field="spec")
+@kopf.timer(GROUP, VERSION, "clonestores", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def probe_clonestore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    report(body, patch, await passes.store_pass(memo.runtime, plain(body)))
+
+
+@kopf.on.resume(GROUP, VERSION, "kvmhosts")
+@kopf.on.create(GROUP, VERSION, "kvmhosts")
+@kopf.on.update(GROUP, VERSION, "kvmhosts", field="spec")
+@kopf.timer(GROUP, VERSION, "kvmhosts", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def probe_kvmhost(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    report(body, patch, await passes.host_pass(memo.runtime, plain(body)))
 
 
 @kopf.on.delete(GROUP, VERSION, "clonestores")

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, parse
-from ..engine import Event, Runtime, TeardownResult, reconcile_fleet, reconcile_template, release_parent, teardown_fleet
+from ..engine import (Event, Runtime, TeardownResult, host_status, reconcile_fleet, reconcile_template, release_parent,
+                      store_status, teardown_fleet)
 from ..engine.fleet import now
 from ..engine.status import blocked_status
 from ..planner import listing
@@ -113,6 +114,22 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
     status, events = await reconcile_template(runtime, template, store, catalog.clones_by_template.get(key, 0),
                                               body.get("status"))
     return PassResult(status, events)
+
+
+async def store_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
+    try:
+        store = CloneStore.parse(_valid(body))
+    except Unresolved as e:
+        return _unresolved(body, e)
+    return PassResult(await store_status(runtime, store, body.get("status")), [])
+
+
+async def host_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
+    try:
+        host = KvmHost.parse(_valid(body))
+    except Unresolved as e:
+        return _unresolved(body, e)
+    return PassResult(await host_status(runtime, host, body.get("status")), [])
 
 
 async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> tuple[bool, Event]:

@@ -1,0 +1,40 @@
+"""Is a CloneStore reachable, is a KvmHost: the status `kubectl get clonestores,kvmhosts` shows."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from ..api import CloneStore, KvmHost
+from ..storage import StoreError
+from .fleet import now
+from .runtime import Runtime
+from .status import summary_conditions
+
+
+async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    gen = host.meta.generation
+    try:
+        domains = await runtime.host(host).list_domains()
+    except Exception as e:  # noqa: BLE001 - reported as the condition
+        return {"observedGeneration": gen,
+                "conditions": summary_conditions("Degraded", "Unreachable", str(e), gen, previous, now())}
+    return {"observedGeneration": gen, "domains": len(domains),
+            "conditions": summary_conditions("Ready", "Connected", f"{host.uri}: {len(domains)} domain(s)", gen,
+                                             previous, now())}
+
+
+async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    gen = store.meta.generation
+    if store.driver == "gpfs":  # nothing of it is mounted here: ask the GPFS node
+        try:
+            await runtime.store_driver(store).list_dir("vmfleet")
+            ok, reason, message = True, "Reachable", f"{store.root} answers over SSH"
+        except StoreError as e:
+            ok, reason, message = False, "Unreachable", str(e)
+    else:
+        ok = os.path.isdir(store.local_path)
+        reason = "Reachable" if ok else "RootMissing"
+        message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
+    return {"observedGeneration": gen,
+            "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now())}
