@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, parse
 from ..engine import (Event, Runtime, TeardownResult, host_status, reconcile_fleet, reconcile_template, release_parent,
@@ -117,19 +117,18 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
 
 
 async def store_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
-    try:
-        store = CloneStore.parse(_valid(body))
-    except Unresolved as e:
-        return _unresolved(body, e)
-    return PassResult(await store_status(runtime, store, body.get("status")), [])
+    return await _probe(body, lambda: store_status(runtime, CloneStore.parse(_valid(body)), body.get("status")))
 
 
 async def host_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
+    return await _probe(body, lambda: host_status(runtime, KvmHost.parse(_valid(body)), body.get("status")))
+
+
+async def _probe(body: Mapping[str, Any], probe: Callable[[], Awaitable[dict[str, Any]]]) -> PassResult:
     try:
-        host = KvmHost.parse(_valid(body))
+        return PassResult(await probe(), [])
     except Unresolved as e:
         return _unresolved(body, e)
-    return PassResult(await host_status(runtime, host, body.get("status")), [])
 
 
 async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> tuple[bool, Event]:
