@@ -41,6 +41,14 @@ HINTS = {
     "CreateCloneFailed": "see the store's message above; the next pass retries",
     "DefineFailed": "see libvirt's message above; `virsh -c URI define` the same XML to reproduce",
     "StartFailed": "see libvirt's message above; the VM's log is under /var/log/libvirt/qemu on its host",
+    "StopFailed": "see libvirt's message above; `virsh -c URI destroy DOMAIN` to reproduce",
+    "UndefineFailed": "see libvirt's message above; the next pass retries",
+    "DeleteCloneFailed": "see the store's message above; the next pass retries",
+    "ParentInUse": "delete or scale in the fleets that use the template first",
+    "StoreInUse": "delete the templates (and their fleets) that use the store first",
+    "HostInUse": "scale in or delete the fleets with VMs on the host first",
+    "Unreachable": "check the endpoint named above from where the operator runs",
+    "RootMissing": "mount the store's export at spec.localPath (or root) where the operator runs",
 }
 
 
