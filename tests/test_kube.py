@@ -21,6 +21,7 @@ from operator_process import OperatorProcess
 pytestmark = pytest.mark.kube
 
 
+@pytest.mark.gitops  # also scrapes /metrics
 def test_a_fleet_through_kubectl_scale_restart_and_delete(
         kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path,
         unique: str) -> None:
@@ -45,6 +46,8 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
     assert scraped[("vmfleet_fleet_ready_replicas", labels)] == 3
     assert scraped[("vmfleet_fleet_allocated_bytes", labels)] == fleet(kube, ns)["status"]["allocatedBytes"]
     assert scraped[("vmfleet_events_total", frozenset({("type", "Normal"), ("reason", "ClonesCreated")}))] >= 1
+    assert scraped[("vmfleet_reconcile_seconds_count", frozenset({("kind", "VmFleet")}))] >= 1
+    assert scraped[("vmfleet_fleet_logical_bytes", labels)] == 3 * small_image.stat().st_size
 
     kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=5")
     kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=5", "vmfleet/web", "-n", ns, "--timeout=90s")
@@ -288,6 +291,7 @@ def sonas_simulator(xfs: Path, unique: str, small_image: Path) -> Iterator[tuple
     thread.join(10)
 
 
+@pytest.mark.gitops  # also scrapes the SSH metrics
 def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
         kube: Cluster, operator: OperatorProcess, sonas_simulator: tuple, unique: str) -> None:
     server, directory, private_key = sonas_simulator
@@ -305,6 +309,11 @@ def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
     status = fleet(kube, ns)["status"]
     assert [c["allocatedBytes"] for c in status["clones"]] == [0, 0, 0]
     assert server.count("mkclone -s") == 3, server.commands  # one connection for many clones: test_sonas.py
+    scraped = operator.metrics()
+    target = f"admin@127.0.0.1:{server.port}"
+    assert scraped[("vmfleet_ssh_command_seconds_count", frozenset({("target", target), ("command", "mkclone")}))] \
+        == server.count("mkclone") > 0
+    assert scraped[("vmfleet_fleet_clones", frozenset({("namespace", ns), ("fleet", "web")}))] == 3
     seen = json.dumps(status) + json.dumps(kube.get("events", "-n", ns)) + operator.output()
     assert private_key.splitlines()[1][:40] not in seen, "the private key leaked"
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
