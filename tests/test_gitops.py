@@ -169,6 +169,9 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
     apply(kube, [host])
     s.capture("VmFleet/host-lost", "vmfleets", "web",
               lambda o: condition(o, "Degraded") == ("True", "HostUnreachable"))
+    gone = wait_for(lambda: (lambda h: h if condition(h, "Ready") == ("False", "Unreachable") else None)(
+        kube.get("kvmhost", name)), 30, "the KvmHost to report it")
+    assert condition(gone, "Degraded")[0] == "True" and "domains" not in gone["status"]  # no stale count
     scraped = operator.metrics()
     assert scraped[("vmfleet_libvirt_errors_total", frozenset({("host", name), ("operation", "connect")}))] >= 1
     labels = frozenset({("namespace", ns), ("fleet", "web")})

@@ -80,6 +80,9 @@ async def test_a_missing_template_is_waited_for_with_the_field_named(runtime: Ru
                      "Stalled": ("False", "NotStalled"), "Degraded": ("False", "NotDegraded")}
     assert "spec.templateRef.name" in result.status["conditions"][0]["message"]
     assert result.waiting  # the handler retries in seconds
+    assert reasons(result.events) == ["TemplateNotFound"]
+    again = await passes.fleet_pass(runtime, {**docs["VmFleet"], "status": result.status}, empty)
+    assert again.waiting and again.events == []  # said once, not at every retry
 
 
 async def test_an_invalid_spec_stalls_the_fleet(runtime: Runtime, docs: dict) -> None:

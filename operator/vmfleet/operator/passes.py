@@ -87,8 +87,11 @@ def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
     Stalled); an invalid spec is Stalled: only an edit helps."""
     gen = int(body.get("metadata", {}).get("generation") or 1)
     kind = "Stalled" if e.reason == "InvalidSpec" else "Waiting"
-    status = blocked_status(gen, body.get("status") or {}, kind, e.reason, str(e), now())
-    return PassResult(status, [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
+    previous = body.get("status") or {}
+    status = blocked_status(gen, previous, kind, e.reason, str(e), now())
+    ready = next((c for c in previous.get("conditions", []) or [] if c.get("type") == "Ready"), {})
+    said = (ready.get("reason"), ready.get("message")) == (e.reason, str(e))  # retried every few seconds: once
+    return PassResult(status, [] if said else [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
 
 
 async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:
@@ -121,7 +124,9 @@ async def store_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
 
 
 async def host_pass(runtime: Runtime, body: Mapping[str, Any]) -> PassResult:
-    return await _probe(body, lambda: host_status(runtime, KvmHost.parse(_valid(body)), body.get("status")))
+    result = await _probe(body, lambda: host_status(runtime, KvmHost.parse(_valid(body)), body.get("status")))
+    result.status.setdefault("domains", None)  # unreachable: the last count goes (status is merged, not replaced)
+    return result
 
 
 async def _probe(body: Mapping[str, Any], probe: Callable[[], Awaitable[dict[str, Any]]]) -> PassResult:
