@@ -24,7 +24,7 @@ pytestmark = pytest.mark.gitops
 
 ARGO = REPO / "gitops" / "argocd" / "resource_customizations" / "vmfleet.io"
 FLUX = REPO / "gitops" / "flux" / "kustomization.yaml"
-KINDS = ("VmFleet", "VmTemplate")
+KINDS = ("VmFleet", "VmTemplate", "CloneStore", "KvmHost")
 WRITE = os.environ.get("VMFLEET_WRITE_GITOPS_TESTDATA") == "1"  # refresh testdata/ from the live run
 
 # What each state the operator reports reads as, in Argo CD, in kstatus (Flux's default) and in Flux with
@@ -41,6 +41,13 @@ EXPECTED = {
     "VmTemplate/waiting": ("Progressing", "InProgress", "InProgress"),
     "VmTemplate/ready": ("Healthy", "Current", "Current"),
     "VmTemplate/degraded": ("Degraded", "InProgress", "Failed"),
+    # Stores and hosts: the example names no expression for them, so Flux uses kstatus alone ("").
+    "CloneStore/new": ("Progressing", "InProgress", ""),
+    "CloneStore/ready": ("Healthy", "Current", ""),
+    "CloneStore/degraded": ("Degraded", "InProgress", ""),
+    "KvmHost/new": ("Progressing", "InProgress", ""),
+    "KvmHost/ready": ("Healthy", "Current", ""),
+    "KvmHost/degraded": ("Degraded", "InProgress", ""),
 }
 
 
@@ -96,9 +103,9 @@ def test_every_state_has_a_case_for_argo_cd_and_a_verdict_for_flux() -> None:
         assert (flux["kstatus"], flux["cel"]) == (kstatus, cel), (key, flux)
 
 
-def test_one_health_check_serves_both_kinds_and_the_argocd_cm_patch_carries_it() -> None:
+def test_one_health_check_serves_every_kind_and_the_argocd_cm_patch_carries_it() -> None:
     script = (ARGO / "VmFleet" / "health.lua").read_text()
-    assert (ARGO / "VmTemplate" / "health.lua").read_text() == script
+    assert all((ARGO / kind / "health.lua").read_text() == script for kind in KINDS)
     data = yaml.safe_load((REPO / "gitops" / "argocd" / "argocd-cm.yaml").read_text())["data"]
     assert data == {f"resource.customizations.health.vmfleet.io_{kind}": script for kind in KINDS}
 
@@ -126,7 +133,8 @@ class States:
         self.seen: dict[str, dict[str, Any]] = {}
 
     def capture(self, key: str, resource: str, name: str, until: Any) -> dict[str, Any]:
-        obj = wait_for(lambda: (lambda o: o if until(o) else None)(self.kube.get(resource, name, "-n", self.ns)),
+        where = ("-n", self.ns) if resource in ("vmfleets", "vmtemplates") else ()
+        obj = wait_for(lambda: (lambda o: o if until(o) else None)(self.kube.get(resource, name, *where)),
                        60, f"{key}: the operator to report it")
         self.seen[key] = trimmed(obj)
         return obj
@@ -149,14 +157,18 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
     wait_ready(kube, ns)
     s.capture("VmFleet/ready", "vmfleets", "web", lambda o: condition(o, "Ready")[0] == "True")
     s.capture("VmTemplate/ready", "vmtemplates", "tiny", lambda o: condition(o, "Ready")[0] == "True")
+    s.capture("CloneStore/ready", "clonestores", name, lambda o: condition(o, "Ready")[0] == "True")
+    s.capture("KvmHost/ready", "kvmhosts", name, lambda o: condition(o, "Ready")[0] == "True")
 
     operator.stop()  # the spec moves on while nobody answers: the generation lags, new objects wait
     kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=3")
     s.capture("VmFleet/generation-lag", "vmfleets", "web",
               lambda o: o["status"]["observedGeneration"] < o["metadata"]["generation"])
     apply(kube, [{**doc, "metadata": {**doc["metadata"], "name": "new"}} for doc in (template, fleet)])
-    s.capture("VmFleet/new", "vmfleets", "new", lambda o: True)
-    s.capture("VmTemplate/new", "vmtemplates", "new", lambda o: True)
+    apply(kube, [{**doc, "metadata": {"name": f"{name}-new", "labels": {"test": "none"}}} for doc in (store, host)])
+    for kind, resource, new in (("VmFleet", "vmfleets", "new"), ("VmTemplate", "vmtemplates", "new"),
+                                ("CloneStore", "clonestores", f"{name}-new"), ("KvmHost", "kvmhosts", f"{name}-new")):
+        s.capture(f"{kind}/new", resource, new, lambda o: True)
     operator.start()
     wait_ready(kube, ns)
 
@@ -169,8 +181,8 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
     apply(kube, [host])
     s.capture("VmFleet/host-lost", "vmfleets", "web",
               lambda o: condition(o, "Degraded") == ("True", "HostUnreachable"))
-    gone = wait_for(lambda: (lambda h: h if condition(h, "Ready") == ("False", "Unreachable") else None)(
-        kube.get("kvmhost", name)), 30, "the KvmHost to report it")
+    gone = s.capture("KvmHost/degraded", "kvmhosts", name,
+                     lambda o: condition(o, "Ready") == ("False", "Unreachable"))
     assert condition(gone, "Degraded")[0] == "True" and "domains" not in gone["status"]  # no stale count
     scraped = operator.metrics()
     assert scraped[("vmfleet_libvirt_errors_total", frozenset({("host", name), ("operation", "connect")}))] >= 1
@@ -185,6 +197,11 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
               "spec": {**template["spec"], "image": {"path": "images/missing.img"}}}
     apply(kube, [broken])
     s.capture("VmTemplate/degraded", "vmtemplates", "broken", lambda o: condition(o, "Degraded")[0] == "True")
+    unmounted = {**store, "metadata": {"name": f"{name}-unmounted"},
+                 "spec": {**store["spec"], "root": str(tmp_path / "not-mounted")}}
+    apply(kube, [unmounted])
+    s.capture("CloneStore/degraded", "clonestores", f"{name}-unmounted",
+              lambda o: condition(o, "Degraded") == ("True", "RootMissing"))
 
     verdicts = flux_status(list(s.seen.values()))
     for (key, obj), flux in zip(s.seen.items(), verdicts):
@@ -197,4 +214,6 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
             (ARGO / kind / "testdata" / f"{state}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
     assert set(s.seen) == set(EXPECTED)
     kube.kubectl("delete", "vmfleet/web", "vmfleet/new", "vmfleet/big", "vmtemplate/broken", "-n", ns,
+                 "--timeout=60s", check=False)
+    kube.kubectl("delete", f"clonestore/{name}-unmounted", f"clonestore/{name}-new", f"kvmhost/{name}-new",
                  "--timeout=60s", check=False)

@@ -406,7 +406,7 @@ class Kind:
     printer_columns: tuple[dict[str, Any], ...] = ()
     max_name: int = 63  # CRDs may restrict metadata.name (and nothing else in metadata)
     scale: bool = False
-    # The operator reconciles this kind and writes its status: until it has, the API serves
+    # The operator reconciles (or probes) this kind and writes its status: until it has, the API serves
     # status.observedGeneration 0, so kstatus (Flux) and Argo CD read a new object as in progress, not current.
     reconciled: bool = False
 
@@ -431,7 +431,8 @@ KINDS: dict[str, Kind] = {
             False,
             CLONE_STORE_SPEC,
             CLONE_STORE_STATUS,
-            (
+            reconciled=True,
+            printer_columns=(
                 _column("Driver", ".spec.driver"),
                 _column("Root", ".spec.root"),
                 _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
@@ -446,7 +447,8 @@ KINDS: dict[str, Kind] = {
             False,
             KVM_HOST_SPEC,
             KVM_HOST_STATUS,
-            (
+            reconciled=True,
+            printer_columns=(
                 _column("URI", ".spec.uri"),
                 _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
                 _column("Domains", ".status.domains", "integer"),

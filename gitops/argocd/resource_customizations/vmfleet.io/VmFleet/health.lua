@@ -1,4 +1,4 @@
--- Argo CD health of a vmfleet.io object (VmFleet and VmTemplate alike), read from the conditions the
+-- Argo CD health of any vmfleet.io object (VmFleet, VmTemplate, CloneStore, KvmHost), read from the conditions the
 -- operator writes: Stalled or Degraded -> Degraded, Ready -> Healthy, anything else -> Progressing.
 local hs = {}
 local function say(c)

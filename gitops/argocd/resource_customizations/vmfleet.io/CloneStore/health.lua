@@ -1,0 +1,1 @@
+../VmFleet/health.lua
