@@ -221,6 +221,18 @@ async def test_a_wrong_key_is_refused_and_the_key_never_appears(make_env: MakeEn
     assert env.sim.commands == []
 
 
+async def test_a_rotated_secret_takes_effect_at_the_next_connection(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    right = env.client_key
+    env.client_key = asyncssh.generate_private_key("ssh-ed25519")  # the Secret holds a key the store refuses
+    store = env.store()
+    refused = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()])
+    assert "refused the store's SSH key" in repr(refused.status)
+    env.client_key = right  # the Secret is fixed; the same runtime and store object, no operator restart
+    fixed = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()], refused.status)
+    assert fixed.status["readyReplicas"] == 1
+
+
 @pytest.mark.parametrize("bad", ["../etc/passwd", "/etc/passwd", "a/../../b", "a;rm -rf /", "a$(reboot)",
                                  "x" * 256, "a b"])
 def test_bad_paths_never_become_commands(bad: str) -> None:
@@ -230,8 +242,10 @@ def test_bad_paths_never_become_commands(bad: str) -> None:
 
 async def test_a_secret_without_the_key_is_named(make_env: MakeEnv) -> None:
     env = await make_env("sonas")
+    driver = make_driver(env.store(), lambda ref: {"known_hosts": env.sim.known_hosts})
     with pytest.raises(StoreError, match="Secret vmfleet-system/ssh .spec.ssh.secretRef. has no ssh-privatekey"):
-        make_driver(env.store(), lambda ref: {"known_hosts": env.sim.known_hosts})
+        await driver.prepare_parent("image/linux/basic.img", "raw", "vmfleet/parents/p.img")
+    assert env.sim.commands == []
 
 
 _segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),

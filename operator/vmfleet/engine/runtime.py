@@ -4,11 +4,10 @@ connection per KvmHost, one lock per fleet so two passes over a fleet never over
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
 
 from ..api.types import CloneStore, KvmHost, SecretRef
 from ..hypervisor import LibvirtHost
-from ..storage import SecretReader, StoreDriver, StoreError, make_driver
+from ..storage import KeyReader, SecretReader, StoreDriver, StoreError, make_driver, ssh_keys
 
 
 def no_secrets(ref: SecretRef) -> dict[str, str]:
@@ -40,19 +39,8 @@ class Runtime:
                                                              host.secret)
         return known
 
-    def _credentials(self, host: KvmHost) -> Callable[[], tuple[str, str]] | None:
-        ref = host.secret
-        if ref is None:
-            return None
-
-        def read() -> tuple[str, str]:
-            data = self.read_secret(ref)
-            missing = [k for k in ("ssh-privatekey", "known_hosts") if not data.get(k)]
-            if missing:
-                raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.secretRef) has no {' or '.join(missing)}")
-            return data["ssh-privatekey"], data["known_hosts"]
-
-        return read
+    def _credentials(self, host: KvmHost) -> KeyReader | None:
+        return None if host.secret is None else ssh_keys(host.secret, self.read_secret, "spec.secretRef")
 
     def lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())

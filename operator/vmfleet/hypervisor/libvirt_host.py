@@ -27,7 +27,8 @@ class HostError(RuntimeError):
 
 
 Credentials = Callable[[], tuple[str, str]]
-"""() -> (private key, known_hosts) for a qemu+libssh:// endpoint; raises when they cannot be had."""
+"""() -> (private key, known_hosts) for a qemu+libssh:// endpoint, read at every connection; raises when they
+cannot be had."""
 
 
 class LibvirtHost:
@@ -43,16 +44,16 @@ class LibvirtHost:
     def _connect_uri(self) -> str:
         if self._credentials is None:
             return self.uri
+        try:
+            key, known_hosts = self._credentials()  # at every connection: a rotated Secret takes effect
+        except Exception as e:  # noqa: BLE001 - the reason is the host's condition
+            raise HostError(f"KvmHost {self.name}: {e}") from None
         if self._files is None:
-            try:
-                key, known_hosts = self._credentials()
-            except Exception as e:  # noqa: BLE001 - the reason is the host's condition
-                raise HostError(f"KvmHost {self.name}: {e}") from None
             self._files = tempfile.mkdtemp(prefix="vmfleet-host-")
-            for name, text in (("key", key), ("known_hosts", known_hosts)):
-                fd = os.open(os.path.join(self._files, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text if text.endswith("\n") else text + "\n")
+        for name, text in (("key", key), ("known_hosts", known_hosts)):
+            fd = os.open(os.path.join(self._files, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
         params = urllib.parse.urlencode({"keyfile": os.path.join(self._files, "key"), "sshauth": "privkey",
                                          "known_hosts": os.path.join(self._files, "known_hosts")})
         return f"{self.uri}{'&' if '?' in self.uri else '?'}{params}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Callable
 
 import asyncssh
 
@@ -13,15 +14,15 @@ from .base import StoreError
 
 
 @dataclass(frozen=True)
-class SshCredentials:
+class SshEndpoint:
     host: str
     port: int
     user: str
-    private_key: str
-    known_hosts: str
 
-    def __repr__(self) -> str:  # never print the key
-        return f"SshCredentials({self.user}@{self.host}:{self.port})"
+
+KeyReader = Callable[[], tuple[str, str]]
+"""() -> (private key, known_hosts), read again at every (re)connection so a rotated Secret takes effect;
+blocking (it may ask the Kubernetes API), so it runs in a thread; raises StoreError naming the Secret."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class Reply:
 class SshRunner:
     RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
 
-    def __init__(self, credentials: SshCredentials, channels: int, timeout: float):
-        self.credentials = credentials
+    def __init__(self, endpoint: SshEndpoint, keys: KeyReader, channels: int, timeout: float):
+        self.endpoint = endpoint
+        self._keys = keys
         self.timeout = timeout
         self._channels = asyncio.Semaphore(channels)
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -45,22 +47,23 @@ class SshRunner:
 
     @property
     def where(self) -> str:
-        c = self.credentials
-        return f"{c.user}@{c.host}:{c.port}"
+        e = self.endpoint
+        return f"{e.user}@{e.host}:{e.port}"
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
         async with self._connecting:
             if self._conn is not None and not self._conn.is_closed():
                 return self._conn
-            c = self.credentials
+            ep = self.endpoint
+            private_key, known_hosts = await asyncio.to_thread(self._keys)
             try:
-                key = asyncssh.import_private_key(c.private_key)
-                known = asyncssh.import_known_hosts(c.known_hosts)
+                key = asyncssh.import_private_key(private_key)
+                known = asyncssh.import_known_hosts(known_hosts)
             except (asyncssh.KeyImportError, ValueError) as e:
                 raise StoreError(f"SSH credentials for {self.where} are unusable: {type(e).__name__}") from None
             try:
                 self._conn = await asyncio.wait_for(
-                    asyncssh.connect(c.host, c.port, username=c.user, client_keys=[key], known_hosts=known,
+                    asyncssh.connect(ep.host, ep.port, username=ep.user, client_keys=[key], known_hosts=known,
                                      agent_path=None, config=None, keepalive_interval=30),
                     self.timeout,
                 )
