@@ -2,6 +2,8 @@
 VENV    ?= .venv
 PYTHON  ?= python3
 DEMO_ROOT := /tmp/vmfleet-quickstart
+# Go builds the test kube-apiserver and tests/flux.
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: demo demo-sonas test crds bench clean
 
