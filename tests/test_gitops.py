@@ -149,8 +149,8 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
     s = States(kube, ns)
 
     apply(kube, [fleet, template])  # applied before the store and the host: both wait, in progress
-    s.capture("VmFleet/waiting", "vmfleets", "web", lambda o: condition(o, "Reconciling") == ("True", "TemplateNotFound")
-              or condition(o, "Reconciling") == ("True", "StoreNotFound"))
+    s.capture("VmFleet/waiting", "vmfleets", "web",
+              lambda o: condition(o, "Reconciling") in (("True", "TemplateNotFound"), ("True", "StoreNotFound")))
     s.capture("VmTemplate/waiting", "vmtemplates", "tiny",
               lambda o: condition(o, "Reconciling") == ("True", "StoreNotFound"))
     apply(kube, [store, host])

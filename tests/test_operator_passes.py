@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from pathlib import Path
 
@@ -92,6 +93,23 @@ async def test_an_invalid_spec_stalls_the_fleet(runtime: Runtime, docs: dict) ->
     stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec" and "spec.replicas" in stalled["message"]
     assert not result.waiting
+
+
+async def test_a_resync_queued_behind_a_teardown_does_not_build_the_fleet_again(runtime: Runtime, docs: dict) -> None:
+    fleet = docs["VmFleet"]
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, catalog(docs))).status
+    uid = passes.resolve_fleet(fleet, catalog(docs))[0].meta.uid
+    deleting = True  # metadata.deletionTimestamp is set before the delete handler runs
+    teardown = asyncio.create_task(passes.fleet_delete_pass(runtime, fleet, catalog(docs)))
+    while not runtime.lock(uid).locked():
+        await asyncio.sleep(0)
+    # A resync timer fires now and waits for the fleet's lock behind the teardown (asyncio locks are FIFO).
+    resync = asyncio.create_task(passes.fleet_pass(runtime, fleet, catalog(docs), wanted=lambda: not deleting))
+    assert (await teardown).complete
+    assert (await resync).events == []
+    assert list(Path(docs["CloneStore"]["spec"]["root"]).rglob("demo-*.qcow2")) == []  # nothing built again
+    host = runtime.host(passes._hosts(catalog(docs))[0])
+    assert not [d for d in await host.list_domains() if d.owner is not None]
 
 
 @pytest.mark.parametrize("policy,kept", [("Delete", 0), ("Retain", 3)])

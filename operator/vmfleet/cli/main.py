@@ -56,7 +56,8 @@ def _status(args: argparse.Namespace) -> int:
         done = _standalone(args, dry_run=True)  # look, change nothing
         if done is None:
             return 1
-        fleets = [o for o in done[1] if o["kind"] == "VmFleet" and (not args.name or o["metadata"]["name"] == args.name)]
+        fleets = [o for o in done[1]
+                  if o["kind"] == "VmFleet" and (not args.name or o["metadata"]["name"] == args.name)]
     else:
         try:
             fleets = read_fleets(args.namespace, args.all_namespaces, args.name)

@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
@@ -180,9 +180,12 @@ async def reconcile_fleet(
     previous_status: Mapping[str, Any] | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    wanted: Callable[[], bool] = lambda: True,
 ) -> FleetResult:
+    """One pass. `wanted` is asked once the fleet's lock is held: a pass that waited behind the teardown of a
+    fleet being deleted must not build it again."""
     try:
-        return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run, progress)
+        return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run, progress, wanted)
     except StoreError as e:
         message = f"CloneStore {store.meta.name}: {e}"
         status = blocked_status(fleet.meta.generation, previous_status, "Degraded", "StoreUnavailable", message,
@@ -199,10 +202,13 @@ async def _reconcile(
     previous_status: Mapping[str, Any] | None,
     dry_run: bool,
     progress: Progress | None,
+    wanted: Callable[[], bool],
 ) -> FleetResult:
     scope = FleetScope(runtime, fleet, template, store, hosts)
     recorded = recorded_hosts(previous_status)
     async with runtime.lock(fleet.meta.uid):
+        if not wanted():
+            return FleetResult(dict(previous_status or {}), [], Plan())
         seen = await scope.observe(recorded)
         plan = plan_fleet(scope.wants(), seen, fleet.placement, lambda o, h: scope.domain_spec(o, h).spec_hash())
         outcomes: list[Outcome] = []

@@ -35,6 +35,7 @@ async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[st
     else:
         ok = os.path.isdir(store.local_path)
         reason = "Reachable" if ok else "RootMissing"
-        message = f"{store.local_path} is reachable" if ok else f"{store.local_path} does not exist or is not a directory"
+        message = (f"{store.local_path} is reachable" if ok else
+                   f"{store.local_path} does not exist or is not a directory")
     return {"observedGeneration": gen,
             "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now())}

@@ -35,6 +35,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = 20  # INFO: our Normal events are worth posting
     settings.watching.server_timeout = 300
+    # A resync pass still running when its object is deleted holds the finalizer; kopf rechecks after this
+    # many seconds (default 60: `kubectl delete` would wait that long).
+    settings.background.cancellation_polling = 1.0
     memo.runtime = Runtime(ClusterSecrets())
     if METRICS_PORT:
         metrics.serve(METRICS_PORT)
@@ -94,6 +97,11 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
     )
 
 
+def deleting(body: kopf.Body) -> bool:
+    """Timers get a live body: a resync that fires while the object is being torn down sees it."""
+    return bool(body.metadata.get("deletionTimestamp"))
+
+
 def post(body: kopf.Body, events: list[Event]) -> None:
     metrics.count(events)
     for e in events:
@@ -123,8 +131,10 @@ def release(body: kopf.Body, released: bool, event: Event) -> None:
 @kopf.on.update(GROUP, VERSION, "vmfleets", field="spec")
 @kopf.timer(GROUP, VERSION, "vmfleets", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    if deleting(body):
+        return
     with metrics.RECONCILE.labels("VmFleet").time():
-        result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw))
+        result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw), wanted=lambda: not deleting(body))
     metrics.record_fleet(body.metadata.namespace or "", body.metadata.name or "", body.spec, result.status)
     report(body, patch, result)
 
@@ -150,6 +160,8 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
 @kopf.on.update(GROUP, VERSION, "vmtemplates", field="spec")
 @kopf.timer(GROUP, VERSION, "vmtemplates", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
 async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    if deleting(body):  # its parent is being released: a pass must not prepare it again
+        return
     with metrics.RECONCILE.labels("VmTemplate").time():
         result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
     report(body, patch, result)
@@ -164,7 +176,7 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
     release(body, released, event)
 
 
-# ---------------------------------------------------------------- CloneStore and KvmHost: watched, never deleted from under us
+# ---------------------------------------------------------------- CloneStore and KvmHost: probed, never deleted in use
 
 
 @kopf.on.resume(GROUP, VERSION, "clonestores")

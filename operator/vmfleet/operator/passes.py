@@ -94,12 +94,14 @@ def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
     return PassResult(status, [] if said else [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
 
 
-async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:
+async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog,
+                     wanted: Callable[[], bool] = lambda: True) -> PassResult:
     try:
         fleet, template, store, hosts = resolve_fleet(body, catalog)
     except Unresolved as e:
         return _unresolved(body, e)
-    result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"))
+    result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"),
+                                   wanted=wanted)
     return PassResult(result.status, result.events)
 
 
