@@ -6,6 +6,8 @@ from typing import Any, Iterable, Mapping
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from .api.status import clone_count
+
 
 _FLEET = ("namespace", "fleet")
 DESIRED = Gauge("vmfleet_fleet_desired_replicas", "VMs a fleet's spec asks for.", _FLEET)
@@ -35,7 +37,7 @@ def serve(port: int) -> None:
 def record_fleet(namespace: str, name: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
     DESIRED.labels(namespace, name).set(spec.get("replicas", 0))
     if "clones" in status:  # a pass that could not observe leaves the last counts as they were
-        CLONES.labels(namespace, name).set(sum(1 for c in status["clones"] if "path" in c))
+        CLONES.labels(namespace, name).set(clone_count(status))
     for gauge, key in _FLEET_GAUGES:
         if key in status:
             gauge.labels(namespace, name).set(status[key])

@@ -10,6 +10,7 @@ import sys
 import yaml
 
 from ..api import InvalidManifest
+from ..api.status import is_ready
 
 
 def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list, list, list] | None:
@@ -41,7 +42,7 @@ def _apply(args: argparse.Namespace) -> int:
         print("\n".join(plan_text(f, r) for f, r in zip(fleets, results)))
         return 0
     print(render(objects, args.output))
-    not_ready = [o["metadata"]["name"] for o in objects if o["kind"] == "VmFleet" and not _ready(o)]
+    not_ready = [o["metadata"]["name"] for o in objects if o["kind"] == "VmFleet" and not is_ready(o.get("status"))]
     if not_ready and not args.dry_run:
         print(f"not converged: {', '.join(not_ready)} (see the conditions above)", file=sys.stderr)
         return 3
@@ -74,10 +75,6 @@ def _status(args: argparse.Namespace) -> int:
         print("no VmFleets" + ("" if args.all_namespaces or args.filename else
                                f" in namespace {args.namespace or 'of the current context'} (-A: all namespaces)"))
     return 0
-
-
-def _ready(obj: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in obj.get("status", {}).get("conditions", []))
 
 
 def _crds(args: argparse.Namespace) -> int:

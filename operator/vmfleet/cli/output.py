@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..api.status import clone_count, condition_of
+
 
 def human_bytes(n: int | None) -> str:
     if n is None:
@@ -53,8 +55,7 @@ HINTS = {
 
 
 def _ready_reason(status: dict[str, Any]) -> str:
-    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
-    return str(ready.get("reason", "NotObserved"))
+    return str(condition_of(status, "Ready").get("reason", "NotObserved"))
 
 
 def fleets_table(objects: list[dict[str, Any]]) -> str:
@@ -63,7 +64,7 @@ def fleets_table(objects: list[dict[str, Any]]) -> str:
     totals = [0, 0, 0, 0, 0]
     for obj in objects:
         status = obj.get("status", {})
-        clones = sum(1 for c in status.get("clones", []) if "path" in c)
+        clones = clone_count(status)
         numbers = [status.get("readyReplicas", 0), obj["spec"]["replicas"], clones, status.get("logicalBytes", 0),
                    status.get("allocatedBytes", 0)]
         totals = [t + n for t, n in zip(totals, numbers)]

@@ -9,7 +9,8 @@ from ..api import VmFleet
 from ..api.types import SecretRef
 from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
-from ..engine.fleet import FleetResult, clone_count
+from ..api.status import clone_count
+from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import summarise
 from ..storage import SecretReader, StoreError

@@ -1,6 +1,6 @@
 """The reconcile engine shared by the operator and standalone mode: observe, plan, act, report."""
 
-from .fleet import FleetResult, TeardownResult, clone_count, reconcile_fleet, teardown_fleet
+from .fleet import FleetResult, TeardownResult, reconcile_fleet, teardown_fleet
 from .probe import host_status, store_status
 from .runtime import Runtime
 from .status import Event
@@ -11,7 +11,6 @@ __all__ = [
     "FleetResult",
     "Runtime",
     "TeardownResult",
-    "clone_count",
     "host_status",
     "reconcile_fleet",
     "reconcile_template",

@@ -162,11 +162,6 @@ def recorded_hosts(previous_status: Mapping[str, Any] | None) -> dict[int, str]:
     return out
 
 
-def clone_count(status: Mapping[str, Any] | None) -> int:
-    """Clones a fleet's status says exist: what its template's parent must outlive."""
-    return sum(1 for c in (status or {}).get("clones", []) or [] if "path" in c)
-
-
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 

@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..api.status import condition_of
 from ..planner import Observation, Op, Plan, Severity, listing, summarise
 from ..storage import Space
 from .execute import Outcome
@@ -86,8 +87,8 @@ def condition(
     type_: str, true: bool, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
     status = "True" if true else "False"
-    old = next((c for c in (previous or {}).get("conditions", []) or [] if c.get("type") == type_), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == status and old.get("lastTransitionTime") else now
+    old = condition_of(previous, type_)
+    since = old["lastTransitionTime"] if old.get("status") == status and old.get("lastTransitionTime") else now
     return {"type": type_, "status": status, "reason": reason, "message": message,
             "lastTransitionTime": since, "observedGeneration": generation}
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import kopf
 
 from ..api.schema import GROUP, VERSION
-from ..engine import Event, Runtime, clone_count
 from .. import metrics
+from ..api.status import clone_count
+from ..engine import Event, Runtime
 from . import passes
 from .secrets import ClusterSecrets
 
@@ -97,6 +98,23 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
     )
 
 
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[None]])
+
+
+def reconciled(plural: str) -> Callable[[Handler], Handler]:
+    """Run a pass on resume, on create, on each spec change and every RESYNC_SECONDS (passes are idempotent)."""
+
+    def register(fn: Handler) -> Handler:
+        for on in (kopf.timer(GROUP, VERSION, plural, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS),
+                   kopf.on.update(GROUP, VERSION, plural, field="spec"),
+                   kopf.on.create(GROUP, VERSION, plural),
+                   kopf.on.resume(GROUP, VERSION, plural)):
+            fn = on(fn)
+        return fn
+
+    return register
+
+
 def deleting(body: kopf.Body) -> bool:
     """Timers get a live body: a resync that fires while the object is being torn down sees it."""
     return bool(body.metadata.get("deletionTimestamp"))
@@ -126,10 +144,7 @@ def release(body: kopf.Body, released: bool, event: Event) -> None:
 # ---------------------------------------------------------------- VmFleet
 
 
-@kopf.on.resume(GROUP, VERSION, "vmfleets")
-@kopf.on.create(GROUP, VERSION, "vmfleets")
-@kopf.on.update(GROUP, VERSION, "vmfleets", field="spec")
-@kopf.timer(GROUP, VERSION, "vmfleets", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reconciled("vmfleets")
 async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     if deleting(body):
         return
@@ -155,10 +170,7 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
 # ---------------------------------------------------------------- VmTemplate
 
 
-@kopf.on.resume(GROUP, VERSION, "vmtemplates")
-@kopf.on.create(GROUP, VERSION, "vmtemplates")
-@kopf.on.update(GROUP, VERSION, "vmtemplates", field="spec")
-@kopf.timer(GROUP, VERSION, "vmtemplates", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reconciled("vmtemplates")
 async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     if deleting(body):  # its parent is being released: a pass must not prepare it again
         return
@@ -179,18 +191,12 @@ async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None
 # ---------------------------------------------------------------- CloneStore and KvmHost: probed, never deleted in use
 
 
-@kopf.on.resume(GROUP, VERSION, "clonestores")
-@kopf.on.create(GROUP, VERSION, "clonestores")
-@kopf.on.update(GROUP, VERSION, "clonestores", field="spec")
-@kopf.timer(GROUP, VERSION, "clonestores", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reconciled("clonestores")
 async def probe_clonestore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     report(body, patch, await passes.store_pass(memo.runtime, plain(body)))
 
 
-@kopf.on.resume(GROUP, VERSION, "kvmhosts")
-@kopf.on.create(GROUP, VERSION, "kvmhosts")
-@kopf.on.update(GROUP, VERSION, "kvmhosts", field="spec")
-@kopf.timer(GROUP, VERSION, "kvmhosts", interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+@reconciled("kvmhosts")
 async def probe_kvmhost(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     report(body, patch, await passes.host_pass(memo.runtime, plain(body)))
 

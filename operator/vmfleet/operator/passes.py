@@ -9,6 +9,7 @@ from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, par
 from ..engine import (Event, Runtime, TeardownResult, host_status, reconcile_fleet, reconcile_template, release_parent,
                       store_status, teardown_fleet)
 from ..engine.fleet import now
+from ..api.status import condition_of
 from ..engine.status import blocked_status
 from ..planner import listing
 
@@ -89,7 +90,7 @@ def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
     kind = "Stalled" if e.reason == "InvalidSpec" else "Waiting"
     previous = body.get("status") or {}
     status = blocked_status(gen, previous, kind, e.reason, str(e), now())
-    ready = next((c for c in previous.get("conditions", []) or [] if c.get("type") == "Ready"), {})
+    ready = condition_of(previous, "Ready")
     said = (ready.get("reason"), ready.get("message")) == (e.reason, str(e))  # retried every few seconds: once
     return PassResult(status, [] if said else [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
 

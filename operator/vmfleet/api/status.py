@@ -1,0 +1,19 @@
+"""Reading the status the operator writes (its shape is part of the API): used by the operator, the CLI and metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+
+def condition_of(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any]:
+    """The condition of that type, or {} when there is none yet."""
+    return next((c for c in (status or {}).get("conditions", []) or [] if c.get("type") == type_), {})
+
+
+def is_ready(status: Mapping[str, Any] | None) -> bool:
+    return condition_of(status, "Ready").get("status") == "True"
+
+
+def clone_count(status: Mapping[str, Any] | None) -> int:
+    """Clones a fleet's status says exist: what its template's parent must outlive."""
+    return sum(1 for c in (status or {}).get("clones", []) or [] if "path" in c)
