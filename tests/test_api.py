@@ -142,6 +142,21 @@ BAD = [
      "spec.ssh.host", "must match"),
     (HOST, "spec.uri", "qemu:///system; reboot", "spec.uri", "must match"),
     (HOST, "spec.domainType", "xen", "spec.domainType", "must be one of: kvm, qemu"),
+    # issue 12, finding 11: no query string or fragment in a libvirt URI; finding 12: the apiserver's meaning
+    (HOST, "spec.uri", "qemu+libssh://h/system?known_hosts_verify=ignore", "spec.uri", "may not carry a query"),
+    (HOST, "spec.uri", "qemu+ssh://h/system?command=/tmp/x", "spec.uri", "must match"),
+    (HOST, "spec.uri", "qemu:///system#frag", "spec.uri", "must match"),
+    (HOST, "spec.uri", "qemu+ssh://h/system%0a", "spec.uri", "must match"),
+    (HOST, "spec.uri", "qemu:///system\n", "spec.uri", "must match"),
+    (FLEET, "metadata.name", "web\n", "metadata.name", "DNS-1123"),
+    (FLEET, "metadata.name", "web.example", "metadata.name", "DNS-1123"),
+    (TEMPLATE, "spec.image", {"path": "images/a.img\n"}, "spec.image.path", "must match"),
+    (STORE, "spec.root", "/ibm/gpfs0/vms\n", "spec.root", "must match"),
+    (HOST, "metadata.labels", {"role": "a;rm -rf /"}, "metadata.labels", "label value"),
+    (HOST, "metadata.labels", {"a;b": "kvm"}, "metadata.labels", "label key"),
+    (FLEET, "spec.hostSelector", {"matchLabels": {"role": "a;rm -rf /"}}, "spec.hostSelector.matchLabels.role",
+     "must match"),
+    (FLEET, "spec.hostSelector", {"matchLabels": {"a;b": "kvm"}}, "spec.hostSelector.matchLabels", "label key"),
 ]
 
 

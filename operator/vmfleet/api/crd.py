@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import API_VERSION, CATEGORY, GROUP, KINDS, VERSION, Kind, Rule, Schema
+from .schema import API_VERSION, CATEGORY, GROUP, KINDS, NAME_PATTERN, VERSION, Kind, Rule, Schema
 
 RULES_KEY = "x-vmfleet-rules"
 
 
 def openapi(schema: Schema) -> Schema:
-    """The schema as the apiserver takes it: Python rules become CEL `x-kubernetes-validations`."""
+    """The schema as the apiserver takes it: vmfleet's rules become `x-kubernetes-validations`."""
     if isinstance(schema, dict):
         out: Schema = {}
         for key, value in schema.items():
@@ -39,8 +39,13 @@ def root_schema(kind: Kind) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "vmfleet.io/v1alpha1"},
             "kind": {"type": "string", "description": kind.kind},
-            # The apiserver allows nothing in metadata's schema but limits on name and generateName.
-            "metadata": {"type": "object", "properties": {"name": {"type": "string", "maxLength": kind.max_name}}},
+            # The apiserver allows nothing in metadata's schema but limits on name and generateName. Names are
+            # DNS-1123 labels (the apiserver alone would take subdomains, with dots): they become file and
+            # domain names, and standalone mode accepts the same.
+            "metadata": {
+                "type": "object",
+                "properties": {"name": {"type": "string", "pattern": NAME_PATTERN, "maxLength": kind.max_name}},
+            },
             "spec": kind.spec,
             "status": {**kind.status, "default": {"observedGeneration": 0}} if kind.reconciled else kind.status,
         },

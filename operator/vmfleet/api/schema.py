@@ -1,13 +1,14 @@
 """The vmfleet.io/v1alpha1 API, written once: the CRDs in crds/ and the standalone validator both come from here.
 
-Rules that span fields are written twice on purpose, side by side: as CEL for the apiserver and as a
-Python predicate for standalone mode. tests/test_api_schema.py checks that crds/ is generated from this.
+Rules that span fields are written once, in CEL: the apiserver evaluates them, and standalone mode evaluates the
+same strings with cel-python (validation.py), so the two agree by construction. tests/test_api.py checks that
+crds/ is generated from this.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 GROUP = "vmfleet.io"
 VERSION = "v1alpha1"
@@ -21,7 +22,25 @@ _SEGMENT = r"[A-Za-z0-9_+@%=:,-][A-Za-z0-9_+@%=:,.-]*"
 ABSOLUTE_PATH_PATTERN = rf"^(/{_SEGMENT})+/?$"
 RELATIVE_PATH_PATTERN = rf"^{_SEGMENT}(/{_SEGMENT})*$"
 HOSTNAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$"
-LIBVIRT_URI_PATTERN = r"^(qemu(\+ssh|\+libssh|\+libssh2|\+tcp|\+tls|\+unix)?|test)://[^\s'\"`$;&|<>\\]*$"
+# A libvirt URI is scheme://[user@]host[:port]/path and nothing else. No query string: vmfleet appends the
+# parameters it needs (keyfile, known_hosts, sshauth), and others turn off host-key checking
+# (known_hosts_verify=ignore, no_verify=1) or run another program (command=, netcat=, socket=). No fragment,
+# %-escape, space or newline either: each could smuggle one of those past a reader of the URI.
+_URI_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
+_URI_HOST = r"([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+_URI_AUTHORITY = rf"(({_URI_USER}@)?{_URI_HOST}(:[0-9]{{1,5}})?)?"
+LIBVIRT_URI_PATTERN = (
+    rf"^(qemu(\+(ssh|libssh|libssh2|tcp|tls|unix))?://{_URI_AUTHORITY}/(system|session)"
+    rf"|test://{_URI_AUTHORITY}/default)$"
+)
+# Kubernetes' label rules (k8s.io/apimachinery/pkg/util/validation): a value of at most 63 characters; a key is
+# an optional DNS-subdomain prefix (at most 253) and '/', then a name of at most 63. "[.]", not an escaped dot,
+# so that the same text is a valid CEL string literal.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_KEY_LENGTH_PATTERN = r"^([^/]{1,253}/)?[^/]{1,63}$"
 # A fleet name leaves room for "-<ordinal>" inside a 63-character name.
 MAX_FLEET_NAME = 52
 MAX_REPLICAS = 5000
@@ -29,11 +48,10 @@ MAX_REPLICAS = 5000
 
 @dataclass(frozen=True)
 class Rule:
-    """A rule over one object: `cel` for the apiserver, `check` for standalone mode; same meaning."""
+    """A CEL rule over one object, evaluated by the apiserver and, the same string, by standalone validation."""
 
     cel: str
     message: str
-    check: Callable[[dict[str, Any]], bool]
     field: str = ""  # the field the error is reported on, relative to the object holding the rule
 
 
@@ -122,14 +140,9 @@ def observed_generation() -> Schema:
     return integer("The metadata.generation this status was computed from.", 0)
 
 
-def _has(field: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda o: field in o
-
-
 # ---------------------------------------------------------------- CloneStore
 
 STORE_DRIVERS = ["sonas", "gpfs", "reflink", "qcow2"]
-REMOTE_DRIVERS = ("sonas", "gpfs")
 
 CLONE_STORE_SPEC = obj(
     "Where template images and their clones live, and how clones are made.",
@@ -173,13 +186,11 @@ CLONE_STORE_SPEC = obj(
         Rule(
             "self.driver in ['sonas', 'gpfs'] ? has(self.ssh) : !has(self.ssh)",
             "spec.ssh is required for the sonas and gpfs drivers and not allowed for reflink and qcow2",
-            lambda o: ("ssh" in o) == (o.get("driver") in REMOTE_DRIVERS),
             "ssh",
         ),
         Rule(
             "self.driver != 'sonas' || has(self.localPath)",
             "spec.localPath is required for the sonas driver (space is read through the NFS export)",
-            lambda o: o.get("driver") != "sonas" or "localPath" in o,
             "localPath",
         ),
     ),
@@ -196,7 +207,11 @@ KVM_HOST_SPEC = obj(
     "One libvirt endpoint on which fleets place their VMs; metadata.labels are matched by hostSelector.",
     {
         "uri": string(
-            "libvirt connection URI: qemu:///system, qemu+ssh://user@host/system, test:///default.",
+            "libvirt connection URI: qemu:///system, qemu+ssh://user@host/system, test:///default. Only "
+            "scheme://[user@]host[:port]/path: a scheme above or qemu+libssh, qemu+libssh2, qemu+tcp, qemu+tls, "
+            "qemu+unix; a host name, IPv4 or [IPv6] address; the path /system or /session (/default for test). No "
+            "query string (?...), fragment (#...), %-escape or space: vmfleet adds the parameters it needs itself "
+            "(keyfile, known_hosts, sshauth), and others could turn off host-key checking or run another command.",
             pattern=LIBVIRT_URI_PATTERN,
             maxLength=1024,
         ),
@@ -239,8 +254,14 @@ KVM_HOST_SPEC = obj(
             "!has(self.secretRef) || self.uri.startsWith('qemu+libssh')",
             "spec.secretRef needs a qemu+libssh:// or qemu+libssh2:// uri (they check the host key against "
             "the Secret's known_hosts)",
-            lambda o: "secretRef" not in o or o.get("uri", "").startswith("qemu+libssh"),
             "secretRef",
+        ),
+        Rule(
+            "!self.uri.contains('?') && !self.uri.contains('#')",
+            "spec.uri may not carry a query string (?...) or a fragment (#...): vmfleet sets the libvirt parameters "
+            "it needs itself, and others could turn off host-key checking (known_hosts_verify=ignore) or run another "
+            "command (command=)",
+            "uri",
         ),
     ),
 )
@@ -335,9 +356,18 @@ VM_FLEET_SPEC = obj(
             {
                 "matchLabels": {
                     "type": "object",
-                    "description": "Labels a KvmHost must carry.",
-                    "additionalProperties": string("Label value.", maxLength=63),
+                    "description": "Labels a KvmHost must carry: keys and values follow Kubernetes' label rules.",
+                    "additionalProperties": string("Label value.", pattern=LABEL_VALUE_PATTERN, maxLength=63),
                     "maxProperties": 32,
+                    "x-vmfleet-rules": [
+                        Rule(
+                            f"self.all(k, k.matches('{LABEL_KEY_PATTERN}') "
+                            f"&& k.matches('{LABEL_KEY_LENGTH_PATTERN}'))",
+                            "spec.hostSelector.matchLabels: each key must be a label key, [prefix/]name: an optional "
+                            "DNS subdomain of at most 253 characters, then a name of at most 63 of [A-Za-z0-9_.-] "
+                            "that starts and ends with a letter or digit",
+                        )
+                    ],
                 }
             },
         ),

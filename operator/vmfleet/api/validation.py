@@ -1,19 +1,36 @@
-"""Standalone validation with the apiserver's meaning: defaults, the OpenAPI schema, CEL-equivalent rules.
+"""Standalone validation with the apiserver's meaning: defaults, the OpenAPI schema, the CRDs' own CEL rules,
+and what the apiserver checks of metadata itself (name, namespace, labels).
 
-Every error names the field (`spec.replicas`) and the rule it breaks.
+Every error names the field (`spec.replicas`) and the rule it breaks. Patterns are RE2 (what the apiserver runs,
+where `$` is the end of the text; Python's `re` would let a trailing newline through) and the CEL rules are
+evaluated by cel-python, so that standalone mode accepts exactly what a cluster accepts.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import celpy
 import jsonschema
+import re2
+from celpy.adapter import json_to_cel
 
 from .crd import RULES_KEY, root_schema
-from .schema import API_VERSION, KINDS, NAME_PATTERN, Kind, Schema
+from .schema import (
+    API_VERSION,
+    KINDS,
+    LABEL_KEY_LENGTH_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    NAME_PATTERN,
+    Kind,
+    Rule,
+    Schema,
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +73,29 @@ def _strict(schema: Schema, open_object: bool = False) -> Schema:
     return schema
 
 
-_VALIDATORS: dict[str, jsonschema.Draft7Validator] = {}
+@functools.lru_cache(maxsize=None)
+def _re2(pattern: str) -> Any:
+    return re2.compile(pattern)
 
 
-def _validator(kind: Kind) -> jsonschema.Draft7Validator:
+def matches(pattern: str, value: str) -> bool:
+    """Whether `value` matches `pattern` as the apiserver's OpenAPI `pattern` and CEL `matches()` decide (RE2)."""
+    return _re2(pattern).search(value) is not None
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Schema) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not matches(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+# jsonschema's own `pattern` is Python's re.search: "web\n" would match "^[a-z]+$".
+_Validator = jsonschema.validators.extend(jsonschema.Draft7Validator, {"pattern": _pattern})
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(kind: Kind) -> Any:
     if kind.kind not in _VALIDATORS:
-        _VALIDATORS[kind.kind] = jsonschema.Draft7Validator(_strict(root_schema(kind)))
+        _VALIDATORS[kind.kind] = _Validator(_strict(root_schema(kind)))
     return _VALIDATORS[kind.kind]
 
 
@@ -99,11 +133,27 @@ def _apply_defaults(schema: Schema, value: Any) -> None:
             _apply_defaults(schema["items"], item)
 
 
+@functools.lru_cache(maxsize=None)
+def _program(cel: str) -> celpy.Runner:
+    env = celpy.Environment()
+    return env.program(env.compile(cel))
+
+
+def holds(rule: Rule, value: Any) -> bool:
+    """The rule's CEL, evaluated with `self` bound to `value` as the apiserver does; an error breaks the rule."""
+    program = _program(rule.cel)  # outside the try: a rule that does not compile is a bug, not an invalid object
+    try:
+        result = program.evaluate({"self": json_to_cel(value)})
+    except Exception:  # noqa: BLE001 - an evaluation error (no such key, no overload) is a failed rule there too
+        return False
+    return isinstance(result, celpy.celtypes.BoolType) and bool(result)
+
+
 def _check_rules(schema: Schema, value: Any, path: list[Any]) -> Iterator[FieldError]:
-    """CEL-equivalent rules and list-map key uniqueness, at every level of the object."""
+    """The CEL rules and list-map key uniqueness, at every level of the object."""
     if isinstance(value, dict):
         for rule in schema.get(RULES_KEY, ()):
-            if not rule.check(value):
+            if not holds(rule, value):
                 yield FieldError(_path(path + rule.field.split(".") if rule.field else path), rule.message)
         for name, sub in schema.get("properties", {}).items():
             if name in value:
@@ -120,6 +170,41 @@ def _check_rules(schema: Schema, value: Any, path: list[Any]) -> Iterator[FieldE
             yield from _check_rules(schema["items"], item, path + [i])
 
 
+# The schema errors after which the apiserver skips the CEL rules (hasBlockingErr in apiextensions-apiserver:
+# NotSupported, Required, TooLong, TooMany, TypeInvalid) and unknown fields, which it would not pass to CEL.
+_BLOCKING = {"enum", "required", "maxLength", "maxItems", "maxProperties", "type", "additionalProperties"}
+_NAME_RULE = f"a DNS-1123 label ({NAME_PATTERN}, at most 63 characters)"
+_LABEL_KEY_RULE = (
+    "a label key is [prefix/]name: an optional DNS subdomain of at most 253 characters, then a name of at most "
+    "63 of [A-Za-z0-9_.-] that starts and ends with a letter or digit"
+)
+_LABEL_VALUE_RULE = (
+    "a label value is empty or at most 63 characters of [A-Za-z0-9_.-] that start and end with a letter or digit"
+)
+
+
+def _dns_label(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 63 and matches(NAME_PATTERN, value)
+
+
+def _metadata_errors(kind: Kind, meta: dict[str, Any]) -> Iterator[FieldError]:
+    """What the apiserver checks of metadata with its own code, not the CRD: name, namespace, labels."""
+    if not _dns_label(meta.get("name")):
+        yield FieldError("metadata.name", f"required, {_NAME_RULE}")
+    namespace = meta.get("namespace")
+    if kind.namespaced and namespace is not None and not _dns_label(namespace):
+        yield FieldError("metadata.namespace", f"must be {_NAME_RULE}")
+    labels = meta.get("labels")
+    if labels is not None and not isinstance(labels, dict):
+        yield FieldError("metadata.labels", "must be a mapping of label keys to string values")
+        return
+    for key, value in (labels or {}).items():
+        if not (isinstance(key, str) and matches(LABEL_KEY_PATTERN, key) and matches(LABEL_KEY_LENGTH_PATTERN, key)):
+            yield FieldError("metadata.labels", f"{key!r}: {_LABEL_KEY_RULE}")
+        if not (isinstance(value, str) and len(value) <= 63 and matches(LABEL_VALUE_PATTERN, value)):
+            yield FieldError("metadata.labels", f"{key!r}: {value!r}: {_LABEL_VALUE_RULE}")
+
+
 def validate(doc: Any, source: str = "manifest") -> dict[str, Any]:
     """A validated, defaulted copy of one vmfleet object; raises InvalidManifest naming each bad field."""
     if not isinstance(doc, dict):
@@ -133,27 +218,22 @@ def validate(doc: Any, source: str = "manifest") -> dict[str, Any]:
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
     what = f"{kind_name} {name!r} ({source})" if isinstance(name, str) else f"{kind_name} ({source})"
-    errors: list[FieldError] = []
     if not isinstance(meta, dict):
         raise InvalidManifest(what, [FieldError("metadata", "required, a mapping")])
-    if not isinstance(name, str) or not re.match(NAME_PATTERN, name) or len(name) > 63:
-        errors.append(FieldError("metadata.name", f"required, a DNS-1123 label ({NAME_PATTERN}, at most 63)"))
-    namespace = meta.get("namespace")
-    if kind.namespaced and namespace is not None and not (
-        isinstance(namespace, str) and re.match(NAME_PATTERN, namespace)
-    ):
-        errors.append(FieldError("metadata.namespace", f"must match {NAME_PATTERN}"))
+    errors = list(_metadata_errors(kind, meta))
     if errors:
         raise InvalidManifest(what, errors)
 
     out = copy.deepcopy(doc)
     schema = root_schema(kind)
     _apply_defaults(schema, out)
-    errors = sorted({_describe(e) for e in _validator(kind).iter_errors(out)}, key=lambda e: e.field)
-    if not errors:
-        errors = list(_check_rules(schema, out, []))
-    if errors:
-        raise InvalidManifest(what, errors)
+    schema_errors = list(_validator(kind).iter_errors(out))
+    found = {_describe(e) for e in schema_errors}
+    # As the apiserver does: the CEL rules run too, unless an error leaves the object's shape in doubt.
+    if not any(e.validator in _BLOCKING for e in schema_errors):
+        found.update(_check_rules(schema, out, []))
+    if found:
+        raise InvalidManifest(what, sorted(found, key=lambda e: (e.field, e.rule)))
     if kind.namespaced:
         out["metadata"].setdefault("namespace", "default")
     return out
