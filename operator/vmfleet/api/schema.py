@@ -173,6 +173,11 @@ CLONE_STORE_SPEC = obj(
                     "Secret holding `ssh-privatekey` and `known_hosts`; host keys are always verified."
                 ),
                 "commandTimeoutSeconds": integer("How long one storage command may take.", 1, 3600, default=60),
+                "maxSessions": integer(
+                    "The SSH server's MaxSessions: commands at once on one connection (OpenSSH: 10). "
+                    "When `concurrency` needs more, the operator opens more connections.",
+                    1, 1000, default=10,
+                ),
             },
             required=("host", "user", "secretRef"),
         ),

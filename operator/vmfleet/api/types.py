@@ -41,6 +41,7 @@ class SshEndpoint:
     user: str
     secret: SecretRef
     command_timeout: float
+    max_sessions: int = 10
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ class CloneStore:
         if "ssh" in s:
             x = s["ssh"]
             ssh = SshEndpoint(
-                x["host"], x["port"], x["user"], SecretRef(**x["secretRef"]), float(x["commandTimeoutSeconds"])
+                x["host"], x["port"], x["user"], SecretRef(**x["secretRef"]), float(x["commandTimeoutSeconds"]),
+                x.get("maxSessions", 10),
             )
         root = s["root"].rstrip("/") or "/"
         return cls(

@@ -39,7 +39,7 @@ def make_driver(store: CloneStore, read_secret: SecretReader) -> StoreDriver:
     assert store.ssh is not None
     runner = SshRunner(SshEndpoint(store.ssh.host, store.ssh.port, store.ssh.user),
                        ssh_keys(store.ssh.secret, read_secret, "spec.ssh.secretRef"), channels=store.concurrency,
-                       timeout=store.ssh.command_timeout)
+                       timeout=store.ssh.command_timeout, max_sessions=store.ssh.max_sessions)
     if store.driver == "sonas":
         return SonasStore(store.root, store.local_path, runner, store.max_clone_depth)
     return GpfsStore(store.root, runner, store.max_clone_depth)

@@ -1,9 +1,13 @@
-"""One SSH connection per store, reused by every reconcile; a bounded number of channels on it;
-host keys always checked against the store's known_hosts; reconnect with backoff."""
+"""A few SSH connections per store, reused by every reconcile; at most `max_sessions` channels on each
+(OpenSSH's sshd refuses the 11th session of a connection by default: MaxSessions 10), so `concurrency`
+channels take ceil(concurrency / max_sessions) connections; host keys always checked against the store's
+known_hosts; reconnect with backoff; a refused channel is retried (the command never started)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,28 +36,57 @@ class Reply:
     stderr: str
 
 
+class _Link:
+    """One connection of the pool and the channels open (or opening) on it."""
+
+    def __init__(self) -> None:
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.channels = 0
+        self.connecting = asyncio.Lock()
+
+    @property
+    def live(self) -> bool:
+        return self.conn is not None and not self.conn.is_closed()
+
+
 class SshRunner:
     RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
+    REFUSED_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s apart, until the command's timeout
 
-    def __init__(self, endpoint: SshEndpoint, keys: KeyReader, channels: int, timeout: float):
+    def __init__(self, endpoint: SshEndpoint, keys: KeyReader, channels: int, timeout: float,
+                 max_sessions: int = 10):
         self.endpoint = endpoint
         self._keys = keys
         self.timeout = timeout
+        self.max_sessions = max(1, max_sessions)
         self._channels = asyncio.Semaphore(channels)
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self._connecting = asyncio.Lock()
+        # Enough connections for `channels` at `max_sessions` each; one is opened only when the others are full.
+        self._links = [_Link() for _ in range(-(-channels // self.max_sessions))]
         self.commands_sent = 0
         self.connections_made = 0
+        self.channels_refused = 0
 
     @property
     def where(self) -> str:
         e = self.endpoint
         return f"{e.user}@{e.host}:{e.port}"
 
-    async def _connection(self) -> asyncssh.SSHClientConnection:
-        async with self._connecting:
-            if self._conn is not None and not self._conn.is_closed():
-                return self._conn
+    @property
+    def connections(self) -> int:
+        return sum(link.live for link in self._links)
+
+    def _claim(self) -> _Link:
+        """A connection with a free session slot, a live one first. Called holding `_channels`, so one has
+        a slot: channels <= len(links) * max_sessions."""
+        free = [link for link in self._links if link.channels < self.max_sessions]
+        link = ([link for link in free if link.live] or free)[0]
+        link.channels += 1
+        return link
+
+    async def _connection(self, link: _Link) -> asyncssh.SSHClientConnection:
+        async with link.connecting:
+            if link.conn is not None and not link.conn.is_closed():
+                return link.conn
             ep = self.endpoint
             private_key, known_hosts = await asyncio.to_thread(self._keys)
             try:
@@ -62,7 +95,7 @@ class SshRunner:
             except (asyncssh.KeyImportError, ValueError) as e:
                 raise StoreError(f"SSH credentials for {self.where} are unusable: {type(e).__name__}") from None
             try:
-                self._conn = await asyncio.wait_for(
+                link.conn = await asyncio.wait_for(
                     asyncssh.connect(ep.host, ep.port, username=ep.user, client_keys=[key], known_hosts=known,
                                      agent_path=None, config=None, keepalive_interval=30),
                     self.timeout,
@@ -78,7 +111,7 @@ class SshRunner:
                 metrics.SSH_ERRORS.labels(self.where, "connect").inc()
                 raise StoreError(f"cannot reach {self.where}: {type(e).__name__}: {e}") from None
             self.connections_made += 1
-            return self._conn
+            return link.conn
 
     async def run(self, command: str, retry: bool = False, stdin: str | None = None) -> Reply:
         """Run one command. `retry`: the command only reads, so it is sent again after a dropped connection."""
@@ -93,37 +126,65 @@ class SshRunner:
         raise AssertionError("unreachable")
 
     async def _run_once(self, command: str, stdin: str | None) -> Reply:
-        conn = await self._connection()
         name = command.split()[0]
         async with self._channels:
-            self.commands_sent += 1
+            link = self._claim()
             try:
-                with metrics.SSH_SECONDS.labels(self.where, name).time():
-                    done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
-            except asyncio.TimeoutError:
-                metrics.SSH_ERRORS.labels(self.where, "timeout").inc()
-                raise StoreError(f"{name} on {self.where} took longer than {self.timeout:g} s") from None
-            except (OSError, asyncssh.Error) as e:
-                self._drop()
-                metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
-                raise ConnectionDropped(f"connection to {self.where} lost during {name}: "
-                                        f"{type(e).__name__}") from None
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.timeout
+                for attempt in itertools.count():
+                    conn = await self._connection(link)
+                    try:
+                        return await self._on(link, conn, command, name, stdin)
+                    except asyncssh.ChannelOpenError as e:
+                        # Refused before the command started (the server's MaxSessions, or a connection
+                        # closing): any command may be sent again; the connection's other channels go on.
+                        self.channels_refused += 1
+                        metrics.SSH_ERRORS.labels(self.where, "refused").inc()
+                        delay = self.REFUSED_DELAYS[attempt] if attempt < len(self.REFUSED_DELAYS) else 1.0
+                        delay *= 0.5 + random.random()  # channels refused together do not come back together
+                        if loop.time() + delay > deadline:
+                            raise StoreError(f"{self.where} refused to open a channel for {name} for "
+                                             f"{self.timeout:g} s ({e.reason}): is spec.ssh.maxSessions "
+                                             f"({self.max_sessions}) above the server's MaxSessions?") from None
+                        await asyncio.sleep(delay)
+                raise AssertionError("unreachable")
+            finally:
+                link.channels -= 1
+
+    async def _on(self, link: _Link, conn: asyncssh.SSHClientConnection, command: str, name: str,
+                  stdin: str | None) -> Reply:
+        self.commands_sent += 1
+        try:
+            with metrics.SSH_SECONDS.labels(self.where, name).time():
+                done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
+        except asyncio.TimeoutError:
+            metrics.SSH_ERRORS.labels(self.where, "timeout").inc()
+            raise StoreError(f"{name} on {self.where} took longer than {self.timeout:g} s") from None
+        except asyncssh.ChannelOpenError:
+            raise
+        except (OSError, asyncssh.Error) as e:
+            self._drop(link, conn)
+            metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
+            raise ConnectionDropped(f"connection to {self.where} lost during {name}: "
+                                    f"{type(e).__name__}") from None
         if done.exit_status is None and done.exit_signal is None and conn.is_closed():
-            self._drop()
+            self._drop(link, conn)
             metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
             raise ConnectionDropped(f"connection to {self.where} closed during {name}")
         return Reply(done.exit_status, _text(done.stdout), _text(done.stderr))
 
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.abort()
+    def _drop(self, link: _Link, conn: asyncssh.SSHClientConnection) -> None:
+        if link.conn is conn:  # not a newer connection another command already made
+            link.conn = None
+        conn.abort()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            await conn.wait_closed()
+        for link in self._links:
+            conn, link.conn = link.conn, None
+            if conn is not None:
+                conn.close()
+                await conn.wait_closed()
 
 
 class ConnectionDropped(StoreError):
