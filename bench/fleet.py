@@ -36,7 +36,7 @@ async def floor(runtime, server: Simulator, n: int, name: str, concurrency: int)
         async with limit:
             await scope.driver.create_clone(scope.parent, "raw", scope.clone(o))
             spec = scope.domain_spec(o, "t")
-            await endpoint.define(domain_xml(spec, scope.owner(o, "t", spec)))
+            await endpoint.define(domain_xml(spec, scope.owner(o, "t", spec), scope.domain_uuid(o)))
             await endpoint.start(spec.name)
 
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -33,7 +35,7 @@ async def test_host():
 
 async def test_define_list_start_stop_undefine_on_the_test_driver(test_host: LibvirtHost, unique: str) -> None:
     s = spec(f"ns.web-{unique}", "/nowhere/web-0.img")
-    await test_host.define(domain_xml(s, owner(0, s)))
+    await test_host.define(domain_xml(s, owner(0, s), str(uuid.uuid4())))
     found = {d.name: d for d in await test_host.list_domains()}
     mine = found[s.name]
     assert mine.owner == owner(0, s) and mine.state == "Stopped" and mine.memory_mib == 64
@@ -47,9 +49,9 @@ async def test_define_list_start_stop_undefine_on_the_test_driver(test_host: Lib
 
 
 def test_device_profiles_give_virtio_or_sata_and_e1000() -> None:
-    virtio = ET.fromstring(domain_xml(spec("a", "/d.img"), owner(0, spec("a", "/d.img"))))
+    virtio = ET.fromstring(domain_xml(spec("a", "/d.img"), owner(0, spec("a", "/d.img")), str(uuid.uuid4())))
     legacy_spec = DomainSpec("b", "kvm", 2, 2048, "windows-legacy", None, "bios", "/d.img", "raw", "default", None)
-    legacy = ET.fromstring(domain_xml(legacy_spec, owner(0, legacy_spec)))
+    legacy = ET.fromstring(domain_xml(legacy_spec, owner(0, legacy_spec), str(uuid.uuid4())))
     assert virtio.find("devices/disk/target").attrib == {"dev": "vda", "bus": "virtio"}
     assert virtio.find("os/type").attrib["machine"] == "q35"
     assert legacy.find("devices/disk/target").attrib == {"dev": "sda", "bus": "sata"}
@@ -68,7 +70,7 @@ async def boot_from_clone(uri: str, disk: Path, fmt: str, profile: str, logs: Pa
     host = LibvirtHost("real", uri)
     s = spec(name, str(disk), profile, fmt, str(logs / f"{name}.log"))
     try:
-        await host.define(domain_xml(s, owner(0, s)))
+        await host.define(domain_xml(s, owner(0, s), str(uuid.uuid4())))
         await host.start(name)
         return wait_for(lambda: (logs / f"{name}.log").exists() and (logs / f"{name}.log").read_text(errors="replace"),
                         20, f"{name}'s serial console log") and wait_for(

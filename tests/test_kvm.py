@@ -88,7 +88,7 @@ async def site(xfs: Path, tmp_path: Path, libvirtd: str, sshd: Sshd, small_image
     yield s
     if not sshd.proc or sshd.proc.poll() is not None:
         sshd.start()
-    await teardown_fleet(s.runtime, s.fleet(0), s.template(), s.store(), s.hosts())
+    await teardown_fleet(s.runtime, s.fleet(0), [s.store()], s.hosts())
     await s.runtime.close()
     s.conn.close()
     subprocess.run(["umount", str(s.view)], check=False)
@@ -161,10 +161,10 @@ async def test_a_fleet_on_two_real_endpoints_boots_scales_heals_and_goes(site: S
     assert condition(lost.status, "Degraded")["reason"] == "CloneLost"
     assert {c["name"]: c["state"] for c in lost.status["clones"]}["web-1"] == "Lost"
     assert "CloneLost" in [e.reason for e in lost.events]
-    assert not (site.root / f"vmfleet/clones/{site.ns}/web/web-1.img").exists()
+    assert not list((site.root / f"vmfleet/clones/{site.ns}/web").rglob("web-1.img"))
 
     t2 = time.monotonic()
-    gone = await teardown_fleet(site.runtime, site.fleet(2), site.template(), site.store(), site.hosts())
+    gone = await teardown_fleet(site.runtime, site.fleet(2), [site.store()], site.hosts())
     assert gone.complete and site.ours() == [] and not list(site.root.rglob("web-*.img"))
     TIMINGS["kvm: fleet deleted"] = time.monotonic() - t2
 

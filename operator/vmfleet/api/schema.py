@@ -405,6 +405,8 @@ _CLONE_STATUS = obj(
         "host": string("The KvmHost the VM is placed on."),
         "path": string("The clone's path relative to the store's root."),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
+        "restartRequired": {"type": "boolean", "description": "The VM runs an older definition than the one "
+                            "defined: it takes effect at its next restart (condition RestartRequired)."},
         "logicalBytes": integer("The clone's size as the guest sees it.", 0),
         "allocatedBytes": integer("Bytes that belong to this clone alone: what deleting it frees.", 0),
     },
@@ -420,7 +422,8 @@ VM_FLEET_STATUS = obj(
         "readyReplicas": integer("VMs in the state the spec asks for.", 0),
         "logicalBytes": integer("Sum of the clones' logical sizes.", 0),
         "allocatedBytes": integer("Sum of the clones' own bytes.", 0),
-        "savedBytes": integer("logicalBytes - allocatedBytes: what full copies would have cost on top.", 0),
+        "savedBytes": integer("logicalBytes - allocatedBytes (never below 0): what full copies would have cost "
+                              "on top.", 0),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
         "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
         "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),

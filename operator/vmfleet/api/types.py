@@ -9,6 +9,8 @@ from typing import Any, Mapping
 from .schema import API_VERSION
 from .validation import validate
 
+HOSTS_LOST_ANNOTATION = "vmfleet.io/hosts-lost"
+
 # Fleets read in standalone mode have no apiserver UID: derive a stable one from namespace/name.
 _STANDALONE_UID_NAMESPACE = uuid.UUID("6f1c5f7e-2d0b-4b8e-9a57-0c9f3a1e7d42")
 
@@ -20,12 +22,14 @@ class Meta:
     uid: str
     generation: int
     labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, meta: Mapping[str, Any], kind: str) -> "Meta":
         namespace = meta.get("namespace")
         uid = meta.get("uid") or str(uuid.uuid5(_STANDALONE_UID_NAMESPACE, f"{kind}/{namespace}/{meta['name']}"))
-        return cls(meta["name"], namespace, uid, int(meta.get("generation") or 1), dict(meta.get("labels") or {}))
+        return cls(meta["name"], namespace, uid, int(meta.get("generation") or 1), dict(meta.get("labels") or {}),
+                   {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()})
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,12 @@ class VmFleet:
             s["deletionPolicy"],
             overrides,
         )
+
+    @property
+    def hosts_declared_lost(self) -> frozenset[str]:
+        """KvmHosts a person declared down for good (annotation HOSTS_LOST): their VMs count as stopped."""
+        value = self.meta.annotations.get(HOSTS_LOST_ANNOTATION, "")
+        return frozenset(h.strip() for h in value.split(",") if h.strip())
 
     def vm_name(self, ordinal: int) -> str:
         return f"{self.meta.name}-{ordinal}"

@@ -55,6 +55,28 @@ def _secret(doc: dict, source: str) -> Secret:
 class Loaded:
     doc: dict  # validated and defaulted, as the apiserver would store it
     resource: Resource
+    source: str = ""  # file#document
+
+
+def _key(item: Loaded) -> tuple[str, str, str]:
+    meta = item.resource.meta
+    return (item.doc["kind"], meta.namespace or "", meta.name)
+
+
+def duplicates(items: list[Loaded]) -> list[FieldError]:
+    """Two objects of one kind and name: the apiserver would keep one; reconciling both in turn would undo each
+    other (a fleet of 3 then of 1 deletes two clones, then makes them again, empty)."""
+    first: dict[tuple[str, str, str], Loaded] = {}
+    errors = []
+    for item in items:
+        key = _key(item)
+        if key in first:
+            kind, ns, name = key
+            errors.append(FieldError(f"{kind} {ns + '/' if ns else ''}{name}: metadata.name",
+                                     f"defined twice, in {first[key].source} and {item.source}: keep one"))
+        else:
+            first[key] = item
+    return errors
 
 
 def load(paths: Iterable[str]) -> tuple[list[Loaded], dict[tuple[str, str], Secret]]:
@@ -73,12 +95,16 @@ def load(paths: Iterable[str]) -> tuple[list[Loaded], dict[tuple[str, str], Secr
             try:
                 if isinstance(doc, dict) and doc.get("apiVersion") == "v1" and doc.get("kind") == "Secret":
                     secret = _secret(doc, f"{path}#{i + 1}")
+                    if (secret.namespace, secret.name) in secrets:
+                        problems.append(f"Secret {secret.namespace}/{secret.name}: defined twice (again in "
+                                        f"{path}#{i + 1}): keep one")
                     secrets[(secret.namespace, secret.name)] = secret
                     continue
                 checked = validate(doc, f"{path}#{i + 1}")
-                resources.append(Loaded(checked, PARSERS[checked["kind"]].parse(checked)))
+                resources.append(Loaded(checked, PARSERS[checked["kind"]].parse(checked), f"{path}#{i + 1}"))
             except InvalidManifest as e:
                 problems.append(str(e))
+    problems += [str(e) for e in duplicates(resources)]
     if problems:
         raise InvalidManifest("the manifests", [FieldError("", p) for p in problems])
     return resources, secrets

@@ -9,16 +9,26 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
+from ..api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
-from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, plan_fleet
+from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, listing, plan_fleet
 from ..storage import StoreDriver, StoreError, clone_path, fleet_dir, parent_path
+from ..storage.base import disk_format_of
+from .record import CREATING, DELETING, PLACED, RECORD_NAME, FleetRecord, Placement, read_record, write_record
 from .execute import Outcome, Progress, execute
 from .runtime import Runtime
 from .status import Event, blocked_status, events_for, fleet_status
+
+
+_VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -30,36 +40,52 @@ class FleetResult:
 
 
 class FleetScope:
-    """Everything one pass over one fleet needs to name things and reach them."""
+    """Everything one pass over one fleet needs to name things and reach them. Without a template (a fleet
+    being deleted whose template is gone) it can still find and remove what the fleet made."""
 
-    def __init__(self, runtime: Runtime, fleet: VmFleet, template: VmTemplate, store: CloneStore,
+    def __init__(self, runtime: Runtime, fleet: VmFleet, template: VmTemplate | None, store: CloneStore,
                  hosts: Sequence[KvmHost]):
         self.fleet, self.template, self.store = fleet, template, store
         self.hosts = {h.meta.name: h for h in hosts}
         self.driver: StoreDriver = runtime.store_driver(store)
         self.endpoints: dict[str, LibvirtHost] = {h.meta.name: runtime.host(h) for h in hosts}
-        self.parent = parent_path(template.image_path, template.image_format)
-        self.parent_lock = runtime.parent_lock(store, self.parent)
-        self.clone_format = self.driver.clone_format(template.image_format)
         self.namespace = fleet.meta.namespace or "default"
+        self.directory = fleet_dir(self.namespace, fleet.meta.name, fleet.meta.uid)
+        self.parent = parent_path(template.image_path, template.image_format) if template else ""
+        self.parent_lock = runtime.parent_lock(store, self.parent)
+        self.clone_format = self.driver.clone_format(template.image_format) if template else "raw"
+        self.forced = fleet.hosts_declared_lost
+        self.record = FleetRecord(fleet.meta.uid, self.namespace, fleet.meta.name)
+        self.seen: Observation | None = None
+        self._clone_files: dict[int, str] = {}
         self._wants = self._make_wants()
-        self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*){re.escape(self.suffix)}$")
-
-    @property
-    def suffix(self) -> str:
-        return ".qcow2" if self.clone_format == "qcow2" else ".img"
+        self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.(img|qcow2)$")
 
     def clone(self, ordinal: int) -> str:
-        return clone_path(self.namespace, self.fleet.meta.name, self.fleet.vm_name(ordinal), self.clone_format)
+        """The clone of a VM: the file found for it (whatever format it was made in), else the one to make."""
+        found = self._clone_files.get(ordinal)
+        if found is not None:
+            return f"{self.directory}/{found}"
+        return clone_path(self.directory, self.fleet.vm_name(ordinal), self.clone_format)
 
     def domain_name(self, ordinal: int) -> str:
         # libvirt has no namespaces: qualify by ours. A '.' never occurs in a Kubernetes name.
         return f"{self.namespace}.{self.fleet.vm_name(ordinal)}"
 
+    def domain_uuid(self, ordinal: int) -> str:
+        """A VM's libvirt UUID: the one its domain has, else one derived from the fleet's UID and the ordinal,
+        so a redefinition updates the domain in place (libvirt refuses a new UUID for an existing name)."""
+        found = self.seen.domains.get(ordinal) if self.seen else None
+        if found is not None and found.uuid:
+            return found.uuid
+        return str(uuid.uuid5(uuid.UUID(_VM_UUID_NAMESPACE), f"{self.fleet.meta.uid}/{ordinal}"))
+
     def wants(self) -> list[VmWant]:
         return self._wants
 
     def _make_wants(self) -> list[VmWant]:
+        if self.template is None:
+            return []
         out = []
         for o in range(self.fleet.replicas):
             ov = self.fleet.overrides.get(o)
@@ -73,51 +99,100 @@ class FleetScope:
         return out
 
     def domain_spec(self, ordinal: int, host_name: str) -> DomainSpec:
+        template = self.template
+        assert template is not None, "domains are only defined for a fleet whose template resolves"
         host = self.hosts[host_name]
         want = self._wants[ordinal] if ordinal < len(self._wants) else None
         name = self.domain_name(ordinal)
+        clone = self.clone(ordinal)
         return DomainSpec(
             name=name,
             domain_type=host.domain_type,
-            vcpus=want.vcpus if want else self.template.vcpus,
-            memory_mib=want.memory_mib if want else self.template.memory_mib,
-            profile=self.template.profile,
-            machine=self.template.machine_type,
-            firmware=self.template.firmware,
-            disk_path=host.store_path(self.store, self.clone(ordinal)),
-            disk_format=self.clone_format,
-            network=self.template.network,
+            vcpus=want.vcpus if want else template.vcpus,
+            memory_mib=want.memory_mib if want else template.memory_mib,
+            profile=template.profile,
+            machine=template.machine_type,
+            firmware=template.firmware,
+            disk_path=host.store_path(self.store, clone),
+            disk_format=disk_format_of(clone),
+            network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
         )
+
+    def spec_hash(self, ordinal: int, host_name: str) -> str:
+        return self.domain_spec(ordinal, host_name).spec_hash()
 
     def owner(self, ordinal: int, host: str, spec: DomainSpec) -> Owner:
         return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, self.clone(ordinal),
                      spec.spec_hash(), host)
 
+    def plan(self) -> Plan:
+        assert self.seen is not None
+        return plan_fleet(self.wants(), self.seen, self.fleet.placement, self.spec_hash)
+
     # ------------------------------------------------------------------ observe
 
-    async def observe(self, recorded: Mapping[int, str]) -> Observation:
-        parent_exists, names = await asyncio.gather(
-            self.driver.exists(self.parent),
-            self.driver.list_dir(fleet_dir(self.namespace, self.fleet.meta.name)),
+    async def observe(self) -> Observation:
+        parent_exists, names, record = await asyncio.gather(
+            self.driver.exists(self.parent) if self.template else _false(),
+            self.driver.list_dir(self.directory),
+            read_record(self.driver, self.directory, self.fleet.meta.uid, self.namespace, self.fleet.meta.name),
         )
-        clones = frozenset(int(m.group(1)) for n in names if (m := self._clone_name.match(n)))
+        self.record = record
+        files: dict[int, str] = {}
+        for n in names:
+            if m := self._clone_name.match(n):
+                o = int(m.group(1))
+                # Two files for one VM (a crash between formats): the one of the current format is used.
+                if o not in files or disk_format_of(n) == self.clone_format:
+                    files[o] = n
+        self._clone_files = files
         views = await asyncio.gather(*(self._observe_host(n) for n in self.hosts))
         hosts: dict[str, HostView] = {}
         domains: dict[int, VmSeen] = {}
+        duplicates: list[VmSeen] = []
         conflicts: dict[int, str] = {}
         ours = {self.domain_name(o): o for o in range(self.fleet.replicas)}
+        placed = {o: p.host for o, p in record.vms.items()}
         for view, found in views:
             hosts[view.name] = view
             for d in found:
                 if d.owner is not None and d.owner.host not in ("", view.name):
                     continue  # placed on another KvmHost that reaches the same libvirtd
                 if d.owner is not None and d.owner.fleet_uid == self.fleet.meta.uid:
-                    domains[d.owner.ordinal] = VmSeen(d.owner.ordinal, view.name, d.state, d.active,
-                                                      d.owner.spec_hash)
+                    vm = VmSeen(d.owner.ordinal, view.name, d.state, d.active, d.config_hash,
+                                d.live_hash, d.uuid)
+                    other = domains.get(vm.ordinal)
+                    if other is None:
+                        domains[vm.ordinal] = vm
+                    elif placed.get(vm.ordinal) == vm.host:
+                        domains[vm.ordinal] = vm
+                        duplicates.append(other)
+                    else:
+                        duplicates.append(vm)
                 elif d.name in ours:
                     conflicts[ours[d.name]] = view.name
-        return Observation(parent_exists, clones, domains, hosts, conflicts, dict(recorded))
+        for name in self.forced:
+            if name in hosts and not hosts[name].reachable:
+                # Declared lost: nothing runs there; not placed on either.
+                hosts[name] = HostView(name, True, eligible=False, error="declared lost")
+        recorded: dict[int, str] = {}
+        elsewhere: dict[int, str] = {}
+        for o, p in record.vms.items():
+            if p.host in self.forced:
+                continue
+            recorded[o] = p.host
+            if o in domains:
+                continue
+            if p.host not in self.hosts:
+                elsewhere[o] = f"KvmHost {p.host}, where it was placed, is no longer defined (or not valid)"
+            elif self.hosts[p.host].uri != p.uri:
+                elsewhere[o] = (f"KvmHost {p.host} now points to {self.hosts[p.host].uri}; the domain may still "
+                                f"run at {p.uri}")
+        settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
+        self.seen = Observation(parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling,
+                                elsewhere, tuple(duplicates))
+        return self.seen
 
     async def _observe_host(self, name: str) -> tuple[HostView, list[DomainInfo]]:
         host, endpoint = self.hosts[name], self.endpoints[name]
@@ -131,20 +206,79 @@ class FleetScope:
         return HostView(name, True, eligible, capacity.vcpus, capacity.memory_mib,
                         sum(d.vcpus for d in active), sum(d.memory_mib for d in active)), found
 
+    # ------------------------------------------------------------------ the record
+
+    def _uri(self, host: str) -> str:
+        return self.hosts[host].uri if host in self.hosts else ""
+
+    def announced(self, plan: Plan) -> FleetRecord:
+        """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
+        about to be deleted."""
+        vms = dict(self.record.vms)
+        for a in plan.actions:
+            if a.ordinal is None:
+                continue
+            old = vms.get(a.ordinal)
+            if a.op is Op.CREATE_CLONE and a.host:
+                vms[a.ordinal] = Placement(a.host, self._uri(a.host), CREATING)
+            elif a.op in (Op.DEFINE, Op.START) and a.host and (old is None or old.host != a.host or
+                                                              old.state == DELETING):
+                vms[a.ordinal] = Placement(a.host, self._uri(a.host), old.state if old and old.state == CREATING
+                                           else PLACED)
+            elif a.op is Op.DELETE_CLONE:
+                vms[a.ordinal] = Placement(old.host if old else "", old.uri if old else "", DELETING)
+        return self.record.with_vms(vms)
+
+    def settled(self, seen: Observation) -> FleetRecord:
+        """The record after a pass: where each VM's domain is now; what is gone for sure forgotten; what may
+        still run where nobody can see kept."""
+        vms: dict[int, Placement] = {}
+        wanted = {w.ordinal for w in self.wants()}
+        for o in sorted(set(self.record.vms) | set(seen.domains) | set(seen.clones)):
+            domain = seen.domains.get(o)
+            old = self.record.vms.get(o)
+            if domain is not None:
+                vms[o] = Placement(domain.host, self._uri(domain.host), PLACED)
+            elif old is None:
+                continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
+            elif o in seen.clones:
+                vms[o] = replace(old, state=DELETING if old.state == DELETING and o not in wanted else PLACED)
+            elif old.host in self.forced:
+                continue
+            elif old.host not in self.hosts or self.hosts[old.host].uri != old.uri or not seen.hosts.get(
+                    old.host, HostView(old.host, False)).reachable:
+                vms[o] = old  # may still run there
+            elif old.state == PLACED and o in wanted:
+                vms[o] = old  # its clone is lost: keep saying so
+        return self.record.with_vms(vms)
+
+    async def save(self, record: FleetRecord) -> None:
+        if record.vms != self.record.vms:
+            if record.vms or self.record.vms:
+                await write_record(self.driver, self.directory, record)
+            self.record = record
+
     # ------------------------------------------------------------------ act
 
     async def actuate(self, action: Action) -> None:
         o, host = action.ordinal, action.host
         if action.op is Op.PREPARE_PARENT:
+            assert self.template is not None
             async with self.parent_lock:
                 await self.driver.prepare_parent(self.template.image_path, self.template.image_format, self.parent)
-        elif action.op is Op.CREATE_CLONE:
+            return
+        assert o is not None
+        if action.op is Op.CREATE_CLONE:
+            assert self.template is not None
             await self.driver.create_clone(self.parent, self.template.image_format, self.clone(o))
-        elif action.op is Op.DELETE_CLONE:
+            return
+        if action.op is Op.DELETE_CLONE:
             await self.driver.delete(self.clone(o))
-        elif action.op is Op.DEFINE:
+            return
+        assert host is not None
+        if action.op is Op.DEFINE:
             spec = self.domain_spec(o, host)
-            await self.endpoints[host].define(domain_xml(spec, self.owner(o, host, spec)))
+            await self.endpoints[host].define(domain_xml(spec, self.owner(o, host, spec), self.domain_uuid(o)))
         elif action.op is Op.START:
             await self.endpoints[host].start(self.domain_name(o))
         elif action.op is Op.STOP:
@@ -153,17 +287,8 @@ class FleetScope:
             await self.endpoints[host].undefine(self.domain_name(o))
 
 
-def recorded_hosts(previous_status: Mapping[str, Any] | None) -> dict[int, str]:
-    """Which VMs had a clone at the last pass, and where they ran: a clone missing now was lost."""
-    out = {}
-    for entry in (previous_status or {}).get("clones", []) or []:
-        if entry.get("state") not in (None, "Pending") and "ordinal" in entry:
-            out[int(entry["ordinal"])] = entry.get("host") or ""
-    return out
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+async def _false() -> bool:
+    return False
 
 
 async def reconcile_fleet(
@@ -200,23 +325,36 @@ async def _reconcile(
     wanted: Callable[[], bool],
 ) -> FleetResult:
     scope = FleetScope(runtime, fleet, template, store, hosts)
-    recorded = recorded_hosts(previous_status)
     async with runtime.lock(fleet.meta.uid):
         if not wanted():
             return FleetResult(dict(previous_status or {}), [], Plan())
-        seen = await scope.observe(recorded)
-        plan = plan_fleet(scope.wants(), seen, fleet.placement, lambda o, h: scope.domain_spec(o, h).spec_hash())
+        seen = await scope.observe()
+        plan = scope.plan()
         outcomes: list[Outcome] = []
         if plan.actions and not dry_run:
+            await scope.save(scope.announced(plan))
             outcomes = await execute(plan, scope.actuate, store.concurrency, progress)
-            seen = await scope.observe(recorded)
+            seen = await scope.observe()
             # What failed is reported through outcomes; the problems are those of the state we ended in.
-            plan.problems = plan_fleet(
-                scope.wants(), seen, fleet.placement, lambda o, h: scope.domain_spec(o, h).spec_hash()
-            ).problems
+            after = scope.plan()
+            plan.problems, plan.restart_required = after.problems, after.restart_required
+        if not dry_run:
+            await scope.save(scope.settled(seen))
         space = await scope.driver.measure([scope.clone(o) for o in sorted(seen.clones)])
     status = fleet_status(scope, seen, plan, outcomes, space, previous_status, now())
-    return FleetResult(status, events_for(scope, plan, outcomes, previous_status, status), plan, outcomes)
+    events = events_for(scope, plan, outcomes, previous_status, status)
+    return FleetResult(status, _forced_events(scope) + events, plan, outcomes)
+
+
+def _forced_events(scope: FleetScope) -> list[Event]:
+    """A person declared hosts lost: say which VMs that released, every pass it matters."""
+    released = sorted(o for o, p in scope.record.vms.items() if p.host in scope.forced)
+    if not released:
+        return []
+    hosts = ", ".join(sorted({scope.record.vms[o].host for o in released}))
+    return [Event("Warning", "HostDeclaredLost",
+                  f"annotation {HOSTS_LOST_ANNOTATION} declares {hosts} lost: "
+                  f"{listing([scope.fleet.vm_name(o) for o in released])} treated as stopped there")]
 
 
 @dataclass
@@ -226,23 +364,45 @@ class TeardownResult:
 
 
 async def teardown_fleet(
-    runtime: Runtime, fleet: VmFleet, template: VmTemplate, store: CloneStore, hosts: Sequence[KvmHost]
+    runtime: Runtime, fleet: VmFleet, stores: Sequence[CloneStore], hosts: Sequence[KvmHost]
 ) -> TeardownResult:
-    """Deleting a fleet: every domain goes; clones go too unless deletionPolicy is Retain."""
-    retain = fleet.deletion_policy == "Retain"
-    emptied = VmFleet(fleet.meta, fleet.template, 0, fleet.match_labels, fleet.placement, False,
-                      fleet.deletion_policy)
-    scope = FleetScope(runtime, emptied, template, store, hosts)
+    """Deleting a fleet: every domain goes; clones go too unless deletionPolicy is Retain. What the fleet made
+    is found by its UID in each of `stores` (the template's, or every store when the template is gone) and on
+    every host; nothing goes while a host that may run one of its VMs cannot be observed."""
+    events: list[Event] = []
+    complete = True
     async with runtime.lock(fleet.meta.uid):
-        seen = await scope.observe({})
-        plan = plan_fleet([], seen, fleet.placement, lambda o, h: "")
-        if retain:
-            plan.actions = [a for a in plan.actions if a.op is not Op.DELETE_CLONE]
+        for store in stores:
+            try:
+                done, said = await _teardown_in(runtime, fleet, store, hosts)
+            except StoreError as e:
+                done, said = False, [Event("Warning", "StoreUnavailable", f"CloneStore {store.meta.name}: {e}")]
+            complete = complete and done
+            events += said
+    return TeardownResult(events, complete)
+
+
+async def _teardown_in(runtime: Runtime, fleet: VmFleet, store: CloneStore,
+                       hosts: Sequence[KvmHost]) -> tuple[bool, list[Event]]:
+    retain = fleet.deletion_policy == "Retain"
+    emptied = replace(fleet, replicas=0, running=False, overrides={})
+    scope = FleetScope(runtime, emptied, None, store, hosts)
+    seen = await scope.observe()
+    plan = scope.plan()
+    if retain:
+        plan.actions = [a for a in plan.actions if a.op is not Op.DELETE_CLONE]
+    outcomes: list[Outcome] = []
+    if plan.actions:
+        await scope.save(scope.announced(plan))
         outcomes = await execute(plan, scope.actuate, store.concurrency)
+        seen = await scope.observe()
     events = events_for(scope, plan, outcomes, None, None)
     complete = all(o.ok for o in outcomes) and not plan.problems
-    if complete and retain and seen.clones:
+    if not complete:
+        await scope.save(scope.settled(seen))
+    elif retain and seen.clones:
         events.append(Event("Normal", "ClonesRetained",
-                            f"deletionPolicy Retain: kept {len(seen.clones)} clone(s) under "
-                            f"{fleet_dir(scope.namespace, fleet.meta.name)}"))
-    return TeardownResult(events, complete)
+                            f"deletionPolicy Retain: kept {len(seen.clones)} clone(s) under {scope.directory}"))
+    elif scope.record.vms or seen.clones:
+        await scope.driver.delete(f"{scope.directory}/{RECORD_NAME}")
+    return complete, events

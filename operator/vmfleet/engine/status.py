@@ -111,6 +111,7 @@ def fleet_status(
     problem_state = {p.ordinal: ("Unknown" if p.reason == "HostUnreachable" else
                                  "Lost" if p.reason == "CloneLost" else "Pending")
                      for p in plan.problems if p.ordinal is not None}
+    restart = set(plan.restart_required)
     clones: list[dict[str, Any]] = []
     existing = ready = 0
     logical = allocated = 0
@@ -124,6 +125,8 @@ def fleet_status(
         if o in seen.clones:
             entry["path"] = path
         entry["state"] = problem_state.get(o) or (domain.state if domain else "Pending")
+        if o in restart:
+            entry["restartRequired"] = True
         if path in space:
             entry["logicalBytes"] = space[path].logical
             entry["allocatedBytes"] = space[path].allocated
@@ -157,6 +160,11 @@ def fleet_status(
         condition("Degraded", bool(degraded), degraded_reason if degraded else "NotDegraded", _summary(degraded),
                   gen, previous, now),
     ]
+    if restart:  # present only while true, as KubeVirt's VirtualMachine has it
+        conditions.append(condition(
+            "RestartRequired", True, "DefinitionChanged",
+            f"{listing([fleet.vm_name(o) for o in sorted(restart)])}: running an older definition; it takes "
+            "effect when the VM is restarted", gen, previous, now))
     return {
         "observedGeneration": gen,
         "conditions": conditions,
@@ -164,8 +172,9 @@ def fleet_status(
         "readyReplicas": ready,
         "logicalBytes": logical,
         "allocatedBytes": allocated,
-        "savedBytes": logical - allocated,
-        "savingsRatio": round((logical - allocated) / logical, 4) if logical else 0.0,
+        # A qcow2 overlay written in full is larger than its disk: saved is then 0, never negative.
+        "savedBytes": max(0, logical - allocated),
+        "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
         "measuredAt": now,
         "parent": scope.parent,
         "clones": clones,

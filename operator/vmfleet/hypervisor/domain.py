@@ -67,7 +67,13 @@ class DomainInfo:
     state: str
     vcpus: int
     memory_mib: int
-    owner: Owner | None
+    owner: Owner | None  # from the persistent definition
+    uuid: str = ""
+    live_hash: str = ""  # spec hash of the definition a running domain was started with
+
+    @property
+    def config_hash(self) -> str:
+        return self.owner.spec_hash if self.owner else ""
 
     @property
     def active(self) -> bool:
@@ -116,10 +122,12 @@ def parse_owner(xml: str | None) -> Owner | None:
         return None
 
 
-def domain_xml(spec: DomainSpec, owner: Owner) -> str:
+def domain_xml(spec: DomainSpec, owner: Owner, uuid: str) -> str:
+    """`uuid` stays the same for the life of a VM: libvirt redefines a domain in place only under its UUID."""
     profile = PROFILES[spec.profile]
     dom = ET.Element("domain", {"type": spec.domain_type})
     _sub(dom, "name", spec.name)
+    _sub(dom, "uuid", uuid)
     meta = _sub(dom, "metadata")
     ET.register_namespace(METADATA_KEY, METADATA_NS)
     inst = ET.fromstring(owner_xml(owner))

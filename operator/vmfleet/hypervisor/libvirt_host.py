@@ -104,8 +104,11 @@ class LibvirtHost:
             for dom in conn.listAllDomains(0):
                 try:
                     state, max_kib, _mem, vcpus, _cpu = dom.info()
+                    active = bool(dom.isActive())
+                    owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+                    live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
                     out.append(DomainInfo(dom.name(), STATES.get(state, "Unknown"), vcpus, max_kib // 1024,
-                                          parse_owner(_metadata(dom))))
+                                          owner, dom.UUIDString(), live.spec_hash if live else ""))
                 except libvirt.libvirtError as e:
                     if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
                         raise
@@ -151,9 +154,9 @@ class LibvirtHost:
             self._files = None
 
 
-def _metadata(dom: Any) -> str | None:
+def _metadata(dom: Any, flags: int) -> str | None:
     try:
-        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, flags)
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
             return None

@@ -107,8 +107,20 @@ async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog
 
 
 async def fleet_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> TeardownResult:
-    fleet, template, store, hosts = resolve_fleet(body, catalog)
-    return await teardown_fleet(runtime, fleet, template, store, hosts)
+    """A fleet is torn down by its UID, whether or not its template still resolves: its clones are looked for
+    in the template's store, or in every store when the template or its store is gone."""
+    fleet = parse(_valid(body))
+    assert isinstance(fleet, VmFleet)
+    try:
+        stores = [resolve_fleet(body, catalog)[2]]
+    except Unresolved:
+        stores = []
+        for store_body in catalog.stores.values():
+            try:
+                stores.append(CloneStore.parse(_valid(store_body)))
+            except Unresolved:
+                continue
+    return await teardown_fleet(runtime, fleet, stores, _hosts(catalog))
 
 
 async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> PassResult:

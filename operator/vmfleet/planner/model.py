@@ -40,7 +40,9 @@ class VmSeen:
     host: str
     state: str
     active: bool
-    spec_hash: str
+    spec_hash: str  # of the persistent definition
+    live_hash: str = ""  # of the definition the running domain started with ("" when inactive)
+    uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,19 @@ class Observation:
     hosts: Mapping[str, HostView]
     # Ordinals whose domain name is taken by a domain vmfleet did not make for this fleet.
     conflicts: Mapping[int, str] = field(default_factory=dict)
-    # Ordinal -> host, from the last status: which VMs had a clone and where they ran.
+    # Ordinal -> host, from the fleet's record in the store: where each VM was placed (written before acting).
     recorded: Mapping[int, str] = field(default_factory=dict)
+    # Ordinals recorded while their clone was being made or deleted: a missing clone is not lost.
+    settling: frozenset[int] = frozenset()
+    # Ordinal -> why the host recorded for it cannot be observed although it answers under that name
+    # (the KvmHost is gone, or its URI changed and the domain is not at the new one): it may still run there.
+    elsewhere: Mapping[int, str] = field(default_factory=dict)
+    # Further domains of one VM (only after a person declared a host lost and it came back).
+    duplicates: tuple[VmSeen, ...] = ()
+
+    def unobservable(self) -> list[str]:
+        """Hosts that may hold a domain nobody can see now."""
+        return sorted(name for name, view in self.hosts.items() if not view.reachable)
 
 
 class Op(enum.Enum):
@@ -109,6 +122,8 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     placement: dict[int, str] = field(default_factory=dict)
+    # Running VMs whose definition changed: they run the old one until restarted.
+    restart_required: list[int] = field(default_factory=list)
 
     def parent_actions(self) -> list[Action]:
         return [a for a in self.actions if a.ordinal is None]

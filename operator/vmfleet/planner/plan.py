@@ -1,10 +1,15 @@
-"""The planner: from what the spec wants and what exists, the ordered actions that converge them. No I/O."""
+"""The planner: from what the spec wants and what exists, the ordered actions that converge them. No I/O.
+
+Safety first (docs/reliability.md, I1 and I2): what cannot be observed is assumed to be still there. A VM
+whose host does not answer, is no longer defined, or moved to another URI is neither started elsewhere nor
+has its clone deleted; a clone nobody can account for while some host is silent is left alone too.
+"""
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .model import Action, HostView, Observation, Op, Plan, Problem, Severity, SpecHash, VmWant
+from .model import Action, HostView, Observation, Op, Plan, Problem, Severity, SpecHash, VmSeen, VmWant
 from .placement import HostLoad, choose_host
 
 
@@ -15,7 +20,7 @@ def plan_fleet(
     spec_hash: SpecHash,
 ) -> Plan:
     """Scale out in ascending ordinals, scale in from the highest; existing clones and domains are adopted,
-    a lost clone or an unreachable host is reported, never papered over."""
+    a lost clone or an unobservable host is reported, never papered over."""
     plan = Plan()
     wanted = {w.ordinal: w for w in wants}
     loads = {name: HostLoad(view, view.used_vcpus, view.used_memory_mib) for name, view in seen.hosts.items()}
@@ -30,9 +35,33 @@ def plan_fleet(
     for ordinal in sorted(wanted):
         _converge_vm(plan, wanted[ordinal], seen, loads, policy, spec_hash)
 
-    for ordinal in sorted((set(seen.domains) | set(seen.clones)) - set(wanted), reverse=True):
+    known = set(seen.domains) | set(seen.clones) | set(seen.recorded)
+    for ordinal in sorted(known - set(wanted), reverse=True):
         _remove_vm(plan, ordinal, seen)
+    _duplicates(plan, seen)
     return plan
+
+
+def _where_unseen(o: int, seen: Observation) -> str | None:
+    """Why VM `o` may run somewhere we cannot see, or None when every place it could be was observed."""
+    if o in seen.domains:
+        host = seen.domains[o].host
+        view = seen.hosts.get(host)
+        return None if view is None or view.reachable else f"host {host} is unreachable ({view.error})"
+    if o in seen.elsewhere:
+        return seen.elsewhere[o]
+    host = seen.recorded.get(o)
+    if host is not None:
+        view = seen.hosts.get(host)
+        if view is not None and not view.reachable:
+            return f"host {host} is unreachable ({view.error})"
+        return None
+    if o in seen.clones:
+        # A clone with no record of where it ran: any silent host may be running it.
+        silent = seen.unobservable()
+        if silent:
+            return f"host {', '.join(silent)} is unreachable and may run it (no placement recorded)"
+    return None
 
 
 def _converge_vm(
@@ -48,15 +77,14 @@ def _converge_vm(
         return
     domain = seen.domains.get(o)
     host = domain.host if domain else seen.recorded.get(o)
-    if host is not None and host in seen.hosts and not seen.hosts[host].reachable:
-        plan.placement[o] = host
-        plan.problems.append(
-            Problem(Severity.DEGRADED, "HostUnreachable",
-                    f"host {host} is unreachable ({seen.hosts[host].error}); not moved elsewhere", o, want.name)
-        )
+    unseen = _where_unseen(o, seen)
+    if unseen is not None:
+        plan.placement[o] = host or ""
+        plan.problems.append(Problem(Severity.DEGRADED, "HostUnreachable", f"{unseen}; not moved elsewhere",
+                                     o, want.name))
         return
     has_clone = o in seen.clones
-    if not has_clone and (domain is not None or o in seen.recorded):
+    if not has_clone and (domain is not None or (o in seen.recorded and o not in seen.settling)):
         plan.placement[o] = host or ""
         plan.problems.append(
             Problem(Severity.DEGRADED, "CloneLost",
@@ -66,12 +94,15 @@ def _converge_vm(
         return
     if domain is not None:
         plan.placement[o] = domain.host
-        if domain.spec_hash != spec_hash(o, domain.host):
+        wanted_hash = spec_hash(o, domain.host)
+        if domain.spec_hash != wanted_hash:
             plan.actions.append(Action(Op.DEFINE, o, domain.host, "definition differs from the spec"))
         if want.running and not domain.active:
             plan.actions.append(Action(Op.START, o, domain.host, f"is {domain.state}, should run"))
         elif not want.running and domain.active:
             plan.actions.append(Action(Op.STOP, o, domain.host, f"is {domain.state}, should be stopped"))
+        elif domain.active and domain.live_hash and domain.live_hash != wanted_hash:
+            plan.restart_required.append(o)
         return
 
     if host is None or host not in loads:
@@ -104,16 +135,32 @@ def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:
 
 def _remove_vm(plan: Plan, ordinal: int, seen: Observation) -> None:
     """Scale-in: the domain goes first, then its clone; never the clone while a domain may still use it."""
+    if any(d.ordinal == ordinal and d.active for d in seen.duplicates):
+        return  # reported by _duplicates
+    unseen = _where_unseen(ordinal, seen)
+    if unseen is not None:
+        plan.problems.append(Problem(Severity.DEGRADED, "HostUnreachable", f"cannot remove it while {unseen}",
+                                     ordinal, f"ordinal {ordinal}"))
+        return
     domain = seen.domains.get(ordinal)
     if domain is not None:
-        if domain.host in seen.hosts and not seen.hosts[domain.host].reachable:
-            plan.problems.append(
-                Problem(Severity.DEGRADED, "HostUnreachable",
-                        f"cannot remove it while host {domain.host} is unreachable", ordinal, f"ordinal {ordinal}")
-            )
-            return
         if domain.active:
             plan.actions.append(Action(Op.STOP, ordinal, domain.host, "scale-in"))
         plan.actions.append(Action(Op.UNDEFINE, ordinal, domain.host, "scale-in"))
     if ordinal in seen.clones:
         plan.actions.append(Action(Op.DELETE_CLONE, ordinal, None, "scale-in"))
+
+
+def _duplicates(plan: Plan, seen: Observation) -> None:
+    """A second domain of one VM exists only where a person declared its host lost and the host came back:
+    an inactive one is undefined; an active one is reported, never touched (it may be the one with the data)."""
+    for dup in seen.duplicates:
+        primary: VmSeen | None = seen.domains.get(dup.ordinal)
+        if dup.active:
+            where = f"{primary.host} and {dup.host}" if primary else dup.host
+            plan.problems.append(Problem(
+                Severity.DEGRADED, "DuplicateDomain",
+                f"has domains on {where} for one clone: stop and undefine the stale one by hand",
+                dup.ordinal, f"ordinal {dup.ordinal}"))
+        else:
+            plan.actions.append(Action(Op.UNDEFINE, dup.ordinal, dup.host, "a stale second domain of this VM"))

@@ -47,12 +47,19 @@ def parent_path(image_path: str, image_format: str) -> str:
     return f"vmfleet/parents/{stem}-{digest}{extension(image_format)}"
 
 
-def fleet_dir(namespace: str, fleet: str) -> str:
-    return f"vmfleet/clones/{namespace}/{fleet}"
+def fleet_dir(namespace: str, fleet: str, uid: str) -> str:
+    """Where one fleet keeps its clones and its record. The fleet's UID in the path records who made them:
+    a later fleet of the same name has another directory and never touches these (I3)."""
+    return f"vmfleet/clones/{namespace}/{fleet}/{uid}"
 
 
-def clone_path(namespace: str, fleet: str, vm_name: str, disk_format: str) -> str:
-    return f"{fleet_dir(namespace, fleet)}/{vm_name}{extension(disk_format)}"
+def clone_path(directory: str, vm_name: str, disk_format: str) -> str:
+    return f"{directory}/{vm_name}{extension(disk_format)}"
+
+
+def disk_format_of(name: str) -> str:
+    """The disk format of a clone, by its name: a fleet keeps clones made before a change of driver or format."""
+    return "qcow2" if name.endswith(".qcow2") else "raw"
 
 
 class StoreDriver(Protocol):
@@ -69,7 +76,8 @@ class StoreDriver(Protocol):
         ...
 
     async def list_dir(self, directory: str) -> list[str]:
-        """File names in `directory` ([] if it does not exist); leftovers of interrupted clones are removed."""
+        """File names in `directory` ([] if it does not exist), unfinished `.partial` files left out.
+        Changes nothing: `vmfleet status` and `apply --dry-run` call it while others make clones (I6)."""
         ...
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
@@ -86,6 +94,14 @@ class StoreDriver(Protocol):
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
         """Logical size and own bytes of each existing file, in one pass."""
+        ...
+
+    async def read_text(self, path: str) -> str | None:
+        """A small text file vmfleet keeps in the store (a fleet's record); None if there is none."""
+        ...
+
+    async def write_text(self, path: str, text: str) -> None:
+        """Replace that file atomically: a reader sees the old text or the new, never a mix."""
         ...
 
     async def close(self) -> None: ...

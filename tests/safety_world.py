@@ -1,0 +1,149 @@
+"""A small world for the safety property test: one store (qcow2 or reflink), KvmHosts each backed by its own
+libvirt test-driver instance, faults a test can switch on and off, and a snapshot of everything a user would
+call their data (clone files, domains on every instance, a sentinel file outside the store).
+
+The engine talks to libvirt through its real LibvirtHost; only `_connection` is steered: a KvmHost's URI
+selects which libvirt instance answers, and a URI that is "down" refuses, as a host that stopped answering.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from vmfleet.api import CloneStore, KvmHost
+from vmfleet.engine import Runtime
+from vmfleet.hypervisor import HostError, LibvirtHost
+from vmfleet.hypervisor.domain import METADATA_NS, parse_owner
+
+NODE_XML = """<node>
+  <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>1</threads><active>8</active>
+       <mhz>2000</mhz><model>vmfleet</model></cpu>
+  <memory>16777216</memory>
+</node>
+"""
+
+
+@dataclass(frozen=True)
+class Domain:
+    uri: str
+    name: str
+    uuid: str
+    active: bool
+    disk: str
+    fleet_uid: str
+
+
+class World:
+    """Libvirt instances by URI (created on first use, kept across operator crashes), and which are down."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.node = base / "node.xml"
+        self.node.write_text(NODE_XML)
+        self.conns: dict[str, libvirt.virConnect] = {}
+        self.down: set[str] = set()
+
+    def conn(self, uri: str) -> libvirt.virConnect:
+        if uri not in self.conns:
+            self.conns[uri] = libvirt.open(f"test://{self.node}")  # a private instance per URI
+        return self.conns[uri]
+
+    def domains(self) -> list[Domain]:
+        out = []
+        for uri, conn in self.conns.items():
+            for dom in conn.listAllDomains(0):
+                xml = ET.fromstring(dom.XMLDesc(0))
+                source = xml.find("devices/disk/source")
+                try:
+                    owner = parse_owner(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS,
+                                                     libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+                except libvirt.libvirtError:
+                    owner = None
+                out.append(Domain(uri, dom.name(), dom.UUIDString(), bool(dom.isActive()),
+                                  source.get("file", "") if source is not None else "",
+                                  owner.fleet_uid if owner else ""))
+        return out
+
+    def power_loss(self, uri: str) -> None:
+        """The machine behind `uri` lost power: its VMs stopped; the definitions stay."""
+        for dom in self.conn(uri).listAllDomains(0):
+            if dom.isActive():
+                dom.destroy()
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
+class WorldHost(LibvirtHost):
+    def __init__(self, world: World, name: str, uri: str):
+        super().__init__(name, uri)
+        self.world = world
+
+    def _connection(self) -> libvirt.virConnect:
+        if self.uri in self.world.down:
+            raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: Connection refused")
+        return self.world.conn(self.uri)
+
+    def drop(self) -> None:
+        return None  # the instance outlives the operator: it is the host
+
+
+class WorldRuntime(Runtime):
+    """The operator's runtime, its libvirt endpoints steered by the world."""
+
+    def __init__(self, world: World):
+        super().__init__()
+        self.world = world
+
+    def host(self, host: KvmHost) -> LibvirtHost:
+        known = self._hosts.get(host.meta.name)
+        if known is None or known.uri != host.uri:
+            known = self._hosts[host.meta.name] = WorldHost(self.world, host.meta.name, host.uri)
+        return known
+
+
+def files(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under `root` (no symlink followed): path -> (inode, size, mtime_ns)."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def write_into(path: Path, disk_format: str, offset: int, length: int) -> None:
+    """What a guest does to its disk: write data (through qemu-io for a qcow2 overlay)."""
+    if disk_format == "qcow2":
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {offset} {length}", str(path)],
+                       check=True, capture_output=True)
+    else:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\x5a" * length, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def store_doc(driver: str, root: Path) -> dict[str, Any]:
+    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "store"},
+            "spec": {"driver": driver, "root": str(root), "concurrency": 4}}
+
+
+def host_doc(name: str, uri: str) -> dict[str, Any]:
+    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name},
+            "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}}}
+
+
+__all__ = ["CloneStore", "Domain", "World", "WorldRuntime", "files", "host_doc", "store_doc", "write_into"]
