@@ -329,6 +329,7 @@ async def _reconcile(
         if not wanted():
             return FleetResult(dict(previous_status or {}), [], Plan())
         seen = await scope.observe()
+        forced = _forced_events(scope)
         plan = scope.plan()
         outcomes: list[Outcome] = []
         if plan.actions and not dry_run:
@@ -343,7 +344,7 @@ async def _reconcile(
         space = await scope.driver.measure([scope.clone(o) for o in sorted(seen.clones)])
     status = fleet_status(scope, seen, plan, outcomes, space, previous_status, now())
     events = events_for(scope, plan, outcomes, previous_status, status)
-    return FleetResult(status, _forced_events(scope) + events, plan, outcomes)
+    return FleetResult(status, forced + events, plan, outcomes)
 
 
 def _forced_events(scope: FleetScope) -> list[Event]:

@@ -1,0 +1,254 @@
+"""One regression test per data-loss finding of issue 12 in the engine (1-5, 7, 8 and the suspicions), each
+driven through the real engine, a real qcow2 store and libvirt test-driver instances as separate hosts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import jsonschema
+import libvirt
+import pytest
+import yaml
+
+from safety_world import World, WorldRuntime, host_doc, store_doc, write_into
+from vmfleet.api import parse
+from vmfleet.api.crd import root_schema
+from vmfleet.api.schema import KINDS
+from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
+from vmfleet.engine import FleetResult, reconcile_fleet, teardown_fleet
+
+pytestmark = pytest.mark.safety
+
+A, B, C = "qemu+ssh://a.example.com/system", "qemu+ssh://b.example.com/system", "qemu+ssh://c.example.com/system"
+
+
+class Site:
+    def __init__(self, base: Path, image: Path):
+        self.root = base / "store"
+        (self.root / "images").mkdir(parents=True)
+        (self.root / "images" / "t.img").write_bytes(image.read_bytes())
+        self.world = World(base)
+        self.runtime = WorldRuntime(self.world)
+        self.uris = {"a": A, "b": B}
+
+    def store(self) -> CloneStore:
+        s = parse(store_doc("qcow2", self.root))
+        assert isinstance(s, CloneStore)
+        return s
+
+    def hosts(self) -> list[KvmHost]:
+        return [h for h in (parse(host_doc(n, u)) for n, u in sorted(self.uris.items())) if isinstance(h, KvmHost)]
+
+    def template(self, vcpus: int = 1) -> VmTemplate:
+        t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
+                   "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/t.img"}, "vcpus": vcpus,
+                            "memoryMiB": 64}})
+        assert isinstance(t, VmTemplate)
+        return t
+
+    def fleet(self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "") -> VmFleet:
+        meta: dict[str, Any] = {"name": "web", "namespace": "default", "uid": uid}
+        if lost:
+            meta["annotations"] = {HOSTS_LOST_ANNOTATION: lost}
+        f = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": meta,
+                   "spec": {"templateRef": {"name": "t"}, "replicas": replicas, "deletionPolicy": policy}})
+        assert isinstance(f, VmFleet)
+        return f
+
+    async def converge(self, fleet: VmFleet, template: VmTemplate | None = None) -> FleetResult:
+        return await reconcile_fleet(self.runtime, fleet, template or self.template(), self.store(), self.hosts())
+
+    def clones(self) -> list[str]:
+        return sorted(str(p.relative_to(self.root)) for p in self.root.rglob("web-*.qcow2"))
+
+    def running(self, name: str) -> list[str]:
+        """The URIs where a domain of that name is active."""
+        return sorted(d.uri for d in self.world.domains() if d.name == name and d.active)
+
+
+@pytest.fixture
+async def site(tmp_path: Path, small_image: Path) -> AsyncIterator[Site]:
+    s = Site(tmp_path, small_image)
+    yield s
+    await s.runtime.close()
+    s.world.close()
+
+
+def ops(result: FleetResult) -> list[tuple[str, int | None, str | None]]:
+    return [(a.op.value, a.ordinal, a.host) for a in result.plan.actions]
+
+
+async def test_finding_1_scale_in_and_teardown_wait_for_an_unreachable_host(site: Site) -> None:
+    assert (await site.converge(site.fleet(2))).status["readyReplicas"] == 2
+    assert site.running("default.web-1") == [B]
+    site.world.down.add(B)
+    scaled = await site.converge(site.fleet(1))
+    assert ("delete-clone", 1, None) not in ops(scaled), "deleted the disk of a VM running on an unreachable host"
+    assert len(site.clones()) == 2
+    degraded = next(c for c in scaled.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "HostUnreachable"
+    gone = await teardown_fleet(site.runtime, site.fleet(1), [site.store()], site.hosts())
+    assert not gone.complete, "teardown said complete while web-1 still runs on b"
+    assert [c.rsplit("/", 1)[1] for c in site.clones()] == ["web-1.qcow2"] and site.running("default.web-1") == [B]
+    site.world.down.discard(B)
+    assert (await teardown_fleet(site.runtime, site.fleet(1), [site.store()], site.hosts())).complete
+    assert site.clones() == [] and site.running("default.web-1") == []
+
+
+async def test_finding_2_a_host_whose_uri_changes_or_that_goes_does_not_get_its_vms_started_twice(
+        site: Site) -> None:
+    await site.converge(site.fleet(2))
+    site.uris["b"] = C  # KvmHost b edited to another libvirtd
+    moved = await site.converge(site.fleet(2))
+    assert [op for op in ops(moved) if op[1] == 1] == [] and site.running("default.web-1") == [B]
+    assert "may still run at " + B in str(moved.status["conditions"])
+    del site.uris["b"]  # KvmHost b deleted (or now invalid)
+    dropped = await site.converge(site.fleet(2))
+    assert [op for op in ops(dropped) if op[1] == 1] == [] and site.running("default.web-1") == [B]
+    assert {c["name"]: c["state"] for c in dropped.status["clones"]}["web-1"] == "Unknown"
+
+
+async def test_a_host_declared_lost_releases_its_vms_and_says_so(site: Site) -> None:
+    await site.converge(site.fleet(2))
+    site.world.power_loss(B)
+    site.world.down.add(B)
+    waiting = await site.converge(site.fleet(2))
+    assert site.running("default.web-1") == []
+    assert [op for op in ops(waiting) if op[1] == 1] == []
+    forced = await site.converge(site.fleet(2, lost="b"))
+    assert site.running("default.web-1") == [A]
+    assert "HostDeclaredLost" in [e.reason for e in forced.events]
+    site.world.down.discard(B)  # b comes back with the stale definition: it is undefined, never started
+    back = await site.converge(site.fleet(2))
+    assert site.running("default.web-1") == [A] and back.status["readyReplicas"] == 2
+    assert [d.uri for d in site.world.domains() if d.name == "default.web-1"] == [A]
+
+
+async def test_finding_3_retained_clones_are_never_touched_by_a_later_fleet_of_the_same_name(site: Site) -> None:
+    await site.converge(site.fleet(3, policy="Retain"))
+    assert (await teardown_fleet(site.runtime, site.fleet(3, policy="Retain"), [site.store()],
+                                 site.hosts())).complete
+    kept = site.clones()
+    assert len(kept) == 3
+    for path in kept:
+        write_into(site.root / path, "qcow2", 0, 65536)  # the users' data
+    new = await site.converge(site.fleet(1, uid="uid-2"))
+    assert not [op for op in ops(new) if op[0] == "delete-clone"]
+    assert set(kept) <= set(site.clones()) and len(site.clones()) == 4
+    assert new.status["clones"][0]["path"].startswith("vmfleet/clones/default/web/uid-2/")
+    await teardown_fleet(site.runtime, site.fleet(1, uid="uid-2"), [site.store()], site.hosts())
+    assert site.clones() == kept
+
+
+def test_finding_4_duplicate_objects_in_the_manifests_are_rejected(tmp_path: Path) -> None:
+    fleet = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "demo"},
+             "spec": {"templateRef": {"name": "t"}, "replicas": 3}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(fleet))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({**fleet, "spec": {**fleet["spec"], "replicas": 1}}))
+    done = subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "apply", "-f", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "VmFleet default/demo: metadata.name: defined twice" in done.stderr
+    assert "a.yaml#1" in done.stderr and "b.yaml#1" in done.stderr
+
+
+async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_says_it_needs_a_restart(
+        site: Site) -> None:
+    first = await site.converge(site.fleet(2))
+    uuids = {d.name: d.uuid for d in site.world.domains()}
+    changed = await site.converge(site.fleet(2), site.template(vcpus=2))
+    assert [o for o in changed.outcomes if not o.ok] == []
+    assert {d.name: d.uuid for d in site.world.domains()} == uuids
+    restart = next(c for c in changed.status["conditions"] if c["type"] == "RestartRequired")
+    assert restart["status"] == "True" and "web-0, web-1" in restart["message"]
+    assert all(c.get("restartRequired") for c in changed.status["clones"])
+    assert first.status["conditions"][0]["status"] == changed.status["conditions"][0]["status"] == "True"
+    conn = site.world.conn(A)
+    conn.lookupByName("default.web-0").destroy()  # the person restarts web-0
+    again = await site.converge(site.fleet(2), site.template(vcpus=2))
+    assert {c["name"]: c.get("restartRequired", False) for c in again.status["clones"]} == {
+        "web-0": False, "web-1": True}
+    assert conn.lookupByName("default.web-0").info()[3] == 2  # it came back with 2 vCPUs
+
+
+async def test_finding_8_saved_bytes_never_go_negative(site: Site) -> None:
+    await site.converge(site.fleet(1))
+    (clone,) = site.clones()
+    write_into(site.root / clone, "qcow2", 0, 64 << 20)  # the whole disk: the overlay outgrows it
+    result = await site.converge(site.fleet(1))
+    assert result.status["allocatedBytes"] > result.status["logicalBytes"]
+    assert result.status["savedBytes"] == 0 and result.status["savingsRatio"] == 0.0
+    jsonschema.validate(result.status, root_schema(KINDS["VmFleet"])["properties"]["status"])
+
+
+async def test_a_clone_made_in_another_format_stays_the_vms_disk(site: Site) -> None:
+    """A change of driver or image format must not hide existing clones (they would leak, and their VMs
+    would get new empty disks)."""
+    await site.converge(site.fleet(1))
+    (clone,) = site.clones()
+    raw = site.root / clone.replace(".qcow2", ".img")
+    (site.root / clone).rename(raw)  # as a reflink store would have made it
+    result = await site.converge(site.fleet(1))
+    assert result.status["clones"][0]["path"].endswith("web-0.img")
+    assert not [op for op in ops(result) if op[0] == "create-clone"]
+    xml = site.world.conn(A).lookupByName("default.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert "web-0.img" in xml and "type='raw'" in xml
+
+
+async def test_a_crash_between_announcing_and_cloning_is_not_a_lost_clone(site: Site) -> None:
+    """The record is written before the clone is made: a VM announced but never cloned is made, not 'lost'."""
+    fleet = site.fleet(1)
+    result = await site.converge(fleet)
+    (clone,) = site.clones()
+    (site.root / clone).unlink()
+    domain = site.world.conn(A).lookupByName("default.web-0")
+    domain.destroy()
+    domain.undefine()
+    record = next(site.root.rglob("fleet.json"))
+    record.write_text(record.read_text().replace('"placed"', '"creating"'))
+    again = await site.converge(fleet)
+    assert again.status["readyReplicas"] == 1 and result.status["readyReplicas"] == 1
+    (site.root / site.clones()[0]).unlink()  # now lost for real: reported, not recreated empty
+    lost = await site.converge(fleet)
+    assert {c["name"]: c["state"] for c in lost.status["clones"]} == {"web-0": "Lost"}
+
+
+async def test_the_record_survives_a_lost_status(site: Site) -> None:
+    """Placement is known from the store, not the Kubernetes status: a fresh runtime with no status still
+    waits for an unreachable host."""
+    await site.converge(site.fleet(2))
+    await site.runtime.close()
+    site.runtime = WorldRuntime(site.world)
+    site.world.down.add(B)
+    result = await reconcile_fleet(site.runtime, site.fleet(1), site.template(), site.store(), site.hosts(),
+                                   previous_status=None)
+    assert ("delete-clone", 1, None) not in ops(result) and len(site.clones()) == 2
+
+
+async def test_a_clone_nobody_recorded_is_not_started_while_a_host_is_silent(site: Site) -> None:
+    await site.converge(site.fleet(2))
+    next(site.root.rglob("fleet.json")).unlink()  # no record (made before records existed, or removed)
+    site.world.conn(B).lookupByName("default.web-1")  # still there, running
+    site.world.down.add(B)
+    result = await site.converge(site.fleet(2))
+    assert [op for op in ops(result) if op[1] == 1] == [] and site.running("default.web-1") == [B]
+
+
+async def test_finding_7_a_fleet_whose_template_is_gone_is_torn_down_by_its_uid(site: Site) -> None:
+    from vmfleet.operator import passes
+
+    fleet = site.fleet(2)
+    await site.converge(fleet)
+    body = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
+            "spec": {"templateRef": {"name": "t"}, "replicas": 2}}
+    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root)},
+                             hosts=[host_doc(n, u) for n, u in site.uris.items()], templates={})
+    done = await passes.fleet_delete_pass(site.runtime, body, catalog)
+    assert done.complete and site.clones() == [] and site.running("default.web-0") == []
+    nothing = await passes.fleet_delete_pass(site.runtime, {**body, "metadata": {**body["metadata"], "uid": "x"}},
+                                             passes.Catalog())
+    assert nothing.complete and nothing.events == []
