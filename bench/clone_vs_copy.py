@@ -67,7 +67,7 @@ async def measure(directory: Path, fs: str, server: Simulator, runner_run, size:
     for r in range(repeats):
         _drop_caches()
         t0 = time.perf_counter()
-        await Qcow2Store(str(directory / "bench"))._make_clone(str(template), "raw", str(work / f"ov{r}.qcow2"))
+        await Qcow2Store(str(directory / "bench")).create_clone("images/big.img", "raw", f"cvc/ov{r}.qcow2")
         times.append(time.perf_counter() - t0)
     record("qcow2 overlay (qemu-img)", times, work / "ov0.qcow2")
 

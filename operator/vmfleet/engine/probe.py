@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 from typing import Any, Mapping
 
 from ..api import CloneStore, KvmHost
 from ..storage import StoreError
+from ..storage.local import root_field, root_problem
 from .fleet import now
 from .runtime import Runtime
 from .status import summary_conditions
@@ -33,9 +34,10 @@ async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[st
         except StoreError as e:
             ok, reason, message = False, "Unreachable", str(e)
     else:
-        ok = os.path.isdir(store.local_path)
+        problem = await asyncio.to_thread(root_problem, store.local_path)
+        ok = problem is None
         reason = "Reachable" if ok else "RootMissing"
         message = (f"{store.local_path} is reachable" if ok else
-                   f"{store.local_path} does not exist or is not a directory")
+                   f"{root_field(store.driver, store.root, store.local_path)} {store.local_path} {problem}")
     return {"observedGeneration": gen,
             "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now())}

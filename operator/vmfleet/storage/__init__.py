@@ -6,6 +6,7 @@ from typing import Callable, Mapping
 
 from ..api.types import CloneStore, SecretRef
 from .base import Space, StoreDriver, StoreError, clone_path, fleet_dir, parent_path
+from .local import root_field
 from .qcow2 import Qcow2Store
 from .reflink import ReflinkStore
 from .remote import GpfsStore, SonasStore
@@ -33,9 +34,9 @@ def ssh_keys(ref: SecretRef, read_secret: SecretReader, field: str) -> KeyReader
 
 def make_driver(store: CloneStore, read_secret: SecretReader) -> StoreDriver:
     if store.driver == "reflink":
-        return ReflinkStore(store.local_path)
+        return ReflinkStore(store.local_path, root_field(store.driver, store.root, store.local_path))
     if store.driver == "qcow2":
-        return Qcow2Store(store.local_path)
+        return Qcow2Store(store.local_path, root_field(store.driver, store.root, store.local_path))
     assert store.ssh is not None
     runner = SshRunner(SshEndpoint(store.ssh.host, store.ssh.port, store.ssh.user),
                        ssh_keys(store.ssh.secret, read_secret, "spec.ssh.secretRef"), channels=store.concurrency,

@@ -1,22 +1,47 @@
-"""What the reflink and qcow2 drivers share: a store that is a directory the operator can open."""
+"""What the reflink, qcow2 and sonas drivers share: a store that is a directory the operator can open.
+
+Nothing outside the store's root is read, written or deleted, whatever the store holds (I6): every path
+is opened from a descriptor of the root one component at a time with O_NOFOLLOW, so a symbolic link
+anywhere under the root is an error, never followed (the root itself may be a link: it is configuration,
+not content). Every file-system call runs in a thread, off the event loop, and every OSError becomes a
+StoreError that names the path.
+
+A file being made is `<target>.<random>.partial`, under an exclusive flock held by its maker until it is
+renamed into place. Listing never removes anything; a partial is removed only by the next maker (or
+delete) of the same target, and only when a non-blocking flock on it succeeds: its maker is gone. So
+`vmfleet status`, `apply --dry-run`, `vmfleet apply` and the operator can share a store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import os
+import posixpath
+import re
+import secrets
 import shutil
-import subprocess
-from typing import Sequence
+import stat
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from .base import PARTIAL_SUFFIX, Space, StoreError, check_relative
 
 FICLONE = 0x40049409
+NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted in the store cannot hang us
+_CHUNK = 1 << 20
+_ZERO = bytes(64 << 10)
+_PARTIAL = re.compile(r"\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX) + "$")
+MAX_TEXT = 16 << 20
+T = TypeVar("T")
 
 
 def ficlone(source: str, target: str) -> None:
     """Reflink `source` to a new file `target` (O_EXCL: an existing target is an error)."""
-    import fcntl
-
     with open(source, "rb") as src:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -28,104 +53,460 @@ def ficlone(source: str, target: str) -> None:
         os.close(fd)
 
 
+def copy_sparse(src: int, dst: int) -> None:
+    """Copy the data of `src` into the empty `dst`, leaving holes where `src` has holes or zeros:
+    never a dense copy."""
+    size = os.fstat(src).st_size
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(src, pos, os.SEEK_DATA)
+            hole = os.lseek(src, data, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # nothing but a hole up to the end
+                break
+            data, hole = pos, size  # no SEEK_DATA here: read it all, zeros still become holes
+        while data < hole:
+            chunk = os.pread(src, min(_CHUNK, hole - data), data)
+            if not chunk:
+                break
+            for at in range(0, len(chunk), len(_ZERO)):
+                piece = chunk[at:at + len(_ZERO)]
+                if piece != _ZERO[:len(piece)]:
+                    os.pwrite(dst, piece, data + at)
+            data += len(chunk)
+        pos = hole
+    os.ftruncate(dst, size)
+
+
+def clone_or_copy(src: int, dst: int) -> None:
+    """A reflink where the file system has them, else a sparse copy."""
+    try:
+        fcntl.ioctl(dst, FICLONE, src)
+    except OSError as e:
+        if e.errno not in NO_REFLINK:
+            raise
+        copy_sparse(src, dst)
+
+
+def root_field(driver: str, root: str, local_path: str) -> str:
+    """The CloneStore field that names the directory the operator opens."""
+    return "spec.localPath" if driver == "sonas" or local_path != root else "spec.root"
+
+
+def root_problem(base: str) -> str | None:
+    """Why the store's root cannot be used here, or None."""
+    try:
+        os.close(os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        return None
+    except OSError as e:
+        return _root_reason(e)
+
+
+def _root_reason(e: OSError) -> str:
+    if e.errno == errno.ENOENT:
+        return "does not exist"
+    if e.errno == errno.ENOTDIR:
+        return "is not a directory"
+    return f"cannot be opened ({os.strerror(e.errno) if e.errno else e})"
+
+
+def _split(path: str) -> tuple[str, str]:
+    directory, _, name = check_relative(path).rpartition("/")
+    return directory, name
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class AlreadyExists(StoreError):
+    """The target of a clone or parent is there already."""
+
+
+@dataclass
+class Partial:
+    """A file being made next to its target, locked by its maker."""
+
+    dir_fd: int
+    fd: int
+    name: str
+    target: str  # the final name in the same directory
+    path: str  # the target, relative to the store's root: for messages
+
+
 class LocalStore:
     """Files under `base` (the store's root as mounted here). Subclasses make and measure clones."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, field: str = "spec.root"):
         self.base = base.rstrip("/") or "/"
+        self.field = field
 
-    def abspath(self, path: str) -> str:
-        return os.path.join(self.base, check_relative(path))
+    # ------------------------------------------------------------------ safe resolution (in threads)
+
+    def where(self, path: str) -> str:
+        return f"{self.base.rstrip('/')}/{path}" if path else self.base
+
+    def _error(self, e: OSError, path: str) -> StoreError:
+        return StoreError(f"{self.where(path)}: {os.strerror(e.errno) if e.errno else e}")
+
+    def _symlink(self, path: str) -> StoreError:
+        return StoreError(f"{self.where(path)} is a symbolic link; vmfleet follows none inside a store")
+
+    def _root(self) -> int:
+        try:
+            return os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StoreError(f"the store root {self.base} ({self.field}) {_root_reason(e)}") from None
+
+    def _failed(self, e: OSError, at: int, name: str, path: str) -> StoreError:
+        """The error for `name` in `at`: a symbolic link is named as one."""
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            with contextlib.suppress(OSError):
+                st = os.stat(name, dir_fd=at, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    return self._symlink(path)
+                if not stat.S_ISDIR(st.st_mode) and e.errno == errno.ENOTDIR:
+                    return StoreError(f"{self.where(path)} is not a directory")
+        return self._error(e, path)
+
+    @contextlib.contextmanager
+    def _dirs(self, directory: str, create: bool = False) -> Iterator[list[int] | None]:
+        """Descriptors of the root and of each directory down to `directory` ("": the root), each opened
+        without following a link; None when a directory is missing and `create` is false."""
+        fds = [self._root()]
+        try:
+            parts = directory.split("/") if directory else []
+            for i, name in enumerate(parts):
+                fd = self._subdir(fds[-1], name, "/".join(parts[:i + 1]), create)
+                if fd is None:
+                    break
+                fds.append(fd)
+            yield fds if len(fds) == len(parts) + 1 else None
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _subdir(self, at: int, name: str, path: str, create: bool) -> int | None:
+        for _ in range(3):
+            try:
+                return os.open(name, _DIR, dir_fd=at)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                try:
+                    os.mkdir(name, 0o755, dir_fd=at)
+                except FileExistsError:
+                    pass  # made by another maker a moment ago, or a link: the next open tells
+                except OSError as e:
+                    raise self._error(e, path) from None
+            except OSError as e:
+                raise self._failed(e, at, name, path) from None
+        raise StoreError(f"{self.where(path)} keeps disappearing")
+
+    def _lstat(self, at: int, name: str, path: str) -> os.stat_result | None:
+        """The file `name` in `at` as it is (None if missing); a symbolic link is an error."""
+        try:
+            st = os.stat(name, dir_fd=at, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._error(e, path) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise self._symlink(path)
+        return st
+
+    def _open_regular(self, at: int, name: str, path: str, flags: int = os.O_RDONLY) -> int | None:
+        """A descriptor of the regular file `name` in `at` (None if missing): no link, no device, no FIFO."""
+        st = self._lstat(at, name, path)
+        if st is None:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{self.where(path)} is not a regular file")
+        try:
+            fd = os.open(name, flags | _FILE, dir_fd=at)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise self._failed(e, at, name, path) from None
+        if not _same_file(os.fstat(fd), st):  # replaced between the look and the open
+            os.close(fd)
+            raise StoreError(f"{self.where(path)} changed while it was opened; the next pass retries")
+        os.set_blocking(fd, True)
+        return fd
+
+    def _guarded(self, path: str, work: Callable[[], T]) -> T:
+        try:
+            return work()
+        except StoreError:
+            raise
+        except OSError as e:
+            raise self._error(e, path) from None
+
+    async def _run(self, path: str, work: Callable[..., T], *args: object) -> T:
+        """`work(*args)` in a thread; any OSError it raises becomes a StoreError naming `path`."""
+        if path:
+            check_relative(path)
+        return await asyncio.to_thread(self._guarded, path, lambda: work(*args))
+
+    # ------------------------------------------------------------------ partial files
+
+    def _begin(self, dirs: list[int], target: str, path: str, replace: bool = False) -> Partial:
+        """A new locked partial for `target`; stale partials of the same target are removed first."""
+        at = dirs[-1]
+        self._remove_stale(at, target, path)
+        if self._lstat(at, target, path) is not None and not replace:  # a link there is an error either way
+            raise AlreadyExists(f"clone {path!r} already exists")
+        while True:
+            name = f"{target}.{secrets.token_hex(8)}{PARTIAL_SUFFIX}"
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=at)
+            except FileExistsError:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a remover that saw it unlocked looks at it
+            try:
+                if _same_file(os.fstat(fd), os.stat(name, dir_fd=at, follow_symlinks=False)):
+                    return Partial(at, fd, name, target, path)
+            except FileNotFoundError:
+                pass  # that remover took it for stale: take another name
+            os.close(fd)
+
+    def _remove_stale(self, at: int, target: str, path: str) -> None:
+        """Remove the partials of `target` whose maker is gone (a non-blocking flock succeeds)."""
+        for name in os.listdir(at):
+            if name != target + PARTIAL_SUFFIX and not (name.startswith(target) and _PARTIAL.fullmatch(name[len(target):])):
+                continue
+            where = posixpath.join(posixpath.dirname(path), name)
+            fd = self._open_regular(at, name, where)
+            if fd is None:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its maker is at work
+                with contextlib.suppress(FileNotFoundError):
+                    if _same_file(os.fstat(fd), os.stat(name, dir_fd=at, follow_symlinks=False)):
+                        os.unlink(name, dir_fd=at)
+            finally:
+                os.close(fd)
+
+    def _live_partial(self, at: int, name: str) -> bool:
+        """Is a maker holding this partial right now?"""
+        try:
+            fd = os.open(name, os.O_RDONLY | _FILE, dir_fd=at)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _publish(p: Partial, replace: bool = False) -> None:
+        """Give the partial its final name: a hard link, which never replaces an existing clone."""
+        os.fsync(p.fd)
+        if replace:
+            os.rename(p.name, p.target, src_dir_fd=p.dir_fd, dst_dir_fd=p.dir_fd)
+            return
+        try:
+            os.link(p.name, p.target, src_dir_fd=p.dir_fd, dst_dir_fd=p.dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            raise AlreadyExists(f"clone {p.path!r} already exists (made by another maker meanwhile)") from None
+        os.unlink(p.name, dir_fd=p.dir_fd)
+
+    @staticmethod
+    def _abandon(p: Partial) -> None:
+        with contextlib.suppress(OSError):
+            if _same_file(os.fstat(p.fd), os.stat(p.name, dir_fd=p.dir_fd, follow_symlinks=False)):
+                os.unlink(p.name, dir_fd=p.dir_fd)
+        os.close(p.fd)
+
+    def _make(self, path: str, fill: Callable[[Partial], None], mode: int = 0o644, replace: bool = False) -> None:
+        """Make `path` through a locked partial that `fill` writes; nothing half-made is left behind."""
+        directory, target = _split(path)
+        with self._dirs(directory, create=True) as dirs:
+            assert dirs is not None
+            p = self._begin(dirs, target, path, replace)
+            try:
+                fill(p)
+                os.fchmod(p.fd, mode)
+                self._publish(p, replace)
+            finally:
+                self._abandon(p)
+
+    # ------------------------------------------------------------------ the StoreDriver interface
 
     async def exists(self, path: str) -> bool:
-        return os.path.exists(self.abspath(path))
+        return await self._run(path, self._exists, path)
+
+    def _exists(self, path: str) -> bool:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            return dirs is not None and self._lstat(dirs[-1], name, path) is not None
 
     async def prepare_parent(self, image: str, image_format: str, parent: str) -> None:
-        src, dst = self.abspath(image), self.abspath(parent)
-        if os.path.exists(dst):
-            return
-        if not os.path.isfile(src):
-            raise StoreError(f"template image {image!r} not found under the store root {self.base}")
-        await asyncio.to_thread(self._copy_read_only, src, dst)
+        check_relative(image)
+        await self._run(parent, self._prepare_parent, image, parent)
 
-    @staticmethod
-    def _copy_read_only(src: str, dst: str) -> None:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = dst + PARTIAL_SUFFIX
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        # A reflink where the file system has them, else a sparse copy: never a dense one.
-        done = subprocess.run(
-            ["cp", "--reflink=auto", "--sparse=always", "--", src, tmp], capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise StoreError(f"copying the template image to its clone parent failed: {done.stderr.strip()}")
-        os.chmod(tmp, 0o444)
-        os.rename(tmp, dst)
+    def _prepare_parent(self, image: str, parent: str) -> None:
+        if self._exists(parent):
+            return
+        directory, name = _split(image)
+        with self._dirs(directory) as dirs:
+            src = self._open_regular(dirs[-1], name, image) if dirs is not None else None
+            if src is None:
+                raise StoreError(f"template image {image!r} not found under the store root {self.base}")
+            try:
+                # Read-only: a clone parent is never written to.
+                self._make(parent, lambda p: clone_or_copy(src, p.fd), mode=0o444)
+            except AlreadyExists:
+                pass  # another maker prepared it meanwhile: that is the parent
+            finally:
+                os.close(src)
 
     async def list_dir(self, directory: str) -> list[str]:
-        return await asyncio.to_thread(self._list_dir, self.abspath(directory))
+        """The files in `directory`, partials left out; changes nothing."""
+        return await self._run(directory, self._list_dir, directory)
 
-    @staticmethod
-    def _list_dir(path: str) -> list[str]:
-        try:
-            names = os.listdir(path)
-        except FileNotFoundError:
-            return []
-        for name in names:
-            if name.endswith(PARTIAL_SUFFIX):
-                os.unlink(os.path.join(path, name))
-        return sorted(n for n in names if not n.endswith(PARTIAL_SUFFIX))
+    def _list_dir(self, directory: str) -> list[str]:
+        with self._dirs(directory) as dirs:
+            if dirs is None:
+                return []
+            return sorted(n for n in os.listdir(dirs[-1]) if not n.endswith(PARTIAL_SUFFIX))
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
-        src, dst = self.abspath(parent), self.abspath(target)
-        if os.path.exists(dst):
-            raise StoreError(f"clone {target!r} already exists")
-        if not os.path.exists(src):
-            raise StoreError(f"clone parent {parent!r} does not exist")
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        tmp = dst + PARTIAL_SUFFIX
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        try:
-            await self._make_clone(src, parent_format, tmp)
-            os.rename(tmp, dst)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        check_relative(parent)
+        await self._run(target, self._create_clone, parent, parent_format, target)
 
-    async def _make_clone(self, src: str, parent_format: str, tmp: str) -> None:
+    def _create_clone(self, parent: str, parent_format: str, target: str) -> None:
+        directory, name = _split(parent)
+        with self._dirs(directory) as dirs:
+            src = self._open_regular(dirs[-1], name, parent) if dirs is not None else None
+        if src is None:
+            raise StoreError(f"clone parent {parent!r} does not exist")
+        try:
+            self._make(target, lambda p: self._make_clone(src, parent, parent_format, p))
+        finally:
+            os.close(src)
+
+    def _make_clone(self, src: int, parent: str, parent_format: str, p: Partial) -> None:
+        """Write a clone of the parent open at `src` (relative path `parent`) into the partial `p`."""
         raise NotImplementedError
 
     async def delete(self, path: str) -> None:
-        target = self.abspath(path)
-        try:
-            os.unlink(target)
-        except FileNotFoundError:
-            return
-        try:
-            os.rmdir(os.path.dirname(target))
-        except OSError:
-            pass
+        """Remove a file and, when it empties it, its directory. A symbolic link is refused, not removed."""
+        await self._run(path, self._delete, path)
+
+    def _delete(self, path: str) -> None:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            if dirs is None:
+                return
+            st = self._lstat(dirs[-1], name, path)
+            if st is not None:
+                if stat.S_ISDIR(st.st_mode):
+                    raise StoreError(f"{self.where(path)} is a directory, not a clone")
+                os.unlink(name, dir_fd=dirs[-1])
+            self._remove_stale(dirs[-1], name, path)
+            if len(dirs) > 1:
+                with contextlib.suppress(OSError):  # not empty: other clones, a record, a live partial
+                    os.rmdir(directory.rsplit("/", 1)[-1], dir_fd=dirs[-2])
 
     async def delete_parent(self, parent: str) -> None:
         await self.delete(parent)
 
+    async def make_dirs(self, directory: str) -> None:
+        """`directory` and those above it, each made or opened without following a link."""
+        await self._run(directory, self._make_dirs, directory)
+
+    def _make_dirs(self, directory: str) -> None:
+        with self._dirs(directory, create=True):
+            pass
+
+    async def require_file(self, path: str, what: str) -> None:
+        """StoreError unless `path` is a regular file reached through no link."""
+        await self._run(path, self._require_file, path, what)
+
+    def _require_file(self, path: str, what: str) -> None:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            st = self._lstat(dirs[-1], name, path) if dirs is not None else None
+        if st is None:
+            raise StoreError(f"{what} {path!r} not found under the store root {self.base}")
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{self.where(path)} is not a regular file")
+
+    async def unlink(self, path: str) -> None:
+        """Remove one file (not a link: refused); a missing one is not an error."""
+        await self._run(path, self._unlink, path)
+
+    def _unlink(self, path: str) -> None:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            if dirs is not None and self._lstat(dirs[-1], name, path) is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dirs[-1])
+
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
-        return await asyncio.to_thread(self._measure_all, list(paths))
+        for path in paths:
+            check_relative(path)
+        return await self._run("", self._measure_all, list(paths))
 
     def _measure_all(self, paths: list[str]) -> dict[str, Space]:
-        out = {}
+        by_dir: dict[str, list[str]] = {}
         for path in paths:
-            try:
-                out[path] = self._measure(self.abspath(path))
-            except FileNotFoundError:
-                continue
+            by_dir.setdefault(_split(path)[0], []).append(path)
+        out: dict[str, Space] = {}
+        for directory, group in by_dir.items():
+            with self._dirs(directory) as dirs:
+                if dirs is None:
+                    continue
+                for path in group:
+                    fd = self._open_regular(dirs[-1], _split(path)[1], path)
+                    if fd is None:
+                        continue
+                    try:
+                        out[path] = self._guarded(path, lambda: self._measure(fd, path))
+                    finally:
+                        os.close(fd)
         return out
 
-    def _measure(self, path: str) -> Space:
+    def _measure(self, fd: int, path: str) -> Space:
         raise NotImplementedError
+
+    async def read_text(self, path: str) -> str | None:
+        return await self._run(path, self._read_text, path)
+
+    def _read_text(self, path: str) -> str | None:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            fd = self._open_regular(dirs[-1], name, path) if dirs is not None else None
+        if fd is None:
+            return None
+        try:
+            data = os.read(fd, MAX_TEXT + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_TEXT:
+            raise StoreError(f"{self.where(path)} is larger than {MAX_TEXT} bytes: not a file vmfleet wrote")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StoreError(f"{self.where(path)} is not UTF-8 text ({e.reason})") from None
+
+    async def write_text(self, path: str, text: str) -> None:
+        """Replace the file atomically: a reader sees the old text or the new, never a mix."""
+        await self._run(path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644, True)
 
     async def close(self) -> None:
         return None

@@ -13,14 +13,16 @@ from . import commands as cmd
 from .base import Space, StoreError
 from .fiemap import own_bytes
 from .local import LocalStore
+from .qcow2 import guest_size, read_header
 from .ssh import SshRunner
 
 class SonasStore(LocalStore):
     """Clones through the SONAS CLI over SSH; listing, deleting and measuring through the NFS export
-    mounted at `local` where the operator runs (the CLI user has no shell to do them with)."""
+    mounted at `local` where the operator runs (the CLI user has no shell to do them with). The server
+    follows links the CLI is given: each path is first checked through the export (no link, see local.py)."""
 
     def __init__(self, root: str, local: str, runner: SshRunner, max_depth: int):
-        super().__init__(local)
+        super().__init__(local, field="spec.localPath")
         self.root, self.runner, self.max_depth = root.rstrip("/"), runner, max_depth
 
     def clone_format(self, parent_format: str) -> str:
@@ -34,7 +36,8 @@ class SonasStore(LocalStore):
         if await self.exists(parent):
             return
         seed = parent + ".seed"
-        os.makedirs(os.path.dirname(self.abspath(parent)), exist_ok=True)
+        await self.require_file(image, "template image")
+        await self.make_dirs(posixpath.dirname(parent))
         await self._remove_local(seed)
         await self._cli(cmd.mkclone_with_parent(cmd.server_path(self.root, parent), cmd.server_path(self.root, image),
                                                 cmd.server_path(self.root, seed)))
@@ -56,17 +59,15 @@ class SonasStore(LocalStore):
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
         if await self.exists(target):
             raise StoreError(f"clone {target!r} already exists")
-        os.makedirs(os.path.dirname(self.abspath(target)), exist_ok=True)
+        await self.require_file(parent, "clone parent")
+        await self.make_dirs(posixpath.dirname(target))
         await self._cli(cmd.mkclone(cmd.server_path(self.root, parent), cmd.server_path(self.root, target)))
 
     async def _remove_local(self, path: str) -> None:
-        try:
-            os.unlink(self.abspath(path))
-        except FileNotFoundError:
-            pass
+        await self.unlink(path)
 
-    def _measure(self, path: str) -> Space:
-        return Space(os.stat(path).st_size, own_bytes(path))
+    def _measure(self, fd: int, path: str) -> Space:
+        return Space(guest_size(path, os.fstat(fd).st_size, read_header(fd)), own_bytes(fd))
 
     async def close(self) -> None:
         await self.runner.close()
