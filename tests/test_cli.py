@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from helpers import quickstart
+from vmfleet.api.status import clone_path
 
 VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
@@ -34,7 +35,7 @@ def test_quickstart_gives_ready_vms_with_their_own_bytes(tmp_path: Path, small_i
     for c in status["clones"]:
         assert isinstance(c["logicalBytes"], int) and c["logicalBytes"] == 64 << 20
         assert isinstance(c["allocatedBytes"], int) and 0 < c["allocatedBytes"] < c["logicalBytes"] // 100
-        assert (tmp_path / "store" / c["path"]).exists()
+        assert (tmp_path / "store" / clone_path(status, c)).exists()
     assert status["savedBytes"] == status["logicalBytes"] - status["allocatedBytes"]
     ready = {c["type"]: c["status"] for c in status["conditions"]}
     assert ready == {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Degraded": "False"}
@@ -54,7 +55,8 @@ def test_a_second_run_makes_no_clone_and_reports_the_same_paths(tmp_path: Path, 
     second_run = apply("-f", str(manifests), "-o", "json")
     second = fleet_of(second_run.stdout)
     assert "ClonesCreated" not in second_run.stderr and "ParentPrepared" not in second_run.stderr
-    assert [c["path"] for c in second["status"]["clones"]] == [c["path"] for c in first["status"]["clones"]]
+    assert [clone_path(second["status"], c) for c in second["status"]["clones"]] == [
+        clone_path(first["status"], c) for c in first["status"]["clones"]]
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in clones] == identity
 
 

@@ -90,7 +90,7 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
                             "-o", "json", "--dry-run"], capture_output=True, text=True, check=True)
     written = next(o for o in json.loads(local.stdout) if o["kind"] == "VmFleet")["status"]
     assert set(written) <= set(stored), f"pruned by the apiserver: {set(written) - set(stored)}"
-    assert set(stored["clones"][0]) == {"name", "ordinal", "host", "path", "state", "logicalBytes",
+    assert set(stored["clones"][0]) == {"name", "ordinal", "host", "file", "state", "logicalBytes",
                                         "allocatedBytes"}
     wait_for(lambda: kube.get("vmtemplate", "tiny", "-n", ns)["status"].get("parent", {}).get("clones") == 2, 30,
              "the template to count its clones")

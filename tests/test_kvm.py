@@ -15,6 +15,7 @@ import pytest
 from conftest import TIMINGS, Sshd
 from helpers import open_up, wait_for
 from vmfleet.api import parse
+from vmfleet.api.status import clone_path
 from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import Runtime, reconcile_fleet, teardown_fleet
 from vmfleet.images import boot_sector
@@ -117,7 +118,7 @@ async def test_a_fleet_on_two_real_endpoints_boots_scales_heals_and_goes(site: S
     status = (await site.converge(site.fleet(4, running=False), status)).status
     assert status["readyReplicas"] == 4 and not any(site.domain(f"web-{i}").isActive() for i in range(4))
     for c in status["clones"]:
-        with open(site.root / c["path"], "r+b") as disk:
+        with open(site.root / clone_path(status, c), "r+b") as disk:
             disk.write(boot_sector(f"OWN-CLONE-{c['name']}"))
     status = (await site.converge(site.fleet(4), status)).status
     for i in range(4):
@@ -156,7 +157,7 @@ async def test_a_fleet_on_two_real_endpoints_boots_scales_heals_and_goes(site: S
     status = back.status
 
     # A clone deleted by hand is reported, never recreated empty.
-    (site.root / next(c["path"] for c in status["clones"] if c["name"] == "web-1")).unlink()
+    (site.root / next(clone_path(status, c) for c in status["clones"] if c["name"] == "web-1")).unlink()
     lost = await site.converge(site.fleet(2), status)
     assert condition(lost.status, "Degraded")["reason"] == "CloneLost"
     assert {c["name"]: c["state"] for c in lost.status["clones"]}["web-1"] == "Lost"

@@ -30,6 +30,7 @@ from safety_world import World, WorldRuntime, files, host_doc, store_doc, write_
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
+from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
@@ -220,7 +221,7 @@ class FleetSafety(RuleBasedStateMachine):
         assert status["allocatedBytes"] == sum(c["allocatedBytes"] for c in clones)
         assert status["savedBytes"] == max(0, status["logicalBytes"] - status["allocatedBytes"])
         for c in clones:
-            path = self.store_root / c["path"]
+            path = self.store_root / clone_path(status, c)
             assert c["logicalBytes"] == 64 << 20, c
             own = xfs_io_exclusive(path) if self.driver == "reflink" else path.stat().st_blocks * 512
             assert abs(c["allocatedBytes"] - own) <= 4096, (c, own)

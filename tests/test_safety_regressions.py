@@ -17,6 +17,7 @@ from safety_world import World, WorldRuntime, host_doc, store_doc, write_into
 from vmfleet.api import parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
+from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import FleetResult, reconcile_fleet, teardown_fleet
 
@@ -138,7 +139,7 @@ async def test_finding_3_retained_clones_are_never_touched_by_a_later_fleet_of_t
     new = await site.converge(site.fleet(1, uid="uid-2"))
     assert not [op for op in ops(new) if op[0] == "delete-clone"]
     assert set(kept) <= set(site.clones()) and len(site.clones()) == 4
-    assert new.status["clones"][0]["path"].startswith("vmfleet/clones/default/web/uid-2/")
+    assert clone_path(new.status, new.status["clones"][0]).startswith("vmfleet/clones/default/web/uid-2/")
     await teardown_fleet(site.runtime, site.fleet(1, uid="uid-2"), [site.store()], site.hosts())
     assert site.clones() == kept
 
@@ -192,7 +193,7 @@ async def test_a_clone_made_in_another_format_stays_the_vms_disk(site: Site) -> 
     raw = site.root / clone.replace(".qcow2", ".img")
     (site.root / clone).rename(raw)  # as a reflink store would have made it
     result = await site.converge(site.fleet(1))
-    assert result.status["clones"][0]["path"].endswith("web-0.img")
+    assert result.status["clones"][0]["file"] == "web-0.img"
     assert not [op for op in ops(result) if op[0] == "create-clone"]
     xml = site.world.conn(A).lookupByName("default.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert "web-0.img" in xml and "type='raw'" in xml

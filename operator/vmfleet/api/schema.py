@@ -403,7 +403,8 @@ _CLONE_STATUS = obj(
         "name": string("The VM's name, <fleet>-<ordinal>."),
         "ordinal": integer("The VM's ordinal.", 0),
         "host": string("The KvmHost the VM is placed on."),
-        "path": string("The clone's path relative to the store's root."),
+        "file": string("The clone's file name in status.cloneDirectory (a name, not a path: it keeps the "
+                       "status of a 5,000-VM fleet far from etcd's object size limit)."),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
         "restartRequired": {"type": "boolean", "description": "The VM runs an older definition than the one "
                             "defined: it takes effect at its next restart (condition RestartRequired)."},
@@ -427,6 +428,9 @@ VM_FLEET_STATUS = obj(
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
         "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
         "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),
+        "cloneDirectory": string("Where the fleet's clones are, relative to the store's root: "
+                                 "vmfleet/clones/<namespace>/<fleet>/<fleet UID>; the UID says which fleet made "
+                                 "them, so a later fleet of the same name never touches them."),
         "clones": array("One entry per VM, by ordinal.", _CLONE_STATUS, maxItems=MAX_REPLICAS + 1000),
     },
 )

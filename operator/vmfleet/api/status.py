@@ -14,6 +14,11 @@ def is_ready(status: Mapping[str, Any] | None) -> bool:
     return condition_of(status, "Ready").get("status") == "True"
 
 
+def clone_path(status: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
+    """Where a clone of the status is, relative to the store's root."""
+    return f"{status['cloneDirectory']}/{entry['file']}"
+
+
 def clone_count(status: Mapping[str, Any] | None) -> int:
     """Clones a fleet's status says exist: what its template's parent must outlive."""
-    return sum(1 for c in (status or {}).get("clones", []) or [] if "path" in c)
+    return sum(1 for c in (status or {}).get("clones", []) or [] if "file" in c)

@@ -94,15 +94,16 @@ def fleet_table(obj: dict[str, Any]) -> str:
     rows = [("NAME", "HOST", "STATE", "LOGICAL", "ALLOCATED", "CLONE")]
     for c in status.get("clones", []):
         rows.append((c["name"], c.get("host", "-"), c.get("state", "-"), human_bytes(c.get("logicalBytes")),
-                     human_bytes(c.get("allocatedBytes")), c.get("path", "-")))
-    return "\n".join([head, table(rows), *problems(status)])
+                     human_bytes(c.get("allocatedBytes")), c.get("file", "-")))
+    where = [f"clones in {status['cloneDirectory']}/"] if status.get("cloneDirectory") else []
+    return "\n".join([head, table(rows), *where, *problems(status)])
 
 
 def problems(status: dict[str, Any]) -> list[str]:
     """The conditions that say something is wrong, each with what to do about it."""
     lines = []
     for c in status.get("conditions", []):
-        if c["status"] != "True" or c["type"] not in ("Stalled", "Degraded", "Reconciling"):
+        if c["status"] != "True" or c["type"] not in ("Stalled", "Degraded", "Reconciling", "RestartRequired"):
             continue
         if c["type"] == "Reconciling" and c.get("reason") in ("Progressing", "Converged"):
             continue

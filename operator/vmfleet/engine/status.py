@@ -123,7 +123,7 @@ def fleet_status(
             entry["host"] = host
         path = scope.clone(o)
         if o in seen.clones:
-            entry["path"] = path
+            entry["file"] = path.rsplit("/", 1)[1]
         entry["state"] = problem_state.get(o) or (domain.state if domain else "Pending")
         if o in restart:
             entry["restartRequired"] = True
@@ -177,6 +177,7 @@ def fleet_status(
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
         "measuredAt": now,
         "parent": scope.parent,
+        "cloneDirectory": scope.directory,
         "clones": clones,
     }
 
