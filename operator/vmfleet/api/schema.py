@@ -409,7 +409,9 @@ _CLONE_STATUS = obj(
         "restartRequired": {"type": "boolean", "description": "The VM runs an older definition than the one "
                             "defined: it takes effect at its next restart (condition RestartRequired)."},
         "logicalBytes": integer("The clone's size as the guest sees it.", 0),
-        "allocatedBytes": integer("Bytes that belong to this clone alone: what deleting it frees.", 0),
+        "allocatedBytes": integer(
+            "Bytes of this clone's data no other file shares: what deleting it frees. Leaves out XFS's transient "
+            "copy-on-write preallocation (up to 128 KiB per region written, trimmed within 5 minutes).", 0),
     },
     required=("name", "ordinal"),
 )

@@ -34,7 +34,12 @@ HINTS = {
     "NoHosts": "label a KvmHost to match the fleet's spec.hostSelector, or change the selector",
     "NoReachableHost": "check each KvmHost's spec.uri: `virsh -c URI list` from where the operator runs",
     "InsufficientCapacity": "add a KvmHost, raise spec.capacity of one, or lower spec.replicas",
-    "HostUnreachable": "check libvirtd on that host and the network to it; its VMs stay put until it is back",
+    "HostUnreachable": "bring that host (or its KvmHost, or its old URI) back: its VMs stay put and keep their disks "
+                       "until vmfleet can see them; if the host is dead for good, annotate the fleet "
+                       "vmfleet.io/hosts-lost=<host> (docs/operations.md)",
+    "HostDeclaredLost": "remove the vmfleet.io/hosts-lost annotation once the host is repaired or deleted",
+    "DuplicateDomain": "a host declared lost came back running the VM: stop and undefine the stale domain by hand",
+    "DefinitionChanged": "restart the VMs named (virsh shutdown NAME; vmfleet starts them with the new definition)",
     "CloneLost": "restore the clone file from a backup, or scale in to drop the VM",
     "NameConflict": "a domain of that name was not made by vmfleet: rename or undefine it",
     "StoreUnavailable": "check the store: SSH to spec.ssh.host with its key and known_hosts, or its NFS mount",
