@@ -3,6 +3,7 @@ driven through the real engine, a real qcow2 store and libvirt test-driver insta
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,23 @@ async def test_finding_7_a_fleet_whose_template_is_gone_is_torn_down_by_its_uid(
     nothing = await passes.fleet_delete_pass(site.runtime, {**body, "metadata": {**body["metadata"], "uid": "x"}},
                                              passes.Catalog())
     assert nothing.complete and nothing.events == []
+
+
+def test_a_golden_image_replaced_in_place_is_reported_not_ignored(tmp_path: Path, small_image: Path) -> None:
+    from helpers import quickstart
+
+    manifests = quickstart(tmp_path, small_image)
+    vmfleet = str(Path(sys.executable).parent / "vmfleet")
+    first = subprocess.run([vmfleet, "apply", "-f", str(manifests), "-o", "json"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    image = next((tmp_path / "store" / "images").iterdir())
+    with open(image, "r+b") as f:  # a new release written over the old file
+        f.write(b"new golden image")
+    second = subprocess.run([vmfleet, "apply", "-f", str(manifests), "-o", "json"], capture_output=True,
+                            text=True)
+    template = next(o for o in json.loads(second.stdout) if o["kind"] == "VmTemplate")
+    changed = next(c for c in template["status"]["conditions"] if c["type"] == "ImageChanged")
+    assert changed["status"] == "True" and "changed since" in changed["message"]
+    assert "ImageChanged" in second.stderr
+    assert not any(c["type"] == "ImageChanged" for c in next(
+        o for o in json.loads(first.stdout) if o["kind"] == "VmTemplate")["status"]["conditions"])

@@ -38,6 +38,8 @@ HINTS = {
                        "until vmfleet can see them; if the host is dead for good, annotate the fleet "
                        "vmfleet.io/hosts-lost=<host> (docs/operations.md)",
     "HostDeclaredLost": "remove the vmfleet.io/hosts-lost annotation once the host is repaired or deleted",
+    "ImageChanged": "the golden image was changed in place: clones keep coming from the old one; give the new "
+                    "image a new path and point a template at it",
     "DuplicateDomain": "a host declared lost came back running the VM: stop and undefine the stale domain by hand",
     "DefinitionChanged": "restart the VMs named (virsh shutdown NAME; vmfleet starts them with the new definition)",
     "CloneLost": "restore the clone file from a backup, or scale in to drop the VM",

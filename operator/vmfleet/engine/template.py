@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 from ..api.types import CloneStore, VmTemplate
-from ..storage import StoreError, parent_path
+from ..storage import StoreDriver, StoreError, parent_path
 from .fleet import now
 from .runtime import Runtime
-from .status import Event, summary_conditions
+from .status import Event, condition, summary_conditions
+
+
+def source_path(parent: str) -> str:
+    """Beside each parent: which image it was made from, and that image's fingerprint then."""
+    return f"{parent}.source"
+
+
+async def image_changed(driver: StoreDriver, template: VmTemplate, parent: str) -> str:
+    """'' while the image is the one the parent was made from; else what changed. A parent found without a
+    note (made by an older version) is taken to come from the image as it is now."""
+    now_print = await driver.fingerprint(template.image_path)
+    text = await driver.read_text(source_path(parent))
+    try:
+        noted = json.loads(text) if text is not None else None
+        then = noted["fingerprint"] if isinstance(noted, dict) else None
+    except (ValueError, KeyError):
+        then = None
+    if then is None:
+        await driver.write_text(source_path(parent), json.dumps(
+            {"image": template.image_path, "format": template.image_format, "fingerprint": now_print}) + "\n")
+        return ""
+    if then == now_print:
+        return ""
+    return (f"{template.image_path} changed since {parent} was made from it (size:mtime:inode {then} -> "
+            f"{now_print or 'missing'}): existing and new clones still come from the old image; to roll the new "
+            "one out, point a template at a new image path")
 
 
 async def reconcile_template(
@@ -19,6 +46,7 @@ async def reconcile_template(
     old = (previous or {}).get("parent") or {}
     prepared_at = old.get("preparedAt") if old.get("path") == parent else None
     t = now()
+    changed = ""
     try:
         driver = runtime.store_driver(store)
         async with runtime.parent_lock(store, parent):
@@ -26,14 +54,21 @@ async def reconcile_template(
                 await driver.prepare_parent(template.image_path, template.image_format, parent)
                 events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))
                 prepared_at = t
+            changed = await image_changed(driver, template, parent)
         ok, reason, message = True, "ParentReady", f"clone parent {parent} is ready"
     except Exception as e:  # noqa: BLE001 - reported in status and as an event
         ok, reason, message = False, "ParentFailed", str(e)
         events.append(Event("Warning", reason, message))
+    conditions = summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,
+                                    previous, t)
+    if changed:  # present only while true; said once as an event
+        conditions.append(condition("ImageChanged", True, "ImageChanged", changed, template.meta.generation,
+                                    previous, t))
+        if not any(c.get("type") == "ImageChanged" for c in (previous or {}).get("conditions", []) or []):
+            events.append(Event("Warning", "ImageChanged", changed))
     status: dict[str, Any] = {
         "observedGeneration": template.meta.generation,
-        "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,
-                                         previous, t),
+        "conditions": conditions,
     }
     if ok:
         status["parent"] = {"path": parent, "format": template.image_format, "clones": clones,
@@ -50,8 +85,10 @@ async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneSto
                             f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first")
     if shared_with_other_templates:
         return True, Event("Normal", "ParentKept", f"{parent} is kept: another template uses the same image")
+    driver = runtime.store_driver(store)
     try:
-        await runtime.store_driver(store).delete_parent(parent)
+        await driver.delete_parent(parent)
+        await driver.delete(source_path(parent))
     except StoreError as e:
         return False, Event("Warning", "ParentInUse", str(e))
     return True, Event("Normal", "ParentDeleted", f"deleted {parent}")

@@ -96,6 +96,10 @@ class StoreDriver(Protocol):
         """Logical size and own bytes of each existing file, in one pass."""
         ...
 
+    async def fingerprint(self, path: str) -> str | None:
+        """What changes when a file is rewritten or replaced (size, modification time, inode); None if missing."""
+        ...
+
     async def read_text(self, path: str) -> str | None:
         """A small text file vmfleet keeps in the store (a fleet's record); None if there is none."""
         ...

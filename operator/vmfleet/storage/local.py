@@ -484,6 +484,15 @@ class LocalStore:
     def _measure(self, fd: int, path: str) -> Space:
         raise NotImplementedError
 
+    async def fingerprint(self, path: str) -> str | None:
+        return await self._run(path, self._fingerprint, path)
+
+    def _fingerprint(self, path: str) -> str | None:
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            st = self._lstat(dirs[-1], name, path) if dirs is not None else None
+        return None if st is None else f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
     async def read_text(self, path: str) -> str | None:
         return await self._run(path, self._read_text, path)
 
