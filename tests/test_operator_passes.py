@@ -13,6 +13,7 @@ import yaml
 from helpers import REPO, quickstart
 from vmfleet.engine import Runtime
 from vmfleet.operator import passes
+from vmfleet.storage import parent_path
 
 
 def load(manifests: Path) -> dict[str, dict]:
@@ -30,7 +31,7 @@ def catalog(docs: dict[str, dict], clones: int = 0, hosts: list[dict] | None = N
         stores={docs["CloneStore"]["metadata"]["name"]: docs["CloneStore"]},
         hosts=hosts if hosts is not None else [docs["KvmHost"]],
         templates={("default", t["metadata"]["name"]): t},
-        clones_by_template={("default", t["metadata"]["name"]): clones},
+        clones_by_parent={parent_path(t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw")): clones},
         images_by_template={("default", "basic"): ("local", "images/basic.img", "raw")},
     )
 

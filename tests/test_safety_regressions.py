@@ -274,3 +274,27 @@ def test_a_golden_image_replaced_in_place_is_reported_not_ignored(tmp_path: Path
     assert "ImageChanged" in second.stderr
     assert not any(c["type"] == "ImageChanged" for c in next(
         o for o in json.loads(first.stdout) if o["kind"] == "VmTemplate")["status"]["conditions"])
+
+
+async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: Site) -> None:
+    """Suspicion: the parent's clone count followed each fleet's current templateRef."""
+    from vmfleet.api.status import clones_by_parent
+    from vmfleet.operator import passes
+
+    (site.root / "images" / "new.img").write_bytes((site.root / "images" / "t.img").read_bytes())
+    old = site.template()
+    await site.converge(site.fleet(1), old)
+    new_doc = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
+               "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/new.img"}, "memoryMiB": 64}}
+    new = parse(new_doc)
+    assert isinstance(new, VmTemplate)
+    switched = await site.converge(site.fleet(2), new)  # web-0 keeps its clone of the old image
+    counts = clones_by_parent(switched.status)
+    assert sorted(counts.values()) == [1, 1] and len(counts) == 2
+    old_doc = {**new_doc, "metadata": {"name": "old", "namespace": "default"},
+               "spec": {**new_doc["spec"], "image": {"path": "images/t.img"}}}
+    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root)},
+                             templates={("default", "old"): old_doc}, clones_by_parent=counts)
+    released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
+    assert not released and event.reason == "ParentInUse"
+    assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()

@@ -19,6 +19,14 @@ def clone_path(status: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
     return f"{status['cloneDirectory']}/{entry['file']}"
 
 
+def clones_by_parent(status: Mapping[str, Any] | None) -> dict[str, int]:
+    """Clones a fleet's status says it has, per clone parent: what each parent must outlive."""
+    out: dict[str, int] = {}
+    for entry in (status or {}).get("clonesByParent", []) or []:
+        out[entry["parent"]] = out.get(entry["parent"], 0) + int(entry["clones"])
+    return out
+
+
 def clone_count(status: Mapping[str, Any] | None) -> int:
     """Clones a fleet's status says exist: what its template's parent must outlive."""
     return sum(1 for c in (status or {}).get("clones", []) or [] if "file" in c)

@@ -9,11 +9,11 @@ from ..api import VmFleet
 from ..api.types import SecretRef
 from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
-from ..api.status import clone_count
+from ..api.status import clones_by_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import summarise
-from ..storage import SecretReader, StoreError
+from ..storage import SecretReader, StoreError, parent_path
 from .manifests import Loaded, Secret, World
 
 
@@ -64,7 +64,8 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
         for (ns, name), template in world.templates.items():
             if dry_run:
                 continue
-            count = sum(clone_count(r.status) for f, r in zip(world.fleets, results) if world.template_of(f) is template)
+            parent = parent_path(template.image_path, template.image_format)
+            count = sum(clones_by_parent(r.status).get(parent, 0) for r in results)
             status, events = await reconcile_template(runtime, template, world.stores[template.store], count, None)
             _log("VmTemplate", f"{ns}/{name}", events)
             statuses[by_id[id(template)]] = status

@@ -220,13 +220,14 @@ class FleetScope:
                 continue
             old = vms.get(a.ordinal)
             if a.op is Op.CREATE_CLONE and a.host:
-                vms[a.ordinal] = Placement(a.host, self._uri(a.host), CREATING)
+                vms[a.ordinal] = Placement(a.host, self._uri(a.host), CREATING, self.parent)
             elif a.op in (Op.DEFINE, Op.START) and a.host and (old is None or old.host != a.host or
                                                               old.state == DELETING):
                 vms[a.ordinal] = Placement(a.host, self._uri(a.host), old.state if old and old.state == CREATING
-                                           else PLACED)
+                                           else PLACED, old.parent if old else "")
             elif a.op is Op.DELETE_CLONE:
-                vms[a.ordinal] = Placement(old.host if old else "", old.uri if old else "", DELETING)
+                vms[a.ordinal] = Placement(old.host if old else "", old.uri if old else "", DELETING,
+                                           old.parent if old else "")
         return self.record.with_vms(vms)
 
     def settled(self, seen: Observation) -> FleetRecord:
@@ -238,7 +239,7 @@ class FleetScope:
             domain = seen.domains.get(o)
             old = self.record.vms.get(o)
             if domain is not None:
-                vms[o] = Placement(domain.host, self._uri(domain.host), PLACED)
+                vms[o] = Placement(domain.host, self._uri(domain.host), PLACED, old.parent if old else "")
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif o in seen.clones:
@@ -251,6 +252,16 @@ class FleetScope:
             elif old.state == PLACED and o in wanted:
                 vms[o] = old  # its clone is lost: keep saying so
         return self.record.with_vms(vms)
+
+    def clones_by_parent(self, seen: Observation) -> dict[str, int]:
+        """How many of the fleet's clones each parent must outlive. A clone whose parent was not recorded counts
+        for the current one: a count too high keeps a parent longer, never too short."""
+        out: dict[str, int] = {}
+        for o in seen.clones:
+            p = self.record.vms.get(o)
+            parent = p.parent if p is not None and p.parent else self.parent
+            out[parent] = out.get(parent, 0) + 1
+        return out
 
     async def save(self, record: FleetRecord) -> None:
         if record.vms != self.record.vms:

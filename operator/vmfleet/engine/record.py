@@ -25,6 +25,7 @@ class Placement:
     host: str
     uri: str
     state: str = PLACED
+    parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
 
 
 @dataclass
@@ -37,14 +38,16 @@ class FleetRecord:
     def to_text(self) -> str:
         return json.dumps({
             "kind": KIND, "uid": self.uid, "namespace": self.namespace, "name": self.name,
-            "vms": {str(o): {"host": p.host, "uri": p.uri, "state": p.state} for o, p in sorted(self.vms.items())},
+            "vms": {str(o): {"host": p.host, "uri": p.uri, "state": p.state, "parent": p.parent}
+                    for o, p in sorted(self.vms.items())},
         }, indent=1) + "\n"
 
     @classmethod
     def parse(cls, text: str, where: str) -> "FleetRecord":
         try:
             doc: Any = json.loads(text)
-            vms = {int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"])) for o, p in doc["vms"].items()}
+            vms = {int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")))
+                   for o, p in doc["vms"].items()}
             if any(p.state not in STATES for p in vms.values()):
                 raise ValueError(f"a state is not one of {', '.join(STATES)}")
             return cls(str(doc["uid"]), str(doc["namespace"]), str(doc["name"]), vms)

@@ -177,6 +177,7 @@ def fleet_status(
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
         "measuredAt": now,
         "parent": scope.parent,
+        "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(scope.clones_by_parent(seen).items())],
         "cloneDirectory": scope.directory,
         "clones": clones,
     }

@@ -9,7 +9,7 @@ import kopf
 
 from ..api.schema import GROUP, VERSION
 from .. import metrics
-from ..api.status import clone_count
+from ..api.status import clones_by_parent
 from ..engine import Event, Runtime
 from . import passes
 from .secrets import ClusterSecrets
@@ -68,8 +68,9 @@ def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tu
 
 
 @kopf.index(GROUP, VERSION, "vmfleets")
-def fleet_clones(namespace: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
-    return {(namespace, spec.get("templateRef", {}).get("name", "")): clone_count(plain(status))}
+def fleet_clones(status: kopf.Status, **_: Any) -> dict[str, int]:
+    """Clones per clone parent, by what each fleet made (not by the template it names now)."""
+    return clones_by_parent(plain(status))
 
 
 @kopf.index(GROUP, VERSION, "vmfleets")
@@ -89,7 +90,7 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
         stores={key: first(store) for key, store in clonestores.items()},
         hosts=[first(store) for store in kvmhosts.values()],
         templates=templates,
-        clones_by_template={key: sum(store) for key, store in fleet_clones.items()},
+        clones_by_parent={key: sum(store) for key, store in fleet_clones.items()},
         images_by_template={
             key: (t["spec"]["storeRef"]["name"], t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))
             for key, t in templates.items()

@@ -12,6 +12,7 @@ from ..engine.fleet import now
 from ..api.status import condition_of
 from ..engine.status import blocked_status
 from ..planner import listing
+from ..storage import parent_path
 
 Key = tuple[str, str]
 
@@ -23,7 +24,7 @@ class Catalog:
     stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hosts: list[Mapping[str, Any]] = field(default_factory=list)
     templates: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
-    clones_by_template: Mapping[Key, int] = field(default_factory=dict)
+    clones_by_parent: Mapping[str, int] = field(default_factory=dict)  # parent path -> clones of all fleets
     images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)
     vms_by_host: Mapping[str, int] = field(default_factory=dict)
 
@@ -128,8 +129,7 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
         template, store = resolve_template(body, catalog)
     except Unresolved as e:
         return _unresolved(body, e)
-    key = (template.meta.namespace or "default", template.meta.name)
-    status, events = await reconcile_template(runtime, template, store, catalog.clones_by_template.get(key, 0),
+    status, events = await reconcile_template(runtime, template, store, _clones_of(template, catalog),
                                               body.get("status"))
     return PassResult(status, events)
 
@@ -156,7 +156,12 @@ async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalo
     key = (template.meta.namespace or "default", template.meta.name)
     image = (template.store, template.image_path, template.image_format)
     shared = any(k != key and v == image for k, v in catalog.images_by_template.items())
-    return await release_parent(runtime, template, store, catalog.clones_by_template.get(key, 0), shared)
+    return await release_parent(runtime, template, store, _clones_of(template, catalog), shared)
+
+
+def _clones_of(template: VmTemplate, catalog: Catalog) -> int:
+    """Clones that any fleet made from this template's parent, whichever template each fleet names now."""
+    return catalog.clones_by_parent.get(parent_path(template.image_path, template.image_format), 0)
 
 
 def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
