@@ -13,7 +13,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import pytest
 
@@ -160,8 +160,8 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
 class Sshd:
     """OpenSSH's sshd on a loopback port, root login by key only: a second way into the KVM host."""
 
-    def __init__(self, base: Path):
-        self.base, self.port = base, 0
+    def __init__(self, base: Path, config: Sequence[str] = ()):
+        self.base, self.port, self.config = base, 0, list(config)  # config: more sshd_config lines
         self.proc: subprocess.Popen[bytes] | None = None
         for key in ("host", "client"):
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key))
@@ -183,7 +183,7 @@ class Sshd:
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.base / 'host'}",
             f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "UsePAM no", "StrictModes no", ""]))
+            "UsePAM no", "StrictModes no", *self.config, ""]))
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"),
                                       "-E", str(self.base / "sshd.log")])

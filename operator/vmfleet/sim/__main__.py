@@ -1,6 +1,10 @@
 """`python -m vmfleet.sim`: serve the SONAS CLI or a GPFS node over SSH on loopback, for trying vmfleet.
 
 Writes a client key, the Secret that carries it with known_hosts, and prints where it listens.
+
+`python -m vmfleet.sim --exec --dir DIR --personality sonas|gpfs` runs the one command in
+$SSH_ORIGINAL_COMMAND (stdin for `xargs -0`) and exits with its status: an OpenSSH sshd's ForceCommand,
+so the SSH server in front of the simulator is the one users meet.
 """
 
 from __future__ import annotations
@@ -8,11 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-
-import asyncssh
-import yaml
-
-from .server import start
+import sys
+import time
 
 
 def main() -> None:
@@ -21,14 +22,27 @@ def main() -> None:
     p.add_argument("--mount-point", default="/ibm/gpfs0", help="where the file system is on the server")
     p.add_argument("--personality", choices=["sonas", "gpfs"], default="sonas")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--secret", required=True, help="write the SSH Secret manifest here")
+    p.add_argument("--secret", help="write the SSH Secret manifest here")
     p.add_argument("--secret-name", default="sonas-ssh")
+    p.add_argument("--max-sessions", type=int, default=10, help="sessions per connection, as OpenSSH's MaxSessions")
+    p.add_argument("--exec", action="store_true", help="run $SSH_ORIGINAL_COMMAND once and exit with its status")
+    p.add_argument("--latency", type=float, default=0.0, help="--exec: seconds each command takes at least")
+    p.add_argument("--log", help="--exec: append each command to this file, one a line")
     args = p.parse_args()
+    if args.exec:
+        sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log))
+    if not args.secret:
+        p.error("--secret is required unless --exec")
+
+    import asyncssh
+    import yaml
+
+    from .server import start
 
     async def serve() -> None:
         client = asyncssh.generate_private_key("ssh-ed25519")
         sim = await start(args.dir, args.mount_point, args.personality,
-                          client.export_public_key().decode(), args.port)
+                          client.export_public_key().decode(), args.port, max_sessions=args.max_sessions)
         secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
                   "metadata": {"name": args.secret_name, "namespace": "vmfleet-system"},
                   "stringData": {"ssh-privatekey": client.export_private_key().decode(),
@@ -40,6 +54,22 @@ def main() -> None:
         await asyncio.Event().wait()
 
     asyncio.run(serve())
+
+
+def run_once(directory: str, mount_point: str, personality: str, latency: float, log: str | None) -> int:
+    from .cli import execute, reads_stdin
+    from .fs import SimFs
+
+    command = os.environ.get("SSH_ORIGINAL_COMMAND", "")
+    if log:
+        with open(log, "a") as f:
+            f.write(command.replace("\n", " ") + "\n")
+    stdin = sys.stdin.read() if reads_stdin(command) else ""
+    time.sleep(latency)
+    status, out, err = execute(SimFs(directory, mount_point), personality, command, stdin)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return status
 
 
 if __name__ == "__main__":

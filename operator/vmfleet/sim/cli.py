@@ -1,5 +1,7 @@
 """The commands the simulator answers: the SONAS CLI (mkclone, lsclone) and a GPFS node's shell
-(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat), with their output formats and errors.
+(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat, cat, dd, mv, xargs -0), with their output
+formats and errors. `execute` is the one entry point: the asyncssh server and `python -m vmfleet.sim --exec` (run by a
+real OpenSSH sshd's ForceCommand) both hand it each command.
 
 Verified against shared/reference/gpfs-clones.md: the `mmclone show` table, the
 `EFSSG1000I The command completed successfully.` trailer, `mmclone: Read-only file system` on
@@ -60,6 +62,40 @@ def split(command: str) -> list[str]:
     if bad:
         raise ValueError(f"unquoted shell syntax {''.join(sorted(bad))!r}")
     return shlex.split(command)
+
+
+def reads_stdin(command: str) -> bool:
+    """Only `xargs -0` and `dd` read stdin; others must not wait for an EOF the client may never send."""
+    return command.startswith(("xargs ", "dd "))
+
+
+def execute(fs: SimFs, personality: str, command: str, stdin: str = "") -> Result:
+    """One command line as the SONAS CLI or a GPFS node's shell would run it."""
+    try:
+        argv = split(command)
+        if argv[:2] == ["xargs", "-0"] and personality == "gpfs":
+            return _xargs(fs, argv[2:], [p for p in stdin.split("\0") if p])
+        if argv[:1] == ["dd"] and personality == "gpfs":
+            return _dd(fs, argv[1:], stdin)
+        return (sonas if personality == "sonas" else gpfs)(fs, argv)
+    except ValueError as e:
+        return 2, "", f"sim: refusing {e}: {command!r}\n"
+    except OSError as e:  # a real server reports its errors; it does not drop the connection
+        return 1, "", f"{command.split()[0]}: {e.strerror or e}\n"
+
+
+def _xargs(fs: SimFs, argv: list[str], items: list[str]) -> Result:
+    """`xargs -0 [-n1] COMMAND...`: exit 123 when some run of COMMAND failed, as GNU xargs."""
+    per_item = argv[:1] == ["-n1"]
+    argv = argv[1:] if per_item else argv
+    runs = [argv + [item] for item in items] if per_item else [argv + items]
+    out, err, status = [], [], 0
+    for run in runs if items else []:
+        code, o, e = gpfs(fs, run)
+        out.append(o)
+        err.append(e)
+        status = status or (123 if code else 0)
+    return status, "".join(out), "".join(err)
 
 
 # ---------------------------------------------------------------- SONAS CLI
@@ -144,6 +180,15 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
             return 0, "".join(f"{n}\n" for n in sorted(os.listdir(local))), ""
         if name == "stat" and args[:1] == ["-c"] and len(args) >= 4 and args[2] == "--":
             return _stat(fs, args[1], args[3:])
+        if name == "cat" and args[:1] == ["--"] and len(args) == 2:
+            try:
+                with open(fs.local(args[1]), encoding="utf-8") as f:
+                    return 0, f.read(), ""
+            except FileNotFoundError:
+                return 1, "", f"cat: {args[1]}: No such file or directory\n"
+        if name == "mv" and args[:2] == ["-f", "--"] and len(args) == 4:
+            fs.rename(args[2], args[3])
+            return 0, "", ""
     except FsError as e:
         return 1, "", f"{name}: {e.filename}: {os.strerror(e.errno or 0)}\n"
     return 127, "", f"bash: {argv[0]}: command not found\n"
@@ -188,3 +233,15 @@ def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
                   "%h": str(st.st_nlink)}
         out.append(re.sub(r"%[nsbih]", lambda m: values[m.group()], fmt) + "\n")
     return status, "".join(out), "".join(err)
+
+
+def _dd(fs: SimFs, args: list[str], stdin: str) -> Result:
+    """`dd of=FILE conv=fsync status=none`: stdin into a new or truncated file."""
+    if len(args) != 3 or not args[0].startswith("of=") or args[1:] != ["conv=fsync", "status=none"]:
+        return 1, "", f"dd: unsupported operands {args!r}\n"
+    path = args[0][len("of="):]
+    try:
+        fs.write(path, stdin.encode())
+    except FsError as e:
+        return 1, "", f"dd: failed to open '{path}': {os.strerror(e.errno or 0)}\n"
+    return 0, "", ""

@@ -179,6 +179,27 @@ class SimFs:
             raise _err(errno.EROFS, path)
         os.unlink(local)
 
+    def write(self, path: str, data: bytes) -> None:
+        """A plain file's new contents; a clone parent is read-only (EROFS)."""
+        local = self.local(path)
+        if not os.path.isdir(os.path.dirname(local)):
+            raise _err(errno.ENOENT, path)
+        info = self.info(path) if os.path.lexists(local) else None
+        if info is not None and info.is_parent:
+            raise _err(errno.EROFS, path)
+        with open(local, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+
+    def rename(self, source: str, target: str) -> None:
+        """`mv`: a clone parent cannot be replaced (EROFS)."""
+        src, dst = self.local(source), self.local(target)
+        if not os.path.lexists(src):
+            raise _err(errno.ENOENT, source)
+        if os.path.lexists(dst) and (self.info(target) or CloneInfo(False, 0, None)).is_parent:
+            raise _err(errno.EROFS, target)
+        os.rename(src, dst)
+
     def charged_blocks(self, path: str) -> int:
         """512-byte blocks GPFS charges to the file: a clone's own copy-on-write blocks only."""
         local = self.local(path)

@@ -89,6 +89,19 @@ def ls(directory: str) -> str:
     return _join("ls", "-1", "--", directory)
 
 
+def cat(path: str) -> str:
+    return _join("cat", "--", path)
+
+
+def dd_stdin_to(path: str) -> str:
+    """Write stdin to a new file, on disk before it exits (for `mv_f` over the old one)."""
+    return _join("dd", f"of={path}", "conv=fsync", "status=none")
+
+
+def mv_f(source: str, target: str) -> str:
+    return _join("mv", "-f", "--", source, target)
+
+
 STAT_FORMAT = "%n\t%s\t%b"
 
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 from typing import Sequence
 
 from . import commands as cmd
-from .base import Space, StoreError
+from .base import PARTIAL_SUFFIX, Space, StoreError
 from .fiemap import own_bytes
 from .local import LocalStore
 from .qcow2 import guest_size, read_header
@@ -116,7 +117,26 @@ class GpfsStore:
             if "No such file or directory" in reply.stderr:
                 return []
             cmd.shell_output("ls", reply.exit_status, reply.stdout, reply.stderr)
-        return sorted(n for n in reply.stdout.splitlines() if n)
+        return sorted(n for n in reply.stdout.splitlines() if n and not n.endswith(PARTIAL_SUFFIX))
+
+    async def read_text(self, path: str) -> str | None:
+        reply = await self.runner.run(cmd.cat(self._path(path)), retry=True)
+        if reply.exit_status != 0 and "No such file or directory" in reply.stderr:
+            return None
+        return cmd.shell_output("cat", reply.exit_status, reply.stdout, reply.stderr)
+
+    async def write_text(self, path: str, text: str) -> None:
+        """Written beside it, then renamed over it: a reader sees the old text or the new, never a mix."""
+        target = self._path(path)
+        partial = self._path(f"{path}.{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
+        await self._mkdir(posixpath.dirname(target))
+        reply = await self.runner.run(cmd.dd_stdin_to(partial), stdin=text)
+        try:
+            cmd.shell_output("dd", reply.exit_status, reply.stdout, reply.stderr)
+            await self._sh(cmd.mv_f(partial, target))
+        except StoreError:
+            await self.runner.run(cmd.rm_f(partial))
+            raise
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
         path = self._path(target)

@@ -1,0 +1,169 @@
+"""Issue 12, the storage side: finding 16 (OpenSSH's MaxSessions).
+
+The SSH tests run against OpenSSH's own sshd (ForceCommand hands each command to the simulator's
+interpreter) and against the simulator's asyncssh server, which must behave the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import asyncssh
+import pytest
+from prometheus_client import REGISTRY
+
+from conftest import TIMINGS
+from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
+from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulator fixture
+from vmfleet.api import CloneStore, parse
+from vmfleet.api import InvalidManifest
+from vmfleet.engine import reconcile_fleet
+from vmfleet.storage import StoreError
+from vmfleet.storage import commands as cmd
+
+pytestmark = [pytest.mark.safety, pytest.mark.sonas]
+MIB = 1 << 20
+SERVERS = ["openssh", "asyncssh-sim"]
+
+
+def ssh_errors(env: SimEnv, error: str) -> float:
+    value = REGISTRY.get_sample_value("vmfleet_ssh_errors_total",
+                                      {"target": f"{env.user}@127.0.0.1:{env.sim.port}", "error": error})
+    return value or 0.0
+
+
+async def _raw_connection(env: SimEnv) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect("127.0.0.1", env.sim.port, username=env.user, client_keys=[env.client_key],
+                                  known_hosts=asyncssh.import_known_hosts(env.sim.known_hosts), agent_path=None,
+                                  config=None)
+
+
+# ---------------------------------------------------------------- finding 16: MaxSessions
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_the_server_refuses_the_11th_session_of_one_connection(make_env: MakeEnv, server: str) -> None:
+    """What the issue measured with OpenSSH: 16 commands at once on one connection, 10 run, 6 are refused;
+    the simulator refuses the same ones the same way."""
+    env = await make_env("gpfs", openssh=server == "openssh", latency=1.0)
+    conn = await _raw_connection(env)
+    try:
+        results = await asyncio.gather(*(conn.run(cmd.ls(f"{MOUNT}/frank"), check=False) for _ in range(16)),
+                                       return_exceptions=True)
+    finally:
+        conn.close()
+    ok = [r for r in results if isinstance(r, asyncssh.SSHCompletedProcess) and r.exit_status == 0]
+    refused = [r for r in results if isinstance(r, asyncssh.ChannelOpenError)]
+    assert (len(ok), len(refused)) == (10, 6), results
+    assert {(r.code, r.reason) for r in refused} == {(asyncssh.OPEN_CONNECT_FAILED, "open failed")}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_16_commands_at_once_all_run_on_a_server_with_max_sessions_10(make_env: MakeEnv, server: str) -> None:
+    """concurrency 16, maxSessions 10 (the default): two connections, no channel refused, none dropped."""
+    env = await make_env("gpfs", openssh=server == "openssh", latency=1.0)
+    runner = env.runtime.store_driver(env.store(concurrency=16)).runner  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    replies = await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(16)),
+                                   return_exceptions=True)
+    seconds = time.monotonic() - t0
+    assert [getattr(r, "exit_status", r) for r in replies] == [0] * 16
+    assert env.sim.connections == 2 and runner.channels_refused == 0
+    assert ssh_errors(env, "dropped") == 0
+    assert seconds < 12, seconds  # at once: 16 in a row take 16 s or more
+    TIMINGS[f"ssh: 16 commands of 1 s at once through {server}, MaxSessions 10"] = seconds
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_refused_channel_is_retried_and_the_others_go_on(make_env: MakeEnv, server: str) -> None:
+    """maxSessions set above the server's: the channels it refuses are opened again once others close, for
+    commands that are not safe to repeat too (a refused command never started); no connection is dropped."""
+    env = await make_env("gpfs", openssh=server == "openssh", latency=0.5)
+    store = env.store(concurrency=16, ssh={"maxSessions": 16})
+    runner = env.runtime.store_driver(store).runner  # type: ignore[attr-defined]
+    (env.directory / "frank" / "gone").mkdir()
+    replies = await asyncio.gather(*(runner.run(cmd.rm_f(f"{MOUNT}/frank/gone/{i}")) for i in range(16)),
+                                   return_exceptions=True)
+    assert [getattr(r, "exit_status", r) for r in replies] == [0] * 16
+    assert runner.channels_refused >= 6 and ssh_errors(env, "refused") >= 6
+    assert env.sim.connections == 1 and ssh_errors(env, "dropped") == 0
+    assert env.sim.count("rm ") == 16  # each ran once
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_session_is_not_reopened_before_the_server_has_freed_it(make_env: MakeEnv, server: str) -> None:
+    """sshd frees a session only once its loop collects the closed channel: a channel opened right behind
+    the client's close is refused ("no more sessions" in the server's log), 38 of 60 here before the fix."""
+    env = await make_env("gpfs", openssh=server == "openssh")
+    runner = env.runtime.store_driver(env.store(concurrency=10)).runner  # type: ignore[attr-defined]
+    replies = await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(60)))
+    assert [r.exit_status for r in replies] == [0] * 60, [r for r in replies if r.exit_status]
+    assert runner.channels_refused == 0 and env.sim.connections == 1
+    if isinstance(env.sim, OpenSshSim):
+        assert "no more sessions" not in (env.sim.sshd.base / "sshd.log").read_text()
+
+
+async def test_a_server_that_never_frees_a_session_is_a_clear_error(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs", max_sessions=1, hang={1})
+    store = env.store(timeout=1, ssh={"maxSessions": 2}, concurrency=2)
+    runner = env.runtime.store_driver(store).runner  # type: ignore[attr-defined]
+    errors = await asyncio.gather(runner.run(cmd.ls(f"{MOUNT}/frank")), runner.run(cmd.ls(f"{MOUNT}/frank")),
+                                  return_exceptions=True)
+    assert all(isinstance(e, StoreError) for e in errors), errors
+    hung, refused = sorted(errors, key=lambda e: "took longer" not in str(e))
+    assert "ls on root@127.0.0.1" not in str(hung) and "took longer than 1 s" in str(hung)
+    assert "above the server's MaxSessions" in str(refused) and "open failed" in str(refused)
+
+
+async def test_the_pool_opens_a_connection_only_when_the_others_are_full(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs", latency=0.3)
+    runner = env.runtime.store_driver(env.store(concurrency=25)).runner  # type: ignore[attr-defined]
+    await runner.run(cmd.ls(f"{MOUNT}/frank"))
+    await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(8)))
+    assert env.sim.connections == 1
+    await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(25)))
+    assert env.sim.connections == 3 and env.sim.refused == 0
+
+
+def _store(ssh: dict) -> CloneStore:
+    s = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
+               "spec": {"driver": "gpfs", "root": "/gpfs", "ssh": {"host": "h", "user": "u",
+                                                                   "secretRef": {"name": "k", "namespace": "n"}, **ssh}}})
+    assert isinstance(s, CloneStore)
+    return s
+
+
+def test_max_sessions_defaults_to_openssh_s_10_and_is_bounded() -> None:
+    assert _store({}).ssh.max_sessions == 10  # type: ignore[union-attr]
+    assert _store({"maxSessions": 1000}).ssh.max_sessions == 1000  # type: ignore[union-attr]
+    for bad in (0, 1001):
+        with pytest.raises(InvalidManifest, match="maxSessions"):
+            _store({"maxSessions": bad})
+
+
+@pytest.mark.parametrize("personality", ["gpfs", "sonas"])
+async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, personality: str) -> None:
+    """The driver end to end through OpenSSH's sshd: a parent, 16 clones at once (concurrency 16), a
+    refresh that measures a written clone, then the fleet deleted."""
+    env = await make_env(personality, openssh=True)
+    store = env.store(concurrency=16, timeout=30)
+    t0 = time.monotonic()
+    first = await reconcile_fleet(env.runtime, fleet(16), template(), store, [host()])
+    seconds = time.monotonic() - t0
+    assert first.status["readyReplicas"] == 16, first.status["conditions"]
+    copies = env.sim.count("mkclone -s") + env.sim.count(f"{cmd.MMCLONE} copy")
+    assert copies == 16 and env.sim.connections == 2
+    assert not [e for e in first.events if e.type == "Warning"], first.events
+    TIMINGS[f"ssh: 16 {personality} clones at once through OpenSSH (MaxSessions 10)"] = seconds
+
+    written = env.directory / "frank" / clone_path(first.status, 3)
+    with open(written, "r+b") as disk:
+        disk.write(b"\1" * MIB)
+    subprocess.run(["sync", str(written)], check=True)
+    again = await reconcile_fleet(env.runtime, fleet(16), template(), store, [host()], first.status)
+    assert [c["allocatedBytes"] for c in again.status["clones"]] == [0, 0, 0, MIB] + [0] * 12
+    down = await reconcile_fleet(env.runtime, fleet(0), template(), store, [host()], again.status)
+    assert not down.status.get("clones") and not list((env.directory / "frank").rglob("web-*"))
+    assert ssh_errors(env, "dropped") == ssh_errors(env, "refused") == 0
