@@ -278,16 +278,20 @@ def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
     except StoreError:
         return
     for built in (cmd.mkclone(path, path), cmd.mkclone_with_parent(path, path, path), cmd.lsclone([path]),
-                  cmd.mmclone_copy(path, path), cmd.stat([path, path]), cmd.rm_f(path), cmd.ls(path),):
+                  cmd.mmclone_copy(path, path), cmd.stat([path, path]), cmd.rm_f(path), cmd.ls(path),
+                  cmd.mmclone_split(path), cmd.mmclone_redirect(path), cmd.mmclone_show([path]),
+                  cmd.stat_links([path, path]), cmd.cat(path), cmd.mv_f(path, path), cmd.mkdir_p(path)):
         assert unquoted_metacharacters(built) == set()
         assert path in shlex.split(built)
+    dd = cmd.dd_stdin_to(path)
+    assert unquoted_metacharacters(dd) == set() and f"of={path}" in shlex.split(dd)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300), st.integers(-1, 3))
 def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: int) -> None:
     for parse in (lambda: cmd.clone_rows(text), lambda: cmd.stat_rows(text, ["/x"]),
-                  lambda: cmd.sonas_output("lsclone x", exit_status, text, "")):
+                  lambda: cmd.sonas_output("lsclone x", exit_status, text, ""), lambda: cmd.stat_links_rows(text)):
         try:
             parse()
         except StoreError:

@@ -1,4 +1,5 @@
-"""Issue 12, the storage side: finding 16 (OpenSSH's MaxSessions).
+"""Issue 12, the storage side: findings 16 (OpenSSH's MaxSessions) and 6 (a gpfs template's parent can be
+released).
 
 The SSH tests run against OpenSSH's own sshd (ForceCommand hands each command to the simulator's
 interpreter) and against the simulator's asyncssh server, which must behave the same way.
@@ -7,8 +8,11 @@ interpreter) and against the simulator's asyncssh server, which must behave the 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -20,7 +24,7 @@ from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulat
 from vmfleet.api import CloneStore, parse
 from vmfleet.api import InvalidManifest
 from vmfleet.engine import reconcile_fleet
-from vmfleet.storage import StoreError
+from vmfleet.storage import StoreError, parent_path
 from vmfleet.storage import commands as cmd
 
 pytestmark = [pytest.mark.safety, pytest.mark.sonas]
@@ -146,7 +150,7 @@ def test_max_sessions_defaults_to_openssh_s_10_and_is_bounded() -> None:
 @pytest.mark.parametrize("personality", ["gpfs", "sonas"])
 async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, personality: str) -> None:
     """The driver end to end through OpenSSH's sshd: a parent, 16 clones at once (concurrency 16), a
-    refresh that measures a written clone, then the fleet deleted."""
+    refresh that measures a written clone, then the fleet and the parent deleted."""
     env = await make_env(personality, openssh=True)
     store = env.store(concurrency=16, timeout=30)
     t0 = time.monotonic()
@@ -166,4 +170,114 @@ async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, p
     assert [c["allocatedBytes"] for c in again.status["clones"]] == [0, 0, 0, MIB] + [0] * 12
     down = await reconcile_fleet(env.runtime, fleet(0), template(), store, [host()], again.status)
     assert not down.status.get("clones") and not list((env.directory / "frank").rglob("web-*"))
+    parent = parent_path("image/linux/basic.img", "raw")
+    driver = env.runtime.store_driver(store)
+    if personality == "gpfs":
+        await driver.delete_parent(parent, "image/linux/basic.img")  # type: ignore[call-arg]
+    else:
+        await driver.delete_parent(parent)
+    assert not (env.directory / "frank" / parent).exists()
+    assert (env.directory / "frank" / "image/linux/basic.img").exists()
     assert ssh_errors(env, "dropped") == ssh_errors(env, "refused") == 0
+
+
+# ---------------------------------------------------------------- finding 6: a gpfs template's parent can go
+
+
+IMAGE = "image/linux/basic.img"
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_gpfs_parent_is_refused_while_clones_remain_and_deleted_once_its_fleets_are_gone(
+        make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    store = env.store()
+    driver = env.runtime.store_driver(store)
+    up = await reconcile_fleet(env.runtime, fleet(2), template(), store, [host()])
+    assert up.status["readyReplicas"] == 2
+    parent, image = parent_path(IMAGE, "raw"), env.directory / "frank" / IMAGE
+    server_parent, server_image = f"{MOUNT}/frank/{parent}", f"{MOUNT}/frank/{IMAGE}"
+    before = _digest(image)
+    parent_inode = (env.directory / "frank" / parent).stat().st_ino
+    assert env.sim.fs.info(server_image).parent_inode == parent_inode  # `mmclone snap` made the image a clone
+    assert env.sim.fs.links(server_parent) == 1 + 3  # GPFS counts a link per clone: the image and two VMs
+
+    with pytest.raises(StoreError, match=r"2 clone\(s\) still depend on vmfleet/parents/basic-"):
+        await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+    assert (env.directory / "frank" / parent).exists()
+    assert env.sim.count(f"{cmd.MMCLONE} split") == env.sim.count(f"{cmd.MMCLONE} redirect") == 0
+    assert env.sim.fs.info(server_image).parent_inode == parent_inode  # not split for nothing
+
+    down = await reconcile_fleet(env.runtime, fleet(0), template(), store, [host()], up.status)
+    assert not down.status.get("clones") and not list((env.directory / "frank").rglob("web-*"))
+    await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+    assert not (env.directory / "frank" / parent).exists()
+    assert env.sim.fs.info(server_image) is None  # a regular file again
+    assert _digest(image) == before
+    assert env.sim.count(f"{cmd.MMCLONE} split") == 1
+    await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]  # gone already: nothing to do
+
+
+async def test_when_gpfs_link_counts_do_not_count_clones_rm_still_refuses_and_nothing_is_lost(
+        make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Link counts per clone are inferred from one IBM example: without them the image is split in vain
+    (space), rm fails with EROFS and that is ParentInUse; the clone and its data stay."""
+    env = await make_env("gpfs")
+    monkeypatch.setattr(env.sim.fs, "links", lambda path: 1)
+    store = env.store()
+    up = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()])
+    clone = env.directory / "frank" / clone_path(up.status, 0)
+    with open(clone, "r+b") as disk:
+        disk.write(b"vm data")
+    before = _digest(clone)
+    parent = parent_path(IMAGE, "raw")
+    with pytest.raises(StoreError, match=r"GPFS refuses to delete .* \(Read-only file system\): clones still"):
+        await env.runtime.store_driver(store).delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+    assert (env.directory / "frank" / parent).exists() and _digest(clone) == before
+    assert env.sim.fs.info(f"{MOUNT}/frank/{IMAGE}") is None  # split: it owns its blocks now, correct
+
+
+async def test_an_image_that_is_itself_a_clone_is_redirected_and_keeps_sharing_with_its_own_parent(
+        make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    gold = f"{MOUNT}/frank/image/linux/gold.parent"
+    env.sim.fs.snap(f"{MOUNT}/frank/{IMAGE}", gold)  # the template image is a clone of gold.parent
+    store = env.store()
+    driver = env.runtime.store_driver(store)
+    await driver.prepare_parent(IMAGE, "raw", parent_path(IMAGE, "raw"))
+    await driver.delete_parent(parent_path(IMAGE, "raw"), IMAGE)  # type: ignore[call-arg]
+    assert not (env.directory / "frank" / parent_path(IMAGE, "raw")).exists()
+    assert env.sim.count(f"{cmd.MMCLONE} redirect") == 1 and env.sim.count(f"{cmd.MMCLONE} split") == 0
+    info = env.sim.fs.info(f"{MOUNT}/frank/{IMAGE}")
+    assert info is not None and info.parent_inode == (env.directory / "frank/image/linux/gold.parent").stat().st_ino
+
+
+def test_the_simulator_keeps_gpfs_rules_for_parents_split_and_links(xfs: Path, unique: str) -> None:
+    from vmfleet.sim import SimFs
+    from vmfleet.storage.fiemap import exclusive_and_shared
+
+    d = xfs / f"rules-{unique}"
+    d.mkdir()
+    with open(d / "a.img", "wb") as f:
+        f.write(os.urandom(MIB))
+    fs = SimFs(str(d), MOUNT)
+    a, p, c = f"{MOUNT}/a.img", f"{MOUNT}/p.img", f"{MOUNT}/c.img"
+    fs.snap(a, p)
+    fs.copy(p, c)
+    assert fs.links(p) == 3 and fs.info(a).depth == fs.info(c).depth == 1  # type: ignore[union-attr]
+    with pytest.raises(OSError) as refused:
+        fs.remove(p)
+    assert refused.value.errno == errno.EROFS
+    assert exclusive_and_shared(str(d / "a.img"))[1] == MIB  # shares every block with the parent
+    fs.split(a)
+    assert fs.info(a) is None and fs.links(p) == 2
+    assert exclusive_and_shared(str(d / "a.img")) == (MIB, 0)  # its own blocks now
+    assert fs.charged_blocks(a) * 512 == MIB
+    fs.remove(c)
+    fs.remove(p)  # childless: rm succeeds
+    assert not (d / "p.img").exists() and (d / "a.img").stat().st_size == MIB

@@ -8,6 +8,7 @@ its copy-on-write ones; shared blocks are charged to the parent) is computed fro
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -19,6 +20,9 @@ from ..storage.fiemap import exclusive_and_shared
 from ..storage.local import ficlone
 
 XATTR = "user.vmfleet.sim.clone"
+_FALLOC_FL_UNSHARE_RANGE = 0x40
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 class FsError(OSError):
@@ -131,20 +135,28 @@ class SimFs:
         self._set_info(target, CloneInfo(False, info.depth + 1, os.stat(self.local(parent)).st_ino))
 
     def split(self, path: str) -> None:
+        """`mmclone split`: the clone leaves all its parents and owns every block it reads (a regular file)."""
         self._regular(path)
         info = self.info(path)
         if info is None or info.is_parent:
             raise _err(errno.EPERM, path)
+        _unshare(self.local(path))
         self._set_info(path, None)
 
     def redirect(self, path: str) -> None:
-        """Point a clone at its grandparent; GPFS leaves the depth field as it was."""
+        """Point a clone at its grandparent; GPFS leaves the depth field as it was. A clone of a root
+        parent has no grandparent: it is split."""
         self._regular(path)
         info = self.info(path)
         if info is None or info.parent_inode is None:
             raise _err(errno.EPERM, path)
         parent = self._by_inode(info.parent_inode)
         grand = self.info(parent) if parent else None
+        if grand is None or grand.parent_inode is None:
+            if not info.is_parent:
+                _unshare(self.local(path))
+                self._set_info(path, None)
+                return
         self._set_info(path, CloneInfo(info.is_parent, info.depth, grand.parent_inode if grand else None))
 
     def _by_inode(self, inode: int) -> str | None:
@@ -200,6 +212,13 @@ class SimFs:
             raise _err(errno.EROFS, target)
         os.rename(src, dst)
 
+    def links(self, path: str) -> int:
+        """The link count GPFS shows: a clone parent counts one link per clone (`ls -il` of base.img: 3
+        with two clones, gpfs-clones.md §2.3)."""
+        nlink = os.stat(self.local(path)).st_nlink
+        info = self.info(path)
+        return nlink + self.children(path) if info is not None and info.is_parent else nlink
+
     def charged_blocks(self, path: str) -> int:
         """512-byte blocks GPFS charges to the file: a clone's own copy-on-write blocks only."""
         local = self.local(path)
@@ -208,3 +227,17 @@ class SimFs:
         if info is not None and not info.is_parent:
             return -(-exclusive_and_shared(local)[0] // 512)
         return st.st_blocks
+
+
+def _unshare(local: str) -> None:
+    """Give the file its own copy of every block it shares (XFS, btrfs: FALLOC_FL_UNSHARE_RANGE), as a GPFS
+    split copies the parent's blocks in; holes stay holes."""
+    fd = os.open(local, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size and _libc.fallocate(fd, _FALLOC_FL_UNSHARE_RANGE, 0, size) != 0:
+            code = ctypes.get_errno()
+            if code not in (errno.EOPNOTSUPP, errno.EINVAL):  # not a reflink file system: nothing is shared
+                raise OSError(code, os.strerror(code), local)
+    finally:
+        os.close(fd)

@@ -77,6 +77,10 @@ def mmclone_redirect(path: str) -> str:
     return _join(MMCLONE, "redirect", path)
 
 
+def mmclone_split(path: str) -> str:
+    return _join(MMCLONE, "split", path)
+
+
 def mkdir_p(path: str) -> str:
     return _join("mkdir", "-p", "--", path)
 
@@ -118,6 +122,15 @@ def stat_stdin() -> str:
 
 def stat_input(paths: Sequence[str]) -> str:
     return "\0".join(paths)
+
+
+LINKS_FORMAT = "%n\t%i\t%h"
+
+
+def stat_links(paths: Sequence[str]) -> str:
+    """stat of a few files: name, inode, link count (a GPFS clone parent counts one link per clone)."""
+    return _join("stat", "-c", LINKS_FORMAT, "--", *paths)
+
 
 
 # ---------------------------------------------------------------- parsers
@@ -189,3 +202,15 @@ def stat_rows(text: str, expected: Sequence[str]) -> dict[str, tuple[int, int]]:
     if missing:
         raise StoreError(f"stat printed nothing for {len(missing)} file(s), e.g. {missing[0]!r} (truncated?)")
     return out
+
+
+def stat_links_rows(text: str) -> dict[str, tuple[int, int]]:
+    """Parse `stat -c '%n\\t%i\\t%h'`: path -> (inode, link count)."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise StoreError(f"unexpected stat output line: {line!r}")
+        out[parts[0]] = (int(parts[1]), int(parts[2]))
+    return out
+

@@ -151,8 +151,41 @@ class GpfsStore:
     async def delete(self, path: str) -> None:
         await self._sh(cmd.rm_f(self._path(path)))
 
-    async def delete_parent(self, parent: str) -> None:
-        await self.delete(parent)  # GPFS itself refuses (EROFS) while clones refer to it
+    async def delete_parent(self, parent: str, image: str) -> None:
+        """GPFS refuses to remove a clone parent (EROFS) while any file is its clone, and `mmclone snap IMAGE
+        PARENT` made the template image one: the image leaves the parent first (split, or redirect to a
+        grandparent it can keep sharing with), then rm. Not while fleets' clones remain: rm would still fail
+        and the image's own copy of the blocks would cost space for nothing."""
+        p, i = self._path(parent), self._path(image)
+        reply = await self.runner.run(cmd.stat_links([p, i]), retry=True)
+        links = cmd.stat_links_rows(reply.stdout)
+        if p not in links:
+            if reply.exit_status not in (0, 1) or "No such file" not in reply.stderr:
+                cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr)
+            return
+        inode, nlink = links[p]
+        image_row = parent_row = None
+        if i in links:
+            show = await self._sh(cmd.mmclone_show([p, i]), retry=True)
+            parent_row, image_row = cmd.clone_rows(show, [p, i])
+        image_is_child = image_row is not None and image_row.parent_inode == inode
+        # A clone parent's link count is 1 + its clones (gpfs-clones.md §2.3). Where it is not, `others` is at
+        # most 0 and rm below decides: the image may then be split in vain (space, never data).
+        others = nlink - 1 - image_is_child
+        if others > 0:
+            raise StoreError(f"{others} clone(s) still depend on {parent} (GPFS keeps a clone parent while it "
+                             "has clones): delete them, or the fleets that retain them, first")
+        if image_is_child:
+            assert parent_row is not None
+            grandparent = parent_row.parent_inode is not None
+            await self._sh(cmd.mmclone_redirect(i) if grandparent else cmd.mmclone_split(i))
+        try:
+            await self.delete(parent)
+        except cmd.CommandFailed as e:
+            if "Read-only file system" in str(e):
+                raise StoreError(f"GPFS refuses to delete {parent} (Read-only file system): clones still depend "
+                                 "on it; delete them, or the fleets that retain them, first") from None
+            raise
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
         if not paths:
