@@ -291,7 +291,8 @@ def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
 @given(st.text(max_size=300), st.integers(-1, 3))
 def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: int) -> None:
     for parse in (lambda: cmd.clone_rows(text), lambda: cmd.stat_rows(text, ["/x"]),
-                  lambda: cmd.sonas_output("lsclone x", exit_status, text, ""), lambda: cmd.stat_links_rows(text)):
+                  lambda: cmd.sonas_output("lsclone x", exit_status, text, ""), lambda: cmd.stat_links_rows(text),
+                  lambda: cmd.header_rows(text, text, ["/x", "/y"])):
         try:
             parse()
         except StoreError:

@@ -1,5 +1,5 @@
-"""Issue 12, the storage side: findings 16 (OpenSSH's MaxSessions) and 6 (a gpfs template's parent can be
-released).
+"""Issue 12, the storage side: findings 16 (OpenSSH's MaxSessions), 6 (a gpfs template's parent can be
+released) and 9 for gpfs (a qcow2 clone's logical size is the disk the guest sees).
 
 The SSH tests run against OpenSSH's own sshd (ForceCommand hands each command to the simulator's
 interpreter) and against the simulator's asyncssh server, which must behave the same way.
@@ -281,3 +281,54 @@ def test_the_simulator_keeps_gpfs_rules_for_parents_split_and_links(xfs: Path, u
     fs.remove(c)
     fs.remove(p)  # childless: rm succeeds
     assert not (d / "p.img").exists() and (d / "a.img").stat().st_size == MIB
+
+
+# ---------------------------------------------------------------- finding 9, gpfs: qcow2 logical size
+
+
+def _qcow2(path: Path, size: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), size], check=True)
+
+
+async def test_gpfs_logical_bytes_of_a_qcow2_clone_is_the_disk_the_guest_sees(make_env: MakeEnv) -> None:
+    env = await make_env("gpfs")
+    image = "image/linux/basic.qcow2"
+    _qcow2(env.directory / "frank" / image, "32M")
+    store = env.store()
+    first = await reconcile_fleet(env.runtime, fleet(3), template(image, "qcow2"), store, [host()])
+    assert first.status["readyReplicas"] == 3, first.status["conditions"]
+    assert [c["logicalBytes"] for c in first.status["clones"]] == [32 * MIB] * 3
+    resized = env.directory / "frank" / clone_path(first.status, 1)
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(resized), "64M"], check=True)
+    before = len(env.sim.commands)
+    again = await reconcile_fleet(env.runtime, fleet(3), template(image, "qcow2"), store, [host()], first.status)
+    assert [c["logicalBytes"] for c in again.status["clones"]] == [32 * MIB, 64 * MIB, 32 * MIB]
+    assert again.status["logicalBytes"] == 128 * MIB
+    refresh = [c.split()[:4] for c in env.sim.commands[before:]]
+    assert sum(1 for c in refresh if "od" in c) == 1  # one more command per refresh, whatever the fleet's size
+
+
+def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
+    from vmfleet.sim import SimFs
+    from vmfleet.sim.cli import execute
+
+    _qcow2(tmp_path / "a.qcow2", "32M")
+    (tmp_path / "short").write_bytes(b"ab")
+    fs = SimFs(str(tmp_path), "/g")
+    for names in (["a.qcow2"], ["short"], ["a.qcow2", "missing", "short"]):
+        stdin = cmd.stat_input([f"/g/{n}" for n in names])
+        sim = execute(fs, "gpfs", cmd.headers_stdin(), stdin)
+        real = subprocess.run(["sh", "-c", cmd.headers_stdin()], input=cmd.stat_input([str(tmp_path / n) for n in names]),
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert (sim[0], sim[1]) == (real.returncode, real.stdout), names
+        assert sim[2].replace("/g/", "") == real.stderr.replace(f"{tmp_path}/", ""), names
+
+
+def test_headers_are_matched_to_their_files_or_not_at_all() -> None:
+    header = " 51 46 49 fb" + " 00" * 28 + "\n"
+    assert cmd.header_rows(header * 2, "", ["/a", "/b"]) == {"/a": bytes.fromhex(header) , "/b": bytes.fromhex(header)}
+    vanished = cmd.header_rows(header, "od: /a: No such file or directory\n", ["/a", "/b"])
+    assert list(vanished) == ["/b"]
+    assert cmd.header_rows(header, "", ["/a", "/b"]) == {}  # one printed nothing (emptied): whose line is it?
+    with pytest.raises(StoreError, match="unexpected od output"):
+        cmd.header_rows("garbage\n", "", ["/a"])

@@ -1,5 +1,5 @@
 """The commands the simulator answers: the SONAS CLI (mkclone, lsclone) and a GPFS node's shell
-(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat, cat, dd, mv, xargs -0), with their output
+(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat, od, cat, dd, mv, xargs -0), with their output
 formats and errors. `execute` is the one entry point: the asyncssh server and `python -m vmfleet.sim --exec` (run by a
 real OpenSSH sshd's ForceCommand) both hand it each command.
 
@@ -189,6 +189,8 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
         if name == "mv" and args[:2] == ["-f", "--"] and len(args) == 4:
             fs.rename(args[2], args[3])
             return 0, "", ""
+        if name == "od" and args[:5] == ["-An", "-tx1", "-N32", "-w32", "-v"] and args[5:6] == ["--"]:
+            return _od(fs, args[6:])
     except FsError as e:
         return 1, "", f"{name}: {e.filename}: {os.strerror(e.errno or 0)}\n"
     return 127, "", f"bash: {argv[0]}: command not found\n"
@@ -233,6 +235,20 @@ def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
                   "%h": str(fs.links(p))}
         out.append(re.sub(r"%[nsbih]", lambda m: values[m.group()], fmt) + "\n")
     return status, "".join(out), "".join(err)
+
+
+def _od(fs: SimFs, paths: list[str]) -> Result:
+    """`od -An -tx1 -N32 -w32 -v -- FILE...`: the first 32 bytes of the files read as one stream, in hex."""
+    data, err, status = b"", [], 0
+    for p in paths:
+        try:
+            with open(fs.local(p), "rb") as f:
+                data += f.read(32 - len(data))
+        except (FsError, OSError):
+            err.append(f"od: {p}: No such file or directory\n")
+            status = 1
+    out = "".join(f" {b:02x}" for b in data) + "\n" if data else ""
+    return status, out, "".join(err)
 
 
 def _dd(fs: SimFs, args: list[str], stdin: str) -> Result:

@@ -132,6 +132,14 @@ def stat_links(paths: Sequence[str]) -> str:
     return _join("stat", "-c", LINKS_FORMAT, "--", *paths)
 
 
+HEADER_BYTES = 32
+
+
+def headers_stdin() -> str:
+    """The first 32 bytes of each file, one hex line per file: one `od` per path, paths NUL-separated on
+    stdin (`stat_input`). `-v`: od would print a run of equal lines as `*`."""
+    return _join("xargs", "-0", "-n1", "od", "-An", "-tx1", f"-N{HEADER_BYTES}", f"-w{HEADER_BYTES}", "-v", "--")
+
 
 # ---------------------------------------------------------------- parsers
 
@@ -214,3 +222,18 @@ def stat_links_rows(text: str) -> dict[str, tuple[int, int]]:
         out[parts[0]] = (int(parts[1]), int(parts[2]))
     return out
 
+
+def header_rows(stdout: str, stderr: str, paths: Sequence[str]) -> dict[str, bytes]:
+    """Parse `headers_stdin` for `paths` (in the order sent). A file that vanished since it was listed is
+    named in od's errors and printed nothing; the others' lines stay in order. When that does not add up
+    (a file emptied, a name od quoted), nothing is returned rather than a header under the wrong name."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    try:
+        data = [bytes.fromhex(line) for line in lines]
+    except ValueError:
+        raise StoreError(f"unexpected od output line: {next(iter(lines), '')[:120]!r}") from None
+    failed = {line[len("od: "):].rsplit(": ", 1)[0] for line in stderr.splitlines() if line.startswith("od: ")}
+    present = [p for p in paths if p not in failed]
+    if len(data) != len(present) or any(len(d) > HEADER_BYTES for d in data):
+        return {}
+    return dict(zip(present, data))
