@@ -7,7 +7,9 @@ Outside CI a component that cannot start skips its tests, loudly; with VMFLEET_R
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -79,33 +81,99 @@ def _libvirtd_answers() -> bool:
         return False
 
 
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+LOCK_MANAGER = 'lock_manager = "lockd"'
+
+
+def lock_disks_with_virtlockd(conf: Path = QEMU_CONF) -> bool:
+    """I2's second line of defence: libvirt's QEMU driver takes a virtlockd lease on every disk of a domain it
+    starts. One line of the machine's qemu.conf is added or replaced, the rest kept. True when it changed."""
+    lines = conf.read_text().splitlines() if conf.exists() else []
+    at = [i for i, line in enumerate(lines) if re.match(r"\s*lock_manager\s*=", line)]
+    if [lines[i].strip() for i in at] == [LOCK_MANAGER]:
+        return False
+    if at:
+        lines[at[0]] = LOCK_MANAGER
+        lines = [line for i, line in enumerate(lines) if i not in at[1:]]
+    else:
+        lines.append(LOCK_MANAGER)
+    new = conf.with_name(conf.name + ".vmfleet-new")
+    new.write_text("\n".join(lines) + "\n")
+    os.chmod(new, conf.stat().st_mode & 0o7777 if conf.exists() else 0o600)
+    os.replace(new, conf)
+    return True
+
+
+def _daemon_pid(daemon: str) -> int | None:
+    """The pid of this machine's `<daemon> -d`, from its pid file in /run (not one in another mount namespace)."""
+    try:
+        pid = int(Path(f"/run/{daemon}.pid").read_text().strip())
+        return pid if Path(f"/proc/{pid}/comm").read_text().strip() == daemon else None
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_pid(daemon: str, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while (pid := _daemon_pid(daemon)) is None:
+        if time.monotonic() > deadline:
+            unavailable(f"{daemon} -d wrote no /run/{daemon}.pid within {timeout:.0f} s")
+        time.sleep(0.05)
+    return pid
+
+
+def _started_at(pid: int) -> float:
+    """When a process started, in seconds since the epoch (to within a second: /proc/stat's btime)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(pid: int, timeout: float = 30) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[str]:
-    """The real libvirtd (with virtlogd, which QEMU domains need), started by hand when not running."""
+    """The real libvirtd with virtlogd (QEMU domains need it) and virtlockd (qemu.conf's lock_manager = "lockd":
+    every disk leased), started by hand when not running, restarted when it runs with an older qemu.conf."""
     if os.geteuid() != 0:
         unavailable("the system libvirtd needs root")
-    if not shutil.which("libvirtd") or not shutil.which("qemu-system-x86_64"):
-        unavailable("libvirtd or qemu-system-x86_64 is missing (apt-get install libvirt-daemon-system "
-                    "qemu-system-x86)")
-    started = []
-    if not _libvirtd_answers():
-        for daemon in ("virtlogd", "libvirtd"):
-            if run("pgrep", "-x", daemon, check=False).returncode != 0:
-                subprocess.run([daemon, "-d"], check=True)
-                started.append(daemon)
-        deadline = time.monotonic() + 30
-        while not _libvirtd_answers():
-            if time.monotonic() > deadline:
-                unavailable("libvirtd did not answer on qemu:///system within 30 s")
-            time.sleep(0.2)
-    elif run("pgrep", "-x", "virtlogd", check=False).returncode != 0:
-        subprocess.run(["virtlogd", "-d"], check=True)
-        started.append("virtlogd")
+    if not all(shutil.which(p) for p in ("libvirtd", "virtlockd", "virtlogd", "qemu-system-x86_64")):
+        unavailable("libvirtd, virtlockd, virtlogd or qemu-system-x86_64 is missing (apt-get install "
+                    "libvirt-daemon-system qemu-system-x86)")
+    changed = lock_disks_with_virtlockd()
+    started: dict[str, int] = {}
+    for daemon in ("virtlockd", "virtlogd"):  # before libvirtd: it needs both at every domain start
+        if _daemon_pid(daemon) is None:
+            subprocess.run([daemon, "-d"], check=True)
+            started[daemon] = _wait_for_pid(daemon)
+    running = _daemon_pid("libvirtd")
+    if running is not None and (changed or QEMU_CONF.stat().st_mtime > _started_at(running) + 2):
+        _stop(running)  # it read qemu.conf before the lock manager was set; its domains keep running
+        subprocess.run(["libvirtd", "-d"], check=True)  # someone else's: left running at the end
+    elif running is None and not _libvirtd_answers():
+        subprocess.run(["libvirtd", "-d"], check=True)
+        started["libvirtd"] = _wait_for_pid("libvirtd")
+    deadline = time.monotonic() + 30
+    while not _libvirtd_answers():
+        if time.monotonic() > deadline:
+            unavailable("libvirtd did not answer on qemu:///system within 30 s")
+        time.sleep(0.2)
     try:
         yield "qemu:///system"
     finally:
-        for daemon in reversed(started):
-            run("pkill", "-x", daemon, check=False)
+        if "libvirtd" in started:  # virtlogd and virtlockd serve every running domain: they go only with it
+            for daemon in ("libvirtd", "virtlogd", "virtlockd"):
+                if daemon in started:
+                    _stop(started[daemon])
 
 
 @pytest.fixture

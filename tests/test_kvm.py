@@ -46,33 +46,39 @@ class Site:
         return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "xfs"},
                       "spec": {"driver": "reflink", "root": str(self.root)}})  # type: ignore[return-value]
 
-    def hosts(self, vcpus: int = 4) -> list[KvmHost]:
-        a = {"uri": "qemu:///system", "domainType": "qemu", "consoleLogDir": str(self.logs),
+    def hosts(self, vcpus: int = 4, logs: Path | None = None) -> list[KvmHost]:
+        logs = logs or self.logs
+        a = {"uri": "qemu:///system", "domainType": "qemu", "consoleLogDir": str(logs),
              "capacity": {"vcpus": vcpus, "memoryMiB": 4096}}
         b = {"uri": f"qemu+libssh://root@127.0.0.1:{self.sshd.port}/system", "domainType": "qemu",
-             "consoleLogDir": str(self.logs), "capacity": {"vcpus": vcpus, "memoryMiB": 4096},
+             "consoleLogDir": str(logs), "capacity": {"vcpus": vcpus, "memoryMiB": 4096},
              "secretRef": {"name": "kvm-b-ssh", "namespace": "vmfleet-system"},
              "storeMounts": [{"store": "xfs", "path": str(self.view)}]}
         return [parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost",  # type: ignore[misc]
                        "metadata": {"name": name, "labels": {"site": self.ns}}, "spec": spec})
                 for name, spec in (("kvm-a", a), ("kvm-b", b))]
 
-    def template(self) -> VmTemplate:
+    def template(self, vcpus: int = 1, memory_mib: int = 32) -> VmTemplate:
         return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",  # type: ignore[return-value]
                       "metadata": {"name": "tiny", "namespace": self.ns},
-                      "spec": {"storeRef": {"name": "xfs"}, "image": {"path": "images/t.img"}, "memoryMiB": 32}})
+                      "spec": {"storeRef": {"name": "xfs"}, "image": {"path": "images/t.img"}, "vcpus": vcpus,
+                               "memoryMiB": memory_mib}})
 
-    def fleet(self, replicas: int, running: bool = True, placement: str = "spread") -> VmFleet:
+    def fleet(self, replicas: int, running: bool = True, placement: str = "spread",
+              overrides: list[dict] | None = None) -> VmFleet:
         return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",  # type: ignore[return-value]
                       "metadata": {"name": "web", "namespace": self.ns},
                       "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "running": running,
-                               "placement": placement, "hostSelector": {"matchLabels": {"site": self.ns}}}})
+                               "placement": placement, "hostSelector": {"matchLabels": {"site": self.ns}},
+                               "overrides": overrides or []}})
 
-    async def converge(self, fleet: VmFleet, previous: dict | None = None, vcpus: int = 4):
-        return await reconcile_fleet(self.runtime, fleet, self.template(), self.store(), self.hosts(vcpus), previous)
+    async def converge(self, fleet: VmFleet, previous: dict | None = None, vcpus: int = 4,
+                       template: VmTemplate | None = None, hosts: list[KvmHost] | None = None):
+        return await reconcile_fleet(self.runtime, fleet, template or self.template(), self.store(),
+                                     hosts or self.hosts(vcpus), previous)
 
-    def log(self, vm: str) -> str:
-        path = self.logs / f"{self.ns}.{vm}.log"
+    def log(self, vm: str, logs: Path | None = None) -> str:
+        path = (logs or self.logs) / f"{self.ns}.{vm}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def domain(self, vm: str) -> libvirt.virDomain:
