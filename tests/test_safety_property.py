@@ -24,7 +24,8 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
 from safety_world import World, WorldRuntime, files, host_doc, store_doc, write_into
 from vmfleet.api import InvalidManifest, parse
@@ -34,6 +35,7 @@ from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
+from vmfleet.engine.fleet import VM_UUID_NAMESPACE as VM_UUIDS
 from vmfleet.storage.base import disk_format_of
 
 pytestmark = pytest.mark.safety
@@ -169,6 +171,13 @@ class FleetSafety(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ rules: the operator
 
+    @initialize(replicas=st.integers(1, 4))
+    def a_fleet_runs(self, replicas: int) -> None:
+        """Every sequence starts from a converged fleet: what is at stake is its disks."""
+        assert self.fleet is not None
+        self.fleet.replicas = replicas
+        self.reconcile(False)
+
     @precondition(lambda self: self.fleet is not None)
     @rule(dry_run=st.booleans())
     def reconcile(self, dry_run: bool) -> None:
@@ -227,8 +236,10 @@ class FleetSafety(RuleBasedStateMachine):
             assert abs(c["allocatedBytes"] - own) <= 4096, (c, own)
 
     def check_torn_down(self, f: FleetState) -> None:
-        left = [d for d in self.world.domains() if d.fleet_uid == f.uid and (d.active or d.uri not in
-                                                                             self.dead_uris())]
+        # Active anywhere, or defined where a KvmHost still points (an inactive definition on a host that is no
+        # longer a KvmHost is out of vmfleet's sight, and harmless: its disk is gone or retained).
+        present = {self.host_uris[h] for h in self.present if h not in self.dead}
+        left = [d for d in self.world.domains() if d.fleet_uid == f.uid and (d.active or d.uri in present)]
         if left:
             raise Violation(f"teardown of {f.uid} said complete with domains left: {left} (I1)")
         mine = [p for p in self.clones() if p.split("/")[4] == f.uid]
@@ -236,9 +247,6 @@ class FleetSafety(RuleBasedStateMachine):
             raise Violation(f"teardown with Delete left clones {mine}")
         for p in mine:
             self.retained[p] = f.uid
-
-    def dead_uris(self) -> set[str]:
-        return {self.host_uris[h] for h in self.dead}
 
     @rule(keep_status=st.booleans())
     def crash(self, keep_status: bool) -> None:
@@ -317,9 +325,11 @@ class FleetSafety(RuleBasedStateMachine):
     @precondition(lambda self: len(self.dead) < len(HOSTS) - 1)
     @rule(host=st.sampled_from(HOSTS))
     def host_loses_power(self, host: str) -> None:
-        """Its VMs stop; it stays silent until a person declares it lost (or it comes back)."""
-        self.world.power_loss(self.host_uris[host])
-        self.world.down.add(self.host_uris[host])
+        """The machine stops, under every URI it was known by: its VMs stop; it stays silent until a person
+        declares it lost (or it comes back)."""
+        for generation in (0, 1):
+            self.world.power_loss(uri(host, generation))
+            self.world.down.add(uri(host, generation))
         self.dead.add(host)
 
     @precondition(lambda self: bool(self.dead) and self.fleet is not None)
@@ -335,7 +345,8 @@ class FleetSafety(RuleBasedStateMachine):
     def dead_host_returns(self, data: st.DataObject) -> None:
         host = data.draw(st.sampled_from(sorted(self.dead)))
         self.dead.discard(host)
-        self.world.down.discard(self.host_uris[host])
+        for generation in (0, 1):
+            self.world.down.discard(uri(host, generation))
         if self.fleet is not None:
             self.fleet.lost.discard(host)
 
@@ -366,6 +377,13 @@ class FleetSafety(RuleBasedStateMachine):
         for path, where in self.in_use().items():
             if len(where) > 1 and not path.startswith("images/"):
                 raise Violation(f"{path} is the disk of {len(where)} active domains: {where} (I2)")
+
+    @invariant()
+    def a_vm_keeps_its_uuid(self) -> None:  # I4: redefined in place, wherever and whenever
+        for d in self.world.domains():
+            if d.fleet_uid:
+                ordinal = int(d.name.rsplit("-", 1)[1])
+                assert d.uuid == str(uuid.uuid5(uuid.UUID(VM_UUIDS), f"{d.fleet_uid}/{ordinal}")), d
 
     @invariant()
     def retained_clones_stay(self) -> None:  # I3

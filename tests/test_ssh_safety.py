@@ -172,10 +172,7 @@ async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, p
     assert not down.status.get("clones") and not list((env.directory / "frank").rglob("web-*"))
     parent = parent_path("image/linux/basic.img", "raw")
     driver = env.runtime.store_driver(store)
-    if personality == "gpfs":
-        await driver.delete_parent(parent, "image/linux/basic.img")  # type: ignore[call-arg]
-    else:
-        await driver.delete_parent(parent)
+    await driver.delete_parent(parent, "image/linux/basic.img")
     assert not (env.directory / "frank" / parent).exists()
     assert (env.directory / "frank" / "image/linux/basic.img").exists()
     assert ssh_errors(env, "dropped") == ssh_errors(env, "refused") == 0
@@ -208,19 +205,19 @@ async def test_a_gpfs_parent_is_refused_while_clones_remain_and_deleted_once_its
     assert env.sim.fs.links(server_parent) == 1 + 3  # GPFS counts a link per clone: the image and two VMs
 
     with pytest.raises(StoreError, match=r"2 clone\(s\) still depend on vmfleet/parents/basic-"):
-        await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+        await driver.delete_parent(parent, IMAGE)
     assert (env.directory / "frank" / parent).exists()
     assert env.sim.count(f"{cmd.MMCLONE} split") == env.sim.count(f"{cmd.MMCLONE} redirect") == 0
     assert env.sim.fs.info(server_image).parent_inode == parent_inode  # not split for nothing
 
     down = await reconcile_fleet(env.runtime, fleet(0), template(), store, [host()], up.status)
     assert not down.status.get("clones") and not list((env.directory / "frank").rglob("web-*"))
-    await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+    await driver.delete_parent(parent, IMAGE)
     assert not (env.directory / "frank" / parent).exists()
     assert env.sim.fs.info(server_image) is None  # a regular file again
     assert _digest(image) == before
     assert env.sim.count(f"{cmd.MMCLONE} split") == 1
-    await driver.delete_parent(parent, IMAGE)  # type: ignore[call-arg]  # gone already: nothing to do
+    await driver.delete_parent(parent, IMAGE)  # gone already: nothing to do
 
 
 async def test_when_gpfs_link_counts_do_not_count_clones_rm_still_refuses_and_nothing_is_lost(
@@ -237,7 +234,7 @@ async def test_when_gpfs_link_counts_do_not_count_clones_rm_still_refuses_and_no
     before = _digest(clone)
     parent = parent_path(IMAGE, "raw")
     with pytest.raises(StoreError, match=r"GPFS refuses to delete .* \(Read-only file system\): clones still"):
-        await env.runtime.store_driver(store).delete_parent(parent, IMAGE)  # type: ignore[call-arg]
+        await env.runtime.store_driver(store).delete_parent(parent, IMAGE)
     assert (env.directory / "frank" / parent).exists() and _digest(clone) == before
     assert env.sim.fs.info(f"{MOUNT}/frank/{IMAGE}") is None  # split: it owns its blocks now, correct
 
@@ -250,7 +247,7 @@ async def test_an_image_that_is_itself_a_clone_is_redirected_and_keeps_sharing_w
     store = env.store()
     driver = env.runtime.store_driver(store)
     await driver.prepare_parent(IMAGE, "raw", parent_path(IMAGE, "raw"))
-    await driver.delete_parent(parent_path(IMAGE, "raw"), IMAGE)  # type: ignore[call-arg]
+    await driver.delete_parent(parent_path(IMAGE, "raw"), IMAGE)
     assert not (env.directory / "frank" / parent_path(IMAGE, "raw")).exists()
     assert env.sim.count(f"{cmd.MMCLONE} redirect") == 1 and env.sim.count(f"{cmd.MMCLONE} split") == 0
     info = env.sim.fs.info(f"{MOUNT}/frank/{IMAGE}")

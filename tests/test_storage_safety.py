@@ -99,7 +99,7 @@ async def test_a_symlinked_parent_is_neither_cloned_nor_deleted(store: LocalStor
     with pytest.raises(StoreError, match=f"{PARENT} {LINK}"):
         await store.create_clone(PARENT, "raw", f"{CLONES}/web-0{ext(store)}")
     with pytest.raises(StoreError, match=f"{PARENT} {LINK}"):
-        await store.delete_parent(PARENT)
+        await store.delete_parent(PARENT, "images/t.img")
     assert (root / PARENT).is_symlink() and (outside / "secret").read_bytes() == b"not the store's\n"
 
 
@@ -139,10 +139,10 @@ async def test_the_qcow2_backing_scan_follows_no_link(tmp_path: Path, small_imag
                     "-F", "raw", str(outside / "o.qcow2"), "64M"], check=True)
     (root / "vmfleet" / "clones" / "ns" / "o.qcow2").symlink_to(outside / "o.qcow2")
     with pytest.raises(StoreError, match=f"vmfleet/clones/ns/o.qcow2 {LINK}"):
-        await store.delete_parent(PARENT)
+        await store.delete_parent(PARENT, "images/t.img")
     assert (root / PARENT).exists()
     (root / "vmfleet" / "clones" / "ns" / "o.qcow2").unlink()
-    await store.delete_parent(PARENT)  # no overlay left: it goes
+    await store.delete_parent(PARENT, "images/t.img")  # no overlay left: it goes
     assert not (root / PARENT).exists()
 
 

@@ -24,7 +24,7 @@ from .runtime import Runtime
 from .status import Event, blocked_status, events_for, fleet_status
 
 
-_VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
+VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
 
 
 def now() -> str:
@@ -78,7 +78,7 @@ class FleetScope:
         found = self.seen.domains.get(ordinal) if self.seen else None
         if found is not None and found.uuid:
             return found.uuid
-        return str(uuid.uuid5(uuid.UUID(_VM_UUID_NAMESPACE), f"{self.fleet.meta.uid}/{ordinal}"))
+        return str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), f"{self.fleet.meta.uid}/{ordinal}"))
 
     def wants(self) -> list[VmWant]:
         return self._wants
@@ -170,6 +170,11 @@ class FleetScope:
                         duplicates.append(other)
                     else:
                         duplicates.append(vm)
+                elif (d.owner is not None and not d.active and d.owner.fleet_uid
+                      and (d.owner.namespace, d.owner.fleet) == (self.namespace, self.fleet.meta.name)):
+                    # Left by an earlier fleet of this name, deleted while this host was silent: not running,
+                    # so its definition goes (its disk, that fleet's clone, is not touched).
+                    duplicates.append(VmSeen(d.owner.ordinal, view.name, d.state, False, "", "", d.uuid))
                 elif d.name in ours:
                     conflicts[ours[d.name]] = view.name
         for name in self.forced:
@@ -182,17 +187,34 @@ class FleetScope:
             if p.host in self.forced:
                 continue
             recorded[o] = p.host
-            if o in domains:
+            found = domains.get(o)
+            if found is not None and found.host == p.host:
                 continue
-            if p.host not in self.hosts:
-                elsewhere[o] = f"KvmHost {p.host}, where it was placed, is no longer defined (or not valid)"
-            elif self.hosts[p.host].uri != p.uri:
-                elsewhere[o] = (f"KvmHost {p.host} now points to {self.hosts[p.host].uri}; the domain may still "
-                                f"run at {p.uri}")
+            why = self._unobservable(p, hosts)
+            if why is None:
+                continue  # its host was looked at: the VM is where it was found, or nowhere
+            if p.host not in self.hosts or self.hosts[p.host].uri != p.uri:
+                elsewhere[o] = why
+            if found is not None:
+                # Found on another host while the one it was placed on cannot be looked at: that one may run it
+                # too, so the one found is only a duplicate.
+                duplicates.append(domains.pop(o))
+                elsewhere[o] = why
         settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
         self.seen = Observation(parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling,
                                 elsewhere, tuple(duplicates))
         return self.seen
+
+    def _unobservable(self, placed: Placement, hosts: Mapping[str, HostView]) -> str | None:
+        """Why the host a VM was placed on cannot be looked at now, or None when it was."""
+        if placed.host not in self.hosts:
+            return f"KvmHost {placed.host}, where it was placed, is no longer defined (or not valid)"
+        if self.hosts[placed.host].uri != placed.uri:
+            return f"KvmHost {placed.host} now points to {self.hosts[placed.host].uri}; it may still run at {placed.uri}"
+        view = hosts.get(placed.host)
+        if view is not None and not view.reachable:
+            return f"host {placed.host} is unreachable ({view.error})"
+        return None
 
     async def _observe_host(self, name: str) -> tuple[HostView, list[DomainInfo]]:
         host, endpoint = self.hosts[name], self.endpoints[name]

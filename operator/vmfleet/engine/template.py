@@ -87,7 +87,7 @@ async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneSto
         return True, Event("Normal", "ParentKept", f"{parent} is kept: another template uses the same image")
     driver = runtime.store_driver(store)
     try:
-        await driver.delete_parent(parent)
+        await driver.delete_parent(parent, template.image_path)
         await driver.delete(source_path(parent))
     except StoreError as e:
         return False, Event("Warning", "ParentInUse", str(e))

@@ -32,13 +32,13 @@ def plan_fleet(
     if needs_clone and not seen.parent_exists:
         plan.actions.append(Action(Op.PREPARE_PARENT, why="no clone parent for the template image yet"))
 
+    _duplicates(plan, seen)  # first: a stale definition must go before a VM is defined on its host
     for ordinal in sorted(wanted):
         _converge_vm(plan, wanted[ordinal], seen, loads, policy, spec_hash)
 
     known = set(seen.domains) | set(seen.clones) | set(seen.recorded)
     for ordinal in sorted(known - set(wanted), reverse=True):
         _remove_vm(plan, ordinal, seen)
-    _duplicates(plan, seen)
     return plan
 
 

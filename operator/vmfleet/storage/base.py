@@ -88,8 +88,8 @@ class StoreDriver(Protocol):
         """Remove a clone or a childless parent; a missing file is not an error."""
         ...
 
-    async def delete_parent(self, parent: str) -> None:
-        """Remove a clone parent; StoreError while any clone still needs it."""
+    async def delete_parent(self, parent: str, image: str) -> None:
+        """Remove the clone parent made from `image`; StoreError while any clone still needs it."""
         ...
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:

@@ -422,7 +422,7 @@ class LocalStore:
                 with contextlib.suppress(OSError):  # not empty: other clones, a record, a live partial
                     os.rmdir(directory.rsplit("/", 1)[-1], dir_fd=dirs[-2])
 
-    async def delete_parent(self, parent: str) -> None:
+    async def delete_parent(self, parent: str, image: str) -> None:
         await self.delete(parent)
 
     async def make_dirs(self, directory: str) -> None:

@@ -91,7 +91,7 @@ class Qcow2Store(LocalStore):
         finally:
             os.close(memory)
 
-    async def delete_parent(self, parent: str) -> None:
+    async def delete_parent(self, parent: str, image: str) -> None:
         """Overlays read their parent at every boot: one that a retained clone still uses must stay."""
         await self._run(parent, self._delete_parent, parent)
 
