@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -21,6 +22,7 @@ from vmfleet.api.schema import KINDS
 from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import FleetResult, reconcile_fleet, teardown_fleet
+from vmfleet.engine.fleet import VM_UUID_NAMESPACE
 
 pytestmark = pytest.mark.safety
 
@@ -298,3 +300,32 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
     released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
     assert not released and event.reason == "ParentInUse"
     assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()
+
+
+async def test_a_stale_domain_does_not_stand_for_a_vm_placed_on_a_host_out_of_sight(site: Site) -> None:
+    """Found by the property test: web-1 moved to a (b declared lost), b came back with its old definition,
+    then a was deleted as a KvmHost: teardown saw only b's stale, stopped definition and deleted the clone
+    under the VM still running on a."""
+    await site.converge(site.fleet(2))
+    site.world.power_loss(B)
+    site.world.down.add(B)
+    await site.converge(site.fleet(2, lost="b"))  # web-1 now runs on a
+    site.world.down.discard(B)
+    site.uris = {"b": B}  # KvmHost a deleted while it runs web-0 and web-1
+    gone = await teardown_fleet(site.runtime, site.fleet(2), [site.store()], site.hosts())
+    assert not gone.complete and len(site.clones()) == 2
+    assert site.running("default.web-1") == [A] and site.running("default.web-0") == [A]
+
+
+async def test_a_definition_left_by_an_earlier_fleet_of_the_name_is_undefined_not_a_conflict(site: Site) -> None:
+    """Found by the property test: a fleet torn down while a host was declared lost left a stopped definition
+    there; when the host came back, a new fleet of the same name was Stalled on NameConflict forever."""
+    await site.converge(site.fleet(1))
+    site.world.power_loss(A)
+    site.world.down.add(A)
+    assert (await teardown_fleet(site.runtime, site.fleet(1, lost="a"), [site.store()], site.hosts())).complete
+    site.world.down.discard(A)
+    new = await site.converge(site.fleet(1, uid="uid-2"))
+    assert new.status["readyReplicas"] == 1, new.status["conditions"]
+    assert [d.uuid for d in site.world.domains() if d.name == "default.web-0"] == [
+        str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), "uid-2/0"))]
