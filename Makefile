@@ -5,7 +5,7 @@ DEMO_ROOT := /tmp/vmfleet-quickstart
 # Go builds the test kube-apiserver and tests/flux.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: demo demo-sonas test crds bench clean
+.PHONY: demo demo-sonas test soak crds bench clean
 
 $(VENV)/.installed: pyproject.toml
 	hack/system-packages.sh demo
@@ -27,6 +27,10 @@ test: $(VENV)/.installed
 
 crds: $(VENV)/.installed
 	$(VENV)/bin/vmfleet crds -d crds --reference docs/api.md
+
+soak: $(VENV)/.installed  # the safety state machine with fresh seeds, long: prints sequences and steps tried
+	hack/system-packages.sh test
+	$(VENV)/bin/python -m bench soak $(SOAK_ARGS)
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[test,bench]'

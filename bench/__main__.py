@@ -1,4 +1,5 @@
 """`python -m bench [--quick] [--json] [--report]`: how fast and how cheap vmfleet is, side by side in one run.
+`python -m bench soak`: the safety state machine, long (bench/soak.py).
 
 Prints a table, or with --json one JSON object on the last line; --report writes docs/benchmarks.md
 and its plot. Run as root for XFS reflinks and the real kube-apiserver (as `sudo make bench`).
@@ -46,6 +47,11 @@ async def _local(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["soak"]:
+        from . import soak
+
+        soak.main(sys.argv[2:])
+        return
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--quick", action="store_true", help="small N and one repeat: under two minutes")
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
