@@ -343,3 +343,21 @@ async def test_the_simulator_reports_errors_instead_of_dropping_the_connection(m
         runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c2.img")))
     assert sorted([first.exit_status, second.exit_status]) == [0, 1]
     assert env.sim.connections == 1
+
+
+@pytest.mark.parametrize("personality", ["sonas", "gpfs"])
+async def test_a_golden_image_rewritten_on_the_store_is_reported(make_env: MakeEnv, personality: str) -> None:
+    from vmfleet.engine import reconcile_template
+
+    env = await make_env(personality)
+    store = env.store()
+    first, _ = await reconcile_template(env.runtime, template(), store, 0, None)
+    again, _ = await reconcile_template(env.runtime, template(), store, 0, first)
+    assert [c["type"] for c in again["conditions"]] == ["Ready", "Reconciling", "Stalled", "Degraded"]
+    image = env.directory / "frank" / "image" / "linux" / "basic.img"
+    os.utime(image, (1, 1))  # a new release copied over it keeps nothing of the old file's times
+    changed, events = await reconcile_template(env.runtime, template(), store, 0, again)
+    condition = next(c for c in changed["conditions"] if c["type"] == "ImageChanged")
+    assert condition["status"] == "True" and "image/linux/basic.img changed since" in condition["message"]
+    assert [e.reason for e in events] == ["ImageChanged"]
+    assert changed["conditions"][0]["status"] == "True"  # the parent itself is still fine

@@ -232,8 +232,8 @@ def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
             status = 1
             continue
         values = {"%n": p, "%s": str(st.st_size), "%b": str(fs.charged_blocks(p)), "%i": str(st.st_ino),
-                  "%h": str(fs.links(p))}
-        out.append(re.sub(r"%[nsbih]", lambda m: values[m.group()], fmt) + "\n")
+                  "%h": str(fs.links(p)), "%Y": str(int(st.st_mtime))}
+        out.append(re.sub(r"%[nsbihY]", lambda m: values[m.group()], fmt) + "\n")
     return status, "".join(out), "".join(err)
 
 

@@ -124,6 +124,22 @@ def stat_input(paths: Sequence[str]) -> str:
     return "\0".join(paths)
 
 
+FINGERPRINT_FORMAT = "%s:%Y:%i"
+_FINGERPRINT = re.compile(r"^\d+:\d+:\d+$")
+
+
+def fingerprint(path: str) -> str:
+    """Size, modification time and inode of one file: what changes when it is rewritten or replaced."""
+    return _join("stat", "-c", FINGERPRINT_FORMAT, "--", path)
+
+
+def fingerprint_output(stdout: str) -> str:
+    line = stdout.strip()
+    if not _FINGERPRINT.match(line):
+        raise StoreError(f"unexpected stat output for a fingerprint: {stdout[:200]!r}")
+    return line
+
+
 LINKS_FORMAT = "%n\t%i\t%h"
 
 

@@ -119,6 +119,12 @@ class GpfsStore:
             cmd.shell_output("ls", reply.exit_status, reply.stdout, reply.stderr)
         return sorted(n for n in reply.stdout.splitlines() if n and not n.endswith(PARTIAL_SUFFIX))
 
+    async def fingerprint(self, path: str) -> str | None:
+        reply = await self.runner.run(cmd.fingerprint(self._path(path)), retry=True)
+        if reply.exit_status != 0 and "No such file or directory" in reply.stderr:
+            return None
+        return cmd.fingerprint_output(cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr))
+
     async def read_text(self, path: str) -> str | None:
         reply = await self.runner.run(cmd.cat(self._path(path)), retry=True)
         if reply.exit_status != 0 and "No such file or directory" in reply.stderr:
