@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
+from helpers import xfs_io_exclusive
 from safety_world import World, WorldRuntime, files, host_doc, store_doc, write_into
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
@@ -394,18 +395,6 @@ class FleetSafety(RuleBasedStateMachine):
     @invariant()
     def nothing_outside_the_store_changed(self) -> None:  # I6
         assert (self.outside / "precious").read_bytes() == b"not the store's\n"
-
-
-def xfs_io_exclusive(path: Path) -> int:
-    """Bytes without the shared flag, as xfs_io's own FIEMAP reader prints them: an independent reading."""
-    out = subprocess.run(["xfs_io", "-r", "-c", "fiemap -v", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    total = 0
-    for line in out.splitlines()[2:]:
-        cols = line.split()
-        if len(cols) >= 5 and cols[2] != "hole" and not int(cols[4], 16) & 0x2000:
-            total += int(cols[3]) * 512
-    return total
 
 
 TEMPLATE_IMAGE = ""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import xfs_io_exclusive
 from conftest import unavailable
 
 from vmfleet.storage import StoreError
@@ -27,18 +28,6 @@ def write(path: Path, offset: int, size: int) -> None:
         f.write(os.urandom(size))
         f.flush()
         os.fsync(f.fileno())
-
-
-def xfs_io_exclusive(path: Path) -> int:
-    """Bytes without the shared flag, as xfs_io's own FIEMAP reader prints them: an independent reading."""
-    out = subprocess.run(["xfs_io", "-r", "-c", "fiemap -v", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    total = 0
-    for line in out.splitlines()[2:]:
-        cols = line.split()
-        if len(cols) >= 5 and cols[2] != "hole" and not int(cols[4], 16) & 0x2000:
-            total += int(cols[3]) * 512
-    return total
 
 
 @pytest.fixture

@@ -216,12 +216,7 @@ def clone_rows(text: str, expected: Sequence[str] | None = None) -> list[CloneRo
 
 def stat_rows(text: str, expected: Sequence[str]) -> dict[str, tuple[int, int]]:
     """Parse `stat -c '%n\\t%s\\t%b'`: path -> (size, 512-byte blocks). Every expected path must be there."""
-    out: dict[str, tuple[int, int]] = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise StoreError(f"unexpected stat output line: {line!r}")
-        out[parts[0]] = (int(parts[1]), int(parts[2]))
+    out = _path_and_two_numbers(text)
     missing = [p for p in expected if p not in out]
     if missing:
         raise StoreError(f"stat printed nothing for {len(missing)} file(s), e.g. {missing[0]!r} (truncated?)")
@@ -230,6 +225,10 @@ def stat_rows(text: str, expected: Sequence[str]) -> dict[str, tuple[int, int]]:
 
 def stat_links_rows(text: str) -> dict[str, tuple[int, int]]:
     """Parse `stat -c '%n\\t%i\\t%h'`: path -> (inode, link count)."""
+    return _path_and_two_numbers(text)
+
+
+def _path_and_two_numbers(text: str) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
         parts = line.split("\t")
