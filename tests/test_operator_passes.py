@@ -166,6 +166,9 @@ def test_a_store_or_host_in_use_is_not_released() -> None:
                             vms_by_host={"kvm-a": 3})
     assert passes.store_delete_pass("local", in_use)[1].reason == "StoreInUse"
     assert passes.store_delete_pass("other", in_use)[0]
+    moved_away = passes.Catalog(clones_by_store={"old": 2})  # a fleet's template moved to another store
+    released, event = passes.store_delete_pass("old", moved_away)
+    assert not released and "2 clone(s) in CloneStore old" in event.message
     released, event = passes.host_delete_pass("kvm-a", in_use)
     assert not released and event.message.startswith("3 VM(s) are placed on KvmHost kvm-a")
     assert passes.host_delete_pass("kvm-b", in_use)[0]

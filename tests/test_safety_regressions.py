@@ -53,12 +53,14 @@ class Site:
         assert isinstance(t, VmTemplate)
         return t
 
-    def fleet(self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "") -> VmFleet:
+    def fleet(self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "",
+              running: bool = True) -> VmFleet:
         meta: dict[str, Any] = {"name": "web", "namespace": "default", "uid": uid}
         if lost:
             meta["annotations"] = {HOSTS_LOST_ANNOTATION: lost}
         f = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": meta,
-                   "spec": {"templateRef": {"name": "t"}, "replicas": replicas, "deletionPolicy": policy}})
+                   "spec": {"templateRef": {"name": "t"}, "replicas": replicas, "deletionPolicy": policy,
+                            "running": running}})
         assert isinstance(f, VmFleet)
         return f
 
@@ -329,3 +331,114 @@ async def test_a_definition_left_by_an_earlier_fleet_of_the_name_is_undefined_no
     assert new.status["readyReplicas"] == 1, new.status["conditions"]
     assert [d.uuid for d in site.world.domains() if d.name == "default.web-0"] == [
         str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), "uid-2/0"))]
+
+
+# ---------------------------------------------------------------- found by the hostile review
+
+
+async def test_a_host_still_declared_lost_gets_no_new_vms_and_releases_none_placed_later(site: Site) -> None:
+    await site.converge(site.fleet(2))
+    site.world.power_loss(B)
+    site.world.down.add(B)
+    await site.converge(site.fleet(2, lost="b"))  # web-1 moves to a
+    site.world.down.discard(B)  # b repaired; the annotation is still there
+    await site.converge(site.fleet(4, lost="b"))
+    assert [d.uri for d in site.world.domains() if d.active and d.uri == B] == [], "placed on a host declared lost"
+    site.world.down.add(B)
+    await site.converge(site.fleet(4, lost="b"))
+    for n in range(4):
+        assert len(site.running(f"default.web-{n}")) == 1, n
+
+
+async def test_a_vm_is_not_started_while_another_domain_runs_on_its_clone(site: Site) -> None:
+    await site.converge(site.fleet(2))
+    site.world.down.add(B)  # cut off, web-1 still running there; a person declares b lost anyway
+    await site.converge(site.fleet(2, lost="b"))
+    site.world.down.discard(B)
+    assert site.running("default.web-1") == [A, B]  # the person's mistake: reported as DuplicateDomain
+    site.world.conn(A).lookupByName("default.web-1").destroy()  # they keep b's copy
+    result = await site.converge(site.fleet(2))
+    assert ("start", 1, "a") not in ops(result) and site.running("default.web-1") == [B]
+    assert "DuplicateDomain" in [p.reason for p in result.plan.problems]
+
+
+async def test_a_renamed_kvmhost_keeps_its_vms_and_forcing_the_old_name_deletes_nothing(site: Site) -> None:
+    await site.converge(site.fleet(2))
+    site.uris = {"a": A, "b2": B}  # KvmHost b deleted, the same machine added back as b2
+    renamed = await site.converge(site.fleet(2))
+    assert renamed.status["readyReplicas"] == 2, renamed.status["conditions"]
+    assert {c["name"]: c["host"] for c in renamed.status["clones"]} == {"web-0": "a", "web-1": "b2"}
+    scaled = await site.converge(site.fleet(1, lost="b"))
+    assert ("stop", 1, "b2") in ops(scaled) and site.running("default.web-1") == []
+
+
+async def test_status_stays_valid_with_clones_of_many_parents(site: Site) -> None:
+    for i in range(70):  # a rollout of a new image path per VM
+        (site.root / "images" / f"r{i}.img").write_bytes(b"\0" * 65536)
+    for i in range(70):
+        t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
+                   "spec": {"storeRef": {"name": "store"}, "image": {"path": f"images/r{i}.img"},
+                            "memoryMiB": 64}})
+        assert isinstance(t, VmTemplate)
+        result = await site.converge(site.fleet(i + 1, running=False), t)
+    assert len(result.status["clonesByParent"]) == 70
+    jsonschema.validate(result.status, root_schema(KINDS["VmFleet"])["properties"]["status"])
+
+
+async def test_a_crash_between_announcing_and_preparing_the_parent_costs_no_failed_pass(site: Site) -> None:
+    await site.converge(site.fleet(1))
+    (clone,) = site.clones()
+    (site.root / clone).unlink()
+    for d in site.world.domains():
+        dom = site.world.conn(d.uri).lookupByName(d.name)
+        dom.destroy()
+        dom.undefine()
+    for parent in (site.root / "vmfleet" / "parents").iterdir():
+        parent.unlink()
+    record = next(site.root.rglob("fleet.json"))
+    record.write_text(record.read_text().replace('"placed"', '"creating"'))
+    result = await site.converge(site.fleet(1))
+    assert [o for o in result.outcomes if not o.ok] == [] and result.status["readyReplicas"] == 1
+
+
+async def test_a_fleet_moved_to_another_store_is_stalled_not_lost_and_its_teardown_finds_both(
+        site: Site, tmp_path: Path) -> None:
+    first = await site.converge(site.fleet(2))
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    (other / "images" / "t.img").write_bytes((site.root / "images" / "t.img").read_bytes())
+    store2 = parse({**store_doc("qcow2", other), "metadata": {"name": "store2"}})
+    t2 = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t2"},
+                "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}})
+    assert isinstance(store2, CloneStore) and isinstance(t2, VmTemplate)
+    moved = await reconcile_fleet(site.runtime, site.fleet(2), t2, store2, site.hosts(), first.status)
+    stalled = next(c for c in moved.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "StoreChanged", moved.status["conditions"]
+    assert not ops(moved) and len(site.clones()) == 2
+    from vmfleet.operator import passes
+
+    body = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
+            "spec": {"templateRef": {"name": "t2"}, "replicas": 2}}
+    t2_doc = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
+              "metadata": {"name": "t2", "namespace": "default"},
+              "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}}
+    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root),
+                                     "store2": {**store_doc("qcow2", other), "metadata": {"name": "store2"}}},
+                             hosts=[host_doc(n, u) for n, u in site.uris.items()],
+                             templates={("default", "t2"): t2_doc})
+    done = await passes.fleet_delete_pass(site.runtime, body, catalog)
+    assert done.complete and site.clones() == [] and not list(site.root.rglob("fleet.json"))
+
+
+async def test_a_live_fleet_of_the_same_name_elsewhere_keeps_its_stopped_domains(site: Site) -> None:
+    """Two fleets named web at once (the operator and `vmfleet apply`, or two clusters) must not undefine each
+    other's domains: only a definition whose clone is gone is an earlier fleet's leftover."""
+    other = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
+                   "metadata": {"name": "web", "namespace": "default", "uid": "uid-other"},
+                   "spec": {"templateRef": {"name": "t"}, "replicas": 1, "running": False}})
+    assert isinstance(other, VmFleet)
+    await site.converge(other)
+    mine = await site.converge(site.fleet(1))
+    assert not [op for op in ops(mine) if op[0] == "undefine"]
+    assert "NameConflict" in [p.reason for p in mine.plan.problems]

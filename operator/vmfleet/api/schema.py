@@ -429,13 +429,14 @@ VM_FLEET_STATUS = obj(
                               "on top.", 0),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
         "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
+        "store": string("The CloneStore the fleet's clones are in (a fleet cannot move to another store)."),
         "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),
         "clonesByParent": array(
             "How many of the fleet's clones come from each clone parent (a fleet that switched templates has "
             "clones of two): a parent is deleted only when no fleet counts any.",
             obj("One clone parent.", {"parent": string("The parent's path relative to the store's root."),
                                       "clones": integer("Clones of this fleet made from it.", 0)},
-                required=("parent", "clones")), maxItems=64),
+                required=("parent", "clones")), maxItems=MAX_REPLICAS + 1000),
         "cloneDirectory": string("Where the fleet's clones are, relative to the store's root: "
                                  "vmfleet/clones/<namespace>/<fleet>/<fleet UID>; the UID says which fleet made "
                                  "them, so a later fleet of the same name never touches them."),

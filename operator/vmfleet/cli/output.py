@@ -40,6 +40,7 @@ HINTS = {
     "HostDeclaredLost": "remove the vmfleet.io/hosts-lost annotation once the host is repaired or deleted",
     "ImageChanged": "the golden image was changed in place: clones keep coming from the old one; give the new "
                     "image a new path and point a template at it",
+    "StoreChanged": "point spec.templateRef back to a template on the store named, or delete the fleet",
     "DuplicateDomain": "a host declared lost came back running the VM: stop and undefine the stale domain by hand",
     "DefinitionChanged": "restart the VMs named (virsh shutdown NAME; vmfleet starts them with the new definition)",
     "CloneLost": "restore the clone file from a backup, or scale in to drop the VM",

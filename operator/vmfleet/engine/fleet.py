@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from ..api.status import clone_count
 from ..api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
 from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, listing, plan_fleet
@@ -57,6 +58,7 @@ class FleetScope:
         self.forced = fleet.hosts_declared_lost
         self.record = FleetRecord(fleet.meta.uid, self.namespace, fleet.meta.name)
         self.seen: Observation | None = None
+        self.released: frozenset[int] = frozenset()  # VMs on hosts declared lost, as of the last observation
         self._clone_files: dict[int, str] = {}
         self._wants = self._make_wants()
         self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.(img|qcow2)$")
@@ -152,15 +154,19 @@ class FleetScope:
         domains: dict[int, VmSeen] = {}
         duplicates: list[VmSeen] = []
         conflicts: dict[int, str] = {}
+        leftovers: list[tuple[VmSeen, DomainInfo]] = []
         ours = {self.domain_name(o): o for o in range(self.fleet.replicas)}
         placed = {o: p.host for o, p in record.vms.items()}
         for view, found in views:
             hosts[view.name] = view
             for d in found:
-                if d.owner is not None and d.owner.host not in ("", view.name):
+                if d.owner is not None and d.owner.host not in ("", view.name) and d.owner.host in self.hosts:
                     continue  # placed on another KvmHost that reaches the same libvirtd
                 if d.owner is not None and d.owner.fleet_uid == self.fleet.meta.uid:
-                    vm = VmSeen(d.owner.ordinal, view.name, d.state, d.active, d.config_hash,
+                    # Placed under a KvmHost name that is gone (renamed): adopted here, and redefined so that
+                    # its metadata names this host.
+                    renamed = d.owner.host not in ("", view.name)
+                    vm = VmSeen(d.owner.ordinal, view.name, d.state, d.active, "" if renamed else d.config_hash,
                                 d.live_hash, d.uuid)
                     other = domains.get(vm.ordinal)
                     if other is None:
@@ -172,49 +178,62 @@ class FleetScope:
                         duplicates.append(vm)
                 elif (d.owner is not None and not d.active and d.owner.fleet_uid
                       and (d.owner.namespace, d.owner.fleet) == (self.namespace, self.fleet.meta.name)):
-                    # Left by an earlier fleet of this name, deleted while this host was silent: not running,
-                    # so its definition goes (its disk, that fleet's clone, is not touched).
-                    duplicates.append(VmSeen(d.owner.ordinal, view.name, d.state, False, "", "", d.uuid))
+                    leftovers.append((VmSeen(d.owner.ordinal, view.name, d.state, False, "", "", d.uuid), d))
                 elif d.name in ours:
                     conflicts[ours[d.name]] = view.name
-        for name in self.forced:
-            if name in hosts and not hosts[name].reachable:
-                # Declared lost: nothing runs there; not placed on either.
-                hosts[name] = HostView(name, True, eligible=False, error="declared lost")
+        for vm, d in leftovers:
+            # A stopped domain of an earlier fleet of this name: its leftover once its clone is gone (that fleet
+            # was deleted while this host was silent), so its definition goes; while the clone is there it may
+            # be a live fleet's (`vmfleet apply` beside the operator): a conflict for a person to settle.
+            assert d.owner is not None
+            if not await self.driver.exists(d.owner.clone):
+                duplicates.append(vm)
+            elif vm.ordinal < self.fleet.replicas:
+                conflicts[vm.ordinal] = f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone " \
+                                        "still exists)"
         recorded: dict[int, str] = {}
         elsewhere: dict[int, str] = {}
+        released: set[int] = set()
         for o, p in record.vms.items():
-            if p.host in self.forced:
-                continue
-            recorded[o] = p.host
             found = domains.get(o)
             if found is not None and found.host == p.host:
+                recorded[o] = p.host
                 continue
             why = self._unobservable(p, hosts)
+            if why is not None and p.host in self.forced:
+                released.add(o)  # a person declared its host lost: it counts as stopped there
+                continue
+            recorded[o] = p.host
             if why is None:
-                continue  # its host was looked at: the VM is where it was found, or nowhere
-            if p.host not in self.hosts or self.hosts[p.host].uri != p.uri:
-                elsewhere[o] = why
+                continue  # where it was placed was looked at: the VM is where it was found, or nowhere
+            elsewhere[o] = why
             if found is not None:
                 # Found on another host while the one it was placed on cannot be looked at: that one may run it
                 # too, so the one found is only a duplicate.
                 duplicates.append(domains.pop(o))
-                elsewhere[o] = why
+        for name in self.forced & set(hosts):
+            # Declared lost: nothing new is placed there; while silent, it runs nothing.
+            view = hosts[name]
+            hosts[name] = replace(view, eligible=False) if view.reachable else HostView(
+                name, True, eligible=False, error="declared lost")
+        self.released = frozenset(released)
         settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
         self.seen = Observation(parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling,
                                 elsewhere, tuple(duplicates))
         return self.seen
 
     def _unobservable(self, placed: Placement, hosts: Mapping[str, HostView]) -> str | None:
-        """Why the host a VM was placed on cannot be looked at now, or None when it was."""
-        if placed.host not in self.hosts:
+        """Why the libvirt endpoint a VM was placed on cannot be looked at now, or None when it was (under its
+        KvmHost, or under another KvmHost of the same URI: a renamed one)."""
+        host = self.hosts.get(placed.host)
+        if host is not None and host.uri == placed.uri:
+            view = hosts[placed.host]
+            return None if view.reachable else f"host {placed.host} is unreachable ({view.error})"
+        if any(h.uri == placed.uri and hosts[n].reachable for n, h in self.hosts.items()):
+            return None
+        if host is None:
             return f"KvmHost {placed.host}, where it was placed, is no longer defined (or not valid)"
-        if self.hosts[placed.host].uri != placed.uri:
-            return f"KvmHost {placed.host} now points to {self.hosts[placed.host].uri}; it may still run at {placed.uri}"
-        view = hosts.get(placed.host)
-        if view is not None and not view.reachable:
-            return f"host {placed.host} is unreachable ({view.error})"
-        return None
+        return f"KvmHost {placed.host} now points to {host.uri}; it may still run at {placed.uri}"
 
     async def _observe_host(self, name: str) -> tuple[HostView, list[DomainInfo]]:
         host, endpoint = self.hosts[name], self.endpoints[name]
@@ -266,10 +285,9 @@ class FleetScope:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif o in seen.clones:
                 vms[o] = replace(old, state=DELETING if old.state == DELETING and o not in wanted else PLACED)
-            elif old.host in self.forced:
+            elif o in self.released:
                 continue
-            elif old.host not in self.hosts or self.hosts[old.host].uri != old.uri or not seen.hosts.get(
-                    old.host, HostView(old.host, False)).reachable:
+            elif self._unobservable(old, seen.hosts) is not None:
                 vms[o] = old  # may still run there
             elif old.state == PLACED and o in wanted:
                 vms[o] = old  # its clone is lost: keep saying so
@@ -357,6 +375,13 @@ async def _reconcile(
     progress: Progress | None,
     wanted: Callable[[], bool],
 ) -> FleetResult:
+    moved = _moved_from(previous_status, store)
+    if moved:
+        message = (f"spec.templateRef: the fleet's clones are in CloneStore {moved}, its template now uses "
+                   f"{store.meta.name}; a fleet cannot move between stores: point it back to a template on {moved}, "
+                   "or delete the fleet")
+        status = blocked_status(fleet.meta.generation, previous_status, "Stalled", "StoreChanged", message, now())
+        return FleetResult(status, [Event("Warning", "StoreChanged", message)], Plan())
     scope = FleetScope(runtime, fleet, template, store, hosts)
     async with runtime.lock(fleet.meta.uid):
         if not wanted():
@@ -380,9 +405,15 @@ async def _reconcile(
     return FleetResult(status, forced + events, plan, outcomes)
 
 
+def _moved_from(previous_status: Mapping[str, Any] | None, store: CloneStore) -> str:
+    """The store the fleet's clones are in, when its template now names another ('' when it does not)."""
+    before = (previous_status or {}).get("store")
+    return before if before and before != store.meta.name and clone_count(previous_status) else ""
+
+
 def _forced_events(scope: FleetScope) -> list[Event]:
     """A person declared hosts lost: say which VMs that released, every pass it matters."""
-    released = sorted(o for o, p in scope.record.vms.items() if p.host in scope.forced)
+    released = sorted(scope.released)
     if not released:
         return []
     hosts = ", ".join(sorted({scope.record.vms[o].host for o in released}))

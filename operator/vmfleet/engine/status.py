@@ -176,6 +176,7 @@ def fleet_status(
         "savedBytes": max(0, logical - allocated),
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
         "measuredAt": now,
+        "store": scope.store.meta.name,
         "parent": scope.parent,
         "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(scope.clones_by_parent(seen).items())],
         "cloneDirectory": scope.directory,

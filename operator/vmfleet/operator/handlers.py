@@ -9,7 +9,7 @@ import kopf
 
 from ..api.schema import GROUP, VERSION
 from .. import metrics
-from ..api.status import clones_by_parent
+from ..api.status import clone_count, clones_by_parent
 from ..engine import Event, Runtime
 from . import passes
 from .secrets import ClusterSecrets
@@ -82,8 +82,15 @@ def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
     return hosts
 
 
+@kopf.index(GROUP, VERSION, "vmfleets")
+def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
+    """Clones per CloneStore: a store keeps its finalizer while any fleet has clones in it."""
+    s = plain(status)
+    return {s["store"]: clone_count(s)} if s.get("store") else {}
+
+
 def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
-            fleet_clones: kopf.Index, fleet_hosts: kopf.Index) -> passes.Catalog:
+            fleet_clones: kopf.Index, fleet_hosts: kopf.Index, fleet_stores: kopf.Index) -> passes.Catalog:
     first = lambda store: next(iter(store))  # noqa: E731 - one object per name
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return passes.Catalog(
@@ -96,6 +103,7 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
             for key, t in templates.items()
         },
         vms_by_host={key: sum(store) for key, store in fleet_hosts.items()},
+        clones_by_store={key: sum(store) for key, store in fleet_stores.items()},
     )
 
 
@@ -213,4 +221,5 @@ async def delete_kvmhost(name: str, body: kopf.Body, **kw: Any) -> None:
 
 
 def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
-    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"])
+    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"],
+                   kw["fleet_stores"])

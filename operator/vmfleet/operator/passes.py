@@ -27,6 +27,7 @@ class Catalog:
     clones_by_parent: Mapping[str, int] = field(default_factory=dict)  # parent path -> clones of all fleets
     images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)
     vms_by_host: Mapping[str, int] = field(default_factory=dict)
+    clones_by_store: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,15 +113,12 @@ async def fleet_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: 
     in the template's store, or in every store when the template or its store is gone."""
     fleet = parse(_valid(body))
     assert isinstance(fleet, VmFleet)
-    try:
-        stores = [resolve_fleet(body, catalog)[2]]
-    except Unresolved:
-        stores = []
-        for store_body in catalog.stores.values():
-            try:
-                stores.append(CloneStore.parse(_valid(store_body)))
-            except Unresolved:
-                continue
+    stores = []
+    for store_body in catalog.stores.values():  # all of them: the template may have moved to another store
+        try:
+            stores.append(CloneStore.parse(_valid(store_body)))
+        except Unresolved:
+            continue
     return await teardown_fleet(runtime, fleet, stores, _hosts(catalog))
 
 
@@ -165,11 +163,15 @@ def _clones_of(template: VmTemplate, catalog: Catalog) -> int:
 
 
 def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
-    """A CloneStore goes only when no template refers to it: its clones would be out of reach."""
+    """A CloneStore goes only when no template refers to it and no fleet has clones in it: they would be out of
+    reach."""
     users = [f"{ns}/{t}" for (ns, t), (store, _, _) in catalog.images_by_template.items() if store == name]
     if users:
         return False, Event("Warning", "StoreInUse", f"VmTemplates {listing(sorted(users))} use CloneStore {name}; "
                                                      "delete them (and their fleets) first")
+    if catalog.clones_by_store.get(name):
+        return False, Event("Warning", "StoreInUse", f"fleets still have {catalog.clones_by_store[name]} clone(s) "
+                                                     f"in CloneStore {name}; delete or scale in those fleets first")
     return True, Event("Normal", "StoreReleased", f"no VmTemplate uses CloneStore {name}")
 
 

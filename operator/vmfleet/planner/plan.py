@@ -28,7 +28,8 @@ def plan_fleet(
         if vm.host in loads and vm.ordinal in wanted:
             loads[vm.host].fleet_vms += 1
 
-    needs_clone = [o for o in wanted if o not in seen.clones and o not in seen.recorded and o not in seen.domains]
+    needs_clone = [o for o in wanted if o not in seen.clones and o not in seen.domains
+                   and (o not in seen.recorded or o in seen.settling)]
     if needs_clone and not seen.parent_exists:
         plan.actions.append(Action(Op.PREPARE_PARENT, why="no clone parent for the template image yet"))
 
@@ -77,6 +78,9 @@ def _converge_vm(
         return
     domain = seen.domains.get(o)
     host = domain.host if domain else seen.recorded.get(o)
+    if any(d.ordinal == o and d.active for d in seen.duplicates):
+        plan.placement[o] = host or ""
+        return  # another domain runs on its clone: nothing is done to this VM until a person resolves it
     unseen = _where_unseen(o, seen)
     if unseen is not None:
         plan.placement[o] = host or ""
