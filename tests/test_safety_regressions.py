@@ -442,3 +442,17 @@ async def test_a_live_fleet_of_the_same_name_elsewhere_keeps_its_stopped_domains
     mine = await site.converge(site.fleet(1))
     assert not [op for op in ops(mine) if op[0] == "undefine"]
     assert "NameConflict" in [p.reason for p in mine.plan.problems]
+
+
+async def test_a_template_image_backed_by_a_file_outside_the_store_is_refused(site: Site, tmp_path: Path) -> None:
+    """I6: a qcow2 overlay as golden image made every clone read its backing file, wherever it was."""
+    outside = tmp_path / "outside.img"
+    outside.write_bytes(b"host secret\n" + b"\0" * 65524)
+    image = site.root / "images" / "t.img"
+    image.unlink()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(outside), "-F", "raw", str(image)],
+                   check=True)
+    result = await site.converge(site.fleet(1))
+    assert site.clones() == [] and not list((site.root / "vmfleet").rglob("parents/*"))
+    failed = [o.error for o in result.outcomes if not o.ok]
+    assert failed and "backing file" in failed[0] and "self-contained" in failed[0]

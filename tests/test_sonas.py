@@ -361,3 +361,19 @@ async def test_a_golden_image_rewritten_on_the_store_is_reported(make_env: MakeE
     assert condition["status"] == "True" and "image/linux/basic.img changed since" in condition["message"]
     assert [e.reason for e in events] == ["ImageChanged"]
     assert changed["conditions"][0]["status"] == "True"  # the parent itself is still fine
+
+
+@pytest.mark.parametrize("personality", ["sonas", "gpfs"])
+async def test_a_template_image_with_a_backing_file_is_refused(make_env: MakeEnv, personality: str,
+                                                                tmp_path: Path) -> None:
+    import subprocess
+
+    env = await make_env(personality)
+    image = env.directory / "frank" / "image" / "linux" / "basic.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(image)],
+                   check=True)
+    result = await reconcile_fleet(env.runtime, fleet(1), template("image/linux/basic.qcow2", "qcow2"),
+                                   env.store(), [host()])
+    failed = [o.error for o in result.outcomes if not o.ok]
+    assert failed and "backing file" in failed[0]
+    assert not list((env.directory / "frank" / "vmfleet").rglob("parents/*"))

@@ -366,7 +366,10 @@ class LocalStore:
             src = self._open_regular(dirs[-1], name, image) if dirs is not None else None
             if src is None:
                 raise StoreError(f"template image {image!r} not found under the store root {self.base}")
+            from .qcow2 import refuse_backing_file  # qcow2.py builds on this module
+
             try:
+                refuse_backing_file(os.pread(src, 32, 0), image)
                 # Read-only: a clone parent is never written to.
                 self._make(parent, lambda p: clone_or_copy(src, p.fd), mode=0o444)
             except AlreadyExists:
@@ -492,6 +495,18 @@ class LocalStore:
         with self._dirs(directory) as dirs:
             st = self._lstat(dirs[-1], name, path) if dirs is not None else None
         return None if st is None else f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+    def _header(self, path: str) -> bytes:
+        """The first bytes of a file (b"" if there is none), opened as every file here is: no link followed."""
+        directory, name = _split(path)
+        with self._dirs(directory) as dirs:
+            fd = self._open_regular(dirs[-1], name, path) if dirs is not None else None
+        if fd is None:
+            return b""
+        try:
+            return os.pread(fd, 32, 0)
+        finally:
+            os.close(fd)
 
     async def read_text(self, path: str) -> str | None:
         return await self._run(path, self._read_text, path)

@@ -57,6 +57,14 @@ def qcow2_virtual_size(file: str | int) -> int:
     return size
 
 
+def refuse_backing_file(header: bytes, image: str) -> None:
+    """A template image that is a qcow2 overlay would make every clone read its backing file, wherever that
+    is (outside the store too): only self-contained images are cloned."""
+    if len(header) >= 16 and header[:4] == QCOW2_MAGIC and struct.unpack(">Q", header[8:16])[0]:
+        raise StoreError(f"template image {image!r} is a qcow2 overlay with a backing file: vmfleet clones only "
+                         "self-contained images (flatten it: qemu-img convert -O qcow2 IMAGE NEW)")
+
+
 def qcow2_backing_file(fd: int) -> str | None:
     """The backing file an overlay open at `fd` names (offset 8: its offset, 16: its length), as written."""
     header = os.pread(fd, 20, 0)

@@ -14,7 +14,7 @@ from . import commands as cmd
 from .base import PARTIAL_SUFFIX, Space, StoreError
 from .fiemap import own_bytes
 from .local import LocalStore
-from .qcow2 import guest_size, read_header
+from .qcow2 import guest_size, read_header, refuse_backing_file
 from .ssh import SshRunner
 
 class SonasStore(LocalStore):
@@ -38,6 +38,7 @@ class SonasStore(LocalStore):
             return
         seed = parent + ".seed"
         await self.require_file(image, "template image")
+        refuse_backing_file(await self._run(image, self._header, image), image)
         await self.make_dirs(posixpath.dirname(parent))
         await self._remove_local(seed)
         await self._cli(cmd.mkclone_with_parent(cmd.server_path(self.root, parent), cmd.server_path(self.root, image),
@@ -104,6 +105,7 @@ class GpfsStore:
         if await self.exists(parent):
             return
         target = self._path(parent)
+        refuse_backing_file((await self._headers([self._path(image)])).get(self._path(image), b""), image)
         await self._mkdir(posixpath.dirname(target))
         await self._sh(cmd.mmclone_snap(self._path(image), target))
         if self.max_depth:
