@@ -160,7 +160,8 @@ def test_vmfleet_status_reads_fleets_from_the_cluster(
     header, row = listed.stdout.splitlines()
     assert row.split()[:4] == [ns, "web", "2/2", "2"] and row.endswith("AllReplicasReady")
     one = vmfleet("web", "-n", ns).stdout.splitlines()
-    assert one[0].startswith(f"VmFleet {ns}/web: 2/2 ready") and [r.split()[0] for r in one[2:]] == ["web-0", "web-1"]
+    assert one[0].startswith(f"VmFleet {ns}/web: 2/2 ready") and [r.split()[0] for r in one[2:4]] == ["web-0", "web-1"]
+    assert one[4].startswith(f"clones in vmfleet/clones/{ns}/web/")
     assert [ns, "web", "2/2"] in [line.split()[:3] for line in vmfleet("-A").stdout.splitlines()]
     missing = vmfleet("nope", "-n", ns)
     assert missing.returncode == 1 and f"`vmfleet status -n {ns}` lists the fleets there" in missing.stderr

@@ -12,6 +12,7 @@ from cluster import Cluster
 from helpers import wait_for
 from kubefleet import apply, fleet, objects, store_root, wait_ready
 from operator_process import OperatorProcess
+from safety_world import write_into
 
 pytestmark = [pytest.mark.kube, pytest.mark.safety]
 
@@ -54,3 +55,22 @@ def test_a_template_change_on_running_vms_is_reported_in_a_status_the_apiserver_
     assert [c.get("restartRequired") for c in status["clones"]] == [True, True]  # not pruned by the apiserver
     assert status["readyReplicas"] == 2
     assert "DefinitionChanged" in kube.kubectl("get", "vmf", "web", "-n", ns, "-o", "yaml").stdout
+
+
+def test_an_overlay_written_in_full_still_gets_a_status_the_apiserver_accepts(
+        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    """Finding 8: savedBytes went negative, and the apiserver refused the whole status update."""
+    ns = f"o-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    apply(kube, objects(root, ns, "test:///default", 1, f"o-{unique}"))
+    wait_ready(kube, ns)
+    (clone,) = root.rglob("web-0.qcow2")
+    write_into(clone, "qcow2", 0, small_image.stat().st_size)  # every block: the overlay outgrows its disk
+
+    def grown() -> dict | None:
+        status = fleet(kube, ns)["status"]
+        return status if status["allocatedBytes"] > status["logicalBytes"] else None
+
+    status = wait_for(grown, 60, "the status to show the overlay bigger than its disk")
+    assert status["savedBytes"] == 0 and status["savingsRatio"] == 0

@@ -39,11 +39,12 @@ async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_e
     for _ in range(4):
         result = await reconcile_fleet(env.runtime, fleet(20), template(), store, [host()], status)
         failed = [o for o in result.outcomes if not o.ok]
-        failures += len(failed)
-        warnings += sum(1 for e in result.events if e.type == "Warning" and e.reason.endswith("Failed"))
-        if failed:
+        unavailable = [e for e in result.events if e.reason == "StoreUnavailable"]  # observing or recording failed
+        failures += len(failed) + len(unavailable)
+        warnings += sum(1 for e in result.events if e.type == "Warning" and e.reason.endswith(("Failed", "Unavailable")))
+        if failed or unavailable:
             degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
-            assert degraded["status"] == "True" and degraded["reason"].endswith("Failed")
+            assert degraded["status"] == "True" and degraded["reason"].endswith(("Failed", "Unavailable"))
         assert all(o.action.op is not Op.DELETE_CLONE for o in result.outcomes), "a clone with VM data was deleted"
         status = result.status if "clones" in result.status else status
     assert failures > 0 and warnings == failures, "every failed action is an Event with its reason"
@@ -103,24 +104,25 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
             ]
             operator = OperatorProcess(sa_kubeconfig, tmp_path / f"operator-{trial}.log", resync_seconds=2)
             operator.start()
-            clones = crash_site / "vmfleet" / "clones" / ns / "web"
+            clones = crash_site / "vmfleet" / "clones" / ns / "web"  # then the fleet's UID, then its clones
             # The crash point: once k clones exist, or once k domains are defined (k seeded, 0..VMS-1).
             stage, k = rng.choice(["clones", "domains"]), rng.randrange(VMS)
-            progress = {"clones": lambda: len(list(clones.glob("web-*"))) if clones.exists() else 0,
+            progress = {"clones": lambda: len(list(clones.glob("*/web-*"))) if clones.exists() else 0,
                         "domains": lambda: len(_ours(conn, ns))}[stage]
             kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
             deadline = time.monotonic() + 60
             while progress() < k and time.monotonic() < deadline:
                 time.sleep(0.002)
             operator.kill()
-            at_kill = {p.name: p.stat().st_ino for p in clones.glob("web-*.img")} if clones.exists() else {}
+            at_kill = {p.name: p.stat().st_ino for p in clones.glob("*/web-*.img")} if clones.exists() else {}
             domains_at_kill = len(_ours(conn, ns))
             landed_mid_way += 0 < len(at_kill) < VMS or 0 < domains_at_kill < VMS
             points.append((len(at_kill), domains_at_kill))
 
             operator.start()
             kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150)
-            names = {p.name: p.stat().st_ino for p in clones.iterdir()}
+            (made,) = clones.iterdir()  # one fleet, one directory: its UID
+            names = {p.name: p.stat().st_ino for p in made.iterdir() if p.name != "fleet.json"}
             assert sorted(names) == sorted(f"web-{i}.img" for i in range(VMS)), f"trial {trial}: {sorted(names)}"
             assert {n: names[n] for n in at_kill} == at_kill, f"trial {trial}: a clone was remade"
             domains = _ours(conn, ns)

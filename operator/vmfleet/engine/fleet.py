@@ -358,10 +358,15 @@ async def reconcile_fleet(
     try:
         return await _reconcile(runtime, fleet, template, store, hosts, previous_status, dry_run, progress, wanted)
     except StoreError as e:
-        message = f"CloneStore {store.meta.name}: {e}"
-        status = blocked_status(fleet.meta.generation, previous_status, "Degraded", "StoreUnavailable", message,
-                                now())
-        return FleetResult(status, [Event("Warning", "StoreUnavailable", message)], Plan())
+        return _unavailable(fleet, store, previous_status, e)
+
+
+def _unavailable(fleet: VmFleet, store: CloneStore, previous_status: Mapping[str, Any] | None, error: StoreError,
+                 done: Sequence[Event] = (), outcomes: Sequence[Outcome] = ()) -> FleetResult:
+    """The store failed where the pass could not go on; `done`: the events of what it did before."""
+    message = f"CloneStore {store.meta.name}: {error}"
+    status = blocked_status(fleet.meta.generation, previous_status, "Degraded", "StoreUnavailable", message, now())
+    return FleetResult(status, [*done, Event("Warning", "StoreUnavailable", message)], Plan(), list(outcomes))
 
 
 async def _reconcile(
@@ -393,13 +398,21 @@ async def _reconcile(
         if plan.actions and not dry_run:
             await scope.save(scope.announced(plan))
             outcomes = await execute(plan, scope.actuate, store.concurrency, progress)
-            seen = await scope.observe()
+            try:
+                seen = await scope.observe()
+            except StoreError as e:  # what was done is still said
+                return _unavailable(fleet, store, previous_status, e, events_for(scope, plan, outcomes, None, None),
+                                    outcomes)
             # What failed is reported through outcomes; the problems are those of the state we ended in.
             after = scope.plan()
             plan.problems, plan.restart_required = after.problems, after.restart_required
-        if not dry_run:
-            await scope.save(scope.settled(seen))
-        space = await scope.driver.measure([scope.clone(o) for o in sorted(seen.clones)])
+        try:
+            if not dry_run:
+                await scope.save(scope.settled(seen))
+            space = await scope.driver.measure([scope.clone(o) for o in sorted(seen.clones)])
+        except StoreError as e:
+            return _unavailable(fleet, store, previous_status, e, events_for(scope, plan, outcomes, None, None),
+                                outcomes)
     status = fleet_status(scope, seen, plan, outcomes, space, previous_status, now())
     events = events_for(scope, plan, outcomes, previous_status, status)
     return FleetResult(status, forced + events, plan, outcomes)

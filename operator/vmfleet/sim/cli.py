@@ -1,5 +1,5 @@
 """The commands the simulator answers: the SONAS CLI (mkclone, lsclone) and a GPFS node's shell
-(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat, od, cat, dd, mv, xargs -0), with their output
+(mmclone snap|copy|show|split|redirect, mkdir, ls, rm, stat, od, head, realpath, dd, mv, xargs -0), with their output
 formats and errors. `execute` is the one entry point: the asyncssh server and `python -m vmfleet.sim --exec` (run by a
 real OpenSSH sshd's ForceCommand) both hand it each command.
 
@@ -180,12 +180,22 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
             return 0, "".join(f"{n}\n" for n in sorted(os.listdir(local))), ""
         if name == "stat" and args[:1] == ["-c"] and len(args) >= 4 and args[2] == "--":
             return _stat(fs, args[1], args[3:])
-        if name == "cat" and args[:1] == ["--"] and len(args) == 2:
+        if name == "head" and args[:1] == ["-c"] and args[1:2] and args[1].isdigit() and args[2:3] == ["--"] \
+                and len(args) == 4:
             try:
-                with open(fs.local(args[1]), encoding="utf-8") as f:
-                    return 0, f.read(), ""
+                with open(fs.local(args[3]), encoding="utf-8", errors="replace") as f:
+                    return 0, f.read(int(args[1])), ""
             except FileNotFoundError:
-                return 1, "", f"cat: {args[1]}: No such file or directory\n"
+                return 1, "", f"head: cannot open '{args[3]}' for reading: No such file or directory\n"
+        if name == "realpath" and args[:2] == ["-m", "--"] and len(args) > 2:
+            # As GNU realpath -m: links resolved, missing components allowed; a path leading out of the
+            # simulated file system comes back as where it really is.
+            out = []
+            for p in args[2:]:
+                real = os.path.realpath(fs.local(p))
+                inside = real == fs.directory or real.startswith(fs.directory.rstrip("/") + "/")
+                out.append((fs.server(real) if inside else real) + "\n")
+            return 0, "".join(out), ""
         if name == "mv" and args[:2] == ["-f", "--"] and len(args) == 4:
             fs.rename(args[2], args[3])
             return 0, "", ""

@@ -93,8 +93,29 @@ def ls(directory: str) -> str:
     return _join("ls", "-1", "--", directory)
 
 
-def cat(path: str) -> str:
-    return _join("cat", "--", path)
+MAX_TEXT = 16 << 20  # a fleet record of 5,000 VMs is under 1 MiB: anything bigger is not vmfleet's
+
+
+def head(path: str) -> str:
+    """A small text file vmfleet keeps, read at most MAX_TEXT + 1 bytes (a larger one is refused)."""
+    return _join("head", "-c", str(MAX_TEXT + 1), "--", path)
+
+
+def realpath(paths: Sequence[str]) -> str:
+    """The canonical paths (GNU `realpath -m`: missing ones allowed): a path that comes back otherwise goes
+    through a symbolic link, which vmfleet never follows inside a store."""
+    return _join("realpath", "-m", "--", *paths)
+
+
+def unlinked(paths: Sequence[str], stdout: str) -> None:
+    """StoreError naming the first path that is not its own canonical path (or an unexpected answer)."""
+    got = stdout.splitlines()
+    if len(got) != len(paths):
+        raise StoreError(f"unexpected realpath output for {len(paths)} path(s): {stdout[:200]!r}")
+    for asked, real in zip(paths, got):
+        if asked != real:
+            raise StoreError(f"{asked} is or passes through a symbolic link (to {real}); vmfleet follows none "
+                             "inside a store")
 
 
 def dd_stdin_to(path: str) -> str:

@@ -105,6 +105,7 @@ class GpfsStore:
         if await self.exists(parent):
             return
         target = self._path(parent)
+        await self._unlinked(self._path(image), target)
         refuse_backing_file((await self._headers([self._path(image)])).get(self._path(image), b""), image)
         await self._mkdir(posixpath.dirname(target))
         await self._sh(cmd.mmclone_snap(self._path(image), target))
@@ -114,6 +115,7 @@ class GpfsStore:
                 await self._sh(cmd.mmclone_redirect(target))  # one link of the chain less each time
 
     async def list_dir(self, directory: str) -> list[str]:
+        await self._unlinked(self._path(directory))
         reply = await self.runner.run(cmd.ls(self._path(directory)), retry=True)
         if reply.exit_status != 0:
             if "No such file or directory" in reply.stderr:
@@ -122,20 +124,31 @@ class GpfsStore:
         return sorted(n for n in reply.stdout.splitlines() if n and not n.endswith(PARTIAL_SUFFIX))
 
     async def fingerprint(self, path: str) -> str | None:
+        await self._unlinked(self._path(path))
         reply = await self.runner.run(cmd.fingerprint(self._path(path)), retry=True)
         if reply.exit_status != 0 and "No such file or directory" in reply.stderr:
             return None
         return cmd.fingerprint_output(cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr))
 
+    async def _unlinked(self, *paths: str) -> None:
+        """Refuse server paths that go through a symbolic link: GPFS's shell would follow it out of the root."""
+        cmd.unlinked(list(paths), await self._sh(cmd.realpath(paths), retry=True))
+
     async def read_text(self, path: str) -> str | None:
-        reply = await self.runner.run(cmd.cat(self._path(path)), retry=True)
+        server = self._path(path)
+        await self._unlinked(server)
+        reply = await self.runner.run(cmd.head(server), retry=True)
         if reply.exit_status != 0 and "No such file or directory" in reply.stderr:
             return None
-        return cmd.shell_output("cat", reply.exit_status, reply.stdout, reply.stderr)
+        text = cmd.shell_output("head", reply.exit_status, reply.stdout, reply.stderr)
+        if len(text.encode()) > cmd.MAX_TEXT:
+            raise StoreError(f"{server} is larger than {cmd.MAX_TEXT} bytes: not a file vmfleet wrote")
+        return text
 
     async def write_text(self, path: str, text: str) -> None:
         """Written beside it, then renamed over it: a reader sees the old text or the new, never a mix."""
         target = self._path(path)
+        await self._unlinked(target)
         partial = self._path(f"{path}.{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
         await self._mkdir(posixpath.dirname(target))
         reply = await self.runner.run(cmd.dd_stdin_to(partial), stdin=text)
@@ -157,6 +170,7 @@ class GpfsStore:
             raise
 
     async def delete(self, path: str) -> None:
+        await self._unlinked(self._path(path))
         await self._sh(cmd.rm_f(self._path(path)))
 
     async def delete_parent(self, parent: str, image: str) -> None:
@@ -165,6 +179,7 @@ class GpfsStore:
         grandparent it can keep sharing with), then rm. Not while fleets' clones remain: rm would still fail
         and the image's own copy of the blocks would cost space for nothing."""
         p, i = self._path(parent), self._path(image)
+        await self._unlinked(p, i)
         reply = await self.runner.run(cmd.stat_links([p, i]), retry=True)
         links = cmd.stat_links_rows(reply.stdout)
         if p not in links:
