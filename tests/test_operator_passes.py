@@ -31,7 +31,8 @@ def catalog(docs: dict[str, dict], clones: int = 0, hosts: list[dict] | None = N
         stores={docs["CloneStore"]["metadata"]["name"]: docs["CloneStore"]},
         hosts=hosts if hosts is not None else [docs["KvmHost"]],
         templates={("default", t["metadata"]["name"]): t},
-        clones_by_parent={parent_path(t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw")): clones},
+        clones_by_parent={(t["spec"]["storeRef"]["name"],
+                           parent_path(t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))): clones},
         images_by_template={("default", "basic"): ("local", "images/basic.img", "raw")},
     )
 
@@ -172,3 +173,21 @@ def test_a_store_or_host_in_use_is_not_released() -> None:
     released, event = passes.host_delete_pass("kvm-a", in_use)
     assert not released and event.message.startswith("3 VM(s) are placed on KvmHost kvm-a")
     assert passes.host_delete_pass("kvm-b", in_use)[0]
+
+
+async def test_clones_of_the_same_image_path_in_another_store_do_not_hold_this_parent(runtime: Runtime,
+                                                                                      docs: dict) -> None:
+    """Parent paths repeat across stores (one image path, one hash): counts are per store (found by the kube
+    tests, whose stores all hold images/t.img: a template waited for clones in other stores)."""
+    from vmfleet.operator import handlers
+
+    template = docs["VmTemplate"]
+    image = template["spec"]["image"]
+    other = {"store": "another-store", "clonesByParent": [
+        {"parent": parent_path(image["path"], image.get("format", "raw")), "clones": 3}]}
+    elsewhere = catalog(docs)
+    elsewhere.clones_by_parent = handlers.fleet_clones(status=other)  # what the index holds for that fleet
+    made = await passes.template_pass(runtime, template, elsewhere)
+    assert made.status["parent"]["clones"] == 0
+    released, event = await passes.template_delete_pass(runtime, template, elsewhere)
+    assert released and event.reason == "ParentDeleted"

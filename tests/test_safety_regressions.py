@@ -298,7 +298,8 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
     old_doc = {**new_doc, "metadata": {"name": "old", "namespace": "default"},
                "spec": {**new_doc["spec"], "image": {"path": "images/t.img"}}}
     catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root)},
-                             templates={("default", "old"): old_doc}, clones_by_parent=counts)
+                             templates={("default", "old"): old_doc},
+                             clones_by_parent={("store", k): v for k, v in counts.items()})
     released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
     assert not released and event.reason == "ParentInUse"
     assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()

@@ -65,7 +65,8 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
             if dry_run:
                 continue
             parent = parent_path(template.image_path, template.image_format)
-            count = sum(clones_by_parent(r.status).get(parent, 0) for r in results)
+            count = sum(clones_by_parent(r.status).get(parent, 0) for r in results
+                        if r.status.get("store") in (None, template.store))
             status, events = await reconcile_template(runtime, template, world.stores[template.store], count, None)
             _log("VmTemplate", f"{ns}/{name}", events)
             statuses[by_id[id(template)]] = status

@@ -68,9 +68,10 @@ def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tu
 
 
 @kopf.index(GROUP, VERSION, "vmfleets")
-def fleet_clones(status: kopf.Status, **_: Any) -> dict[str, int]:
-    """Clones per clone parent, by what each fleet made (not by the template it names now)."""
-    return clones_by_parent(plain(status))
+def fleet_clones(status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
+    """Clones per (store, clone parent), by what each fleet made (not by the template it names now)."""
+    s = plain(status)
+    return {(s.get("store") or "", parent): n for parent, n in clones_by_parent(s).items()}
 
 
 @kopf.index(GROUP, VERSION, "vmfleets")

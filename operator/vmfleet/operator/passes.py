@@ -24,7 +24,8 @@ class Catalog:
     stores: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     hosts: list[Mapping[str, Any]] = field(default_factory=list)
     templates: Mapping[Key, Mapping[str, Any]] = field(default_factory=dict)
-    clones_by_parent: Mapping[str, int] = field(default_factory=dict)  # parent path -> clones of all fleets
+    # (store, parent path) -> clones of all fleets; store "" when a status does not say (counted for every store)
+    clones_by_parent: Mapping[tuple[str, str], int] = field(default_factory=dict)
     images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)
     vms_by_host: Mapping[str, int] = field(default_factory=dict)
     clones_by_store: Mapping[str, int] = field(default_factory=dict)
@@ -159,7 +160,8 @@ async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalo
 
 def _clones_of(template: VmTemplate, catalog: Catalog) -> int:
     """Clones that any fleet made from this template's parent, whichever template each fleet names now."""
-    return catalog.clones_by_parent.get(parent_path(template.image_path, template.image_format), 0)
+    parent = parent_path(template.image_path, template.image_format)
+    return catalog.clones_by_parent.get((template.store, parent), 0) + catalog.clones_by_parent.get(("", parent), 0)
 
 
 def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
