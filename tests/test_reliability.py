@@ -41,7 +41,8 @@ async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_e
         failed = [o for o in result.outcomes if not o.ok]
         unavailable = [e for e in result.events if e.reason == "StoreUnavailable"]  # observing or recording failed
         failures += len(failed) + len(unavailable)
-        warnings += sum(1 for e in result.events if e.type == "Warning" and e.reason.endswith(("Failed", "Unavailable")))
+        warnings += sum(1 for e in result.events
+                        if e.type == "Warning" and e.reason.endswith(("Failed", "Unavailable")))
         if failed or unavailable:
             degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
             assert degraded["status"] == "True" and degraded["reason"].endswith(("Failed", "Unavailable"))

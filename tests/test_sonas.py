@@ -282,7 +282,8 @@ def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
     for built in (cmd.mkclone(path, path), cmd.mkclone_with_parent(path, path, path), cmd.lsclone([path]),
                   cmd.mmclone_copy(path, path), cmd.stat([path, path]), cmd.rm_f(path), cmd.ls(path),
                   cmd.mmclone_split(path), cmd.mmclone_redirect(path), cmd.mmclone_show([path]),
-                  cmd.stat_links([path, path]), cmd.head(path), cmd.realpath([path]), cmd.mv_f(path, path), cmd.mkdir_p(path)):
+                  cmd.stat_links([path, path]), cmd.head(path), cmd.realpath([path]), cmd.mv_f(path, path),
+                  cmd.mkdir_p(path)):
         assert unquoted_metacharacters(built) == set()
         assert path in shlex.split(built)
     dd = cmd.dd_stdin_to(path)

@@ -280,7 +280,8 @@ class LocalStore:
     def _remove_stale(self, at: int, target: str, path: str) -> None:
         """Remove the partials of `target` whose maker is gone (a non-blocking flock succeeds)."""
         for name in os.listdir(at):
-            if name != target + PARTIAL_SUFFIX and not (name.startswith(target) and _PARTIAL.fullmatch(name[len(target):])):
+            ours = name.startswith(target) and _PARTIAL.fullmatch(name[len(target):])
+            if name != target + PARTIAL_SUFFIX and not ours:
                 continue
             where = posixpath.join(posixpath.dirname(path), name)
             fd = self._open_regular(at, name, where)
