@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from test_api import STORE  # one valid CloneStore for both files
 from vmfleet.api import InvalidManifest, validate
 from vmfleet.api.crd import RULES_KEY, all_crds, root_schema
 from vmfleet.api.schema import KINDS, Rule
@@ -32,18 +33,6 @@ TEMPLATE = {
     "metadata": {"name": "basic"},
     "spec": {"storeRef": {"name": "local"}, "image": {"path": "images/basic.img"}, "machineType": "q35",
              "network": "default"},
-}
-STORE = {
-    "apiVersion": "vmfleet.io/v1alpha1",
-    "kind": "CloneStore",
-    "metadata": {"name": "sonas1"},
-    "spec": {
-        "driver": "sonas",
-        "root": "/ibm/gpfs0/vms",
-        "localPath": "/mnt/sonas/vms",
-        "ssh": {"host": "sonas-mgmt.example.com", "user": "vmfleet",
-                "secretRef": {"name": "sonas-ssh", "namespace": "vmfleet-system"}},
-    },
 }
 HOST = {
     "apiVersion": "vmfleet.io/v1alpha1",
