@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -125,6 +126,23 @@ def _write_all(fd: int, data: bytes) -> None:
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
+    """renameat2(RENAME_NOREPLACE) within one directory; False where the file system or libc cannot (NFS)."""
+    renameat2 = getattr(_LIBC, "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(dir_fd, os.fsencode(old), dir_fd, os.fsencode(new), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), new)
 
 class AlreadyExists(StoreError):
     """The target of a clone or parent is there already."""
@@ -314,12 +332,16 @@ class LocalStore:
 
     @staticmethod
     def _publish(p: Partial, replace: bool = False) -> None:
-        """Give the partial its final name: a hard link, which never replaces an existing clone."""
+        """Give the partial its final name, never replacing an existing clone: an atomic rename that refuses
+        an existing target (renameat2 RENAME_NOREPLACE), else a hard link then an unlink (a crash between
+        the two leaves a second name, removed with the clone)."""
         os.fsync(p.fd)
         if replace:
             os.rename(p.name, p.target, src_dir_fd=p.dir_fd, dst_dir_fd=p.dir_fd)
             return
         try:
+            if _rename_noreplace(p.dir_fd, p.name, p.target):
+                return
             os.link(p.name, p.target, src_dir_fd=p.dir_fd, dst_dir_fd=p.dir_fd, follow_symlinks=False)
         except FileExistsError:
             raise AlreadyExists(f"clone {p.path!r} already exists (made by another maker meanwhile)") from None
