@@ -7,13 +7,13 @@ which of them is asking.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import re
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..api.status import clone_count
+from ..clock import now
 from ..api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from ..hypervisor import DomainInfo, DomainSpec, HostError, LibvirtHost, Owner, domain_xml
 from ..planner import Action, HostView, Observation, Op, Plan, VmSeen, VmWant, listing, plan_fleet
@@ -26,10 +26,6 @@ from .status import Event, blocked_status, events_for, fleet_status
 
 
 VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

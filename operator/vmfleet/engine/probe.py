@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from ..api import CloneStore, KvmHost
 from ..storage import StoreError
 from ..storage.local import root_field, root_problem
-from .fleet import now
+from ..clock import now
 from .runtime import Runtime
 from .status import summary_conditions
 

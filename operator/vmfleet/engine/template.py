@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from ..api.types import CloneStore, VmTemplate
 from ..storage import StoreDriver, StoreError, parent_path
-from .fleet import now
+from ..clock import now
 from .runtime import Runtime
 from .status import Event, condition, summary_conditions
 

@@ -16,14 +16,12 @@ from .. import metrics
 from ..api.types import Capacity
 from .domain import METADATA_NS, STATES, DomainInfo, parse_owner
 
+from ..errors import HostError
+
 T = TypeVar("T")
 
 # libvirt prints every error to stderr by default; the exceptions carry the same text.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-class HostError(RuntimeError):
-    """A libvirt call failed; the message names the host and the call."""
 
 
 Credentials = Callable[[], tuple[str, str]]

@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, parse
 from ..engine import (Event, Runtime, TeardownResult, host_status, reconcile_fleet, reconcile_template, release_parent,
                       store_status, teardown_fleet)
-from ..engine.fleet import now
+from ..clock import now
 from ..api.status import condition_of
 from ..engine.status import blocked_status
 from ..planner import listing

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..api.schema import RELATIVE_PATH_PATTERN
+from ..errors import StoreError, StoreTimeout  # noqa: F401 - the store's errors, re-exported
 
 PARTIAL_SUFFIX = ".partial"
 _RELATIVE = re.compile(RELATIVE_PATH_PATTERN)
-
-
-class StoreError(RuntimeError):
-    """A storage operation failed; the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""Every error vmfleet raises on purpose, in one tree (as httpx's `_exceptions.py` has for transports).
+
+Drivers translate what their libraries raise (OSError, libvirtError, asyncssh errors) into these where it
+arises; the engine catches these and nothing broader, and turns each into a condition and an Event.
+
+    VmfleetError
+    ├── StoreError            a storage operation failed
+    │   └── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
+    ├── HostError             a libvirt host refused or did not answer
+    └── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
+"""
+
+from __future__ import annotations
+
+
+class VmfleetError(Exception):
+    """The root: the message says what failed and why, naming the object or field."""
+
+
+class StoreError(VmfleetError):
+    """A storage operation failed; the message says which and why."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not answer within its timeout; the call may still be running there."""
+
+
+class HostError(VmfleetError):
+    """A libvirt host refused an operation or cannot be reached."""
+
+
+class CredentialsError(VmfleetError):
+    """A Secret cannot be read or lacks a key; the message names the Secret and the field that names it."""
