@@ -9,7 +9,7 @@ import time
 
 from vmfleet.api.types import to_manifest
 from vmfleet.engine import reconcile_fleet
-from vmfleet.engine.fleet import FleetScope
+from vmfleet.engine.fleet import desire
 from vmfleet.hypervisor import LibvirtHost, domain_xml
 from vmfleet.sim import Simulator
 
@@ -27,16 +27,19 @@ async def through_engine(runtime, server: Simulator, n: int, name: str, concurre
 
 async def floor(runtime, server: Simulator, n: int, name: str, concurrency: int) -> float:
     """The same store and libvirt calls, in a bare loop at the same concurrency: no observe, plan or status."""
-    scope = FleetScope(runtime, site.fleet(n, name), site.template(), site.store(server, concurrency), [site.host()])
+    store = site.store(server, concurrency)
+    desired = desire(runtime, site.fleet(n, name), site.template(), store, [site.host()])
+    driver = runtime.store_driver(store)
     endpoint = LibvirtHost("t", "test:///default")
     limit = asyncio.Semaphore(concurrency)
-    await scope.driver.prepare_parent("images/t.img", "raw", scope.parent)
+    await driver.prepare_parent("images/t.img", "raw", desired.parent)
 
     async def one(o: int) -> None:
         async with limit:
-            await scope.driver.create_clone(scope.parent, "raw", scope.clone(o))
-            spec = scope.domain_spec(o, "t")
-            await endpoint.define(domain_xml(spec, scope.owner(o, "t", spec), scope.domain_uuid(o)))
+            clone = desired.clone(o, {})
+            await driver.create_clone(desired.parent, "raw", clone)
+            spec = desired.domain_spec(o, "t", clone)
+            await endpoint.define(domain_xml(spec, desired.owner(o, "t", clone, spec), desired.vm_uuid(o)))
             await endpoint.start(spec.name)
 
     try:

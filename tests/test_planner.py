@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmfleet.planner import HostView, Observation, Op, Severity, VmSeen, VmWant, plan_fleet
+from vmfleet.planner import DomainAction, HostView, Observation, Op, Severity, VmSeen, VmWant, plan_fleet
 
 
 def wants(n: int, running: bool = True, vcpus: int = 1, memory: int = 512) -> list[VmWant]:
@@ -37,7 +37,7 @@ def running(ordinal: int, host_name: str = "a", state: str = "Running") -> VmSee
 
 
 def ops(plan) -> list[tuple[str, int | None]]:
-    return [(a.op.value, a.ordinal) for a in plan.actions]
+    return [(a.op.value, getattr(a, "ordinal", None)) for a in plan.actions]
 
 
 def test_scale_out_from_nothing_makes_the_parent_then_each_vm_in_order() -> None:
@@ -182,7 +182,7 @@ def test_no_plan_overwrites_or_loses_a_wanted_clone(case: tuple[int, Observation
         if a.op is Op.DELETE_CLONE:
             assert a.ordinal >= n, "a wanted VM's clone was deleted"
             assert a.ordinal not in obs.domains or obs.hosts[obs.domains[a.ordinal].host].reachable
-        if a.host is not None:
+        if isinstance(a, DomainAction):
             assert obs.hosts[a.host].reachable, "an action was planned on an unreachable host"
     per_vm = plan.chains()
     for ordinal, chain in per_vm.items():

@@ -35,7 +35,7 @@ from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
-from vmfleet.engine.fleet import VM_UUID_NAMESPACE as VM_UUIDS
+from vmfleet.engine.desired import VM_UUID_NAMESPACE as VM_UUIDS
 from vmfleet.storage.base import disk_format_of
 
 pytestmark = pytest.mark.safety

@@ -22,7 +22,7 @@ from vmfleet.api.schema import KINDS
 from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import FleetResult, reconcile_fleet, teardown_fleet
-from vmfleet.engine.fleet import VM_UUID_NAMESPACE
+from vmfleet.engine.desired import VM_UUID_NAMESPACE
 
 pytestmark = pytest.mark.safety
 
@@ -84,7 +84,7 @@ async def site(tmp_path: Path, small_image: Path) -> AsyncIterator[Site]:
 
 
 def ops(result: FleetResult) -> list[tuple[str, int | None, str | None]]:
-    return [(a.op.value, a.ordinal, a.host) for a in result.plan.actions]
+    return [(a.op.value, getattr(a, "ordinal", None), getattr(a, "host", None)) for a in result.plan.actions]
 
 
 async def test_finding_1_scale_in_and_teardown_wait_for_an_unreachable_host(site: Site) -> None:

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..api import reasons
+from ..api.reasons import HINTS
 from ..api.status import clone_count, condition_of
 
 
@@ -26,44 +28,8 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-# What to do about each reason a fleet or template gives for not being Ready.
-HINTS = {
-    "TemplateNotFound": "apply the VmTemplate named in spec.templateRef, in the fleet's namespace",
-    "StoreNotFound": "apply the CloneStore named in the template's spec.storeRef",
-    "InvalidSpec": "fix the field named above and apply again",
-    "NoHosts": "label a KvmHost to match the fleet's spec.hostSelector, or change the selector",
-    "NoReachableHost": "check each KvmHost's spec.uri: `virsh -c URI list` from where the operator runs",
-    "InsufficientCapacity": "add a KvmHost, raise spec.capacity of one, or lower spec.replicas",
-    "HostUnreachable": "bring that host (or its KvmHost, or its old URI) back: its VMs stay put and keep their disks "
-                       "until vmfleet can see them; if the host is dead for good, annotate the fleet "
-                       "vmfleet.io/hosts-lost=<host> (docs/operations.md)",
-    "HostDeclaredLost": "remove the vmfleet.io/hosts-lost annotation once the host is repaired or deleted",
-    "ImageChanged": "the golden image was changed in place: clones keep coming from the old one; give the new "
-                    "image a new path and point a template at it",
-    "StoreChanged": "point spec.templateRef back to a template on the store named, or delete the fleet",
-    "DuplicateDomain": "a host declared lost came back running the VM: stop and undefine the stale domain by hand",
-    "DefinitionChanged": "restart the VMs named (virsh shutdown NAME; vmfleet starts them with the new definition)",
-    "CloneLost": "restore the clone file from a backup, or scale in to drop the VM",
-    "NameConflict": "a domain of that name was not made by vmfleet: rename or undefine it",
-    "StoreUnavailable": "check the store: SSH to spec.ssh.host with its key and known_hosts, or its NFS mount",
-    "ParentFailed": "check the template's spec.image.path exists under the store's root",
-    "PrepareParentFailed": "check the template's spec.image.path exists under the store's root",
-    "CreateCloneFailed": "see the store's message above; the next pass retries",
-    "DefineFailed": "see libvirt's message above; `virsh -c URI define` the same XML to reproduce",
-    "StartFailed": "see libvirt's message above; the VM's log is under /var/log/libvirt/qemu on its host",
-    "StopFailed": "see libvirt's message above; `virsh -c URI destroy DOMAIN` to reproduce",
-    "UndefineFailed": "see libvirt's message above; the next pass retries",
-    "DeleteCloneFailed": "see the store's message above; the next pass retries",
-    "ParentInUse": "delete or scale in the fleets that use the template first",
-    "StoreInUse": "delete the templates (and their fleets) that use the store first",
-    "HostInUse": "scale in or delete the fleets with VMs on the host first",
-    "Unreachable": "check the endpoint named above from where the operator runs",
-    "RootMissing": "mount the store's export at spec.localPath (or root) where the operator runs",
-}
-
-
 def _ready_reason(status: dict[str, Any]) -> str:
-    return str(condition_of(status, "Ready").get("reason", "NotObserved"))
+    return str(condition_of(status, "Ready").get("reason", reasons.NOT_OBSERVED))
 
 
 def fleets_table(objects: list[dict[str, Any]]) -> str:

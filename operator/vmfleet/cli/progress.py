@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from ..engine.execute import Outcome
+from ..planner import ParentAction
 
 
 class ProgressReport:
@@ -39,6 +40,6 @@ class ProgressReport:
 
     def _line(self, outcome: Outcome, ended: int, total: int) -> str:
         a = outcome.action
-        who = f"{self.fleet}-{a.ordinal}" if a.ordinal is not None else "the parent"
+        who = "the parent" if isinstance(a, ParentAction) else f"{self.fleet}-{a.ordinal}"
         failed = f", {self.failed} failed" if self.failed else ""
         return f"{self.fleet}: {ended}/{total} actions ({ended * 100 // total}%){failed} · last: {a.op.value} {who}"

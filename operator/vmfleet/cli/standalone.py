@@ -12,7 +12,7 @@ from ..engine.execute import Progress
 from ..api.status import clones_by_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
-from ..planner import summarise
+from ..planner import CloneAction, DomainAction, Op, summarise
 from ..storage import SecretReader, StoreError, parent_path
 from .manifests import Loaded, Secret, World
 
@@ -25,8 +25,13 @@ def _log(kind: str, name: str, events: Iterable[Event]) -> None:
 def plan_text(fleet: VmFleet, result: FleetResult) -> str:
     lines = [f"VmFleet {fleet.meta.namespace}/{fleet.meta.name}: {len(result.plan.actions)} action(s)"]
     for a in result.plan.actions:
-        who = fleet.vm_name(a.ordinal) if a.ordinal is not None else "(template)"
-        lines.append(f"  {a.op.value:15} {who:20} {a.host or '':12} {a.why}")
+        who, where = "(template)", ""
+        if isinstance(a, DomainAction):
+            who, where = fleet.vm_name(a.ordinal), a.host
+        elif isinstance(a, CloneAction):
+            who = fleet.vm_name(a.ordinal)
+            where = result.plan.placement.get(a.ordinal, "") if a.op is Op.CREATE_CLONE else ""
+        lines.append(f"  {a.op.value:15} {who:20} {where:12} {a.why}")
     for p, text in summarise(result.plan.problems):
         lines.append(f"  ! {p.severity.value}/{p.reason}: {text}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from ..planner import Action, Plan
 
@@ -43,7 +43,7 @@ async def execute(plan: Plan, actuate: Actuator, concurrency: int, progress: Pro
             return outcomes
     limit = asyncio.Semaphore(concurrency)
 
-    async def chain(actions: list[Action]) -> list[Outcome]:
+    async def chain(actions: Sequence[Action]) -> list[Outcome]:
         done = []
         async with limit:
             for action in actions:

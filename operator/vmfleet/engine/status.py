@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
+from ..api import reasons
 from ..api.status import condition_of
-from ..planner import Observation, Op, Plan, Severity, listing, summarise
+from ..planner import DomainAction, Op, ParentAction, Plan, Severity, listing, summarise
 from ..storage import Space
 from .execute import Outcome
-
-if TYPE_CHECKING:
-    from .fleet import FleetScope
+from .operations import OPERATIONS
+from .snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -21,49 +21,38 @@ class Event:
     reason: str
     message: str
 
+    def __post_init__(self) -> None:
+        assert reasons.known(self.reason), f"reason {self.reason!r} is not in api/reasons.py"
 
-_DONE = {
-    Op.PREPARE_PARENT: ("ParentPrepared", "prepared the clone parent"),
-    Op.CREATE_CLONE: ("ClonesCreated", "created clone(s) for"),
-    Op.DEFINE: ("DomainsDefined", "defined domain(s) for"),
-    Op.START: ("DomainsStarted", "started"),
-    Op.STOP: ("DomainsStopped", "stopped"),
-    Op.UNDEFINE: ("DomainsUndefined", "undefined domain(s) of"),
-    Op.DELETE_CLONE: ("ClonesDeleted", "deleted clone(s) of"),
-}
-_FAILED = {
-    Op.PREPARE_PARENT: "PrepareParentFailed",
-    Op.CREATE_CLONE: "CreateCloneFailed",
-    Op.DEFINE: "DefineFailed",
-    Op.START: "StartFailed",
-    Op.STOP: "StopFailed",
-    Op.UNDEFINE: "UndefineFailed",
-    Op.DELETE_CLONE: "DeleteCloneFailed",
-}
+
 def events_for(
-    scope: "FleetScope",
+    snap: Snapshot,
     plan: Plan,
     outcomes: list[Outcome],
     previous_status: Mapping[str, Any] | None,
     status: Mapping[str, Any] | None,
 ) -> list[Event]:
     """One Event per kind of action done (not one per VM), one per failure, one per new problem."""
+    desired = snap.desired
     done: dict[Op, list[str]] = defaultdict(list)
     events: list[Event] = []
     for outcome in outcomes:
         a = outcome.action
-        who = scope.fleet.vm_name(a.ordinal) if a.ordinal is not None else scope.parent
+        who = desired.parent if isinstance(a, ParentAction) else desired.vm_name(a.ordinal)
         if outcome.ok:
             done[a.op].append(who)
         else:
-            where = f" on {a.host}" if a.host else ""
-            events.append(Event("Warning", _FAILED[a.op], f"{who}{where}: {outcome.error}"))
+            where = f" on {a.host}" if isinstance(a, DomainAction) else ""
+            events.append(Event("Warning", OPERATIONS[a.op].failed, f"{who}{where}: {outcome.error}"))
     summary = []
     for op, names in done.items():
-        reason, verb = _DONE[op]
-        detail = f"{verb} {len(names)} VM(s): {listing(names)}" if op is not Op.PREPARE_PARENT else (
-            f"{verb} {scope.parent} from {scope.template.image_path}")
-        summary.append(Event("Normal", reason, detail))
+        how = OPERATIONS[op]
+        if op is Op.PREPARE_PARENT:
+            assert desired.template is not None
+            detail = f"{how.did} {desired.parent} from {desired.template.image_path}"
+        else:
+            detail = f"{how.did} {len(names)} VM(s): {listing(names)}"
+        summary.append(Event("Normal", how.done, detail))
     events = summary + events
     before = _condition_messages(previous_status)
     after = _condition_messages(status)
@@ -86,6 +75,7 @@ def _condition_messages(status: Mapping[str, Any] | None) -> dict[str, str]:
 def condition(
     type_: str, true: bool, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
+    assert reasons.known(reason), f"reason {reason!r} is not in api/reasons.py"
     status = "True" if true else "False"
     old = condition_of(previous, type_)
     since = old["lastTransitionTime"] if old.get("status") == status and old.get("lastTransitionTime") else now
@@ -98,19 +88,17 @@ def _summary(problems: list[str]) -> str:
 
 
 def fleet_status(
-    scope: "FleetScope",
-    seen: Observation,
+    snap: Snapshot,
     plan: Plan,
     outcomes: list[Outcome],
     space: Mapping[str, Space],
     previous: Mapping[str, Any] | None,
     now: str,
 ) -> dict[str, Any]:
-    fleet = scope.fleet
-    wants = {w.ordinal: w for w in scope.wants()}
-    problem_state = {p.ordinal: ("Unknown" if p.reason == "HostUnreachable" else
-                                 "Lost" if p.reason == "CloneLost" else "Pending")
-                     for p in plan.problems if p.ordinal is not None}
+    desired, seen = snap.desired, snap.seen
+    fleet = desired.fleet
+    wants = {w.ordinal: w for w in desired.wants}
+    problem_state = {p.ordinal: p.vm_state for p in plan.problems if p.ordinal is not None}
     restart = set(plan.restart_required)
     clones: list[dict[str, Any]] = []
     existing = ready = 0
@@ -121,7 +109,7 @@ def fleet_status(
         host = domain.host if domain else plan.placement.get(o)
         if host:
             entry["host"] = host
-        path = scope.clone(o)
+        path = snap.clone(o)
         if o in seen.clones:
             entry["file"] = path.rsplit("/", 1)[1]
         entry["state"] = problem_state.get(o) or (domain.state if domain else "Pending")
@@ -141,28 +129,30 @@ def fleet_status(
 
     stalled = [text for p, text in summarise(plan.problems) if p.severity is Severity.STALLED]
     degraded = [text for p, text in summarise(plan.problems) if p.severity is Severity.DEGRADED]
-    failures = [f"{o.action.op.value} {fleet.vm_name(o.action.ordinal) if o.action.ordinal is not None else ''}"
+    failures = [f"{o.action.op.value} {'' if isinstance(o.action, ParentAction) else fleet.vm_name(o.action.ordinal)}"
                 f": {o.error}" for o in outcomes if not o.ok]
     degraded += failures
-    desired = fleet.replicas
-    all_ready = ready == desired and existing == desired and not stalled and not degraded
+    replicas = fleet.replicas
+    all_ready = ready == replicas and existing == replicas and not stalled and not degraded
     gen = fleet.meta.generation
     stalled_reason = next((p.reason for p in plan.problems if p.severity is Severity.STALLED), "")
     degraded_reason = next((p.reason for p in plan.problems if p.severity is Severity.DEGRADED),
-                           next((_FAILED[o.action.op] for o in outcomes if not o.ok), ""))
+                           next((OPERATIONS[o.action.op].failed for o in outcomes if not o.ok), ""))
     conditions = [
-        condition("Ready", all_ready, "AllReplicasReady" if all_ready else (stalled_reason or "ReplicasNotReady"),
-                  f"{ready}/{desired} VMs ready", gen, previous, now),
+        condition("Ready", all_ready,
+                  reasons.ALL_REPLICAS_READY if all_ready else (stalled_reason or reasons.REPLICAS_NOT_READY),
+                  f"{ready}/{replicas} VMs ready", gen, previous, now),
         condition("Reconciling", not all_ready and not stalled,
-                  "Progressing" if not all_ready and not stalled else "Converged" if all_ready else "Stalled",
-                  f"{ready}/{desired} VMs ready; {len(plan.actions)} action(s) planned this pass", gen, previous, now),
-        condition("Stalled", bool(stalled), stalled_reason or "NotStalled", _summary(stalled), gen, previous, now),
-        condition("Degraded", bool(degraded), degraded_reason if degraded else "NotDegraded", _summary(degraded),
+                  reasons.PROGRESSING if not all_ready and not stalled else reasons.CONVERGED if all_ready
+                  else reasons.STALLED,
+                  f"{ready}/{replicas} VMs ready; {len(plan.actions)} action(s) planned this pass", gen, previous, now),
+        condition("Stalled", bool(stalled), stalled_reason or reasons.NOT_STALLED, _summary(stalled), gen, previous, now),
+        condition("Degraded", bool(degraded), degraded_reason if degraded else reasons.NOT_DEGRADED, _summary(degraded),
                   gen, previous, now),
     ]
     if restart:  # present only while true, as KubeVirt's VirtualMachine has it
         conditions.append(condition(
-            "RestartRequired", True, "DefinitionChanged",
+            "RestartRequired", True, reasons.DEFINITION_CHANGED,
             f"{listing([fleet.vm_name(o) for o in sorted(restart)])}: running an older definition; it takes "
             "effect when the VM is restarted", gen, previous, now))
     return {
@@ -176,10 +166,10 @@ def fleet_status(
         "savedBytes": max(0, logical - allocated),
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
         "measuredAt": now,
-        "store": scope.store.meta.name,
-        "parent": scope.parent,
-        "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(scope.clones_by_parent(seen).items())],
-        "cloneDirectory": scope.directory,
+        "store": desired.store.meta.name,
+        "parent": desired.parent,
+        "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(snap.clones_by_parent().items())],
+        "cloneDirectory": desired.directory,
         "clones": clones,
     }
 
@@ -200,10 +190,10 @@ def summary_conditions(kind: str, reason: str, message: str, generation: int, pr
     ready = kind == "Ready"
     return [
         condition("Ready", ready, reason, message, generation, previous, now),
-        condition("Reconciling", kind in ("Waiting", "Degraded"), reason if not ready else "Converged",
+        condition("Reconciling", kind in ("Waiting", "Degraded"), reason if not ready else reasons.CONVERGED,
                   message if not ready else "", generation, previous, now),
-        condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else "NotStalled",
+        condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else reasons.NOT_STALLED,
                   message if kind == "Stalled" else "", generation, previous, now),
-        condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else "NotDegraded",
+        condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else reasons.NOT_DEGRADED,
                   message if kind == "Degraded" else "", generation, previous, now),
     ]

@@ -1,8 +1,8 @@
 """The planner: pure functions from the spec and what was observed to an ordered plan."""
 
-from .model import (Action, HostView, Observation, Op, Plan, Problem, Severity, VmSeen, VmWant, listing,
-                    summarise)
+from .model import (Action, CloneAction, DomainAction, HostView, Observation, Op, ParentAction, Plan, Problem,
+                    Severity, VmAction, VmSeen, VmWant, listing, summarise)
 from .plan import plan_fleet
 
-__all__ = ["Action", "HostView", "Observation", "Op", "Plan", "Problem", "Severity", "VmSeen", "VmWant", "listing",
-           "plan_fleet", "summarise"]
+__all__ = ["Action", "CloneAction", "DomainAction", "HostView", "Observation", "Op", "ParentAction", "Plan", "Problem",
+           "Severity", "VmAction", "VmSeen", "VmWant", "listing", "plan_fleet", "summarise"]

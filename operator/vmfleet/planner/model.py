@@ -69,6 +69,9 @@ class Observation:
 
 
 class Op(enum.Enum):
+    """What the planner may ask for. How each is carried out, and the reasons it reports, are defined once,
+    in engine/operations.py."""
+
     PREPARE_PARENT = "prepare-parent"
     CREATE_CLONE = "create-clone"
     DEFINE = "define"
@@ -78,12 +81,49 @@ class Op(enum.Enum):
     DELETE_CLONE = "delete-clone"
 
 
+PARENT_OPS = frozenset({Op.PREPARE_PARENT})
+CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE})
+DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE})
+
+
 @dataclass(frozen=True)
-class Action:
+class ParentAction:
+    """On the fleet's clone parent: before any VM's chain runs."""
+
     op: Op
-    ordinal: int | None = None
-    host: str | None = None
     why: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.op in PARENT_OPS, self.op
+
+
+@dataclass(frozen=True)
+class CloneAction:
+    """On one VM's clone in the store."""
+
+    op: Op
+    ordinal: int
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.op in CLONE_OPS, self.op
+
+
+@dataclass(frozen=True)
+class DomainAction:
+    """On one VM's domain, on one host."""
+
+    op: Op
+    ordinal: int
+    host: str
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.op in DOMAIN_OPS, self.op
+
+
+VmAction = CloneAction | DomainAction
+Action = ParentAction | VmAction
 
 
 class Severity(enum.Enum):
@@ -98,6 +138,7 @@ class Problem:
     message: str  # what is wrong, without the VM's name: VMs with the same problem are reported together
     ordinal: int | None = None
     subject: str = ""  # the VM's name
+    vm_state: str = "Pending"  # what the VM's status entry says while it has this problem
 
 
 def listing(names: list[str], shown: int = 5) -> str:
@@ -125,14 +166,14 @@ class Plan:
     # Running VMs whose definition changed: they run the old one until restarted.
     restart_required: list[int] = field(default_factory=list)
 
-    def parent_actions(self) -> list[Action]:
-        return [a for a in self.actions if a.ordinal is None]
+    def parent_actions(self) -> list[ParentAction]:
+        return [a for a in self.actions if isinstance(a, ParentAction)]
 
-    def chains(self) -> dict[int, list[Action]]:
+    def chains(self) -> dict[int, list[VmAction]]:
         """Each VM's actions in order; different VMs' chains may run side by side."""
-        out: dict[int, list[Action]] = {}
+        out: dict[int, list[VmAction]] = {}
         for a in self.actions:
-            if a.ordinal is not None:
+            if not isinstance(a, ParentAction):
                 out.setdefault(a.ordinal, []).append(a)
         return out
 

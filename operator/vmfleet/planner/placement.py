@@ -35,5 +35,4 @@ def choose_host(vm: VmWant, loads: dict[str, HostLoad], policy: str) -> str | No
         return None
     if policy == "pack":
         return min(candidates, key=lambda h: h.view.name).view.name
-    free = lambda h: h.view.memory_mib - h.used_memory_mib  # noqa: E731
-    return min(candidates, key=lambda h: (h.fleet_vms, -free(h), h.view.name)).view.name
+    return min(candidates, key=lambda h: (h.fleet_vms, h.used_memory_mib - h.view.memory_mib, h.view.name)).view.name

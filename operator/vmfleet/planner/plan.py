@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .model import Action, HostView, Observation, Op, Plan, Problem, Severity, SpecHash, VmSeen, VmWant
+from ..api import reasons
+from .model import (CloneAction, DomainAction, HostView, Observation, Op, ParentAction, Plan, Problem, Severity,
+                    SpecHash, VmSeen, VmWant)
 from .placement import HostLoad, choose_host
 
 
@@ -31,7 +33,7 @@ def plan_fleet(
     needs_clone = [o for o in wanted if o not in seen.clones and o not in seen.domains
                    and (o not in seen.recorded or o in seen.settling)]
     if needs_clone and not seen.parent_exists:
-        plan.actions.append(Action(Op.PREPARE_PARENT, why="no clone parent for the template image yet"))
+        plan.actions.append(ParentAction(Op.PREPARE_PARENT, "no clone parent for the template image yet"))
 
     _duplicates(plan, seen)  # first: a stale definition must go before a VM is defined on its host
     for ordinal in sorted(wanted):
@@ -51,11 +53,11 @@ def _where_unseen(o: int, seen: Observation) -> str | None:
         return None if view is None or view.reachable else f"host {host} is unreachable ({view.error})"
     if o in seen.elsewhere:
         return seen.elsewhere[o]
-    host = seen.recorded.get(o)
-    if host is not None:
-        view = seen.hosts.get(host)
+    recorded = seen.recorded.get(o)
+    if recorded is not None:
+        view = seen.hosts.get(recorded)
         if view is not None and not view.reachable:
-            return f"host {host} is unreachable ({view.error})"
+            return f"host {recorded} is unreachable ({view.error})"
         return None
     if o in seen.clones:
         # A clone with no record of where it ran: any silent host may be running it.
@@ -71,7 +73,7 @@ def _converge_vm(
     o = want.ordinal
     if o in seen.conflicts:
         plan.problems.append(
-            Problem(Severity.STALLED, "NameConflict",
+            Problem(Severity.STALLED, reasons.NAME_CONFLICT,
                     f"a domain of that name on {seen.conflicts[o]} is not this fleet's; rename or remove it",
                     o, want.name)
         )
@@ -84,27 +86,27 @@ def _converge_vm(
     unseen = _where_unseen(o, seen)
     if unseen is not None:
         plan.placement[o] = host or ""
-        plan.problems.append(Problem(Severity.DEGRADED, "HostUnreachable", f"{unseen}; not moved elsewhere",
-                                     o, want.name))
+        plan.problems.append(Problem(Severity.DEGRADED, reasons.HOST_UNREACHABLE, f"{unseen}; not moved elsewhere",
+                                     o, want.name, vm_state="Unknown"))
         return
     has_clone = o in seen.clones
     if not has_clone and (domain is not None or (o in seen.recorded and o not in seen.settling)):
         plan.placement[o] = host or ""
         plan.problems.append(
-            Problem(Severity.DEGRADED, "CloneLost",
+            Problem(Severity.DEGRADED, reasons.CLONE_LOST,
                     "clone missing from the store; not recreated empty (restore the file, or scale in to drop the VM)",
-                    o, want.name)
+                    o, want.name, vm_state="Lost")
         )
         return
     if domain is not None:
         plan.placement[o] = domain.host
         wanted_hash = spec_hash(o, domain.host)
         if domain.spec_hash != wanted_hash:
-            plan.actions.append(Action(Op.DEFINE, o, domain.host, "definition differs from the spec"))
+            plan.actions.append(DomainAction(Op.DEFINE, o, domain.host, "definition differs from the spec"))
         if want.running and not domain.active:
-            plan.actions.append(Action(Op.START, o, domain.host, f"is {domain.state}, should run"))
+            plan.actions.append(DomainAction(Op.START, o, domain.host, f"is {domain.state}, should run"))
         elif not want.running and domain.active:
-            plan.actions.append(Action(Op.STOP, o, domain.host, f"is {domain.state}, should be stopped"))
+            plan.actions.append(DomainAction(Op.STOP, o, domain.host, f"is {domain.state}, should be stopped"))
         elif domain.active and domain.live_hash and domain.live_hash != wanted_hash:
             plan.restart_required.append(o)
         return
@@ -117,22 +119,22 @@ def _converge_vm(
     loads[host].add(want)
     plan.placement[o] = host
     if not has_clone:
-        plan.actions.append(Action(Op.CREATE_CLONE, o, host, "new VM"))
-    plan.actions.append(Action(Op.DEFINE, o, host, "no domain" if has_clone else "new VM"))
+        plan.actions.append(CloneAction(Op.CREATE_CLONE, o, "new VM"))
+    plan.actions.append(DomainAction(Op.DEFINE, o, host, "no domain" if has_clone else "new VM"))
     if want.running:
-        plan.actions.append(Action(Op.START, o, host, "should run"))
+        plan.actions.append(DomainAction(Op.START, o, host, "should run"))
 
 
 def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:
     views = [v for v in hosts.values() if v.eligible]
     if not views:
-        return Problem(Severity.STALLED, "NoHosts", "no KvmHost matches the fleet's hostSelector", want.ordinal,
+        return Problem(Severity.STALLED, reasons.NO_HOSTS, "no KvmHost matches the fleet's hostSelector", want.ordinal,
                        want.name)
     if not any(v.reachable for v in views):
-        return Problem(Severity.STALLED, "NoReachableHost", "none of the fleet's hosts is reachable", want.ordinal,
+        return Problem(Severity.STALLED, reasons.NO_REACHABLE_HOST, "none of the fleet's hosts is reachable", want.ordinal,
                        want.name)
     return Problem(
-        Severity.STALLED, "InsufficientCapacity",
+        Severity.STALLED, reasons.INSUFFICIENT_CAPACITY,
         f"no host has {want.vcpus} vCPU and {want.memory_mib} MiB free", want.ordinal, want.name,
     )
 
@@ -143,16 +145,16 @@ def _remove_vm(plan: Plan, ordinal: int, seen: Observation) -> None:
         return  # reported by _duplicates
     unseen = _where_unseen(ordinal, seen)
     if unseen is not None:
-        plan.problems.append(Problem(Severity.DEGRADED, "HostUnreachable", f"cannot remove it while {unseen}",
-                                     ordinal, f"ordinal {ordinal}"))
+        plan.problems.append(Problem(Severity.DEGRADED, reasons.HOST_UNREACHABLE, f"cannot remove it while {unseen}",
+                                     ordinal, f"ordinal {ordinal}", vm_state="Unknown"))
         return
     domain = seen.domains.get(ordinal)
     if domain is not None:
         if domain.active:
-            plan.actions.append(Action(Op.STOP, ordinal, domain.host, "scale-in"))
-        plan.actions.append(Action(Op.UNDEFINE, ordinal, domain.host, "scale-in"))
+            plan.actions.append(DomainAction(Op.STOP, ordinal, domain.host, "scale-in"))
+        plan.actions.append(DomainAction(Op.UNDEFINE, ordinal, domain.host, "scale-in"))
     if ordinal in seen.clones:
-        plan.actions.append(Action(Op.DELETE_CLONE, ordinal, None, "scale-in"))
+        plan.actions.append(CloneAction(Op.DELETE_CLONE, ordinal, "scale-in"))
 
 
 def _duplicates(plan: Plan, seen: Observation) -> None:
@@ -163,8 +165,8 @@ def _duplicates(plan: Plan, seen: Observation) -> None:
         if dup.active:
             where = f"{primary.host} and {dup.host}" if primary else dup.host
             plan.problems.append(Problem(
-                Severity.DEGRADED, "DuplicateDomain",
+                Severity.DEGRADED, reasons.DUPLICATE_DOMAIN,
                 f"has domains on {where} for one clone: stop and undefine the stale one by hand",
                 dup.ordinal, f"ordinal {dup.ordinal}"))
         else:
-            plan.actions.append(Action(Op.UNDEFINE, dup.ordinal, dup.host, "a stale second domain of this VM"))
+            plan.actions.append(DomainAction(Op.UNDEFINE, dup.ordinal, dup.host, "a stale second domain of this VM"))

@@ -33,8 +33,12 @@ def check_relative(path: str) -> str:
     return path
 
 
+CLONE_EXTENSIONS = {"raw": ".img", "qcow2": ".qcow2"}
+"""Disk format -> the suffix of its files: a clone's format is read from its name (disk_format_of)."""
+
+
 def extension(disk_format: str) -> str:
-    return {"raw": ".img", "qcow2": ".qcow2"}[disk_format]
+    return CLONE_EXTENSIONS[disk_format]
 
 
 def parent_path(image_path: str, image_format: str) -> str:
@@ -56,7 +60,7 @@ def clone_path(directory: str, vm_name: str, disk_format: str) -> str:
 
 def disk_format_of(name: str) -> str:
     """The disk format of a clone, by its name: a fleet keeps clones made before a change of driver or format."""
-    return "qcow2" if name.endswith(".qcow2") else "raw"
+    return next((f for f, suffix in CLONE_EXTENSIONS.items() if name.endswith(suffix) and f != "raw"), "raw")
 
 
 class StoreDriver(Protocol):

@@ -1,0 +1,108 @@
+"""What one fleet should be, and what each part of it is called. Pure: no I/O, no clock.
+
+Every name vmfleet gives is made here, deterministically, so that any pass, in any process, finds what an
+earlier one made: the clone directory (the fleet's UID in it, I3), clone files, domain names and UUIDs.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Mapping, Sequence
+
+from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
+from ..hypervisor import DomainSpec, Owner
+from ..planner import VmWant
+from ..storage import clone_path, fleet_dir, parent_path
+from ..storage.base import CLONE_EXTENSIONS, disk_format_of
+
+VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
+
+
+class Desired:
+    """One fleet as its spec wants it. Without a template (a fleet being deleted whose template is gone) it
+    still names everything the fleet made, so that it can be found and removed."""
+
+    def __init__(self, fleet: VmFleet, template: VmTemplate | None, store: CloneStore, hosts: Sequence[KvmHost],
+                 clone_format: str):
+        self.fleet, self.template, self.store = fleet, template, store
+        self.hosts: Mapping[str, KvmHost] = {h.meta.name: h for h in hosts}
+        self.namespace = fleet.meta.namespace or "default"
+        self.directory = fleet_dir(self.namespace, fleet.meta.name, fleet.meta.uid)
+        self.parent = parent_path(template.image_path, template.image_format) if template else ""
+        self.clone_format = clone_format if template else "raw"
+        self.forced = fleet.hosts_declared_lost
+        self.wants: list[VmWant] = self._wants() if template else []
+        extensions = "|".join(re.escape(e.lstrip(".")) for e in CLONE_EXTENSIONS.values())
+        self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({extensions})$")
+
+    def _wants(self) -> list[VmWant]:
+        assert self.template is not None
+        out = []
+        for o in range(self.fleet.replicas):
+            ov = self.fleet.overrides.get(o)
+            out.append(VmWant(
+                o,
+                self.fleet.vm_name(o),
+                (ov.vcpus if ov and ov.vcpus else None) or self.template.vcpus,
+                (ov.memory_mib if ov and ov.memory_mib else None) or self.template.memory_mib,
+                ov.running if ov and ov.running is not None else self.fleet.running,
+            ))
+        return out
+
+    def vm_name(self, ordinal: int) -> str:
+        return self.fleet.vm_name(ordinal)
+
+    def domain_name(self, ordinal: int) -> str:
+        # libvirt has no namespaces: qualify by ours. A '.' never occurs in a Kubernetes name.
+        return f"{self.namespace}.{self.fleet.vm_name(ordinal)}"
+
+    def vm_uuid(self, ordinal: int) -> str:
+        """The libvirt UUID of a VM whose domain does not exist yet: derived from the fleet's UID and the
+        ordinal, so every pass defines the same one."""
+        return str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), f"{self.fleet.meta.uid}/{ordinal}"))
+
+    def clone_files(self, names: Sequence[str]) -> dict[int, str]:
+        """Ordinal -> the clone file of each VM among the names in the fleet's directory. Two files for one VM
+        (a crash between formats): the one of the current format."""
+        files: dict[int, str] = {}
+        for n in names:
+            if m := self._clone_name.match(n):
+                o = int(m.group(1))
+                if o not in files or disk_format_of(n) == self.clone_format:
+                    files[o] = n
+        return files
+
+    def clone(self, ordinal: int, files: Mapping[int, str]) -> str:
+        """The clone of a VM: the file found for it (whatever format it was made in), else the one to make."""
+        found = files.get(ordinal)
+        if found is not None:
+            return f"{self.directory}/{found}"
+        return clone_path(self.directory, self.fleet.vm_name(ordinal), self.clone_format)
+
+    def domain_spec(self, ordinal: int, host_name: str, clone: str) -> DomainSpec:
+        template = self.template
+        assert template is not None, "domains are only defined for a fleet whose template resolves"
+        host = self.hosts[host_name]
+        want = self.wants[ordinal] if ordinal < len(self.wants) else None
+        name = self.domain_name(ordinal)
+        return DomainSpec(
+            name=name,
+            domain_type=host.domain_type,
+            vcpus=want.vcpus if want else template.vcpus,
+            memory_mib=want.memory_mib if want else template.memory_mib,
+            profile=template.profile,
+            machine=template.machine_type,
+            firmware=template.firmware,
+            disk_path=host.store_path(self.store, clone),
+            disk_format=disk_format_of(clone),
+            network=template.network,
+            console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
+        )
+
+    def owner(self, ordinal: int, host: str, clone: str, spec: DomainSpec) -> Owner:
+        return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, clone, spec.spec_hash(),
+                     host)
+
+    def uri(self, host: str) -> str:
+        return self.hosts[host].uri if host in self.hosts else ""

@@ -1,0 +1,112 @@
+"""Looking at a fleet: its clones and record in the store, its domains on every host. Changes nothing (I6)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Mapping
+
+from ..hypervisor import DomainInfo, HostError, LibvirtHost
+from ..planner import HostView, Observation, VmSeen
+from ..storage import StoreDriver
+from .desired import Desired
+from .record import PLACED, read_record
+from .snapshot import Snapshot, unobservable
+
+
+async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str, LibvirtHost]) -> Snapshot:
+    fleet = desired.fleet
+    parent_exists, names, record = await asyncio.gather(
+        driver.exists(desired.parent) if desired.template else _false(),
+        driver.list_dir(desired.directory),
+        read_record(driver, desired.directory, fleet.meta.uid, desired.namespace, fleet.meta.name),
+    )
+    files = desired.clone_files(names)
+    views = await asyncio.gather(*(_observe_host(desired, n, endpoints[n]) for n in desired.hosts))
+    hosts: dict[str, HostView] = {}
+    domains: dict[int, VmSeen] = {}
+    duplicates: list[VmSeen] = []
+    conflicts: dict[int, str] = {}
+    leftovers: list[tuple[VmSeen, DomainInfo]] = []
+    ours = {desired.domain_name(o): o for o in range(fleet.replicas)}
+    placed = {o: p.host for o, p in record.vms.items()}
+    for view, found in views:
+        hosts[view.name] = view
+        for d in found:
+            if d.owner is not None and d.owner.host not in ("", view.name) and d.owner.host in desired.hosts:
+                continue  # placed on another KvmHost that reaches the same libvirtd
+            if d.owner is not None and d.owner.fleet_uid == fleet.meta.uid:
+                # Placed under a KvmHost name that is gone (renamed): adopted here, and redefined so that
+                # its metadata names this host.
+                renamed = d.owner.host not in ("", view.name)
+                vm = VmSeen(d.owner.ordinal, view.name, d.state, d.active, "" if renamed else d.config_hash,
+                            d.live_hash, d.uuid)
+                other = domains.get(vm.ordinal)
+                if other is None:
+                    domains[vm.ordinal] = vm
+                elif placed.get(vm.ordinal) == vm.host:
+                    domains[vm.ordinal] = vm
+                    duplicates.append(other)
+                else:
+                    duplicates.append(vm)
+            elif (d.owner is not None and not d.active and d.owner.fleet_uid
+                  and (d.owner.namespace, d.owner.fleet) == (desired.namespace, fleet.meta.name)):
+                leftovers.append((VmSeen(d.owner.ordinal, view.name, d.state, False, "", "", d.uuid), d))
+            elif d.name in ours:
+                conflicts[ours[d.name]] = view.name
+    for vm, d in leftovers:
+        # A stopped domain of an earlier fleet of this name: its leftover once its clone is gone (that fleet
+        # was deleted while this host was silent), so its definition goes; while the clone is there it may
+        # be a live fleet's (`vmfleet apply` beside the operator): a conflict for a person to settle.
+        assert d.owner is not None
+        if not await driver.exists(d.owner.clone):
+            duplicates.append(vm)
+        elif vm.ordinal < fleet.replicas:
+            conflicts[vm.ordinal] = f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone " \
+                                    "still exists)"
+    recorded: dict[int, str] = {}
+    elsewhere: dict[int, str] = {}
+    released: set[int] = set()
+    for o, p in record.vms.items():
+        found_vm = domains.get(o)
+        if found_vm is not None and found_vm.host == p.host:
+            recorded[o] = p.host
+            continue
+        why = unobservable(desired, p, hosts)
+        if why is not None and p.host in desired.forced:
+            released.add(o)  # a person declared its host lost: it counts as stopped there
+            continue
+        recorded[o] = p.host
+        if why is None:
+            continue  # where it was placed was looked at: the VM is where it was found, or nowhere
+        elsewhere[o] = why
+        if found_vm is not None:
+            # Found on another host while the one it was placed on cannot be looked at: that one may run it
+            # too, so the one found is only a duplicate.
+            duplicates.append(domains.pop(o))
+    for name in desired.forced & set(hosts):
+        # Declared lost: nothing new is placed there; while silent, it runs nothing.
+        view = hosts[name]
+        hosts[name] = replace(view, eligible=False) if view.reachable else HostView(
+            name, True, eligible=False, error="declared lost")
+    settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
+    seen = Observation(parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling, elsewhere,
+                       tuple(duplicates))
+    return Snapshot(desired, seen, record, files, frozenset(released))
+
+
+async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> tuple[HostView, list[DomainInfo]]:
+    host = desired.hosts[name]
+    eligible = desired.fleet.selects(host)
+    try:
+        found = await endpoint.list_domains()
+        capacity = host.capacity or await endpoint.capacity()
+    except HostError as e:
+        return HostView(name, reachable=False, eligible=eligible, error=str(e)), []
+    active = [d for d in found if d.active and (d.owner is None or d.owner.host in ("", name))]
+    return HostView(name, True, eligible, capacity.vcpus, capacity.memory_mib,
+                    sum(d.vcpus for d in active), sum(d.memory_mib for d in active)), found
+
+
+async def _false() -> bool:
+    return False

@@ -1,0 +1,106 @@
+"""Every operation the planner may ask for, each defined once: how it is carried out, the reasons it reports
+when it succeeds and when it fails, and how its Event words what was done.
+
+Adding an operation is a member of `planner.Op`, one `@operation` here (its reasons in api/reasons.py, with
+the hint of the failure), and the planner rule that asks for it. A test holds every Op to one definition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
+
+from ..api import reasons
+from ..hypervisor import LibvirtHost, domain_xml
+from ..planner import Action, CloneAction, DomainAction, Op, ParentAction
+from ..storage import StoreDriver
+from .snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class Actor:
+    """What carrying out a fleet's actions needs: the observation they were planned from and the drivers."""
+
+    snapshot: Snapshot
+    driver: StoreDriver
+    endpoints: Mapping[str, LibvirtHost]
+    parent_lock: asyncio.Lock
+
+    async def __call__(self, action: Action) -> None:
+        await OPERATIONS[action.op].run(self, action)
+
+
+A = TypeVar("A", ParentAction, CloneAction, DomainAction)
+CarryOut = Callable[[Actor, A], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    op: Op
+    done: str  # the Normal Event's reason, once per pass for all VMs it was done for
+    did: str  # how that Event says it: "<did> 3 VM(s): web-0, web-1, web-2"
+    failed: str  # the Warning Event's and the Degraded condition's reason when it fails
+    kind: type[Action]
+    carry_out: Callable[[Actor, Any], Awaitable[None]]
+
+    async def run(self, actor: Actor, action: Action) -> None:
+        assert isinstance(action, self.kind), (self.op, action)
+        await self.carry_out(actor, action)
+
+
+OPERATIONS: dict[Op, Operation] = {}
+
+
+def operation(op: Op, kind: type[A], done: str, did: str, failed: str) -> Callable[[CarryOut[A]], CarryOut[A]]:
+    def register(fn: CarryOut[A]) -> CarryOut[A]:
+        assert op not in OPERATIONS, f"{op} is defined twice"
+        assert reasons.known(done) and failed in reasons.HINTS, (done, failed)
+        OPERATIONS[op] = Operation(op, done, did, failed, kind, fn)
+        return fn
+
+    return register
+
+
+@operation(Op.PREPARE_PARENT, ParentAction, reasons.PARENT_PREPARED, "prepared the clone parent",
+           reasons.PREPARE_PARENT_FAILED)
+async def prepare_parent(actor: Actor, _: ParentAction) -> None:
+    desired = actor.snapshot.desired
+    assert desired.template is not None
+    async with actor.parent_lock:  # the template's pass and each of its fleets' may find it missing at once
+        await actor.driver.prepare_parent(desired.template.image_path, desired.template.image_format, desired.parent)
+
+
+@operation(Op.CREATE_CLONE, CloneAction, reasons.CLONES_CREATED, "created clone(s) for", reasons.CREATE_CLONE_FAILED)
+async def create_clone(actor: Actor, a: CloneAction) -> None:
+    desired = actor.snapshot.desired
+    assert desired.template is not None
+    await actor.driver.create_clone(desired.parent, desired.template.image_format, actor.snapshot.clone(a.ordinal))
+
+
+@operation(Op.DELETE_CLONE, CloneAction, reasons.CLONES_DELETED, "deleted clone(s) of", reasons.DELETE_CLONE_FAILED)
+async def delete_clone(actor: Actor, a: CloneAction) -> None:
+    await actor.driver.delete(actor.snapshot.clone(a.ordinal))
+
+
+@operation(Op.DEFINE, DomainAction, reasons.DOMAINS_DEFINED, "defined domain(s) for", reasons.DEFINE_FAILED)
+async def define(actor: Actor, a: DomainAction) -> None:
+    snap = actor.snapshot
+    spec = snap.domain_spec(a.ordinal, a.host)
+    await actor.endpoints[a.host].define(domain_xml(spec, snap.owner(a.ordinal, a.host, spec),
+                                                    snap.domain_uuid(a.ordinal)))
+
+
+@operation(Op.START, DomainAction, reasons.DOMAINS_STARTED, "started", reasons.START_FAILED)
+async def start(actor: Actor, a: DomainAction) -> None:
+    await actor.endpoints[a.host].start(actor.snapshot.desired.domain_name(a.ordinal))
+
+
+@operation(Op.STOP, DomainAction, reasons.DOMAINS_STOPPED, "stopped", reasons.STOP_FAILED)
+async def stop(actor: Actor, a: DomainAction) -> None:
+    await actor.endpoints[a.host].stop(actor.snapshot.desired.domain_name(a.ordinal))
+
+
+@operation(Op.UNDEFINE, DomainAction, reasons.DOMAINS_UNDEFINED, "undefined domain(s) of", reasons.UNDEFINE_FAILED)
+async def undefine(actor: Actor, a: DomainAction) -> None:
+    await actor.endpoints[a.host].undefine(actor.snapshot.desired.domain_name(a.ordinal))

@@ -1,0 +1,106 @@
+"""One observation of a fleet and what follows from it without further I/O: its plan, the record to write
+before acting and after, the domain each VM should have."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..hypervisor import DomainSpec, Owner
+from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, plan_fleet
+from .desired import Desired
+from .record import CREATING, DELETING, PLACED, FleetRecord, Placement
+
+
+def unobservable(desired: Desired, placed: Placement, views: Mapping[str, HostView]) -> str | None:
+    """Why the libvirt endpoint a VM was placed on cannot be looked at now, or None when it was (under its
+    KvmHost, or under another KvmHost of the same URI: a renamed one)."""
+    host = desired.hosts.get(placed.host)
+    if host is not None and host.uri == placed.uri:
+        view = views[placed.host]
+        return None if view.reachable else f"host {placed.host} is unreachable ({view.error})"
+    if any(h.uri == placed.uri and views[n].reachable for n, h in desired.hosts.items()):
+        return None
+    if host is None:
+        return f"KvmHost {placed.host}, where it was placed, is no longer defined (or not valid)"
+    return f"KvmHost {placed.host} now points to {host.uri}; it may still run at {placed.uri}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    desired: Desired
+    seen: Observation
+    record: FleetRecord  # as read from the store in this observation
+    files: Mapping[int, str]  # ordinal -> its clone file found in the fleet's directory
+    released: frozenset[int] = frozenset()  # VMs on hosts a person declared lost
+
+    def clone(self, ordinal: int) -> str:
+        return self.desired.clone(ordinal, self.files)
+
+    def domain_uuid(self, ordinal: int) -> str:
+        """The one its domain has (libvirt refuses a new UUID for an existing name), else the derived one."""
+        found = self.seen.domains.get(ordinal)
+        return found.uuid if found is not None and found.uuid else self.desired.vm_uuid(ordinal)
+
+    def domain_spec(self, ordinal: int, host: str) -> DomainSpec:
+        return self.desired.domain_spec(ordinal, host, self.clone(ordinal))
+
+    def owner(self, ordinal: int, host: str, spec: DomainSpec) -> Owner:
+        return self.desired.owner(ordinal, host, self.clone(ordinal), spec)
+
+    def plan(self) -> Plan:
+        spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()  # noqa: E731
+        return plan_fleet(self.desired.wants, self.seen, self.desired.fleet.placement, spec_hash)
+
+    def announced(self, plan: Plan) -> FleetRecord:
+        """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
+        about to be made or deleted."""
+        uri, vms = self.desired.uri, dict(self.record.vms)
+        for a in plan.actions:
+            if isinstance(a, CloneAction):
+                old = vms.get(a.ordinal)
+                if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
+                    host = plan.placement[a.ordinal]
+                    vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
+                elif a.op is Op.DELETE_CLONE:
+                    vms[a.ordinal] = Placement(old.host if old else "", old.uri if old else "", DELETING,
+                                               old.parent if old else "")
+            elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
+                old = vms.get(a.ordinal)
+                if old is None or old.host != a.host or old.state == DELETING:
+                    vms[a.ordinal] = Placement(a.host, uri(a.host), CREATING if old and old.state == CREATING
+                                               else PLACED, old.parent if old else "")
+        return self.record.with_vms(vms)
+
+    def settled(self) -> FleetRecord:
+        """The record after a pass: where each VM's domain is now; what is gone for sure forgotten; what may
+        still run where nobody can see kept."""
+        seen, vms = self.seen, {}
+        wanted = {w.ordinal for w in self.desired.wants}
+        for o in sorted(set(self.record.vms) | set(seen.domains) | set(seen.clones)):
+            domain = seen.domains.get(o)
+            old = self.record.vms.get(o)
+            if domain is not None:
+                vms[o] = Placement(domain.host, self.desired.uri(domain.host), PLACED, old.parent if old else "")
+            elif old is None:
+                continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
+            elif o in seen.clones:
+                vms[o] = Placement(old.host, old.uri, DELETING if old.state == DELETING and o not in wanted
+                                   else PLACED, old.parent)
+            elif o in self.released:
+                continue
+            elif unobservable(self.desired, old, seen.hosts) is not None:
+                vms[o] = old  # may still run there
+            elif old.state == PLACED and o in wanted:
+                vms[o] = old  # its clone is lost: keep saying so
+        return self.record.with_vms(vms)
+
+    def clones_by_parent(self) -> dict[str, int]:
+        """How many of the fleet's clones each parent must outlive. A clone whose parent was not recorded counts
+        for the current one: a count too high keeps a parent longer, never too short."""
+        out: dict[str, int] = {}
+        for o in self.seen.clones:
+            p = self.record.vms.get(o)
+            parent = p.parent if p is not None and p.parent else self.desired.parent
+            out[parent] = out.get(parent, 0) + 1
+        return out
