@@ -23,6 +23,7 @@ demo-sonas: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	hack/system-packages.sh test
+	VENV=$(VENV) hack/check.sh
 	$(VENV)/bin/pytest -q -ra
 
 crds: $(VENV)/.installed
