@@ -111,8 +111,7 @@ class FleetScope:
             profile=template.profile,
             machine=template.machine_type,
             firmware=template.firmware,
-            disk_path=host.store_path(self.store, clone),
-            disk_format=disk_format_of(clone),
+            disk=self.driver.disk_source(clone, host.store_path(self.store, clone)),
             network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
         )
