@@ -51,7 +51,9 @@ class LibvirtHost:
                 with os.fdopen(fd, "w") as f:
                     f.write(text if text.endswith("\n") else text + "\n")
         except OSError as e:
-            raise HostError(f"KvmHost {self.name}: cannot write its SSH key for libvirt: {e}") from None
+            where = self._files or tempfile.gettempdir()  # not mkdtemp's name: a new one at every try
+            raise HostError(f"KvmHost {self.name}: cannot write its SSH key for libvirt in {where}: "
+                            f"{e.strerror or e}") from None
         params = urllib.parse.urlencode({"keyfile": os.path.join(self._files, "key"), "sshauth": "privkey",
                                          "known_hosts": os.path.join(self._files, "known_hosts")})
         return f"{self.uri}{'&' if '?' in self.uri else '?'}{params}"

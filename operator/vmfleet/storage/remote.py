@@ -12,7 +12,8 @@ from typing import Sequence
 
 from . import commands as cmd
 from ..disks import FileDisk
-from .base import PARTIAL_SUFFIX, Space, StoreError, file_disk
+from ..errors import StoreError
+from .base import PARTIAL_SUFFIX, Space, file_disk
 from .fiemap import own_bytes
 from .local import LocalStore
 from .qcow2 import guest_size, read_header, refuse_backing_file
