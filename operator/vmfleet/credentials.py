@@ -7,7 +7,7 @@ names both.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from .api.types import SecretRef
 from .errors import CredentialsError
