@@ -18,6 +18,7 @@ import pytest
 from conftest import LOCK_MANAGER, QEMU_CONF, _daemon_pid, lock_disks_with_virtlockd
 from helpers import open_up, wait_for
 from test_kvm import Site, condition, site  # noqa: F401 - `site` is the fixture
+from vmfleet.disks import FileDisk
 from vmfleet.hypervisor import DomainSpec, Owner, domain_xml
 from vmfleet.storage.reflink import ReflinkStore
 
@@ -148,7 +149,7 @@ def domains(libvirtd: str, unique: str) -> Iterator[tuple[libvirt.virConnect, li
 
 def define(conn: libvirt.virConnect, made: list, name: str, disk: Path) -> libvirt.virDomain:
     """A tiny TCG domain on `disk`, with its own name and UUID."""
-    spec = DomainSpec(name, "qemu", 1, 16, "linux-virtio", None, "bios", str(disk), "raw", None, None)
+    spec = DomainSpec(name, "qemu", 1, 16, "linux-virtio", None, "bios", FileDisk(str(disk), "raw"), None, None)
     owner = Owner(f"uid-{name}", "ns", "web", 0, "vmfleet/clones/ns/web/web-0.img", spec.spec_hash())
     dom = conn.defineXML(domain_xml(spec, owner, str(uuid.uuid4())))
     made.append(dom)

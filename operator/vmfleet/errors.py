@@ -8,6 +8,10 @@ arises; the engine catches these and nothing broader, and turns each into a cond
     │   └── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
     ├── HostError             a libvirt host refused or did not answer
     └── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
+        └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
+
+A CredentialsError leaves a driver as that driver's error (the store's StoreError, the host's HostError):
+the engine reports a Secret's fault as it reports its owner's.
 """
 
 from __future__ import annotations

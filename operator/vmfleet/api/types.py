@@ -40,6 +40,8 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class SshEndpoint:
+    """A CloneStore's spec.ssh: where the sonas and gpfs drivers run their commands (storage/ssh.py)."""
+
     host: str
     port: int
     user: str

@@ -13,7 +13,8 @@ from ..api.status import clones_by_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import CloneAction, DomainAction, Op, summarise
-from ..storage import SecretReader, StoreError, parent_path
+from ..credentials import SecretReader, SecretUnreadable
+from ..storage import parent_path
 from .manifests import Loaded, Secret, World
 
 
@@ -41,7 +42,7 @@ def secret_reader(secrets: Mapping[tuple[str, str], Secret]) -> SecretReader:
     def read(ref: SecretRef) -> Mapping[str, str]:
         found = secrets.get((ref.namespace, ref.name))
         if found is None:
-            raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) is not in the manifests")
+            raise SecretUnreadable(ref, "is not in the manifests")
         return found.data
 
     return read

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
+from ..disks import DiskSource
 from ..hypervisor import DomainSpec, Owner
 from ..planner import VmWant
 from ..storage import clone_path, fleet_dir, parent_path
@@ -18,14 +19,17 @@ from ..storage.base import CLONE_EXTENSIONS, disk_format_of
 
 VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
 
+DiskOf = Callable[[str, str], DiskSource]
+"""(clone under the store root, where the host sees it) -> what the domain opens: the store driver's."""
+
 
 class Desired:
     """One fleet as its spec wants it. Without a template (a fleet being deleted whose template is gone) it
     still names everything the fleet made, so that it can be found and removed."""
 
     def __init__(self, fleet: VmFleet, template: VmTemplate | None, store: CloneStore, hosts: Sequence[KvmHost],
-                 clone_format: str):
-        self.fleet, self.template, self.store = fleet, template, store
+                 clone_format: str, disk_of: DiskOf):
+        self.fleet, self.template, self.store, self.disk_of = fleet, template, store, disk_of
         self.hosts: Mapping[str, KvmHost] = {h.meta.name: h for h in hosts}
         self.namespace = fleet.meta.namespace or "default"
         self.directory = fleet_dir(self.namespace, fleet.meta.name, fleet.meta.uid)
@@ -94,8 +98,7 @@ class Desired:
             profile=template.profile,
             machine=template.machine_type,
             firmware=template.firmware,
-            disk_path=host.store_path(self.store, clone),
-            disk_format=disk_format_of(clone),
+            disk=self.disk_of(clone, host.store_path(self.store, clone)),
             network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
         )

@@ -58,8 +58,9 @@ class FleetDrivers:
 
 def desire(runtime: Runtime, fleet: VmFleet, template: VmTemplate | None, store: CloneStore,
            hosts: Sequence[KvmHost]) -> Desired:
-    clone_format = runtime.store_driver(store).clone_format(template.image_format) if template else "raw"
-    return Desired(fleet, template, store, hosts, clone_format)
+    driver = runtime.store_driver(store)
+    clone_format = driver.clone_format(template.image_format) if template else "raw"
+    return Desired(fleet, template, store, hosts, clone_format, driver.disk_source)
 
 
 async def reconcile_fleet(

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Mapping
 
 from ..api import CloneStore, KvmHost
+from ..errors import HostError
 from ..storage import StoreError
 from ..storage.local import root_field, root_problem
 from ..clock import now
@@ -17,7 +18,7 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
     gen = host.meta.generation
     try:
         domains = await runtime.host(host).list_domains()
-    except Exception as e:  # noqa: BLE001 - reported as the condition
+    except HostError as e:  # the driver's one error for the host, its Secret and its connection
         return {"observedGeneration": gen,
                 "conditions": summary_conditions("Degraded", "Unreachable", str(e), gen, previous, now())}
     return {"observedGeneration": gen, "domains": len(domains),

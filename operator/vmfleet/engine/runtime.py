@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from ..api.types import CloneStore, KvmHost, SecretRef
+from ..api.types import CloneStore, KvmHost
+from ..credentials import KeyReader, SecretReader, no_secrets, ssh_keys
 from ..hypervisor import LibvirtHost
-from ..storage import KeyReader, SecretReader, StoreDriver, StoreError, make_driver, ssh_keys
-
-
-def no_secrets(ref: SecretRef) -> dict[str, str]:
-    raise StoreError(f"Secret {ref.namespace}/{ref.name} is not available here")
+from ..storage import StoreDriver, make_driver
 
 
 class Runtime:

@@ -56,7 +56,7 @@ async def reconcile_template(
                 prepared_at = t
             changed = await image_changed(driver, template, parent)
         ok, reason, message = True, "ParentReady", f"clone parent {parent} is ready"
-    except Exception as e:  # noqa: BLE001 - reported in status and as an event
+    except StoreError as e:  # the driver's one error for the store, its Secret and its connection
         ok, reason, message = False, "ParentFailed", str(e)
         events.append(Event("Warning", reason, message))
     conditions = summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,

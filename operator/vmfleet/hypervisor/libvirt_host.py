@@ -14,9 +14,9 @@ import libvirt
 
 from .. import metrics
 from ..api.types import Capacity
+from ..credentials import KeyReader
+from ..errors import CredentialsError, HostError
 from .domain import METADATA_NS, STATES, DomainInfo, parse_owner
-
-from ..errors import HostError
 
 T = TypeVar("T")
 
@@ -24,13 +24,10 @@ T = TypeVar("T")
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-Credentials = Callable[[], tuple[str, str]]
-"""() -> (private key, known_hosts) for a qemu+libssh:// endpoint, read at every connection; raises when they
-cannot be had."""
-
-
 class LibvirtHost:
-    def __init__(self, name: str, uri: str, credentials: Credentials | None = None, secret: object = None):
+    """Every fault of the host, of its Secret or of the files its key is handed to libvirt in is a HostError."""
+
+    def __init__(self, name: str, uri: str, credentials: KeyReader | None = None, secret: object = None):
         self.name = name
         self.uri = uri
         self.secret = secret  # which Secret the credentials come from: a new one means a new connection
@@ -44,14 +41,19 @@ class LibvirtHost:
             return self.uri
         try:
             key, known_hosts = self._credentials()  # at every connection: a rotated Secret takes effect
-        except Exception as e:  # noqa: BLE001 - the reason is the host's condition
+        except CredentialsError as e:
             raise HostError(f"KvmHost {self.name}: {e}") from None
-        if self._files is None:
-            self._files = tempfile.mkdtemp(prefix="vmfleet-host-")
-        for name, text in (("key", key), ("known_hosts", known_hosts)):
-            fd = os.open(os.path.join(self._files, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text if text.endswith("\n") else text + "\n")
+        try:
+            if self._files is None:
+                self._files = tempfile.mkdtemp(prefix="vmfleet-host-")
+            for name, text in (("key", key), ("known_hosts", known_hosts)):
+                fd = os.open(os.path.join(self._files, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text if text.endswith("\n") else text + "\n")
+        except OSError as e:
+            where = self._files or tempfile.gettempdir()  # not mkdtemp's name: a new one at every try
+            raise HostError(f"KvmHost {self.name}: cannot write its SSH key for libvirt in {where}: "
+                            f"{e.strerror or e}") from None
         params = urllib.parse.urlencode({"keyfile": os.path.join(self._files, "key"), "sshauth": "privkey",
                                          "known_hosts": os.path.join(self._files, "known_hosts")})
         return f"{self.uri}{'&' if '?' in self.uri else '?'}{params}"
@@ -154,7 +156,8 @@ class LibvirtHost:
 
 def _metadata(dom: Any, flags: int) -> str | None:
     try:
-        return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, flags)
+        xml: str = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, flags)
+        return xml
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
             return None

@@ -1,20 +1,22 @@
-"""Reading a store's SSH Secret from the cluster, with the operator's own credentials."""
+"""Reading the Secrets that CloneStores and KvmHosts name, with the operator's own credentials."""
 
 from __future__ import annotations
 
 import base64
 import threading
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from ..api.types import SecretRef
-from ..storage import StoreError
+from ..credentials import SecretUnreadable
 
 
 class ClusterSecrets:
-    """A SecretReader on the Kubernetes API (deploy/ grants `get` on Secrets in vmfleet-system only)."""
+    """A SecretReader on the Kubernetes API (deploy/ grants `get` on Secrets in vmfleet-system only). Every
+    failure is a SecretUnreadable: the caller adds which field named the Secret."""
 
     def __init__(self) -> None:
         self._api: client.CoreV1Api | None = None
@@ -24,9 +26,9 @@ class ClusterSecrets:
         with self._lock:
             if self._api is None:
                 try:
-                    config.load_incluster_config()
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
                 except ConfigException:
-                    config.load_kube_config()
+                    config.load_kube_config()  # type: ignore[no-untyped-call]
                 self._api = client.CoreV1Api()
             return self._api
 
@@ -34,8 +36,10 @@ class ClusterSecrets:
         try:
             secret = self._core().read_namespaced_secret(ref.name, ref.namespace)
         except ApiException as e:
-            raise StoreError(f"Secret {ref.namespace}/{ref.name} (spec.ssh.secretRef) cannot be read: "
-                             f"{e.status} {e.reason}") from None
+            raise SecretUnreadable(ref, f"cannot be read: {e.status} {e.reason}") from None
         except ConfigException as e:
-            raise StoreError(f"no Kubernetes credentials to read Secret {ref.namespace}/{ref.name}: {e}") from None
+            raise SecretUnreadable(ref, f"cannot be read: no Kubernetes credentials here ({e})") from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # the message alone: it must not change every pass
+            raise SecretUnreadable(ref, f"cannot be read: the Kubernetes API did not answer ({type(e).__name__})"
+                                   ) from None
         return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}

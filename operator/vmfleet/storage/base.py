@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..api.schema import RELATIVE_PATH_PATTERN
+from ..disks import DiskSource, FileDisk
 from ..errors import StoreError, StoreTimeout  # noqa: F401 - the store's errors, re-exported
 
 PARTIAL_SUFFIX = ".partial"
@@ -63,6 +64,11 @@ def disk_format_of(name: str) -> str:
     return next((f for f, suffix in CLONE_EXTENSIONS.items() if name.endswith(suffix) and f != "raw"), "raw")
 
 
+def file_disk(clone: str, on_host: str) -> FileDisk:
+    """The disk source of a driver whose clones are files the KvmHost mounts."""
+    return FileDisk(on_host, disk_format_of(clone))
+
+
 class StoreDriver(Protocol):
     """What the engine needs from a store. All paths are relative to the store's root."""
 
@@ -107,6 +113,11 @@ class StoreDriver(Protocol):
 
     async def write_text(self, path: str, text: str) -> None:
         """Replace that file atomically: a reader sees the old text or the new, never a mix."""
+        ...
+
+    def disk_source(self, clone: str, on_host: str) -> DiskSource:
+        """What a domain opens for `clone`; `on_host` is where its KvmHost sees that file if it mounts the store
+        (KvmHost.store_path). A driver of block or network disks returns another kind (disks.py)."""
         ...
 
     async def close(self) -> None: ...

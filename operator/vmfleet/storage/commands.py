@@ -13,7 +13,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Sequence
 
-from .base import StoreError, check_relative
+from ..errors import StoreError
+from .base import check_relative
 
 MMCLONE = "/usr/lpp/mmfs/bin/mmclone"
 SUCCESS = "EFSSG1000I The command completed successfully."

@@ -2,6 +2,10 @@
 
 `du` and st_blocks count shared extents in full and cannot see copy-on-write overwrites; FIEMAP's
 SHARED flag can (see reference/test-infra.md §4).
+
+Like the os calls it stands beside, it raises OSError: the drivers call it inside LocalStore._run, which
+makes that a StoreError naming the file in the store (this module knows only a descriptor), and the
+simulator reports it as a server's stat would.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
+from ..disks import FileDisk
 from .base import PARTIAL_SUFFIX, Space, StoreError, check_relative
+from .base import file_disk
 
 FICLONE = 0x40049409
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
@@ -450,6 +452,9 @@ class LocalStore:
 
     async def delete_parent(self, parent: str, image: str) -> None:
         await self.delete(parent)
+
+    def disk_source(self, clone: str, on_host: str) -> FileDisk:
+        return file_disk(clone, on_host)
 
     async def make_dirs(self, directory: str) -> None:
         """`directory` and those above it, each made or opened without following a link."""

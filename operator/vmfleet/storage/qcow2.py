@@ -13,7 +13,8 @@ import stat
 import struct
 import subprocess
 
-from .base import PARTIAL_SUFFIX, Space, StoreError
+from ..errors import StoreError
+from .base import PARTIAL_SUFFIX, Space
 from .local import LocalStore, Partial, copy_sparse, require_tool
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -87,10 +88,14 @@ class Qcow2Store(LocalStore):
         memory = os.memfd_create("vmfleet-overlay", os.MFD_CLOEXEC)
         try:
             # -u: qemu-img opens no backing file (the size is given), so nothing in the store by a path.
-            done = subprocess.run(
-                [require_tool("qemu-img", "qemu-utils"), "create", "-q", "-f", "qcow2", "-u", "-b", backing,
-                 "-F", parent_format, f"/proc/self/fd/{memory}", str(size)],
-                pass_fds=(memory,), capture_output=True, text=True, timeout=120)
+            qemu_img = require_tool("qemu-img", "qemu-utils")
+            try:
+                done = subprocess.run(
+                    [qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", parent_format,
+                     f"/proc/self/fd/{memory}", str(size)],
+                    pass_fds=(memory,), capture_output=True, text=True, timeout=120)
+            except OSError as e:  # not an error of the clone's path, which the caller would name
+                raise StoreError(f"{qemu_img} cannot be run: {e.strerror or e}") from None
             if done.returncode != 0:
                 raise StoreError(f"qemu-img create failed for {p.path}: {done.stderr.strip()}")
             copy_sparse(memory, p.fd)

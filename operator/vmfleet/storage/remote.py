@@ -11,7 +11,9 @@ import secrets
 from typing import Sequence
 
 from . import commands as cmd
-from .base import PARTIAL_SUFFIX, Space, StoreError
+from ..disks import FileDisk
+from ..errors import StoreError
+from .base import PARTIAL_SUFFIX, Space, file_disk
 from .fiemap import own_bytes
 from .local import LocalStore
 from .qcow2 import guest_size, read_header, refuse_backing_file
@@ -87,6 +89,9 @@ class GpfsStore:
 
     def _path(self, relative: str) -> str:
         return cmd.server_path(self.root, relative)
+
+    def disk_source(self, clone: str, on_host: str) -> FileDisk:
+        return file_disk(clone, on_host)  # KvmHosts mount the GPFS file system
 
     async def _sh(self, command: str, retry: bool = False) -> str:
         reply = await self.runner.run(command, retry=retry)

@@ -9,24 +9,13 @@ import asyncio
 import itertools
 import random
 from dataclasses import dataclass
-from typing import Callable
 
 import asyncssh
 
 from .. import metrics
-from .base import StoreError
-
-
-@dataclass(frozen=True)
-class SshEndpoint:
-    host: str
-    port: int
-    user: str
-
-
-KeyReader = Callable[[], tuple[str, str]]
-"""() -> (private key, known_hosts), read again at every (re)connection so a rotated Secret takes effect;
-blocking (it may ask the Kubernetes API), so it runs in a thread; raises StoreError naming the Secret."""
+from ..api.types import SshEndpoint
+from ..credentials import KeyReader
+from ..errors import CredentialsError, StoreError
 
 
 @dataclass(frozen=True)
@@ -54,12 +43,11 @@ class SshRunner:
     REFUSED_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)  # then 1 s apart, until the command's timeout
     SESSION_FREE_DELAY = 0.01  # s; 0.002 still saw refusals on loopback, 0.01 none in 200 commands
 
-    def __init__(self, endpoint: SshEndpoint, keys: KeyReader, channels: int, timeout: float,
-                 max_sessions: int = 10):
+    def __init__(self, endpoint: SshEndpoint, keys: KeyReader, channels: int):
         self.endpoint = endpoint
         self._keys = keys
-        self.timeout = timeout
-        self.max_sessions = max(1, max_sessions)
+        self.timeout = endpoint.command_timeout
+        self.max_sessions = max(1, endpoint.max_sessions)
         self._channels = asyncio.Semaphore(channels)
         # Enough connections for `channels` at `max_sessions` each; one is opened only when the others are full.
         self._links = [_Link() for _ in range(-(-channels // self.max_sessions))]
@@ -89,7 +77,10 @@ class SshRunner:
             if link.conn is not None and not link.conn.is_closed():
                 return link.conn
             ep = self.endpoint
-            private_key, known_hosts = await asyncio.to_thread(self._keys)
+            try:
+                private_key, known_hosts = await asyncio.to_thread(self._keys)
+            except CredentialsError as e:  # the store is unusable while its Secret is: StoreUnavailable
+                raise StoreError(str(e)) from None
             try:
                 key = asyncssh.import_private_key(private_key)
                 known = asyncssh.import_known_hosts(known_hosts)

@@ -1,0 +1,57 @@
+"""SSH credentials from a Kubernetes Secret, for a CloneStore (spec.ssh.secretRef) and a KvmHost (spec.secretRef)
+alike: neither storage nor hypervisor reads Secrets through the other.
+
+A SecretReader knows the Secret, not which field named it; `ssh_keys` is given the field, so every message
+names both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from .api.types import SecretRef
+from .errors import CredentialsError
+
+SecretReader = Callable[[SecretRef], Mapping[str, str]]
+"""Reads a Secret's data (decoded); raises SecretUnreadable when it cannot."""
+
+KeyReader = Callable[[], tuple[str, str]]
+"""() -> (private key, known_hosts), read again at every (re)connection so a rotated Secret takes effect;
+blocking (it may ask the Kubernetes API), so it runs in a thread; raises CredentialsError."""
+
+PRIVATE_KEY = "ssh-privatekey"  # the keys of a kubernetes.io/ssh-auth Secret
+KNOWN_HOSTS = "known_hosts"
+
+
+class SecretUnreadable(CredentialsError):
+    """A SecretReader could not read a Secret; `reason` says why, to be told with the field that names it."""
+
+    def __init__(self, ref: SecretRef, reason: str) -> None:
+        super().__init__(f"Secret {ref.namespace}/{ref.name} {reason}")
+        self.ref, self.reason = ref, reason
+
+
+def no_secrets(ref: SecretRef) -> Mapping[str, str]:
+    """The SecretReader where there is none to read from."""
+    raise SecretUnreadable(ref, "is not available here")
+
+
+def ssh_keys(ref: SecretRef, read_secret: SecretReader, field: str) -> KeyReader:
+    """Reads (private key, known_hosts) from the kubernetes.io/ssh-auth Secret `ref`, which `field` names, at
+    each call; CredentialsError naming the Secret and `field` when it cannot."""
+    named = f"Secret {ref.namespace}/{ref.name} ({field})"
+
+    def read() -> tuple[str, str]:
+        try:
+            data = read_secret(ref)
+        except SecretUnreadable as e:
+            raise CredentialsError(f"{named} {e.reason}") from None
+        missing = [k for k in (PRIVATE_KEY, KNOWN_HOSTS) if not data.get(k)]
+        if missing:
+            raise CredentialsError(f"{named} has no {' or '.join(missing)}")
+        return data[PRIVATE_KEY], data[KNOWN_HOSTS]
+
+    return read
+
+
+__all__ = ["KNOWN_HOSTS", "PRIVATE_KEY", "KeyReader", "SecretReader", "SecretUnreadable", "no_secrets", "ssh_keys"]
