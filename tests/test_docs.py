@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from helpers import REPO
 from vmfleet import metrics
 from vmfleet.cli.output import HINTS
+from vmfleet.settings import Settings
 
 OPERATIONS = (REPO / "docs" / "operations.md").read_text()
 _REASON = re.compile(r'Event\("Warning", "(\w+)"|Problem\(\s*Severity\.\w+,\s*"(\w+)"|Unresolved\("(\w+)"'
@@ -36,6 +38,14 @@ def test_every_metric_is_documented() -> None:
     assert len(names) >= 10
     for name in names:
         assert name.removesuffix("_total") in OPERATIONS or name.split("_fleet_")[-1] in OPERATIONS, name
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `(VMFLEET_\w+)` \| ([\d.]+) \|", OPERATIONS, re.M))
+    for f in dataclasses.fields(Settings):
+        variable = f"VMFLEET_{f.name.upper()}"
+        assert variable in rows, variable
+        assert float(rows[variable]) == getattr(Settings(), f.name), variable
 
 
 def test_the_readme_starts_with_the_two_commands() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
 
@@ -105,9 +106,16 @@ def _image(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..operator.run import run_operator
+    from ..settings import Settings
 
-    os.environ["VMFLEET_METRICS_PORT"] = str(args.metrics_port)
-    return run_operator(namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.metrics_port is not None:
+        settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
+    return run_operator(settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
                         verbose=args.verbose)
 
 
@@ -133,8 +141,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")
     r.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's health endpoint")
-    r.add_argument("--metrics-port", type=int, default=int(os.environ.get("VMFLEET_METRICS_PORT", "9090")),
-                   help="where Prometheus scrapes /metrics (0: none)")
+    r.add_argument("--metrics-port", type=int, help="where Prometheus scrapes /metrics (0: none; default: "
+                   "$VMFLEET_METRICS_PORT, else 9090)")
     r.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=_run)
