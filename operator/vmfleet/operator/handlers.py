@@ -209,6 +209,8 @@ def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
 def registry(settings: Settings) -> kopf.OperatorRegistry:
     """Every handler above, in the order kopf runs them, with the resync interval of these settings."""
     r = kopf.OperatorRegistry()
+    # kopf's default registry logs in with the kubernetes client (in-cluster, else $KUBECONFIG); ours must say so.
+    kopf.on.login(registry=r, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_client)
     kopf.on.startup(registry=r)(configure)
     kopf.on.cleanup(registry=r)(close)
     for plural, indexer in (("clonestores", clonestores), ("kvmhosts", kvmhosts), ("vmtemplates", vmtemplates),
