@@ -110,7 +110,7 @@ async def test_a_resync_queued_behind_a_teardown_does_not_build_the_fleet_again(
     assert (await teardown).complete
     assert (await resync).events == []
     assert list(Path(docs["CloneStore"]["spec"]["root"]).rglob("demo-*.qcow2")) == []  # nothing built again
-    host = runtime.host(passes._hosts(catalog(docs))[0])
+    host = runtime.host(catalog(docs).valid_hosts()[0])
     assert not [d for d in await host.list_domains() if d.owner is not None]
 
 
@@ -124,7 +124,7 @@ async def test_deleting_a_fleet_honours_its_deletion_policy(runtime: Runtime, do
     assert result.complete
     root = Path(docs["CloneStore"]["spec"]["root"])
     assert len(list(root.rglob("demo-*.qcow2"))) == kept
-    host = runtime.host(passes._hosts(catalog(docs))[0])
+    host = runtime.host(catalog(docs).valid_hosts()[0])
     assert not [d for d in await host.list_domains() if d.owner is not None]
     assert ("ClonesRetained" in reasons(result.events)) == (policy == "Retain")
 

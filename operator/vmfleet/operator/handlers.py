@@ -12,8 +12,9 @@ import kopf
 
 from ..api.schema import GROUP, VERSION
 from .. import metrics
-from ..api.status import clone_count, clones_by_parent
+from ..api.status import clone_count, clones_by_store_and_parent
 from ..engine import Event, Runtime
+from ..engine.catalog import Catalog, Unresolved
 from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
@@ -72,8 +73,7 @@ def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tu
 
 def fleet_clones(status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
     """Clones per (store, clone parent), by what each fleet made (not by the template it names now)."""
-    s = plain(status)
-    return {(s.get("store") or "", parent): n for parent, n in clones_by_parent(s).items()}
+    return clones_by_store_and_parent(plain(status))
 
 
 def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
@@ -91,10 +91,10 @@ def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
 
 
 def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
-            fleet_clones: kopf.Index, fleet_hosts: kopf.Index, fleet_stores: kopf.Index) -> passes.Catalog:
+            fleet_clones: kopf.Index, fleet_hosts: kopf.Index, fleet_stores: kopf.Index) -> Catalog:
     first = lambda store: next(iter(store))  # noqa: E731 - one object per name
     templates = {key: first(store) for key, store in vmtemplates.items()}
-    return passes.Catalog(
+    return Catalog(
         stores={key: first(store) for key, store in clonestores.items()},
         hosts=[first(store) for store in kvmhosts.values()],
         templates=templates,
@@ -150,7 +150,7 @@ async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
 async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
         result = await passes.fleet_delete_pass(memo.runtime, plain(body), _catalog(kw))
-    except passes.Unresolved as e:
+    except Unresolved as e:
         raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=settings_of(memo).resync_seconds) from e
     post(body, result.events)
     if result.complete:
@@ -174,7 +174,7 @@ async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
 async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
         released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
-    except passes.Unresolved as e:
+    except Unresolved as e:
         released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
     release(body, memo, released, event)
 
@@ -198,7 +198,7 @@ async def delete_kvmhost(name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any)
     release(body, memo, *passes.host_delete_pass(name, _catalog(kw)))
 
 
-def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
+def _catalog(kw: Mapping[str, Any]) -> Catalog:
     return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"],
                    kw["fleet_stores"])
 
