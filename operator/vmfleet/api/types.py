@@ -198,7 +198,8 @@ class VmFleet:
 
 
 Resource = CloneStore | KvmHost | VmTemplate | VmFleet
-PARSERS = {"CloneStore": CloneStore, "KvmHost": KvmHost, "VmTemplate": VmTemplate, "VmFleet": VmFleet}
+PARSERS: dict[str, type[Resource]] = {"CloneStore": CloneStore, "KvmHost": KvmHost, "VmTemplate": VmTemplate,
+                                      "VmFleet": VmFleet}
 
 
 def parse(doc: Mapping[str, Any], source: str = "manifest") -> Resource:

@@ -8,13 +8,20 @@ import dataclasses
 import os
 import sys
 
+from typing import TYPE_CHECKING, Any
+
 import yaml
 
-from ..api import InvalidManifest
+from ..api import InvalidManifest, VmFleet
 from ..api.status import is_ready
 
+if TYPE_CHECKING:
+    from ..engine import FleetResult
+    from .manifests import Loaded
 
-def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list, list, list] | None:
+
+def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list[Loaded], list[dict[str, Any]],
+                                                                   list[FleetResult]] | None:
     """Load the manifests and converge them (or only look, with dry_run); None after printing why not."""
     from .manifests import load
     from .progress import ProgressReport
@@ -39,7 +46,7 @@ def _apply(args: argparse.Namespace) -> int:
         return 1
     loaded, objects, results = done
     if args.dry_run and args.output == "table":
-        fleets = [item.resource for item in loaded if item.doc["kind"] == "VmFleet"]
+        fleets = [item.resource for item in loaded if isinstance(item.resource, VmFleet)]
         print("\n".join(plan_text(f, r) for f, r in zip(fleets, results)))
         return 0
     print(render(objects, args.output))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import yaml
 
@@ -35,7 +35,7 @@ class Secret:
     data: dict[str, str]
 
 
-def _secret(doc: dict, source: str) -> Secret:
+def _secret(doc: dict[str, Any], source: str) -> Secret:
     """A core v1 Secret beside the vmfleet objects (standalone mode has no cluster to hold it)."""
     import base64
     import binascii
@@ -55,7 +55,7 @@ def _secret(doc: dict, source: str) -> Secret:
 
 @dataclass(frozen=True)
 class Loaded:
-    doc: dict  # validated and defaulted, as the apiserver would store it
+    doc: dict[str, Any]  # validated and defaulted, as the apiserver would store it
     resource: Resource
     source: str = ""  # file#document
 

@@ -67,7 +67,8 @@ def kvmhosts(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: plain(body)}
 
 
-def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+def vmtemplates(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    assert namespace is not None  # a namespaced kind
     return {(namespace, name): plain(body)}
 
 
@@ -90,9 +91,13 @@ def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
     return {s["store"]: clone_count(s)} if s.get("store") else {}
 
 
-def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
-            fleet_clones: kopf.Index, fleet_hosts: kopf.Index, fleet_stores: kopf.Index) -> Catalog:
-    first = lambda store: next(iter(store))  # noqa: E731 - one object per name
+def first(store: kopf.Store[Any]) -> Any:
+    return next(iter(store))  # one object per name
+
+
+def catalog(clonestores: kopf.Index[str, Any], kvmhosts: kopf.Index[str, Any],
+            vmtemplates: kopf.Index[tuple[str, str], Any], fleet_clones: kopf.Index[tuple[str, str], int],
+            fleet_hosts: kopf.Index[str, int], fleet_stores: kopf.Index[str, int]) -> Catalog:
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return Catalog(
         stores={key: first(store) for key, store in clonestores.items()},
@@ -213,9 +218,12 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     kopf.on.login(registry=r, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_client)
     kopf.on.startup(registry=r)(configure)
     kopf.on.cleanup(registry=r)(close)
-    for plural, indexer in (("clonestores", clonestores), ("kvmhosts", kvmhosts), ("vmtemplates", vmtemplates),
-                            ("vmfleets", fleet_clones), ("vmfleets", fleet_hosts), ("vmfleets", fleet_stores)):
-        kopf.index(GROUP, VERSION, plural, registry=r)(indexer)
+    kopf.index(GROUP, VERSION, "clonestores", registry=r)(clonestores)
+    kopf.index(GROUP, VERSION, "kvmhosts", registry=r)(kvmhosts)
+    kopf.index(GROUP, VERSION, "vmtemplates", registry=r)(vmtemplates)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_clones)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_hosts)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_stores)
     resync = settings.resync_seconds
     for plural, reconcile, delete in (("vmfleets", reconcile_vmfleet, delete_vmfleet),
                                       ("vmtemplates", reconcile_vmtemplate, delete_vmtemplate),
