@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import os
 import sys
-
 from typing import TYPE_CHECKING, Any
 
 import yaml
