@@ -14,11 +14,10 @@ from typing import AsyncIterator, Iterator
 import asyncssh
 
 from vmfleet import sim
-from vmfleet.api import parse
-from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
+from vmfleet.api.types import CloneStore, KvmHost, SecretRef, VmFleet, VmTemplate
 from vmfleet.engine import Runtime
-
-MOUNT = "/ibm/gpfs0"
+from vmfleet.sim import objects
+from vmfleet.sim.objects import MOUNT
 
 
 @contextlib.contextmanager
@@ -58,26 +57,17 @@ async def simulator(directory: Path, personality: str = "gpfs",
 
 
 def store(server: sim.Simulator, concurrency: int) -> CloneStore:
-    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "bench"},
-                  "spec": {"driver": "gpfs", "root": f"{MOUNT}/bench", "concurrency": concurrency,
-                           "ssh": {"host": "127.0.0.1", "port": server.port, "user": "bench",
-                                   "secretRef": {"name": "ssh", "namespace": "bench"}}}})  # type: ignore[return-value]
+    return objects.store("bench", "gpfs", server.port, "bench", f"{MOUNT}/bench", SecretRef("ssh", "bench"),
+                         concurrency=concurrency)
 
 
 def host() -> KvmHost:
-    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "t"},
-                  "spec": {"uri": "test:///default", "domainType": "qemu",
-                           "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30}}})  # type: ignore[return-value]
+    return objects.host(1 << 16, 1 << 30)
 
 
 def template() -> VmTemplate:
-    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
-                  "metadata": {"name": "t", "namespace": "bench"},
-                  "spec": {"storeRef": {"name": "bench"}, "image": {"path": "images/t.img"},
-                           "memoryMiB": 64}})  # type: ignore[return-value]
+    return objects.template("t", "bench", "bench", "images/t.img", memory_mib=64)
 
 
 def fleet(n: int, name: str) -> VmFleet:
-    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
-                  "metadata": {"name": name, "namespace": "bench"},
-                  "spec": {"templateRef": {"name": "t"}, "replicas": n}})  # type: ignore[return-value]
+    return objects.fleet(n, name, "bench", "t")

@@ -11,11 +11,11 @@ import asyncssh
 
 from conftest import Sshd
 from vmfleet import sim
-from vmfleet.api import CloneStore, KvmHost, VmFleet, VmTemplate, parse
+from vmfleet.api import CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.api.types import SecretRef
 from vmfleet.engine import Runtime
-
-MOUNT = "/ibm/gpfs0"
+from vmfleet.sim import objects
+from vmfleet.sim.objects import MOUNT
 
 
 class OpenSshSim:
@@ -73,38 +73,20 @@ class SimEnv:
                 "known_hosts": self.known_hosts or self.sim.known_hosts}
 
     def store(self, timeout: int = 10, ssh: dict[str, Any] | None = None, **spec: Any) -> CloneStore:
-        personality = self.sim.personality
-        base = {"driver": personality, "root": f"{MOUNT}/frank",
-                "ssh": {"host": "127.0.0.1", "port": self.sim.port, "user": self.user, "commandTimeoutSeconds": timeout,
-                        "secretRef": {"name": "ssh", "namespace": "vmfleet-system"}, **(ssh or {})}}
-        if personality == "sonas":
-            base["localPath"] = str(self.directory / "frank")
-        base.update(spec)
-        store = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "sim"},
-                       "spec": base})
-        assert isinstance(store, CloneStore)
-        return store
+        if self.sim.personality == "sonas":
+            spec.setdefault("localPath", str(self.directory / "frank"))
+        return objects.store("sim", self.sim.personality, self.sim.port, self.user, f"{MOUNT}/frank",
+                             SecretRef("ssh", "vmfleet-system"), {"commandTimeoutSeconds": timeout, **(ssh or {})},
+                             **spec)
 
 
 def host(vcpus: int = 4096, memory: int = 1 << 22) -> KvmHost:
-    h = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "t"},
-               "spec": {"uri": "test:///default", "domainType": "qemu",
-                        "capacity": {"vcpus": vcpus, "memoryMiB": memory}}})
-    assert isinstance(h, KvmHost)
-    return h
+    return objects.host(vcpus, memory)
 
 
 def template(path: str = "image/linux/basic.img", image_format: str = "raw") -> VmTemplate:
-    t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
-               "metadata": {"name": "basic", "namespace": "seed"},
-               "spec": {"storeRef": {"name": "sim"}, "image": {"path": path, "format": image_format},
-                        "memoryMiB": 16}})
-    assert isinstance(t, VmTemplate)
-    return t
+    return objects.template("basic", "seed", "sim", path, image_format)
 
 
 def fleet(replicas: int, name: str = "web") -> VmFleet:
-    f = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": name, "namespace": "seed"},
-               "spec": {"templateRef": {"name": "basic"}, "replicas": replicas}})
-    assert isinstance(f, VmFleet)
-    return f
+    return objects.fleet(replicas, name, "seed", "basic")

@@ -101,6 +101,17 @@ def test_defaults_are_applied_as_the_apiserver_would() -> None:
     assert template["metadata"]["namespace"] == "default"
 
 
+def test_a_namespaced_object_that_names_no_namespace_is_in_default_and_a_cluster_scoped_one_in_none() -> None:
+    from vmfleet.api import VmTemplate
+
+    assert parse(TEMPLATE).meta.namespace == "default"
+    defaulted = validate(TEMPLATE)
+    del defaulted["metadata"]["namespace"]  # as a test or a tool might hand it over
+    assert VmTemplate.parse(defaulted).meta.namespace == "default"
+    assert parse(FLEET).meta.namespace == "prod"
+    assert parse(STORE).meta.namespace == parse(HOST).meta.namespace == ""
+
+
 def _with(doc: dict, path: str, value: object) -> dict:
     out = copy.deepcopy(doc)
     *parents, last = path.split(".")

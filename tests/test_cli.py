@@ -140,6 +140,25 @@ def test_a_missing_reference_is_named(tmp_path: Path, small_image: Path) -> None
     assert "VmFleet default/demo: spec.templateRef.name: VmTemplate 'basic' is not defined" in done.stderr
 
 
+def test_every_missing_reference_is_named_at_once(tmp_path: Path, small_image: Path) -> None:
+    manifests = quickstart(tmp_path, small_image)
+    (manifests / "store.yaml").unlink()
+    fleet = yaml.safe_load((manifests / "fleet.yaml").read_text())
+    (manifests / "other.yaml").write_text(yaml.safe_dump({**fleet, "metadata": {"name": "other", "namespace": "ci"}}))
+    done = apply("-f", str(manifests))
+    assert done.returncode == 1
+    assert "VmTemplate default/basic: spec.storeRef.name: CloneStore 'local' is not defined" in done.stderr
+    assert "VmFleet ci/other: spec.templateRef.name: VmTemplate 'basic' is not defined in namespace ci" in done.stderr
+    assert "VmFleet default/demo" not in done.stderr
+
+
+def test_run_refuses_a_setting_that_is_not_a_number() -> None:
+    env = {**os.environ, "VMFLEET_RESYNC_SECONDS": "soon"}
+    done = subprocess.run([VMFLEET, "run"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    assert "VMFLEET_RESYNC_SECONDS='soon' is not a number" in done.stderr
+
+
 def test_a_fleet_that_does_not_fit_is_reported_and_exits_non_zero(tmp_path: Path, small_image: Path) -> None:
     done = apply("-f", str(quickstart(tmp_path, small_image, replicas=200)), "-o", "json")
     assert done.returncode == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from helpers import REPO
@@ -9,6 +10,7 @@ from vmfleet import metrics
 from vmfleet.api import reasons
 from vmfleet.engine.operations import OPERATIONS
 from vmfleet.planner import Op
+from vmfleet.settings import Settings
 
 OPERATIONS_DOC = (REPO / "docs" / "operations.md").read_text()
 
@@ -42,6 +44,14 @@ def test_every_metric_is_documented() -> None:
     assert len(names) >= 10
     for name in names:
         assert name.removesuffix("_total") in OPERATIONS_DOC or name.split("_fleet_")[-1] in OPERATIONS_DOC, name
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    rows = dict(re.findall(r"^\| `(VMFLEET_\w+)` \| ([\d.]+) \|", OPERATIONS_DOC, re.M))
+    for f in dataclasses.fields(Settings):
+        variable = f"VMFLEET_{f.name.upper()}"
+        assert variable in rows, variable
+        assert float(rows[variable]) == getattr(Settings(), f.name), variable
 
 
 def test_the_readme_starts_with_the_two_commands() -> None:

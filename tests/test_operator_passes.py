@@ -110,7 +110,7 @@ async def test_a_resync_queued_behind_a_teardown_does_not_build_the_fleet_again(
     assert (await teardown).complete
     assert (await resync).events == []
     assert list(Path(docs["CloneStore"]["spec"]["root"]).rglob("demo-*.qcow2")) == []  # nothing built again
-    host = runtime.host(passes._hosts(catalog(docs))[0])
+    host = runtime.host(catalog(docs).valid_hosts()[0])
     assert not [d for d in await host.list_domains() if d.owner is not None]
 
 
@@ -124,7 +124,7 @@ async def test_deleting_a_fleet_honours_its_deletion_policy(runtime: Runtime, do
     assert result.complete
     root = Path(docs["CloneStore"]["spec"]["root"])
     assert len(list(root.rglob("demo-*.qcow2"))) == kept
-    host = runtime.host(passes._hosts(catalog(docs))[0])
+    host = runtime.host(catalog(docs).valid_hosts()[0])
     assert not [d for d in await host.list_domains() if d.owner is not None]
     assert ("ClonesRetained" in reasons(result.events)) == (policy == "Retain")
 
@@ -141,12 +141,17 @@ async def test_a_template_keeps_its_parent_while_clones_refer_to_it(runtime: Run
 
 
 def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() -> None:
-    import vmfleet.operator.handlers  # noqa: F401
+    from vmfleet.operator import handlers
+    from vmfleet.settings import Settings
 
-    registry = kopf.get_default_registry()
+    before = len(kopf.get_default_registry()._changing.get_all_handlers())
+    registry = handlers.registry(Settings(resync_seconds=7))
     names = {h.id for h in registry._changing.get_all_handlers()}
     assert {"reconcile_vmfleet", "delete_vmfleet", "reconcile_vmtemplate", "delete_vmtemplate"} <= {
         n.split("/")[0] for n in names}
+    assert {(h.id, h.interval, h.initial_delay) for h in registry._spawning.get_all_handlers()} == {
+        (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")}
+    assert len(kopf.get_default_registry()._changing.get_all_handlers()) == before  # nothing registered at import
     assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
 
 

@@ -14,6 +14,7 @@ GROUP = "vmfleet.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 CATEGORY = "vmfleet"
+DEFAULT_NAMESPACE = "default"  # where the apiserver puts a namespaced object that names none
 
 # DNS-1123 label: what Kubernetes accepts as a name, and safe in a file name and a libvirt domain name.
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -142,7 +143,9 @@ def observed_generation() -> Schema:
 
 # ---------------------------------------------------------------- CloneStore
 
-STORE_DRIVERS = ["sonas", "gpfs", "reflink", "qcow2"]
+REMOTE_DRIVERS = ["sonas", "gpfs"]  # reached over SSH (spec.ssh); the others work on a local or mounted directory
+STORE_DRIVERS = [*REMOTE_DRIVERS, "reflink", "qcow2"]
+_LOCAL_DRIVERS = [d for d in STORE_DRIVERS if d not in REMOTE_DRIVERS]
 
 CLONE_STORE_SPEC = obj(
     "Where template images and their clones live, and how clones are made.",
@@ -189,8 +192,9 @@ CLONE_STORE_SPEC = obj(
     required=("driver", "root"),
     rules=(
         Rule(
-            "self.driver in ['sonas', 'gpfs'] ? has(self.ssh) : !has(self.ssh)",
-            "spec.ssh is required for the sonas and gpfs drivers and not allowed for reflink and qcow2",
+            f"self.driver in {REMOTE_DRIVERS!r} ? has(self.ssh) : !has(self.ssh)",
+            f"spec.ssh is required for the {' and '.join(REMOTE_DRIVERS)} drivers and not allowed for "
+            f"{' and '.join(_LOCAL_DRIVERS)}",
             "ssh",
         ),
         Rule(
@@ -282,7 +286,12 @@ KVM_HOST_STATUS = obj(
 
 # ---------------------------------------------------------------- VmTemplate
 
-PROFILES = ["linux-virtio", "windows-legacy"]
+# Device profiles: what the guest's drivers can talk to (hypervisor/domain.py builds the devices from these).
+PROFILES: dict[str, dict[str, str]] = {
+    "linux-virtio": {"disk_bus": "virtio", "disk_dev": "vda", "nic": "virtio", "machine": "q35", "clock": "utc"},
+    # Windows Server 2008 R2 and friends ship no virtio drivers: SATA disk, e1000 NIC, local-time clock.
+    "windows-legacy": {"disk_bus": "sata", "disk_dev": "sda", "nic": "e1000", "machine": "pc", "clock": "localtime"},
+}
 
 VM_TEMPLATE_SPEC = obj(
     "A golden image on a CloneStore and the defaults of every VM cloned from it.",
@@ -303,7 +312,7 @@ VM_TEMPLATE_SPEC = obj(
         "profile": string(
             "Device profile: linux-virtio (virtio disk and NIC) or windows-legacy (SATA disk, e1000 NIC), "
             "for guests without virtio drivers such as Windows Server 2008 R2.",
-            enum=PROFILES,
+            enum=list(PROFILES),
             default="linux-virtio",
         ),
         "vcpus": integer("Virtual CPUs of each VM.", 1, 256, default=1),

@@ -27,6 +27,13 @@ def clones_by_parent(status: Mapping[str, Any] | None) -> dict[str, int]:
     return out
 
 
+def clones_by_store_and_parent(status: Mapping[str, Any] | None) -> dict[tuple[str, str], int]:
+    """The same per (store, parent): parent paths repeat across stores. Store "" when the status does not say
+    (such clones count for every store)."""
+    store = (status or {}).get("store") or ""
+    return {(store, parent): n for parent, n in clones_by_parent(status).items()}
+
+
 def clone_count(status: Mapping[str, Any] | None) -> int:
     """Clones a fleet's status says exist: what its template's parent must outlive."""
     return sum(1 for c in (status or {}).get("clones", []) or [] if "file" in c)

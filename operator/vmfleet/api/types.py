@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
-from .schema import API_VERSION
-from .validation import validate
+from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
+from .validation import FieldError, InvalidManifest, validate
 
 HOSTS_LOST_ANNOTATION = "vmfleet.io/hosts-lost"
 
@@ -18,7 +18,7 @@ _STANDALONE_UID_NAMESPACE = uuid.UUID("6f1c5f7e-2d0b-4b8e-9a57-0c9f3a1e7d42")
 @dataclass(frozen=True)
 class Meta:
     name: str
-    namespace: str | None
+    namespace: str  # "" for the cluster-scoped kinds, as in Kubernetes' own ObjectMeta
     uid: str
     generation: int
     labels: Mapping[str, str]
@@ -26,8 +26,10 @@ class Meta:
 
     @classmethod
     def parse(cls, meta: Mapping[str, Any], kind: str) -> "Meta":
-        namespace = meta.get("namespace")
-        uid = meta.get("uid") or str(uuid.uuid5(_STANDALONE_UID_NAMESPACE, f"{kind}/{namespace}/{meta['name']}"))
+        given = meta.get("namespace")
+        namespace = (given or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
+        # From the namespace as written: standalone UIDs name clone directories and must not change.
+        uid = meta.get("uid") or str(uuid.uuid5(_STANDALONE_UID_NAMESPACE, f"{kind}/{given}/{meta['name']}"))
         return cls(meta["name"], namespace, uid, int(meta.get("generation") or 1), dict(meta.get("labels") or {}),
                    {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()})
 
@@ -198,13 +200,25 @@ class VmFleet:
 
 
 Resource = CloneStore | KvmHost | VmTemplate | VmFleet
-PARSERS = {"CloneStore": CloneStore, "KvmHost": KvmHost, "VmTemplate": VmTemplate, "VmFleet": VmFleet}
+PARSERS: dict[str, type[Resource]] = {"CloneStore": CloneStore, "KvmHost": KvmHost, "VmTemplate": VmTemplate,
+                                      "VmFleet": VmFleet}
 
 
 def parse(doc: Mapping[str, Any], source: str = "manifest") -> Resource:
     """Validate, default and type one object; raises InvalidManifest naming each bad field."""
     checked = validate(doc, source)
     return PARSERS[checked["kind"]].parse(checked)
+
+
+R = TypeVar("R", CloneStore, KvmHost, VmTemplate, VmFleet)
+
+
+def parse_as(kind: type[R], doc: Mapping[str, Any], source: str = "manifest") -> R:
+    """`parse`, for an object that must be of this kind."""
+    checked = validate(doc, source)
+    if checked["kind"] != kind.__name__:
+        raise InvalidManifest(source, [FieldError("kind", f"must be {kind.__name__}")])
+    return kind.parse(checked)
 
 
 def to_manifest(kind: str, meta: Meta, spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from celpy.adapter import json_to_cel
 from .crd import RULES_KEY, root_schema
 from .schema import (
     API_VERSION,
+    DEFAULT_NAMESPACE,
     KINDS,
     LABEL_KEY_LENGTH_PATTERN,
     LABEL_KEY_PATTERN,
@@ -235,5 +236,5 @@ def validate(doc: Any, source: str = "manifest") -> dict[str, Any]:
     if found:
         raise InvalidManifest(what, sorted(found, key=lambda e: (e.field, e.rule)))
     if kind.namespaced:
-        out["metadata"].setdefault("namespace", "default")
+        out["metadata"].setdefault("namespace", DEFAULT_NAMESPACE)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..api.schema import GROUP, VERSION
+from ..api.schema import DEFAULT_NAMESPACE, GROUP, VERSION
 
 
 class ClusterError(Exception):
@@ -16,7 +16,7 @@ def _namespace_of_context() -> str:
     from kubernetes import config
 
     _, active = config.list_kube_config_contexts()
-    return str((active or {}).get("context", {}).get("namespace") or "default")
+    return str((active or {}).get("context", {}).get("namespace") or DEFAULT_NAMESPACE)
 
 
 def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = None) -> list[dict[str, Any]]:
@@ -35,7 +35,7 @@ def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = 
             raise ClusterError(f"no cluster to ask: the kubeconfig {where} is unusable ({e}); set KUBECONFIG, "
                                "or look at standalone manifests with `vmfleet status -f DIR`") from None
         config.load_incluster_config()
-        ns = namespace or "default"
+        ns = namespace or DEFAULT_NAMESPACE
     api = client.CustomObjectsApi()
     try:
         if name:

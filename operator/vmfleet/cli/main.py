@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..api import InvalidManifest
+from ..api import InvalidManifest, VmFleet
 from ..api.status import is_ready
 
+if TYPE_CHECKING:
+    from ..engine import FleetResult
+    from .manifests import Loaded
 
-def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list, list, list] | None:
+
+def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list[Loaded], list[dict[str, Any]],
+                                                                   list[FleetResult]] | None:
     """Load the manifests and converge them (or only look, with dry_run); None after printing why not."""
     from .manifests import load
     from .progress import ProgressReport
@@ -38,7 +45,7 @@ def _apply(args: argparse.Namespace) -> int:
         return 1
     loaded, objects, results = done
     if args.dry_run and args.output == "table":
-        fleets = [item.resource for item in loaded if item.doc["kind"] == "VmFleet"]
+        fleets = [item.resource for item in loaded if isinstance(item.resource, VmFleet)]
         print("\n".join(plan_text(f, r) for f, r in zip(fleets, results)))
         return 0
     print(render(objects, args.output))
@@ -105,9 +112,16 @@ def _image(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..operator.run import run_operator
+    from ..settings import Settings
 
-    os.environ["VMFLEET_METRICS_PORT"] = str(args.metrics_port)
-    return run_operator(namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.metrics_port is not None:
+        settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
+    return run_operator(settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
                         verbose=args.verbose)
 
 
@@ -133,8 +147,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")
     r.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's health endpoint")
-    r.add_argument("--metrics-port", type=int, default=int(os.environ.get("VMFLEET_METRICS_PORT", "9090")),
-                   help="where Prometheus scrapes /metrics (0: none)")
+    r.add_argument("--metrics-port", type=int, help="where Prometheus scrapes /metrics (0: none; default: "
+                   "$VMFLEET_METRICS_PORT, else 9090)")
     r.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=_run)

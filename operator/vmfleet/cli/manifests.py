@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 import yaml
 
 from ..api import CloneStore, FieldError, InvalidManifest, KvmHost, Resource, VmFleet, VmTemplate, validate
+from ..api.schema import DEFAULT_NAMESPACE
 from ..api.types import PARSERS
+from ..engine.catalog import Catalog, Unresolved
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -33,7 +35,7 @@ class Secret:
     data: dict[str, str]
 
 
-def _secret(doc: dict, source: str) -> Secret:
+def _secret(doc: dict[str, Any], source: str) -> Secret:
     """A core v1 Secret beside the vmfleet objects (standalone mode has no cluster to hold it)."""
     import base64
     import binascii
@@ -48,19 +50,19 @@ def _secret(doc: dict, source: str) -> Secret:
         except (binascii.Error, UnicodeDecodeError, TypeError):
             raise InvalidManifest(f"Secret {meta['name']!r} ({source})",
                                   [FieldError(f"data.{k}", "must be base64")]) from None
-    return Secret(meta.get("namespace") or "default", meta["name"], data)
+    return Secret(meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"], data)
 
 
 @dataclass(frozen=True)
 class Loaded:
-    doc: dict  # validated and defaulted, as the apiserver would store it
+    doc: dict[str, Any]  # validated and defaulted, as the apiserver would store it
     resource: Resource
     source: str = ""  # file#document
 
 
 def _key(item: Loaded) -> tuple[str, str, str]:
     meta = item.resource.meta
-    return (item.doc["kind"], meta.namespace or "", meta.name)
+    return (item.doc["kind"], meta.namespace, meta.name)
 
 
 def duplicates(items: list[Loaded]) -> list[FieldError]:
@@ -110,41 +112,27 @@ def load(paths: Iterable[str]) -> tuple[list[Loaded], dict[tuple[str, str], Secr
     return resources, secrets
 
 
-@dataclass
-class World:
-    stores: dict[str, CloneStore] = field(default_factory=dict)
-    hosts: dict[str, KvmHost] = field(default_factory=dict)
-    templates: dict[tuple[str, str], VmTemplate] = field(default_factory=dict)
-    fleets: list[VmFleet] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, resources: Iterable[Resource]) -> "World":
-        world = cls()
-        for r in resources:
-            if isinstance(r, CloneStore):
-                world.stores[r.meta.name] = r
-            elif isinstance(r, KvmHost):
-                world.hosts[r.meta.name] = r
-            elif isinstance(r, VmTemplate):
-                world.templates[(r.meta.namespace or "default", r.meta.name)] = r
-            else:
-                world.fleets.append(r)
-        world.check_references()
-        return world
-
-    def check_references(self) -> None:
-        errors = []
-        for (ns, name), t in self.templates.items():
-            if t.store not in self.stores:
-                errors.append(FieldError(f"VmTemplate {ns}/{name}: spec.storeRef.name",
-                                         f"CloneStore {t.store!r} is not defined"))
-        for f in self.fleets:
-            key = (f.meta.namespace or "default", f.template)
-            if key not in self.templates:
-                errors.append(FieldError(f"VmFleet {key[0]}/{f.meta.name}: spec.templateRef.name",
-                                         f"VmTemplate {f.template!r} is not defined in namespace {key[0]}"))
-        if errors:
-            raise InvalidManifest("the manifests", errors)
-
-    def template_of(self, fleet: VmFleet) -> VmTemplate:
-        return self.templates[(fleet.meta.namespace or "default", fleet.template)]
+def resolve(resources: Iterable[Resource]) -> tuple[Catalog, list[VmFleet]]:
+    """The manifests' objects as the Catalog the engine resolves through, and their fleets in order; a reference to
+    an object not in the manifests is an error, all of them at once."""
+    resources = list(resources)
+    templates = {(r.meta.namespace, r.meta.name): r for r in resources if isinstance(r, VmTemplate)}
+    catalog = Catalog(stores={r.meta.name: r for r in resources if isinstance(r, CloneStore)},
+                      hosts=[r for r in resources if isinstance(r, KvmHost)], templates=templates)
+    fleets = [r for r in resources if isinstance(r, VmFleet)]
+    errors = []
+    for (ns, name), t in templates.items():
+        try:
+            catalog.store_of(t)
+        except Unresolved:
+            errors.append(FieldError(f"VmTemplate {ns}/{name}: spec.storeRef.name",
+                                     f"CloneStore {t.store!r} is not defined"))
+    for f in fleets:
+        try:
+            catalog.template_of(f)
+        except Unresolved:
+            errors.append(FieldError(f"VmFleet {f.meta.namespace}/{f.meta.name}: spec.templateRef.name",
+                                     f"VmTemplate {f.template!r} is not defined in namespace {f.meta.namespace}"))
+    if errors:
+        raise InvalidManifest("the manifests", errors)
+    return catalog, fleets

@@ -79,7 +79,7 @@ def problems(status: dict[str, Any]) -> list[str]:
     for c in status.get("conditions", []):
         if c["status"] != "True" or c["type"] not in ("Stalled", "Degraded", "Reconciling", "RestartRequired"):
             continue
-        if c["type"] == "Reconciling" and c.get("reason") in ("Progressing", "Converged"):
+        if c["type"] == "Reconciling" and c.get("reason") in (reasons.PROGRESSING, reasons.CONVERGED):
             continue
         lines.append(f"  {c['type']} ({c.get('reason', '')}): {c.get('message', '')}")
         if c.get("reason") in HINTS:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any, Callable, Iterable, Mapping
 
-from ..api import VmFleet
+from ..api import VmFleet, VmTemplate
 from ..api.types import SecretRef
 from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
-from ..api.status import clones_by_parent
+from ..api.status import clones_by_store_and_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import CloneAction, DomainAction, Op, summarise
 from ..credentials import SecretReader, SecretUnreadable
 from ..storage import parent_path
-from .manifests import Loaded, Secret, World
+from .manifests import Loaded, Secret, resolve
 
 
 def _log(kind: str, name: str, events: Iterable[Event]) -> None:
@@ -53,32 +54,31 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
                 ) -> tuple[list[dict[str, Any]], list[FleetResult]]:
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
-    world = World.of(item.resource for item in loaded)
+    catalog, fleets = resolve(item.resource for item in loaded)
     runtime = Runtime(secret_reader(secrets or {}))
     statuses: dict[int, dict[str, Any]] = {}
     results: list[FleetResult] = []
     try:
         by_id = {id(item.resource): i for i, item in enumerate(loaded)}
-        hosts = list(world.hosts.values())
-        for fleet in world.fleets:
-            template = world.template_of(fleet)
-            result = await reconcile_fleet(runtime, fleet, template, world.stores[template.store], hosts,
+        hosts = catalog.valid_hosts()
+        for fleet in fleets:
+            template = catalog.template_of(fleet)
+            result = await reconcile_fleet(runtime, fleet, template, catalog.store_of(template), hosts,
                                            dry_run=dry_run, progress=progress(fleet) if progress else None)
             _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
             statuses[by_id[id(fleet)]] = result.status
             results.append(result)
-        for (ns, name), template in world.templates.items():
+        catalog.clones_by_parent = sum((Counter(clones_by_store_and_parent(r.status)) for r in results), Counter())
+        for template in (item.resource for item in loaded if isinstance(item.resource, VmTemplate)):
             if dry_run:
                 continue
-            parent = parent_path(template.image_path, template.image_format)
-            count = sum(clones_by_parent(r.status).get(parent, 0) for r in results
-                        if r.status.get("store") in (None, template.store))
-            status, events = await reconcile_template(runtime, template, world.stores[template.store], count, None)
-            _log("VmTemplate", f"{ns}/{name}", events)
+            status, events = await reconcile_template(runtime, template, catalog.store_of(template),
+                                                      catalog.clones_of(template), None)
+            _log("VmTemplate", f"{template.meta.namespace}/{template.meta.name}", events)
             statuses[by_id[id(template)]] = status
         for host in hosts:
             statuses[by_id[id(host)]] = await host_status(runtime, host, None)
-        for store in world.stores.values():
+        for store in catalog.valid_stores():
             statuses[by_id[id(store)]] = await store_status(runtime, store, None)
     finally:
         await runtime.close()

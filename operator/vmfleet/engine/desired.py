@@ -31,7 +31,7 @@ class Desired:
                  clone_format: str, disk_of: DiskOf):
         self.fleet, self.template, self.store, self.disk_of = fleet, template, store, disk_of
         self.hosts: Mapping[str, KvmHost] = {h.meta.name: h for h in hosts}
-        self.namespace = fleet.meta.namespace or "default"
+        self.namespace = fleet.meta.namespace
         self.directory = fleet_dir(self.namespace, fleet.meta.name, fleet.meta.uid)
         self.parent = parent_path(template.image_path, template.image_format) if template else ""
         self.clone_format = clone_format if template else "raw"

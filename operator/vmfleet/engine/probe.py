@@ -12,6 +12,7 @@ from ..storage.local import root_field, root_problem
 from ..clock import now
 from .runtime import Runtime
 from .status import summary_conditions
+from ..api import reasons
 
 
 async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -20,9 +21,9 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
         domains = await runtime.host(host).list_domains()
     except HostError as e:  # the driver's one error for the host, its Secret and its connection
         return {"observedGeneration": gen,
-                "conditions": summary_conditions("Degraded", "Unreachable", str(e), gen, previous, now())}
+                "conditions": summary_conditions("Degraded", reasons.UNREACHABLE, str(e), gen, previous, now())}
     return {"observedGeneration": gen, "domains": len(domains),
-            "conditions": summary_conditions("Ready", "Connected", f"{host.uri}: {len(domains)} domain(s)", gen,
+            "conditions": summary_conditions("Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen,
                                              previous, now())}
 
 
@@ -31,13 +32,13 @@ async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[st
     if store.driver == "gpfs":  # nothing of it is mounted here: ask the GPFS node
         try:
             await runtime.store_driver(store).list_dir("vmfleet")
-            ok, reason, message = True, "Reachable", f"{store.root} answers over SSH"
+            ok, reason, message = True, reasons.REACHABLE, f"{store.root} answers over SSH"
         except StoreError as e:
-            ok, reason, message = False, "Unreachable", str(e)
+            ok, reason, message = False, reasons.UNREACHABLE, str(e)
     else:
         problem = await asyncio.to_thread(root_problem, store.local_path)
         ok = problem is None
-        reason = "Reachable" if ok else "RootMissing"
+        reason = reasons.REACHABLE if ok else reasons.ROOT_MISSING
         message = (f"{store.local_path} is reachable" if ok else
                    f"{root_field(store.driver, store.root, store.local_path)} {store.local_path} {problem}")
     return {"observedGeneration": gen,

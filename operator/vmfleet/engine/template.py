@@ -10,6 +10,7 @@ from ..storage import StoreDriver, StoreError, parent_path
 from ..clock import now
 from .runtime import Runtime
 from .status import Event, condition, summary_conditions
+from ..api import reasons
 
 
 def source_path(parent: str) -> str:
@@ -52,20 +53,20 @@ async def reconcile_template(
         async with runtime.parent_lock(store, parent):
             if not await driver.exists(parent):
                 await driver.prepare_parent(template.image_path, template.image_format, parent)
-                events.append(Event("Normal", "ParentPrepared", f"prepared {parent} from {template.image_path}"))
+                events.append(Event("Normal", reasons.PARENT_PREPARED, f"prepared {parent} from {template.image_path}"))
                 prepared_at = t
             changed = await image_changed(driver, template, parent)
-        ok, reason, message = True, "ParentReady", f"clone parent {parent} is ready"
+        ok, reason, message = True, reasons.PARENT_READY, f"clone parent {parent} is ready"
     except StoreError as e:  # the driver's one error for the store, its Secret and its connection
-        ok, reason, message = False, "ParentFailed", str(e)
+        ok, reason, message = False, reasons.PARENT_FAILED, str(e)
         events.append(Event("Warning", reason, message))
     conditions = summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,
                                     previous, t)
     if changed:  # present only while true; said once as an event
-        conditions.append(condition("ImageChanged", True, "ImageChanged", changed, template.meta.generation,
+        conditions.append(condition(reasons.IMAGE_CHANGED, True, reasons.IMAGE_CHANGED, changed, template.meta.generation,
                                     previous, t))
-        if not any(c.get("type") == "ImageChanged" for c in (previous or {}).get("conditions", []) or []):
-            events.append(Event("Warning", "ImageChanged", changed))
+        if not any(c.get("type") == reasons.IMAGE_CHANGED for c in (previous or {}).get("conditions", []) or []):
+            events.append(Event("Warning", reasons.IMAGE_CHANGED, changed))
     status: dict[str, Any] = {
         "observedGeneration": template.meta.generation,
         "conditions": conditions,
@@ -81,14 +82,14 @@ async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneSto
     """Delete the template's parent if nothing refers to it; (released, what happened)."""
     parent = parent_path(template.image_path, template.image_format)
     if clones:
-        return False, Event("Warning", "ParentInUse",
+        return False, Event("Warning", reasons.PARENT_IN_USE,
                             f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first")
     if shared_with_other_templates:
-        return True, Event("Normal", "ParentKept", f"{parent} is kept: another template uses the same image")
+        return True, Event("Normal", reasons.PARENT_KEPT, f"{parent} is kept: another template uses the same image")
     driver = runtime.store_driver(store)
     try:
         await driver.delete_parent(parent, template.image_path)
         await driver.delete(source_path(parent))
     except StoreError as e:
-        return False, Event("Warning", "ParentInUse", str(e))
-    return True, Event("Normal", "ParentDeleted", f"deleted {parent}")
+        return False, Event("Warning", reasons.PARENT_IN_USE, str(e))
+    return True, Event("Normal", reasons.PARENT_DELETED, f"deleted {parent}")

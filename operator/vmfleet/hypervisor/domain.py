@@ -10,15 +10,10 @@ from typing import Any, assert_never
 
 from ..disks import DiskSource, FileDisk
 
+from ..api.schema import PROFILES
+
 METADATA_NS = "https://vmfleet.io/xmlns/domain/v1alpha1"
 METADATA_KEY = "vmfleet"
-
-# Device profiles: what the guest's drivers can talk to.
-PROFILES = {
-    "linux-virtio": {"disk_bus": "virtio", "disk_dev": "vda", "nic": "virtio", "machine": "q35", "clock": "utc"},
-    # Windows Server 2008 R2 and friends ship no virtio drivers: SATA disk, e1000 NIC, local-time clock.
-    "windows-legacy": {"disk_bus": "sata", "disk_dev": "sda", "nic": "e1000", "machine": "pc", "clock": "localtime"},
-}
 
 STATES = {
     0: "Unknown",

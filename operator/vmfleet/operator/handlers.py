@@ -1,22 +1,24 @@
-"""The kopf handlers: thin doors that gather the indices into a Catalog and call passes.py."""
+"""The kopf handlers: thin doors that gather the indices into a Catalog and call passes.py.
+
+Nothing registers at import: `registry(settings)` does, once the settings are read (a timer's interval is fixed
+when it is registered); the handlers read the same Settings from kopf's memo.
+"""
 
 from __future__ import annotations
 
-import os
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 
 import kopf
 
 from ..api.schema import GROUP, VERSION
 from .. import metrics
-from ..api.status import clone_count, clones_by_parent
+from ..api.status import clone_count, clones_by_store_and_parent
 from ..engine import Event, Runtime
+from ..engine.catalog import Catalog, Unresolved
+from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
 
-RESYNC_SECONDS = float(os.environ.get("VMFLEET_RESYNC_SECONDS", "60"))
-WAITING_RETRY_SECONDS = min(5.0, RESYNC_SECONDS)  # objects applied together arrive in any order
-METRICS_PORT = int(os.environ.get("VMFLEET_METRICS_PORT", "9090"))  # 0: no metrics endpoint
 FINALIZER = f"{GROUP}/finalizer"
 
 
@@ -29,7 +31,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-@kopf.on.startup()
+def settings_of(memo: kopf.Memo) -> Settings:
+    """What `vmfleet run` read at start (kopf.run(memo=...)); every handler's memo is a copy of that one."""
+    ours: Settings = memo.settings
+    return ours
+
+
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -39,12 +46,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # A resync pass still running when its object is deleted holds the finalizer; kopf rechecks after this
     # many seconds (default 60: `kubectl delete` would wait that long).
     settings.background.cancellation_polling = 1.0
+    ours = settings_of(memo)
     memo.runtime = Runtime(ClusterSecrets())
-    if METRICS_PORT:
-        metrics.serve(METRICS_PORT)
+    if ours.metrics_port:
+        metrics.serve(ours.metrics_port)
 
 
-@kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.runtime.close()
 
@@ -52,29 +59,24 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 # ---------------------------------------------------------------- indices: in-memory views of the API
 
 
-@kopf.index(GROUP, VERSION, "clonestores")
 def clonestores(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: plain(body)}
 
 
-@kopf.index(GROUP, VERSION, "kvmhosts")
 def kvmhosts(name: str, body: kopf.Body, **_: Any) -> dict[str, Any]:
     return {name: plain(body)}
 
 
-@kopf.index(GROUP, VERSION, "vmtemplates")
-def vmtemplates(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+def vmtemplates(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    assert namespace is not None  # a namespaced kind
     return {(namespace, name): plain(body)}
 
 
-@kopf.index(GROUP, VERSION, "vmfleets")
 def fleet_clones(status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
     """Clones per (store, clone parent), by what each fleet made (not by the template it names now)."""
-    s = plain(status)
-    return {(s.get("store") or "", parent): n for parent, n in clones_by_parent(s).items()}
+    return clones_by_store_and_parent(plain(status))
 
 
-@kopf.index(GROUP, VERSION, "vmfleets")
 def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
     hosts: dict[str, int] = {}
     for entry in plain(status).get("clones", []) or []:
@@ -83,18 +85,21 @@ def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
     return hosts
 
 
-@kopf.index(GROUP, VERSION, "vmfleets")
 def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
     """Clones per CloneStore: a store keeps its finalizer while any fleet has clones in it."""
     s = plain(status)
     return {s["store"]: clone_count(s)} if s.get("store") else {}
 
 
-def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Index,
-            fleet_clones: kopf.Index, fleet_hosts: kopf.Index, fleet_stores: kopf.Index) -> passes.Catalog:
-    first = lambda store: next(iter(store))  # noqa: E731 - one object per name
+def first(store: kopf.Store[Any]) -> Any:
+    return next(iter(store))  # one object per name
+
+
+def catalog(clonestores: kopf.Index[str, Any], kvmhosts: kopf.Index[str, Any],
+            vmtemplates: kopf.Index[tuple[str, str], Any], fleet_clones: kopf.Index[tuple[str, str], int],
+            fleet_hosts: kopf.Index[str, int], fleet_stores: kopf.Index[str, int]) -> Catalog:
     templates = {key: first(store) for key, store in vmtemplates.items()}
-    return passes.Catalog(
+    return Catalog(
         stores={key: first(store) for key, store in clonestores.items()},
         hosts=[first(store) for store in kvmhosts.values()],
         templates=templates,
@@ -108,23 +113,6 @@ def catalog(clonestores: kopf.Index, kvmhosts: kopf.Index, vmtemplates: kopf.Ind
     )
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[None]])
-
-
-def reconciled(plural: str) -> Callable[[Handler], Handler]:
-    """Run a pass on resume, on create, on each spec change and every RESYNC_SECONDS (passes are idempotent)."""
-
-    def register(fn: Handler) -> Handler:
-        for on in (kopf.timer(GROUP, VERSION, plural, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS),
-                   kopf.on.update(GROUP, VERSION, plural, field="spec"),
-                   kopf.on.create(GROUP, VERSION, plural),
-                   kopf.on.resume(GROUP, VERSION, plural)):
-            fn = on(fn)
-        return fn
-
-    return register
-
-
 def deleting(body: kopf.Body) -> bool:
     """Timers get a live body: a resync that fires while the object is being torn down sees it."""
     return bool(body.metadata.get("deletionTimestamp"))
@@ -136,91 +124,115 @@ def post(body: kopf.Body, events: list[Event]) -> None:
         kopf.event(body, type=e.type, reason=e.reason, message=e.message)
 
 
-def report(body: kopf.Body, patch: kopf.Patch, result: passes.PassResult) -> None:
+def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
     """Write the status and post the events; when waiting on a reference, come back in seconds."""
     patch.status.update(result.status)
     post(body, result.events)
     if result.waiting:
-        raise kopf.TemporaryError(result.status["conditions"][0]["message"], delay=WAITING_RETRY_SECONDS)
+        raise kopf.TemporaryError(result.status["conditions"][0]["message"],
+                                  delay=settings_of(memo).waiting_retry_seconds)
 
 
-def release(body: kopf.Body, released: bool, event: Event) -> None:
+def release(body: kopf.Body, memo: kopf.Memo, released: bool, event: Event) -> None:
     """Let a deletion finish, or keep the finalizer and say why."""
     post(body, [event])
     if not released:
-        raise kopf.TemporaryError(event.message, delay=RESYNC_SECONDS)
+        raise kopf.TemporaryError(event.message, delay=settings_of(memo).resync_seconds)
 
 
 # ---------------------------------------------------------------- VmFleet
 
 
-@reconciled("vmfleets")
 async def reconcile_vmfleet(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     if deleting(body):
         return
     with metrics.RECONCILE.labels("VmFleet").time():
         result = await passes.fleet_pass(memo.runtime, plain(body), _catalog(kw), wanted=lambda: not deleting(body))
     metrics.record_fleet(body.metadata.namespace or "", body.metadata.name or "", body.spec, result.status)
-    report(body, patch, result)
+    report(body, patch, memo, result)
 
 
-@kopf.on.delete(GROUP, VERSION, "vmfleets")
 async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
         result = await passes.fleet_delete_pass(memo.runtime, plain(body), _catalog(kw))
-    except passes.Unresolved as e:
-        raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=RESYNC_SECONDS) from e
+    except Unresolved as e:
+        raise kopf.TemporaryError(f"cannot clean up yet: {e}", delay=settings_of(memo).resync_seconds) from e
     post(body, result.events)
     if result.complete:
         metrics.forget_fleet(body.metadata.namespace or "", body.metadata.name or "")
     else:
-        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying", delay=RESYNC_SECONDS)
+        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying",
+                                  delay=settings_of(memo).resync_seconds)
 
 
 # ---------------------------------------------------------------- VmTemplate
 
 
-@reconciled("vmtemplates")
 async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     if deleting(body):  # its parent is being released: a pass must not prepare it again
         return
     with metrics.RECONCILE.labels("VmTemplate").time():
         result = await passes.template_pass(memo.runtime, plain(body), _catalog(kw))
-    report(body, patch, result)
+    report(body, patch, memo, result)
 
 
-@kopf.on.delete(GROUP, VERSION, "vmtemplates")
 async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
         released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
-    except passes.Unresolved as e:
+    except Unresolved as e:
         released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
-    release(body, released, event)
+    release(body, memo, released, event)
 
 
 # ---------------------------------------------------------------- CloneStore and KvmHost: probed, never deleted in use
 
 
-@reconciled("clonestores")
 async def probe_clonestore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    report(body, patch, await passes.store_pass(memo.runtime, plain(body)))
+    report(body, patch, memo, await passes.store_pass(memo.runtime, plain(body)))
 
 
-@reconciled("kvmhosts")
 async def probe_kvmhost(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    report(body, patch, await passes.host_pass(memo.runtime, plain(body)))
+    report(body, patch, memo, await passes.host_pass(memo.runtime, plain(body)))
 
 
-@kopf.on.delete(GROUP, VERSION, "clonestores")
-async def delete_clonestore(name: str, body: kopf.Body, **kw: Any) -> None:
-    release(body, *passes.store_delete_pass(name, _catalog(kw)))
+async def delete_clonestore(name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    release(body, memo, *passes.store_delete_pass(name, _catalog(kw)))
 
 
-@kopf.on.delete(GROUP, VERSION, "kvmhosts")
-async def delete_kvmhost(name: str, body: kopf.Body, **kw: Any) -> None:
-    release(body, *passes.host_delete_pass(name, _catalog(kw)))
+async def delete_kvmhost(name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    release(body, memo, *passes.host_delete_pass(name, _catalog(kw)))
 
 
-def _catalog(kw: Mapping[str, Any]) -> passes.Catalog:
+def _catalog(kw: Mapping[str, Any]) -> Catalog:
     return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"],
                    kw["fleet_stores"])
+
+
+# ---------------------------------------------------------------- registration
+
+
+def registry(settings: Settings) -> kopf.OperatorRegistry:
+    """Every handler above, in the order kopf runs them, with the resync interval of these settings."""
+    r = kopf.OperatorRegistry()
+    # kopf's default registry logs in with the kubernetes client (in-cluster, else $KUBECONFIG); ours must say so.
+    kopf.on.login(registry=r, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_client)
+    kopf.on.startup(registry=r)(configure)
+    kopf.on.cleanup(registry=r)(close)
+    kopf.index(GROUP, VERSION, "clonestores", registry=r)(clonestores)
+    kopf.index(GROUP, VERSION, "kvmhosts", registry=r)(kvmhosts)
+    kopf.index(GROUP, VERSION, "vmtemplates", registry=r)(vmtemplates)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_clones)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_hosts)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_stores)
+    resync = settings.resync_seconds
+    for plural, reconcile, delete in (("vmfleets", reconcile_vmfleet, delete_vmfleet),
+                                      ("vmtemplates", reconcile_vmtemplate, delete_vmtemplate),
+                                      ("clonestores", probe_clonestore, delete_clonestore),
+                                      ("kvmhosts", probe_kvmhost, delete_kvmhost)):
+        # A pass on resume, on create, on each spec change and every resync_seconds (passes are idempotent).
+        kopf.timer(GROUP, VERSION, plural, interval=resync, initial_delay=resync, registry=r)(reconcile)
+        kopf.on.update(GROUP, VERSION, plural, field="spec", registry=r)(reconcile)
+        kopf.on.create(GROUP, VERSION, plural, registry=r)(reconcile)
+        kopf.on.resume(GROUP, VERSION, plural, registry=r)(reconcile)
+        kopf.on.delete(GROUP, VERSION, plural, registry=r)(delete)
+    return r

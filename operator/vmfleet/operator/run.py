@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import kopf
 
+from ..settings import Settings
 
-def run_operator(namespaces: list[str], liveness: str, standalone: bool, verbose: bool) -> int:
-    from . import handlers  # noqa: F401 - registers the handlers
+
+def run_operator(settings: Settings, namespaces: list[str], liveness: str, standalone: bool, verbose: bool) -> int:
+    from .handlers import registry
 
     kopf.configure(verbose=verbose)
     kopf.run(
+        registry=registry(settings),
+        memo=kopf.Memo(settings=settings),
         standalone=standalone,
         clusterwide=not namespaces,
         namespaces=namespaces,
