@@ -9,7 +9,7 @@ from .schema import API_VERSION, CATEGORY, GROUP, KINDS, NAME_PATTERN, VERSION, 
 RULES_KEY = "x-vmfleet-rules"
 
 
-def openapi(schema: Schema) -> Schema:
+def openapi(schema: Any) -> Any:
     """The schema as the apiserver takes it: vmfleet's rules become `x-kubernetes-validations`."""
     if isinstance(schema, dict):
         out: Schema = {}

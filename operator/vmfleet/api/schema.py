@@ -472,7 +472,7 @@ class Kind:
 
 
 def _column(name: str, path: str, type_: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
-    column = {"name": name, "type": type_, "jsonPath": path, "description": description or name}
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path, "description": description or name}
     if priority:
         column["priority"] = priority
     return column

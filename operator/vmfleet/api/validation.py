@@ -12,7 +12,7 @@ import copy
 import functools
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import celpy
 import jsonschema
@@ -57,11 +57,11 @@ def _path(parts: Iterator[Any] | list[Any]) -> str:
     return out or "(root)"
 
 
-def _strict(schema: Schema, open_object: bool = False) -> Schema:
+def _strict(schema: Any, open_object: bool = False) -> Any:
     """The schema for jsonschema: unknown fields are errors (as `kubectl apply --validate=strict`),
     except in metadata, whose other fields Kubernetes itself checks."""
     if isinstance(schema, dict):
-        out = {k: _strict(v) for k, v in schema.items() if k not in (RULES_KEY, "properties")}
+        out: dict[str, Any] = {k: _strict(v) for k, v in schema.items() if k not in (RULES_KEY, "properties")}
         if "properties" in schema:
             props = schema["properties"]
             top = "metadata" in props and "spec" in props
@@ -109,7 +109,7 @@ def _describe(error: jsonschema.ValidationError) -> FieldError:
     if v == "additionalProperties":
         extra = re.findall(r"'([^']+)'", error.message)
         return FieldError(_path(path + extra[:1]), "unknown field")
-    rules = {
+    rules: dict[str, Callable[[], str]] = {
         "type": lambda: f"must be of type {arg}",
         "pattern": lambda: f"must match {arg}",
         "enum": lambda: "must be one of: " + ", ".join(map(str, arg)),
@@ -119,7 +119,8 @@ def _describe(error: jsonschema.ValidationError) -> FieldError:
         "maxItems": lambda: f"must have at most {arg} items",
         "maxProperties": lambda: f"must have at most {arg} entries",
     }
-    return FieldError(_path(path), rules.get(str(v), lambda: error.message)())
+    rule = rules.get(str(v))
+    return FieldError(_path(path), rule() if rule else str(error.message))
 
 
 def _apply_defaults(schema: Schema, value: Any) -> None:

@@ -26,9 +26,9 @@ class ClusterSecrets:
         with self._lock:
             if self._api is None:
                 try:
-                    config.load_incluster_config()  # type: ignore[no-untyped-call]
+                    config.load_incluster_config()
                 except ConfigException:
-                    config.load_kube_config()  # type: ignore[no-untyped-call]
+                    config.load_kube_config()
                 self._api = client.CoreV1Api()
             return self._api
 

@@ -13,7 +13,8 @@ from typing import Protocol, Sequence
 
 from ..api.schema import RELATIVE_PATH_PATTERN
 from ..disks import DiskSource, FileDisk
-from ..errors import StoreError, StoreTimeout  # noqa: F401 - the store's errors, re-exported
+from ..errors import StoreError as StoreError  # the store's errors, re-exported for the drivers
+from ..errors import StoreTimeout as StoreTimeout
 
 PARTIAL_SUFFIX = ".partial"
 _RELATIVE = re.compile(RELATIVE_PATH_PATTERN)
