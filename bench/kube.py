@@ -15,7 +15,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from cluster import Cluster, build  # noqa: E402  (the test suite's control plane)
 from operator_process import OperatorProcess  # noqa: E402
-
 from vmfleet.images import make_template_image  # noqa: E402
 
 

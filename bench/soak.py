@@ -26,8 +26,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--store", choices=("qcow2", "reflink", "both"), default="both")
     args = p.parse_args(argv)
     sys.path.insert(0, str(TESTS))
-    import test_safety_property as machine  # noqa: E402 - lives with the tests it is
-
+    import test_safety_property as machine
     from vmfleet.images import make_template_image
 
     results = []

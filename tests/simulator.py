@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import asyncssh
 
@@ -61,7 +61,7 @@ class OpenSshSim:
 
 @dataclass
 class SimEnv:
-    sim: Union[sim.Simulator, OpenSshSim]
+    sim: sim.Simulator | OpenSshSim
     directory: Path  # what the simulated GPFS file system holds; also "the NFS export" the operator mounts
     client_key: asyncssh.SSHKey
     runtime: Runtime

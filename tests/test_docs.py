@@ -59,4 +59,4 @@ def test_the_readme_starts_with_the_two_commands() -> None:
     first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     assert [line.split()[:2] for line in first_block.splitlines()] == [["make", "demo"], ["make", "test"]]
     for doc in ("docs/architecture.md", "docs/api.md", "docs/operations.md", "docs/gitops.md"):
-        assert (REPO / doc).exists() and doc.split("/")[1] in readme or doc in readme, doc
+        assert ((REPO / doc).exists() and doc.split("/")[1] in readme) or doc in readme, doc

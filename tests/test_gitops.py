@@ -97,7 +97,7 @@ def test_every_state_has_a_case_for_argo_cd_and_a_verdict_for_flux() -> None:
     named = {f"{kind}/{Path(c['inputPath']).stem}" for kind in KINDS for c in cases(kind)}
     assert named == set(EXPECTED)
     objs = [load_case(key.split("/")[0], {"inputPath": f"testdata/{key.split('/')[1]}.yaml"}) for key in EXPECTED]
-    for (key, (argo, kstatus, cel)), flux in zip(EXPECTED.items(), flux_status(objs)):
+    for (key, (argo, kstatus, cel)), flux in zip(EXPECTED.items(), flux_status(objs), strict=True):
         kind = key.split("/")[0]
         assert argo_health(kind, objs[list(EXPECTED).index(key)])["status"] == argo, key
         assert (flux["kstatus"], flux["cel"]) == (kstatus, cel), (key, flux)
@@ -204,7 +204,7 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
               lambda o: condition(o, "Degraded") == ("True", "RootMissing"))
 
     verdicts = flux_status(list(s.seen.values()))
-    for (key, obj), flux in zip(s.seen.items(), verdicts):
+    for (key, obj), flux in zip(s.seen.items(), verdicts, strict=True):
         kind, state = key.split("/")
         argo, kstatus, cel = EXPECTED[key]
         health = argo_health(kind, obj)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
-
 import shutil
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any

@@ -6,8 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import libvirt
 import pytest
@@ -137,7 +137,7 @@ def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
     apply(kube, objects(root, ns, "test:///default", 2, name))
     wait_ready(kube, ns)
     kube.kubectl("delete", f"clonestore/{name}", f"kvmhost/{name}", "--wait=false")
-    reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"]  # noqa: E731
+    reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"]
                        if e["involvedObject"]["name"] == name}
     wait_for(lambda: {"StoreInUse", "HostInUse"} <= reasons(), 30, "the store and the host to refuse deletion")
     assert kube.get("clonestore", name)["metadata"]["deletionTimestamp"]
@@ -153,11 +153,11 @@ def test_vmfleet_status_reads_fleets_from_the_cluster(
     kube.kubectl("create", "namespace", ns)
     apply(kube, objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"v-{unique}"))
     wait_ready(kube, ns)
-    vmfleet = lambda *args: subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "status", *args],  # noqa
+    vmfleet = lambda *args: subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "status", *args],
                                            capture_output=True, text=True, env=kube.env(), timeout=60)
     listed = vmfleet("-n", ns)
     assert listed.returncode == 0, listed.stderr
-    header, row = listed.stdout.splitlines()
+    _, row = listed.stdout.splitlines()
     assert row.split()[:4] == [ns, "web", "2/2", "2"] and row.endswith("AllReplicasReady")
     one = vmfleet("web", "-n", ns).stdout.splitlines()
     assert one[0].startswith(f"VmFleet {ns}/web: 2/2 ready") and [r.split()[0] for r in one[2:4]] == ["web-0", "web-1"]
@@ -167,8 +167,8 @@ def test_vmfleet_status_reads_fleets_from_the_cluster(
     assert missing.returncode == 1 and f"`vmfleet status -n {ns}` lists the fleets there" in missing.stderr
     # The store and the host report too, in kubectl's READY column.
     for kind in ("clonestore", "kvmhost"):
-        table = lambda: kube.kubectl("get", kind, f"v-{unique}").stdout.splitlines()  # noqa: E731,B023
-        wait_for(lambda: dict(zip(*(line.split() for line in table()))).get("READY") == "True", 30,  # noqa: B023
+        table = lambda: kube.kubectl("get", kind, f"v-{unique}").stdout.splitlines()
+        wait_for(lambda: dict(zip(*(line.split() for line in table()), strict=False)).get("READY") == "True", 30,
                  f"the {kind} to be Ready")
     assert kube.get("kvmhost", f"v-{unique}")["status"]["domains"] >= 1
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")

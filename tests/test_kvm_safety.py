@@ -9,8 +9,8 @@ import os
 import shutil
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import libvirt
 import pytest

@@ -185,7 +185,7 @@ def test_no_plan_overwrites_or_loses_a_wanted_clone(case: tuple[int, Observation
         if isinstance(a, DomainAction):
             assert obs.hosts[a.host].reachable, "an action was planned on an unreachable host"
     per_vm = plan.chains()
-    for ordinal, chain in per_vm.items():
+    for chain in per_vm.values():
         order = [a.op for a in chain]
         if Op.DELETE_CLONE in order and Op.UNDEFINE in order:
             assert order.index(Op.UNDEFINE) < order.index(Op.DELETE_CLONE)

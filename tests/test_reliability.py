@@ -6,8 +6,8 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import libvirt
 import pytest
@@ -137,7 +137,7 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
             kube.kubectl("delete", f"clonestore/{ns}", f"kvmhost/{ns}", "--timeout=60s")
             operator.stop()
             assert "Traceback" not in operator.output(), operator.output()[-3000:]
-            assert not _ours(conn, ns) and not clones.exists() or not list(clones.iterdir())
+            assert (not _ours(conn, ns) and not clones.exists()) or not list(clones.iterdir())
     finally:
         conn.close()
     TIMINGS[f"reliability: {TRIALS} SIGKILL trials of a {VMS}-VM fleet, (clones, domains) at each kill "

@@ -6,8 +6,8 @@ import asyncio
 import os
 import shlex
 import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import asyncssh
 import pytest

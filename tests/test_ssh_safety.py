@@ -21,8 +21,7 @@ from prometheus_client import REGISTRY
 from conftest import TIMINGS
 from simulator import MOUNT, SimEnv, fleet, host, template
 from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulator fixture
-from vmfleet.api import CloneStore, parse
-from vmfleet.api import InvalidManifest
+from vmfleet.api import CloneStore, InvalidManifest, parse
 from vmfleet.engine import reconcile_fleet
 from vmfleet.storage import StoreError, parent_path
 from vmfleet.storage import commands as cmd

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import xfs_io_exclusive
 from conftest import unavailable
-
+from helpers import xfs_io_exclusive
 from vmfleet.storage import StoreError
 from vmfleet.storage.qcow2 import Qcow2Store
 from vmfleet.storage.reflink import ReflinkStore

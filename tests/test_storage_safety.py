@@ -10,15 +10,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import yaml
 
 from conftest import unavailable
 from helpers import quickstart
-
 from vmfleet.api import CloneStore
 from vmfleet.engine import Runtime, store_status
 from vmfleet.storage import StoreError

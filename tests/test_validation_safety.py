@@ -5,8 +5,9 @@ URI carries nothing but scheme, user, host, port and path."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml

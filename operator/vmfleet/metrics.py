@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from .api.status import clone_count
-
 
 _FLEET = ("namespace", "fleet")
 DESIRED = Gauge("vmfleet_fleet_desired_replicas", "VMs a fleet's spec asks for.", _FLEET)

@@ -7,8 +7,8 @@ handlers through kopf's memo; standalone mode builds one too. Each field names i
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Settings:
         return min(5.0, self.resync_seconds)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings named in `environ` (default: this process's), the defaults for the rest; a value
         that does not parse is an error naming the variable."""
         env = os.environ if environ is None else environ

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from .crd import RULES_KEY
 from .schema import API_VERSION, KINDS, Schema

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
 from .validation import FieldError, InvalidManifest, validate
@@ -25,7 +26,7 @@ class Meta:
     annotations: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, meta: Mapping[str, Any], kind: str) -> "Meta":
+    def parse(cls, meta: Mapping[str, Any], kind: str) -> Meta:
         given = meta.get("namespace")
         namespace = (given or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
         # From the namespace as written: standalone UIDs name clone directories and must not change.
@@ -63,7 +64,7 @@ class CloneStore:
     concurrency: int
 
     @classmethod
-    def parse(cls, doc: Mapping[str, Any]) -> "CloneStore":
+    def parse(cls, doc: Mapping[str, Any]) -> CloneStore:
         s = doc["spec"]
         ssh = None
         if "ssh" in s:
@@ -101,7 +102,7 @@ class KvmHost:
     secret: SecretRef | None = None
 
     @classmethod
-    def parse(cls, doc: Mapping[str, Any]) -> "KvmHost":
+    def parse(cls, doc: Mapping[str, Any]) -> KvmHost:
         s = doc["spec"]
         cap = s.get("capacity") or {}
         capacity = Capacity(cap["vcpus"], cap["memoryMiB"]) if {"vcpus", "memoryMiB"} <= set(cap) else None
@@ -134,7 +135,7 @@ class VmTemplate:
     network: str | None
 
     @classmethod
-    def parse(cls, doc: Mapping[str, Any]) -> "VmTemplate":
+    def parse(cls, doc: Mapping[str, Any]) -> VmTemplate:
         s = doc["spec"]
         return cls(
             Meta.parse(doc["metadata"], "VmTemplate"),
@@ -169,7 +170,7 @@ class VmFleet:
     overrides: Mapping[int, VmOverride] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, doc: Mapping[str, Any]) -> "VmFleet":
+    def parse(cls, doc: Mapping[str, Any]) -> VmFleet:
         s = doc["spec"]
         overrides = {
             o["ordinal"]: VmOverride(o.get("vcpus"), o.get("memoryMiB"), o.get("running"))

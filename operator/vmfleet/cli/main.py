@@ -46,7 +46,7 @@ def _apply(args: argparse.Namespace) -> int:
     loaded, objects, results = done
     if args.dry_run and args.output == "table":
         fleets = [item.resource for item in loaded if isinstance(item.resource, VmFleet)]
-        print("\n".join(plan_text(f, r) for f, r in zip(fleets, results)))
+        print("\n".join(plan_text(f, r) for f, r in zip(fleets, results, strict=True)))
         return 0
     print(render(objects, args.output))
     not_ready = [o["metadata"]["name"] for o in objects if o["kind"] == "VmFleet" and not is_ready(o.get("status"))]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ def human_bytes(n: int | None) -> str:
 
 def table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def _ready_reason(status: dict[str, Any]) -> str:
@@ -41,7 +42,7 @@ def fleets_table(objects: list[dict[str, Any]]) -> str:
         clones = clone_count(status)
         numbers = [status.get("readyReplicas", 0), obj["spec"]["replicas"], clones, status.get("logicalBytes", 0),
                    status.get("allocatedBytes", 0)]
-        totals = [t + n for t, n in zip(totals, numbers)]
+        totals = [t + n for t, n in zip(totals, numbers, strict=True)]
         rows.append((obj["metadata"].get("namespace", "default"), obj["metadata"]["name"], f"{numbers[0]}/{numbers[1]}",
                      str(clones), human_bytes(numbers[3]), human_bytes(numbers[4]), _saved(numbers[3], numbers[4]),
                      _ready_reason(status)))

@@ -3,13 +3,13 @@ hands them over, validated here when first used), `vmfleet apply` from the manif
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate
+from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, reasons
 from ..api.types import R, parse_as
 from ..storage import parent_path
-from ..api import reasons
 
 Key = tuple[str, str]  # (namespace, name)
 

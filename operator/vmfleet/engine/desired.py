@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from ..disks import DiskSource

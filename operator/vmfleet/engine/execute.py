@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
 from ..planner import Action, Plan
 
@@ -61,6 +61,6 @@ async def execute(plan: Plan, actuate: Actuator, concurrency: int, progress: Pro
 async def _attempt(actuate: Actuator, action: Action) -> Outcome:
     try:
         await actuate(action)
-    except Exception as e:  # noqa: BLE001 - every failure becomes an event and a condition, never a crash
+    except Exception as e:
         return Outcome(action, str(e) or type(e).__name__)
     return Outcome(action)

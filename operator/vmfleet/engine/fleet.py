@@ -7,8 +7,9 @@ operations.py's: this module only puts them in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..api import reasons
 from ..api.status import clone_count

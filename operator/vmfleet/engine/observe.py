@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from ..hypervisor import DomainInfo, HostError, LibvirtHost
 from ..planner import HostView, Observation, VmSeen

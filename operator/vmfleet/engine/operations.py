@@ -8,8 +8,9 @@ the hint of the failure), and the planner rule that asks for it. A test holds ev
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from ..api import reasons
 from ..hypervisor import LibvirtHost, domain_xml

@@ -8,8 +8,9 @@ backup) or in standalone mode, which keeps no status at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from ..storage import StoreDriver, StoreError
 
@@ -43,7 +44,7 @@ class FleetRecord:
         }, indent=1) + "\n"
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "FleetRecord":
+    def parse(cls, text: str, where: str) -> FleetRecord:
         try:
             doc: Any = json.loads(text)
             vms = {int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")))
@@ -56,7 +57,7 @@ class FleetRecord:
             raise StoreError(f"{where} is not a vmfleet fleet record ({type(e).__name__}: {e}); "
                              "restore it or remove it to let vmfleet rebuild it") from None
 
-    def with_vms(self, vms: Mapping[int, Placement]) -> "FleetRecord":
+    def with_vms(self, vms: Mapping[int, Placement]) -> FleetRecord:
         return replace(self, vms=dict(vms))
 
 

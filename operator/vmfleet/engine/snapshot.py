@@ -3,8 +3,8 @@ before acting and after, the domain each VM should have."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..hypervisor import DomainSpec, Owner
 from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, plan_fleet
@@ -49,7 +49,7 @@ class Snapshot:
         return self.desired.owner(ordinal, host, self.clone(ordinal), spec)
 
     def plan(self) -> Plan:
-        spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()  # noqa: E731
+        spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()
         return plan_fleet(self.desired.wants, self.seen, self.desired.fleet.placement, spec_hash)
 
     def announced(self, plan: Plan) -> FleetRecord:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+from ..api import reasons
 from ..api.types import CloneStore, VmTemplate
-from ..storage import StoreDriver, StoreError, parent_path
 from ..clock import now
+from ..storage import StoreDriver, StoreError, parent_path
 from .runtime import Runtime
 from .status import Event, condition, summary_conditions
-from ..api import reasons
 
 
 def source_path(parent: str) -> str:

@@ -8,9 +8,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 from typing import Any, assert_never
 
-from ..disks import DiskSource, FileDisk
-
 from ..api.schema import PROFILES
+from ..disks import DiskSource, FileDisk
 
 METADATA_NS = "https://vmfleet.io/xmlns/domain/v1alpha1"
 METADATA_KEY = "vmfleet"

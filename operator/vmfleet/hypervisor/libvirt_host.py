@@ -8,7 +8,8 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import libvirt
 

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
-from ..api import CloneStore, KvmHost, VmFleet, VmTemplate
-from ..engine import (Event, Runtime, TeardownResult, host_status, reconcile_fleet, reconcile_template, release_parent,
-                      store_status, teardown_fleet)
-from ..engine.catalog import Catalog, Unresolved, typed
-from ..clock import now
+from ..api import CloneStore, KvmHost, VmFleet, VmTemplate, reasons
 from ..api.status import condition_of
+from ..clock import now
+from ..engine import (
+    Event,
+    Runtime,
+    TeardownResult,
+    host_status,
+    reconcile_fleet,
+    reconcile_template,
+    release_parent,
+    store_status,
+    teardown_fleet,
+)
+from ..engine.catalog import Catalog, Unresolved, typed
 from ..engine.status import blocked_status
 from ..planner import listing
-from ..api import reasons
 
 
 @dataclass

@@ -1,7 +1,22 @@
 """The planner: pure functions from the spec and what was observed to an ordered plan."""
 
-from .model import (Action, CloneAction, DomainAction, HostView, Observation, Op, ParentAction, Plan, Problem,
-                    Severity, VmAction, VmSeen, VmWant, listing, summarise)
+from .model import (
+                    Action,
+                    CloneAction,
+                    DomainAction,
+                    HostView,
+                    Observation,
+                    Op,
+                    ParentAction,
+                    Plan,
+                    Problem,
+                    Severity,
+                    VmAction,
+                    VmSeen,
+                    VmWant,
+                    listing,
+                    summarise,
+)
 from .plan import plan_fleet
 
 __all__ = ["Action", "CloneAction", "DomainAction", "HostView", "Observation", "Op", "ParentAction", "Plan", "Problem",

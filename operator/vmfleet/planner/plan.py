@@ -7,11 +7,23 @@ has its clone deleted; a clone nobody can account for while some host is silent 
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from ..api import reasons
-from .model import (CloneAction, DomainAction, HostView, Observation, Op, ParentAction, Plan, Problem, Severity,
-                    SpecHash, VmSeen, VmWant)
+from .model import (
+    CloneAction,
+    DomainAction,
+    HostView,
+    Observation,
+    Op,
+    ParentAction,
+    Plan,
+    Problem,
+    Severity,
+    SpecHash,
+    VmSeen,
+    VmWant,
+)
 from .placement import HostLoad, choose_host
 
 

@@ -133,7 +133,7 @@ def sonas(fs: SimFs, argv: list[str]) -> Result:
 def _options(args: list[str], allowed: set[str]) -> dict[str, str] | None:
     if len(args) % 2:
         return None
-    opts = dict(zip(args[::2], args[1::2]))
+    opts = dict(zip(args[::2], args[1::2], strict=True))
     return opts if set(opts) <= allowed and len(opts) == len(args) // 2 else None
 
 
@@ -243,7 +243,7 @@ def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
             continue
         values = {"%n": p, "%s": str(st.st_size), "%b": str(fs.charged_blocks(p)), "%i": str(st.st_ino),
                   "%h": str(fs.links(p)), "%Y": str(int(st.st_mtime))}
-        out.append(re.sub(r"%[nsbihY]", lambda m: values[m.group()], fmt) + "\n")
+        out.append(re.sub(r"%[nsbihY]", lambda m, v=values: v[m.group()], fmt) + "\n")
     return status, "".join(out), "".join(err)
 
 

@@ -152,11 +152,10 @@ class SimFs:
             raise _err(errno.EPERM, path)
         parent = self._by_inode(info.parent_inode)
         grand = self.info(parent) if parent else None
-        if grand is None or grand.parent_inode is None:
-            if not info.is_parent:
-                _unshare(self.local(path))
-                self._set_info(path, None)
-                return
+        if (grand is None or grand.parent_inode is None) and not info.is_parent:
+            _unshare(self.local(path))
+            self._set_info(path, None)
+            return
         self._set_info(path, CloneInfo(info.is_parent, info.depth, grand.parent_inode if grand else None))
 
     def _by_inode(self, inode: int) -> str | None:

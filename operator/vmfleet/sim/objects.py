@@ -3,7 +3,8 @@ template and its fleets. The tests and the benchmarks build theirs here, each wi
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..api.schema import API_VERSION
 from ..api.types import CloneStore, KvmHost, R, SecretRef, VmFleet, VmTemplate, parse_as

@@ -56,7 +56,7 @@ class Simulator:
     def count(self, prefix: str) -> int:
         return sum(1 for c in self.commands if c.startswith(prefix))
 
-    async def handle(self, process: "asyncssh.SSHServerProcess[str]") -> None:
+    async def handle(self, process: asyncssh.SSHServerProcess[str]) -> None:
         command = process.command or ""
         self.commands.append(command)
         n = len(self.commands)
@@ -80,7 +80,7 @@ class Simulator:
         process.stderr.write(err)
         process.exit(status)
 
-    async def start(self, authorized_keys: str) -> "Simulator":
+    async def start(self, authorized_keys: str) -> Simulator:
         sim = self
 
         class Server(asyncssh.SSHServer):
@@ -96,7 +96,7 @@ class Simulator:
                 sim.connections += 1
                 self.conn = conn
 
-            def session_requested(self) -> "tuple[asyncssh.SSHServerChannel[str], asyncssh.SSHServerProcess[str]]":
+            def session_requested(self) -> tuple[asyncssh.SSHServerChannel[str], asyncssh.SSHServerProcess[str]]:
                 if self.sessions >= sim.max_sessions:
                     sim.refused += 1
                     raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed")
@@ -108,7 +108,7 @@ class Simulator:
                 task.add_done_callback(self.waiting.discard)
                 return chan, asyncssh.SSHServerProcess(sim.handle, None, 0, False)
 
-            async def _release(self, chan: "asyncssh.SSHServerChannel[str]") -> None:
+            async def _release(self, chan: asyncssh.SSHServerChannel[str]) -> None:
                 await chan.wait_closed()  # sshd frees a session slot when its channel is gone, not at exit,
                 await asyncio.sleep(sim.session_free_lag)  # and only once its loop gets to it
                 self.sessions -= 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import StoreError
 from .base import check_relative
@@ -113,7 +113,7 @@ def unlinked(paths: Sequence[str], stdout: str) -> None:
     got = stdout.splitlines()
     if len(got) != len(paths):
         raise StoreError(f"unexpected realpath output for {len(paths)} path(s): {stdout[:200]!r}")
-    for asked, real in zip(paths, got):
+    for asked, real in zip(paths, got, strict=True):
         if asked != real:
             raise StoreError(f"{asked} is or passes through a symbolic link (to {real}); vmfleet follows none "
                              "inside a store")
@@ -273,4 +273,4 @@ def header_rows(stdout: str, stderr: str, paths: Sequence[str]) -> dict[str, byt
     present = [p for p in paths if p not in failed]
     if len(data) != len(present) or any(len(d) > HEADER_BYTES for d in data):
         return {}
-    return dict(zip(present, data))
+    return dict(zip(present, data, strict=True))

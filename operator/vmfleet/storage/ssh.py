@@ -99,7 +99,7 @@ class SshRunner:
             except asyncssh.PermissionDenied:
                 metrics.SSH_ERRORS.labels(self.where, "auth").inc()
                 raise StoreError(f"{self.where} refused the store's SSH key (permission denied)") from None
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError, asyncssh.Error) as e:
                 metrics.SSH_ERRORS.labels(self.where, "connect").inc()
                 raise StoreError(f"cannot reach {self.where}: {type(e).__name__}: {e}") from None
             self.connections_made += 1
@@ -156,7 +156,7 @@ class SshRunner:
         try:
             with metrics.SSH_SECONDS.labels(self.where, name).time():
                 done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             metrics.SSH_ERRORS.labels(self.where, "timeout").inc()
             raise StoreError(f"{name} on {self.where} took longer than {self.timeout:g} s") from None
         except asyncssh.ChannelOpenError:
