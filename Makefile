@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 	$(VENV)/bin/pytest -q -ra
 
 crds: $(VENV)/.installed
-	$(VENV)/bin/vmfleet crds -d crds --reference docs/api.md
+	$(VENV)/bin/vmfleet crds -d crds --reference docs/api.md --troubleshooting docs/operations.md
 
 soak: $(VENV)/.installed  # the safety state machine with fresh seeds, long: prints sequences and steps tried
 	hack/system-packages.sh test

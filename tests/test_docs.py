@@ -18,7 +18,7 @@ OPERATIONS_DOC = (REPO / "docs" / "operations.md").read_text()
 def test_the_troubleshooting_table_is_the_one_the_reasons_module_writes() -> None:
     """Every reason that asks for something to be done has a row and a hint; `make crds` writes the table."""
     assert len(reasons.HINTS) >= 25 and all(reasons.HINTS.values())
-    table = OPERATIONS_DOC.split("do not edit -->\n", 1)[1].split("<!-- end of generated table -->", 1)[0]
+    table = OPERATIONS_DOC.split(reasons.TABLE_START, 1)[1].split(reasons.TABLE_END, 1)[0]
     assert table == reasons.troubleshooting_table(), "docs/operations.md is stale: run `make crds`"
 
 

@@ -7,8 +7,9 @@ arises; the engine catches these and nothing broader, and turns each into a cond
     ├── StoreError            a storage operation failed
     │   └── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
     ├── HostError             a libvirt host refused or did not answer
-    └── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
-        └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
+    ├── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
+    │   └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
+    └── Unresolved            (engine/catalog.py) a reference that does not resolve, or an invalid object
 
 A CredentialsError leaves a driver as that driver's error (the store's StoreError, the host's HostError):
 the engine reports a Secret's fault as it reports its owner's.

@@ -36,6 +36,10 @@ def known(reason: str) -> bool:
     return reason in HINTS or reason in NORMAL
 
 
+TABLE_START = "<!-- generated from operator/vmfleet/api/reasons.py by `make crds`; do not edit -->\n"
+TABLE_END = "<!-- end of generated table -->"
+
+
 def troubleshooting_table() -> str:
     """The table docs/operations.md shows (written by `vmfleet crds --troubleshooting`)."""
     rows = ["| reason | where | meaning | what to do |", "|---|---|---|---|"]

@@ -9,12 +9,13 @@ from typing import Any
 
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, reasons
 from ..api.types import R, parse_as
+from ..errors import VmfleetError
 from ..storage import parent_path
 
 Key = tuple[str, str]  # (namespace, name)
 
 
-class Unresolved(Exception):
+class Unresolved(VmfleetError):
     """A reference that does not resolve, or an object the API should not have accepted."""
 
     def __init__(self, reason: str, message: str):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from ..errors import VmfleetError
 from ..planner import Action, Plan
 
 
@@ -18,6 +20,8 @@ class Outcome:
     def ok(self) -> bool:
         return self.error is None
 
+
+log = logging.getLogger(__name__)
 
 Actuator = Callable[[Action], Awaitable[None]]
 Progress = Callable[[Outcome, int, int], None]
@@ -61,6 +65,11 @@ async def execute(plan: Plan, actuate: Actuator, concurrency: int, progress: Pro
 async def _attempt(actuate: Actuator, action: Action) -> Outcome:
     try:
         await actuate(action)
-    except Exception as e:
+    except VmfleetError as e:  # the drivers' errors: what the world refused, said in the driver's words
         return Outcome(action, str(e) or type(e).__name__)
+    except Exception as e:
+        # A bug, not a fault of the world: still one failed action (the other VMs' chains go on), but logged
+        # with its traceback and said to be unexpected.
+        log.exception("%s failed unexpectedly", action)
+        return Outcome(action, f"unexpected {type(e).__name__}: {e} (a vmfleet bug: please report it)")
     return Outcome(action)
