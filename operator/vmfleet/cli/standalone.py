@@ -13,6 +13,7 @@ from ..api.status import clones_by_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import summarise
+from ..settings import Settings
 from ..storage import SecretReader, StoreError, parent_path
 from .manifests import Loaded, Secret, World
 
@@ -48,7 +49,7 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
     world = World.of(item.resource for item in loaded)
-    runtime = Runtime(secret_reader(secrets or {}))
+    runtime = Runtime(secret_reader(secrets or {}), Settings.from_env())
     statuses: dict[int, dict[str, Any]] = {}
     results: list[FleetResult] = []
     try:

@@ -7,6 +7,7 @@ import asyncio
 
 from ..api.types import CloneStore, KvmHost, SecretRef
 from ..hypervisor import LibvirtHost
+from ..settings import Settings
 from ..storage import KeyReader, SecretReader, StoreDriver, StoreError, make_driver, ssh_keys
 
 
@@ -15,8 +16,8 @@ def no_secrets(ref: SecretRef) -> dict[str, str]:
 
 
 class Runtime:
-    def __init__(self, read_secret: SecretReader = no_secrets) -> None:
-        self.read_secret = read_secret
+    def __init__(self, read_secret: SecretReader = no_secrets, settings: Settings = Settings()) -> None:
+        self.read_secret, self.settings = read_secret, settings
         self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
         self._hosts: dict[str, LibvirtHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -27,7 +28,7 @@ class Runtime:
         if known is None or known[0] != store:
             if known is not None:
                 self._retired.append(known[1])  # its connection is closed with the runtime
-            self._stores[store.meta.name] = (store, make_driver(store, self.read_secret))
+            self._stores[store.meta.name] = (store, make_driver(store, self.read_secret, self.settings))
         return self._stores[store.meta.name][1]
 
     def host(self, host: KvmHost) -> LibvirtHost:

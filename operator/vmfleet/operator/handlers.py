@@ -11,6 +11,7 @@ from ..api.schema import GROUP, VERSION
 from .. import metrics
 from ..api.status import clone_count, clones_by_parent
 from ..engine import Event, Runtime
+from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
 
@@ -39,7 +40,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # A resync pass still running when its object is deleted holds the finalizer; kopf rechecks after this
     # many seconds (default 60: `kubectl delete` would wait that long).
     settings.background.cancellation_polling = 1.0
-    memo.runtime = Runtime(ClusterSecrets())
+    memo.runtime = Runtime(ClusterSecrets(), Settings.from_env())
     if METRICS_PORT:
         metrics.serve(METRICS_PORT)
 

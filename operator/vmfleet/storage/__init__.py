@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from ..api.types import CloneStore, SecretRef
+from ..settings import Settings
 from .base import Space, StoreDriver, StoreError, clone_path, fleet_dir, parent_path
 from .local import root_field
 from .qcow2 import Qcow2Store
@@ -32,17 +33,17 @@ def ssh_keys(ref: SecretRef, read_secret: SecretReader, field: str) -> KeyReader
     return read
 
 
-def make_driver(store: CloneStore, read_secret: SecretReader) -> StoreDriver:
+def make_driver(store: CloneStore, read_secret: SecretReader, settings: Settings = Settings()) -> StoreDriver:
     if store.driver == "reflink":
-        return ReflinkStore(store.local_path, root_field(store.driver, store.root, store.local_path))
+        return ReflinkStore(store.local_path, root_field(store.driver, store.root, store.local_path), settings)
     if store.driver == "qcow2":
-        return Qcow2Store(store.local_path, root_field(store.driver, store.root, store.local_path))
+        return Qcow2Store(store.local_path, root_field(store.driver, store.root, store.local_path), settings)
     assert store.ssh is not None
     runner = SshRunner(SshEndpoint(store.ssh.host, store.ssh.port, store.ssh.user),
                        ssh_keys(store.ssh.secret, read_secret, "spec.ssh.secretRef"), channels=store.concurrency,
                        timeout=store.ssh.command_timeout, max_sessions=store.ssh.max_sessions)
     if store.driver == "sonas":
-        return SonasStore(store.root, store.local_path, runner, store.max_clone_depth)
+        return SonasStore(store.root, store.local_path, runner, store.max_clone_depth, settings)
     return GpfsStore(store.root, runner, store.max_clone_depth)
 
 
