@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Mapping
 
 from ..api import CloneStore, KvmHost
-from ..storage import StoreError
-from ..storage.local import root_field, root_problem
 from ..clock import now
+from ..errors import VmfleetError
+from ..storage.local import RootMissing
 from .runtime import Runtime
 from .status import summary_conditions
 
@@ -27,17 +26,11 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
 
 async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     gen = store.meta.generation
-    if store.driver == "gpfs":  # nothing of it is mounted here: ask the GPFS node
-        try:
-            await runtime.store_driver(store).list_dir("vmfleet")
-            ok, reason, message = True, "Reachable", f"{store.root} answers over SSH"
-        except StoreError as e:
-            ok, reason, message = False, "Unreachable", str(e)
-    else:
-        problem = await asyncio.to_thread(root_problem, store.local_path)
-        ok = problem is None
-        reason = "Reachable" if ok else "RootMissing"
-        message = (f"{store.local_path} is reachable" if ok else
-                   f"{root_field(store.driver, store.root, store.local_path)} {store.local_path} {problem}")
+    try:
+        ok, reason, message = True, "Reachable", await runtime.store_driver(store).probe()
+    except RootMissing as e:
+        ok, reason, message = False, "RootMissing", str(e)
+    except VmfleetError as e:  # SSH failed, the mount did not answer in time, a Secret cannot be read
+        ok, reason, message = False, "Unreachable", str(e)
     return {"observedGeneration": gen,
             "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now())}

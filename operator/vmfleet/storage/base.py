@@ -105,4 +105,9 @@ class StoreDriver(Protocol):
         """Replace that file atomically: a reader sees the old text or the new, never a mix."""
         ...
 
+    async def probe(self) -> str:
+        """What the CloneStore's Ready condition says when the store answers; StoreError saying why not
+        (StoreTimeout when it did not answer in time)."""
+        ...
+
     async def close(self) -> None: ...
