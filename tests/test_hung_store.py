@@ -25,6 +25,7 @@ from vmfleet.api import CloneStore
 from vmfleet.engine import Runtime, store_status
 from vmfleet.errors import StoreError, StoreTimeout
 from vmfleet.settings import Settings
+from vmfleet.storage.local import CALL_THREADS
 from vmfleet.storage.qcow2 import Qcow2Store
 
 pytestmark = pytest.mark.reliability
@@ -56,10 +57,11 @@ async def test_a_hung_mount_times_out_in_its_own_threads_and_nothing_else_waits(
     clone = f"{CLONES}/web-0.qcow2"
     fuse_mount.freeze()
 
-    # More calls than the old default executor had threads; the deletes and the write queue behind the rest.
+    # More calls than the old default executor had threads; the delete and the writes queue behind the store's
+    # threads, all stuck by then.
     started = time.monotonic()
     calls = [hung.list_dir(CLONES), hung.exists(clone), hung.measure([clone]), hung.read_text(f"{CLONES}/fleet.json"),
-             *(hung.fingerprint(clone) for _ in range(OLD_DEFAULT_THREADS)), hung.delete(clone),
+             *(hung.fingerprint(clone) for _ in range(max(CALL_THREADS, OLD_DEFAULT_THREADS))), hung.delete(clone),
              hung.write_text(f"{CLONES}/fleet.json", "{}"), hung.create_clone(PARENT, "raw", f"{CLONES}/web-1.qcow2")]
     outstanding = [asyncio.ensure_future(c) for c in calls]
     await asyncio.sleep(0.2)
@@ -89,10 +91,17 @@ async def test_a_hung_mount_times_out_in_its_own_threads_and_nothing_else_waits(
         ready = (await store_status(runtime, store, None))["conditions"][0]
         assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "Unreachable")
         assert "did not answer within 2 s (a hung mount?)" in ready["message"]
-        driver = runtime.store_driver(store)
+        driver = runtime.store_driver(store)  # one thread stuck in the probe: the last of these calls queues
+        queued = [asyncio.ensure_future(driver.list_dir(CLONES)) for _ in range(CALL_THREADS)]
+        await asyncio.sleep(0.2)
         t0 = time.monotonic()
-        await runtime.close()  # its store has a thread stuck on the mount: not waited for
+        await runtime.close()  # its threads are stuck on the mount: not waited for
         assert time.monotonic() - t0 < 0.5
+        await asyncio.wait(queued, return_when=asyncio.FIRST_COMPLETED)
+        assert time.monotonic() - t0 < 0.5 and queued[-1].done()
+        with pytest.raises(StoreError, match="the store is closed"):
+            queued[-1].result()
+        assert all(isinstance(r, StoreTimeout) for r in await asyncio.gather(*queued[:-1], return_exceptions=True))
         with pytest.raises(StoreError, match="the store is closed"):
             await driver.probe()
     finally:
@@ -134,8 +143,8 @@ class HealthPoller(threading.Thread):
 
     def __init__(self, op: OperatorProcess):
         super().__init__(daemon=True)
-        assert op.proc is not None
-        self.url = next(a.split("=", 1)[1] for a in op.proc.args if str(a).startswith("--liveness="))
+        assert op.proc is not None and isinstance(op.proc.args, list)  # the port is on its command line only
+        self.url = next(str(a).split("=", 1)[1] for a in op.proc.args if str(a).startswith("--liveness="))
         self.answers: list[int | str] = []
         self.done = threading.Event()
 

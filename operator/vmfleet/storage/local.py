@@ -48,7 +48,7 @@ _CHUNK = 1 << 20
 _ZERO = bytes(64 << 10)
 _PARTIAL = re.compile(r"\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX) + "$")
 MAX_TEXT = 16 << 20
-CALL_THREADS = 4  # listing, stat, read, unlink, rename, reflink: short calls
+CALL_THREADS = 8  # the short calls (listing, stat, read, unlink, rename, reflink): a CloneStore's default concurrency
 COPY_THREADS = 2  # copies take minutes: they never hold up the short calls
 _IDLE_SECONDS = 30.0  # an idle thread ends: a store nobody closes leaves none behind
 T = TypeVar("T")
@@ -193,6 +193,8 @@ class StorePool:
             waiting.cancel()  # also cancels `job` unless it has started; nothing once it is done
         if not done:
             raise StoreTimeout(f"{what} did not answer within {timeout:g} s (a hung mount?)")
+        if waiting.cancelled():
+            raise StoreError(f"{what}: the store is closed")  # while the call queued
         return waiting.result()
 
     def _serve(self) -> None:
