@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmfleet needs, when it can (root on Debian/Ubuntu); otherwise names them.
 #   hack/system-packages.sh demo   what `make demo` needs (build libvirt-python, qemu-img, libvirt's test driver)
-#   hack/system-packages.sh test   what the whole test suite needs (+ libvirtd, QEMU, XFS tools)
+#   hack/system-packages.sh test   what the whole test suite needs (+ libvirtd, QEMU, XFS tools, bindfs: FUSE)
 set -euo pipefail
 
 demo=(gcc pkg-config libvirt-dev qemu-utils)
 test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps openssh-server openssh-client
-      podman runc debootstrap)
+      podman runc debootstrap bindfs)
 
 case "${1:-demo}" in
   demo) wanted=("${demo[@]}") ;;

@@ -318,3 +318,60 @@ def operator(kube: "Cluster", tmp_path_factory: pytest.TempPathFactory) -> Itera
     op.start()
     yield op
     op.stop()
+
+
+class FuseMount:
+    """A FUSE pass-through mount (bindfs, in the foreground) of `source` at `path`. `freeze` stops the FUSE
+    daemon (SIGSTOP): every call on the mount then blocks in the kernel, as on a hung NFS or FUSE mount, until
+    `thaw`. `source` stays reachable without the mount, to look at what the store holds while it is frozen."""
+
+    def __init__(self, source: Path, path: Path, proc: subprocess.Popen[bytes]):
+        self.source, self.path, self.proc = source, path, proc
+        self.frozen = False
+
+    def freeze(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+
+def _mounted(path: Path) -> bool:
+    """From /proc/self/mountinfo: a stat of the mount point would hang on a frozen mount."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+@pytest.fixture
+def fuse_mount(tmp_path: Path) -> Iterator[FuseMount]:
+    """A FUSE mount to freeze. Always thawed and unmounted at the end, lazily if something still holds it."""
+    if not shutil.which("bindfs") or not shutil.which("fusermount"):
+        unavailable("bindfs or fusermount is missing (apt-get install bindfs)")
+    if not os.path.exists("/dev/fuse"):
+        unavailable("/dev/fuse is missing: FUSE cannot be used here")
+    source, path = tmp_path / "fuse-source", tmp_path / "fuse-mount"
+    source.mkdir()
+    path.mkdir()
+    log = tmp_path / "bindfs.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bindfs", "-f", str(source), str(path)], stdout=out, stderr=subprocess.STDOUT)
+    mount = FuseMount(source, path, proc)
+    try:
+        deadline = time.monotonic() + 10
+        while not _mounted(path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                unavailable(f"bindfs could not mount {path}: {log.read_text(errors='replace').strip()}")
+            time.sleep(0.05)
+        yield mount
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        if _mounted(path) and run("fusermount", "-u", str(path), check=False).returncode != 0:
+            run("fusermount", "-uz", str(path), check=False)  # still busy: detached now, gone when released
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -5,7 +5,8 @@ arises; the engine catches these and nothing broader, and turns each into a cond
 
     VmfleetError
     ├── StoreError            a storage operation failed
-    │   └── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
+    │   ├── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
+    │   └── RootMissing       the store's root is not a directory that can be opened where vmfleet runs
     ├── HostError             a libvirt host refused or did not answer
     ├── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
     │   └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
@@ -28,6 +29,10 @@ class StoreError(VmfleetError):
 
 class StoreTimeout(StoreError):
     """The store did not answer within its timeout; the call may still be running there."""
+
+
+class RootMissing(StoreError):
+    """The store's root is not a directory that can be opened here (its mount is missing)."""
 
 
 class HostError(VmfleetError):

@@ -20,12 +20,13 @@ class Settings:
     """VMFLEET_METRICS_PORT: where Prometheus scrapes /metrics; 0 for no endpoint."""
 
     store_timeout_seconds: float = 60.0
-    """VMFLEET_STORE_TIMEOUT_SECONDS: how long a file-system call on a locally mounted store (listing,
-    stat, read, unlink, rename) may take before the store is reported unavailable (a hung NFS or FUSE mount)."""
+    """VMFLEET_STORE_TIMEOUT_SECONDS: how long a file-system call on a locally mounted store (listing, stat,
+    read, unlink, rename, a reflink or a qcow2 overlay) may take, queued behind others of the store included,
+    before the store is reported unavailable (a hung NFS or FUSE mount); 0: no limit."""
 
     copy_timeout_seconds: float = 3600.0
-    """VMFLEET_COPY_TIMEOUT_SECONDS: the same for calls that copy data (a parent from its image, a clone
-    where the file system cannot reflink)."""
+    """VMFLEET_COPY_TIMEOUT_SECONDS: the same for the one call that copies data: making a clone parent from
+    its image; 0: no limit."""
 
     @property
     def waiting_retry_seconds(self) -> float:

@@ -15,6 +15,7 @@ from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import CloneAction, DomainAction, Op, summarise
 from ..credentials import SecretReader, SecretUnreadable
+from ..settings import Settings
 from ..storage import parent_path
 from .manifests import Loaded, Secret, resolve
 
@@ -55,7 +56,7 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
     catalog, fleets = resolve(item.resource for item in loaded)
-    runtime = Runtime(secret_reader(secrets or {}))
+    runtime = Runtime(secret_reader(secrets or {}), Settings.from_env())
     statuses: dict[int, dict[str, Any]] = {}
     results: list[FleetResult] = []
     try:

@@ -8,12 +8,13 @@ import asyncio
 from ..api.types import CloneStore, KvmHost
 from ..credentials import KeyReader, SecretReader, no_secrets, ssh_keys
 from ..hypervisor import LibvirtHost
+from ..settings import Settings
 from ..storage import StoreDriver, make_driver
 
 
 class Runtime:
-    def __init__(self, read_secret: SecretReader = no_secrets) -> None:
-        self.read_secret = read_secret
+    def __init__(self, read_secret: SecretReader = no_secrets, settings: Settings = Settings()) -> None:
+        self.read_secret, self.settings = read_secret, settings
         self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
         self._hosts: dict[str, LibvirtHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -24,7 +25,7 @@ class Runtime:
         if known is None or known[0] != store:
             if known is not None:
                 self._retired.append(known[1])  # its connection is closed with the runtime
-            self._stores[store.meta.name] = (store, make_driver(store, self.read_secret))
+            self._stores[store.meta.name] = (store, make_driver(store, self.read_secret, self.settings))
         return self._stores[store.meta.name][1]
 
     def host(self, host: KvmHost) -> LibvirtHost:

@@ -47,7 +47,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # many seconds (default 60: `kubectl delete` would wait that long).
     settings.background.cancellation_polling = 1.0
     ours = settings_of(memo)
-    memo.runtime = Runtime(ClusterSecrets())
+    memo.runtime = Runtime(ClusterSecrets(), ours)
     if ours.metrics_port:
         metrics.serve(ours.metrics_port)
 

@@ -121,4 +121,9 @@ class StoreDriver(Protocol):
         (KvmHost.store_path). A driver of block or network disks returns another kind (disks.py)."""
         ...
 
+    async def probe(self) -> str:
+        """What the CloneStore's Ready condition says when the store answers; StoreError saying why not
+        (StoreTimeout when it did not answer in time)."""
+        ...
+
     async def close(self) -> None: ...

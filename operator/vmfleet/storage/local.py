@@ -3,8 +3,13 @@
 Nothing outside the store's root is read, written or deleted, whatever the store holds (I6): every path
 is opened from a descriptor of the root one component at a time with O_NOFOLLOW, so a symbolic link
 anywhere under the root is an error, never followed (the root itself may be a link: it is configuration,
-not content). Every file-system call runs in a thread, off the event loop, and every OSError becomes a
-StoreError that names the path.
+not content). Every OSError becomes a StoreError that names the path.
+
+Every file-system call runs in the store's own threads, never the event loop's default executor, and is
+waited for at most `store_timeout_seconds` (`copy_timeout_seconds` for a copy): a hung mount (a stopped NFS
+server, a FUSE daemon that stops answering) blocks those threads for good, so it must not block the threads
+libvirt and the other stores use. The call is then reported as a StoreTimeout; its thread stays stuck until
+the mount answers, and the calls queued behind it time out too and never run.
 
 A file being made is `<target>.<random>.partial`, under an exclusive flock held by its maker until it is
 renamed into place. Listing never removes anything; a partial is removed only by the next maker (or
@@ -15,6 +20,8 @@ delete) of the same target, and only when a non-blocking flock on it succeeds: i
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -25,12 +32,14 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from ..disks import FileDisk
-from .base import PARTIAL_SUFFIX, Space, StoreError, check_relative
-from .base import file_disk
+from ..errors import RootMissing, StoreError, StoreTimeout
+from ..settings import Settings
+from .base import PARTIAL_SUFFIX, Space, check_relative, file_disk
 
 FICLONE = 0x40049409
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
@@ -40,6 +49,9 @@ _CHUNK = 1 << 20
 _ZERO = bytes(64 << 10)
 _PARTIAL = re.compile(r"\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX) + "$")
 MAX_TEXT = 16 << 20
+CALL_THREADS = 8  # the short calls (listing, stat, read, unlink, rename, reflink): a CloneStore's default concurrency
+COPY_THREADS = 2  # copies take minutes: they never hold up the short calls
+_IDLE_SECONDS = 30.0  # an idle thread ends: a store nobody closes leaves none behind
 T = TypeVar("T")
 
 
@@ -146,6 +158,78 @@ def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
         return False
     raise OSError(err, os.strerror(err), new)
 
+
+_Job = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
+
+
+class StorePool:
+    """At most `size` threads of one store, started as calls come and ended after a while idle. Daemon
+    threads: one stuck on a hung mount holds up neither `close` nor the operator's exit."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self._name, self._size = name, size
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._threads = self._busy = 0
+        self._closed = False
+
+    async def run(self, work: Callable[[], T], timeout: float, what: str) -> T:
+        """`work()` in one of the threads; StoreTimeout naming `what` unless it is done within `timeout`
+        seconds of now (0: no limit), queueing included. A call given up on before it started never runs."""
+        job: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._changed:
+            if self._closed:
+                raise StoreError(f"{what}: the store is closed")
+            while self._jobs and self._jobs[0][0].cancelled():
+                self._jobs.popleft()  # given up on while stuck threads held the pool
+            self._jobs.append((job, work))
+            if len(self._jobs) > self._threads - self._busy and self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._serve, name=f"{self._name} {self._threads}", daemon=True).start()
+            self._changed.notify()
+        waiting = asyncio.wrap_future(job)
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=timeout or None)
+        finally:
+            waiting.cancel()  # also cancels `job` unless it has started; nothing once it is done
+        if not done:
+            raise StoreTimeout(f"{what} did not answer within {timeout:g} s (a hung mount?)")
+        if waiting.cancelled():
+            raise StoreError(f"{what}: the store is closed")  # while the call queued
+        return waiting.result()
+
+    def _serve(self) -> None:
+        with self._changed:
+            while True:
+                if not self._jobs:
+                    if self._closed or (not self._changed.wait(_IDLE_SECONDS) and not self._jobs):
+                        self._threads -= 1  # closed, or idle for a while
+                        return
+                    continue
+                job, work = self._jobs.popleft()
+                if not job.set_running_or_notify_cancel():
+                    continue  # its caller gave up while it queued
+                self._busy += 1
+                self._changed.release()
+                try:
+                    job.set_result(work())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    job.set_exception(e)
+                finally:
+                    self._changed.acquire()
+                    self._busy -= 1
+
+    def close(self) -> None:
+        """Queued calls are cancelled; a thread stuck in a call is not waited for: it ends once the mount
+        answers."""
+        with self._changed:
+            self._closed = True
+            for job, _ in self._jobs:
+                job.cancel()
+            self._jobs.clear()
+            self._changed.notify_all()
+
+
 class AlreadyExists(StoreError):
     """The target of a clone or parent is there already."""
 
@@ -164,9 +248,12 @@ class Partial:
 class LocalStore:
     """Files under `base` (the store's root as mounted here). Subclasses make and measure clones."""
 
-    def __init__(self, base: str, field: str = "spec.root"):
+    def __init__(self, base: str, field: str = "spec.root", settings: Settings = Settings()):
         self.base = base.rstrip("/") or "/"
         self.field = field
+        self.timeout, self.copy_timeout = settings.store_timeout_seconds, settings.copy_timeout_seconds
+        self._calls = StorePool(f"store {self.base}", CALL_THREADS)
+        self._copies = StorePool(f"store {self.base} copies", COPY_THREADS)
 
     # ------------------------------------------------------------------ safe resolution (in threads)
 
@@ -269,11 +356,13 @@ class LocalStore:
         except OSError as e:
             raise self._error(e, path) from None
 
-    async def _run(self, path: str, work: Callable[..., T], *args: object) -> T:
-        """`work(*args)` in a thread; any OSError it raises becomes a StoreError naming `path`."""
+    async def _run(self, what: str, path: str, work: Callable[..., T], *args: object, copy: bool = False) -> T:
+        """`work(*args)` in the store's threads, within its timeout; any OSError it raises becomes a StoreError
+        naming `path`, a timeout a StoreTimeout naming `what` (doing what) and `path`. `copy`: it copies data."""
         if path:
             check_relative(path)
-        return await asyncio.to_thread(self._guarded, path, lambda: work(*args))
+        pool, timeout = (self._copies, self.copy_timeout) if copy else (self._calls, self.timeout)
+        return await pool.run(lambda: self._guarded(path, lambda: work(*args)), timeout, f"{what} {self.where(path)}")
 
     # ------------------------------------------------------------------ partial files
 
@@ -372,7 +461,7 @@ class LocalStore:
     # ------------------------------------------------------------------ the StoreDriver interface
 
     async def exists(self, path: str) -> bool:
-        return await self._run(path, self._exists, path)
+        return await self._run("looking up", path, self._exists, path)
 
     def _exists(self, path: str) -> bool:
         directory, name = _split(path)
@@ -381,7 +470,7 @@ class LocalStore:
 
     async def prepare_parent(self, image: str, image_format: str, parent: str) -> None:
         check_relative(image)
-        await self._run(parent, self._prepare_parent, image, parent)
+        await self._run("making the clone parent", parent, self._prepare_parent, image, parent, copy=True)
 
     def _prepare_parent(self, image: str, parent: str) -> None:
         if self._exists(parent):
@@ -404,7 +493,7 @@ class LocalStore:
 
     async def list_dir(self, directory: str) -> list[str]:
         """The files in `directory`, partials left out; changes nothing."""
-        return await self._run(directory, self._list_dir, directory)
+        return await self._run("listing", directory, self._list_dir, directory)
 
     def _list_dir(self, directory: str) -> list[str]:
         with self._dirs(directory) as dirs:
@@ -414,7 +503,7 @@ class LocalStore:
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
         check_relative(parent)
-        await self._run(target, self._create_clone, parent, parent_format, target)
+        await self._run("making the clone", target, self._create_clone, parent, parent_format, target)
 
     def _create_clone(self, parent: str, parent_format: str, target: str) -> None:
         directory, name = _split(parent)
@@ -433,7 +522,7 @@ class LocalStore:
 
     async def delete(self, path: str) -> None:
         """Remove a file and, when it empties it, its directory. A symbolic link is refused, not removed."""
-        await self._run(path, self._delete, path)
+        await self._run("deleting", path, self._delete, path)
 
     def _delete(self, path: str) -> None:
         directory, name = _split(path)
@@ -458,7 +547,7 @@ class LocalStore:
 
     async def make_dirs(self, directory: str) -> None:
         """`directory` and those above it, each made or opened without following a link."""
-        await self._run(directory, self._make_dirs, directory)
+        await self._run("making the directory", directory, self._make_dirs, directory)
 
     def _make_dirs(self, directory: str) -> None:
         with self._dirs(directory, create=True):
@@ -466,7 +555,7 @@ class LocalStore:
 
     async def require_file(self, path: str, what: str) -> None:
         """StoreError unless `path` is a regular file reached through no link."""
-        await self._run(path, self._require_file, path, what)
+        await self._run("looking up", path, self._require_file, path, what)
 
     def _require_file(self, path: str, what: str) -> None:
         directory, name = _split(path)
@@ -479,7 +568,7 @@ class LocalStore:
 
     async def unlink(self, path: str) -> None:
         """Remove one file (not a link: refused); a missing one is not an error."""
-        await self._run(path, self._unlink, path)
+        await self._run("deleting", path, self._unlink, path)
 
     def _unlink(self, path: str) -> None:
         directory, name = _split(path)
@@ -491,7 +580,7 @@ class LocalStore:
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
         for path in paths:
             check_relative(path)
-        return await self._run("", self._measure_all, list(paths))
+        return await self._run(f"measuring {len(paths)} file(s) under", "", self._measure_all, list(paths))
 
     def _measure_all(self, paths: list[str]) -> dict[str, Space]:
         by_dir: dict[str, list[str]] = {}
@@ -516,7 +605,7 @@ class LocalStore:
         raise NotImplementedError
 
     async def fingerprint(self, path: str) -> str | None:
-        return await self._run(path, self._fingerprint, path)
+        return await self._run("looking up", path, self._fingerprint, path)
 
     def _fingerprint(self, path: str) -> str | None:
         directory, name = _split(path)
@@ -537,7 +626,7 @@ class LocalStore:
             os.close(fd)
 
     async def read_text(self, path: str) -> str | None:
-        return await self._run(path, self._read_text, path)
+        return await self._run("reading", path, self._read_text, path)
 
     def _read_text(self, path: str) -> str | None:
         directory, name = _split(path)
@@ -558,10 +647,18 @@ class LocalStore:
 
     async def write_text(self, path: str, text: str) -> None:
         """Replace the file atomically: a reader sees the old text or the new, never a mix."""
-        await self._run(path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644, True)
+        await self._run("writing", path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644,
+                        True)
+
+    async def probe(self) -> str:
+        problem = await self._run("opening the store root", "", root_problem, self.base)
+        if problem is not None:
+            raise RootMissing(f"{self.field} {self.base} {problem}")
+        return f"{self.base} is reachable"
 
     async def close(self) -> None:
-        return None
+        self._calls.close()
+        self._copies.close()
 
 
 def require_tool(name: str, package: str) -> str:

@@ -106,7 +106,7 @@ class Qcow2Store(LocalStore):
 
     async def delete_parent(self, parent: str, image: str) -> None:
         """Overlays read their parent at every boot: one that a retained clone still uses must stay."""
-        await self._run(parent, self._delete_parent, parent)
+        await self._run("deleting the clone parent", parent, self._delete_parent, parent)
 
     def _delete_parent(self, parent: str) -> None:
         users = self._overlays_of(parent)

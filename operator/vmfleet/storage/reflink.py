@@ -5,7 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 
-from .base import Space, StoreError
+from ..errors import StoreError
+from .base import Space
 from .fiemap import exclusive_and_shared
 from .local import FICLONE, NO_REFLINK, LocalStore, Partial
 from .qcow2 import guest_size, read_header

@@ -10,6 +10,8 @@ import posixpath
 import secrets
 from typing import Sequence
 
+from ..errors import StoreError
+from ..settings import Settings
 from . import commands as cmd
 from ..disks import FileDisk
 from ..errors import StoreError
@@ -24,8 +26,8 @@ class SonasStore(LocalStore):
     mounted at `local` where the operator runs (the CLI user has no shell to do them with). The server
     follows links the CLI is given: each path is first checked through the export (no link, see local.py)."""
 
-    def __init__(self, root: str, local: str, runner: SshRunner, max_depth: int):
-        super().__init__(local, field="spec.localPath")
+    def __init__(self, root: str, local: str, runner: SshRunner, max_depth: int, settings: Settings = Settings()):
+        super().__init__(local, "spec.localPath", settings)
         self.root, self.runner, self.max_depth = root.rstrip("/"), runner, max_depth
 
     def clone_format(self, parent_format: str) -> str:
@@ -40,7 +42,7 @@ class SonasStore(LocalStore):
             return
         seed = parent + ".seed"
         await self.require_file(image, "template image")
-        refuse_backing_file(await self._run(image, self._header, image), image)
+        refuse_backing_file(await self._run("reading", image, self._header, image), image)
         await self.make_dirs(posixpath.dirname(parent))
         await self._remove_local(seed)
         await self._cli(cmd.mkclone_with_parent(cmd.server_path(self.root, parent), cmd.server_path(self.root, image),
@@ -74,6 +76,7 @@ class SonasStore(LocalStore):
         return Space(guest_size(path, os.fstat(fd).st_size, read_header(fd)), own_bytes(fd))
 
     async def close(self) -> None:
+        await super().close()
         await self.runner.close()
 
 
@@ -100,6 +103,11 @@ class GpfsStore:
     async def exists(self, path: str) -> bool:
         reply = await self.runner.run(cmd.stat([self._path(path)]), retry=True)
         return reply.exit_status == 0
+
+    async def probe(self) -> str:
+        """Nothing of it is mounted here: the GPFS node answers for it."""
+        await self.list_dir("vmfleet")
+        return f"{self.root or '/'} answers over SSH"
 
     async def _mkdir(self, directory: str) -> None:
         if directory not in self._dirs:
