@@ -28,9 +28,15 @@ async def _local(args: argparse.Namespace) -> dict:
     with site.scratch() as (directory, fs):
         async with site.simulator(directory) as (server, runtime):
             store = runtime.store_driver(site.store(server, 8))
-            cvc = await clone_vs_copy.measure(directory, fs, server, store.runner.run,  # type: ignore[attr-defined]
-                                              (1 if quick else 10) * GIB, (GIB // 8) if quick else GIB,
-                                              1 if quick else 3)
+            cvc = await clone_vs_copy.measure(
+                directory,
+                fs,
+                server,
+                store.runner.run,  # type: ignore[attr-defined]
+                (1 if quick else 10) * GIB,
+                (GIB // 8) if quick else GIB,
+                1 if quick else 3,
+            )
         sizes = [10, 100] if quick else [10, 100, 1000]
         fleets = await fleet.measure(directory, sizes, 1 if quick else 3)
         big = 500 if quick else 5000
@@ -66,8 +72,14 @@ def main() -> None:
     sizes = raw["fleet"]["status_bytes"]
     result = {
         "clone_vs_copy": {"speedup": raw["cvc"]["speedup"], "bytes_ratio": raw["cvc"]["bytes_ratio"]},
-        "fleet": {"n": top["n"], "seconds": top["seconds"], "floor_seconds": top["floor_seconds"],
-                  "overhead_ratio": top["overhead_ratio"], "rows": rows, "refresh": raw["fleet"]["refresh"]},
+        "fleet": {
+            "n": top["n"],
+            "seconds": top["seconds"],
+            "floor_seconds": top["floor_seconds"],
+            "overhead_ratio": top["overhead_ratio"],
+            "rows": rows,
+            "refresh": raw["fleet"]["refresh"],
+        },
         "refresh": refresh,
         "memory": {"rss_mib": rss, "n": kube_rows[-1]["n"] if kube_rows else None},
         "status_bytes": sizes,
@@ -80,17 +92,25 @@ def main() -> None:
     }
     biggest = max(sizes, key=int)
     result["targets"] = [
-        *((f"{name} ≥ 1000× faster than the full copy", f"{r['speedup']:,}×", r["speedup"] >= 1000)
-          for name, r in raw["cvc"]["rows"].items() if name != "full sparse copy"),
-        *((f"{name} ≤ 1 % of the copy's bytes", f"{r['bytes_ratio']:.4%}", r["bytes_ratio"] <= 0.01)
-          for name, r in raw["cvc"]["rows"].items() if name != "full sparse copy"),
+        *(
+            (f"{name} ≥ 1000× faster than the full copy", f"{r['speedup']:,}×", r["speedup"] >= 1000)
+            for name, r in raw["cvc"]["rows"].items()
+            if name != "full sparse copy"
+        ),
+        *(
+            (f"{name} ≤ 1 % of the copy's bytes", f"{r['bytes_ratio']:.4%}", r["bytes_ratio"] <= 0.01)
+            for name, r in raw["cvc"]["rows"].items()
+            if name != "full sparse copy"
+        ),
         (f"N={top['n']}: vmfleet/floor ≤ 1.5", str(top["overhead_ratio"]), top["overhead_ratio"] <= 1.5),
         (f"N={top['n']}: whole fleet ready ≤ 60 s", f"{top['seconds']} s", top["seconds"] <= 60),
         (f"refresh of {refresh['clones']} clones ≤ 1 s", f"{refresh['seconds']} s", refresh["seconds"] <= 1),
-        ("refresh SSH commands constant in N", str([r["ssh_commands"] for r in raw["fleet"]["refresh"]]),
-         len({r["ssh_commands"] for r in raw["fleet"]["refresh"]}) == 1),
-        ("operator peak RSS ≤ 200 MiB", f"{rss} MiB" if rss is not None else "not run",
-         rss is not None and rss <= 200),
+        (
+            "refresh SSH commands constant in N",
+            str([r["ssh_commands"] for r in raw["fleet"]["refresh"]]),
+            len({r["ssh_commands"] for r in raw["fleet"]["refresh"]}) == 1,
+        ),
+        ("operator peak RSS ≤ 200 MiB", f"{rss} MiB" if rss is not None else "not run", rss is not None and rss <= 200),
         (f"VmFleet object with {biggest} clones ≤ 1 MiB", f"{sizes[biggest]:,} B", sizes[biggest] <= 1 << 20),
     ]
     if args.report:

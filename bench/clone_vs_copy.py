@@ -34,8 +34,7 @@ def _drop_caches() -> None:
             f.write("3\n")
 
 
-async def measure(directory: Path, fs: str, server: Simulator, runner_run, size: int, data: int,
-                  repeats: int) -> dict:
+async def measure(directory: Path, fs: str, server: Simulator, runner_run, size: int, data: int, repeats: int) -> dict:
     images = directory / "bench" / "images"
     images.mkdir(parents=True, exist_ok=True)
     template = images / "big.img"
@@ -51,8 +50,13 @@ async def measure(directory: Path, fs: str, server: Simulator, runner_run, size:
     times = []
     for r in range(repeats):
         _drop_caches()
-        times.append(_timed(lambda: subprocess.run(
-            ["cp", "--reflink=never", "--sparse=always", str(template), str(work / f"copy{r}.img")], check=True)))
+        times.append(
+            _timed(
+                lambda: subprocess.run(
+                    ["cp", "--reflink=never", "--sparse=always", str(template), str(work / f"copy{r}.img")], check=True
+                )
+            )
+        )
         subprocess.run(["sync"], check=True)
     record("full sparse copy", times, work / "copy0.img")
 
@@ -80,21 +84,29 @@ async def measure(directory: Path, fs: str, server: Simulator, runner_run, size:
         reply = await runner_run(cmd.mmclone_copy(parent, f"{MOUNT}/bench/cvc/mm{r}.img"))
         assert reply.exit_status == 0, reply.stderr
         times.append(time.perf_counter() - t0)
-    rows[HEADLINE] = {"seconds": statistics.median(times),
-                                                 "bytes": server.fs.charged_blocks(f"{MOUNT}/bench/cvc/mm0.img") * 512}
+    rows[HEADLINE] = {
+        "seconds": statistics.median(times),
+        "bytes": server.fs.charged_blocks(f"{MOUNT}/bench/cvc/mm0.img") * 512,
+    }
     if fs in ("xfs", "btrfs"):
         # The same data in one run instead of 1024: a reflink's cost follows the extents, a copy's the bytes.
         dense = images / "contiguous.img"
         make_template_image(str(dense), size, data, contiguous=True)
         _drop_caches()
-        copy_s = _timed(lambda: subprocess.run(["cp", "--reflink=never", "--sparse=always", str(dense),
-                                                str(work / "dcopy.img")], check=True))
+        copy_s = _timed(
+            lambda: subprocess.run(
+                ["cp", "--reflink=never", "--sparse=always", str(dense), str(work / "dcopy.img")], check=True
+            )
+        )
         clone_s = []
         for r in range(repeats):
             _drop_caches()
             clone_s.append(_timed(lambda: ficlone(str(dense), str(work / f"dref{r}.img"))))
-        contiguous = {"copy_seconds": copy_s, "clone_seconds": statistics.median(clone_s),
-                      "speedup": round(copy_s / statistics.median(clone_s), 1)}
+        contiguous = {
+            "copy_seconds": copy_s,
+            "clone_seconds": statistics.median(clone_s),
+            "speedup": round(copy_s / statistics.median(clone_s), 1),
+        }
         dense.unlink()
     else:
         contiguous = {}
@@ -105,6 +117,11 @@ async def measure(directory: Path, fs: str, server: Simulator, runner_run, size:
         r["bytes_ratio"] = round(r["bytes"] / copy["bytes"], 6) if copy["bytes"] else 0.0
     # The headline is the seed's clone: the storage's own command over SSH.
     headline = rows[HEADLINE]
-    return {"template": {"size": size, "data": data, "fs": fs}, "rows": rows, "headline": HEADLINE,
-            "contiguous": contiguous,
-            "speedup": headline["speedup"], "bytes_ratio": headline["bytes_ratio"]}
+    return {
+        "template": {"size": size, "data": data, "fs": fs},
+        "rows": rows,
+        "headline": HEADLINE,
+        "contiguous": contiguous,
+        "speedup": headline["speedup"],
+        "bytes_ratio": headline["bytes_ratio"],
+    }

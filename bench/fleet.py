@@ -18,8 +18,9 @@ from . import site
 
 async def through_engine(runtime, server: Simulator, n: int, name: str, concurrency: int) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    result = await reconcile_fleet(runtime, site.fleet(n, name), site.template(), site.store(server, concurrency),
-                                   [site.host()])
+    result = await reconcile_fleet(
+        runtime, site.fleet(n, name), site.template(), site.store(server, concurrency), [site.host()]
+    )
     elapsed = time.perf_counter() - t0
     assert result.status["readyReplicas"] == n, result.status["conditions"]
     return elapsed, result.status
@@ -53,8 +54,9 @@ async def floor(runtime, server: Simulator, n: int, name: str, concurrency: int)
 async def refresh(runtime, server: Simulator, n: int, name: str, status: dict, concurrency: int) -> dict:
     before = len(server.commands)
     t0 = time.perf_counter()
-    result = await reconcile_fleet(runtime, site.fleet(n, name), site.template(), site.store(server, concurrency),
-                                   [site.host()], status)
+    result = await reconcile_fleet(
+        runtime, site.fleet(n, name), site.template(), site.store(server, concurrency), [site.host()], status
+    )
     seconds = time.perf_counter() - t0
     assert not result.plan.actions and result.status["readyReplicas"] == n
     return {"clones": n, "seconds": round(seconds, 4), "ssh_commands": len(server.commands) - before}
@@ -64,8 +66,13 @@ def object_bytes(n: int, name: str, status: dict) -> int:
     """The VmFleet object as the apiserver stores it (JSON), with this status."""
     f = site.fleet(n, name)
     obj = to_manifest("VmFleet", f.meta, {"templateRef": {"name": "t"}, "replicas": n}, status)
-    obj["metadata"].update(uid=f.meta.uid, resourceVersion="123456", generation=1,
-                           creationTimestamp="2026-11-29T00:00:00Z", finalizers=["vmfleet.io/finalizer"])
+    obj["metadata"].update(
+        uid=f.meta.uid,
+        resourceVersion="123456",
+        generation=1,
+        creationTimestamp="2026-11-29T00:00:00Z",
+        finalizers=["vmfleet.io/finalizer"],
+    )
     return len(json.dumps(obj, separators=(",", ":")))
 
 
@@ -93,6 +100,14 @@ async def measure(directory, sizes: list[int], repeats: int, concurrency: int = 
             async with site.simulator(directory) as (server, runtime):
                 floor_s.append(await floor(runtime, server, n, f"f{n}-{r}", concurrency))
         e, f = statistics.median(engine_s), statistics.median(floor_s)
-        rows.append({"n": n, "seconds": round(e, 3), "floor_seconds": round(f, 3), "overhead_ratio": round(e / f, 3),
-                     "per_vm_ms": round(1000 * e / n, 3), "floor_per_vm_ms": round(1000 * f / n, 3)})
+        rows.append(
+            {
+                "n": n,
+                "seconds": round(e, 3),
+                "floor_seconds": round(f, 3),
+                "overhead_ratio": round(e / f, 3),
+                "per_vm_ms": round(1000 * e / n, 3),
+                "floor_per_vm_ms": round(1000 * f / n, 3),
+            }
+        )
     return {"rows": rows, "refresh": refreshes, "status_bytes": status_bytes}

@@ -43,25 +43,57 @@ def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> d
             ns = f"bench-{n}"
             cluster.kubectl("create", "namespace", ns)
             docs = [
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": ns},
-                 "spec": {"driver": driver, "root": str(root), "concurrency": 16}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": ns, "labels": {"b": ns}},
-                 "spec": {"uri": "test:///default", "domainType": "qemu",
-                          "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30}}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t", "namespace": ns},
-                 "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "f", "namespace": ns},
-                 "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": ns}}}},
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "CloneStore",
+                    "metadata": {"name": ns},
+                    "spec": {"driver": driver, "root": str(root), "concurrency": 16},
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "KvmHost",
+                    "metadata": {"name": ns, "labels": {"b": ns}},
+                    "spec": {
+                        "uri": "test:///default",
+                        "domainType": "qemu",
+                        "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30},
+                    },
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "VmTemplate",
+                    "metadata": {"name": "t", "namespace": ns},
+                    "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "VmFleet",
+                    "metadata": {"name": "f", "namespace": ns},
+                    "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": ns}}},
+                },
             ]
             t0 = time.perf_counter()
             cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
-            cluster.kubectl("wait", "--for=condition=Ready", "vmfleet/f", "-n", ns, f"--timeout={int(budget_seconds)}s",
-                            timeout=budget_seconds + 30)
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Ready",
+                "vmfleet/f",
+                "-n",
+                ns,
+                f"--timeout={int(budget_seconds)}s",
+                timeout=budget_seconds + 30,
+            )
             seconds = time.perf_counter() - t0
             size = len(cluster.kubectl("get", "vmfleets", "f", "-n", ns, "-o", "json").stdout)
             assert operator.proc is not None
-            rows.append({"n": n, "apply_to_ready_seconds": round(seconds, 2), "object_bytes": size,
-                         "operator_peak_rss_mib": round(peak_rss_mib(operator.proc.pid), 1)})
+            rows.append(
+                {
+                    "n": n,
+                    "apply_to_ready_seconds": round(seconds, 2),
+                    "object_bytes": size,
+                    "operator_peak_rss_mib": round(peak_rss_mib(operator.proc.pid), 1),
+                }
+            )
         return {"rows": rows, "driver": driver}
     finally:
         if operator is not None:
@@ -73,5 +105,7 @@ def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> d
 def _reflinks(root: Path) -> bool:
     import subprocess
 
-    return subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True,
-                          text=True).stdout.strip() in ("xfs", "btrfs")
+    return subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True, text=True).stdout.strip() in (
+        "xfs",
+        "btrfs",
+    )

@@ -47,36 +47,60 @@ def markdown(result: dict, png: str) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, r in cvc["rows"].items():
-        lines.append(f"| {name} | {r['seconds']:.4f} | {r['bytes']:,} | {r['speedup']:,.0f}× | "
-                     f"{r['bytes_ratio']:.4%} |")
-    lines += ["", f"Headline ({cvc['headline']}): **{result['clone_vs_copy']['speedup']:,}×** faster than the copy, "
-              f"**{result['clone_vs_copy']['bytes_ratio']:.4%}** of its bytes. Caches are dropped before every "
-              "copy and every clone."]
+        lines.append(
+            f"| {name} | {r['seconds']:.4f} | {r['bytes']:,} | {r['speedup']:,.0f}× | {r['bytes_ratio']:.4%} |"
+        )
+    lines += [
+        "",
+        f"Headline ({cvc['headline']}): **{result['clone_vs_copy']['speedup']:,}×** faster than the copy, "
+        f"**{result['clone_vs_copy']['bytes_ratio']:.4%}** of its bytes. Caches are dropped before every "
+        "copy and every clone.",
+    ]
     if cvc.get("contiguous"):
         c = cvc["contiguous"]
-        lines += ["", "A reflink's cost follows the extents, a copy's the bytes. The template above holds its "
-                  "1 GiB in 1024 chunks of 1 MiB spread over 10 GiB (a real image has holes); the same 1 GiB "
-                  f"written in one run copies in {c['copy_seconds']:.3f} s and reflinks in "
-                  f"{c['clone_seconds'] * 1000:.3f} ms: **{c['speedup']:,}×**."]
-    lines += ["",
-              "## Fleet provisioning (gpfs simulator over SSH, libvirt test driver)", "",
-              "| N | vmfleet s | floor s | vmfleet/floor | ms per VM | floor ms per VM |",
-              "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "A reflink's cost follows the extents, a copy's the bytes. The template above holds its "
+            "1 GiB in 1024 chunks of 1 MiB spread over 10 GiB (a real image has holes); the same 1 GiB "
+            f"written in one run copies in {c['copy_seconds']:.3f} s and reflinks in "
+            f"{c['clone_seconds'] * 1000:.3f} ms: **{c['speedup']:,}×**.",
+        ]
+    lines += [
+        "",
+        "## Fleet provisioning (gpfs simulator over SSH, libvirt test driver)",
+        "",
+        "| N | vmfleet s | floor s | vmfleet/floor | ms per VM | floor ms per VM |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result["fleet"]["rows"]:
-        lines.append(f"| {r['n']} | {r['seconds']} | {r['floor_seconds']} | {r['overhead_ratio']} | "
-                     f"{r['per_vm_ms']} | {r['floor_per_vm_ms']} |")
-    lines += ["", f"![per-VM cost against N]({png})", "", "## Status refresh", "",
-              "| clones | seconds | SSH commands |", "|---:|---:|---:|"]
+        lines.append(
+            f"| {r['n']} | {r['seconds']} | {r['floor_seconds']} | {r['overhead_ratio']} | "
+            f"{r['per_vm_ms']} | {r['floor_per_vm_ms']} |"
+        )
+    lines += [
+        "",
+        f"![per-VM cost against N]({png})",
+        "",
+        "## Status refresh",
+        "",
+        "| clones | seconds | SSH commands |",
+        "|---:|---:|---:|",
+    ]
     for r in result["fleet"]["refresh"]:
         lines.append(f"| {r['clones']} | {r['seconds']} | {r['ssh_commands']} |")
     lines += ["", "## Through Kubernetes (real kube-apiserver, operator as deploy/'s ServiceAccount)", ""]
     if result.get("kube"):
-        lines += [f"Store driver: {result['kube']['driver']}.", "",
-                  "| N | kubectl apply to Ready, s | VmFleet object bytes | operator peak RSS |",
-                  "|---:|---:|---:|---:|"]
+        lines += [
+            f"Store driver: {result['kube']['driver']}.",
+            "",
+            "| N | kubectl apply to Ready, s | VmFleet object bytes | operator peak RSS |",
+            "|---:|---:|---:|---:|",
+        ]
         for r in result["kube"]["rows"]:
-            lines.append(f"| {r['n']} | {r['apply_to_ready_seconds']} | {r['object_bytes']:,} | "
-                         f"{r['operator_peak_rss_mib']} MiB |")
+            lines.append(
+                f"| {r['n']} | {r['apply_to_ready_seconds']} | {r['object_bytes']:,} | "
+                f"{r['operator_peak_rss_mib']} MiB |"
+            )
     else:
         lines.append(f"Not run: {result.get('kube_skipped', 'no kube-apiserver')}.")
     lines += ["", "## VmFleet object size", "", "| clones | bytes |", "|---:|---:|"]

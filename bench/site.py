@@ -42,13 +42,16 @@ def scratch() -> Iterator[tuple[Path, str]]:
 
 
 @contextlib.asynccontextmanager
-async def simulator(directory: Path, personality: str = "gpfs",
-                    latency: float = 0.0) -> AsyncIterator[tuple[sim.Simulator, Runtime]]:
+async def simulator(
+    directory: Path, personality: str = "gpfs", latency: float = 0.0
+) -> AsyncIterator[tuple[sim.Simulator, Runtime]]:
     client = asyncssh.generate_private_key("ssh-ed25519")
-    server = await sim.start(str(directory), MOUNT, personality, client.export_public_key().decode(),
-                             faults=sim.Faults(latency=latency))
-    runtime = Runtime(lambda ref: {"ssh-privatekey": client.export_private_key().decode(),
-                                   "known_hosts": server.known_hosts})
+    server = await sim.start(
+        str(directory), MOUNT, personality, client.export_public_key().decode(), faults=sim.Faults(latency=latency)
+    )
+    runtime = Runtime(
+        lambda ref: {"ssh-privatekey": client.export_private_key().decode(), "known_hosts": server.known_hosts}
+    )
     try:
         yield server, runtime
     finally:
@@ -57,8 +60,9 @@ async def simulator(directory: Path, personality: str = "gpfs",
 
 
 def store(server: sim.Simulator, concurrency: int) -> CloneStore:
-    return objects.store("bench", "gpfs", server.port, "bench", f"{MOUNT}/bench", SecretRef("ssh", "bench"),
-                         concurrency=concurrency)
+    return objects.store(
+        "bench", "gpfs", server.port, "bench", f"{MOUNT}/bench", SecretRef("ssh", "bench"), concurrency=concurrency
+    )
 
 
 def host() -> KvmHost:

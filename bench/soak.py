@@ -42,7 +42,13 @@ def main(argv: list[str]) -> None:
                 before = dict(machine.STATS)
                 t0 = time.monotonic()
                 machine.run_machine(root, driver, image, args.examples, args.steps, seed=False)  # raises on a violation
-                results.append({"store": driver, "sequences": machine.STATS["examples"] - before["examples"],
-                                "engine_steps": machine.STATS["steps"] - before["steps"],
-                                "seconds": round(time.monotonic() - t0, 1), "violations": 0})
+                results.append(
+                    {
+                        "store": driver,
+                        "sequences": machine.STATS["examples"] - before["examples"],
+                        "engine_steps": machine.STATS["steps"] - before["steps"],
+                        "seconds": round(time.monotonic() - t0, 1),
+                        "violations": 0,
+                    }
+                )
     print(json.dumps({"soak": results}))

@@ -34,8 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_ok(request: urllib.request.Request, processes: list[subprocess.Popen[bytes]], timeout: float,
-                  logs: Callable[[], str], context: ssl.SSLContext | None = None) -> None:
+def wait_until_ok(
+    request: urllib.request.Request,
+    processes: list[subprocess.Popen[bytes]],
+    timeout: float,
+    logs: Callable[[], str],
+    context: ssl.SSLContext | None = None,
+) -> None:
     """Poll an HTTP endpoint until it answers 200; fail early, with the logs, if a process dies."""
     deadline = time.monotonic() + timeout
     while True:
@@ -53,8 +58,9 @@ def wait_until_ok(request: urllib.request.Request, processes: list[subprocess.Po
 
 
 def _pem_key(key: Any) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _certificates(d: Path) -> None:
@@ -62,39 +68,63 @@ def _certificates(d: Path) -> None:
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmfleet-test-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     import ipaddress
 
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (d / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (d / "apiserver.key").write_bytes(_pem_key(key))
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "sa.key").write_bytes(_pem_key(sa))
-    (d / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "sa.pub").write_bytes(
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 def kubeconfig(server: str, ca: Path, token: str, user: str) -> str:
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {
-            "server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
-    })
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {
+                        "server": server,
+                        "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
+        }
+    )
 
 
 @dataclass
@@ -107,13 +137,29 @@ class Cluster:
     start_seconds: float = 0.0
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig),
-                "KUBECACHEDIR": str(self.dir / "kubecache"), "PATH": f"{self.bin}:{os.environ['PATH']}"}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig or self.kubeconfig),
+            "KUBECACHEDIR": str(self.dir / "kubecache"),
+            "PATH": f"{self.bin}:{os.environ['PATH']}",
+        }
 
-    def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 120,
-                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(self.bin / "kubectl"), *args], capture_output=True, text=True,
-                              env=self.env(kubeconfig), timeout=timeout, input=stdin)
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 120,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(self.bin / "kubectl"), *args],
+            capture_output=True,
+            text=True,
+            env=self.env(kubeconfig),
+            timeout=timeout,
+            input=stdin,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({done.returncode}): {done.stderr}")
         return done
@@ -129,35 +175,60 @@ class Cluster:
         (d / "tokens.csv").write_text(f"{token},vmfleet-test-admin,uid-admin,system:masters\n")
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_log = open(d / "etcd.log", "wb")
-        self.processes.append(subprocess.Popen([
-            str(self.bin / "etcd"), "--name=default", f"--data-dir={d / 'etcd'}",
-            f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
-            f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
-            "--log-level=warn", "--unsafe-no-fsync",
-        ], stdout=etcd_log, stderr=subprocess.STDOUT))
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    str(self.bin / "etcd"),
+                    "--name=default",
+                    f"--data-dir={d / 'etcd'}",
+                    f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                    f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                    f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                    "--log-level=warn",
+                    "--unsafe-no-fsync",
+                ],
+                stdout=etcd_log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         api_log = open(d / "apiserver.log", "wb")
-        self.processes.append(subprocess.Popen([
-            str(self.bin / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
-            f"--cert-dir={d}", f"--tls-cert-file={d / 'apiserver.crt'}",
-            f"--tls-private-key-file={d / 'apiserver.key'}",
-            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
-            f"--service-account-key-file={d / 'sa.pub'}", f"--service-account-signing-key-file={d / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.96.0.0/24", "--enable-priority-and-fairness=false",
-            "--endpoint-reconciler-type=none",  # a loopback advertise address is refused otherwise
-            "--v=0",
-        ], stdout=api_log, stderr=subprocess.STDOUT))
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    str(self.bin / "kube-apiserver"),
+                    f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={api_port}",
+                    f"--cert-dir={d}",
+                    f"--tls-cert-file={d / 'apiserver.crt'}",
+                    f"--tls-private-key-file={d / 'apiserver.key'}",
+                    f"--token-auth-file={d / 'tokens.csv'}",
+                    "--authorization-mode=RBAC",
+                    f"--service-account-key-file={d / 'sa.pub'}",
+                    f"--service-account-signing-key-file={d / 'sa.key'}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    "--service-cluster-ip-range=10.96.0.0/24",
+                    "--enable-priority-and-fairness=false",
+                    "--endpoint-reconciler-type=none",  # a loopback advertise address is refused otherwise
+                    "--v=0",
+                ],
+                stdout=api_log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         self.server = f"https://127.0.0.1:{api_port}"
         self.kubeconfig = d / "admin.kubeconfig"
         self.kubeconfig.write_text(kubeconfig(self.server, d / "ca.crt", token, "admin"))
-        wait_until_ok(urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"}),
-                      self.processes, 90, lambda: (d / "etcd.log").read_text() + (d / "apiserver.log").read_text(),
-                      ssl.create_default_context(cafile=str(d / "ca.crt")))
+        wait_until_ok(
+            urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"}),
+            self.processes,
+            90,
+            lambda: (d / "etcd.log").read_text() + (d / "apiserver.log").read_text(),
+            ssl.create_default_context(cafile=str(d / "ca.crt")),
+        )
         self.start_seconds = time.monotonic() - t0
 
     def stop(self) -> None:

@@ -14,8 +14,9 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -125,8 +126,9 @@ def _wait_for_pid(daemon: str, timeout: float = 10) -> int:
 def _started_at(pid: int) -> float:
     """When a process started, in seconds since the epoch (to within a second: /proc/stat's btime)."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime "))
+    boot = next(
+        float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+    )
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -147,8 +149,10 @@ def libvirtd() -> Iterator[str]:
     if os.geteuid() != 0:
         unavailable("the system libvirtd needs root")
     if not all(shutil.which(p) for p in ("libvirtd", "virtlockd", "virtlogd", "qemu-system-x86_64")):
-        unavailable("libvirtd, virtlockd, virtlogd or qemu-system-x86_64 is missing (apt-get install "
-                    "libvirt-daemon-system qemu-system-x86)")
+        unavailable(
+            "libvirtd, virtlockd, virtlogd or qemu-system-x86_64 is missing (apt-get install "
+            "libvirt-daemon-system qemu-system-x86)"
+        )
     changed = lock_disks_with_virtlockd()
     started: dict[str, int] = {}
     for daemon in ("virtlockd", "virtlogd"):  # before libvirtd: it needs both at every domain start
@@ -199,7 +203,7 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="session")
-def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator["Cluster"]:
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real etcd and kube-apiserver on loopback with RBAC, deploy/ applied (CRDs, RBAC, namespace)."""
     from cluster import Cluster, build
 
@@ -247,14 +251,28 @@ class Sshd:
         from cluster import free_port
 
         self.port = self.port or free_port()
-        (self.base / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.base / 'host'}",
-            f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "UsePAM no", "StrictModes no", *self.config, ""]))
+        (self.base / "sshd_config").write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.base / 'host'}",
+                    f"PidFile {self.base / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    *self.config,
+                    "",
+                ]
+            )
+        )
         os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"),
-                                      "-E", str(self.base / "sshd.log")])
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(self.base / "sshd.log")]
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -262,7 +280,7 @@ class Sshd:
                 return
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"sshd did not start: {(self.base / 'sshd.log').read_text()}")
+                    raise RuntimeError(f"sshd did not start: {(self.base / 'sshd.log').read_text()}") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -308,7 +326,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
 
 
 @pytest.fixture(scope="module")
-def operator(kube: "Cluster", tmp_path_factory: pytest.TempPathFactory) -> Iterator["OperatorProcess"]:
+def operator(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator as its own process, as deploy/'s ServiceAccount; one per test module (never two at once)."""
     from operator_process import OperatorProcess
 

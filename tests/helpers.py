@@ -54,8 +54,9 @@ def quickstart(tmp: Path, image: Path, **fleet_spec: Any) -> Path:
 
 def xfs_io_exclusive(path: Path) -> int:
     """Bytes without the shared flag, as xfs_io's own FIEMAP reader prints them: an independent reading."""
-    out = subprocess.run(["xfs_io", "-r", "-c", "fiemap -v", str(path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["xfs_io", "-r", "-c", "fiemap -v", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     total = 0
     for line in out.splitlines()[2:]:
         cols = line.split()

@@ -14,16 +14,36 @@ from helpers import open_up
 
 def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str = "Delete") -> list[dict]:
     return [
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name},
-         "spec": {"driver": "qcow2", "root": str(root)}},
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": name},
+            "spec": {"driver": "qcow2", "root": str(root)},
+        },
         # libvirt's test driver always runs its own 8 GiB domain "test".
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name, "labels": {"test": name}},
-         "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": ns},
-         "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
-         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "deletionPolicy": policy,
-                  "hostSelector": {"matchLabels": {"test": name}}}},
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": name, "labels": {"test": name}},
+            "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "tiny", "namespace": ns},
+            "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {
+                "templateRef": {"name": "tiny"},
+                "replicas": replicas,
+                "deletionPolicy": policy,
+                "hostSelector": {"matchLabels": {"test": name}},
+            },
+        },
     ]
 
 
@@ -44,8 +64,7 @@ def fleet(kube: Cluster, ns: str) -> dict:
 
 
 def wait_ready(kube: Cluster, ns: str, timeout: int = 90) -> None:
-    done = kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, f"--timeout={timeout}s",
-                        check=False)
+    done = kube.kubectl("wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, f"--timeout={timeout}s", check=False)
     if done.returncode != 0:
         conditions = fleet(kube, ns).get("status", {}).get("conditions")
         raise AssertionError(f"vmfleet/web in {ns} not Ready: {json.dumps(conditions, indent=1)}")

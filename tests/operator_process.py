@@ -24,9 +24,18 @@ class OperatorProcess:
         port, self.metrics_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VMFLEET_RESYNC_SECONDS": str(self.resync)}
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([VMFLEET, "run", "--standalone", f"--liveness=http://127.0.0.1:{port}/healthz",
-                                      f"--metrics-port={self.metrics_port}"],
-                                     env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [
+                VMFLEET,
+                "run",
+                "--standalone",
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+                f"--metrics-port={self.metrics_port}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         wait_until_ok(urllib.request.Request(f"http://127.0.0.1:{port}/healthz"), [self.proc], 60, self.output)
 
     def output(self) -> str:
@@ -51,5 +60,8 @@ class OperatorProcess:
         from prometheus_client.parser import text_string_to_metric_families
 
         page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(page) for s in family.samples}
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(page)
+            for s in family.samples
+        }

@@ -62,13 +62,21 @@ class World:
                 xml = ET.fromstring(dom.XMLDesc(0))
                 source = xml.find("devices/disk/source")
                 try:
-                    owner = parse_owner(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS,
-                                                     libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+                    owner = parse_owner(
+                        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                    )
                 except libvirt.libvirtError:
                     owner = None
-                out.append(Domain(uri, dom.name(), dom.UUIDString(), bool(dom.isActive()),
-                                  source.get("file", "") if source is not None else "",
-                                  owner.fleet_uid if owner else ""))
+                out.append(
+                    Domain(
+                        uri,
+                        dom.name(),
+                        dom.UUIDString(),
+                        bool(dom.isActive()),
+                        source.get("file", "") if source is not None else "",
+                        owner.fleet_uid if owner else "",
+                    )
+                )
         return out
 
     def power_loss(self, uri: str) -> None:
@@ -125,8 +133,11 @@ def files(root: Path) -> dict[str, tuple[int, int, int]]:
 def write_into(path: Path, disk_format: str, offset: int, length: int) -> None:
     """What a guest does to its disk: write data (through qemu-io for a qcow2 overlay)."""
     if disk_format == "qcow2":
-        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {offset} {length}", str(path)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {offset} {length}", str(path)],
+            check=True,
+            capture_output=True,
+        )
     else:
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -137,13 +148,21 @@ def write_into(path: Path, disk_format: str, offset: int, length: int) -> None:
 
 
 def store_doc(driver: str, root: Path) -> dict[str, Any]:
-    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "store"},
-            "spec": {"driver": driver, "root": str(root), "concurrency": 4}}
+    return {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "CloneStore",
+        "metadata": {"name": "store"},
+        "spec": {"driver": driver, "root": str(root), "concurrency": 4},
+    }
 
 
 def host_doc(name: str, uri: str) -> dict[str, Any]:
-    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": name},
-            "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}}}
+    return {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "KvmHost",
+        "metadata": {"name": name},
+        "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}},
+    }
 
 
 __all__ = ["CloneStore", "Domain", "World", "WorldRuntime", "files", "host_doc", "store_doc", "write_into"]

@@ -22,14 +22,35 @@ class OpenSshSim:
     """OpenSSH's sshd whose ForceCommand hands each command to the simulator's interpreter
     (`python -m vmfleet.sim --exec`): the commands and files of `sim.Simulator`, the SSH server users meet."""
 
-    def __init__(self, base: Path, directory: Path, personality: str, latency: float = 0.0,
-                 max_sessions: int = 10):
+    def __init__(self, base: Path, directory: Path, personality: str, latency: float = 0.0, max_sessions: int = 10):
         self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
-        force = [sys.executable, "-m", "vmfleet.sim", "--exec", "--dir", str(directory), "--mount-point", MOUNT,
-                 "--personality", personality, "--log", str(self.log), "--latency", str(latency)]
-        self.sshd = Sshd(base, [f"ForceCommand {' '.join(force)}", f"MaxSessions {max_sessions}", "LogLevel INFO",
-                                "AllowTcpForwarding no", "PermitTTY no"])
+        force = [
+            sys.executable,
+            "-m",
+            "vmfleet.sim",
+            "--exec",
+            "--dir",
+            str(directory),
+            "--mount-point",
+            MOUNT,
+            "--personality",
+            personality,
+            "--log",
+            str(self.log),
+            "--latency",
+            str(latency),
+        ]
+        self.sshd = Sshd(
+            base,
+            [
+                f"ForceCommand {' '.join(force)}",
+                f"MaxSessions {max_sessions}",
+                "LogLevel INFO",
+                "AllowTcpForwarding no",
+                "PermitTTY no",
+            ],
+        )
         self.sshd.start()
 
     @property
@@ -69,15 +90,24 @@ class SimEnv:
     user: str = "vmfleet"  # OpenSshSim: root, the only user with the test's key
 
     def read_secret(self, ref: SecretRef) -> dict[str, str]:
-        return {"ssh-privatekey": self.client_key.export_private_key().decode(),
-                "known_hosts": self.known_hosts or self.sim.known_hosts}
+        return {
+            "ssh-privatekey": self.client_key.export_private_key().decode(),
+            "known_hosts": self.known_hosts or self.sim.known_hosts,
+        }
 
     def store(self, timeout: int = 10, ssh: dict[str, Any] | None = None, **spec: Any) -> CloneStore:
         if self.sim.personality == "sonas":
             spec.setdefault("localPath", str(self.directory / "frank"))
-        return objects.store("sim", self.sim.personality, self.sim.port, self.user, f"{MOUNT}/frank",
-                             SecretRef("ssh", "vmfleet-system"), {"commandTimeoutSeconds": timeout, **(ssh or {})},
-                             **spec)
+        return objects.store(
+            "sim",
+            self.sim.personality,
+            self.sim.port,
+            self.user,
+            f"{MOUNT}/frank",
+            SecretRef("ssh", "vmfleet-system"),
+            {"commandTimeoutSeconds": timeout, **(ssh or {})},
+            **spec,
+        )
 
 
 def host(vcpus: int = 4096, memory: int = 1 << 22) -> KvmHost:

@@ -33,8 +33,11 @@ STORE = {
         "driver": "sonas",
         "root": "/ibm/gpfs0/vms",
         "localPath": "/mnt/sonas/vms",
-        "ssh": {"host": "sonas-mgmt.example.com", "user": "vmfleet",
-                "secretRef": {"name": "sonas-ssh", "namespace": "vmfleet-system"}},
+        "ssh": {
+            "host": "sonas-mgmt.example.com",
+            "user": "vmfleet",
+            "secretRef": {"name": "sonas-ssh", "namespace": "vmfleet-system"},
+        },
     },
 }
 HOST = {
@@ -63,7 +66,12 @@ def test_vmfleet_crd_has_scale_printer_columns_short_names_and_category() -> Non
     version = crd["spec"]["versions"][0]
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c] == [
-        "Desired", "Ready", "Allocated", "Saved", "Age"]
+        "Desired",
+        "Ready",
+        "Allocated",
+        "Saved",
+        "Age",
+    ]
     assert crd["spec"]["names"]["shortNames"] == ["vmf"]
     assert crd["spec"]["names"]["categories"] == ["vmfleet"]
 
@@ -149,8 +157,13 @@ BAD = [
     (STORE, "spec.root", "/ibm/../etc", "spec.root", "must match"),
     (STORE, "spec.ssh", DELETE, "spec.ssh", "spec.ssh is required for the sonas and gpfs drivers"),
     (STORE, "spec.localPath", DELETE, "spec.localPath", "spec.localPath is required for the sonas driver"),
-    (STORE, "spec.ssh", {"host": "h; rm -rf /", "user": "u", "secretRef": {"name": "s", "namespace": "n"}},
-     "spec.ssh.host", "must match"),
+    (
+        STORE,
+        "spec.ssh",
+        {"host": "h; rm -rf /", "user": "u", "secretRef": {"name": "s", "namespace": "n"}},
+        "spec.ssh.host",
+        "must match",
+    ),
     (HOST, "spec.uri", "qemu:///system; reboot", "spec.uri", "must match"),
     (HOST, "spec.domainType", "xen", "spec.domainType", "must be one of: kvm, qemu"),
     # issue 12, finding 11: no query string or fragment in a libvirt URI; finding 12: the apiserver's meaning
@@ -165,15 +178,21 @@ BAD = [
     (STORE, "spec.root", "/ibm/gpfs0/vms\n", "spec.root", "must match"),
     (HOST, "metadata.labels", {"role": "a;rm -rf /"}, "metadata.labels", "label value"),
     (HOST, "metadata.labels", {"a;b": "kvm"}, "metadata.labels", "label key"),
-    (FLEET, "spec.hostSelector", {"matchLabels": {"role": "a;rm -rf /"}}, "spec.hostSelector.matchLabels.role",
-     "must match"),
+    (
+        FLEET,
+        "spec.hostSelector",
+        {"matchLabels": {"role": "a;rm -rf /"}},
+        "spec.hostSelector.matchLabels.role",
+        "must match",
+    ),
     (FLEET, "spec.hostSelector", {"matchLabels": {"a;b": "kvm"}}, "spec.hostSelector.matchLabels", "label key"),
 ]
 
 
 @pytest.mark.parametrize("doc,path,value,field,rule", BAD, ids=[f"{b[1]}={b[2]!r}"[:60] for b in BAD])
-def test_bad_manifests_are_rejected_naming_the_field(doc: dict, path: str, value: object, field: str,
-                                                     rule: str) -> None:
+def test_bad_manifests_are_rejected_naming_the_field(
+    doc: dict, path: str, value: object, field: str, rule: str
+) -> None:
     with pytest.raises(InvalidManifest) as raised:
         validate(_with(doc, path, value))
     assert any(e.field == field and rule in e.rule for e in raised.value.errors), str(raised.value)

@@ -56,7 +56,8 @@ def test_a_second_run_makes_no_clone_and_reports_the_same_paths(tmp_path: Path, 
     second = fleet_of(second_run.stdout)
     assert "ClonesCreated" not in second_run.stderr and "ParentPrepared" not in second_run.stderr
     assert [clone_path(second["status"], c) for c in second["status"]["clones"]] == [
-        clone_path(first["status"], c) for c in first["status"]["clones"]]
+        clone_path(first["status"], c) for c in first["status"]["clones"]
+    ]
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in clones] == identity
 
 
@@ -118,8 +119,7 @@ def test_status_without_a_cluster_says_what_to_do(tmp_path: Path) -> None:
     assert "set KUBECONFIG, or look at standalone manifests with `vmfleet status -f DIR`" in done.stderr
 
 
-def test_a_bad_manifest_is_rejected_naming_the_field_and_nothing_is_made(tmp_path: Path,
-                                                                         small_image: Path) -> None:
+def test_a_bad_manifest_is_rejected_naming_the_field_and_nothing_is_made(tmp_path: Path, small_image: Path) -> None:
     manifests = quickstart(tmp_path, small_image)
     fleet = yaml.safe_load((manifests / "fleet.yaml").read_text())
     fleet["spec"]["replicas"] = "three"
@@ -174,4 +174,3 @@ def test_a_problem_in_the_table_comes_with_what_to_do(tmp_path: Path, small_imag
     assert done.returncode == 3
     assert "Stalled (InsufficientCapacity): demo-14, demo-15: no host has 1 vCPU and 256 MiB free" in done.stdout
     assert "hint: add a KvmHost, raise spec.capacity of one, or lower spec.replicas" in done.stdout
-

@@ -33,8 +33,7 @@ OPERATOR_UID = 10001  # deploy/deployment.yaml's runAsUser: for it a chmod is a 
 
 
 def obj(kind: str, name: str, spec: dict[str, Any], **meta: str) -> Any:
-    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": {"name": name, **meta},
-                  "spec": spec})
+    return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec})
 
 
 def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
@@ -43,10 +42,26 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
 
 def apply_as_operator(manifests: Path, home: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """`vmfleet apply` as the operator's user; (the run, each object's status by kind)."""
-    done = subprocess.run(["setpriv", f"--reuid={OPERATOR_UID}", f"--regid={OPERATOR_UID}", "--clear-groups", "--",
-                           VMFLEET, "apply", "-f", str(manifests), "-o", "json"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)},
-                          check=False)
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={OPERATOR_UID}",
+            f"--regid={OPERATOR_UID}",
+            "--clear-groups",
+            "--",
+            VMFLEET,
+            "apply",
+            "-f",
+            str(manifests),
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(home)},
+        check=False,
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return done, {o["kind"]: o["status"] for o in json.loads(done.stdout)}
 
@@ -76,15 +91,20 @@ def test_an_unreadable_directory_in_a_local_store_is_a_condition_naming_it(tmp_p
         unavailable_there = ("True", "StoreUnavailable", f"CloneStore local: {clones}: Permission denied")
         assert conditions(status["VmFleet"])["Degraded"] == unavailable_there
         assert conditions(status["VmTemplate"])["Ready"][:2] == ("True", "ParentReady")
-        assert done.returncode == 3 and f"StoreUnavailable   VmFleet default/demo: CloneStore local: {clones}: " \
-            "Permission denied" in done.stderr
+        assert (
+            done.returncode == 3
+            and f"StoreUnavailable   VmFleet default/demo: CloneStore local: {clones}: Permission denied" in done.stderr
+        )
         clones.chmod(0o755)
 
         parents.chmod(0)
         done, status = apply_as_operator(manifests, tmp_path)
         assert conditions(status["VmTemplate"])["Degraded"] == ("True", "ParentFailed", f"{parents}: Permission denied")
         assert conditions(status["VmFleet"])["Degraded"] == (
-            "True", "StoreUnavailable", f"CloneStore local: {parents}: Permission denied")
+            "True",
+            "StoreUnavailable",
+            f"CloneStore local: {parents}: Permission denied",
+        )
         assert done.returncode == 3
     finally:
         clones.chmod(0o755)
@@ -94,22 +114,38 @@ def test_an_unreadable_directory_in_a_local_store_is_a_condition_naming_it(tmp_p
 
 
 def gpfs_store() -> CloneStore:
-    store: CloneStore = obj("CloneStore", "s", {
-        "driver": "gpfs", "root": "/gpfs/fs1/x",
-        "ssh": {"host": "127.0.0.1", "port": 1, "user": "u", "commandTimeoutSeconds": 7, "maxSessions": 4,
-                "secretRef": {"name": "s-ssh", "namespace": "vmfleet-system"}}})
+    store: CloneStore = obj(
+        "CloneStore",
+        "s",
+        {
+            "driver": "gpfs",
+            "root": "/gpfs/fs1/x",
+            "ssh": {
+                "host": "127.0.0.1",
+                "port": 1,
+                "user": "u",
+                "commandTimeoutSeconds": 7,
+                "maxSessions": 4,
+                "secretRef": {"name": "s-ssh", "namespace": "vmfleet-system"},
+            },
+        },
+    )
     return store
 
 
 def libssh_host() -> KvmHost:
-    host: KvmHost = obj("KvmHost", "b", {"uri": "qemu+libssh://root@127.0.0.1:1/system",
-                                         "secretRef": {"name": "b-ssh", "namespace": "vmfleet-system"}})
+    host: KvmHost = obj(
+        "KvmHost",
+        "b",
+        {"uri": "qemu+libssh://root@127.0.0.1:1/system", "secretRef": {"name": "b-ssh", "namespace": "vmfleet-system"}},
+    )
     return host
 
 
 def fleet_on(store: str) -> tuple[VmTemplate, VmFleet]:
-    template: VmTemplate = obj("VmTemplate", "t", {"storeRef": {"name": store}, "image": {"path": "i.img"}},
-                               namespace="boundary")
+    template: VmTemplate = obj(
+        "VmTemplate", "t", {"storeRef": {"name": store}, "image": {"path": "i.img"}}, namespace="boundary"
+    )
     fleet: VmFleet = obj("VmFleet", "f", {"templateRef": {"name": "t"}, "replicas": 1}, namespace="boundary")
     return template, fleet
 
@@ -144,11 +180,20 @@ async def test_each_secret_is_named_with_the_field_that_names_it() -> None:
 def dead_kubernetes_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The operator's kubeconfig names an API server that refuses every connection."""
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dead",
-        "clusters": [{"name": "dead", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "dead",
+                "clusters": [
+                    {"name": "dead", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "dead", "context": {"cluster": "dead", "user": "u"}}],
+            }
+        )
+    )
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))  # read from KUBECONFIG at import
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     saved = client.Configuration.get_default_copy()  # load_kube_config sets the process-wide default
@@ -157,7 +202,8 @@ def dead_kubernetes_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iter
 
 
 async def test_a_kubernetes_api_that_does_not_answer_is_a_condition_not_an_escaped_exception(
-        dead_kubernetes_api: None) -> None:
+    dead_kubernetes_api: None,
+) -> None:
     """urllib3's MaxRetryError left the store's SSH connection and reconcile_fleet with it."""
     store, host = await store_and_host_messages(Runtime(ClusterSecrets()))
     why = "cannot be read: the Kubernetes API did not answer (MaxRetryError)"
@@ -166,7 +212,8 @@ async def test_a_kubernetes_api_that_does_not_answer_is_a_condition_not_an_escap
 
 
 async def test_a_host_key_that_cannot_be_written_for_libvirt_makes_the_host_unreachable(
-        tmp_path: Path, small_image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, small_image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The OSError left the fleet's observation of its hosts, and reconcile_fleet with it."""
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("")
@@ -183,9 +230,15 @@ async def test_a_host_key_that_cannot_be_written_for_libvirt_makes_the_host_unre
     finally:
         await runtime.close()
     assert conditions(host)["Degraded"] == (
-        "True", "Unreachable", f"KvmHost b: cannot write its SSH key for libvirt in {not_a_directory}: Not a directory")
+        "True",
+        "Unreachable",
+        f"KvmHost b: cannot write its SSH key for libvirt in {not_a_directory}: Not a directory",
+    )
     assert conditions(result.status)["Stalled"] == (
-        "True", "NoReachableHost", "f-0: none of the fleet's hosts is reachable")
+        "True",
+        "NoReachableHost",
+        "f-0: none of the fleet's hosts is reachable",
+    )
 
 
 def test_a_stores_ssh_endpoint_is_the_one_its_spec_gives() -> None:

@@ -14,15 +14,35 @@ from test_cli import apply, fleet_of
 
 def manifests(tmp: Path, root: Path, logs: Path, fleet: str, replicas: int) -> Path:
     docs = [
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "xfs"},
-         "spec": {"driver": "reflink", "root": str(root)}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "kvm1"},
-         "spec": {"uri": "qemu:///system", "domainType": "qemu", "consoleLogDir": str(logs),
-                  "capacity": {"vcpus": 8, "memoryMiB": 4096}}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "tiny", "namespace": "e2e"},
-         "spec": {"storeRef": {"name": "xfs"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": fleet, "namespace": "e2e"},
-         "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas}},
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": "xfs"},
+            "spec": {"driver": "reflink", "root": str(root)},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": "kvm1"},
+            "spec": {
+                "uri": "qemu:///system",
+                "domainType": "qemu",
+                "consoleLogDir": str(logs),
+                "capacity": {"vcpus": 8, "memoryMiB": 4096},
+            },
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "tiny", "namespace": "e2e"},
+            "spec": {"storeRef": {"name": "xfs"}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": fleet, "namespace": "e2e"},
+            "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas},
+        },
     ]
     path = tmp / "fleet.yaml"
     path.write_text(yaml.safe_dump_all(docs))
@@ -30,7 +50,8 @@ def manifests(tmp: Path, root: Path, logs: Path, fleet: str, replicas: int) -> P
 
 
 def test_a_fleet_boots_from_its_clones_and_a_second_run_changes_nothing(
-        libvirtd: str, xfs: Path, small_image: Path, tmp_path: Path, unique: str) -> None:
+    libvirtd: str, xfs: Path, small_image: Path, tmp_path: Path, unique: str
+) -> None:
     root, logs, fleet = xfs / f"e2e-{unique}", xfs / f"logs-{unique}", f"e2e-{unique}"
     (root / "images").mkdir(parents=True)
     logs.mkdir()
@@ -45,8 +66,11 @@ def test_a_fleet_boots_from_its_clones_and_a_second_run_changes_nothing(
         assert status["readyReplicas"] == 2 and status["allocatedBytes"] == 0
         for i in range(2):
             log = logs / f"e2e.{fleet}-{i}.log"
-            wait_for(lambda: log.exists() and "VMFLEET-BOOT-OK" in log.read_text(errors="replace"), 30,
-                     f"the boot marker of {fleet}-{i}")
+            wait_for(
+                lambda: log.exists() and "VMFLEET-BOOT-OK" in log.read_text(errors="replace"),
+                30,
+                f"the boot marker of {fleet}-{i}",
+            )
         uuids = {n: conn.lookupByName(f"e2e.{fleet}-{n}").UUIDString() for n in range(2)}
 
         second = apply("-f", str(manifests(tmp_path, root, logs, fleet, 2)), "-o", "json")

@@ -73,8 +73,9 @@ def fluxprobe() -> str:
 def flux_status(objs: list[dict[str, Any]]) -> list[dict[str, str]]:
     """kstatus and the example's healthCheckExprs on each object, computed by Flux's own Go code."""
     exprs = yaml.safe_load(FLUX.read_text())["spec"]["healthCheckExprs"]
-    done = subprocess.run([fluxprobe()], input=json.dumps({"healthCheckExprs": exprs, "objects": objs}),
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [fluxprobe()], input=json.dumps({"healthCheckExprs": exprs, "objects": objs}), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -116,8 +117,13 @@ def test_one_health_check_serves_every_kind_and_the_argocd_cm_patch_carries_it()
 def trimmed(obj: dict[str, Any]) -> dict[str, Any]:
     """What a health check reads (and what a test case keeps): no uid, managedFields or annotations."""
     meta = {k: obj["metadata"][k] for k in ("name", "namespace", "generation") if k in obj["metadata"]}
-    return {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta, "spec": obj["spec"],
-            **({"status": obj["status"]} if "status" in obj else {})}
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "metadata": meta,
+        "spec": obj["spec"],
+        **({"status": obj["status"]} if "status" in obj else {}),
+    }
 
 
 def condition(obj: dict[str, Any], type_: str) -> tuple[str, str]:
@@ -134,14 +140,18 @@ class States:
 
     def capture(self, key: str, resource: str, name: str, until: Any) -> dict[str, Any]:
         where = ("-n", self.ns) if resource in ("vmfleets", "vmtemplates") else ()
-        obj = wait_for(lambda: (lambda o: o if until(o) else None)(self.kube.get(resource, name, *where)),
-                       60, f"{key}: the operator to report it")
+        obj = wait_for(
+            lambda: (lambda o: o if until(o) else None)(self.kube.get(resource, name, *where)),
+            60,
+            f"{key}: the operator to report it",
+        )
         self.seen[key] = trimmed(obj)
         return obj
 
 
 def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns, name = f"g-{unique}", f"g-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
@@ -149,10 +159,15 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
     s = States(kube, ns)
 
     apply(kube, [fleet, template])  # applied before the store and the host: both wait, in progress
-    s.capture("VmFleet/waiting", "vmfleets", "web",
-              lambda o: condition(o, "Reconciling") in (("True", "TemplateNotFound"), ("True", "StoreNotFound")))
-    s.capture("VmTemplate/waiting", "vmtemplates", "tiny",
-              lambda o: condition(o, "Reconciling") == ("True", "StoreNotFound"))
+    s.capture(
+        "VmFleet/waiting",
+        "vmfleets",
+        "web",
+        lambda o: condition(o, "Reconciling") in (("True", "TemplateNotFound"), ("True", "StoreNotFound")),
+    )
+    s.capture(
+        "VmTemplate/waiting", "vmtemplates", "tiny", lambda o: condition(o, "Reconciling") == ("True", "StoreNotFound")
+    )
     apply(kube, [store, host])
     wait_ready(kube, ns)
     s.capture("VmFleet/ready", "vmfleets", "web", lambda o: condition(o, "Ready")[0] == "True")
@@ -162,12 +177,20 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
 
     operator.stop()  # the spec moves on while nobody answers: the generation lags, new objects wait
     kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=3")
-    s.capture("VmFleet/generation-lag", "vmfleets", "web",
-              lambda o: o["status"]["observedGeneration"] < o["metadata"]["generation"])
+    s.capture(
+        "VmFleet/generation-lag",
+        "vmfleets",
+        "web",
+        lambda o: o["status"]["observedGeneration"] < o["metadata"]["generation"],
+    )
     apply(kube, [{**doc, "metadata": {**doc["metadata"], "name": "new"}} for doc in (template, fleet)])
     apply(kube, [{**doc, "metadata": {"name": f"{name}-new", "labels": {"test": "none"}}} for doc in (store, host)])
-    for kind, resource, new in (("VmFleet", "vmfleets", "new"), ("VmTemplate", "vmtemplates", "new"),
-                                ("CloneStore", "clonestores", f"{name}-new"), ("KvmHost", "kvmhosts", f"{name}-new")):
+    for kind, resource, new in (
+        ("VmFleet", "vmfleets", "new"),
+        ("VmTemplate", "vmtemplates", "new"),
+        ("CloneStore", "clonestores", f"{name}-new"),
+        ("KvmHost", "kvmhosts", f"{name}-new"),
+    ):
         s.capture(f"{kind}/new", resource, new, lambda o: True)
     operator.start()
     wait_ready(kube, ns)
@@ -179,29 +202,40 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
 
     host["spec"]["uri"] = "qemu+tcp://127.0.0.1:1/system"  # the host goes away
     apply(kube, [host])
-    s.capture("VmFleet/host-lost", "vmfleets", "web",
-              lambda o: condition(o, "Degraded") == ("True", "HostUnreachable"))
-    gone = s.capture("KvmHost/degraded", "kvmhosts", name,
-                     lambda o: condition(o, "Ready") == ("False", "Unreachable"))
+    s.capture("VmFleet/host-lost", "vmfleets", "web", lambda o: condition(o, "Degraded") == ("True", "HostUnreachable"))
+    gone = s.capture("KvmHost/degraded", "kvmhosts", name, lambda o: condition(o, "Ready") == ("False", "Unreachable"))
     assert condition(gone, "Degraded")[0] == "True" and "domains" not in gone["status"]  # no stale count
     scraped = operator.metrics()
     assert scraped[("vmfleet_libvirt_errors_total", frozenset({("host", name), ("operation", "connect")}))] >= 1
     labels = frozenset({("namespace", ns), ("fleet", "web")})
     assert scraped[("vmfleet_fleet_clones", labels)] == 2
 
-    big = {**fleet, "metadata": {"name": "big", "namespace": ns},
-           "spec": {**fleet["spec"], "hostSelector": {"matchLabels": {"test": "nowhere"}}}}
+    big = {
+        **fleet,
+        "metadata": {"name": "big", "namespace": ns},
+        "spec": {**fleet["spec"], "hostSelector": {"matchLabels": {"test": "nowhere"}}},
+    }
     apply(kube, [big])
     s.capture("VmFleet/stalled", "vmfleets", "big", lambda o: condition(o, "Stalled") == ("True", "NoHosts"))
-    broken = {**template, "metadata": {"name": "broken", "namespace": ns},
-              "spec": {**template["spec"], "image": {"path": "images/missing.img"}}}
+    broken = {
+        **template,
+        "metadata": {"name": "broken", "namespace": ns},
+        "spec": {**template["spec"], "image": {"path": "images/missing.img"}},
+    }
     apply(kube, [broken])
     s.capture("VmTemplate/degraded", "vmtemplates", "broken", lambda o: condition(o, "Degraded")[0] == "True")
-    unmounted = {**store, "metadata": {"name": f"{name}-unmounted"},
-                 "spec": {**store["spec"], "root": str(tmp_path / "not-mounted")}}
+    unmounted = {
+        **store,
+        "metadata": {"name": f"{name}-unmounted"},
+        "spec": {**store["spec"], "root": str(tmp_path / "not-mounted")},
+    }
     apply(kube, [unmounted])
-    s.capture("CloneStore/degraded", "clonestores", f"{name}-unmounted",
-              lambda o: condition(o, "Degraded") == ("True", "RootMissing"))
+    s.capture(
+        "CloneStore/degraded",
+        "clonestores",
+        f"{name}-unmounted",
+        lambda o: condition(o, "Degraded") == ("True", "RootMissing"),
+    )
 
     verdicts = flux_status(list(s.seen.values()))
     for (key, obj), flux in zip(s.seen.items(), verdicts, strict=True):
@@ -213,7 +247,22 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
         if WRITE:
             (ARGO / kind / "testdata" / f"{state}.yaml").write_text(yaml.safe_dump(obj, sort_keys=False))
     assert set(s.seen) == set(EXPECTED)
-    kube.kubectl("delete", "vmfleet/web", "vmfleet/new", "vmfleet/big", "vmtemplate/broken", "-n", ns,
-                 "--timeout=60s", check=False)
-    kube.kubectl("delete", f"clonestore/{name}-unmounted", f"clonestore/{name}-new", f"kvmhost/{name}-new",
-                 "--timeout=60s", check=False)
+    kube.kubectl(
+        "delete",
+        "vmfleet/web",
+        "vmfleet/new",
+        "vmfleet/big",
+        "vmtemplate/broken",
+        "-n",
+        ns,
+        "--timeout=60s",
+        check=False,
+    )
+    kube.kubectl(
+        "delete",
+        f"clonestore/{name}-unmounted",
+        f"clonestore/{name}-new",
+        f"kvmhost/{name}-new",
+        "--timeout=60s",
+        check=False,
+    )

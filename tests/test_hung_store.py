@@ -10,8 +10,9 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,6 @@ from conftest import TIMINGS, FuseMount
 from helpers import wait_for
 from kubefleet import apply, store_root
 from operator_process import OperatorProcess
-
 from vmfleet.api import CloneStore
 from vmfleet.engine import Runtime, store_status
 from vmfleet.errors import StoreError, StoreTimeout
@@ -49,7 +49,8 @@ async def made(store: Qcow2Store) -> Qcow2Store:
 
 
 async def test_a_hung_mount_times_out_in_its_own_threads_and_nothing_else_waits(
-        fuse_mount: FuseMount, tmp_path: Path, small_image: Path) -> None:
+    fuse_mount: FuseMount, tmp_path: Path, small_image: Path
+) -> None:
     settings = Settings(store_timeout_seconds=TIMEOUT)
     with_image(fuse_mount.source, small_image)
     hung = await made(Qcow2Store(str(fuse_mount.path), settings=settings))
@@ -60,17 +61,30 @@ async def test_a_hung_mount_times_out_in_its_own_threads_and_nothing_else_waits(
     # More calls than the old default executor had threads; the delete and the writes queue behind the store's
     # threads, all stuck by then.
     started = time.monotonic()
-    calls = [hung.list_dir(CLONES), hung.exists(clone), hung.measure([clone]), hung.read_text(f"{CLONES}/fleet.json"),
-             *(hung.fingerprint(clone) for _ in range(max(CALL_THREADS, OLD_DEFAULT_THREADS))), hung.delete(clone),
-             hung.write_text(f"{CLONES}/fleet.json", "{}"), hung.create_clone(PARENT, "raw", f"{CLONES}/web-1.qcow2")]
+    calls = [
+        hung.list_dir(CLONES),
+        hung.exists(clone),
+        hung.measure([clone]),
+        hung.read_text(f"{CLONES}/fleet.json"),
+        *(hung.fingerprint(clone) for _ in range(max(CALL_THREADS, OLD_DEFAULT_THREADS))),
+        hung.delete(clone),
+        hung.write_text(f"{CLONES}/fleet.json", "{}"),
+        hung.create_clone(PARENT, "raw", f"{CLONES}/web-1.qcow2"),
+    ]
     outstanding = [asyncio.ensure_future(c) for c in calls]
     await asyncio.sleep(0.2)
     assert len(outstanding) > OLD_DEFAULT_THREADS and not any(t.done() for t in outstanding)
 
     # Meanwhile the default executor and the other store answer at once.
-    await asyncio.wait_for(asyncio.gather(*(asyncio.to_thread(time.sleep, 0.01) for _ in range(OLD_DEFAULT_THREADS)),
-                                          other.list_dir(CLONES), other.measure([clone]),
-                                          other.create_clone(PARENT, "raw", f"{CLONES}/web-1.qcow2")), TIMEOUT / 2)
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(asyncio.to_thread(time.sleep, 0.01) for _ in range(OLD_DEFAULT_THREADS)),
+            other.list_dir(CLONES),
+            other.measure([clone]),
+            other.create_clone(PARENT, "raw", f"{CLONES}/web-1.qcow2"),
+        ),
+        TIMEOUT / 2,
+    )
     assert not any(t.done() for t in outstanding), "the hung store answered: it was not frozen"
 
     results = await asyncio.gather(*outstanding, return_exceptions=True)
@@ -83,9 +97,14 @@ async def test_a_hung_mount_times_out_in_its_own_threads_and_nothing_else_waits(
     # Its threads are still stuck: later calls queue behind them and time out too, and so does the probe.
     with pytest.raises(StoreTimeout, match=f"opening the store root {fuse_mount.path} did not answer within 2 s"):
         await hung.probe()
-    store = CloneStore.parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
-                              "spec": {"driver": "qcow2", "root": str(fuse_mount.path), "maxCloneDepth": 0,
-                                       "concurrency": 8}})
+    store = CloneStore.parse(
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": "s"},
+            "spec": {"driver": "qcow2", "root": str(fuse_mount.path), "maxCloneDepth": 0, "concurrency": 8},
+        }
+    )
     runtime = Runtime(settings=settings)
     try:
         ready = (await store_status(runtime, store, None))["conditions"][0]
@@ -124,8 +143,9 @@ STUCK_TOO = [f"also-{i}" for i in range(OLD_DEFAULT_THREADS - 1)]  # more fleets
 
 
 @pytest.fixture
-def hung_operator(kube: Cluster, tmp_path_factory: pytest.TempPathFactory,
-                  monkeypatch: pytest.MonkeyPatch) -> Iterator[OperatorProcess]:
+def hung_operator(
+    kube: Cluster, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[OperatorProcess]:
     """The operator as its own process (as conftest's `operator`), with a short store timeout and resync."""
     d = tmp_path_factory.mktemp("operator")
     sa = kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", d / "sa.kubeconfig")
@@ -160,21 +180,40 @@ def manifests(ns: str, unique: str, hung: Path, other: Path) -> list[dict[str, A
     """A KvmHost (libvirt's test driver) and two CloneStores, each with a template. On the other store, fleet `web`
     (2 VMs); on the hung one, fleet `stuck` (2 VMs) and enough 1-VM fleets that the objects on it outnumber the
     threads of the old default executor (each of them held one on a hung mount)."""
+
     def doc(kind: str, name: str, spec: dict[str, Any], namespaced: bool = True) -> dict[str, Any]:
         meta = {"name": name, "namespace": ns} if namespaced else {"name": name, "labels": {"test": f"h-{unique}"}}
         return {"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
 
     def fleet(name: str, template: str, replicas: int) -> dict[str, Any]:
-        return doc("VmFleet", name, {"templateRef": {"name": template}, "replicas": replicas,
-                                     "hostSelector": {"matchLabels": {"test": f"h-{unique}"}}})
+        return doc(
+            "VmFleet",
+            name,
+            {
+                "templateRef": {"name": template},
+                "replicas": replicas,
+                "hostSelector": {"matchLabels": {"test": f"h-{unique}"}},
+            },
+        )
 
-    docs = [doc("KvmHost", f"h-{unique}", {"uri": "test:///default", "domainType": "qemu",
-                                           "capacity": {"vcpus": 256, "memoryMiB": 65536}}, namespaced=False)]
+    docs = [
+        doc(
+            "KvmHost",
+            f"h-{unique}",
+            {"uri": "test:///default", "domainType": "qemu", "capacity": {"vcpus": 256, "memoryMiB": 65536}},
+            namespaced=False,
+        )
+    ]
     for name, root in (("stuck", hung), ("web", other)):
-        docs += [doc("CloneStore", f"{name}-{unique}", {"driver": "qcow2", "root": str(root)}, namespaced=False),
-                 doc("VmTemplate", name, {"storeRef": {"name": f"{name}-{unique}"}, "image": {"path": "images/t.img"},
-                                          "memoryMiB": 64}),
-                 fleet(name, name, 2)]
+        docs += [
+            doc("CloneStore", f"{name}-{unique}", {"driver": "qcow2", "root": str(root)}, namespaced=False),
+            doc(
+                "VmTemplate",
+                name,
+                {"storeRef": {"name": f"{name}-{unique}"}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+            ),
+            fleet(name, name, 2),
+        ]
     return docs + [fleet(name, "stuck", 1) for name in STUCK_TOO]
 
 
@@ -193,8 +232,8 @@ def store_ready(kube: Cluster, name: str, reason: str) -> dict[str, Any] | None:
 
 @pytest.mark.kube
 def test_a_hung_mount_degrades_only_its_own_fleet_and_the_operator_stays_live(
-        fuse_mount: FuseMount, hung_operator: OperatorProcess, kube: Cluster, tmp_path: Path, small_image: Path,
-        unique: str) -> None:
+    fuse_mount: FuseMount, hung_operator: OperatorProcess, kube: Cluster, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns, stuck_store = f"h-{unique}", f"stuck-{unique}"
     kube.kubectl("create", "namespace", ns)
     with_image(fuse_mount.source, small_image)
@@ -220,8 +259,11 @@ def test_a_hung_mount_degrades_only_its_own_fleet_and_the_operator_stays_live(
             assert {c["status"] for c in conditions.values()} == {"False"}
             message = conditions["stuck"]["message"]
             assert f"did not answer within {TIMEOUT:g} s (a hung mount?)" in message, message
-            store = wait_for(lambda: store_ready(kube, stuck_store, "Unreachable"), 4 * (RESYNC + TIMEOUT),
-                             "the CloneStore on the frozen mount to be Unreachable")
+            store = wait_for(
+                lambda: store_ready(kube, stuck_store, "Unreachable"),
+                4 * (RESYNC + TIMEOUT),
+                "the CloneStore on the frozen mount to be Unreachable",
+            )
             assert f"opening the store root {fuse_mount.path} did not answer within" in store["message"], store
 
             # (a) meanwhile the other fleet converges: neither its store nor the libvirt host is held up. Every

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.kube
 
 @pytest.mark.gitops  # also scrapes /metrics
 def test_a_fleet_through_kubectl_scale_restart_and_delete(
-        kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path,
-        unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"k-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
@@ -63,7 +63,8 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
         wait_ready(kube, ns)
         assert {o: conn.lookupByName(f"{ns}.web-{o}").UUIDString() for o in range(2)} == uuids
         assert {p.name: p.stat().st_ino for p in root.rglob("web-*.qcow2")} == {
-            n: i for n, i in inodes.items() if n in ("web-0.qcow2", "web-1.qcow2")}
+            n: i for n, i in inodes.items() if n in ("web-0.qcow2", "web-1.qcow2")
+        }
 
         kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=90s")
         assert kube.kubectl("get", "vmfleet/web", "-n", ns, check=False).returncode != 0
@@ -76,7 +77,8 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
 
 
 def test_every_status_field_the_operator_writes_survives_the_apiserver(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"s-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
@@ -86,14 +88,28 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
     stored = fleet(kube, ns)["status"]
 
     (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
-    local = subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "apply", "-f", str(tmp_path / "m.yaml"),
-                            "-o", "json", "--dry-run"], capture_output=True, text=True, check=True)
+    local = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "vmfleet"),
+            "apply",
+            "-f",
+            str(tmp_path / "m.yaml"),
+            "-o",
+            "json",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     written = next(o for o in json.loads(local.stdout) if o["kind"] == "VmFleet")["status"]
     assert set(written) <= set(stored), f"pruned by the apiserver: {set(written) - set(stored)}"
-    assert set(stored["clones"][0]) == {"name", "ordinal", "host", "file", "state", "logicalBytes",
-                                        "allocatedBytes"}
-    wait_for(lambda: kube.get("vmtemplate", "tiny", "-n", ns)["status"].get("parent", {}).get("clones") == 2, 30,
-             "the template to count its clones")
+    assert set(stored["clones"][0]) == {"name", "ordinal", "host", "file", "state", "logicalBytes", "allocatedBytes"}
+    wait_for(
+        lambda: kube.get("vmtemplate", "tiny", "-n", ns)["status"].get("parent", {}).get("clones") == 2,
+        30,
+        "the template to count its clones",
+    )
     assert kube.get("vmtemplate", "tiny", "-n", ns)["status"]["parent"]["path"].startswith("vmfleet/parents/")
 
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
@@ -101,15 +117,19 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
 
 
 def test_a_template_with_live_clones_keeps_its_parent(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"t-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
     apply(kube, objects(root, ns, "test:///default", 1, f"t-{unique}"))
     wait_ready(kube, ns)
     kube.kubectl("delete", "vmtemplate/tiny", "-n", ns, "--wait=false")
-    wait_for(lambda: "ParentInUse" in {e["reason"] for e in kube.get("events", "-n", ns)["items"]}, 30,
-             "the template to refuse deletion")
+    wait_for(
+        lambda: "ParentInUse" in {e["reason"] for e in kube.get("events", "-n", ns)["items"]},
+        30,
+        "the template to refuse deletion",
+    )
     assert list(root.glob("vmfleet/parents/*.img")), "the parent went while a clone refers to it"
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
     kube.kubectl("wait", "--for=delete", "vmtemplate/tiny", "-n", ns, "--timeout=90s")
@@ -117,28 +137,35 @@ def test_a_template_with_live_clones_keeps_its_parent(
 
 
 def test_a_fleet_applied_before_its_template_waits_then_converges(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"o-{unique}"
     kube.kubectl("create", "namespace", ns)
     docs = objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"o-{unique}")
     apply(kube, docs[3:])
-    wait_for(lambda: any(c["type"] == "Reconciling" and c["reason"] == "TemplateNotFound"
-                         for c in fleet(kube, ns).get("status", {}).get("conditions", [])), 30,
-             "the fleet to say its template is missing")
+    wait_for(
+        lambda: any(
+            c["type"] == "Reconciling" and c["reason"] == "TemplateNotFound"
+            for c in fleet(kube, ns).get("status", {}).get("conditions", [])
+        ),
+        30,
+        "the fleet to say its template is missing",
+    )
     apply(kube, docs[:3])
     wait_ready(kube, ns)
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
 
+
 def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns, name = f"d-{unique}", f"d-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
     apply(kube, objects(root, ns, "test:///default", 2, name))
     wait_ready(kube, ns)
     kube.kubectl("delete", f"clonestore/{name}", f"kvmhost/{name}", "--wait=false")
-    reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"]
-                       if e["involvedObject"]["name"] == name}
+    reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"] if e["involvedObject"]["name"] == name}
     wait_for(lambda: {"StoreInUse", "HostInUse"} <= reasons(), 30, "the store and the host to refuse deletion")
     assert kube.get("clonestore", name)["metadata"]["deletionTimestamp"]
     wait_ready(kube, ns)  # the fleet still converges with both going away
@@ -147,14 +174,21 @@ def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
     kube.kubectl("wait", "--for=delete", f"clonestore/{name}", f"kvmhost/{name}", "--timeout=60s")
     assert not list(root.rglob("web-*.qcow2"))
 
+
 def test_vmfleet_status_reads_fleets_from_the_cluster(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"v-{unique}"
     kube.kubectl("create", "namespace", ns)
     apply(kube, objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"v-{unique}"))
     wait_ready(kube, ns)
-    vmfleet = lambda *args: subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "status", *args],
-                                           capture_output=True, text=True, env=kube.env(), timeout=60)
+    vmfleet = lambda *args: subprocess.run(
+        [str(Path(sys.executable).parent / "vmfleet"), "status", *args],
+        capture_output=True,
+        text=True,
+        env=kube.env(),
+        timeout=60,
+    )
     listed = vmfleet("-n", ns)
     assert listed.returncode == 0, listed.stderr
     _, row = listed.stdout.splitlines()
@@ -168,8 +202,11 @@ def test_vmfleet_status_reads_fleets_from_the_cluster(
     # The store and the host report too, in kubectl's READY column.
     for kind in ("clonestore", "kvmhost"):
         table = lambda: kube.kubectl("get", kind, f"v-{unique}").stdout.splitlines()
-        wait_for(lambda: dict(zip(*(line.split() for line in table()), strict=False)).get("READY") == "True", 30,
-                 f"the {kind} to be Ready")
+        wait_for(
+            lambda: dict(zip(*(line.split() for line in table()), strict=False)).get("READY") == "True",
+            30,
+            f"the {kind} to be Ready",
+        )
     assert kube.get("kvmhost", f"v-{unique}")["status"]["domains"] >= 1
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
 
@@ -216,15 +253,27 @@ def _invalid_corpus() -> list[tuple[str, dict, str]]:
     cases = [(f"{path}={value!r}", _with(doc, path, value), field) for doc, path, value, field, _ in BAD]
     fleet = BAD[0][0]
     more = [
-        ("spec.templateRef.name too long", _with(fleet, "spec.templateRef", {"name": "a" * 64}),
-         "spec.templateRef.name"),
-        ("spec.overrides[0].ordinal out of range", _with(fleet, "spec.overrides", [{"ordinal": 5000}]),
-         "spec.overrides[0].ordinal"),
-        ("spec.overrides[0].vcpus zero", _with(fleet, "spec.overrides", [{"ordinal": 0, "vcpus": 0}]),
-         "spec.overrides[0].vcpus"),
+        (
+            "spec.templateRef.name too long",
+            _with(fleet, "spec.templateRef", {"name": "a" * 64}),
+            "spec.templateRef.name",
+        ),
+        (
+            "spec.overrides[0].ordinal out of range",
+            _with(fleet, "spec.overrides", [{"ordinal": 5000}]),
+            "spec.overrides[0].ordinal",
+        ),
+        (
+            "spec.overrides[0].vcpus zero",
+            _with(fleet, "spec.overrides", [{"ordinal": 0, "vcpus": 0}]),
+            "spec.overrides[0].vcpus",
+        ),
         ("spec.running not a boolean", _with(fleet, "spec.running", "yes"), "spec.running"),
-        ("spec.hostSelector.matchLabels not a map", _with(fleet, "spec.hostSelector", {"matchLabels": ["a"]}),
-         "spec.hostSelector.matchLabels"),
+        (
+            "spec.hostSelector.matchLabels not a map",
+            _with(fleet, "spec.hostSelector", {"matchLabels": ["a"]}),
+            "spec.hostSelector.matchLabels",
+        ),
         ("spec missing", _with(fleet, "spec", None), "spec"),
     ]
     template = next(b[0] for b in BAD if b[0]["kind"] == "VmTemplate")
@@ -238,10 +287,12 @@ def _invalid_corpus() -> list[tuple[str, dict, str]]:
         ("spec.concurrency 0", _with(store, "spec.concurrency", 0), "spec.concurrency"),
         ("spec.maxCloneDepth", _with(store, "spec.maxCloneDepth", 1000), "spec.maxCloneDepth"),
         ("spec.ssh.port", _with(store, "spec.ssh", {**store["spec"]["ssh"], "port": 70000}), "spec.ssh.port"),
-        ("spec.capacity.vcpus", _with(host, "spec.capacity", {"vcpus": 0, "memoryMiB": 1024}),
-         "spec.capacity.vcpus"),
-        ("spec.storeMounts[0].path", _with(host, "spec.storeMounts", [{"store": "a", "path": "rel"}]),
-         "spec.storeMounts[0].path"),
+        ("spec.capacity.vcpus", _with(host, "spec.capacity", {"vcpus": 0, "memoryMiB": 1024}), "spec.capacity.vcpus"),
+        (
+            "spec.storeMounts[0].path",
+            _with(host, "spec.storeMounts", [{"store": "a", "path": "rel"}]),
+            "spec.storeMounts[0].path",
+        ),
     ]
     return cases + more
 
@@ -254,8 +305,9 @@ def test_the_invalid_corpus_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("name,doc,field", INVALID, ids=[c[0][:50] for c in INVALID])
-def test_the_apiserver_rejects_invalid_manifests_naming_the_field(kube: Cluster, name: str, doc: dict,
-                                                                  field: str) -> None:
+def test_the_apiserver_rejects_invalid_manifests_naming_the_field(
+    kube: Cluster, name: str, doc: dict, field: str
+) -> None:
     doc = json.loads(json.dumps(doc))
     if doc.get("spec") is None:
         doc.pop("spec", None)
@@ -264,7 +316,6 @@ def test_the_apiserver_rejects_invalid_manifests_naming_the_field(kube: Cluster,
     done = kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(doc), check=False)
     assert done.returncode != 0, f"{name} was accepted"
     assert field in done.stderr, done.stderr
-
 
 
 @pytest.fixture
@@ -285,7 +336,8 @@ def sonas_simulator(xfs: Path, unique: str, small_image: Path) -> Iterator[tuple
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     server = asyncio.run_coroutine_threadsafe(
-        sim.start(str(directory), "/ibm/gpfs0", "sonas", client.export_public_key().decode()), loop).result(10)
+        sim.start(str(directory), "/ibm/gpfs0", "sonas", client.export_public_key().decode()), loop
+    ).result(10)
     yield server, directory, client.export_private_key().decode()
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
@@ -294,17 +346,30 @@ def sonas_simulator(xfs: Path, unique: str, small_image: Path) -> Iterator[tuple
 
 @pytest.mark.gitops  # also scrapes the SSH metrics
 def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
-        kube: Cluster, operator: OperatorProcess, sonas_simulator: tuple, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, sonas_simulator: tuple, unique: str
+) -> None:
     server, directory, private_key = sonas_simulator
     ns = f"n-{unique}"
     kube.kubectl("create", "namespace", ns)
-    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
-              "metadata": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"},
-              "stringData": {"ssh-privatekey": private_key, "known_hosts": server.known_hosts}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/ssh-auth",
+        "metadata": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"},
+        "stringData": {"ssh-privatekey": private_key, "known_hosts": server.known_hosts},
+    }
     docs = objects(directory, ns, "test:///default", 3, f"n-{unique}")
-    docs[0]["spec"] = {"driver": "sonas", "root": "/ibm/gpfs0/frank", "localPath": str(directory / "frank"),
-                       "ssh": {"host": "127.0.0.1", "port": server.port, "user": "admin",
-                               "secretRef": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"}}}
+    docs[0]["spec"] = {
+        "driver": "sonas",
+        "root": "/ibm/gpfs0/frank",
+        "localPath": str(directory / "frank"),
+        "ssh": {
+            "host": "127.0.0.1",
+            "port": server.port,
+            "user": "admin",
+            "secretRef": {"name": f"sonas-{unique}", "namespace": "vmfleet-system"},
+        },
+    }
     apply(kube, [secret, *docs])
     wait_ready(kube, ns)
     status = fleet(kube, ns)["status"]
@@ -312,8 +377,11 @@ def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
     assert server.count("mkclone -s") == 3, server.commands  # one connection for many clones: test_sonas.py
     scraped = operator.metrics()
     target = f"admin@127.0.0.1:{server.port}"
-    assert scraped[("vmfleet_ssh_command_seconds_count", frozenset({("target", target), ("command", "mkclone")}))] \
-        == server.count("mkclone") > 0
+    assert (
+        scraped[("vmfleet_ssh_command_seconds_count", frozenset({("target", target), ("command", "mkclone")}))]
+        == server.count("mkclone")
+        > 0
+    )
     assert scraped[("vmfleet_fleet_clones", frozenset({("namespace", ns), ("fleet", "web")}))] == 3
     seen = json.dumps(status) + json.dumps(kube.get("events", "-n", ns)) + operator.output()
     assert private_key.splitlines()[1][:40] not in seen, "the private key leaked"

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.kube, pytest.mark.safety]
 
 
 def test_a_fleet_whose_template_is_gone_is_deleted_and_cleaned_up(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"g-{unique}"
     kube.kubectl("create", "namespace", ns)
     root = store_root(tmp_path, small_image)
@@ -28,15 +29,19 @@ def test_a_fleet_whose_template_is_gone_is_deleted_and_cleaned_up(
     assert fleet(kube, ns)["status"]["cloneDirectory"] == f"vmfleet/clones/{ns}/web/{uid}"
     assert len(list(root.rglob("web-*.qcow2"))) == 2
     kube.kubectl("patch", "vmfleet/web", "-n", ns, "--type=merge", "-p", '{"spec":{"templateRef":{"name":"gone"}}}')
-    wait_for(lambda: fleet(kube, ns)["status"]["conditions"][0]["reason"] == "TemplateNotFound", 30,
-             "the fleet to see its template gone")
+    wait_for(
+        lambda: fleet(kube, ns)["status"]["conditions"][0]["reason"] == "TemplateNotFound",
+        30,
+        "the fleet to see its template gone",
+    )
     done = kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=30s", check=False)
     assert done.returncode == 0, done.stderr  # the finalizer went: no 60 s retry, no stuck object
     assert list(root.rglob("web-*.qcow2")) == [] and not (root / f"vmfleet/clones/{ns}/web/{uid}").exists()
 
 
 def test_a_template_change_on_running_vms_is_reported_in_a_status_the_apiserver_accepts(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     ns = f"r-{unique}"
     kube.kubectl("create", "namespace", ns)
     docs = objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"r-{unique}")
@@ -58,7 +63,8 @@ def test_a_template_change_on_running_vms_is_reported_in_a_status_the_apiserver_
 
 
 def test_an_overlay_written_in_full_still_gets_a_status_the_apiserver_accepts(
-        kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str) -> None:
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
     """Finding 8: savedBytes went negative, and the apiserver refused the whole status update."""
     ns = f"o-{unique}"
     kube.kubectl("create", "namespace", ns)

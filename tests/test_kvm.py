@@ -43,39 +43,88 @@ class Site:
         self.runtime = Runtime(lambda ref: {"ssh-privatekey": sshd.private_key, "known_hosts": sshd.known_hosts})
 
     def store(self) -> CloneStore:
-        return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "xfs"},
-                      "spec": {"driver": "reflink", "root": str(self.root)}})  # type: ignore[return-value]
+        return parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "CloneStore",
+                "metadata": {"name": "xfs"},
+                "spec": {"driver": "reflink", "root": str(self.root)},
+            }
+        )  # type: ignore[return-value]
 
     def hosts(self, vcpus: int = 4, logs: Path | None = None) -> list[KvmHost]:
         logs = logs or self.logs
-        a = {"uri": "qemu:///system", "domainType": "qemu", "consoleLogDir": str(logs),
-             "capacity": {"vcpus": vcpus, "memoryMiB": 4096}}
-        b = {"uri": f"qemu+libssh://root@127.0.0.1:{self.sshd.port}/system", "domainType": "qemu",
-             "consoleLogDir": str(logs), "capacity": {"vcpus": vcpus, "memoryMiB": 4096},
-             "secretRef": {"name": "kvm-b-ssh", "namespace": "vmfleet-system"},
-             "storeMounts": [{"store": "xfs", "path": str(self.view)}]}
-        return [parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost",  # type: ignore[misc]
-                       "metadata": {"name": name, "labels": {"site": self.ns}}, "spec": spec})
-                for name, spec in (("kvm-a", a), ("kvm-b", b))]
+        a = {
+            "uri": "qemu:///system",
+            "domainType": "qemu",
+            "consoleLogDir": str(logs),
+            "capacity": {"vcpus": vcpus, "memoryMiB": 4096},
+        }
+        b = {
+            "uri": f"qemu+libssh://root@127.0.0.1:{self.sshd.port}/system",
+            "domainType": "qemu",
+            "consoleLogDir": str(logs),
+            "capacity": {"vcpus": vcpus, "memoryMiB": 4096},
+            "secretRef": {"name": "kvm-b-ssh", "namespace": "vmfleet-system"},
+            "storeMounts": [{"store": "xfs", "path": str(self.view)}],
+        }
+        return [
+            parse(
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "KvmHost",  # type: ignore[misc]
+                    "metadata": {"name": name, "labels": {"site": self.ns}},
+                    "spec": spec,
+                }
+            )
+            for name, spec in (("kvm-a", a), ("kvm-b", b))
+        ]
 
     def template(self, vcpus: int = 1, memory_mib: int = 32) -> VmTemplate:
-        return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",  # type: ignore[return-value]
-                      "metadata": {"name": "tiny", "namespace": self.ns},
-                      "spec": {"storeRef": {"name": "xfs"}, "image": {"path": "images/t.img"}, "vcpus": vcpus,
-                               "memoryMiB": memory_mib}})
+        return parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmTemplate",  # type: ignore[return-value]
+                "metadata": {"name": "tiny", "namespace": self.ns},
+                "spec": {
+                    "storeRef": {"name": "xfs"},
+                    "image": {"path": "images/t.img"},
+                    "vcpus": vcpus,
+                    "memoryMiB": memory_mib,
+                },
+            }
+        )
 
-    def fleet(self, replicas: int, running: bool = True, placement: str = "spread",
-              overrides: list[dict] | None = None) -> VmFleet:
-        return parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",  # type: ignore[return-value]
-                      "metadata": {"name": "web", "namespace": self.ns},
-                      "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "running": running,
-                               "placement": placement, "hostSelector": {"matchLabels": {"site": self.ns}},
-                               "overrides": overrides or []}})
+    def fleet(
+        self, replicas: int, running: bool = True, placement: str = "spread", overrides: list[dict] | None = None
+    ) -> VmFleet:
+        return parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmFleet",  # type: ignore[return-value]
+                "metadata": {"name": "web", "namespace": self.ns},
+                "spec": {
+                    "templateRef": {"name": "tiny"},
+                    "replicas": replicas,
+                    "running": running,
+                    "placement": placement,
+                    "hostSelector": {"matchLabels": {"site": self.ns}},
+                    "overrides": overrides or [],
+                },
+            }
+        )
 
-    async def converge(self, fleet: VmFleet, previous: dict | None = None, vcpus: int = 4,
-                       template: VmTemplate | None = None, hosts: list[KvmHost] | None = None):
-        return await reconcile_fleet(self.runtime, fleet, template or self.template(), self.store(),
-                                     hosts or self.hosts(vcpus), previous)
+    async def converge(
+        self,
+        fleet: VmFleet,
+        previous: dict | None = None,
+        vcpus: int = 4,
+        template: VmTemplate | None = None,
+        hosts: list[KvmHost] | None = None,
+    ):
+        return await reconcile_fleet(
+            self.runtime, fleet, template or self.template(), self.store(), hosts or self.hosts(vcpus), previous
+        )
 
     def log(self, vm: str, logs: Path | None = None) -> str:
         path = (logs or self.logs) / f"{self.ns}.{vm}.log"
@@ -89,8 +138,7 @@ class Site:
 
 
 @pytest.fixture
-async def site(xfs: Path, tmp_path: Path, libvirtd: str, sshd: Sshd, small_image: Path,
-               unique: str) -> Iterator[Site]:
+async def site(xfs: Path, tmp_path: Path, libvirtd: str, sshd: Sshd, small_image: Path, unique: str) -> Iterator[Site]:
     s = Site(xfs, tmp_path, libvirtd, sshd, small_image, unique)
     yield s
     if not sshd.proc or sshd.proc.poll() is not None:
@@ -186,5 +234,11 @@ def test_a_host_secret_needs_a_libssh_uri() -> None:
     from vmfleet.api import InvalidManifest
 
     with pytest.raises(InvalidManifest, match="spec.secretRef: spec.secretRef needs a qemu\\+libssh://"):
-        parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "x"},
-               "spec": {"uri": "qemu+ssh://root@h/system", "secretRef": {"name": "s", "namespace": "n"}}})
+        parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "KvmHost",
+                "metadata": {"name": "x"},
+                "spec": {"uri": "qemu+ssh://root@h/system", "secretRef": {"name": "s", "namespace": "n"}},
+            }
+        )

@@ -43,7 +43,8 @@ def restart_required(status: dict) -> dict[str, bool]:
 
 def failures(result) -> list[str]:  # type: ignore[no-untyped-def]
     return [f"{o.action.op.value} {o.action.ordinal}: {o.error}" for o in result.outcomes if not o.ok] + [
-        f"{e.reason}: {e.message}" for e in result.events if e.reason.endswith("Failed")]
+        f"{e.reason}: {e.message}" for e in result.events if e.reason.endswith("Failed")
+    ]
 
 
 async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restart_applies_them(site: Site) -> None:
@@ -160,8 +161,11 @@ def virtlockd_leases(disk: Path) -> list[str]:
     """The locks virtlockd holds on `disk` (lockd's default lockspace locks the disk file itself)."""
     st, pid = os.stat(disk), _daemon_pid("virtlockd")
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return [line for line in Path("/proc/locks").read_text().splitlines()
-            if line.split()[4:6] == [str(pid), inode] and " POSIX " in line]
+    return [
+        line
+        for line in Path("/proc/locks").read_text().splitlines()
+        if line.split()[4:6] == [str(pid), inode] and " POSIX " in line
+    ]
 
 
 def test_the_real_libvirtd_runs_with_the_lockd_lock_manager(libvirtd: str) -> None:
@@ -182,7 +186,8 @@ def test_the_fixture_sets_one_line_of_qemu_conf_and_keeps_the_rest(tmp_path: Pat
 
 
 async def test_a_second_domain_on_a_running_clone_is_refused_by_qemu_while_virtlockd_holds_the_lease(
-        clone: Path, domains: tuple[libvirt.virConnect, list], unique: str) -> None:
+    clone: Path, domains: tuple[libvirt.virConnect, list], unique: str
+) -> None:
     conn, made = domains
     first = define(conn, made, f"vmfleet-lock-{unique}-a", clone)
     second = define(conn, made, f"vmfleet-lock-{unique}-b", clone)
@@ -204,7 +209,8 @@ async def test_a_second_domain_on_a_running_clone_is_refused_by_qemu_while_virtl
 
 
 async def test_virtlockd_refuses_a_domain_whose_clone_another_host_has_leased(
-        clone: Path, domains: tuple[libvirt.virConnect, list], unique: str) -> None:
+    clone: Path, domains: tuple[libvirt.virConnect, list], unique: str
+) -> None:
     """Another host's virtlockd holds the clone's lease as a POSIX write lock on its first byte, on storage both
     hosts share: this process takes that same lock, as that virtlockd would. QEMU itself sees no conflict (no
     QEMU has the file open), so only the lock manager stands between the clone and a second writer."""

@@ -31,8 +31,12 @@ def catalog(docs: dict[str, dict], clones: int = 0, hosts: list[dict] | None = N
         stores={docs["CloneStore"]["metadata"]["name"]: docs["CloneStore"]},
         hosts=hosts if hosts is not None else [docs["KvmHost"]],
         templates={("default", t["metadata"]["name"]): t},
-        clones_by_parent={(t["spec"]["storeRef"]["name"],
-                           parent_path(t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))): clones},
+        clones_by_parent={
+            (
+                t["spec"]["storeRef"]["name"],
+                parent_path(t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw")),
+            ): clones
+        },
         images_by_template={("default", "basic"): ("local", "images/basic.img", "raw")},
     )
 
@@ -79,8 +83,12 @@ async def test_a_missing_template_is_waited_for_with_the_field_named(runtime: Ru
     result = await passes.fleet_pass(runtime, docs["VmFleet"], empty)
     state = {c["type"]: (c["status"], c["reason"]) for c in result.status["conditions"]}
     # In progress, not Stalled: applied together, the template may be on its way (and Flux fails fast on Stalled).
-    assert state == {"Ready": ("False", "TemplateNotFound"), "Reconciling": ("True", "TemplateNotFound"),
-                     "Stalled": ("False", "NotStalled"), "Degraded": ("False", "NotDegraded")}
+    assert state == {
+        "Ready": ("False", "TemplateNotFound"),
+        "Reconciling": ("True", "TemplateNotFound"),
+        "Stalled": ("False", "NotStalled"),
+        "Degraded": ("False", "NotDegraded"),
+    }
     assert "spec.templateRef.name" in result.status["conditions"][0]["message"]
     assert result.waiting  # the handler retries in seconds
     assert reasons(result.events) == ["TemplateNotFound"]
@@ -115,8 +123,9 @@ async def test_a_resync_queued_behind_a_teardown_does_not_build_the_fleet_again(
 
 
 @pytest.mark.parametrize("policy,kept", [("Delete", 0), ("Retain", 3)])
-async def test_deleting_a_fleet_honours_its_deletion_policy(runtime: Runtime, docs: dict, policy: str,
-                                                            kept: int) -> None:
+async def test_deleting_a_fleet_honours_its_deletion_policy(
+    runtime: Runtime, docs: dict, policy: str, kept: int
+) -> None:
     fleet = docs["VmFleet"]
     fleet["spec"]["deletionPolicy"] = policy
     await passes.fleet_pass(runtime, fleet, catalog(docs))
@@ -148,9 +157,11 @@ def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() ->
     registry = handlers.registry(Settings(resync_seconds=7))
     names = {h.id for h in registry._changing.get_all_handlers()}
     assert {"reconcile_vmfleet", "delete_vmfleet", "reconcile_vmtemplate", "delete_vmtemplate"} <= {
-        n.split("/")[0] for n in names}
+        n.split("/")[0] for n in names
+    }
     assert {(h.id, h.interval, h.initial_delay) for h in registry._spawning.get_all_handlers()} == {
-        (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")}
+        (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")
+    }
     assert len(kopf.get_default_registry()._changing.get_all_handlers()) == before  # nothing registered at import
     assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
 
@@ -168,8 +179,9 @@ async def test_a_parent_that_retained_qcow2_clones_still_use_is_kept(runtime: Ru
 
 
 def test_a_store_or_host_in_use_is_not_released() -> None:
-    in_use = passes.Catalog(images_by_template={("ns", "basic"): ("local", "images/basic.img", "raw")},
-                            vms_by_host={"kvm-a": 3})
+    in_use = passes.Catalog(
+        images_by_template={("ns", "basic"): ("local", "images/basic.img", "raw")}, vms_by_host={"kvm-a": 3}
+    )
     assert passes.store_delete_pass("local", in_use)[1].reason == "StoreInUse"
     assert passes.store_delete_pass("other", in_use)[0]
     moved_away = passes.Catalog(clones_by_store={"old": 2})  # a fleet's template moved to another store
@@ -180,16 +192,19 @@ def test_a_store_or_host_in_use_is_not_released() -> None:
     assert passes.host_delete_pass("kvm-b", in_use)[0]
 
 
-async def test_clones_of_the_same_image_path_in_another_store_do_not_hold_this_parent(runtime: Runtime,
-                                                                                      docs: dict) -> None:
+async def test_clones_of_the_same_image_path_in_another_store_do_not_hold_this_parent(
+    runtime: Runtime, docs: dict
+) -> None:
     """Parent paths repeat across stores (one image path, one hash): counts are per store (found by the kube
     tests, whose stores all hold images/t.img: a template waited for clones in other stores)."""
     from vmfleet.operator import handlers
 
     template = docs["VmTemplate"]
     image = template["spec"]["image"]
-    other = {"store": "another-store", "clonesByParent": [
-        {"parent": parent_path(image["path"], image.get("format", "raw")), "clones": 3}]}
+    other = {
+        "store": "another-store",
+        "clonesByParent": [{"parent": parent_path(image["path"], image.get("format", "raw")), "clones": 3}],
+    }
     elsewhere = catalog(docs)
     elsewhere.clones_by_parent = handlers.fleet_clones(status=other)  # what the index holds for that fleet
     made = await passes.template_pass(runtime, template, elsewhere)

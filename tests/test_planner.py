@@ -44,25 +44,37 @@ def test_scale_out_from_nothing_makes_the_parent_then_each_vm_in_order() -> None
     plan = plan_fleet(wants(2), seen(parent_exists=False), "spread", same_hash)
     assert ops(plan) == [
         ("prepare-parent", None),
-        ("create-clone", 0), ("define", 0), ("start", 0),
-        ("create-clone", 1), ("define", 1), ("start", 1),
+        ("create-clone", 0),
+        ("define", 0),
+        ("start", 0),
+        ("create-clone", 1),
+        ("define", 1),
+        ("start", 1),
     ]
     assert plan.problems == []
 
 
 def test_converged_fleet_needs_nothing() -> None:
-    plan = plan_fleet(wants(3), seen(clones=frozenset({0, 1, 2}), domains={o: running(o) for o in range(3)}),
-                      "spread", same_hash)
+    plan = plan_fleet(
+        wants(3), seen(clones=frozenset({0, 1, 2}), domains={o: running(o) for o in range(3)}), "spread", same_hash
+    )
     assert plan.actions == [] and plan.problems == []
 
 
 def test_scale_in_removes_the_highest_ordinals_first_domain_before_clone() -> None:
-    plan = plan_fleet(wants(2), seen(clones=frozenset(range(5)), domains={o: running(o) for o in range(5)}),
-                      "spread", same_hash)
+    plan = plan_fleet(
+        wants(2), seen(clones=frozenset(range(5)), domains={o: running(o) for o in range(5)}), "spread", same_hash
+    )
     assert ops(plan) == [
-        ("stop", 4), ("undefine", 4), ("delete-clone", 4),
-        ("stop", 3), ("undefine", 3), ("delete-clone", 3),
-        ("stop", 2), ("undefine", 2), ("delete-clone", 2),
+        ("stop", 4),
+        ("undefine", 4),
+        ("delete-clone", 4),
+        ("stop", 3),
+        ("undefine", 3),
+        ("delete-clone", 3),
+        ("stop", 2),
+        ("undefine", 2),
+        ("delete-clone", 2),
     ]
 
 
@@ -79,33 +91,46 @@ def test_a_stopped_domain_is_started_and_running_false_stops_the_fleet() -> None
 
 
 def test_a_changed_definition_is_redefined_in_place() -> None:
-    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), domains={0: running(0)}), "spread",
-                      lambda o, h: "new")
+    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), domains={0: running(0)}), "spread", lambda o, h: "new")
     assert ops(plan) == [("define", 0)]
 
 
 def test_a_domain_undefined_by_hand_comes_back_on_its_host() -> None:
     views = hosts(host("a"), host("b"))
-    plan = plan_fleet(wants(2), seen(clones=frozenset({0, 1}), domains={0: running(0, "a")}, hosts=views,
-                                     recorded={0: "a", 1: "b"}), "spread", same_hash)
+    plan = plan_fleet(
+        wants(2),
+        seen(clones=frozenset({0, 1}), domains={0: running(0, "a")}, hosts=views, recorded={0: "a", 1: "b"}),
+        "spread",
+        same_hash,
+    )
     assert [(a.op.value, a.ordinal, a.host) for a in plan.actions] == [("define", 1, "b"), ("start", 1, "b")]
 
 
 def test_a_lost_clone_is_reported_not_recreated_empty() -> None:
-    plan = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0), 1: running(1)}),
-                      "spread", same_hash)
+    plan = plan_fleet(
+        wants(2), seen(clones=frozenset({0}), domains={0: running(0), 1: running(1)}), "spread", same_hash
+    )
     assert plan.actions == []
     assert [(p.severity, p.reason, p.ordinal) for p in plan.problems] == [(Severity.DEGRADED, "CloneLost", 1)]
-    recorded = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, recorded={0: "a", 1: "a"}),
-                          "spread", same_hash)
+    recorded = plan_fleet(
+        wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, recorded={0: "a", 1: "a"}), "spread", same_hash
+    )
     assert recorded.actions == [] and [p.reason for p in recorded.problems] == ["CloneLost"]
 
 
 def test_vms_on_an_unreachable_host_are_reported_and_not_moved() -> None:
     views = hosts(host("a"), host("b", reachable=False))
-    plan = plan_fleet(wants(3), seen(clones=frozenset({0, 1, 2}), hosts=views,
-                                     domains={0: running(0, "a"), 1: running(1, "b")}, recorded={2: "b"}),
-                      "spread", same_hash)
+    plan = plan_fleet(
+        wants(3),
+        seen(
+            clones=frozenset({0, 1, 2}),
+            hosts=views,
+            domains={0: running(0, "a"), 1: running(1, "b")},
+            recorded={2: "b"},
+        ),
+        "spread",
+        same_hash,
+    )
     assert plan.actions == []
     assert sorted((p.reason, p.ordinal) for p in plan.problems) == [("HostUnreachable", 1), ("HostUnreachable", 2)]
     assert plan.placement == {0: "a", 1: "b", 2: "b"}
@@ -113,8 +138,7 @@ def test_vms_on_an_unreachable_host_are_reported_and_not_moved() -> None:
 
 def test_scale_in_waits_for_an_unreachable_host_and_keeps_the_clone() -> None:
     views = hosts(host("a", reachable=False))
-    plan = plan_fleet(wants(0), seen(clones=frozenset({0}), hosts=views, domains={0: running(0)}), "spread",
-                      same_hash)
+    plan = plan_fleet(wants(0), seen(clones=frozenset({0}), hosts=views, domains={0: running(0)}), "spread", same_hash)
     assert plan.actions == [] and [p.reason for p in plan.problems] == ["HostUnreachable"]
 
 
@@ -148,8 +172,9 @@ def test_hosts_outside_the_selector_are_never_chosen() -> None:
 
 
 def test_a_name_taken_by_someone_elses_domain_stalls_that_vm() -> None:
-    plan = plan_fleet(wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, conflicts={1: "a"}),
-                      "spread", same_hash)
+    plan = plan_fleet(
+        wants(2), seen(clones=frozenset({0}), domains={0: running(0)}, conflicts={1: "a"}), "spread", same_hash
+    )
     assert plan.actions == [] and [(p.reason, p.ordinal) for p in plan.problems] == [("NameConflict", 1)]
 
 

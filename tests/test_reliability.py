@@ -41,8 +41,9 @@ async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_e
         failed = [o for o in result.outcomes if not o.ok]
         unavailable = [e for e in result.events if e.reason == "StoreUnavailable"]  # observing or recording failed
         failures += len(failed) + len(unavailable)
-        warnings += sum(1 for e in result.events
-                        if e.type == "Warning" and e.reason.endswith(("Failed", "Unavailable")))
+        warnings += sum(
+            1 for e in result.events if e.type == "Warning" and e.reason.endswith(("Failed", "Unavailable"))
+        )
         if failed or unavailable:
             degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
             assert degraded["status"] == "True" and degraded["reason"].endswith(("Failed", "Unavailable"))
@@ -60,8 +61,9 @@ async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_e
 
 @pytest.fixture(scope="module")
 def sa_kubeconfig(kube: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return kube.service_account_kubeconfig("vmfleet-system", "vmfleet-operator",
-                                           tmp_path_factory.mktemp("crash") / "sa.kubeconfig")
+    return kube.service_account_kubeconfig(
+        "vmfleet-system", "vmfleet-operator", tmp_path_factory.mktemp("crash") / "sa.kubeconfig"
+    )
 
 
 def _ours(conn: libvirt.virConnect, ns: str) -> dict[str, object]:
@@ -82,7 +84,8 @@ def crash_site(xfs: Path, small_image: Path, unique: str) -> Iterator[Path]:
 
 
 def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remakes(
-        kube: Cluster, sa_kubeconfig: Path, libvirtd: str, crash_site: Path, tmp_path: Path, unique: str) -> None:
+    kube: Cluster, sa_kubeconfig: Path, libvirtd: str, crash_site: Path, tmp_path: Path, unique: str
+) -> None:
     rng = random.Random(20261129)
     conn = libvirt.open(libvirtd)
     landed_mid_way = 0
@@ -93,23 +96,45 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
             ns = f"c{trial}-{unique}"
             kube.kubectl("create", "namespace", ns)
             docs = [
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": ns},
-                 "spec": {"driver": "reflink", "root": str(crash_site), "concurrency": 8}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": ns, "labels": {"c": ns}},
-                 "spec": {"uri": libvirtd, "domainType": "qemu", "capacity": {"vcpus": 1024, "memoryMiB": 1 << 20}}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t", "namespace": ns},
-                 "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 16}},
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "web", "namespace": ns},
-                 "spec": {"templateRef": {"name": "t"}, "replicas": VMS, "running": False,
-                          "hostSelector": {"matchLabels": {"c": ns}}}},
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "CloneStore",
+                    "metadata": {"name": ns},
+                    "spec": {"driver": "reflink", "root": str(crash_site), "concurrency": 8},
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "KvmHost",
+                    "metadata": {"name": ns, "labels": {"c": ns}},
+                    "spec": {"uri": libvirtd, "domainType": "qemu", "capacity": {"vcpus": 1024, "memoryMiB": 1 << 20}},
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "VmTemplate",
+                    "metadata": {"name": "t", "namespace": ns},
+                    "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 16},
+                },
+                {
+                    "apiVersion": "vmfleet.io/v1alpha1",
+                    "kind": "VmFleet",
+                    "metadata": {"name": "web", "namespace": ns},
+                    "spec": {
+                        "templateRef": {"name": "t"},
+                        "replicas": VMS,
+                        "running": False,
+                        "hostSelector": {"matchLabels": {"c": ns}},
+                    },
+                },
             ]
             operator = OperatorProcess(sa_kubeconfig, tmp_path / f"operator-{trial}.log", resync_seconds=2)
             operator.start()
             clones = crash_site / "vmfleet" / "clones" / ns / "web"  # then the fleet's UID, then its clones
             # The crash point: once k clones exist, or once k domains are defined (k seeded, 0..VMS-1).
             stage, k = rng.choice(["clones", "domains"]), rng.randrange(VMS)
-            progress = {"clones": lambda: len(list(clones.glob("*/web-*"))) if clones.exists() else 0,
-                        "domains": lambda: len(_ours(conn, ns))}[stage]
+            progress = {
+                "clones": lambda: len(list(clones.glob("*/web-*"))) if clones.exists() else 0,
+                "domains": lambda: len(_ours(conn, ns)),
+            }[stage]
             kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
             deadline = time.monotonic() + 60
             while progress() < k and time.monotonic() < deadline:
@@ -140,8 +165,9 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
             assert (not _ours(conn, ns) and not clones.exists()) or not list(clones.iterdir())
     finally:
         conn.close()
-    TIMINGS[f"reliability: {TRIALS} SIGKILL trials of a {VMS}-VM fleet, (clones, domains) at each kill "
-            f"{points}"] = time.monotonic() - t0
+    TIMINGS[f"reliability: {TRIALS} SIGKILL trials of a {VMS}-VM fleet, (clones, domains) at each kill {points}"] = (
+        time.monotonic() - t0
+    )
     assert landed_mid_way >= TRIALS // 2, f"only {landed_mid_way} kills landed mid-provisioning: {points}"
 
 
@@ -151,18 +177,45 @@ def test_no_secret_reaches_logs_events_status_or_errors(tmp_path: Path, small_im
 
     planted = "-----BEGIN OPENSSH PRIVATE KEY-----\nVMFLEET-PLANTED-SECRET-4f1c9\n-----END OPENSSH PRIVATE KEY-----\n"
     docs = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ssh", "namespace": "vmfleet-system"},
-         "stringData": {"ssh-privatekey": planted, "known_hosts": "[127.0.0.1]:1 ssh-ed25519 AAAAVMFLEETKNOWN"}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
-         "spec": {"driver": "gpfs", "root": f"{MOUNT}/x",
-                  "ssh": {"host": "127.0.0.1", "port": 1, "user": "u",
-                          "secretRef": {"name": "ssh", "namespace": "vmfleet-system"}}}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "KvmHost", "metadata": {"name": "h"},
-         "spec": {"uri": "test:///default"}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
-         "spec": {"storeRef": {"name": "s"}, "image": {"path": "i.img"}}},
-        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "f"},
-         "spec": {"templateRef": {"name": "t"}, "replicas": 1}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "ssh", "namespace": "vmfleet-system"},
+            "stringData": {"ssh-privatekey": planted, "known_hosts": "[127.0.0.1]:1 ssh-ed25519 AAAAVMFLEETKNOWN"},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": "s"},
+            "spec": {
+                "driver": "gpfs",
+                "root": f"{MOUNT}/x",
+                "ssh": {
+                    "host": "127.0.0.1",
+                    "port": 1,
+                    "user": "u",
+                    "secretRef": {"name": "ssh", "namespace": "vmfleet-system"},
+                },
+            },
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": "h"},
+            "spec": {"uri": "test:///default"},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "t"},
+            "spec": {"storeRef": {"name": "s"}, "image": {"path": "i.img"}},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "f"},
+            "spec": {"templateRef": {"name": "t"}, "replicas": 1},
+        },
     ]
     (tmp_path / "m.yaml").write_text(yaml.safe_dump_all(docs))
     seen = ""

@@ -113,14 +113,24 @@ class FleetSafety(RuleBasedStateMachine):
         return s
 
     def hosts(self) -> list[KvmHost]:
-        return [h for h in (parse(host_doc(n, self.host_uris[n])) for n in sorted(self.present))
-                if isinstance(h, KvmHost)]
+        return [
+            h for h in (parse(host_doc(n, self.host_uris[n])) for n in sorted(self.present)) if isinstance(h, KvmHost)
+        ]
 
     def template(self) -> VmTemplate:
-        t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
-                   "metadata": {"name": "t", "namespace": "ns"},
-                   "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/t.img"},
-                            "vcpus": self.vcpus, "memoryMiB": self.memory}})
+        t = parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmTemplate",
+                "metadata": {"name": "t", "namespace": "ns"},
+                "spec": {
+                    "storeRef": {"name": "store"},
+                    "image": {"path": "images/t.img"},
+                    "vcpus": self.vcpus,
+                    "memoryMiB": self.memory,
+                },
+            }
+        )
         assert isinstance(t, VmTemplate)
         return t
 
@@ -128,9 +138,17 @@ class FleetSafety(RuleBasedStateMachine):
         meta: dict[str, Any] = {"name": "web", "namespace": "ns", "uid": f.uid}
         if f.lost:
             meta["annotations"] = {HOSTS_LOST_ANNOTATION: ",".join(sorted(f.lost))}
-        return {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": meta,
-                "spec": {"templateRef": {"name": "t"}, "replicas": f.replicas, "deletionPolicy": f.policy,
-                         "overrides": [{"ordinal": o, "running": r} for o, r in sorted(f.overrides.items())]}}
+        return {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": meta,
+            "spec": {
+                "templateRef": {"name": "t"},
+                "replicas": f.replicas,
+                "deletionPolicy": f.policy,
+                "overrides": [{"ordinal": o, "running": r} for o, r in sorted(f.overrides.items())],
+            },
+        }
 
     def vm_fleet(self, f: FleetState) -> VmFleet:
         v = parse(self.fleet_doc(f))
@@ -140,8 +158,11 @@ class FleetSafety(RuleBasedStateMachine):
     # ------------------------------------------------------------------ what a user calls their data
 
     def clones(self) -> dict[str, tuple[int, int, int]]:
-        return {p: v for p, v in files(self.store_root).items() if p.startswith("vmfleet/clones/")
-                and (p.endswith(".img") or p.endswith(".qcow2"))}
+        return {
+            p: v
+            for p, v in files(self.store_root).items()
+            if p.startswith("vmfleet/clones/") and (p.endswith(".img") or p.endswith(".qcow2"))
+        }
 
     def in_use(self) -> dict[str, list[str]]:
         """Clone path (relative to the store) -> the URIs where an active domain has it as its disk."""
@@ -149,7 +170,7 @@ class FleetSafety(RuleBasedStateMachine):
         prefix = str(self.store_root) + "/"
         for d in self.world.domains():
             if d.active and d.disk.startswith(prefix):
-                out.setdefault(d.disk[len(prefix):], []).append(d.uri)
+                out.setdefault(d.disk[len(prefix) :], []).append(d.uri)
         return out
 
     def step(self, what: str, run: Any) -> Any:
@@ -190,16 +211,24 @@ class FleetSafety(RuleBasedStateMachine):
         f = self.fleet
         assert f is not None
         if f.deleting:
-            done = self.step("teardown", teardown_fleet(self.runtime, self.vm_fleet(f), [self.store()],
-                                                        self.hosts()))
+            done = self.step("teardown", teardown_fleet(self.runtime, self.vm_fleet(f), [self.store()], self.hosts()))
             if done.complete:
                 self.check_torn_down(f)
                 self.fleet = None
             return
         before = (self.clones(), self.world.domains(), files(self.store_root)) if dry_run else None
-        result = self.step("reconcile", reconcile_fleet(self.runtime, self.vm_fleet(f), self.template(),
-                                                        self.store(), self.hosts(), previous_status=f.status,
-                                                        dry_run=dry_run))
+        result = self.step(
+            "reconcile",
+            reconcile_fleet(
+                self.runtime,
+                self.vm_fleet(f),
+                self.template(),
+                self.store(),
+                self.hosts(),
+                previous_status=f.status,
+                dry_run=dry_run,
+            ),
+        )
         jsonschema.validate(result.status, STATUS_SCHEMA)  # I5
         if dry_run:
             after = (self.clones(), self.world.domains(), files(self.store_root))
@@ -227,8 +256,12 @@ class FleetSafety(RuleBasedStateMachine):
         fleet must then converge (else a person has to act first, and vmfleet must wait for them)."""
         current = {self.host_uris[h] for h in self.present}
         uid = self.fleet.uid if self.fleet else ""
-        return self.present == set(HOSTS) and not self.world.down and not self.dead and not any(
-            d.fleet_uid == uid and d.uri not in current for d in self.world.domains())
+        return (
+            self.present == set(HOSTS)
+            and not self.world.down
+            and not self.dead
+            and not any(d.fleet_uid == uid and d.uri not in current for d in self.world.domains())
+        )
 
     def check_space(self, status: dict[str, Any]) -> None:
         clones = [c for c in status["clones"] if "allocatedBytes" in c]
@@ -307,8 +340,9 @@ class FleetSafety(RuleBasedStateMachine):
     @precondition(lambda self: any(self.host_uris[h] in self.world.down and h not in self.dead for h in HOSTS))
     @rule(data=st.data())
     def host_answers_again(self, data: st.DataObject) -> None:
-        host = data.draw(st.sampled_from([h for h in HOSTS if self.host_uris[h] in self.world.down
-                                          and h not in self.dead]))
+        host = data.draw(
+            st.sampled_from([h for h in HOSTS if self.host_uris[h] in self.world.down and h not in self.dead])
+        )
         self.world.down.discard(self.host_uris[host])
 
     @rule(host=st.sampled_from(HOSTS), generation=st.integers(0, 1), then_pass=st.booleans())
@@ -360,8 +394,9 @@ class FleetSafety(RuleBasedStateMachine):
     @rule(data=st.data(), blocks=st.integers(1, 64))
     def guest_writes(self, data: st.DataObject, blocks: int) -> None:
         path = data.draw(st.sampled_from(sorted(self.clones())))
-        write_into(self.store_root / path, disk_format_of(path), data.draw(st.integers(0, 255)) * (256 << 10),
-                   blocks * 4096)
+        write_into(
+            self.store_root / path, disk_format_of(path), data.draw(st.integers(0, 255)) * (256 << 10), blocks * 4096
+        )
 
     @precondition(lambda self: self.fleet is not None)
     @rule(replicas=st.integers(0, 4))
@@ -409,9 +444,17 @@ def run_machine(root: Path, driver: str, image: Path, examples: int, steps: int,
     global TEMPLATE_IMAGE
     TEMPLATE_IMAGE = str(image)
     FleetSafety.root, FleetSafety.driver = root, driver
-    run_state_machine_as_test(FleetSafety, settings=settings(
-        max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=seed, database=None,
-        suppress_health_check=list(HealthCheck)))
+    run_state_machine_as_test(
+        FleetSafety,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            derandomize=seed,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
 
 
 def test_safety_invariants_hold_on_a_qcow2_store(tmp_path: Path, small_image: Path) -> None:
@@ -432,5 +475,7 @@ def _report_counts() -> Any:
     before = dict(STATS)
     yield
     from conftest import TIMINGS  # noqa: F401 - the summary printer lives there
-    print(f"\nsafety: {STATS['examples'] - before['examples']} sequences, {STATS['steps'] - before['steps']} engine "
-          "steps")
+
+    print(
+        f"\nsafety: {STATS['examples'] - before['examples']} sequences, {STATS['steps'] - before['steps']} engine steps"
+    )

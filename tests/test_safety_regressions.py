@@ -48,20 +48,41 @@ class Site:
         return [h for h in (parse(host_doc(n, u)) for n, u in sorted(self.uris.items())) if isinstance(h, KvmHost)]
 
     def template(self, vcpus: int = 1) -> VmTemplate:
-        t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
-                   "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/t.img"}, "vcpus": vcpus,
-                            "memoryMiB": 64}})
+        t = parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmTemplate",
+                "metadata": {"name": "t"},
+                "spec": {
+                    "storeRef": {"name": "store"},
+                    "image": {"path": "images/t.img"},
+                    "vcpus": vcpus,
+                    "memoryMiB": 64,
+                },
+            }
+        )
         assert isinstance(t, VmTemplate)
         return t
 
-    def fleet(self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "",
-              running: bool = True) -> VmFleet:
+    def fleet(
+        self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "", running: bool = True
+    ) -> VmFleet:
         meta: dict[str, Any] = {"name": "web", "namespace": "default", "uid": uid}
         if lost:
             meta["annotations"] = {HOSTS_LOST_ANNOTATION: lost}
-        f = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": meta,
-                   "spec": {"templateRef": {"name": "t"}, "replicas": replicas, "deletionPolicy": policy,
-                            "running": running}})
+        f = parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmFleet",
+                "metadata": meta,
+                "spec": {
+                    "templateRef": {"name": "t"},
+                    "replicas": replicas,
+                    "deletionPolicy": policy,
+                    "running": running,
+                },
+            }
+        )
         assert isinstance(f, VmFleet)
         return f
 
@@ -105,8 +126,7 @@ async def test_finding_1_scale_in_and_teardown_wait_for_an_unreachable_host(site
     assert site.clones() == [] and site.running("default.web-1") == []
 
 
-async def test_finding_2_a_host_whose_uri_changes_or_that_goes_does_not_get_its_vms_started_twice(
-        site: Site) -> None:
+async def test_finding_2_a_host_whose_uri_changes_or_that_goes_does_not_get_its_vms_started_twice(site: Site) -> None:
     await site.converge(site.fleet(2))
     site.uris["b"] = C  # KvmHost b edited to another libvirtd
     moved = await site.converge(site.fleet(2))
@@ -136,8 +156,7 @@ async def test_a_host_declared_lost_releases_its_vms_and_says_so(site: Site) -> 
 
 async def test_finding_3_retained_clones_are_never_touched_by_a_later_fleet_of_the_same_name(site: Site) -> None:
     await site.converge(site.fleet(3, policy="Retain"))
-    assert (await teardown_fleet(site.runtime, site.fleet(3, policy="Retain"), [site.store()],
-                                 site.hosts())).complete
+    assert (await teardown_fleet(site.runtime, site.fleet(3, policy="Retain"), [site.store()], site.hosts())).complete
     kept = site.clones()
     assert len(kept) == 3
     for path in kept:
@@ -151,19 +170,25 @@ async def test_finding_3_retained_clones_are_never_touched_by_a_later_fleet_of_t
 
 
 def test_finding_4_duplicate_objects_in_the_manifests_are_rejected(tmp_path: Path) -> None:
-    fleet = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet", "metadata": {"name": "demo"},
-             "spec": {"templateRef": {"name": "t"}, "replicas": 3}}
+    fleet = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmFleet",
+        "metadata": {"name": "demo"},
+        "spec": {"templateRef": {"name": "t"}, "replicas": 3},
+    }
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(fleet))
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({**fleet, "spec": {**fleet["spec"], "replicas": 1}}))
-    done = subprocess.run([str(Path(sys.executable).parent / "vmfleet"), "apply", "-f", str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "vmfleet"), "apply", "-f", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 1
     assert "VmFleet default/demo: metadata.name: defined twice" in done.stderr
     assert "a.yaml#1" in done.stderr and "b.yaml#1" in done.stderr
 
 
 async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_says_it_needs_a_restart(
-        site: Site) -> None:
+    site: Site,
+) -> None:
     first = await site.converge(site.fleet(2))
     uuids = {d.name: d.uuid for d in site.world.domains()}
     changed = await site.converge(site.fleet(2), site.template(vcpus=2))
@@ -177,7 +202,9 @@ async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_s
     conn.lookupByName("default.web-0").destroy()  # the person restarts web-0
     again = await site.converge(site.fleet(2), site.template(vcpus=2))
     assert {c["name"]: c.get("restartRequired", False) for c in again.status["clones"]} == {
-        "web-0": False, "web-1": True}
+        "web-0": False,
+        "web-1": True,
+    }
     assert conn.lookupByName("default.web-0").info()[3] == 2  # it came back with 2 vCPUs
 
 
@@ -230,8 +257,9 @@ async def test_the_record_survives_a_lost_status(site: Site) -> None:
     await site.runtime.close()
     site.runtime = WorldRuntime(site.world)
     site.world.down.add(B)
-    result = await reconcile_fleet(site.runtime, site.fleet(1), site.template(), site.store(), site.hosts(),
-                                   previous_status=None)
+    result = await reconcile_fleet(
+        site.runtime, site.fleet(1), site.template(), site.store(), site.hosts(), previous_status=None
+    )
     assert ("delete-clone", 1, None) not in ops(result) and len(site.clones()) == 2
 
 
@@ -249,15 +277,22 @@ async def test_finding_7_a_fleet_whose_template_is_gone_is_torn_down_by_its_uid(
 
     fleet = site.fleet(2)
     await site.converge(fleet)
-    body = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
-            "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
-            "spec": {"templateRef": {"name": "t"}, "replicas": 2}}
-    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root)},
-                             hosts=[host_doc(n, u) for n, u in site.uris.items()], templates={})
+    body = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmFleet",
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
+        "spec": {"templateRef": {"name": "t"}, "replicas": 2},
+    }
+    catalog = passes.Catalog(
+        stores={"store": store_doc("qcow2", site.root)},
+        hosts=[host_doc(n, u) for n, u in site.uris.items()],
+        templates={},
+    )
     done = await passes.fleet_delete_pass(site.runtime, body, catalog)
     assert done.complete and site.clones() == [] and site.running("default.web-0") == []
-    nothing = await passes.fleet_delete_pass(site.runtime, {**body, "metadata": {**body["metadata"], "uid": "x"}},
-                                             passes.Catalog())
+    nothing = await passes.fleet_delete_pass(
+        site.runtime, {**body, "metadata": {**body["metadata"], "uid": "x"}}, passes.Catalog()
+    )
     assert nothing.complete and nothing.events == []
 
 
@@ -271,14 +306,15 @@ def test_a_golden_image_replaced_in_place_is_reported_not_ignored(tmp_path: Path
     image = next((tmp_path / "store" / "images").iterdir())
     with open(image, "r+b") as f:  # a new release written over the old file
         f.write(b"new golden image")
-    second = subprocess.run([vmfleet, "apply", "-f", str(manifests), "-o", "json"], capture_output=True,
-                            text=True)
+    second = subprocess.run([vmfleet, "apply", "-f", str(manifests), "-o", "json"], capture_output=True, text=True)
     template = next(o for o in json.loads(second.stdout) if o["kind"] == "VmTemplate")
     changed = next(c for c in template["status"]["conditions"] if c["type"] == "ImageChanged")
     assert changed["status"] == "True" and "changed since" in changed["message"]
     assert "ImageChanged" in second.stderr
-    assert not any(c["type"] == "ImageChanged" for c in next(
-        o for o in json.loads(first.stdout) if o["kind"] == "VmTemplate")["status"]["conditions"])
+    assert not any(
+        c["type"] == "ImageChanged"
+        for c in next(o for o in json.loads(first.stdout) if o["kind"] == "VmTemplate")["status"]["conditions"]
+    )
 
 
 async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: Site) -> None:
@@ -289,18 +325,27 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
     (site.root / "images" / "new.img").write_bytes((site.root / "images" / "t.img").read_bytes())
     old = site.template()
     await site.converge(site.fleet(1), old)
-    new_doc = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
-               "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/new.img"}, "memoryMiB": 64}}
+    new_doc = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmTemplate",
+        "metadata": {"name": "t"},
+        "spec": {"storeRef": {"name": "store"}, "image": {"path": "images/new.img"}, "memoryMiB": 64},
+    }
     new = parse(new_doc)
     assert isinstance(new, VmTemplate)
     switched = await site.converge(site.fleet(2), new)  # web-0 keeps its clone of the old image
     counts = clones_by_parent(switched.status)
     assert sorted(counts.values()) == [1, 1] and len(counts) == 2
-    old_doc = {**new_doc, "metadata": {"name": "old", "namespace": "default"},
-               "spec": {**new_doc["spec"], "image": {"path": "images/t.img"}}}
-    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root)},
-                             templates={("default", "old"): old_doc},
-                             clones_by_parent={("store", k): v for k, v in counts.items()})
+    old_doc = {
+        **new_doc,
+        "metadata": {"name": "old", "namespace": "default"},
+        "spec": {**new_doc["spec"], "image": {"path": "images/t.img"}},
+    }
+    catalog = passes.Catalog(
+        stores={"store": store_doc("qcow2", site.root)},
+        templates={("default", "old"): old_doc},
+        clones_by_parent={("store", k): v for k, v in counts.items()},
+    )
     released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
     assert not released and event.reason == "ParentInUse"
     assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()
@@ -332,7 +377,8 @@ async def test_a_definition_left_by_an_earlier_fleet_of_the_name_is_undefined_no
     new = await site.converge(site.fleet(1, uid="uid-2"))
     assert new.status["readyReplicas"] == 1, new.status["conditions"]
     assert [d.uuid for d in site.world.domains() if d.name == "default.web-0"] == [
-        str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), "uid-2/0"))]
+        str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), "uid-2/0"))
+    ]
 
 
 # ---------------------------------------------------------------- found by the hostile review
@@ -378,9 +424,14 @@ async def test_status_stays_valid_with_clones_of_many_parents(site: Site) -> Non
     for i in range(70):  # a rollout of a new image path per VM
         (site.root / "images" / f"r{i}.img").write_bytes(b"\0" * 65536)
     for i in range(70):
-        t = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t"},
-                   "spec": {"storeRef": {"name": "store"}, "image": {"path": f"images/r{i}.img"},
-                            "memoryMiB": 64}})
+        t = parse(
+            {
+                "apiVersion": "vmfleet.io/v1alpha1",
+                "kind": "VmTemplate",
+                "metadata": {"name": "t"},
+                "spec": {"storeRef": {"name": "store"}, "image": {"path": f"images/r{i}.img"}, "memoryMiB": 64},
+            }
+        )
         assert isinstance(t, VmTemplate)
         result = await site.converge(site.fleet(i + 1, running=False), t)
     assert len(result.status["clonesByParent"]) == 70
@@ -404,14 +455,21 @@ async def test_a_crash_between_announcing_and_preparing_the_parent_costs_no_fail
 
 
 async def test_a_fleet_moved_to_another_store_is_stalled_not_lost_and_its_teardown_finds_both(
-        site: Site, tmp_path: Path) -> None:
+    site: Site, tmp_path: Path
+) -> None:
     first = await site.converge(site.fleet(2))
     other = tmp_path / "other"
     (other / "images").mkdir(parents=True)
     (other / "images" / "t.img").write_bytes((site.root / "images" / "t.img").read_bytes())
     store2 = parse({**store_doc("qcow2", other), "metadata": {"name": "store2"}})
-    t2 = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate", "metadata": {"name": "t2"},
-                "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}})
+    t2 = parse(
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "t2"},
+            "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+        }
+    )
     assert isinstance(store2, CloneStore) and isinstance(t2, VmTemplate)
     moved = await reconcile_fleet(site.runtime, site.fleet(2), t2, store2, site.hosts(), first.status)
     stalled = next(c for c in moved.status["conditions"] if c["type"] == "Stalled")
@@ -419,16 +477,26 @@ async def test_a_fleet_moved_to_another_store_is_stalled_not_lost_and_its_teardo
     assert not ops(moved) and len(site.clones()) == 2
     from vmfleet.operator import passes
 
-    body = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
-            "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
-            "spec": {"templateRef": {"name": "t2"}, "replicas": 2}}
-    t2_doc = {"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmTemplate",
-              "metadata": {"name": "t2", "namespace": "default"},
-              "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64}}
-    catalog = passes.Catalog(stores={"store": store_doc("qcow2", site.root),
-                                     "store2": {**store_doc("qcow2", other), "metadata": {"name": "store2"}}},
-                             hosts=[host_doc(n, u) for n, u in site.uris.items()],
-                             templates={("default", "t2"): t2_doc})
+    body = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmFleet",
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-1"},
+        "spec": {"templateRef": {"name": "t2"}, "replicas": 2},
+    }
+    t2_doc = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmTemplate",
+        "metadata": {"name": "t2", "namespace": "default"},
+        "spec": {"storeRef": {"name": "store2"}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+    }
+    catalog = passes.Catalog(
+        stores={
+            "store": store_doc("qcow2", site.root),
+            "store2": {**store_doc("qcow2", other), "metadata": {"name": "store2"}},
+        },
+        hosts=[host_doc(n, u) for n, u in site.uris.items()],
+        templates={("default", "t2"): t2_doc},
+    )
     done = await passes.fleet_delete_pass(site.runtime, body, catalog)
     assert done.complete and site.clones() == [] and not list(site.root.rglob("fleet.json"))
 
@@ -436,9 +504,14 @@ async def test_a_fleet_moved_to_another_store_is_stalled_not_lost_and_its_teardo
 async def test_a_live_fleet_of_the_same_name_elsewhere_keeps_its_stopped_domains(site: Site) -> None:
     """Two fleets named web at once (the operator and `vmfleet apply`, or two clusters) must not undefine each
     other's domains: only a definition whose clone is gone is an earlier fleet's leftover."""
-    other = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "VmFleet",
-                   "metadata": {"name": "web", "namespace": "default", "uid": "uid-other"},
-                   "spec": {"templateRef": {"name": "t"}, "replicas": 1, "running": False}})
+    other = parse(
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-other"},
+            "spec": {"templateRef": {"name": "t"}, "replicas": 1, "running": False},
+        }
+    )
     assert isinstance(other, VmFleet)
     await site.converge(other)
     mine = await site.converge(site.fleet(1))
@@ -452,8 +525,7 @@ async def test_a_template_image_backed_by_a_file_outside_the_store_is_refused(si
     outside.write_bytes(b"host secret\n" + b"\0" * 65524)
     image = site.root / "images" / "t.img"
     image.unlink()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(outside), "-F", "raw", str(image)],
-                   check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(outside), "-F", "raw", str(image)], check=True)
     result = await site.converge(site.fleet(1))
     assert site.clones() == [] and not list((site.root / "vmfleet").rglob("parents/*"))
     failed = [o.error for o in result.outcomes if not o.ok]

@@ -31,12 +31,19 @@ MakeEnv = Callable[..., Awaitable[SimEnv]]
 
 
 @pytest.fixture
-async def make_env(xfs: Path, unique: str, small_image: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MakeEnv]:
+async def make_env(
+    xfs: Path, unique: str, small_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[MakeEnv]:
     made: list[SimEnv] = []
 
-    async def make(personality: str, image: Path | None = None, openssh: bool = False, latency: float = 0.0,
-                   max_sessions: int = 10, **faults: object) -> SimEnv:
+    async def make(
+        personality: str,
+        image: Path | None = None,
+        openssh: bool = False,
+        latency: float = 0.0,
+        max_sessions: int = 10,
+        **faults: object,
+    ) -> SimEnv:
         """`openssh`: OpenSSH's sshd in front of the simulator instead of its asyncssh server (no faults)."""
         directory = xfs / f"gpfs-{unique}-{len(made)}"
         (directory / "frank" / "image" / "linux").mkdir(parents=True)
@@ -53,9 +60,14 @@ async def make_env(xfs: Path, unique: str, small_image: Path,
             env = SimEnv(server, directory, server.client_key, Runtime(), user="root")
         else:
             client = asyncssh.generate_private_key("ssh-ed25519")
-            s = await sim.start(str(directory), MOUNT, personality, client.export_public_key().decode(),
-                                faults=sim.Faults(latency=latency, **faults),  # type: ignore[arg-type]
-                                max_sessions=max_sessions)
+            s = await sim.start(
+                str(directory),
+                MOUNT,
+                personality,
+                client.export_public_key().decode(),
+                faults=sim.Faults(latency=latency, **faults),  # type: ignore[arg-type]
+                max_sessions=max_sessions,
+            )
             env = SimEnv(s, directory, client, Runtime())
         env.runtime.read_secret = env.read_secret
         made.append(env)
@@ -113,16 +125,16 @@ async def test_lsclone_shows_the_parent_and_its_clones_as_gpfs_does(make_env: Ma
     reply = await driver.runner.run(cmd.lsclone([parent, clone]))  # type: ignore[attr-defined]
     assert reply.stdout.splitlines()[0] == "Parent  Depth   Parent inode   File name"
     assert reply.stdout.rstrip().endswith("EFSSG1000I The command completed successfully.")
-    rows = cmd.clone_rows(cmd.sonas_output("lsclone", reply.exit_status, reply.stdout, reply.stderr),
-                          [parent, clone])
+    rows = cmd.clone_rows(cmd.sonas_output("lsclone", reply.exit_status, reply.stdout, reply.stderr), [parent, clone])
     assert (rows[0].is_parent, rows[0].depth, rows[0].parent_inode) == (True, 0, None)
     assert (rows[1].is_parent, rows[1].depth) == (False, 1)
     assert rows[1].parent_inode == (env.directory / "frank" / status["parent"]).stat().st_ino
 
 
 @pytest.mark.parametrize("personality", ["sonas", "gpfs"])
-async def test_200_clones_over_two_connections_and_a_refresh_that_does_not_grow(make_env: MakeEnv,
-                                                                                personality: str) -> None:
+async def test_200_clones_over_two_connections_and_a_refresh_that_does_not_grow(
+    make_env: MakeEnv, personality: str
+) -> None:
     env = await make_env(personality)
     store = env.store(concurrency=16)
     small = (await reconcile_fleet(env.runtime, fleet(20, "small"), template(), store, [host()])).status
@@ -139,6 +151,7 @@ async def test_200_clones_over_two_connections_and_a_refresh_that_does_not_grow(
             result = await reconcile_fleet(env.runtime, f, template(), store, [host()], status)
             assert result.status["readyReplicas"] == f.replicas and not result.plan.actions
             return len(env.sim.commands) - before
+
         return run()
 
     small_cost = await refresh_cost(small, fleet(20, "small"))
@@ -191,16 +204,18 @@ async def test_a_dropped_connection_is_reconnected(make_env: MakeEnv) -> None:
 
 def ssh_errors(env: SimEnv, error: str) -> float:
     """What /metrics says of this simulator (each listens on a port of its own)."""
-    value = REGISTRY.get_sample_value("vmfleet_ssh_errors_total",
-                                      {"target": f"vmfleet@127.0.0.1:{env.sim.port}", "error": error})
+    value = REGISTRY.get_sample_value(
+        "vmfleet_ssh_errors_total", {"target": f"vmfleet@127.0.0.1:{env.sim.port}", "error": error}
+    )
     return value or 0.0
 
 
 async def test_a_hanging_command_times_out_with_a_clear_error(make_env: MakeEnv) -> None:
     env = await make_env("sonas", hang={1})
     result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(timeout=1), [host()])
-    assert any("mkclone on vmfleet@127.0.0.1" in e.message and "took longer than 1 s" in e.message
-               for e in result.events), result.events
+    assert any(
+        "mkclone on vmfleet@127.0.0.1" in e.message and "took longer than 1 s" in e.message for e in result.events
+    ), result.events
     assert ssh_errors(env, "timeout") == 1
     assert not list((env.directory / "frank").rglob("web-*.img"))
 
@@ -252,8 +267,9 @@ async def test_a_rotated_secret_takes_effect_at_the_next_connection(make_env: Ma
     assert fixed.status["readyReplicas"] == 1
 
 
-@pytest.mark.parametrize("bad", ["../etc/passwd", "/etc/passwd", "a/../../b", "a;rm -rf /", "a$(reboot)",
-                                 "x" * 256, "a b"])
+@pytest.mark.parametrize(
+    "bad", ["../etc/passwd", "/etc/passwd", "a/../../b", "a;rm -rf /", "a$(reboot)", "x" * 256, "a b"]
+)
 def test_bad_paths_never_become_commands(bad: str) -> None:
     with pytest.raises(StoreError):
         cmd.server_path(f"{MOUNT}/frank", bad)
@@ -267,8 +283,9 @@ async def test_a_secret_without_the_key_is_named(make_env: MakeEnv) -> None:
     assert env.sim.commands == []
 
 
-_segment = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
-                   min_size=1, max_size=40)
+_segment = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=40
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -279,11 +296,23 @@ def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
         path = cmd.server_path(f"{MOUNT}/frank", relative)
     except StoreError:
         return
-    for built in (cmd.mkclone(path, path), cmd.mkclone_with_parent(path, path, path), cmd.lsclone([path]),
-                  cmd.mmclone_copy(path, path), cmd.stat([path, path]), cmd.rm_f(path), cmd.ls(path),
-                  cmd.mmclone_split(path), cmd.mmclone_redirect(path), cmd.mmclone_show([path]),
-                  cmd.stat_links([path, path]), cmd.head(path), cmd.realpath([path]), cmd.mv_f(path, path),
-                  cmd.mkdir_p(path)):
+    for built in (
+        cmd.mkclone(path, path),
+        cmd.mkclone_with_parent(path, path, path),
+        cmd.lsclone([path]),
+        cmd.mmclone_copy(path, path),
+        cmd.stat([path, path]),
+        cmd.rm_f(path),
+        cmd.ls(path),
+        cmd.mmclone_split(path),
+        cmd.mmclone_redirect(path),
+        cmd.mmclone_show([path]),
+        cmd.stat_links([path, path]),
+        cmd.head(path),
+        cmd.realpath([path]),
+        cmd.mv_f(path, path),
+        cmd.mkdir_p(path),
+    ):
         assert unquoted_metacharacters(built) == set()
         assert path in shlex.split(built)
     dd = cmd.dd_stdin_to(path)
@@ -293,9 +322,13 @@ def test_every_command_quotes_every_path_it_accepts(parts: list[str]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300), st.integers(-1, 3))
 def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: int) -> None:
-    for parse in (lambda: cmd.clone_rows(text), lambda: cmd.stat_rows(text, ["/x"]),
-                  lambda: cmd.sonas_output("lsclone x", exit_status, text, ""), lambda: cmd.stat_links_rows(text),
-                  lambda: cmd.header_rows(text, text, ["/x", "/y"])):
+    for parse in (
+        lambda: cmd.clone_rows(text),
+        lambda: cmd.stat_rows(text, ["/x"]),
+        lambda: cmd.sonas_output("lsclone x", exit_status, text, ""),
+        lambda: cmd.stat_links_rows(text),
+        lambda: cmd.header_rows(text, text, ["/x", "/y"]),
+    ):
         try:
             parse()
         except StoreError:
@@ -303,8 +336,9 @@ def test_parsers_reject_garbage_with_a_store_error_only(text: str, exit_status: 
 
 
 @pytest.mark.parametrize("personality", ["gpfs", "sonas"])
-async def test_the_depth_limit_is_enforced_on_a_template_that_is_itself_a_clone(make_env: MakeEnv,
-                                                                                 personality: str) -> None:
+async def test_the_depth_limit_is_enforced_on_a_template_that_is_itself_a_clone(
+    make_env: MakeEnv, personality: str
+) -> None:
     env = await make_env(personality)
     image = f"{MOUNT}/frank/image/linux/basic.img"
     env.sim.fs.snap(image, f"{MOUNT}/frank/image/linux/gold.parent")  # basic.img is now a clone, depth 1
@@ -343,7 +377,8 @@ async def test_the_simulator_reports_errors_instead_of_dropping_the_connection(m
     source = f"{MOUNT}/frank/image/linux/basic.img"
     first, second = await asyncio.gather(
         runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c1.img")),
-        runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c2.img")))
+        runner.run(cmd.mkclone_with_parent(f"{MOUNT}/frank/p.img", source, f"{MOUNT}/frank/c2.img")),
+    )
     assert sorted([first.exit_status, second.exit_status]) == [0, 1]
     assert env.sim.connections == 1
 
@@ -367,16 +402,19 @@ async def test_a_golden_image_rewritten_on_the_store_is_reported(make_env: MakeE
 
 
 @pytest.mark.parametrize("personality", ["sonas", "gpfs"])
-async def test_a_template_image_with_a_backing_file_is_refused(make_env: MakeEnv, personality: str,
-                                                                tmp_path: Path) -> None:
+async def test_a_template_image_with_a_backing_file_is_refused(
+    make_env: MakeEnv, personality: str, tmp_path: Path
+) -> None:
     import subprocess
 
     env = await make_env(personality)
     image = env.directory / "frank" / "image" / "linux" / "basic.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(image)],
-                   check=True)
-    result = await reconcile_fleet(env.runtime, fleet(1), template("image/linux/basic.qcow2", "qcow2"),
-                                   env.store(), [host()])
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", str(image)], check=True
+    )
+    result = await reconcile_fleet(
+        env.runtime, fleet(1), template("image/linux/basic.qcow2", "qcow2"), env.store(), [host()]
+    )
     failed = [o.error for o in result.outcomes if not o.ok]
     assert failed and "backing file" in failed[0]
     assert not list((env.directory / "frank" / "vmfleet").rglob("parents/*"))

@@ -32,15 +32,22 @@ SERVERS = ["openssh", "asyncssh-sim"]
 
 
 def ssh_errors(env: SimEnv, error: str) -> float:
-    value = REGISTRY.get_sample_value("vmfleet_ssh_errors_total",
-                                      {"target": f"{env.user}@127.0.0.1:{env.sim.port}", "error": error})
+    value = REGISTRY.get_sample_value(
+        "vmfleet_ssh_errors_total", {"target": f"{env.user}@127.0.0.1:{env.sim.port}", "error": error}
+    )
     return value or 0.0
 
 
 async def _raw_connection(env: SimEnv) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect("127.0.0.1", env.sim.port, username=env.user, client_keys=[env.client_key],
-                                  known_hosts=asyncssh.import_known_hosts(env.sim.known_hosts), agent_path=None,
-                                  config=None)
+    return await asyncssh.connect(
+        "127.0.0.1",
+        env.sim.port,
+        username=env.user,
+        client_keys=[env.client_key],
+        known_hosts=asyncssh.import_known_hosts(env.sim.known_hosts),
+        agent_path=None,
+        config=None,
+    )
 
 
 # ---------------------------------------------------------------- finding 16: MaxSessions
@@ -53,8 +60,9 @@ async def test_the_server_refuses_the_11th_session_of_one_connection(make_env: M
     env = await make_env("gpfs", openssh=server == "openssh", latency=1.0)
     conn = await _raw_connection(env)
     try:
-        results = await asyncio.gather(*(conn.run(cmd.ls(f"{MOUNT}/frank"), check=False) for _ in range(16)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(conn.run(cmd.ls(f"{MOUNT}/frank"), check=False) for _ in range(16)), return_exceptions=True
+        )
     finally:
         conn.close()
     ok = [r for r in results if isinstance(r, asyncssh.SSHCompletedProcess) and r.exit_status == 0]
@@ -69,8 +77,7 @@ async def test_16_commands_at_once_all_run_on_a_server_with_max_sessions_10(make
     env = await make_env("gpfs", openssh=server == "openssh", latency=1.0)
     runner = env.runtime.store_driver(env.store(concurrency=16)).runner  # type: ignore[attr-defined]
     t0 = time.monotonic()
-    replies = await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(16)),
-                                   return_exceptions=True)
+    replies = await asyncio.gather(*(runner.run(cmd.ls(f"{MOUNT}/frank")) for _ in range(16)), return_exceptions=True)
     seconds = time.monotonic() - t0
     assert [getattr(r, "exit_status", r) for r in replies] == [0] * 16
     assert env.sim.connections == 2 and runner.channels_refused == 0
@@ -87,8 +94,9 @@ async def test_a_refused_channel_is_retried_and_the_others_go_on(make_env: MakeE
     store = env.store(concurrency=16, ssh={"maxSessions": 16})
     runner = env.runtime.store_driver(store).runner  # type: ignore[attr-defined]
     (env.directory / "frank" / "gone").mkdir()
-    replies = await asyncio.gather(*(runner.run(cmd.rm_f(f"{MOUNT}/frank/gone/{i}")) for i in range(16)),
-                                   return_exceptions=True)
+    replies = await asyncio.gather(
+        *(runner.run(cmd.rm_f(f"{MOUNT}/frank/gone/{i}")) for i in range(16)), return_exceptions=True
+    )
     assert [getattr(r, "exit_status", r) for r in replies] == [0] * 16
     assert runner.channels_refused >= 6 and ssh_errors(env, "refused") >= 6
     assert env.sim.connections == 1 and ssh_errors(env, "dropped") == 0
@@ -112,8 +120,9 @@ async def test_a_server_that_never_frees_a_session_is_a_clear_error(make_env: Ma
     env = await make_env("gpfs", max_sessions=1, hang={1})
     store = env.store(timeout=1, ssh={"maxSessions": 2}, concurrency=2)
     runner = env.runtime.store_driver(store).runner  # type: ignore[attr-defined]
-    errors = await asyncio.gather(runner.run(cmd.ls(f"{MOUNT}/frank")), runner.run(cmd.ls(f"{MOUNT}/frank")),
-                                  return_exceptions=True)
+    errors = await asyncio.gather(
+        runner.run(cmd.ls(f"{MOUNT}/frank")), runner.run(cmd.ls(f"{MOUNT}/frank")), return_exceptions=True
+    )
     assert all(isinstance(e, StoreError) for e in errors), errors
     hung, refused = sorted(errors, key=lambda e: "took longer" not in str(e))
     assert "ls on root@127.0.0.1" not in str(hung) and "took longer than 1 s" in str(hung)
@@ -131,9 +140,18 @@ async def test_the_pool_opens_a_connection_only_when_the_others_are_full(make_en
 
 
 def _store(ssh: dict) -> CloneStore:
-    s = parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
-               "spec": {"driver": "gpfs", "root": "/gpfs", "ssh": {"host": "h", "user": "u",
-                                                                   "secretRef": {"name": "k", "namespace": "n"}, **ssh}}})
+    s = parse(
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": "s"},
+            "spec": {
+                "driver": "gpfs",
+                "root": "/gpfs",
+                "ssh": {"host": "h", "user": "u", "secretRef": {"name": "k", "namespace": "n"}, **ssh},
+            },
+        }
+    )
     assert isinstance(s, CloneStore)
     return s
 
@@ -190,7 +208,8 @@ def _digest(path: Path) -> str:
 
 
 async def test_a_gpfs_parent_is_refused_while_clones_remain_and_deleted_once_its_fleets_are_gone(
-        make_env: MakeEnv) -> None:
+    make_env: MakeEnv,
+) -> None:
     env = await make_env("gpfs")
     store = env.store()
     driver = env.runtime.store_driver(store)
@@ -220,7 +239,8 @@ async def test_a_gpfs_parent_is_refused_while_clones_remain_and_deleted_once_its
 
 
 async def test_when_gpfs_link_counts_do_not_count_clones_rm_still_refuses_and_nothing_is_lost(
-        make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_env: MakeEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Link counts per clone are inferred from one IBM example: without them the image is split in vain
     (space), rm fails with EROFS and that is ParentInUse; the clone and its data stay."""
     env = await make_env("gpfs")
@@ -239,7 +259,8 @@ async def test_when_gpfs_link_counts_do_not_count_clones_rm_still_refuses_and_no
 
 
 async def test_an_image_that_is_itself_a_clone_is_redirected_and_keeps_sharing_with_its_own_parent(
-        make_env: MakeEnv) -> None:
+    make_env: MakeEnv,
+) -> None:
     env = await make_env("gpfs")
     gold = f"{MOUNT}/frank/image/linux/gold.parent"
     env.sim.fs.snap(f"{MOUNT}/frank/{IMAGE}", gold)  # the template image is a clone of gold.parent
@@ -314,15 +335,20 @@ def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
     for names in (["a.qcow2"], ["short"], ["a.qcow2", "missing", "short"]):
         stdin = cmd.stat_input([f"/g/{n}" for n in names])
         sim = execute(fs, "gpfs", cmd.headers_stdin(), stdin)
-        real = subprocess.run(["sh", "-c", cmd.headers_stdin()], input=cmd.stat_input([str(tmp_path / n) for n in names]),
-                              capture_output=True, text=True, cwd=tmp_path)
+        real = subprocess.run(
+            ["sh", "-c", cmd.headers_stdin()],
+            input=cmd.stat_input([str(tmp_path / n) for n in names]),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert (sim[0], sim[1]) == (real.returncode, real.stdout), names
         assert sim[2].replace("/g/", "") == real.stderr.replace(f"{tmp_path}/", ""), names
 
 
 def test_headers_are_matched_to_their_files_or_not_at_all() -> None:
     header = " 51 46 49 fb" + " 00" * 28 + "\n"
-    assert cmd.header_rows(header * 2, "", ["/a", "/b"]) == {"/a": bytes.fromhex(header) , "/b": bytes.fromhex(header)}
+    assert cmd.header_rows(header * 2, "", ["/a", "/b"]) == {"/a": bytes.fromhex(header), "/b": bytes.fromhex(header)}
     vanished = cmd.header_rows(header, "od: /a: No such file or directory\n", ["/a", "/b"])
     assert list(vanished) == ["/b"]
     assert cmd.header_rows(header, "", ["/a", "/b"]) == {}  # one printed nothing (emptied): whose line is it?

@@ -37,8 +37,7 @@ def reflink_store(xfs: Path, small_image: Path, unique: str) -> ReflinkStore:
     return ReflinkStore(str(root))
 
 
-async def test_reflink_clones_own_nothing_until_written_and_only_the_writer_grows(
-        reflink_store: ReflinkStore) -> None:
+async def test_reflink_clones_own_nothing_until_written_and_only_the_writer_grows(reflink_store: ReflinkStore) -> None:
     store, root = reflink_store, Path(reflink_store.base)
     await store.prepare_parent("images/t.img", "raw", PARENT)
     assert not os.access(root / PARENT, os.W_OK) or os.geteuid() == 0
@@ -132,12 +131,16 @@ async def test_paths_outside_the_store_never_reach_the_file_system(tmp_path: Pat
 
 
 def qemu_img_info(path: Path) -> dict:
-    return json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True,
-                                     text=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
-async def test_qcow2_overlays_are_backed_by_the_parent_through_a_relative_path(tmp_path: Path,
-                                                                               small_image: Path) -> None:
+async def test_qcow2_overlays_are_backed_by_the_parent_through_a_relative_path(
+    tmp_path: Path, small_image: Path
+) -> None:
     (tmp_path / "images").mkdir()
     shutil.copyfile(small_image, tmp_path / "images" / "t.img")
     store = Qcow2Store(str(tmp_path))
@@ -156,8 +159,9 @@ async def test_qcow2_overlays_are_backed_by_the_parent_through_a_relative_path(t
     moved = tmp_path.parent / (tmp_path.name + "-moved")
     shutil.copytree(tmp_path, moved)
     before = await Qcow2Store(str(moved)).measure(clones)  # a copy may allocate a sparse tail: measure it there
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 8M", str(moved / clones[0])],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 8M", str(moved / clones[0])], check=True, capture_output=True
+    )
     after = await Qcow2Store(str(moved)).measure(clones)
     assert after[clones[0]].allocated - before[clones[0]].allocated >= 8 * MIB
     assert after[clones[1]].allocated == before[clones[1]].allocated

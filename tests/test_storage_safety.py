@@ -134,8 +134,23 @@ async def test_the_qcow2_backing_scan_follows_no_link(tmp_path: Path, small_imag
     await store.prepare_parent("images/t.img", "raw", PARENT)
     (root / "vmfleet" / "clones" / "ns").mkdir(parents=True)
     # An overlay outside the root, reached through a link inside it: it must not be opened.
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "../../../parents/template.img",
-                    "-F", "raw", str(outside / "o.qcow2"), "64M"], check=True)
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "../../../parents/template.img",
+            "-F",
+            "raw",
+            str(outside / "o.qcow2"),
+            "64M",
+        ],
+        check=True,
+    )
     (root / "vmfleet" / "clones" / "ns" / "o.qcow2").symlink_to(outside / "o.qcow2")
     with pytest.raises(StoreError, match=f"vmfleet/clones/ns/o.qcow2 {LINK}"):
         await store.delete_parent(PARENT, "images/t.img")
@@ -178,8 +193,9 @@ def maker() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
     procs: list[subprocess.Popen[str]] = []
 
     def start(partial: Path) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(partial)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(partial)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert p.stdout is not None and p.stdout.readline() == "holding\n"
         procs.append(p)
         return p
@@ -190,7 +206,8 @@ def maker() -> Iterator[Callable[[Path], subprocess.Popen[str]]]:
 
 
 async def test_a_live_partial_survives_a_listing_and_a_second_maker(
-        store: LocalStore, maker: Callable[[Path], subprocess.Popen[str]]) -> None:
+    store: LocalStore, maker: Callable[[Path], subprocess.Popen[str]]
+) -> None:
     root = Path(store.base)
     await store.prepare_parent("images/t.img", "raw", PARENT)
     (root / CLONES).mkdir(parents=True)
@@ -212,8 +229,9 @@ async def test_two_stores_on_one_root_make_clones_at_once(store: LocalStore) -> 
     other = type(store)(store.base)
     await store.prepare_parent("images/t.img", "raw", PARENT)
     targets = [f"{CLONES}/web-{i}{ext(store)}" for i in range(8)]
-    results = await asyncio.gather(*(s.create_clone(PARENT, "raw", t) for t in targets for s in (store, other)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(s.create_clone(PARENT, "raw", t) for t in targets for s in (store, other)), return_exceptions=True
+    )
     failures = [r for r in results if isinstance(r, BaseException)]
     assert all(isinstance(r, StoreError) and "already exists" in str(r) for r in failures), failures
     assert len(failures) == len(targets)  # one of each pair made it, the other was told
@@ -227,11 +245,15 @@ async def test_two_stores_on_one_root_make_clones_at_once(store: LocalStore) -> 
 async def test_a_root_that_is_a_file_is_an_error_naming_spec_root(driver: type[LocalStore]) -> None:
     store = driver("/etc/shadow")
     message = r"the store root /etc/shadow \(spec.root\) is not a directory"
-    calls = [lambda: store.list_dir(CLONES), lambda: store.exists(PARENT),
-             lambda: store.measure([f"{CLONES}/web-0.img"]), lambda: store.delete(f"{CLONES}/web-0.img"),
-             lambda: store.prepare_parent("images/t.img", "raw", PARENT),
-             lambda: store.create_clone(PARENT, "raw", f"{CLONES}/web-0.img"),
-             lambda: store.read_text(f"{CLONES}/fleet.json")]
+    calls = [
+        lambda: store.list_dir(CLONES),
+        lambda: store.exists(PARENT),
+        lambda: store.measure([f"{CLONES}/web-0.img"]),
+        lambda: store.delete(f"{CLONES}/web-0.img"),
+        lambda: store.prepare_parent("images/t.img", "raw", PARENT),
+        lambda: store.create_clone(PARENT, "raw", f"{CLONES}/web-0.img"),
+        lambda: store.read_text(f"{CLONES}/fleet.json"),
+    ]
     for call in calls:
         with pytest.raises(StoreError, match=message):
             await call()
@@ -271,8 +293,14 @@ async def test_every_os_error_is_a_store_error_naming_the_path(tmp_path: Path, s
 
 
 def clone_store(root: str) -> CloneStore:
-    return CloneStore.parse({"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": "s"},
-                             "spec": {"driver": "reflink", "root": root, "maxCloneDepth": 0, "concurrency": 4}})
+    return CloneStore.parse(
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": "s"},
+            "spec": {"driver": "reflink", "root": root, "maxCloneDepth": 0, "concurrency": 4},
+        }
+    )
 
 
 async def test_the_store_probe_says_a_root_that_is_a_file_is_not_a_directory(runtime: Runtime) -> None:
@@ -282,8 +310,7 @@ async def test_the_store_probe_says_a_root_that_is_a_file_is_not_a_directory(run
     assert ready["message"] == "spec.root /etc/shadow is not a directory"
 
 
-def test_vmfleet_apply_on_a_root_that_is_a_file_says_so_without_a_traceback(tmp_path: Path,
-                                                                          small_image: Path) -> None:
+def test_vmfleet_apply_on_a_root_that_is_a_file_says_so_without_a_traceback(tmp_path: Path, small_image: Path) -> None:
     manifests = quickstart(tmp_path, small_image)
     doc = yaml.safe_load((manifests / "store.yaml").read_text())
     doc["spec"]["root"] = "/etc/shadow"
@@ -300,8 +327,9 @@ def test_vmfleet_apply_on_a_root_that_is_a_file_says_so_without_a_traceback(tmp_
 
 def qcow2_image(path: Path, virtual: int, data: int) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(virtual)], check=True)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a 0 {data}", str(path)], check=True, capture_output=True
+    )
 
 
 async def test_a_qcow2_clone_on_reflink_reports_the_disk_the_guest_sees(xfs: Path, unique: str) -> None:

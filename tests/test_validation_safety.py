@@ -32,16 +32,23 @@ TEMPLATE = {
     "apiVersion": "vmfleet.io/v1alpha1",
     "kind": "VmTemplate",
     "metadata": {"name": "basic"},
-    "spec": {"storeRef": {"name": "local"}, "image": {"path": "images/basic.img"}, "machineType": "q35",
-             "network": "default"},
+    "spec": {
+        "storeRef": {"name": "local"},
+        "image": {"path": "images/basic.img"},
+        "machineType": "q35",
+        "network": "default",
+    },
 }
 HOST = {
     "apiVersion": "vmfleet.io/v1alpha1",
     "kind": "KvmHost",
     "metadata": {"name": "kvm1", "labels": {"example.com/role": "kvm", "zone": ""}},
-    "spec": {"uri": "qemu+libssh://root@kvm1.example.com:2222/system", "consoleLogDir": "/var/log/vmfleet",
-             "storeMounts": [{"store": "sonas1", "path": "/mnt/sonas"}],
-             "secretRef": {"name": "kvm-ssh", "namespace": "vmfleet-system"}},
+    "spec": {
+        "uri": "qemu+libssh://root@kvm1.example.com:2222/system",
+        "consoleLogDir": "/var/log/vmfleet",
+        "storeMounts": [{"store": "sonas1", "path": "/mnt/sonas"}],
+        "secretRef": {"name": "kvm-ssh", "namespace": "vmfleet-system"},
+    },
 }
 
 
@@ -127,31 +134,39 @@ def test_every_patterned_field_is_in_the_newline_cases() -> None:
     assert patterned - covered == set()
 
 
-@pytest.mark.parametrize("labels,bad", [
-    ({"role": "a;rm -rf /"}, "a;rm -rf /"),
-    ({"role": "kvm\n"}, "kvm\n"),
-    ({"role": "x" * 64}, "x" * 64),
-    ({"role": "-kvm"}, "-kvm"),
-    ({"a;b": "kvm"}, "a;b"),
-    ({"role\n": "kvm"}, "role\n"),
-    ({"Example.com/role": "kvm"}, "Example.com/role"),
-    ({"a/b/c": "kvm"}, "a/b/c"),
-    ({"x" * 64: "kvm"}, "x" * 64),
-    ({"role": 1}, 1),
-], ids=repr)
+@pytest.mark.parametrize(
+    "labels,bad",
+    [
+        ({"role": "a;rm -rf /"}, "a;rm -rf /"),
+        ({"role": "kvm\n"}, "kvm\n"),
+        ({"role": "x" * 64}, "x" * 64),
+        ({"role": "-kvm"}, "-kvm"),
+        ({"a;b": "kvm"}, "a;b"),
+        ({"role\n": "kvm"}, "role\n"),
+        ({"Example.com/role": "kvm"}, "Example.com/role"),
+        ({"a/b/c": "kvm"}, "a/b/c"),
+        ({"x" * 64: "kvm"}, "x" * 64),
+        ({"role": 1}, 1),
+    ],
+    ids=repr,
+)
 def test_kvmhost_labels_follow_the_kubernetes_label_rules(labels: dict[str, Any], bad: object) -> None:
     error = _rejected(_set(HOST, "metadata.labels", labels))
     assert _names(error, "metadata.labels", repr(bad)), str(error)
 
 
-@pytest.mark.parametrize("labels,field", [
-    ({"role": "a;rm -rf /"}, "spec.hostSelector.matchLabels.role"),
-    ({"role": "kvm\n"}, "spec.hostSelector.matchLabels.role"),
-    ({"role": "-kvm"}, "spec.hostSelector.matchLabels.role"),
-    ({"a;b": "kvm"}, "spec.hostSelector.matchLabels"),
-    ({"role\n": "kvm"}, "spec.hostSelector.matchLabels"),
-    ({f"{'a' * 254}/role": "kvm"}, "spec.hostSelector.matchLabels"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "labels,field",
+    [
+        ({"role": "a;rm -rf /"}, "spec.hostSelector.matchLabels.role"),
+        ({"role": "kvm\n"}, "spec.hostSelector.matchLabels.role"),
+        ({"role": "-kvm"}, "spec.hostSelector.matchLabels.role"),
+        ({"a;b": "kvm"}, "spec.hostSelector.matchLabels"),
+        ({"role\n": "kvm"}, "spec.hostSelector.matchLabels"),
+        ({f"{'a' * 254}/role": "kvm"}, "spec.hostSelector.matchLabels"),
+    ],
+    ids=repr,
+)
 def test_host_selector_labels_follow_the_kubernetes_label_rules(labels: dict[str, Any], field: str) -> None:
     error = _rejected(_set(FLEET, "spec.hostSelector", {"matchLabels": labels}))
     assert _names(error, field), str(error)
@@ -163,52 +178,61 @@ def test_valid_labels_pass() -> None:
     validate(_set(FLEET, "spec.hostSelector", {"matchLabels": labels}))
 
 
-@pytest.mark.parametrize("uri", [
-    "qemu+libssh://root@h/system?known_hosts_verify=ignore",
-    "qemu+ssh://root@h/system?command=/tmp/x",
-    "qemu+ssh://h/system?no_verify=1",
-    "qemu+unix:///system?socket=/tmp/evil",
-    "qemu:///system#frag",
-    "qemu+ssh://h/system%0a",
-    "qemu+ssh://h%3fcommand=x/system",
-    "qemu:///system\n",
-    "qemu+ssh://root@h/system\n?command=x",
-    "qemu+ssh://ro ot@h/system",
-    "qemu+ssh://root:password@h/system",
-    "qemu+ssh://-oProxyCommand=x@h/system",
-    "qemu+ssh://root@@h/system",
-    "qemu+ssh://h/system/../../tmp",
-    "qemu:///embed",
-    "qemu:///system; reboot",
-    "test:///default?x=1",
-    "xen:///system",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+libssh://root@h/system?known_hosts_verify=ignore",
+        "qemu+ssh://root@h/system?command=/tmp/x",
+        "qemu+ssh://h/system?no_verify=1",
+        "qemu+unix:///system?socket=/tmp/evil",
+        "qemu:///system#frag",
+        "qemu+ssh://h/system%0a",
+        "qemu+ssh://h%3fcommand=x/system",
+        "qemu:///system\n",
+        "qemu+ssh://root@h/system\n?command=x",
+        "qemu+ssh://ro ot@h/system",
+        "qemu+ssh://root:password@h/system",
+        "qemu+ssh://-oProxyCommand=x@h/system",
+        "qemu+ssh://root@@h/system",
+        "qemu+ssh://h/system/../../tmp",
+        "qemu:///embed",
+        "qemu:///system; reboot",
+        "test:///default?x=1",
+        "xen:///system",
+    ],
+)
 def test_a_libvirt_uri_carries_no_query_fragment_or_escape(uri: str) -> None:
     error = _rejected(_set(HOST, "spec.uri", uri))
     assert _names(error, "spec.uri"), str(error)
 
 
-@pytest.mark.parametrize("uri", [
-    "qemu+libssh://root@h/system?known_hosts_verify=ignore",
-    "qemu+ssh://h/system?command=/tmp/x",
-    "qemu:///system#frag",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+libssh://root@h/system?known_hosts_verify=ignore",
+        "qemu+ssh://h/system?command=/tmp/x",
+        "qemu:///system#frag",
+    ],
+)
 def test_a_query_string_is_refused_with_the_reason(uri: str) -> None:
     error = _rejected(_set(HOST, "spec.uri", uri))
     assert _names(error, "spec.uri", "may not carry a query string"), str(error)
 
 
-@pytest.mark.parametrize("uri", [
-    "qemu:///system",
-    "qemu:///session",
-    "test:///default",
-    "qemu+ssh://root@kvm1.example.com/system",
-    "qemu+libssh://root@127.0.0.1:2222/system",
-    "qemu+libssh2://user.name@kvm-1/system",
-    "qemu+tcp://127.0.0.1:1/system",
-    "qemu+tls://[fe80::1]:16514/system",
-    "qemu+unix:///session",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu:///system",
+        "qemu:///session",
+        "test:///default",
+        "qemu+ssh://root@kvm1.example.com/system",
+        "qemu+libssh://root@127.0.0.1:2222/system",
+        "qemu+libssh2://user.name@kvm-1/system",
+        "qemu+tcp://127.0.0.1:1/system",
+        "qemu+tls://[fe80::1]:16514/system",
+        "qemu+unix:///session",
+    ],
+)
 def test_sane_libvirt_uris_pass(uri: str) -> None:
     validate(_set(HOST, "spec", {"uri": uri}))
 

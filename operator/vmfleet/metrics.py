@@ -16,18 +16,35 @@ READY = Gauge("vmfleet_fleet_ready_replicas", "VMs in the state their spec asks 
 LOGICAL = Gauge("vmfleet_fleet_logical_bytes", "Sum of the clones' logical sizes.", _FLEET)
 ALLOCATED = Gauge("vmfleet_fleet_allocated_bytes", "Sum of the bytes the clones own.", _FLEET)
 SAVED = Gauge("vmfleet_fleet_saved_bytes", "Bytes saved against full copies.", _FLEET)
-RECONCILE = Histogram("vmfleet_reconcile_seconds", "Duration of one reconcile pass.", ("kind",),
-                      buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-SSH_SECONDS = Histogram("vmfleet_ssh_command_seconds", "Duration of one storage command over SSH.",
-                        ("target", "command"), buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-SSH_ERRORS = Counter("vmfleet_ssh_errors_total", "Storage commands over SSH that failed to run: no connection, "
-                     "a dropped one, a timeout (not a command's own non-zero exit).", ("target", "error"))
-LIBVIRT_ERRORS = Counter("vmfleet_libvirt_errors_total", "libvirt calls that failed, by KvmHost and operation.",
-                         ("host", "operation"))
+RECONCILE = Histogram(
+    "vmfleet_reconcile_seconds",
+    "Duration of one reconcile pass.",
+    ("kind",),
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+SSH_SECONDS = Histogram(
+    "vmfleet_ssh_command_seconds",
+    "Duration of one storage command over SSH.",
+    ("target", "command"),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SSH_ERRORS = Counter(
+    "vmfleet_ssh_errors_total",
+    "Storage commands over SSH that failed to run: no connection, "
+    "a dropped one, a timeout (not a command's own non-zero exit).",
+    ("target", "error"),
+)
+LIBVIRT_ERRORS = Counter(
+    "vmfleet_libvirt_errors_total", "libvirt calls that failed, by KvmHost and operation.", ("host", "operation")
+)
 EVENTS = Counter("vmfleet_events_total", "Events posted, by type and reason.", ("type", "reason"))
 
-_FLEET_GAUGES = ((LOGICAL, "logicalBytes"), (ALLOCATED, "allocatedBytes"), (SAVED, "savedBytes"),
-                 (READY, "readyReplicas"))
+_FLEET_GAUGES = (
+    (LOGICAL, "logicalBytes"),
+    (ALLOCATED, "allocatedBytes"),
+    (SAVED, "savedBytes"),
+    (READY, "readyReplicas"),
+)
 
 
 def serve(port: int) -> None:

@@ -88,7 +88,7 @@ STORE_CHANGED: Final = _problem(
     "StoreChanged",
     where="VmFleet, Stalled",
     meaning="the fleet's template now names another CloneStore than the one its clones are in; nothing is done (the"
-            " clones would look lost)",
+    " clones would look lost)",
     hint="point spec.templateRef back to a template on the store named, or delete the fleet",
 )
 
@@ -116,17 +116,17 @@ HOST_UNREACHABLE: Final = _problem(
     "HostUnreachable",
     where="VmFleet, Degraded",
     meaning="a host that may run this fleet's VMs cannot be observed: it does not answer, its KvmHost was deleted, "
-            "or its `uri` changed and the VM is not at the new one. Its VMs show `Unknown`: not moved, not scaled "
-            "in, their clones not deleted, the fleet not torn down (I1, I2)",
+    "or its `uri` changed and the VM is not at the new one. Its VMs show `Unknown`: not moved, not scaled "
+    "in, their clones not deleted, the fleet not torn down (I1, I2)",
     hint="bring that host (or its KvmHost, or its old URI) back: its VMs stay put and keep their disks until "
-         "vmfleet can see them; if the host is dead for good, annotate the fleet vmfleet.io/hosts-lost=<host> "
-         "(docs/operations.md)",
+    "vmfleet can see them; if the host is dead for good, annotate the fleet vmfleet.io/hosts-lost=<host> "
+    "(docs/operations.md)",
 )
 HOST_DECLARED_LOST: Final = _problem(
     "HostDeclaredLost",
     where="VmFleet, Warning event",
     meaning="the fleet's `vmfleet.io/hosts-lost` annotation names a host: its VMs count as stopped and are placed "
-            "elsewhere, or scaled in",
+    "elsewhere, or scaled in",
     hint="remove the vmfleet.io/hosts-lost annotation once the host is repaired or deleted",
 )
 DUPLICATE_DOMAIN: Final = _problem(
@@ -139,7 +139,7 @@ CLONE_LOST: Final = _problem(
     "CloneLost",
     where="VmFleet, Degraded",
     meaning="a VM's clone file is gone; vmfleet will not recreate it empty (that would boot a fresh VM under the "
-            "old name)",
+    "old name)",
     hint="restore the clone file from a backup, or scale in to drop the VM",
 )
 NAME_CONFLICT: Final = _problem(
@@ -175,7 +175,7 @@ CREATE_CLONE_FAILED: Final = _problem(
     "CreateCloneFailed",
     where="VmFleet, Degraded",
     meaning="`mkclone`/`mmclone`/reflink/qemu-img failed for a VM (the message carries the storage's own text, e.g."
-            " `EFSSG0632C`)",
+    " `EFSSG0632C`)",
     hint="see the store's message above; the next pass retries",
 )
 DEFINE_FAILED: Final = _problem(
@@ -230,10 +230,10 @@ IMAGE_CHANGED: Final = _problem(
     "ImageChanged",
     where="VmTemplate, condition and Warning event",
     meaning="the template's image file was rewritten or replaced since its clone parent was made from it; existing "
-            "and new clones still come from the old image (the parent)",
+    "and new clones still come from the old image (the parent)",
     hint="the golden image was changed in place: clones keep coming from the old one; give the new image a new path"
-         " and point a template at it (to stop the warning without a new path, delete the `.source` note beside the"
-         " parent: the image as it is now is then noted; the parent still holds the old data)",
+    " and point a template at it (to stop the warning without a new path, delete the `.source` note beside the"
+    " parent: the image as it is now is then noted; the parent still holds the old data)",
 )
 
 # ------------------------------------------------------------------ stores and hosts

@@ -39,16 +39,25 @@ def _rows(schema: Schema, path: str, required: bool) -> Iterator[tuple[str, str,
 
 
 def markdown() -> str:
-    out = ["# API reference (`" + API_VERSION + "`)", "",
-           "Generated from `operator/vmfleet/api/schema.py` by `vmfleet crds`; do not edit.", ""]
+    out = [
+        "# API reference (`" + API_VERSION + "`)",
+        "",
+        "Generated from `operator/vmfleet/api/schema.py` by `vmfleet crds`; do not edit.",
+        "",
+    ]
     for kind in KINDS.values():
         scope = "namespaced" if kind.namespaced else "cluster-scoped"
-        out += [f"## {kind.kind}", "", f"{kind.spec['description']} ({scope}; short names: "
-                f"{', '.join(kind.short_names)}; category `vmfleet`)", ""]
+        out += [
+            f"## {kind.kind}",
+            "",
+            f"{kind.spec['description']} ({scope}; short names: {', '.join(kind.short_names)}; category `vmfleet`)",
+            "",
+        ]
         for part, schema in (("spec", kind.spec), ("status", kind.status)):
             out += ["| field | type | rules | description |", "|---|---|---|---|"]
             out += [f"| `{part}.{p}` | {t} | {r} | {d} |" for p, t, r, d in _rows(schema, "", False)]
-            out += [""] + [f"- Rule on `{part}`: {rule.message} (CEL: `{rule.cel}`)" for rule in schema.get(RULES_KEY, ())]
+            out += [""] + [
+                f"- Rule on `{part}`: {rule.message} (CEL: `{rule.cel}`)" for rule in schema.get(RULES_KEY, ())
+            ]
             out.append("")
     return "\n".join(out)
-

@@ -179,7 +179,9 @@ CLONE_STORE_SPEC = obj(
                 "maxSessions": integer(
                     "The SSH server's MaxSessions: commands at once on one connection (OpenSSH: 10). "
                     "When `concurrency` needs more, the operator opens more connections.",
-                    1, 1000, default=10,
+                    1,
+                    1000,
+                    default=10,
                 ),
             },
             required=("host", "user", "secretRef"),
@@ -375,8 +377,7 @@ VM_FLEET_SPEC = obj(
                     "maxProperties": 32,
                     "x-vmfleet-rules": [
                         Rule(
-                            f"self.all(k, k.matches('{LABEL_KEY_PATTERN}') "
-                            f"&& k.matches('{LABEL_KEY_LENGTH_PATTERN}'))",
+                            f"self.all(k, k.matches('{LABEL_KEY_PATTERN}') && k.matches('{LABEL_KEY_LENGTH_PATTERN}'))",
                             "spec.hostSelector.matchLabels: each key must be a label key, [prefix/]name: an optional "
                             "DNS subdomain of at most 253 characters, then a name of at most 63 of [A-Za-z0-9_.-] "
                             "that starts and ends with a letter or digit",
@@ -412,15 +413,22 @@ _CLONE_STATUS = obj(
         "name": string("The VM's name, <fleet>-<ordinal>."),
         "ordinal": integer("The VM's ordinal.", 0),
         "host": string("The KvmHost the VM is placed on."),
-        "file": string("The clone's file name in status.cloneDirectory (a name, not a path: it keeps the "
-                       "status of a 5,000-VM fleet far from etcd's object size limit)."),
+        "file": string(
+            "The clone's file name in status.cloneDirectory (a name, not a path: it keeps the "
+            "status of a 5,000-VM fleet far from etcd's object size limit)."
+        ),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
-        "restartRequired": {"type": "boolean", "description": "The VM runs an older definition than the one "
-                            "defined: it takes effect at its next restart (condition RestartRequired)."},
+        "restartRequired": {
+            "type": "boolean",
+            "description": "The VM runs an older definition than the one "
+            "defined: it takes effect at its next restart (condition RestartRequired).",
+        },
         "logicalBytes": integer("The clone's size as the guest sees it.", 0),
         "allocatedBytes": integer(
             "Bytes of this clone's data no other file shares: what deleting it frees. Leaves out XFS's transient "
-            "copy-on-write preallocation (up to 128 KiB per region written, trimmed within 5 minutes).", 0),
+            "copy-on-write preallocation (up to 128 KiB per region written, trimmed within 5 minutes).",
+            0,
+        ),
     },
     required=("name", "ordinal"),
 )
@@ -434,8 +442,9 @@ VM_FLEET_STATUS = obj(
         "readyReplicas": integer("VMs in the state the spec asks for.", 0),
         "logicalBytes": integer("Sum of the clones' logical sizes.", 0),
         "allocatedBytes": integer("Sum of the clones' own bytes.", 0),
-        "savedBytes": integer("logicalBytes - allocatedBytes (never below 0): what full copies would have cost "
-                              "on top.", 0),
+        "savedBytes": integer(
+            "logicalBytes - allocatedBytes (never below 0): what full copies would have cost on top.", 0
+        ),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
         "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
         "store": string("The CloneStore the fleet's clones are in (a fleet cannot move to another store)."),
@@ -443,12 +452,21 @@ VM_FLEET_STATUS = obj(
         "clonesByParent": array(
             "How many of the fleet's clones come from each clone parent (a fleet that switched templates has "
             "clones of two): a parent is deleted only when no fleet counts any.",
-            obj("One clone parent.", {"parent": string("The parent's path relative to the store's root."),
-                                      "clones": integer("Clones of this fleet made from it.", 0)},
-                required=("parent", "clones")), maxItems=MAX_REPLICAS + 1000),
-        "cloneDirectory": string("Where the fleet's clones are, relative to the store's root: "
-                                 "vmfleet/clones/<namespace>/<fleet>/<fleet UID>; the UID says which fleet made "
-                                 "them, so a later fleet of the same name never touches them."),
+            obj(
+                "One clone parent.",
+                {
+                    "parent": string("The parent's path relative to the store's root."),
+                    "clones": integer("Clones of this fleet made from it.", 0),
+                },
+                required=("parent", "clones"),
+            ),
+            maxItems=MAX_REPLICAS + 1000,
+        ),
+        "cloneDirectory": string(
+            "Where the fleet's clones are, relative to the store's root: "
+            "vmfleet/clones/<namespace>/<fleet>/<fleet UID>; the UID says which fleet made "
+            "them, so a later fleet of the same name never touches them."
+        ),
         "clones": array("One entry per VM, by ordinal.", _CLONE_STATUS, maxItems=MAX_REPLICAS + 1000),
     },
 )

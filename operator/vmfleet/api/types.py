@@ -31,8 +31,14 @@ class Meta:
         namespace = (given or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
         # From the namespace as written: standalone UIDs name clone directories and must not change.
         uid = meta.get("uid") or str(uuid.uuid5(_STANDALONE_UID_NAMESPACE, f"{kind}/{given}/{meta['name']}"))
-        return cls(meta["name"], namespace, uid, int(meta.get("generation") or 1), dict(meta.get("labels") or {}),
-                   {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()})
+        return cls(
+            meta["name"],
+            namespace,
+            uid,
+            int(meta.get("generation") or 1),
+            dict(meta.get("labels") or {}),
+            {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,11 @@ class CloneStore:
         if "ssh" in s:
             x = s["ssh"]
             ssh = SshEndpoint(
-                x["host"], x["port"], x["user"], SecretRef(**x["secretRef"]), float(x["commandTimeoutSeconds"]),
+                x["host"],
+                x["port"],
+                x["user"],
+                SecretRef(**x["secretRef"]),
+                float(x["commandTimeoutSeconds"]),
                 x.get("maxSessions", 10),
             )
         root = s["root"].rstrip("/") or "/"
@@ -201,8 +211,12 @@ class VmFleet:
 
 
 Resource = CloneStore | KvmHost | VmTemplate | VmFleet
-PARSERS: dict[str, type[Resource]] = {"CloneStore": CloneStore, "KvmHost": KvmHost, "VmTemplate": VmTemplate,
-                                      "VmFleet": VmFleet}
+PARSERS: dict[str, type[Resource]] = {
+    "CloneStore": CloneStore,
+    "KvmHost": KvmHost,
+    "VmTemplate": VmTemplate,
+    "VmFleet": VmFleet,
+}
 
 
 def parse(doc: Mapping[str, Any], source: str = "manifest") -> Resource:

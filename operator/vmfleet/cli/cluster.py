@@ -32,8 +32,10 @@ def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = 
     except (ConfigException, FileNotFoundError) as e:
         if "KUBERNETES_SERVICE_HOST" not in os.environ:
             where = os.environ.get("KUBECONFIG", "~/.kube/config")
-            raise ClusterError(f"no cluster to ask: the kubeconfig {where} is unusable ({e}); set KUBECONFIG, "
-                               "or look at standalone manifests with `vmfleet status -f DIR`") from None
+            raise ClusterError(
+                f"no cluster to ask: the kubeconfig {where} is unusable ({e}); set KUBECONFIG, "
+                "or look at standalone manifests with `vmfleet status -f DIR`"
+            ) from None
         config.load_incluster_config()
         ns = namespace or DEFAULT_NAMESPACE
     api = client.CustomObjectsApi()
@@ -48,8 +50,10 @@ def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = 
         raise ClusterError(_explain(e, ns, name)) from None
     except urllib3.exceptions.HTTPError as e:
         host = client.Configuration.get_default_copy().host
-        raise ClusterError(f"cannot reach the Kubernetes API at {host} ({type(e).__name__}); "
-                           "check KUBECONFIG and that the cluster is up") from None
+        raise ClusterError(
+            f"cannot reach the Kubernetes API at {host} ({type(e).__name__}); "
+            "check KUBECONFIG and that the cluster is up"
+        ) from None
     return sorted(found.get("items", []), key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
 
 
@@ -59,6 +63,8 @@ def _explain(e: Any, namespace: str, name: str | None) -> str:
     if e.status == 404:
         return "the cluster does not know VmFleets: install vmfleet's CRDs with `kubectl apply -k deploy/`"
     if e.status in (401, 403):
-        return (f"the API refused to show VmFleets in {namespace} ({e.status} {e.reason}): your kubeconfig's user "
-                "needs get/list on vmfleets.vmfleet.io")
+        return (
+            f"the API refused to show VmFleets in {namespace} ({e.status} {e.reason}): your kubeconfig's user "
+            "needs get/list on vmfleets.vmfleet.io"
+        )
     return f"the Kubernetes API answered {e.status} {e.reason}"

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from .manifests import Loaded
 
 
-def _standalone(args: argparse.Namespace, dry_run: bool) -> tuple[list[Loaded], list[dict[str, Any]],
-                                                                   list[FleetResult]] | None:
+def _standalone(
+    args: argparse.Namespace, dry_run: bool
+) -> tuple[list[Loaded], list[dict[str, Any]], list[FleetResult]] | None:
     """Load the manifests and converge them (or only look, with dry_run); None after printing why not."""
     from .manifests import load
     from .progress import ProgressReport
@@ -64,8 +65,9 @@ def _status(args: argparse.Namespace) -> int:
         done = _standalone(args, dry_run=True)  # look, change nothing
         if done is None:
             return 1
-        fleets = [o for o in done[1]
-                  if o["kind"] == "VmFleet" and (not args.name or o["metadata"]["name"] == args.name)]
+        fleets = [
+            o for o in done[1] if o["kind"] == "VmFleet" and (not args.name or o["metadata"]["name"] == args.name)
+        ]
     else:
         try:
             fleets = read_fleets(args.namespace, args.all_namespaces, args.name)
@@ -79,8 +81,14 @@ def _status(args: argparse.Namespace) -> int:
     elif fleets:
         print(fleets_table(fleets))
     else:
-        print("no VmFleets" + ("" if args.all_namespaces or args.filename else
-                               f" in namespace {args.namespace or 'of the current context'} (-A: all namespaces)"))
+        print(
+            "no VmFleets"
+            + (
+                ""
+                if args.all_namespaces or args.filename
+                else f" in namespace {args.namespace or 'of the current context'} (-A: all namespaces)"
+            )
+        )
     return 0
 
 
@@ -137,8 +145,9 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
-    return run_operator(settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone,
-                        verbose=args.verbose)
+    return run_operator(
+        settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone, verbose=args.verbose
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,8 +172,11 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")
     r.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf's health endpoint")
-    r.add_argument("--metrics-port", type=int, help="where Prometheus scrapes /metrics (0: none; default: "
-                   "$VMFLEET_METRICS_PORT, else 9090)")
+    r.add_argument(
+        "--metrics-port",
+        type=int,
+        help="where Prometheus scrapes /metrics (0: none; default: $VMFLEET_METRICS_PORT, else 9090)",
+    )
     r.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=_run)
@@ -172,8 +184,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("crds", help="write the CustomResourceDefinitions")
     c.add_argument("-d", "--dir", default="crds")
     c.add_argument("--reference", metavar="FILE", help="also write the API reference (docs/api.md)")
-    c.add_argument("--troubleshooting", metavar="FILE", help="also rewrite the table of reasons in FILE "
-                   "(docs/operations.md)")
+    c.add_argument(
+        "--troubleshooting", metavar="FILE", help="also rewrite the table of reasons in FILE (docs/operations.md)"
+    )
     c.set_defaults(func=_crds)
 
     i = sub.add_parser("image", help="write a small bootable template image (for trying vmfleet out)")

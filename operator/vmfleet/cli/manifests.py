@@ -49,8 +49,9 @@ def _secret(doc: dict[str, Any], source: str) -> Secret:
         try:
             data[k] = base64.b64decode(v, validate=True).decode()
         except (binascii.Error, UnicodeDecodeError, TypeError):
-            raise InvalidManifest(f"Secret {meta['name']!r} ({source})",
-                                  [FieldError(f"data.{k}", "must be base64")]) from None
+            raise InvalidManifest(
+                f"Secret {meta['name']!r} ({source})", [FieldError(f"data.{k}", "must be base64")]
+            ) from None
     return Secret(meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"], data)
 
 
@@ -75,8 +76,12 @@ def duplicates(items: list[Loaded]) -> list[FieldError]:
         key = _key(item)
         if key in first:
             kind, ns, name = key
-            errors.append(FieldError(f"{kind} {ns + '/' if ns else ''}{name}: metadata.name",
-                                     f"defined twice, in {first[key].source} and {item.source}: keep one"))
+            errors.append(
+                FieldError(
+                    f"{kind} {ns + '/' if ns else ''}{name}: metadata.name",
+                    f"defined twice, in {first[key].source} and {item.source}: keep one",
+                )
+            )
         else:
             first[key] = item
     return errors
@@ -99,8 +104,10 @@ def load(paths: Iterable[str]) -> tuple[list[Loaded], dict[tuple[str, str], Secr
                 if isinstance(doc, dict) and doc.get("apiVersion") == "v1" and doc.get("kind") == "Secret":
                     secret = _secret(doc, f"{path}#{i + 1}")
                     if (secret.namespace, secret.name) in secrets:
-                        problems.append(f"Secret {secret.namespace}/{secret.name}: defined twice (again in "
-                                        f"{path}#{i + 1}): keep one")
+                        problems.append(
+                            f"Secret {secret.namespace}/{secret.name}: defined twice (again in "
+                            f"{path}#{i + 1}): keep one"
+                        )
                     secrets[(secret.namespace, secret.name)] = secret
                     continue
                 checked = validate(doc, f"{path}#{i + 1}")
@@ -118,22 +125,30 @@ def resolve(resources: Iterable[Resource]) -> tuple[Catalog, list[VmFleet]]:
     an object not in the manifests is an error, all of them at once."""
     resources = list(resources)
     templates = {(r.meta.namespace, r.meta.name): r for r in resources if isinstance(r, VmTemplate)}
-    catalog = Catalog(stores={r.meta.name: r for r in resources if isinstance(r, CloneStore)},
-                      hosts=[r for r in resources if isinstance(r, KvmHost)], templates=templates)
+    catalog = Catalog(
+        stores={r.meta.name: r for r in resources if isinstance(r, CloneStore)},
+        hosts=[r for r in resources if isinstance(r, KvmHost)],
+        templates=templates,
+    )
     fleets = [r for r in resources if isinstance(r, VmFleet)]
     errors = []
     for (ns, name), t in templates.items():
         try:
             catalog.store_of(t)
         except Unresolved:
-            errors.append(FieldError(f"VmTemplate {ns}/{name}: spec.storeRef.name",
-                                     f"CloneStore {t.store!r} is not defined"))
+            errors.append(
+                FieldError(f"VmTemplate {ns}/{name}: spec.storeRef.name", f"CloneStore {t.store!r} is not defined")
+            )
     for f in fleets:
         try:
             catalog.template_of(f)
         except Unresolved:
-            errors.append(FieldError(f"VmFleet {f.meta.namespace}/{f.meta.name}: spec.templateRef.name",
-                                     f"VmTemplate {f.template!r} is not defined in namespace {f.meta.namespace}"))
+            errors.append(
+                FieldError(
+                    f"VmFleet {f.meta.namespace}/{f.meta.name}: spec.templateRef.name",
+                    f"VmTemplate {f.template!r} is not defined in namespace {f.meta.namespace}",
+                )
+            )
     if errors:
         raise InvalidManifest("the manifests", errors)
     return catalog, fleets

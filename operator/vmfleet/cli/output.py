@@ -40,15 +40,39 @@ def fleets_table(objects: list[dict[str, Any]]) -> str:
     for obj in objects:
         status = obj.get("status", {})
         clones = clone_count(status)
-        numbers = [status.get("readyReplicas", 0), obj["spec"]["replicas"], clones, status.get("logicalBytes", 0),
-                   status.get("allocatedBytes", 0)]
+        numbers = [
+            status.get("readyReplicas", 0),
+            obj["spec"]["replicas"],
+            clones,
+            status.get("logicalBytes", 0),
+            status.get("allocatedBytes", 0),
+        ]
         totals = [t + n for t, n in zip(totals, numbers, strict=True)]
-        rows.append((obj["metadata"].get("namespace", "default"), obj["metadata"]["name"], f"{numbers[0]}/{numbers[1]}",
-                     str(clones), human_bytes(numbers[3]), human_bytes(numbers[4]), _saved(numbers[3], numbers[4]),
-                     _ready_reason(status)))
+        rows.append(
+            (
+                obj["metadata"].get("namespace", "default"),
+                obj["metadata"]["name"],
+                f"{numbers[0]}/{numbers[1]}",
+                str(clones),
+                human_bytes(numbers[3]),
+                human_bytes(numbers[4]),
+                _saved(numbers[3], numbers[4]),
+                _ready_reason(status),
+            )
+        )
     if len(objects) > 1:
-        rows.append(("", "TOTAL", f"{totals[0]}/{totals[1]}", str(totals[2]), human_bytes(totals[3]),
-                     human_bytes(totals[4]), _saved(totals[3], totals[4]), ""))
+        rows.append(
+            (
+                "",
+                "TOTAL",
+                f"{totals[0]}/{totals[1]}",
+                str(totals[2]),
+                human_bytes(totals[3]),
+                human_bytes(totals[4]),
+                _saved(totals[3], totals[4]),
+                "",
+            )
+        )
     return table(rows)
 
 
@@ -68,8 +92,16 @@ def fleet_table(obj: dict[str, Any]) -> str:
     )
     rows = [("NAME", "HOST", "STATE", "LOGICAL", "ALLOCATED", "CLONE")]
     for c in status.get("clones", []):
-        rows.append((c["name"], c.get("host", "-"), c.get("state", "-"), human_bytes(c.get("logicalBytes")),
-                     human_bytes(c.get("allocatedBytes")), c.get("file", "-")))
+        rows.append(
+            (
+                c["name"],
+                c.get("host", "-"),
+                c.get("state", "-"),
+                human_bytes(c.get("logicalBytes")),
+                human_bytes(c.get("allocatedBytes")),
+                c.get("file", "-"),
+            )
+        )
     where = [f"clones in {status['cloneDirectory']}/"] if status.get("cloneDirectory") else []
     return "\n".join([head, table(rows), *where, *problems(status)])
 

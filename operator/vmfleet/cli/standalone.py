@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..api import VmFleet, VmTemplate
+from ..api.status import clones_by_store_and_parent
 from ..api.types import SecretRef
+from ..credentials import SecretReader, SecretUnreadable
 from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
-from ..api.status import clones_by_store_and_parent
 from ..engine.fleet import FleetResult
 from ..engine.status import Event
 from ..planner import CloneAction, DomainAction, Op, summarise
-from ..credentials import SecretReader, SecretUnreadable
 from ..settings import Settings
-from ..storage import parent_path
 from .manifests import Loaded, Secret, resolve
 
 
@@ -50,9 +50,12 @@ def secret_reader(secrets: Mapping[tuple[str, str], Secret]) -> SecretReader:
     return read
 
 
-async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] | None = None,
-                dry_run: bool = False, progress: Callable[[VmFleet], Progress] | None = None,
-                ) -> tuple[list[dict[str, Any]], list[FleetResult]]:
+async def apply(
+    loaded: list[Loaded],
+    secrets: Mapping[tuple[str, str], Secret] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[VmFleet], Progress] | None = None,
+) -> tuple[list[dict[str, Any]], list[FleetResult]]:
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
     catalog, fleets = resolve(item.resource for item in loaded)
@@ -64,8 +67,15 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
         hosts = catalog.valid_hosts()
         for fleet in fleets:
             template = catalog.template_of(fleet)
-            result = await reconcile_fleet(runtime, fleet, template, catalog.store_of(template), hosts,
-                                           dry_run=dry_run, progress=progress(fleet) if progress else None)
+            result = await reconcile_fleet(
+                runtime,
+                fleet,
+                template,
+                catalog.store_of(template),
+                hosts,
+                dry_run=dry_run,
+                progress=progress(fleet) if progress else None,
+            )
             _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
             statuses[by_id[id(fleet)]] = result.status
             results.append(result)
@@ -73,8 +83,9 @@ async def apply(loaded: list[Loaded], secrets: Mapping[tuple[str, str], Secret] 
         for template in (item.resource for item in loaded if isinstance(item.resource, VmTemplate)):
             if dry_run:
                 continue
-            status, events = await reconcile_template(runtime, template, catalog.store_of(template),
-                                                      catalog.clones_of(template), None)
+            status, events = await reconcile_template(
+                runtime, template, catalog.store_of(template), catalog.clones_of(template), None
+            )
             _log("VmTemplate", f"{template.meta.namespace}/{template.meta.name}", events)
             statuses[by_id[id(template)]] = status
         for host in hosts:

@@ -50,14 +50,18 @@ class Catalog:
     def template_of(self, fleet: VmFleet) -> VmTemplate:
         entry = self.templates.get((fleet.meta.namespace, fleet.template))
         if entry is None:
-            raise Unresolved(reasons.TEMPLATE_NOT_FOUND, f"spec.templateRef.name: VmTemplate {fleet.template!r} does not "
-                                                 f"exist in {fleet.meta.namespace}")
+            raise Unresolved(
+                reasons.TEMPLATE_NOT_FOUND,
+                f"spec.templateRef.name: VmTemplate {fleet.template!r} does not exist in {fleet.meta.namespace}",
+            )
         return typed(entry, VmTemplate)
 
     def store_of(self, template: VmTemplate) -> CloneStore:
         entry = self.stores.get(template.store)
         if entry is None:
-            raise Unresolved(reasons.STORE_NOT_FOUND, f"spec.storeRef.name: CloneStore {template.store!r} does not exist")
+            raise Unresolved(
+                reasons.STORE_NOT_FOUND, f"spec.storeRef.name: CloneStore {template.store!r} does not exist"
+            )
         return typed(entry, CloneStore)
 
     def valid_hosts(self) -> list[KvmHost]:

@@ -27,8 +27,15 @@ class Desired:
     """One fleet as its spec wants it. Without a template (a fleet being deleted whose template is gone) it
     still names everything the fleet made, so that it can be found and removed."""
 
-    def __init__(self, fleet: VmFleet, template: VmTemplate | None, store: CloneStore, hosts: Sequence[KvmHost],
-                 clone_format: str, disk_of: DiskOf):
+    def __init__(
+        self,
+        fleet: VmFleet,
+        template: VmTemplate | None,
+        store: CloneStore,
+        hosts: Sequence[KvmHost],
+        clone_format: str,
+        disk_of: DiskOf,
+    ):
         self.fleet, self.template, self.store, self.disk_of = fleet, template, store, disk_of
         self.hosts: Mapping[str, KvmHost] = {h.meta.name: h for h in hosts}
         self.namespace = fleet.meta.namespace
@@ -45,13 +52,15 @@ class Desired:
         out = []
         for o in range(self.fleet.replicas):
             ov = self.fleet.overrides.get(o)
-            out.append(VmWant(
-                o,
-                self.fleet.vm_name(o),
-                (ov.vcpus if ov and ov.vcpus else None) or self.template.vcpus,
-                (ov.memory_mib if ov and ov.memory_mib else None) or self.template.memory_mib,
-                ov.running if ov and ov.running is not None else self.fleet.running,
-            ))
+            out.append(
+                VmWant(
+                    o,
+                    self.fleet.vm_name(o),
+                    (ov.vcpus if ov and ov.vcpus else None) or self.template.vcpus,
+                    (ov.memory_mib if ov and ov.memory_mib else None) or self.template.memory_mib,
+                    ov.running if ov and ov.running is not None else self.fleet.running,
+                )
+            )
         return out
 
     def vm_name(self, ordinal: int) -> str:
@@ -104,8 +113,7 @@ class Desired:
         )
 
     def owner(self, ordinal: int, host: str, clone: str, spec: DomainSpec) -> Owner:
-        return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, clone, spec.spec_hash(),
-                     host)
+        return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, clone, spec.spec_hash(), host)
 
     def uri(self, host: str) -> str:
         return self.hosts[host].uri if host in self.hosts else ""

@@ -57,8 +57,9 @@ class FleetDrivers:
             await write_record(self.driver, self.desired.directory, record)
 
 
-def desire(runtime: Runtime, fleet: VmFleet, template: VmTemplate | None, store: CloneStore,
-           hosts: Sequence[KvmHost]) -> Desired:
+def desire(
+    runtime: Runtime, fleet: VmFleet, template: VmTemplate | None, store: CloneStore, hosts: Sequence[KvmHost]
+) -> Desired:
     driver = runtime.store_driver(store)
     clone_format = driver.clone_format(template.image_format) if template else "raw"
     return Desired(fleet, template, store, hosts, clone_format, driver.disk_source)
@@ -83,11 +84,19 @@ async def reconcile_fleet(
         return _unavailable(fleet, store, previous_status, e)
 
 
-def _unavailable(fleet: VmFleet, store: CloneStore, previous_status: Mapping[str, Any] | None, error: StoreError,
-                 done: Sequence[Event] = (), outcomes: Sequence[Outcome] = ()) -> FleetResult:
+def _unavailable(
+    fleet: VmFleet,
+    store: CloneStore,
+    previous_status: Mapping[str, Any] | None,
+    error: StoreError,
+    done: Sequence[Event] = (),
+    outcomes: Sequence[Outcome] = (),
+) -> FleetResult:
     """The store failed where the pass could not go on; `done`: the events of what it did before."""
     message = f"CloneStore {store.meta.name}: {error}"
-    status = blocked_status(fleet.meta.generation, previous_status, "Degraded", reasons.STORE_UNAVAILABLE, message, now())
+    status = blocked_status(
+        fleet.meta.generation, previous_status, "Degraded", reasons.STORE_UNAVAILABLE, message, now()
+    )
     return FleetResult(status, [*done, Event("Warning", reasons.STORE_UNAVAILABLE, message)], Plan(), list(outcomes))
 
 
@@ -104,10 +113,14 @@ async def _reconcile(
 ) -> FleetResult:
     moved = _moved_from(previous_status, store)
     if moved:
-        message = (f"spec.templateRef: the fleet's clones are in CloneStore {moved}, its template now uses "
-                   f"{store.meta.name}; a fleet cannot move between stores: point it back to a template on {moved}, "
-                   "or delete the fleet")
-        status = blocked_status(fleet.meta.generation, previous_status, "Stalled", reasons.STORE_CHANGED, message, now())
+        message = (
+            f"spec.templateRef: the fleet's clones are in CloneStore {moved}, its template now uses "
+            f"{store.meta.name}; a fleet cannot move between stores: point it back to a template on {moved}, "
+            "or delete the fleet"
+        )
+        status = blocked_status(
+            fleet.meta.generation, previous_status, "Stalled", reasons.STORE_CHANGED, message, now()
+        )
         return FleetResult(status, [Event("Warning", reasons.STORE_CHANGED, message)], Plan())
     desired = desire(runtime, fleet, template, store, hosts)
     drivers = FleetDrivers(runtime, desired)
@@ -124,8 +137,9 @@ async def _reconcile(
             try:
                 snap = await drivers.observe()
             except StoreError as e:  # what was done is still said
-                return _unavailable(fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None),
-                                    outcomes)
+                return _unavailable(
+                    fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
+                )
             # What failed is reported through outcomes; the problems are those of the state we ended in.
             after = snap.plan()
             plan.problems, plan.restart_required = after.problems, after.restart_required
@@ -134,8 +148,9 @@ async def _reconcile(
                 await drivers.save(snap, snap.settled())
             space = await drivers.driver.measure([snap.clone(o) for o in sorted(snap.seen.clones)])
         except StoreError as e:
-            return _unavailable(fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None),
-                                outcomes)
+            return _unavailable(
+                fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
+            )
     status = fleet_status(snap, plan, outcomes, space, previous_status, now())
     events = events_for(first, plan, outcomes, previous_status, status)
     return FleetResult(status, forced + events, plan, outcomes)
@@ -153,9 +168,14 @@ def _forced_events(snap: Snapshot) -> list[Event]:
     if not released:
         return []
     hosts = ", ".join(sorted({snap.record.vms[o].host for o in released}))
-    return [Event("Warning", reasons.HOST_DECLARED_LOST,
-                  f"annotation {HOSTS_LOST_ANNOTATION} declares {hosts} lost: "
-                  f"{listing([snap.desired.vm_name(o) for o in released])} treated as stopped there")]
+    return [
+        Event(
+            "Warning",
+            reasons.HOST_DECLARED_LOST,
+            f"annotation {HOSTS_LOST_ANNOTATION} declares {hosts} lost: "
+            f"{listing([snap.desired.vm_name(o) for o in released])} treated as stopped there",
+        )
+    ]
 
 
 @dataclass
@@ -183,8 +203,9 @@ async def teardown_fleet(
     return TeardownResult(events, complete)
 
 
-async def _teardown_in(runtime: Runtime, fleet: VmFleet, store: CloneStore,
-                       hosts: Sequence[KvmHost]) -> tuple[bool, list[Event]]:
+async def _teardown_in(
+    runtime: Runtime, fleet: VmFleet, store: CloneStore, hosts: Sequence[KvmHost]
+) -> tuple[bool, list[Event]]:
     retain = fleet.deletion_policy == "Retain"
     emptied = replace(fleet, replicas=0, running=False, overrides={})
     drivers = FleetDrivers(runtime, desire(runtime, emptied, None, store, hosts))
@@ -203,8 +224,13 @@ async def _teardown_in(runtime: Runtime, fleet: VmFleet, store: CloneStore,
     if not complete:
         await drivers.save(snap, snap.settled())
     elif retain and snap.seen.clones:
-        events.append(Event("Normal", reasons.CLONES_RETAINED,
-                            f"deletionPolicy Retain: kept {len(snap.seen.clones)} clone(s) under {directory}"))
+        events.append(
+            Event(
+                "Normal",
+                reasons.CLONES_RETAINED,
+                f"deletionPolicy Retain: kept {len(snap.seen.clones)} clone(s) under {directory}",
+            )
+        )
     elif snap.record.vms or snap.seen.clones:
         await drivers.driver.delete(f"{directory}/{RECORD_NAME}")
     return complete, events

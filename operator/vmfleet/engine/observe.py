@@ -39,8 +39,9 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                 # Placed under a KvmHost name that is gone (renamed): adopted here, and redefined so that
                 # its metadata names this host.
                 renamed = d.owner.host not in ("", view.name)
-                vm = VmSeen(d.owner.ordinal, view.name, d.state, d.active, "" if renamed else d.config_hash,
-                            d.live_hash, d.uuid)
+                vm = VmSeen(
+                    d.owner.ordinal, view.name, d.state, d.active, "" if renamed else d.config_hash, d.live_hash, d.uuid
+                )
                 other = domains.get(vm.ordinal)
                 if other is None:
                     domains[vm.ordinal] = vm
@@ -49,8 +50,12 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     duplicates.append(other)
                 else:
                     duplicates.append(vm)
-            elif (d.owner is not None and not d.active and d.owner.fleet_uid
-                  and (d.owner.namespace, d.owner.fleet) == (desired.namespace, fleet.meta.name)):
+            elif (
+                d.owner is not None
+                and not d.active
+                and d.owner.fleet_uid
+                and (d.owner.namespace, d.owner.fleet) == (desired.namespace, fleet.meta.name)
+            ):
                 leftovers.append((VmSeen(d.owner.ordinal, view.name, d.state, False, "", "", d.uuid), d))
             elif d.name in ours:
                 conflicts[ours[d.name]] = view.name
@@ -62,8 +67,9 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         if not await driver.exists(d.owner.clone):
             duplicates.append(vm)
         elif vm.ordinal < fleet.replicas:
-            conflicts[vm.ordinal] = f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone " \
-                                    "still exists)"
+            conflicts[vm.ordinal] = (
+                f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone still exists)"
+            )
     recorded: dict[int, str] = {}
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
@@ -87,11 +93,15 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     for name in desired.forced & set(hosts):
         # Declared lost: nothing new is placed there; while silent, it runs nothing.
         view = hosts[name]
-        hosts[name] = replace(view, eligible=False) if view.reachable else HostView(
-            name, True, eligible=False, error="declared lost")
+        hosts[name] = (
+            replace(view, eligible=False)
+            if view.reachable
+            else HostView(name, True, eligible=False, error="declared lost")
+        )
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
-    seen = Observation(parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling, elsewhere,
-                       tuple(duplicates))
+    seen = Observation(
+        parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling, elsewhere, tuple(duplicates)
+    )
     return Snapshot(desired, seen, record, files, frozenset(released))
 
 
@@ -104,8 +114,15 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
     except HostError as e:
         return HostView(name, reachable=False, eligible=eligible, error=str(e)), []
     active = [d for d in found if d.active and (d.owner is None or d.owner.host in ("", name))]
-    return HostView(name, True, eligible, capacity.vcpus, capacity.memory_mib,
-                    sum(d.vcpus for d in active), sum(d.memory_mib for d in active)), found
+    return HostView(
+        name,
+        True,
+        eligible,
+        capacity.vcpus,
+        capacity.memory_mib,
+        sum(d.vcpus for d in active),
+        sum(d.memory_mib for d in active),
+    ), found
 
 
 async def _false() -> bool:

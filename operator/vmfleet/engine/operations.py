@@ -63,8 +63,9 @@ def operation(op: Op, kind: type[A], done: str, did: str, failed: str) -> Callab
     return register
 
 
-@operation(Op.PREPARE_PARENT, ParentAction, reasons.PARENT_PREPARED, "prepared the clone parent",
-           reasons.PREPARE_PARENT_FAILED)
+@operation(
+    Op.PREPARE_PARENT, ParentAction, reasons.PARENT_PREPARED, "prepared the clone parent", reasons.PREPARE_PARENT_FAILED
+)
 async def prepare_parent(actor: Actor, _: ParentAction) -> None:
     desired = actor.snapshot.desired
     assert desired.template is not None
@@ -88,8 +89,9 @@ async def delete_clone(actor: Actor, a: CloneAction) -> None:
 async def define(actor: Actor, a: DomainAction) -> None:
     snap = actor.snapshot
     spec = snap.domain_spec(a.ordinal, a.host)
-    await actor.endpoints[a.host].define(domain_xml(spec, snap.owner(a.ordinal, a.host, spec),
-                                                    snap.domain_uuid(a.ordinal)))
+    await actor.endpoints[a.host].define(
+        domain_xml(spec, snap.owner(a.ordinal, a.host, spec), snap.domain_uuid(a.ordinal))
+    )
 
 
 @operation(Op.START, DomainAction, reasons.DOMAINS_STARTED, "started", reasons.START_FAILED)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from ..api import CloneStore, KvmHost
+from ..api import CloneStore, KvmHost, reasons
 from ..clock import now
 from ..errors import HostError, RootMissing, VmfleetError
 from .runtime import Runtime
 from .status import summary_conditions
-from ..api import reasons
 
 
 async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -17,11 +17,17 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
     try:
         domains = await runtime.host(host).list_domains()
     except HostError as e:  # the driver's one error for the host, its Secret and its connection
-        return {"observedGeneration": gen,
-                "conditions": summary_conditions("Degraded", reasons.UNREACHABLE, str(e), gen, previous, now())}
-    return {"observedGeneration": gen, "domains": len(domains),
-            "conditions": summary_conditions("Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen,
-                                             previous, now())}
+        return {
+            "observedGeneration": gen,
+            "conditions": summary_conditions("Degraded", reasons.UNREACHABLE, str(e), gen, previous, now()),
+        }
+    return {
+        "observedGeneration": gen,
+        "domains": len(domains),
+        "conditions": summary_conditions(
+            "Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen, previous, now()
+        ),
+    }
 
 
 async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -32,5 +38,7 @@ async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[st
         ok, reason, message = False, reasons.ROOT_MISSING, str(e)
     except VmfleetError as e:  # SSH failed, the mount did not answer in time, a Secret cannot be read
         ok, reason, message = False, reasons.UNREACHABLE, str(e)
-    return {"observedGeneration": gen,
-            "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now())}
+    return {
+        "observedGeneration": gen,
+        "conditions": summary_conditions("Ready" if ok else "Degraded", reason, message, gen, previous, now()),
+    }

@@ -37,25 +37,40 @@ class FleetRecord:
     vms: dict[int, Placement] = field(default_factory=dict)
 
     def to_text(self) -> str:
-        return json.dumps({
-            "kind": KIND, "uid": self.uid, "namespace": self.namespace, "name": self.name,
-            "vms": {str(o): {"host": p.host, "uri": p.uri, "state": p.state, "parent": p.parent}
-                    for o, p in sorted(self.vms.items())},
-        }, indent=1) + "\n"
+        return (
+            json.dumps(
+                {
+                    "kind": KIND,
+                    "uid": self.uid,
+                    "namespace": self.namespace,
+                    "name": self.name,
+                    "vms": {
+                        str(o): {"host": p.host, "uri": p.uri, "state": p.state, "parent": p.parent}
+                        for o, p in sorted(self.vms.items())
+                    },
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
     @classmethod
     def parse(cls, text: str, where: str) -> FleetRecord:
         try:
             doc: Any = json.loads(text)
-            vms = {int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")))
-                   for o, p in doc["vms"].items()}
+            vms = {
+                int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")))
+                for o, p in doc["vms"].items()
+            }
             if any(p.state not in STATES for p in vms.values()):
                 raise ValueError(f"a state is not one of {', '.join(STATES)}")
             return cls(str(doc["uid"]), str(doc["namespace"]), str(doc["name"]), vms)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             # Unreadable: refuse to act rather than forget where VMs run.
-            raise StoreError(f"{where} is not a vmfleet fleet record ({type(e).__name__}: {e}); "
-                             "restore it or remove it to let vmfleet rebuild it") from None
+            raise StoreError(
+                f"{where} is not a vmfleet fleet record ({type(e).__name__}: {e}); "
+                "restore it or remove it to let vmfleet rebuild it"
+            ) from None
 
     def with_vms(self, vms: Mapping[int, Placement]) -> FleetRecord:
         return replace(self, vms=dict(vms))

@@ -33,8 +33,9 @@ class Runtime:
         if known is None or (known.uri, known.secret) != (host.uri, host.secret):
             if known is not None:
                 known.drop()
-            known = self._hosts[host.meta.name] = LibvirtHost(host.meta.name, host.uri, self._credentials(host),
-                                                             host.secret)
+            known = self._hosts[host.meta.name] = LibvirtHost(
+                host.meta.name, host.uri, self._credentials(host), host.secret
+            )
         return known
 
     def _credentials(self, host: KvmHost) -> KeyReader | None:

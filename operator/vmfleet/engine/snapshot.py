@@ -63,13 +63,18 @@ class Snapshot:
                     host = plan.placement[a.ordinal]
                     vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
                 elif a.op is Op.DELETE_CLONE:
-                    vms[a.ordinal] = Placement(old.host if old else "", old.uri if old else "", DELETING,
-                                               old.parent if old else "")
+                    vms[a.ordinal] = Placement(
+                        old.host if old else "", old.uri if old else "", DELETING, old.parent if old else ""
+                    )
             elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
                 old = vms.get(a.ordinal)
                 if old is None or old.host != a.host or old.state == DELETING:
-                    vms[a.ordinal] = Placement(a.host, uri(a.host), CREATING if old and old.state == CREATING
-                                               else PLACED, old.parent if old else "")
+                    vms[a.ordinal] = Placement(
+                        a.host,
+                        uri(a.host),
+                        CREATING if old and old.state == CREATING else PLACED,
+                        old.parent if old else "",
+                    )
         return self.record.with_vms(vms)
 
     def settled(self) -> FleetRecord:
@@ -85,8 +90,9 @@ class Snapshot:
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif o in seen.clones:
-                vms[o] = Placement(old.host, old.uri, DELETING if old.state == DELETING and o not in wanted
-                                   else PLACED, old.parent)
+                vms[o] = Placement(
+                    old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
+                )
             elif o in self.released:
                 continue
             elif unobservable(self.desired, old, seen.hosts) is not None:

@@ -67,9 +67,7 @@ def events_for(
 
 def _condition_messages(status: Mapping[str, Any] | None) -> dict[str, str]:
     return {
-        c["type"]: c.get("message", "")
-        for c in (status or {}).get("conditions", []) or []
-        if c.get("status") == "True"
+        c["type"]: c.get("message", "") for c in (status or {}).get("conditions", []) or [] if c.get("status") == "True"
     }
 
 
@@ -80,8 +78,14 @@ def condition(
     status = "True" if true else "False"
     old = condition_of(previous, type_)
     since = old["lastTransitionTime"] if old.get("status") == status and old.get("lastTransitionTime") else now
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since, "observedGeneration": generation}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }
 
 
 def _summary(problems: list[str]) -> str:
@@ -130,32 +134,70 @@ def fleet_status(
 
     stalled = [text for p, text in summarise(plan.problems) if p.severity is Severity.STALLED]
     degraded = [text for p, text in summarise(plan.problems) if p.severity is Severity.DEGRADED]
-    failures = [f"{o.action.op.value} {'' if isinstance(o.action, ParentAction) else fleet.vm_name(o.action.ordinal)}"
-                f": {o.error}" for o in outcomes if not o.ok]
+    failures = [
+        f"{o.action.op.value} {'' if isinstance(o.action, ParentAction) else fleet.vm_name(o.action.ordinal)}"
+        f": {o.error}"
+        for o in outcomes
+        if not o.ok
+    ]
     degraded += failures
     replicas = fleet.replicas
     all_ready = ready == replicas and existing == replicas and not stalled and not degraded
     gen = fleet.meta.generation
     stalled_reason = next((p.reason for p in plan.problems if p.severity is Severity.STALLED), "")
-    degraded_reason = next((p.reason for p in plan.problems if p.severity is Severity.DEGRADED),
-                           next((OPERATIONS[o.action.op].failed for o in outcomes if not o.ok), ""))
+    degraded_reason = next(
+        (p.reason for p in plan.problems if p.severity is Severity.DEGRADED),
+        next((OPERATIONS[o.action.op].failed for o in outcomes if not o.ok), ""),
+    )
     conditions = [
-        condition("Ready", all_ready,
-                  reasons.ALL_REPLICAS_READY if all_ready else (stalled_reason or reasons.REPLICAS_NOT_READY),
-                  f"{ready}/{replicas} VMs ready", gen, previous, now),
-        condition("Reconciling", not all_ready and not stalled,
-                  reasons.PROGRESSING if not all_ready and not stalled else reasons.CONVERGED if all_ready
-                  else reasons.STALLED,
-                  f"{ready}/{replicas} VMs ready; {len(plan.actions)} action(s) planned this pass", gen, previous, now),
-        condition("Stalled", bool(stalled), stalled_reason or reasons.NOT_STALLED, _summary(stalled), gen, previous, now),
-        condition("Degraded", bool(degraded), degraded_reason if degraded else reasons.NOT_DEGRADED, _summary(degraded),
-                  gen, previous, now),
+        condition(
+            "Ready",
+            all_ready,
+            reasons.ALL_REPLICAS_READY if all_ready else (stalled_reason or reasons.REPLICAS_NOT_READY),
+            f"{ready}/{replicas} VMs ready",
+            gen,
+            previous,
+            now,
+        ),
+        condition(
+            "Reconciling",
+            not all_ready and not stalled,
+            reasons.PROGRESSING
+            if not all_ready and not stalled
+            else reasons.CONVERGED
+            if all_ready
+            else reasons.STALLED,
+            f"{ready}/{replicas} VMs ready; {len(plan.actions)} action(s) planned this pass",
+            gen,
+            previous,
+            now,
+        ),
+        condition(
+            "Stalled", bool(stalled), stalled_reason or reasons.NOT_STALLED, _summary(stalled), gen, previous, now
+        ),
+        condition(
+            "Degraded",
+            bool(degraded),
+            degraded_reason if degraded else reasons.NOT_DEGRADED,
+            _summary(degraded),
+            gen,
+            previous,
+            now,
+        ),
     ]
     if restart:  # present only while true, as KubeVirt's VirtualMachine has it
-        conditions.append(condition(
-            "RestartRequired", True, reasons.DEFINITION_CHANGED,
-            f"{listing([fleet.vm_name(o) for o in sorted(restart)])}: running an older definition; it takes "
-            "effect when the VM is restarted", gen, previous, now))
+        conditions.append(
+            condition(
+                "RestartRequired",
+                True,
+                reasons.DEFINITION_CHANGED,
+                f"{listing([fleet.vm_name(o) for o in sorted(restart)])}: running an older definition; it takes "
+                "effect when the VM is restarted",
+                gen,
+                previous,
+                now,
+            )
+        )
     return {
         "observedGeneration": gen,
         "conditions": conditions,
@@ -175,26 +217,51 @@ def fleet_status(
     }
 
 
-def blocked_status(generation: int, previous: Mapping[str, Any] | None, kind: str, reason: str, message: str,
-                   now: str) -> dict[str, Any]:
+def blocked_status(
+    generation: int, previous: Mapping[str, Any] | None, kind: str, reason: str, message: str, now: str
+) -> dict[str, Any]:
     """Status when a pass could not do its work, by kind: Waiting (on a reference that may yet appear: in
     progress, retried in seconds), Degraded (a fault the operator retries), Stalled (only a spec change helps).
     What the last good pass recorded stays (the status is merged, not replaced)."""
-    return {"observedGeneration": generation,
-            "conditions": summary_conditions(kind, reason, message, generation, previous, now)}
+    return {
+        "observedGeneration": generation,
+        "conditions": summary_conditions(kind, reason, message, generation, previous, now),
+    }
 
 
-def summary_conditions(kind: str, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None,
-                       now: str) -> list[dict[str, Any]]:
+def summary_conditions(
+    kind: str, reason: str, message: str, generation: int, previous: Mapping[str, Any] | None, now: str
+) -> list[dict[str, Any]]:
     """Ready, Reconciling, Stalled and Degraded for one state (Ready, Waiting, Degraded or Stalled), as kstatus,
     Argo CD and `kubectl wait` read them."""
     ready = kind == "Ready"
     return [
         condition("Ready", ready, reason, message, generation, previous, now),
-        condition("Reconciling", kind in ("Waiting", "Degraded"), reason if not ready else reasons.CONVERGED,
-                  message if not ready else "", generation, previous, now),
-        condition("Stalled", kind == "Stalled", reason if kind == "Stalled" else reasons.NOT_STALLED,
-                  message if kind == "Stalled" else "", generation, previous, now),
-        condition("Degraded", kind == "Degraded", reason if kind == "Degraded" else reasons.NOT_DEGRADED,
-                  message if kind == "Degraded" else "", generation, previous, now),
+        condition(
+            "Reconciling",
+            kind in ("Waiting", "Degraded"),
+            reason if not ready else reasons.CONVERGED,
+            message if not ready else "",
+            generation,
+            previous,
+            now,
+        ),
+        condition(
+            "Stalled",
+            kind == "Stalled",
+            reason if kind == "Stalled" else reasons.NOT_STALLED,
+            message if kind == "Stalled" else "",
+            generation,
+            previous,
+            now,
+        ),
+        condition(
+            "Degraded",
+            kind == "Degraded",
+            reason if kind == "Degraded" else reasons.NOT_DEGRADED,
+            message if kind == "Degraded" else "",
+            generation,
+            previous,
+            now,
+        ),
     ]

@@ -30,14 +30,19 @@ async def image_changed(driver: StoreDriver, template: VmTemplate, parent: str) 
     except (ValueError, KeyError):
         then = None
     if then is None:
-        await driver.write_text(source_path(parent), json.dumps(
-            {"image": template.image_path, "format": template.image_format, "fingerprint": now_print}) + "\n")
+        await driver.write_text(
+            source_path(parent),
+            json.dumps({"image": template.image_path, "format": template.image_format, "fingerprint": now_print})
+            + "\n",
+        )
         return ""
     if then == now_print:
         return ""
-    return (f"{template.image_path} changed since {parent} was made from it (size:mtime:inode {then} -> "
-            f"{now_print or 'missing'}): existing and new clones still come from the old image; to roll the new "
-            "one out, point a template at a new image path")
+    return (
+        f"{template.image_path} changed since {parent} was made from it (size:mtime:inode {then} -> "
+        f"{now_print or 'missing'}): existing and new clones still come from the old image; to roll the new "
+        "one out, point a template at a new image path"
+    )
 
 
 async def reconcile_template(
@@ -61,11 +66,15 @@ async def reconcile_template(
     except StoreError as e:  # the driver's one error for the store, its Secret and its connection
         ok, reason, message = False, reasons.PARENT_FAILED, str(e)
         events.append(Event("Warning", reason, message))
-    conditions = summary_conditions("Ready" if ok else "Degraded", reason, message, template.meta.generation,
-                                    previous, t)
+    conditions = summary_conditions(
+        "Ready" if ok else "Degraded", reason, message, template.meta.generation, previous, t
+    )
     if changed:  # present only while true; said once as an event
-        conditions.append(condition(reasons.IMAGE_CHANGED, True, reasons.IMAGE_CHANGED, changed, template.meta.generation,
-                                    previous, t))
+        conditions.append(
+            condition(
+                reasons.IMAGE_CHANGED, True, reasons.IMAGE_CHANGED, changed, template.meta.generation, previous, t
+            )
+        )
         if not any(c.get("type") == reasons.IMAGE_CHANGED for c in (previous or {}).get("conditions", []) or []):
             events.append(Event("Warning", reasons.IMAGE_CHANGED, changed))
     status: dict[str, Any] = {
@@ -73,18 +82,26 @@ async def reconcile_template(
         "conditions": conditions,
     }
     if ok:
-        status["parent"] = {"path": parent, "format": template.image_format, "clones": clones,
-                            "preparedAt": prepared_at or t}
+        status["parent"] = {
+            "path": parent,
+            "format": template.image_format,
+            "clones": clones,
+            "preparedAt": prepared_at or t,
+        }
     return status, events
 
 
-async def release_parent(runtime: Runtime, template: VmTemplate, store: CloneStore, clones: int,
-                         shared_with_other_templates: bool) -> tuple[bool, Event]:
+async def release_parent(
+    runtime: Runtime, template: VmTemplate, store: CloneStore, clones: int, shared_with_other_templates: bool
+) -> tuple[bool, Event]:
     """Delete the template's parent if nothing refers to it; (released, what happened)."""
     parent = parent_path(template.image_path, template.image_format)
     if clones:
-        return False, Event("Warning", reasons.PARENT_IN_USE,
-                            f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first")
+        return False, Event(
+            "Warning",
+            reasons.PARENT_IN_USE,
+            f"{clones} clone(s) still refer to {parent}: delete or scale in their fleets first",
+        )
     if shared_with_other_templates:
         return True, Event("Normal", reasons.PARENT_KEPT, f"{parent} is kept: another template uses the same image")
     driver = runtime.store_driver(store)

@@ -53,10 +53,16 @@ class LibvirtHost:
                     f.write(text if text.endswith("\n") else text + "\n")
         except OSError as e:
             where = self._files or tempfile.gettempdir()  # not mkdtemp's name: a new one at every try
-            raise HostError(f"KvmHost {self.name}: cannot write its SSH key for libvirt in {where}: "
-                            f"{e.strerror or e}") from None
-        params = urllib.parse.urlencode({"keyfile": os.path.join(self._files, "key"), "sshauth": "privkey",
-                                         "known_hosts": os.path.join(self._files, "known_hosts")})
+            raise HostError(
+                f"KvmHost {self.name}: cannot write its SSH key for libvirt in {where}: {e.strerror or e}"
+            ) from None
+        params = urllib.parse.urlencode(
+            {
+                "keyfile": os.path.join(self._files, "key"),
+                "sshauth": "privkey",
+                "known_hosts": os.path.join(self._files, "known_hosts"),
+            }
+        )
         return f"{self.uri}{'&' if '?' in self.uri else '?'}{params}"
 
     def _connection(self) -> libvirt.virConnect:
@@ -108,8 +114,17 @@ class LibvirtHost:
                     active = bool(dom.isActive())
                     owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
                     live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
-                    out.append(DomainInfo(dom.name(), STATES.get(state, "Unknown"), vcpus, max_kib // 1024,
-                                          owner, dom.UUIDString(), live.spec_hash if live else ""))
+                    out.append(
+                        DomainInfo(
+                            dom.name(),
+                            STATES.get(state, "Unknown"),
+                            vcpus,
+                            max_kib // 1024,
+                            owner,
+                            dom.UUIDString(),
+                            live.spec_hash if live else "",
+                        )
+                    )
                 except libvirt.libvirtError as e:
                     if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
                         raise

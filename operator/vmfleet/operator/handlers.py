@@ -6,12 +6,13 @@ when it is registered); the handlers read the same Settings from kopf's memo.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import kopf
 
-from ..api.schema import GROUP, VERSION
 from .. import metrics
+from ..api.schema import GROUP, VERSION
 from ..api.status import clone_count, clones_by_store_and_parent
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, Unresolved
@@ -95,9 +96,14 @@ def first(store: kopf.Store[Any]) -> Any:
     return next(iter(store))  # one object per name
 
 
-def catalog(clonestores: kopf.Index[str, Any], kvmhosts: kopf.Index[str, Any],
-            vmtemplates: kopf.Index[tuple[str, str], Any], fleet_clones: kopf.Index[tuple[str, str], int],
-            fleet_hosts: kopf.Index[str, int], fleet_stores: kopf.Index[str, int]) -> Catalog:
+def catalog(
+    clonestores: kopf.Index[str, Any],
+    kvmhosts: kopf.Index[str, Any],
+    vmtemplates: kopf.Index[tuple[str, str], Any],
+    fleet_clones: kopf.Index[tuple[str, str], int],
+    fleet_hosts: kopf.Index[str, int],
+    fleet_stores: kopf.Index[str, int],
+) -> Catalog:
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return Catalog(
         stores={key: first(store) for key, store in clonestores.items()},
@@ -129,8 +135,9 @@ def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.P
     patch.status.update(result.status)
     post(body, result.events)
     if result.waiting:
-        raise kopf.TemporaryError(result.status["conditions"][0]["message"],
-                                  delay=settings_of(memo).waiting_retry_seconds)
+        raise kopf.TemporaryError(
+            result.status["conditions"][0]["message"], delay=settings_of(memo).waiting_retry_seconds
+        )
 
 
 def release(body: kopf.Body, memo: kopf.Memo, released: bool, event: Event) -> None:
@@ -161,8 +168,9 @@ async def delete_vmfleet(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     if result.complete:
         metrics.forget_fleet(body.metadata.namespace or "", body.metadata.name or "")
     else:
-        raise kopf.TemporaryError("some domains or clones could not be removed yet; retrying",
-                                  delay=settings_of(memo).resync_seconds)
+        raise kopf.TemporaryError(
+            "some domains or clones could not be removed yet; retrying", delay=settings_of(memo).resync_seconds
+        )
 
 
 # ---------------------------------------------------------------- VmTemplate
@@ -204,8 +212,9 @@ async def delete_kvmhost(name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any)
 
 
 def _catalog(kw: Mapping[str, Any]) -> Catalog:
-    return catalog(kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"],
-                   kw["fleet_stores"])
+    return catalog(
+        kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"], kw["fleet_stores"]
+    )
 
 
 # ---------------------------------------------------------------- registration
@@ -225,10 +234,12 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_hosts)
     kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_stores)
     resync = settings.resync_seconds
-    for plural, reconcile, delete in (("vmfleets", reconcile_vmfleet, delete_vmfleet),
-                                      ("vmtemplates", reconcile_vmtemplate, delete_vmtemplate),
-                                      ("clonestores", probe_clonestore, delete_clonestore),
-                                      ("kvmhosts", probe_kvmhost, delete_kvmhost)):
+    for plural, reconcile, delete in (
+        ("vmfleets", reconcile_vmfleet, delete_vmfleet),
+        ("vmtemplates", reconcile_vmtemplate, delete_vmtemplate),
+        ("clonestores", probe_clonestore, delete_clonestore),
+        ("kvmhosts", probe_kvmhost, delete_kvmhost),
+    ):
         # A pass on resume, on create, on each spec change and every resync_seconds (passes are idempotent).
         kopf.timer(GROUP, VERSION, plural, interval=resync, initial_delay=resync, registry=r)(reconcile)
         kopf.on.update(GROUP, VERSION, plural, field="spec", registry=r)(reconcile)

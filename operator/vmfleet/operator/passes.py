@@ -55,14 +55,16 @@ def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
     return PassResult(status, [] if said else [Event("Warning", e.reason, str(e))], waiting=kind == "Waiting")
 
 
-async def fleet_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog,
-                     wanted: Callable[[], bool] = lambda: True) -> PassResult:
+async def fleet_pass(
+    runtime: Runtime, body: Mapping[str, Any], catalog: Catalog, wanted: Callable[[], bool] = lambda: True
+) -> PassResult:
     try:
         fleet, template, store, hosts = resolve_fleet(body, catalog)
     except Unresolved as e:
         return _unresolved(body, e)
-    result = await reconcile_fleet(runtime, fleet, template, store, hosts, previous_status=body.get("status"),
-                                   wanted=wanted)
+    result = await reconcile_fleet(
+        runtime, fleet, template, store, hosts, previous_status=body.get("status"), wanted=wanted
+    )
     return PassResult(result.status, result.events)
 
 
@@ -78,8 +80,7 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
         template, store = resolve_template(body, catalog)
     except Unresolved as e:
         return _unresolved(body, e)
-    status, events = await reconcile_template(runtime, template, store, catalog.clones_of(template),
-                                              body.get("status"))
+    status, events = await reconcile_template(runtime, template, store, catalog.clones_of(template), body.get("status"))
     return PassResult(status, events)
 
 
@@ -110,11 +111,18 @@ def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
     reach."""
     users = catalog.templates_using(name)
     if users:
-        return False, Event("Warning", reasons.STORE_IN_USE, f"VmTemplates {listing(users)} use CloneStore {name}; "
-                                                     "delete them (and their fleets) first")
+        return False, Event(
+            "Warning",
+            reasons.STORE_IN_USE,
+            f"VmTemplates {listing(users)} use CloneStore {name}; delete them (and their fleets) first",
+        )
     if catalog.clones_by_store.get(name):
-        return False, Event("Warning", reasons.STORE_IN_USE, f"fleets still have {catalog.clones_by_store[name]} clone(s) "
-                                                     f"in CloneStore {name}; delete or scale in those fleets first")
+        return False, Event(
+            "Warning",
+            reasons.STORE_IN_USE,
+            f"fleets still have {catalog.clones_by_store[name]} clone(s) "
+            f"in CloneStore {name}; delete or scale in those fleets first",
+        )
     return True, Event("Normal", reasons.STORE_RELEASED, f"no VmTemplate uses CloneStore {name}")
 
 
@@ -122,6 +130,9 @@ def host_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:
     """A KvmHost goes only when no VM is placed on it: they would be orphaned, not moved."""
     vms = catalog.vms_by_host.get(name, 0)
     if vms:
-        return False, Event("Warning", reasons.HOST_IN_USE, f"{vms} VM(s) are placed on KvmHost {name}; scale their "
-                                                    "fleets in or change their hostSelector first")
+        return False, Event(
+            "Warning",
+            reasons.HOST_IN_USE,
+            f"{vms} VM(s) are placed on KvmHost {name}; scale their fleets in or change their hostSelector first",
+        )
     return True, Event("Normal", reasons.HOST_RELEASED, f"no VM is placed on KvmHost {name}")

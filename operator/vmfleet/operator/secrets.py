@@ -40,6 +40,7 @@ class ClusterSecrets:
         except ConfigException as e:
             raise SecretUnreadable(ref, f"cannot be read: no Kubernetes credentials here ({e})") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:  # the message alone: it must not change every pass
-            raise SecretUnreadable(ref, f"cannot be read: the Kubernetes API did not answer ({type(e).__name__})"
-                                   ) from None
+            raise SecretUnreadable(
+                ref, f"cannot be read: the Kubernetes API did not answer ({type(e).__name__})"
+            ) from None
         return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}

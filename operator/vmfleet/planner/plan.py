@@ -42,8 +42,11 @@ def plan_fleet(
         if vm.host in loads and vm.ordinal in wanted:
             loads[vm.host].fleet_vms += 1
 
-    needs_clone = [o for o in wanted if o not in seen.clones and o not in seen.domains
-                   and (o not in seen.recorded or o in seen.settling)]
+    needs_clone = [
+        o
+        for o in wanted
+        if o not in seen.clones and o not in seen.domains and (o not in seen.recorded or o in seen.settling)
+    ]
     if needs_clone and not seen.parent_exists:
         plan.actions.append(ParentAction(Op.PREPARE_PARENT, "no clone parent for the template image yet"))
 
@@ -85,9 +88,13 @@ def _converge_vm(
     o = want.ordinal
     if o in seen.conflicts:
         plan.problems.append(
-            Problem(Severity.STALLED, reasons.NAME_CONFLICT,
-                    f"a domain of that name on {seen.conflicts[o]} is not this fleet's; rename or remove it",
-                    o, want.name)
+            Problem(
+                Severity.STALLED,
+                reasons.NAME_CONFLICT,
+                f"a domain of that name on {seen.conflicts[o]} is not this fleet's; rename or remove it",
+                o,
+                want.name,
+            )
         )
         return
     domain = seen.domains.get(o)
@@ -98,16 +105,29 @@ def _converge_vm(
     unseen = _where_unseen(o, seen)
     if unseen is not None:
         plan.placement[o] = host or ""
-        plan.problems.append(Problem(Severity.DEGRADED, reasons.HOST_UNREACHABLE, f"{unseen}; not moved elsewhere",
-                                     o, want.name, vm_state="Unknown"))
+        plan.problems.append(
+            Problem(
+                Severity.DEGRADED,
+                reasons.HOST_UNREACHABLE,
+                f"{unseen}; not moved elsewhere",
+                o,
+                want.name,
+                vm_state="Unknown",
+            )
+        )
         return
     has_clone = o in seen.clones
     if not has_clone and (domain is not None or (o in seen.recorded and o not in seen.settling)):
         plan.placement[o] = host or ""
         plan.problems.append(
-            Problem(Severity.DEGRADED, reasons.CLONE_LOST,
-                    "clone missing from the store; not recreated empty (restore the file, or scale in to drop the VM)",
-                    o, want.name, vm_state="Lost")
+            Problem(
+                Severity.DEGRADED,
+                reasons.CLONE_LOST,
+                "clone missing from the store; not recreated empty (restore the file, or scale in to drop the VM)",
+                o,
+                want.name,
+                vm_state="Lost",
+            )
         )
         return
     if domain is not None:
@@ -140,14 +160,23 @@ def _converge_vm(
 def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:
     views = [v for v in hosts.values() if v.eligible]
     if not views:
-        return Problem(Severity.STALLED, reasons.NO_HOSTS, "no KvmHost matches the fleet's hostSelector", want.ordinal,
-                       want.name)
+        return Problem(
+            Severity.STALLED, reasons.NO_HOSTS, "no KvmHost matches the fleet's hostSelector", want.ordinal, want.name
+        )
     if not any(v.reachable for v in views):
-        return Problem(Severity.STALLED, reasons.NO_REACHABLE_HOST, "none of the fleet's hosts is reachable", want.ordinal,
-                       want.name)
+        return Problem(
+            Severity.STALLED,
+            reasons.NO_REACHABLE_HOST,
+            "none of the fleet's hosts is reachable",
+            want.ordinal,
+            want.name,
+        )
     return Problem(
-        Severity.STALLED, reasons.INSUFFICIENT_CAPACITY,
-        f"no host has {want.vcpus} vCPU and {want.memory_mib} MiB free", want.ordinal, want.name,
+        Severity.STALLED,
+        reasons.INSUFFICIENT_CAPACITY,
+        f"no host has {want.vcpus} vCPU and {want.memory_mib} MiB free",
+        want.ordinal,
+        want.name,
     )
 
 
@@ -157,8 +186,16 @@ def _remove_vm(plan: Plan, ordinal: int, seen: Observation) -> None:
         return  # reported by _duplicates
     unseen = _where_unseen(ordinal, seen)
     if unseen is not None:
-        plan.problems.append(Problem(Severity.DEGRADED, reasons.HOST_UNREACHABLE, f"cannot remove it while {unseen}",
-                                     ordinal, f"ordinal {ordinal}", vm_state="Unknown"))
+        plan.problems.append(
+            Problem(
+                Severity.DEGRADED,
+                reasons.HOST_UNREACHABLE,
+                f"cannot remove it while {unseen}",
+                ordinal,
+                f"ordinal {ordinal}",
+                vm_state="Unknown",
+            )
+        )
         return
     domain = seen.domains.get(ordinal)
     if domain is not None:
@@ -176,9 +213,14 @@ def _duplicates(plan: Plan, seen: Observation) -> None:
         primary: VmSeen | None = seen.domains.get(dup.ordinal)
         if dup.active:
             where = f"{primary.host} and {dup.host}" if primary else dup.host
-            plan.problems.append(Problem(
-                Severity.DEGRADED, reasons.DUPLICATE_DOMAIN,
-                f"has domains on {where} for one clone: stop and undefine the stale one by hand",
-                dup.ordinal, f"ordinal {dup.ordinal}"))
+            plan.problems.append(
+                Problem(
+                    Severity.DEGRADED,
+                    reasons.DUPLICATE_DOMAIN,
+                    f"has domains on {where} for one clone: stop and undefine the stale one by hand",
+                    dup.ordinal,
+                    f"ordinal {dup.ordinal}",
+                )
+            )
         else:
             plan.actions.append(DomainAction(Op.UNDEFINE, dup.ordinal, dup.host, "a stale second domain of this VM"))

@@ -41,16 +41,28 @@ def main() -> None:
 
     async def serve() -> None:
         client = asyncssh.generate_private_key("ssh-ed25519")
-        sim = await start(args.dir, args.mount_point, args.personality,
-                          client.export_public_key().decode(), args.port, max_sessions=args.max_sessions)
-        secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/ssh-auth",
-                  "metadata": {"name": args.secret_name, "namespace": "vmfleet-system"},
-                  "stringData": {"ssh-privatekey": client.export_private_key().decode(),
-                                 "known_hosts": sim.known_hosts}}
+        sim = await start(
+            args.dir,
+            args.mount_point,
+            args.personality,
+            client.export_public_key().decode(),
+            args.port,
+            max_sessions=args.max_sessions,
+        )
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/ssh-auth",
+            "metadata": {"name": args.secret_name, "namespace": "vmfleet-system"},
+            "stringData": {"ssh-privatekey": client.export_private_key().decode(), "known_hosts": sim.known_hosts},
+        }
         with open(os.open(args.secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             yaml.safe_dump(secret, f)
-        print(f"{args.personality} simulator on 127.0.0.1:{sim.port}, {args.mount_point} -> {args.dir}; "
-              f"Secret in {args.secret}", flush=True)
+        print(
+            f"{args.personality} simulator on 127.0.0.1:{sim.port}, {args.mount_point} -> {args.dir}; "
+            f"Secret in {args.secret}",
+            flush=True,
+        )
         await asyncio.Event().wait()
 
     asyncio.run(serve())

@@ -180,8 +180,14 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
             return 0, "".join(f"{n}\n" for n in sorted(os.listdir(local))), ""
         if name == "stat" and args[:1] == ["-c"] and len(args) >= 4 and args[2] == "--":
             return _stat(fs, args[1], args[3:])
-        if name == "head" and args[:1] == ["-c"] and args[1:2] and args[1].isdigit() and args[2:3] == ["--"] \
-                and len(args) == 4:
+        if (
+            name == "head"
+            and args[:1] == ["-c"]
+            and args[1:2]
+            and args[1].isdigit()
+            and args[2:3] == ["--"]
+            and len(args) == 4
+        ):
             try:
                 with open(fs.local(args[3]), encoding="utf-8", errors="replace") as f:
                     return 0, f.read(int(args[1])), ""
@@ -241,8 +247,14 @@ def _stat(fs: SimFs, fmt: str, paths: list[str]) -> Result:
             err.append(f"stat: cannot statx '{p}': No such file or directory\n")
             status = 1
             continue
-        values = {"%n": p, "%s": str(st.st_size), "%b": str(fs.charged_blocks(p)), "%i": str(st.st_ino),
-                  "%h": str(fs.links(p)), "%Y": str(int(st.st_mtime))}
+        values = {
+            "%n": p,
+            "%s": str(st.st_size),
+            "%b": str(fs.charged_blocks(p)),
+            "%i": str(st.st_ino),
+            "%h": str(fs.links(p)),
+            "%Y": str(int(st.st_mtime)),
+        }
         out.append(re.sub(r"%[nsbihY]", lambda m: values[m.group()], fmt) + "\n")  # noqa: B023 - called here
     return status, "".join(out), "".join(err)
 
@@ -265,7 +277,7 @@ def _dd(fs: SimFs, args: list[str], stdin: str) -> Result:
     """`dd of=FILE conv=fsync status=none`: stdin into a new or truncated file."""
     if len(args) != 3 or not args[0].startswith("of=") or args[1:] != ["conv=fsync", "status=none"]:
         return 1, "", f"dd: unsupported operands {args!r}\n"
-    path = args[0][len("of="):]
+    path = args[0][len("of=") :]
     try:
         fs.write(path, stdin.encode())
     except FsError as e:

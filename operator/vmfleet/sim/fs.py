@@ -50,8 +50,7 @@ class SimFs:
     def local(self, server_path: str) -> str:
         """The backing file of a server-side path; EINVAL for paths outside the GPFS file system."""
         norm = os.path.normpath(server_path)
-        if not server_path.startswith("/") or not (norm == self.mount_point or
-                                                   norm.startswith(self.mount_point + "/")):
+        if not server_path.startswith("/") or not (norm == self.mount_point or norm.startswith(self.mount_point + "/")):
             raise _err(errno.EINVAL, server_path)
         return os.path.join(self.directory, os.path.relpath(norm, self.mount_point))
 

@@ -114,9 +114,13 @@ class Simulator:
                 self.sessions -= 1
 
         self._server = await asyncssh.create_server(
-            Server, "127.0.0.1", self.port, server_host_keys=[self.host_key],
+            Server,
+            "127.0.0.1",
+            self.port,
+            server_host_keys=[self.host_key],
             authorized_client_keys=asyncssh.import_authorized_keys(authorized_keys),
-            password_auth=False, kbdint_auth=False,
+            password_auth=False,
+            kbdint_auth=False,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -127,9 +131,22 @@ class Simulator:
             await self._server.wait_closed()
 
 
-async def start(directory: str, mount_point: str, personality: str, authorized_keys: str, port: int = 0,
-                faults: Faults | None = None, host_key: asyncssh.SSHKey | None = None,
-                max_sessions: int = 10) -> Simulator:
-    sim = Simulator(SimFs(directory, mount_point), personality, host_key or asyncssh.generate_private_key(
-        "ssh-ed25519"), port, faults or Faults(), max_sessions=max_sessions)
+async def start(
+    directory: str,
+    mount_point: str,
+    personality: str,
+    authorized_keys: str,
+    port: int = 0,
+    faults: Faults | None = None,
+    host_key: asyncssh.SSHKey | None = None,
+    max_sessions: int = 10,
+) -> Simulator:
+    sim = Simulator(
+        SimFs(directory, mount_point),
+        personality,
+        host_key or asyncssh.generate_private_key("ssh-ed25519"),
+        port,
+        faults or Faults(),
+        max_sessions=max_sessions,
+    )
     return await sim.start(authorized_keys)

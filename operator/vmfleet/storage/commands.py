@@ -115,8 +115,9 @@ def unlinked(paths: Sequence[str], stdout: str) -> None:
         raise StoreError(f"unexpected realpath output for {len(paths)} path(s): {stdout[:200]!r}")
     for asked, real in zip(paths, got, strict=True):
         if asked != real:
-            raise StoreError(f"{asked} is or passes through a symbolic link (to {real}); vmfleet follows none "
-                             "inside a store")
+            raise StoreError(
+                f"{asked} is or passes through a symbolic link (to {real}); vmfleet follows none inside a store"
+            )
 
 
 def dd_stdin_to(path: str) -> str:
@@ -200,8 +201,9 @@ def sonas_output(command: str, exit_status: int | None, stdout: str, stderr: str
 
 def shell_output(command: str, exit_status: int | None, stdout: str, stderr: str) -> str:
     if exit_status != 0:
-        raise CommandFailed(command, f"exit status {exit_status}: {(stderr or stdout).strip() or 'no output'}",
-                            "", exit_status)
+        raise CommandFailed(
+            command, f"exit status {exit_status}: {(stderr or stdout).strip() or 'no output'}", "", exit_status
+        )
     return stdout
 
 
@@ -229,8 +231,14 @@ def clone_rows(text: str, expected: Sequence[str] | None = None) -> list[CloneRo
         if not m:
             raise StoreError(f"unexpected clone listing row: {line!r}")
         flag, depth, inode, name = m.groups()
-        rows.append(CloneRow(name, None if flag is None else flag == "yes",
-                             None if depth is None else int(depth), None if inode is None else int(inode)))
+        rows.append(
+            CloneRow(
+                name,
+                None if flag is None else flag == "yes",
+                None if depth is None else int(depth),
+                None if inode is None else int(inode),
+            )
+        )
     if expected is not None and [r.name for r in rows] != list(expected):
         raise StoreError(f"clone listing names {[r.name for r in rows]} instead of {list(expected)} (truncated?)")
     return rows
@@ -269,7 +277,7 @@ def header_rows(stdout: str, stderr: str, paths: Sequence[str]) -> dict[str, byt
         data = [bytes.fromhex(line) for line in lines]
     except ValueError:
         raise StoreError(f"unexpected od output line: {next(iter(lines), '')[:120]!r}") from None
-    failed = {line[len("od: "):].rsplit(": ", 1)[0] for line in stderr.splitlines() if line.startswith("od: ")}
+    failed = {line[len("od: ") :].rsplit(": ", 1)[0] for line in stderr.splitlines() if line.startswith("od: ")}
     present = [p for p in paths if p not in failed]
     if len(data) != len(present) or any(len(d) > HEADER_BYTES for d in data):
         return {}

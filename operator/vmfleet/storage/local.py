@@ -33,8 +33,9 @@ import secrets
 import shutil
 import stat
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ..disks import FileDisk
 from ..errors import RootMissing, StoreError, StoreTimeout
@@ -86,8 +87,8 @@ def copy_sparse(src: int, dst: int) -> None:
             if not chunk:
                 break
             for at in range(0, len(chunk), len(_ZERO)):
-                piece = chunk[at:at + len(_ZERO)]
-                if piece != _ZERO[:len(piece)]:
+                piece = chunk[at : at + len(_ZERO)]
+                if piece != _ZERO[: len(piece)]:
                     os.pwrite(dst, piece, data + at)
             data += len(chunk)
         pos = hole
@@ -134,12 +135,11 @@ def _split(path: str) -> tuple[str, str]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -173,7 +173,7 @@ class StorePool:
         self._threads = self._busy = 0
         self._closed = False
 
-    async def run(self, work: Callable[[], T], timeout: float, what: str) -> T:
+    async def run(self, work: Callable[[], T], timeout: float, what: str) -> T:  # noqa: ASYNC109 - a thread pool
         """`work()` in one of the threads; StoreTimeout naming `what` unless it is done within `timeout`
         seconds of now (0: no limit), queueing included. A call given up on before it started never runs."""
         job: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -213,7 +213,7 @@ class StorePool:
                 self._changed.release()
                 try:
                     job.set_result(work())
-                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                except BaseException as e:
                     job.set_exception(e)
                 finally:
                     self._changed.acquire()
@@ -291,7 +291,7 @@ class LocalStore:
         try:
             parts = directory.split("/") if directory else []
             for i, name in enumerate(parts):
-                fd = self._subdir(fds[-1], name, "/".join(parts[:i + 1]), create)
+                fd = self._subdir(fds[-1], name, "/".join(parts[: i + 1]), create)
                 if fd is None:
                     break
                 fds.append(fd)
@@ -389,7 +389,7 @@ class LocalStore:
     def _remove_stale(self, at: int, target: str, path: str) -> None:
         """Remove the partials of `target` whose maker is gone (a non-blocking flock succeeds)."""
         for name in os.listdir(at):
-            ours = name.startswith(target) and _PARTIAL.fullmatch(name[len(target):])
+            ours = name.startswith(target) and _PARTIAL.fullmatch(name[len(target) :])
             if name != target + PARTIAL_SUFFIX and not ours:
                 continue
             where = posixpath.join(posixpath.dirname(path), name)
@@ -596,7 +596,7 @@ class LocalStore:
                     if fd is None:
                         continue
                     try:
-                        out[path] = self._guarded(path, lambda: self._measure(fd, path))
+                        out[path] = self._guarded(path, lambda: self._measure(fd, path))  # noqa: B023 - called here
                     finally:
                         os.close(fd)
         return out
@@ -647,8 +647,9 @@ class LocalStore:
 
     async def write_text(self, path: str, text: str) -> None:
         """Replace the file atomically: a reader sees the old text or the new, never a mix."""
-        await self._run("writing", path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644,
-                        True)
+        await self._run(
+            "writing", path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644, True
+        )
 
     async def probe(self) -> str:
         problem = await self._run("opening the store root", "", root_problem, self.base)

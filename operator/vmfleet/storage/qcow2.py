@@ -62,8 +62,10 @@ def refuse_backing_file(header: bytes, image: str) -> None:
     """A template image that is a qcow2 overlay would make every clone read its backing file, wherever that
     is (outside the store too): only self-contained images are cloned."""
     if len(header) >= 16 and header[:4] == QCOW2_MAGIC and struct.unpack(">Q", header[8:16])[0]:
-        raise StoreError(f"template image {image!r} is a qcow2 overlay with a backing file: vmfleet clones only "
-                         "self-contained images (flatten it: qemu-img convert -O qcow2 IMAGE NEW)")
+        raise StoreError(
+            f"template image {image!r} is a qcow2 overlay with a backing file: vmfleet clones only "
+            "self-contained images (flatten it: qemu-img convert -O qcow2 IMAGE NEW)"
+        )
 
 
 def qcow2_backing_file(fd: int) -> str | None:
@@ -91,9 +93,25 @@ class Qcow2Store(LocalStore):
             qemu_img = require_tool("qemu-img", "qemu-utils")
             try:
                 done = subprocess.run(
-                    [qemu_img, "create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", parent_format,
-                     f"/proc/self/fd/{memory}", str(size)],
-                    pass_fds=(memory,), capture_output=True, text=True, timeout=120)
+                    [
+                        qemu_img,
+                        "create",
+                        "-q",
+                        "-f",
+                        "qcow2",
+                        "-u",
+                        "-b",
+                        backing,
+                        "-F",
+                        parent_format,
+                        f"/proc/self/fd/{memory}",
+                        str(size),
+                    ],
+                    pass_fds=(memory,),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
             except OSError as e:  # not an error of the clone's path, which the caller would name
                 raise StoreError(f"{qemu_img} cannot be run: {e.strerror or e}") from None
             if done.returncode != 0:
@@ -111,8 +129,9 @@ class Qcow2Store(LocalStore):
     def _delete_parent(self, parent: str) -> None:
         users = self._overlays_of(parent)
         if users:
-            raise StoreError(f"{len(users)} clone(s) still use {parent} as their backing file "
-                             f"(e.g. {users[0]}): delete them first")
+            raise StoreError(
+                f"{len(users)} clone(s) still use {parent} as their backing file (e.g. {users[0]}): delete them first"
+            )
         self._delete(parent)
 
     def _overlays_of(self, parent: str) -> list[str]:
@@ -139,7 +158,7 @@ class Qcow2Store(LocalStore):
                         self._scan(sub, path, parent, users)
                     continue
                 partial = entry.endswith(PARTIAL_SUFFIX)
-                if not (entry.endswith(".qcow2") or partial and ".qcow2." in entry):
+                if not (entry.endswith(".qcow2") or (partial and ".qcow2." in entry)):
                     continue
                 if partial and not self._live_partial(at, entry):
                     continue  # stale: its next maker removes it

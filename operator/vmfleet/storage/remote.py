@@ -8,18 +8,18 @@ from __future__ import annotations
 import os
 import posixpath
 import secrets
-from typing import Sequence
+from collections.abc import Sequence
 
+from ..disks import FileDisk
 from ..errors import StoreError
 from ..settings import Settings
 from . import commands as cmd
-from ..disks import FileDisk
-from ..errors import StoreError
 from .base import PARTIAL_SUFFIX, Space, file_disk
 from .fiemap import own_bytes
 from .local import LocalStore
 from .qcow2 import guest_size, read_header, refuse_backing_file
 from .ssh import SshRunner
+
 
 class SonasStore(LocalStore):
     """Clones through the SONAS CLI over SSH; listing, deleting and measuring through the NFS export
@@ -45,8 +45,11 @@ class SonasStore(LocalStore):
         refuse_backing_file(await self._run("reading", image, self._header, image), image)
         await self.make_dirs(posixpath.dirname(parent))
         await self._remove_local(seed)
-        await self._cli(cmd.mkclone_with_parent(cmd.server_path(self.root, parent), cmd.server_path(self.root, image),
-                                                cmd.server_path(self.root, seed)))
+        await self._cli(
+            cmd.mkclone_with_parent(
+                cmd.server_path(self.root, parent), cmd.server_path(self.root, image), cmd.server_path(self.root, seed)
+            )
+        )
         # `mkclone -p` always makes a first clone too; like Cinder's IBMNAS driver, drop it.
         await self._remove_local(seed)
         await self._check_depth(parent)
@@ -58,9 +61,11 @@ class SonasStore(LocalStore):
         (row,) = cmd.clone_rows(await self._cli(cmd.lsclone([path]), retry=True), [path])
         if row.depth is not None and row.depth + 1 > self.max_depth:
             await self._remove_local(parent)  # still childless: no later pass may clone from it
-            raise StoreError(f"clones of {parent} would be {row.depth + 1} deep, over the store's maxCloneDepth "
-                             f"{self.max_depth}; the SONAS CLI cannot redirect: use a template image that is not "
-                             "itself a deep clone")
+            raise StoreError(
+                f"clones of {parent} would be {row.depth + 1} deep, over the store's maxCloneDepth "
+                f"{self.max_depth}; the SONAS CLI cannot redirect: use a template image that is not "
+                "itself a deep clone"
+            )
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
         if await self.exists(target):
@@ -209,8 +214,10 @@ class GpfsStore:
         # most 0 and rm below decides: the image may then be split in vain (space, never data).
         others = nlink - 1 - image_is_child
         if others > 0:
-            raise StoreError(f"{others} clone(s) still depend on {parent} (GPFS keeps a clone parent while it "
-                             "has clones): delete them, or the fleets that retain them, first")
+            raise StoreError(
+                f"{others} clone(s) still depend on {parent} (GPFS keeps a clone parent while it "
+                "has clones): delete them, or the fleets that retain them, first"
+            )
         if image_is_child:
             assert parent_row is not None
             grandparent = parent_row.parent_inode is not None
@@ -219,8 +226,10 @@ class GpfsStore:
             await self.delete(parent)
         except cmd.CommandFailed as e:
             if "Read-only file system" in str(e):
-                raise StoreError(f"GPFS refuses to delete {parent} (Read-only file system): clones still depend "
-                                 "on it; delete them, or the fleets that retain them, first") from None
+                raise StoreError(
+                    f"GPFS refuses to delete {parent} (Read-only file system): clones still depend "
+                    "on it; delete them, or the fleets that retain them, first"
+                ) from None
             raise
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
@@ -233,8 +242,11 @@ class GpfsStore:
             cmd.shell_output("stat", reply.exit_status, reply.stdout, reply.stderr)
         found = cmd.stat_rows(reply.stdout, [])
         headers = await self._headers([s for s in server if s.endswith(".qcow2") and s in found])
-        return {rel: Space(self._logical(srv, found[srv][0], headers), found[srv][1] * 512)
-                for rel, srv in zip(paths, server) if srv in found}
+        return {
+            rel: Space(self._logical(srv, found[srv][0], headers), found[srv][1] * 512)
+            for rel, srv in zip(paths, server, strict=True)
+            if srv in found
+        }
 
     async def _headers(self, qcow2: Sequence[str]) -> dict[str, bytes]:
         """The first bytes of each qcow2 clone, in one more command: its guest-visible size is in there."""
@@ -253,5 +265,3 @@ class GpfsStore:
 
     async def close(self) -> None:
         await self.runner.close()
-
-

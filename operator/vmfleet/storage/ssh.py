@@ -88,14 +88,23 @@ class SshRunner:
                 raise StoreError(f"SSH credentials for {self.where} are unusable: {type(e).__name__}") from None
             try:
                 link.conn = await asyncio.wait_for(
-                    asyncssh.connect(ep.host, ep.port, username=ep.user, client_keys=[key], known_hosts=known,
-                                     agent_path=None, config=None, keepalive_interval=30),
+                    asyncssh.connect(
+                        ep.host,
+                        ep.port,
+                        username=ep.user,
+                        client_keys=[key],
+                        known_hosts=known,
+                        agent_path=None,
+                        config=None,
+                        keepalive_interval=30,
+                    ),
                     self.timeout,
                 )
             except asyncssh.HostKeyNotVerifiable as e:
                 metrics.SSH_ERRORS.labels(self.where, "hostkey").inc()
-                raise StoreError(f"host key of {self.where} is not in the store's known_hosts ({e.reason}); "
-                                 "refusing to connect") from None
+                raise StoreError(
+                    f"host key of {self.where} is not in the store's known_hosts ({e.reason}); refusing to connect"
+                ) from None
             except asyncssh.PermissionDenied:
                 metrics.SSH_ERRORS.labels(self.where, "auth").inc()
                 raise StoreError(f"{self.where} refused the store's SSH key (permission denied)") from None
@@ -136,9 +145,11 @@ class SshRunner:
                     delay = self.REFUSED_DELAYS[attempt] if attempt < len(self.REFUSED_DELAYS) else 1.0
                     delay *= 0.5 + random.random()  # channels refused together do not come back together
                     if loop.time() + delay > deadline:
-                        raise StoreError(f"{self.where} refused to open a channel for {name} for "
-                                         f"{self.timeout:g} s ({e.reason}): is spec.ssh.maxSessions "
-                                         f"({self.max_sessions}) above the server's MaxSessions?") from None
+                        raise StoreError(
+                            f"{self.where} refused to open a channel for {name} for "
+                            f"{self.timeout:g} s ({e.reason}): is spec.ssh.maxSessions "
+                            f"({self.max_sessions}) above the server's MaxSessions?"
+                        ) from None
                     await asyncio.sleep(delay)
             raise AssertionError("unreachable")
         finally:
@@ -150,8 +161,9 @@ class SshRunner:
         link.channels -= 1
         self._channels.release()
 
-    async def _on(self, link: _Link, conn: asyncssh.SSHClientConnection, command: str, name: str,
-                  stdin: str | None) -> Reply:
+    async def _on(
+        self, link: _Link, conn: asyncssh.SSHClientConnection, command: str, name: str, stdin: str | None
+    ) -> Reply:
         self.commands_sent += 1
         try:
             with metrics.SSH_SECONDS.labels(self.where, name).time():
@@ -164,8 +176,7 @@ class SshRunner:
         except (OSError, asyncssh.Error) as e:
             self._drop(link, conn)
             metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
-            raise ConnectionDropped(f"connection to {self.where} lost during {name}: "
-                                    f"{type(e).__name__}") from None
+            raise ConnectionDropped(f"connection to {self.where} lost during {name}: {type(e).__name__}") from None
         if done.exit_status is None and done.exit_signal is None and conn.is_closed():
             self._drop(link, conn)
             metrics.SSH_ERRORS.labels(self.where, "dropped").inc()
