@@ -159,6 +159,14 @@ def test_run_refuses_a_setting_that_is_not_a_number() -> None:
     assert "VMFLEET_RESYNC_SECONDS='soon' is not a number" in done.stderr
 
 
+def test_apply_names_a_setting_that_is_not_a_finite_number_and_changes_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "VMFLEET_STORE_TIMEOUT_SECONDS": "nan"}
+    done = subprocess.run([VMFLEET, "apply", "-f", str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "VMFLEET_STORE_TIMEOUT_SECONDS='nan' must be a finite number" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_fleet_that_does_not_fit_is_reported_and_exits_non_zero(tmp_path: Path, small_image: Path) -> None:
     done = apply("-f", str(quickstart(tmp_path, small_image, replicas=200)), "-o", "json")
     assert done.returncode == 3

@@ -6,6 +6,7 @@ handlers through kopf's memo; standalone mode builds one too. Each field names i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -48,7 +49,7 @@ class Settings:
                 value = kind(env[name])
             except ValueError:
                 raise ValueError(f"{name}={env[name]!r} is not a {'whole ' if kind is int else ''}number") from None
-            if value < 0:
-                raise ValueError(f"{name}={env[name]!r} must not be negative")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}={env[name]!r} must be a finite number, not negative")
             values[f.name] = value
         return cls(**values)  # type: ignore[arg-type]

@@ -23,14 +23,20 @@ def _standalone(
     args: argparse.Namespace, dry_run: bool
 ) -> tuple[list[Loaded], list[dict[str, Any]], list[FleetResult]] | None:
     """Load the manifests and converge them (or only look, with dry_run); None after printing why not."""
+    from ..settings import Settings
     from .manifests import load
     from .progress import ProgressReport
     from .standalone import apply
 
     try:
+        settings = Settings.from_env()  # the store timeouts apply here too
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    try:
         loaded, secrets = load(args.filename)
         progress = None if args.quiet or dry_run else (lambda fleet: ProgressReport(fleet.meta.name))
-        objects, results = asyncio.run(apply(loaded, secrets, dry_run=dry_run, progress=progress))
+        objects, results = asyncio.run(apply(loaded, secrets, dry_run=dry_run, progress=progress, settings=settings))
     except (InvalidManifest, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return None

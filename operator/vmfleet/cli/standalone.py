@@ -55,11 +55,12 @@ async def apply(
     secrets: Mapping[tuple[str, str], Secret] | None = None,
     dry_run: bool = False,
     progress: Callable[[VmFleet], Progress] | None = None,
+    settings: Settings | None = None,
 ) -> tuple[list[dict[str, Any]], list[FleetResult]]:
     """Converge every fleet in the manifests; the objects with their status, in input order.
     Secrets are read, never printed."""
     catalog, fleets = resolve(item.resource for item in loaded)
-    runtime = Runtime(secret_reader(secrets or {}), Settings.from_env())
+    runtime = Runtime(secret_reader(secrets or {}), settings or Settings())
     statuses: dict[int, dict[str, Any]] = {}
     results: list[FleetResult] = []
     try:

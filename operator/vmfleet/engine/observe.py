@@ -74,6 +74,8 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
     for o, p in record.vms.items():
+        if not p.host:
+            continue  # recorded without a host (by older versions, for a clone being deleted): as unrecorded
         found_vm = domains.get(o)
         if found_vm is not None and found_vm.host == p.host:
             recorded[o] = p.host

@@ -15,6 +15,8 @@ from .record import CREATING, DELETING, PLACED, FleetRecord, Placement
 def unobservable(desired: Desired, placed: Placement, views: Mapping[str, HostView]) -> str | None:
     """Why the libvirt endpoint a VM was placed on cannot be looked at now, or None when it was (under its
     KvmHost, or under another KvmHost of the same URI: a renamed one)."""
+    if not placed.host:
+        return None  # nothing recorded to look at (an entry older records made for an unrecorded clone)
     host = desired.hosts.get(placed.host)
     if host is not None and host.uri == placed.uri:
         view = views[placed.host]
@@ -62,10 +64,8 @@ class Snapshot:
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
                     vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
-                elif a.op is Op.DELETE_CLONE:
-                    vms[a.ordinal] = Placement(
-                        old.host if old else "", old.uri if old else "", DELETING, old.parent if old else ""
-                    )
+                elif a.op is Op.DELETE_CLONE and old is not None:  # unrecorded: its clone file speaks for it
+                    vms[a.ordinal] = Placement(old.host, old.uri, DELETING, old.parent)
             elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
                 old = vms.get(a.ordinal)
                 if old is None or old.host != a.host or old.state == DELETING:

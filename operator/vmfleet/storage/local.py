@@ -162,12 +162,41 @@ def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
 _Job = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
 
 
+class Pending:
+    """Calls of one store that were given up on after they had started: their threads go on and may still
+    change the store. While any is running, the store refuses every other call (StoreTimeout): no pass decides
+    on what such a call may yet change (a late delete, a late record, a late clone)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, str] = {}
+
+    def add(self, job: concurrent.futures.Future[Any], what: str) -> None:
+        with self._lock:
+            self._running[id(job)] = what
+        job.add_done_callback(lambda done: self._forget(id(done)))
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._running.pop(key, None)
+
+    def refuse(self, what: str) -> None:
+        with self._lock:
+            earlier = next(iter(self._running.values()), None)
+        if earlier is not None:
+            raise StoreTimeout(
+                f"{what}: refused while an earlier call ({earlier}) has not returned; the store is "
+                "used again once it has"
+            )
+
+
 class StorePool:
     """At most `size` threads of one store, started as calls come and ended after a while idle. Daemon
     threads: one stuck on a hung mount holds up neither `close` nor the operator's exit."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, pending: Pending | None = None) -> None:
         self._name, self._size = name, size
+        self._pending = pending if pending is not None else Pending()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._changed = threading.Condition()
         self._threads = self._busy = 0
@@ -175,11 +204,13 @@ class StorePool:
 
     async def run(self, work: Callable[[], T], timeout: float, what: str) -> T:  # noqa: ASYNC109 - a thread pool
         """`work()` in one of the threads; StoreTimeout naming `what` unless it is done within `timeout`
-        seconds of now (0: no limit), queueing included. A call given up on before it started never runs."""
+        seconds of now (0: no limit), queueing included. A call given up on before it started never runs; one
+        given up on after it started makes the store refuse every call until it returns (Pending)."""
         job: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._changed:
             if self._closed:
                 raise StoreError(f"{what}: the store is closed")
+            self._pending.refuse(what)
             while self._jobs and self._jobs[0][0].cancelled():
                 self._jobs.popleft()  # given up on while stuck threads held the pool
             self._jobs.append((job, work))
@@ -190,13 +221,22 @@ class StorePool:
         waiting = asyncio.wrap_future(job)
         try:
             done, _ = await asyncio.wait({waiting}, timeout=timeout or None)
-        finally:
-            waiting.cancel()  # also cancels `job` unless it has started; nothing once it is done
+        except BaseException:  # the pass itself was cancelled
+            self._give_up(job, waiting, what)
+            raise
         if not done:
+            self._give_up(job, waiting, what)
             raise StoreTimeout(f"{what} did not answer within {timeout:g} s (a hung mount?)")
         if waiting.cancelled():
             raise StoreError(f"{what}: the store is closed")  # while the call queued
         return waiting.result()
+
+    def _give_up(self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str) -> None:
+        # `job` now, in this thread: through `waiting` alone the cancellation would reach it at the loop's next
+        # turn, when a thread may have taken it already. `waiting` too: its late outcome is nobody's.
+        if not job.cancel() and not job.done():
+            self._pending.add(job, what)
+        waiting.cancel()
 
     def _serve(self) -> None:
         with self._changed:
@@ -252,8 +292,9 @@ class LocalStore:
         self.base = base.rstrip("/") or "/"
         self.field = field
         self.timeout, self.copy_timeout = settings.store_timeout_seconds, settings.copy_timeout_seconds
-        self._calls = StorePool(f"store {self.base}", CALL_THREADS)
-        self._copies = StorePool(f"store {self.base} copies", COPY_THREADS)
+        pending = Pending()  # shared: a late copy holds up the short calls too
+        self._calls = StorePool(f"store {self.base}", CALL_THREADS, pending)
+        self._copies = StorePool(f"store {self.base} copies", COPY_THREADS, pending)
 
     # ------------------------------------------------------------------ safe resolution (in threads)
 
