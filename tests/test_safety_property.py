@@ -2,7 +2,8 @@
 operations: the real engine, a real store (qcow2 overlays; reflinks on a real XFS), real libvirt test-driver
 instances as KvmHosts, with hosts that stop answering, change URI, disappear or lose power, fleets deleted with
 Delete or Retain and made again under the same name, operator crashes with the status kept or lost, guests
-writing into their disks, dry runs and duplicate manifests.
+writing into their disks, store calls that hang past their timeout and land later, dry runs and duplicate
+manifests.
 
 CI runs a fixed seed with VMFLEET_SAFETY_EXAMPLES (default 300) examples per store; `python -m bench soak`
 runs longer.
@@ -33,7 +34,7 @@ from hypothesis.stateful import (
 )
 
 from helpers import xfs_io_exclusive
-from safety_world import World, WorldRuntime, files, host_doc, store_doc, write_into
+from safety_world import HungCall, World, WorldRuntime, files, host_doc, store_doc, write_into
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
@@ -42,6 +43,7 @@ from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFlee
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
 from vmfleet.engine.desired import VM_UUID_NAMESPACE as VM_UUIDS
+from vmfleet.settings import Settings
 from vmfleet.storage.base import disk_format_of
 
 pytestmark = pytest.mark.safety
@@ -49,8 +51,10 @@ pytestmark = pytest.mark.safety
 HOSTS = ("a", "b", "c")
 EXAMPLES = int(os.environ.get("VMFLEET_SAFETY_EXAMPLES", "300"))
 STEPS = int(os.environ.get("VMFLEET_SAFETY_STEPS", "25"))
+# Short: a store call that hangs (rule a_store_call_hangs) is given up on quickly.
+SETTINGS = Settings(store_timeout_seconds=0.3)
 STATUS_SCHEMA = root_schema(KINDS["VmFleet"])["properties"]["status"]
-STATS = {"examples": 0, "steps": 0}
+STATS = {"examples": 0, "steps": 0, "hung calls": 0, "late calls": 0}
 
 
 def uri(host: str, generation: int = 0) -> str:
@@ -90,7 +94,8 @@ class FleetSafety(RuleBasedStateMachine):
         os.symlink(self.outside / "precious", self.store_root / "images" / "link.img")
         self.world = World(self.base)
         self.loop = asyncio.new_event_loop()
-        self.runtime = WorldRuntime(self.world)
+        self.runtime = WorldRuntime(self.world, SETTINGS)
+        self.hung: HungCall | None = None
         self.host_uris = {h: uri(h) for h in HOSTS}
         self.present = set(HOSTS)
         self.dead: set[str] = set()
@@ -100,6 +105,8 @@ class FleetSafety(RuleBasedStateMachine):
         self.last_outcomes: list[Any] = []
 
     def teardown(self) -> None:
+        if self.hung is not None:
+            self.hung.land()
         self.loop.run_until_complete(self.runtime.close())
         self.loop.close()
         self.world.close()
@@ -182,19 +189,22 @@ class FleetSafety(RuleBasedStateMachine):
         gone = set(before) - set(self.clones())
         used = self.in_use()
         for path in sorted(gone):
-            owner = path.split("/")[4]
-            if path in self.retained:
-                raise Violation(f"{what}: deleted {path}, retained by fleet {self.retained[path]} (I3)")
-            if self.fleet is None or owner != self.fleet.uid:
-                raise Violation(f"{what}: deleted {path} of fleet {owner}, not the acting one's (I3)")
-            ordinal = int(path.rsplit("-", 1)[1].split(".")[0])
-            if not self.fleet.deleting and ordinal < self.fleet.replicas:
-                raise Violation(f"{what}: deleted {path}, which fleet {owner} still wants (I1)")
-            if path in used:
-                raise Violation(f"{what}: deleted {path} while a domain runs on it at {used[path]} (I1)")
+            self.check_removed(what, path, used, wanted=True)
         if files(self.outside) != outside:
             raise Violation(f"{what}: changed a file outside the store (I6)")
         return result
+
+    def check_removed(self, what: str, path: str, used: dict[str, list[str]], wanted: bool) -> None:
+        owner = path.split("/")[4]
+        if path in self.retained:
+            raise Violation(f"{what}: deleted {path}, retained by fleet {self.retained[path]} (I3)")
+        if self.fleet is None or owner != self.fleet.uid:
+            raise Violation(f"{what}: deleted {path} of fleet {owner}, not the acting one's (I3)")
+        ordinal = int(path.rsplit("-", 1)[1].split(".")[0])
+        if wanted and not self.fleet.deleting and ordinal < self.fleet.replicas:
+            raise Violation(f"{what}: deleted {path}, which fleet {owner} still wants (I1)")
+        if path in used:
+            raise Violation(f"{what}: deleted {path} while a domain runs on it at {used[path]} (I1)")
 
     # ------------------------------------------------------------------ rules: the operator
 
@@ -238,9 +248,10 @@ class FleetSafety(RuleBasedStateMachine):
         f.status = {**(f.status or {}), **result.status}
         self.last_outcomes = result.outcomes
         failed = [o for o in result.outcomes if not o.ok]
-        if failed:
+        if failed and self.hung is None:  # a hung store call fails its action: that is its point
             raise Violation(f"actions failed on reachable hosts: {[(o.action, o.error) for o in failed]} (I4)")
-        self.check_space(result.status)
+        if "clones" in result.status or self.hung is None:  # a store that refused the pass reports no space
+            self.check_space(result.status)
         if self.healthy():
             ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
             if ready["status"] != "True":
@@ -257,7 +268,8 @@ class FleetSafety(RuleBasedStateMachine):
         current = {self.host_uris[h] for h in self.present}
         uid = self.fleet.uid if self.fleet else ""
         return (
-            self.present == set(HOSTS)
+            self.hung is None
+            and self.present == set(HOSTS)
             and not self.world.down
             and not self.dead
             and not any(d.fleet_uid == uid and d.uri not in current for d in self.world.domains())
@@ -289,18 +301,26 @@ class FleetSafety(RuleBasedStateMachine):
 
     @rule(keep_status=st.booleans())
     def crash(self, keep_status: bool) -> None:
-        """The operator is killed and starts again: new connections; the status survives or is lost."""
+        """The operator is killed and starts again: new connections; the status survives or is lost. A call
+        hung in the kernel has landed or not by the time a new process looks (here: landed)."""
+        if self.hung is not None:
+            self.the_hung_call_lands(None, False)
         self.loop.run_until_complete(self.runtime.close())
-        self.runtime = WorldRuntime(self.world)
+        self.runtime = WorldRuntime(self.world, SETTINGS)
         if self.fleet is not None and not keep_status:
             self.fleet.status = None
 
     # ------------------------------------------------------------------ rules: people
 
     @precondition(lambda self: self.fleet is not None and not self.fleet.deleting)
-    @rule(replicas=st.integers(0, 4), then_pass=st.booleans())
-    def scale(self, replicas: int, then_pass: bool) -> None:
+    @rule(replicas=st.integers(0, 4), then_pass=st.booleans(), hang=st.sampled_from([None, None, *HungCall.KINDS]))
+    def scale(self, replicas: int, then_pass: bool, hang: str | None = None) -> None:
+        """`hang`: the next such store call (in the store's threads) blocks on a slow mount; the engine gives it
+        up after its timeout and goes on; it lands when the_hung_call_lands lets it."""
         assert self.fleet is not None
+        if hang is not None and self.hung is None:
+            self.hung = HungCall(hang)
+            STATS["hung calls"] += 1
         self.fleet.replicas = replicas
         self.then(then_pass)
 
@@ -390,6 +410,28 @@ class FleetSafety(RuleBasedStateMachine):
         if self.fleet is not None:
             self.fleet.lost.discard(host)
 
+    @precondition(lambda self: self.hung is not None)
+    @rule(meanwhile=st.none() | st.integers(0, 4), then_pass=st.booleans())
+    def the_hung_call_lands(self, meanwhile: int | None, then_pass: bool) -> None:
+        """Before it lands, the fleet may be scaled again and a pass run: on what it may yet change."""
+        if meanwhile is not None and self.fleet is not None and not self.fleet.deleting:
+            self.scale(meanwhile, True)
+        hung, self.hung = self.hung, None
+        assert hung is not None
+        before, used = self.clones(), self.in_use()
+        STATS["late calls"] += hung.land()
+        after = self.clones()
+        what = f"a late call ({hung.kind})"
+        for path in sorted(set(before) - set(after)):
+            # Decided by a pass before the fleet may have changed: whether it is wanted again is not the
+            # question, whether anything ran on it since is.
+            self.check_removed(what, path, used, wanted=False)
+        for path in sorted(set(after) - set(before)):
+            owner = path.split("/")[4]
+            if self.fleet is None or owner != self.fleet.uid:
+                raise Violation(f"{what}: {path} appeared for fleet {owner}, which was torn down (I3)")
+        self.then(then_pass)
+
     @precondition(lambda self: bool(self.clones()))
     @rule(data=st.data(), blocks=st.integers(1, 64))
     def guest_writes(self, data: st.DataObject, blocks: int) -> None:
@@ -477,5 +519,8 @@ def _report_counts() -> Any:
     from conftest import TIMINGS  # noqa: F401 - the summary printer lives there
 
     print(
-        f"\nsafety: {STATS['examples'] - before['examples']} sequences, {STATS['steps'] - before['steps']} engine steps"
+        f"\nsafety: {STATS['examples'] - before['examples']} sequences, "
+        f"{STATS['steps'] - before['steps']} engine steps, "
+        f"{STATS['hung calls'] - before['hung calls']} store calls hung, "
+        f"{STATS['late calls'] - before['late calls']} of them made and landed late"
     )
