@@ -247,7 +247,7 @@ def test_a_hung_mount_degrades_only_its_own_fleet_and_the_operator_stays_live(
     with_image(fuse_mount.source, small_image)
     apply(kube, manifests(ns, unique, fuse_mount.path, store_root(tmp_path, small_image)))
     try:
-        kube.kubectl("wait", "--for=condition=Ready", "vmfleet", "--all", "-n", ns, "--timeout=120s")
+        kube.kubectl("wait", "--for=condition=Ready", "vmfleets", "--all", "-n", ns, "--timeout=120s")
         clones = inodes(fuse_mount.source)  # not through the mount
         assert len(clones) == 2 + len(STUCK_TOO)
         health = HealthPoller(hung_operator)
@@ -291,11 +291,13 @@ def test_a_hung_mount_degrades_only_its_own_fleet_and_the_operator_stays_live(
         assert len(health.answers) >= 10 and set(health.answers) == {200}, health.answers
 
         # (d) thawed, the fleets are Ready again with the clones they had
-        kube.kubectl("wait", "--for=condition=Ready", "vmfleet", "--all", "-n", ns, "--timeout=60s")
+        kube.kubectl("wait", "--for=condition=Ready", "vmfleets", "--all", "-n", ns, "--timeout=60s")
         assert kube.get("vmfleet/stuck", "-n", ns)["status"]["readyReplicas"] == 2
         assert inodes(fuse_mount.path) == clones
         wait_for(lambda: store_ready(kube, stuck_store, "Reachable"), 30, "the CloneStore to be Reachable again")
     finally:
         fuse_mount.thaw()
-        kube.kubectl("delete", "vmfleet", "--all", "-n", ns, "--timeout=60s", check=False)
+        # By kind and label: the category `vmfleet` also names the cluster-scoped kinds, every test's.
+        kube.kubectl("delete", "vmfleets,vmtemplates", "--all", "-n", ns, "--timeout=60s", check=False)
+        kube.kubectl("delete", "clonestores,kvmhosts", "-l", f"test=h-{unique}", "--timeout=60s", check=False)
     assert inodes(fuse_mount.source) == {}
