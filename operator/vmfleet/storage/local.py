@@ -162,6 +162,10 @@ def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
 _Job = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
 
 
+_PENDING: dict[str, Pending] = {}
+_PENDING_LOCK = threading.Lock()
+
+
 class Pending:
     """Calls of one store that were given up on after they had started: their threads go on and may still
     change the store. While any is running, the store refuses every other call (StoreTimeout): no pass decides
@@ -170,6 +174,13 @@ class Pending:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[int, str] = {}
+
+    @classmethod
+    def of(cls, root: str) -> Pending:
+        """The one of the store rooted at `root` in this process: a driver made again (its CloneStore edited)
+        must refuse what the old one left running."""
+        with _PENDING_LOCK:
+            return _PENDING.setdefault(os.path.normpath(root), cls())  # no realpath: the mount may hang
 
     def add(self, job: concurrent.futures.Future[Any], what: str) -> None:
         with self._lock:
@@ -292,7 +303,7 @@ class LocalStore:
         self.base = base.rstrip("/") or "/"
         self.field = field
         self.timeout, self.copy_timeout = settings.store_timeout_seconds, settings.copy_timeout_seconds
-        pending = Pending()  # shared: a late copy holds up the short calls too
+        pending = Pending.of(self.base)  # shared: a late copy holds up the short calls too
         self._calls = StorePool(f"store {self.base}", CALL_THREADS, pending)
         self._copies = StorePool(f"store {self.base} copies", COPY_THREADS, pending)
 
