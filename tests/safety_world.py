@@ -24,6 +24,7 @@ from vmfleet.engine import Runtime
 from vmfleet.hypervisor import HostError, LibvirtHost
 from vmfleet.hypervisor.domain import METADATA_NS, parse_owner
 from vmfleet.settings import Settings
+from vmfleet.storage.local import Pending
 
 NODE_XML = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>1</threads><active>8</active>
@@ -171,6 +172,15 @@ def host_doc(name: str, uri: str) -> dict[str, Any]:
 __all__ = ["CloneStore", "Domain", "World", "WorldRuntime", "files", "host_doc", "store_doc", "write_into"]
 
 
+def store_settled(root: Path | str, timeout: float = 30) -> None:
+    """Wait until no call given up on is still running in the store at `root` (it refuses calls until then)."""
+    pending = Pending(Pending.root(str(root)))
+    deadline = time.monotonic() + timeout
+    while pending.running():
+        assert time.monotonic() < deadline, f"store calls still running after {timeout} s: {pending.running()}"
+        time.sleep(0.01)
+
+
 class HungCall:
     """One file-system call of a store that blocks in its thread until released, then runs as it would have:
     a call on a slow mount that the engine gave up on (StoreTimeout) and that lands later."""
@@ -183,6 +193,7 @@ class HungCall:
         self.real = getattr(os, self.name)
         self.entered, self.released, self.finished = threading.Event(), threading.Event(), threading.Event()
         self.armed = True
+        self._lock = threading.Lock()
         setattr(os, self.name, self)
 
     def _matches(self, *args: Any) -> bool:
@@ -196,9 +207,16 @@ class HungCall:
             return False
         return "/vmfleet/clones/" in target and target.endswith(".partial")
 
+    def _take(self, *args: Any) -> bool:
+        """Only one call hangs, even when several match at once."""
+        if not self.armed or threading.current_thread() is threading.main_thread() or not self._matches(*args):
+            return False
+        with self._lock:
+            taken, self.armed = self.armed, False
+        return taken
+
     def __call__(self, *args: Any, **kw: Any) -> Any:
-        if self.armed and threading.current_thread() is not threading.main_thread() and self._matches(*args):
-            self.armed = False
+        if self._take(*args):
             self.entered.set()
             self.released.wait(60)
             try:
@@ -207,13 +225,15 @@ class HungCall:
                 self.finished.set()
         return self.real(*args, **kw)
 
-    def land(self) -> bool:
-        """Let the call run (if it was made at all) and take the patch off; whether it ran."""
+    def land(self, store_root: Path) -> bool:
+        """Let the call run (if it was made at all), wait until the store takes calls again (the call is over,
+        a clone published), and take the patch off; whether it ran."""
         self.armed = False
         self.released.set()
-        ran = self.entered.is_set()
-        if ran:
-            assert self.finished.wait(30), f"the hung call ({self.kind}) never returned"
-            time.sleep(0.05)  # its thread hands its result back: the store takes calls again
-        setattr(os, self.name, self.real)
-        return ran
+        try:
+            if self.entered.is_set():
+                assert self.finished.wait(30), f"the hung call ({self.kind}) never returned"
+                store_settled(store_root)
+        finally:
+            setattr(os, self.name, self.real)
+        return self.entered.is_set()

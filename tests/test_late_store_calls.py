@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from safety_world import store_settled
 from test_safety_regressions import Site, ops
 from vmfleet.settings import Settings
 
@@ -80,7 +81,7 @@ async def test_a_scale_in_delete_that_timed_out_is_waited_for_before_the_vm_is_w
     assert site.running("default.web-1") == []
 
     gate.complete()  # the delete lands: the scale-in is done; the VM is wanted again and made afresh
-    time.sleep(0.2)  # its thread hands the result back
+    store_settled(site.root)  # its thread hands the result back
     after = await site.converge(site.fleet(2))
     assert after.status["readyReplicas"] == 2, after.status["conditions"]
     assert not [c for c in after.status["clones"] if c["state"] == "Lost"]
@@ -99,7 +100,7 @@ async def test_a_record_write_that_timed_out_lands_before_any_newer_pass_acts(
     assert refused.status["conditions"][0]["reason"] == "StoreUnavailable" and not ops(refused)
 
     gate.complete()
-    time.sleep(0.2)
+    store_settled(site.root)
     scaled_in = await site.converge(site.fleet(1))
     assert ("delete-clone", 1, None) in ops(scaled_in) and all(o.ok for o in scaled_in.outcomes)
     again = await site.converge(site.fleet(2))
@@ -145,9 +146,7 @@ async def test_a_teardown_waits_for_a_clone_still_being_made(site: Site, monkeyp
     assert [e.reason for e in early.events] == ["StoreUnavailable"]
 
     gate.complete()
-    deadline = time.monotonic() + 5
-    while list(site.root.rglob("*.partial")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the slow call goes on: fchmod, then the rename into place
+    store_settled(site.root)  # the slow call goes on: fchmod, then the rename into place
     gone = await teardown_fleet(site.runtime, site.fleet(1), [site.store()], site.hosts())
     assert gone.complete and site.clones() == []
     released, event = await release_parent(site.runtime, site.template(), site.store(), 0, False)
@@ -183,3 +182,30 @@ async def test_a_failed_delete_of_a_clone_nobody_recorded_does_not_block_the_fle
     gone = await teardown_fleet(site.runtime, site.fleet(1), [site.store()], site.hosts())
     problems = [c["message"] for c in again.status["conditions"] if c["type"] == "Degraded" and c["status"] == "True"]
     assert gone.complete and not problems, (problems, [e.message for e in gone.events])
+
+
+async def test_a_store_edited_to_another_path_refuses_what_the_old_driver_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CloneStore edited while a call hangs (the export mounted again elsewhere, a root spelled through a
+    symbolic link): the new driver, under the same CloneStore, refuses until that call has returned."""
+    from vmfleet.errors import StoreTimeout
+    from vmfleet.storage.qcow2 import Qcow2Store
+
+    real = tmp_path / "store"
+    (real / "vmfleet").mkdir(parents=True)
+    (real / "vmfleet" / "web-0.qcow2").write_bytes(b"a clone")
+    (tmp_path / "again").symlink_to(real)
+    settings = Settings(store_timeout_seconds=TIMEOUT)
+    old = Qcow2Store(str(real), settings=settings, store="nfs")
+    gate = Gate(monkeypatch, "unlink", lambda name, *a, **kw: name == "web-0.qcow2")
+    with pytest.raises(StoreTimeout, match="did not answer within 0.5 s"):
+        await old.delete("vmfleet/web-0.qcow2")
+    new = Qcow2Store(str(tmp_path / "again"), settings=settings, store="nfs")
+    with pytest.raises(StoreTimeout, match=r"refused while an earlier call \(deleting"):
+        await new.list_dir("vmfleet")
+    gate.complete()
+    store_settled(real)
+    assert await new.list_dir("vmfleet") == []
+    for s in (old, new):
+        await s.close()

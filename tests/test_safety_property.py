@@ -105,12 +105,14 @@ class FleetSafety(RuleBasedStateMachine):
         self.last_outcomes: list[Any] = []
 
     def teardown(self) -> None:
-        if self.hung is not None:
-            self.hung.land()
-        self.loop.run_until_complete(self.runtime.close())
-        self.loop.close()
-        self.world.close()
-        shutil.rmtree(self.base, ignore_errors=True)
+        try:
+            if self.hung is not None:
+                self.hung.land(self.store_root)
+        finally:
+            self.loop.run_until_complete(self.runtime.close())
+            self.loop.close()
+            self.world.close()
+            shutil.rmtree(self.base, ignore_errors=True)
 
     # ------------------------------------------------------------------ the objects
 
@@ -313,16 +315,21 @@ class FleetSafety(RuleBasedStateMachine):
     # ------------------------------------------------------------------ rules: people
 
     @precondition(lambda self: self.fleet is not None and not self.fleet.deleting)
-    @rule(replicas=st.integers(0, 4), then_pass=st.booleans(), hang=st.sampled_from([None, None, *HungCall.KINDS]))
-    def scale(self, replicas: int, then_pass: bool, hang: str | None = None) -> None:
-        """`hang`: the next such store call (in the store's threads) blocks on a slow mount; the engine gives it
-        up after its timeout and goes on; it lands when the_hung_call_lands lets it."""
+    @rule(replicas=st.integers(0, 4), then_pass=st.booleans())
+    def scale(self, replicas: int, then_pass: bool) -> None:
         assert self.fleet is not None
-        if hang is not None and self.hung is None:
-            self.hung = HungCall(hang)
-            STATS["hung calls"] += 1
         self.fleet.replicas = replicas
         self.then(then_pass)
+
+    @precondition(lambda self: self.hung is None and self.fleet is not None and not self.fleet.deleting)
+    @rule(kind=st.sampled_from(HungCall.KINDS), replicas=st.integers(0, 4))
+    def a_store_call_hangs(self, kind: str, replicas: int) -> None:
+        """The next such call on the store (in the store's threads) blocks on a slow mount: the engine gives it
+        up after its timeout and goes on; it lands when the_hung_call_lands lets it. A scale and a pass follow
+        at once, so that the call is likely made."""
+        self.hung = HungCall(kind)
+        STATS["hung calls"] += 1
+        self.scale(replicas, True)
 
     @rule(vcpus=st.integers(1, 2), memory=st.sampled_from([64, 128]), then_pass=st.booleans())
     def edit_template(self, vcpus: int, memory: int, then_pass: bool) -> None:
@@ -419,7 +426,7 @@ class FleetSafety(RuleBasedStateMachine):
         hung, self.hung = self.hung, None
         assert hung is not None
         before, used = self.clones(), self.in_use()
-        STATS["late calls"] += hung.land()
+        STATS["late calls"] += hung.land(self.store_root)
         after = self.clones()
         what = f"a late call ({hung.kind})"
         for path in sorted(set(before) - set(after)):

@@ -16,13 +16,17 @@ from .ssh import SshRunner
 
 def make_driver(store: CloneStore, read_secret: SecretReader, settings: Settings = Settings()) -> StoreDriver:
     if store.driver == "reflink":
-        return ReflinkStore(store.local_path, root_field(store.driver, store.root, store.local_path), settings)
+        return ReflinkStore(
+            store.local_path, root_field(store.driver, store.root, store.local_path), settings, store.meta.name
+        )
     if store.driver == "qcow2":
-        return Qcow2Store(store.local_path, root_field(store.driver, store.root, store.local_path), settings)
+        return Qcow2Store(
+            store.local_path, root_field(store.driver, store.root, store.local_path), settings, store.meta.name
+        )
     assert store.ssh is not None
     runner = SshRunner(store.ssh, ssh_keys(store.ssh.secret, read_secret, "spec.ssh.secretRef"), store.concurrency)
     if store.driver == "sonas":
-        return SonasStore(store.root, store.local_path, runner, store.max_clone_depth, settings)
+        return SonasStore(store.root, store.local_path, runner, store.max_clone_depth, settings, store.meta.name)
     return GpfsStore(store.root, runner, store.max_clone_depth)
 
 

@@ -159,46 +159,65 @@ def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
     raise OSError(err, os.strerror(err), new)
 
 
-_Job = tuple[concurrent.futures.Future[Any], Callable[[], Any]]
+_Job = tuple[concurrent.futures.Future[Any], Callable[[], Any], str]  # (its future, the work, what it is)
 
 
-_PENDING: dict[str, Pending] = {}
-_PENDING_LOCK = threading.Lock()
+class _Running:
+    """Calls given up on after they started, under one name of a store (its root, its CloneStore)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: dict[int, str] = {}
+
+
+_RUNNING: dict[str, _Running] = {}
+_RUNNING_LOCK = threading.Lock()
 
 
 class Pending:
     """Calls of one store that were given up on after they had started: their threads go on and may still
     change the store. While any is running, the store refuses every other call (StoreTimeout): no pass decides
-    on what such a call may yet change (a late delete, a late record, a late clone)."""
+    on what such a call may yet change (a late delete, a late record, a late clone).
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[int, str] = {}
+    Kept per name for the process: the store's root as written and its CloneStore, so that a driver made
+    again (its CloneStore edited: another root spelling, a mount moved) refuses what the old one left running.
+    Not across processes: a new `vmfleet apply`, or the operator restarted, does not know of them."""
 
-    @classmethod
-    def of(cls, root: str) -> Pending:
-        """The one of the store rooted at `root` in this process: a driver made again (its CloneStore edited)
-        must refuse what the old one left running."""
-        with _PENDING_LOCK:
-            return _PENDING.setdefault(os.path.normpath(root), cls())  # no realpath: the mount may hang
+    def __init__(self, *names: str) -> None:
+        with _RUNNING_LOCK:
+            self._sets = [_RUNNING.setdefault(n, _Running()) for n in dict.fromkeys(names)] or [_Running()]
+
+    @staticmethod
+    def root(path: str) -> str:
+        return f"root {os.path.normpath(path)}"  # no realpath: the mount may hang
 
     def add(self, job: concurrent.futures.Future[Any], what: str) -> None:
-        with self._lock:
-            self._running[id(job)] = what
+        for running in self._sets:
+            with running.lock:
+                running.calls[id(job)] = what
         job.add_done_callback(lambda done: self._forget(id(done)))
 
     def _forget(self, key: int) -> None:
-        with self._lock:
-            self._running.pop(key, None)
+        for running in self._sets:
+            with running.lock:
+                running.calls.pop(key, None)
 
-    def refuse(self, what: str) -> None:
-        with self._lock:
-            earlier = next(iter(self._running.values()), None)
-        if earlier is not None:
-            raise StoreTimeout(
-                f"{what}: refused while an earlier call ({earlier}) has not returned; the store is "
-                "used again once it has"
-            )
+    def running(self) -> list[str]:
+        """What is still running, oldest first."""
+        out: list[str] = []
+        for running in self._sets:
+            with running.lock:
+                out += [w for w in running.calls.values() if w not in out]
+        return out
+
+    def refusal(self, what: str) -> StoreTimeout | None:
+        earlier = self.running()
+        if not earlier:
+            return None
+        return StoreTimeout(
+            f"{what}: refused while an earlier call ({earlier[0]}) has not returned; the store is used again "
+            "once it has"
+        )
 
 
 class StorePool:
@@ -221,10 +240,12 @@ class StorePool:
         with self._changed:
             if self._closed:
                 raise StoreError(f"{what}: the store is closed")
-            self._pending.refuse(what)
+            refused = self._pending.refusal(what)
+            if refused is not None:
+                raise refused
             while self._jobs and self._jobs[0][0].cancelled():
                 self._jobs.popleft()  # given up on while stuck threads held the pool
-            self._jobs.append((job, work))
+            self._jobs.append((job, work, what))
             if len(self._jobs) > self._threads - self._busy and self._threads < self._size:
                 self._threads += 1
                 threading.Thread(target=self._serve, name=f"{self._name} {self._threads}", daemon=True).start()
@@ -257,9 +278,13 @@ class StorePool:
                         self._threads -= 1  # closed, or idle for a while
                         return
                     continue
-                job, work = self._jobs.popleft()
+                job, work, what = self._jobs.popleft()
                 if not job.set_running_or_notify_cancel():
                     continue  # its caller gave up while it queued
+                refused = self._pending.refusal(what)
+                if refused is not None:  # queued before an earlier call was given up on: not run beside it
+                    job.set_exception(refused)
+                    continue
                 self._busy += 1
                 self._changed.release()
                 try:
@@ -275,7 +300,7 @@ class StorePool:
         answers."""
         with self._changed:
             self._closed = True
-            for job, _ in self._jobs:
+            for job, _, _ in self._jobs:
                 job.cancel()
             self._jobs.clear()
             self._changed.notify_all()
@@ -299,11 +324,13 @@ class Partial:
 class LocalStore:
     """Files under `base` (the store's root as mounted here). Subclasses make and measure clones."""
 
-    def __init__(self, base: str, field: str = "spec.root", settings: Settings = Settings()):
+    def __init__(self, base: str, field: str = "spec.root", settings: Settings = Settings(), store: str = ""):
+        """`store`: the CloneStore's name, under which calls that run late are remembered too (Pending)."""
         self.base = base.rstrip("/") or "/"
+        names = [f"CloneStore {store}"] if store else []
         self.field = field
         self.timeout, self.copy_timeout = settings.store_timeout_seconds, settings.copy_timeout_seconds
-        pending = Pending.of(self.base)  # shared: a late copy holds up the short calls too
+        pending = Pending(Pending.root(self.base), *names)  # shared: a late copy holds up the short calls too
         self._calls = StorePool(f"store {self.base}", CALL_THREADS, pending)
         self._copies = StorePool(f"store {self.base} copies", COPY_THREADS, pending)
 

@@ -26,8 +26,10 @@ class SonasStore(LocalStore):
     mounted at `local` where the operator runs (the CLI user has no shell to do them with). The server
     follows links the CLI is given: each path is first checked through the export (no link, see local.py)."""
 
-    def __init__(self, root: str, local: str, runner: SshRunner, max_depth: int, settings: Settings = Settings()):
-        super().__init__(local, "spec.localPath", settings)
+    def __init__(
+        self, root: str, local: str, runner: SshRunner, max_depth: int, settings: Settings = Settings(), store: str = ""
+    ):
+        super().__init__(local, "spec.localPath", settings, store)
         self.root, self.runner, self.max_depth = root.rstrip("/"), runner, max_depth
 
     def clone_format(self, parent_format: str) -> str:
