@@ -13,9 +13,10 @@ import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import libvirt
 
@@ -181,42 +182,54 @@ def store_settled(root: Path | str, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-class HungCall:
-    """One file-system call of a store that blocks in its thread until released, then runs as it would have:
-    a call on a slow mount that the engine gave up on (StoreTimeout) and that lands later."""
+def _partial_clone(fd: int, *_: Any) -> bool:
+    """fchmod of a clone's partial, just made: the clone is not published yet."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return "/vmfleet/clones/" in target and target.endswith(".partial") and ".json." not in target  # not the record
 
-    KINDS = ("delete a clone", "write the record", "make a clone")
 
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.name = {"delete a clone": "unlink", "write the record": "rename", "make a clone": "fchmod"}[kind]
-        self.real = getattr(os, self.name)
+class SlowCall:
+    """The `nth` call of os.<name> made in a store's thread with matching arguments blocks until released,
+    then runs as it would have: a call on a slow mount that the engine gave up on (StoreTimeout) and that
+    lands later. Only one call blocks, even when several match at once."""
+
+    KINDS: ClassVar[dict[str, tuple[str, Callable[..., bool]]]] = {
+        "delete a clone": ("unlink", lambda name, *_, **__: str(name).endswith((".img", ".qcow2"))),
+        "write the record": ("rename", lambda _src, dst, *_, **__: str(dst) == "fleet.json"),
+        "make a clone": ("fchmod", _partial_clone),
+    }
+
+    def __init__(self, name: str, match: Callable[..., bool], nth: int = 1, kind: str = ""):
+        self.name, self.match, self.nth, self.kind = name, match, nth, kind or name
+        self.real = getattr(os, name)
         self.entered, self.released, self.finished = threading.Event(), threading.Event(), threading.Event()
-        self.armed = True
+        self.armed, self.seen = True, 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def of_kind(cls, kind: str) -> SlowCall:
+        name, match = cls.KINDS[kind]
+        return cls(name, match, kind=kind)
+
+    def install(self) -> SlowCall:
         setattr(os, self.name, self)
+        return self
 
-    def _matches(self, *args: Any) -> bool:
-        if self.kind == "delete a clone":
-            return str(args[0]).endswith((".img", ".qcow2"))
-        if self.kind == "write the record":
-            return str(args[1]) == "fleet.json"
-        try:  # fchmod of a clone's partial, just made: the clone is not published yet
-            target = os.readlink(f"/proc/self/fd/{args[0]}")
-        except OSError:
-            return False
-        return "/vmfleet/clones/" in target and target.endswith(".partial")
-
-    def _take(self, *args: Any) -> bool:
-        """Only one call hangs, even when several match at once."""
-        if not self.armed or threading.current_thread() is threading.main_thread() or not self._matches(*args):
+    def _take(self, *args: Any, **kw: Any) -> bool:
+        if not self.armed or threading.current_thread() is threading.main_thread() or not self.match(*args, **kw):
             return False
         with self._lock:
-            taken, self.armed = self.armed, False
+            self.seen += 1
+            taken = self.armed and self.seen == self.nth
+            if taken:
+                self.armed = False
         return taken
 
     def __call__(self, *args: Any, **kw: Any) -> Any:
-        if self._take(*args):
+        if self._take(*args, **kw):
             self.entered.set()
             self.released.wait(60)
             try:
@@ -225,14 +238,14 @@ class HungCall:
                 self.finished.set()
         return self.real(*args, **kw)
 
-    def land(self, store_root: Path) -> bool:
+    def land(self, store_root: Path | str) -> bool:
         """Let the call run (if it was made at all), wait until the store takes calls again (the call is over,
         a clone published), and take the patch off; whether it ran."""
         self.armed = False
         self.released.set()
         try:
             if self.entered.is_set():
-                assert self.finished.wait(30), f"the hung call ({self.kind}) never returned"
+                assert self.finished.wait(30), f"the slow call ({self.kind}) never returned"
                 store_settled(store_root)
         finally:
             setattr(os, self.name, self.real)

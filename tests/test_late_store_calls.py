@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from safety_world import store_settled
+from safety_world import SlowCall
 from test_safety_regressions import Site, ops
 from vmfleet.settings import Settings
 
@@ -25,31 +25,16 @@ pytestmark = pytest.mark.safety
 TIMEOUT = 0.5
 
 
-class Gate:
-    """Blocks the `nth` call of `fn` (os.unlink, os.rename) whose arguments match, until released; the call
-    then proceeds as it would have."""
+@pytest.fixture
+def slow(monkeypatch: pytest.MonkeyPatch) -> Callable[..., SlowCall]:
+    """A SlowCall on os.<name>, taken off at the end even when the test fails before it lands."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str, match: Callable[..., bool], nth: int = 1):
-        self.real = getattr(os, name)
-        self.match, self.nth, self.seen = match, nth, 0
-        self.entered, self.release, self.finished = threading.Event(), threading.Event(), threading.Event()
-        monkeypatch.setattr(os, name, self)
+    def make(name: str, match: Callable[..., bool], nth: int = 1) -> SlowCall:
+        call = SlowCall(name, match, nth)
+        monkeypatch.setattr(os, name, call)
+        return call
 
-    def __call__(self, *args: Any, **kw: Any) -> Any:
-        if self.match(*args, **kw):
-            self.seen += 1
-            if self.seen == self.nth:
-                self.entered.set()
-                self.release.wait(30)
-                try:
-                    return self.real(*args, **kw)
-                finally:
-                    self.finished.set()
-        return self.real(*args, **kw)
-
-    def complete(self) -> None:
-        self.release.set()
-        assert self.finished.wait(10), "the slow call never completed"
+    return make
 
 
 @pytest.fixture
@@ -62,11 +47,11 @@ async def site(tmp_path: Path, small_image: Path) -> AsyncIterator[Site]:
 
 
 async def test_a_scale_in_delete_that_timed_out_is_waited_for_before_the_vm_is_wanted_again(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    site: Site, slow: Callable[..., SlowCall]
 ) -> None:
     assert (await site.converge(site.fleet(2))).status["readyReplicas"] == 2
     clone = site.root / next(c for c in site.clones() if c.endswith("web-1.qcow2"))
-    gate = Gate(monkeypatch, "unlink", lambda name, *a, **kw: name == "web-1.qcow2")
+    gate = slow("unlink", lambda name, *a, **kw: name == "web-1.qcow2")
 
     scaled_in = await site.converge(site.fleet(1))
     assert gate.entered.is_set()
@@ -80,27 +65,25 @@ async def test_a_scale_in_delete_that_timed_out_is_waited_for_before_the_vm_is_w
     assert "has not returned" in back.status["conditions"][0]["message"]
     assert site.running("default.web-1") == []
 
-    gate.complete()  # the delete lands: the scale-in is done; the VM is wanted again and made afresh
-    store_settled(site.root)  # its thread hands the result back
+    gate.land(site.root)  # the delete lands: the scale-in is done; the VM is wanted again and made afresh
     after = await site.converge(site.fleet(2))
     assert after.status["readyReplicas"] == 2, after.status["conditions"]
     assert not [c for c in after.status["clones"] if c["state"] == "Lost"]
 
 
 async def test_a_record_write_that_timed_out_lands_before_any_newer_pass_acts(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    site: Site, slow: Callable[..., SlowCall]
 ) -> None:
     assert (await site.converge(site.fleet(1))).status["readyReplicas"] == 1
     # The scale-out pass writes fleet.json twice: announced (1st rename), settled (2nd): the 2nd is slow.
-    gate = Gate(monkeypatch, "rename", lambda src, dst, *a, **kw: dst == "fleet.json", nth=2)
+    gate = slow("rename", lambda src, dst, *a, **kw: dst == "fleet.json", nth=2)
     out = await site.converge(site.fleet(2))
     assert gate.entered.is_set() and out.status["conditions"][0]["reason"] == "StoreUnavailable"
 
     refused = await site.converge(site.fleet(1))  # a newer pass may not act on a record about to be replaced
     assert refused.status["conditions"][0]["reason"] == "StoreUnavailable" and not ops(refused)
 
-    gate.complete()
-    store_settled(site.root)
+    gate.land(site.root)
     scaled_in = await site.converge(site.fleet(1))
     assert ("delete-clone", 1, None) in ops(scaled_in) and all(o.ok for o in scaled_in.outcomes)
     again = await site.converge(site.fleet(2))
@@ -127,17 +110,10 @@ async def test_a_call_given_up_on_while_it_queued_never_runs(tmp_path: Path) -> 
     pool.close()
 
 
-def _names_partial_clone(fd: int, *_: Any) -> bool:
-    try:
-        return ".qcow2." in os.readlink(f"/proc/self/fd/{fd}") and "/web-" in os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return False
-
-
-async def test_a_teardown_waits_for_a_clone_still_being_made(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_teardown_waits_for_a_clone_still_being_made(site: Site, slow: Callable[..., SlowCall]) -> None:
     from vmfleet.engine import release_parent, teardown_fleet
 
-    gate = Gate(monkeypatch, "fchmod", _names_partial_clone)  # the clone's partial is made, then slow
+    gate = slow(*SlowCall.KINDS["make a clone"])  # the clone's partial is made, then slow
     made = await site.converge(site.fleet(1))
     assert gate.entered.is_set()
     assert [x.action.op.value for x in made.outcomes if not x.ok] == ["create-clone"]
@@ -145,8 +121,7 @@ async def test_a_teardown_waits_for_a_clone_still_being_made(site: Site, monkeyp
     assert not early.complete  # the finalizer stays while the clone may still appear
     assert [e.reason for e in early.events] == ["StoreUnavailable"]
 
-    gate.complete()
-    store_settled(site.root)  # the slow call goes on: fchmod, then the rename into place
+    gate.land(site.root)  # the slow call goes on: fchmod, then the rename into place
     gone = await teardown_fleet(site.runtime, site.fleet(1), [site.store()], site.hosts())
     assert gone.complete and site.clones() == []
     released, event = await release_parent(site.runtime, site.template(), site.store(), 0, False)
@@ -185,7 +160,7 @@ async def test_a_failed_delete_of_a_clone_nobody_recorded_does_not_block_the_fle
 
 
 async def test_a_store_edited_to_another_path_refuses_what_the_old_driver_left_running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, slow: Callable[..., SlowCall]
 ) -> None:
     """The CloneStore edited while a call hangs (the export mounted again elsewhere, a root spelled through a
     symbolic link): the new driver, under the same CloneStore, refuses until that call has returned."""
@@ -198,14 +173,13 @@ async def test_a_store_edited_to_another_path_refuses_what_the_old_driver_left_r
     (tmp_path / "again").symlink_to(real)
     settings = Settings(store_timeout_seconds=TIMEOUT)
     old = Qcow2Store(str(real), settings=settings, store="nfs")
-    gate = Gate(monkeypatch, "unlink", lambda name, *a, **kw: name == "web-0.qcow2")
+    gate = slow("unlink", lambda name, *a, **kw: name == "web-0.qcow2")
     with pytest.raises(StoreTimeout, match="did not answer within 0.5 s"):
         await old.delete("vmfleet/web-0.qcow2")
     new = Qcow2Store(str(tmp_path / "again"), settings=settings, store="nfs")
     with pytest.raises(StoreTimeout, match=r"refused while an earlier call \(deleting"):
         await new.list_dir("vmfleet")
-    gate.complete()
-    store_settled(real)
+    gate.land(real)
     assert await new.list_dir("vmfleet") == []
     for s in (old, new):
         await s.close()

@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 )
 
 from helpers import xfs_io_exclusive
-from safety_world import HungCall, World, WorldRuntime, files, host_doc, store_doc, write_into
+from safety_world import SlowCall, World, WorldRuntime, files, host_doc, store_doc, write_into
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
@@ -95,7 +95,7 @@ class FleetSafety(RuleBasedStateMachine):
         self.world = World(self.base)
         self.loop = asyncio.new_event_loop()
         self.runtime = WorldRuntime(self.world, SETTINGS)
-        self.hung: HungCall | None = None
+        self.hung: SlowCall | None = None
         self.host_uris = {h: uri(h) for h in HOSTS}
         self.present = set(HOSTS)
         self.dead: set[str] = set()
@@ -322,12 +322,12 @@ class FleetSafety(RuleBasedStateMachine):
         self.then(then_pass)
 
     @precondition(lambda self: self.hung is None and self.fleet is not None and not self.fleet.deleting)
-    @rule(kind=st.sampled_from(HungCall.KINDS), replicas=st.integers(0, 4))
+    @rule(kind=st.sampled_from(sorted(SlowCall.KINDS)), replicas=st.integers(0, 4))
     def a_store_call_hangs(self, kind: str, replicas: int) -> None:
         """The next such call on the store (in the store's threads) blocks on a slow mount: the engine gives it
         up after its timeout and goes on; it lands when the_hung_call_lands lets it. A scale and a pass follow
         at once, so that the call is likely made."""
-        self.hung = HungCall(kind)
+        self.hung = SlowCall.of_kind(kind).install()
         STATS["hung calls"] += 1
         self.scale(replicas, True)
 
