@@ -531,3 +531,24 @@ def _report_counts() -> Any:
         f"{STATS['hung calls'] - before['hung calls']} store calls hung, "
         f"{STATS['late calls'] - before['late calls']} of them made and landed late"
     )
+
+
+def test_an_announcement_that_landed_late_holds_no_vm_that_was_never_made(tmp_path: Path, small_image: Path) -> None:
+    """Found by the state machine: a scale-out's announced record (VMs 'creating' on their hosts) that lands after
+    its pass gave up keeps saying so for VMs never made; once a KvmHost's URI changes, such a VM was held as
+    'may still run at the old URI' (HostUnreachable) for good, and a healthy world never converged."""
+    global TEMPLATE_IMAGE
+    TEMPLATE_IMAGE = str(small_image)
+    FleetSafety.root, FleetSafety.driver = tmp_path, "qcow2"
+    machine = FleetSafety()
+    try:
+        machine.a_fleet_runs(1)
+        machine.scale(0, True)
+        machine.a_store_call_hangs("write the record", 4)  # the announcement for 4 new VMs hangs: nothing made
+        assert machine.hung is not None and machine.hung.entered.is_set()
+        machine.the_hung_call_lands(None, False)
+        for host in HOSTS:
+            machine.change_uri(host, 1, False)
+        machine.reconcile(False)  # raises Violation when the healthy world does not converge
+    finally:
+        machine.teardown()

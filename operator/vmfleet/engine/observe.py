@@ -10,7 +10,7 @@ from ..hypervisor import DomainInfo, HostError, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
 from ..storage import StoreDriver
 from .desired import Desired
-from .record import PLACED, read_record
+from .record import CREATING, PLACED, read_record
 from .snapshot import Snapshot, unobservable
 
 
@@ -74,9 +74,13 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
     for o, p in record.vms.items():
+        found_vm = domains.get(o)
         if not p.host:
             continue  # recorded without a host (by older versions, for a clone being deleted): as unrecorded
-        found_vm = domains.get(o)
+        if p.state == CREATING and o not in files and found_vm is None:
+            # Announced, never made (a domain is defined only after its clone): nothing can run anywhere, even
+            # where the record's URI can no longer be looked at (an announcement that landed late).
+            continue
         if found_vm is not None and found_vm.host == p.host:
             recorded[o] = p.host
             continue

@@ -93,8 +93,8 @@ class Snapshot:
                 vms[o] = Placement(
                     old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
                 )
-            elif o in self.released:
-                continue
+            elif o in self.released or old.state == CREATING:
+                continue  # released by a person; or announced and never made: nothing can run it
             elif unobservable(self.desired, old, seen.hosts) is not None:
                 vms[o] = old  # may still run there
             elif old.state == PLACED and o in wanted:
