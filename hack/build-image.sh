@@ -2,6 +2,7 @@
 # Builds the operator image with podman (no Docker engine, no registry: the base is a debootstrap'd
 # Debian imported once) and proves it runs read-only without capabilities. Needs root.
 # Settings and quirks of these machines: shared/reference/container-build.md.
+# VMFLEET_IMAGE_ARCHIVE=FILE also saves it there (docker-archive), for `ctr images import` on a registry-less node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${VMFLEET_IMAGE_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/vmfleet/image}
@@ -39,3 +40,7 @@ podman build --network=host --build-arg "BASE=$base" \
     -v /etc/ssl/certs/ca-certificates.crt:/run/host-ca/ca-certificates.crt:ro \
     --build-arg PIP_CERT=/run/host-ca/ca-certificates.crt -t "$image" . >&2
 podman run --rm --read-only --cap-drop=ALL --network=none --user 10001 "$image" --help
+if [ -n "${VMFLEET_IMAGE_ARCHIVE:-}" ]; then
+  rm -f "$VMFLEET_IMAGE_ARCHIVE"
+  podman save --format docker-archive -o "$VMFLEET_IMAGE_ARCHIVE" "$image" >&2
+fi

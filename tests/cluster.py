@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,8 +64,29 @@ def _pem_key(key: Any) -> bytes:
     )
 
 
-def _certificates(d: Path) -> None:
-    """A CA, a serving certificate for 127.0.0.1 signed by it, and the service-account key pair."""
+def _sign(
+    ca: x509.Certificate, ca_key: Any, name: str, key: Any, san: list[x509.GeneralName], client: bool = False
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+    )
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if client:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _certificates(d: Path, ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str, ...] = ("localhost",)) -> None:
+    """A CA, a serving certificate for `ips` and `dns` signed by it, a client certificate for the apiserver to
+    show kubelets, and the service-account key pair."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmfleet-test-ca")])
@@ -79,26 +101,17 @@ def _certificates(d: Path) -> None:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    san = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _sign(ca, ca_key, "kube-apiserver-kubelet-client", client_key, [], client=True)
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "apiserver.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "apiserver.crt").write_bytes(
+        _sign(ca, ca_key, "kube-apiserver", key, san).public_bytes(serialization.Encoding.PEM)
+    )
     (d / "apiserver.key").write_bytes(_pem_key(key))
+    (d / "kubelet-client.crt").write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    (d / "kubelet-client.key").write_bytes(_pem_key(client_key))
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "sa.key").write_bytes(_pem_key(sa))
     (d / "sa.pub").write_bytes(
@@ -135,6 +148,8 @@ class Cluster:
     kubeconfig: Path = field(default=Path())
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     start_seconds: float = 0.0
+    address: str = "127.0.0.1"  # where the apiserver listens
+    tokens: dict[str, str] = field(default_factory=dict)  # user -> bearer token
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         return {
@@ -167,12 +182,43 @@ class Cluster:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
+    def _apiserver_args(self, etcd_port: int, api_port: int) -> list[str]:
+        d = self.dir
+        return [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--cert-dir={d}",
+            f"--tls-cert-file={d / 'apiserver.crt'}",
+            f"--tls-private-key-file={d / 'apiserver.key'}",
+            f"--token-auth-file={d / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--enable-priority-and-fairness=false",
+            "--endpoint-reconciler-type=none",  # a loopback advertise address is refused otherwise
+            "--v=0",
+        ]
+
+    def _certificates(self) -> None:
+        _certificates(self.dir)
+
+    def _tokens(self) -> dict[str, str]:
+        """Users of the token file: name -> 'uid,groups' (the admin is the only one here)."""
+        return {"vmfleet-test-admin": 'uid-admin,"system:masters"'}
+
     def start(self) -> None:
         t0 = time.monotonic()
         d = self.dir
-        _certificates(d)
-        token = secrets.token_hex(16)
-        (d / "tokens.csv").write_text(f"{token},vmfleet-test-admin,uid-admin,system:masters\n")
+        self._certificates()
+        self.tokens = {user: secrets.token_hex(16) for user in self._tokens()}
+        (d / "tokens.csv").write_text(
+            "".join(f"{self.tokens[user]},{user},{rest}\n" for user, rest in self._tokens().items())
+        )
+        token = self.tokens["vmfleet-test-admin"]
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_log = open(d / "etcd.log", "wb")
         self.processes.append(
@@ -196,30 +242,12 @@ class Cluster:
         api_log = open(d / "apiserver.log", "wb")
         self.processes.append(
             subprocess.Popen(
-                [
-                    str(self.bin / "kube-apiserver"),
-                    f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    f"--secure-port={api_port}",
-                    f"--cert-dir={d}",
-                    f"--tls-cert-file={d / 'apiserver.crt'}",
-                    f"--tls-private-key-file={d / 'apiserver.key'}",
-                    f"--token-auth-file={d / 'tokens.csv'}",
-                    "--authorization-mode=RBAC",
-                    f"--service-account-key-file={d / 'sa.pub'}",
-                    f"--service-account-signing-key-file={d / 'sa.key'}",
-                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                    "--service-cluster-ip-range=10.96.0.0/24",
-                    "--enable-priority-and-fairness=false",
-                    "--endpoint-reconciler-type=none",  # a loopback advertise address is refused otherwise
-                    "--v=0",
-                ],
+                [str(self.bin / "kube-apiserver"), *self._apiserver_args(etcd_port, api_port)],
                 stdout=api_log,
                 stderr=subprocess.STDOUT,
             )
         )
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{self.address}:{api_port}"
         self.kubeconfig = d / "admin.kubeconfig"
         self.kubeconfig.write_text(kubeconfig(self.server, d / "ca.crt", token, "admin"))
         wait_until_ok(

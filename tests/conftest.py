@@ -25,6 +25,7 @@ from vmfleet.images import make_template_image
 
 if TYPE_CHECKING:
     from cluster import Cluster
+    from node_cluster import NodeCluster
     from operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -229,11 +230,61 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    """A single-node cluster (kubelet, containerd, controller-manager, scheduler, kube-proxy) with the project's
+    image imported as localhost/vmfleet:0.1.0; torn down at the end, and the machine checked clean."""
+    from cluster import build
+    from node_cluster import NodeCluster
+
+    if os.geteuid() != 0:
+        unavailable("a kubelet and containerd need root")
+    missing = [t for t in ("go", "containerd", "ctr", "podman", "runc", "iptables") if not shutil.which(t)]
+    if missing or not Path("/usr/lib/cni/bridge").exists():
+        unavailable(f"missing {missing or 'CNI plugins'} (hack/system-packages.sh test)")
+    t0 = time.monotonic()
+    try:
+        binaries = build()
+    except RuntimeError as e:
+        unavailable(str(e))
+    base = tmp_path_factory.mktemp("node")
+    archive = base / "vmfleet-image.tar"
+    done = subprocess.run(
+        [str(REPO / "hack" / "build-image.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "VMFLEET_IMAGE_ARCHIVE": str(archive)},
+    )
+    if done.returncode:
+        unavailable(f"hack/build-image.sh failed:\n{done.stderr[-3000:]}")
+    TIMINGS["cluster binaries and operator image built or found"] = time.monotonic() - t0
+    cluster = NodeCluster(binaries, base / "cluster")
+    cluster.dir.mkdir()
+    try:
+        cluster.start()
+        t1 = time.monotonic()
+        cluster.import_image(archive)
+        archive.unlink()
+        TIMINGS["operator image imported into containerd"] = time.monotonic() - t1
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        cluster.stop()
+        unavailable(str(e))
+    TIMINGS["single-node cluster Ready"] = cluster.ready_seconds
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        left = cluster.leftovers()
+        assert not left, f"the cluster left these on the machine: {left}"
+
+
 class Sshd:
     """OpenSSH's sshd on a loopback port, root login by key only: a second way into the KVM host."""
 
-    def __init__(self, base: Path, config: Sequence[str] = ()):
+    def __init__(self, base: Path, config: Sequence[str] = (), address: str = "127.0.0.1"):
         self.base, self.port, self.config = base, 0, list(config)  # config: more sshd_config lines
+        self.address = address
         self.proc: subprocess.Popen[bytes] | None = None
         for key in ("host", "client"):
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key))
@@ -245,7 +296,7 @@ class Sshd:
 
     @property
     def known_hosts(self) -> str:
-        return f"[127.0.0.1]:{self.port} {(self.base / 'host.pub').read_text()}"
+        return f"[{self.address}]:{self.port} {(self.base / 'host.pub').read_text()}"
 
     def start(self) -> None:
         from cluster import free_port
@@ -255,7 +306,7 @@ class Sshd:
             "\n".join(
                 [
                     f"Port {self.port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.address}",
                     f"HostKey {self.base / 'host'}",
                     f"PidFile {self.base / 'sshd.pid'}",
                     f"AuthorizedKeysFile {self.base / 'authorized_keys'}",
@@ -276,7 +327,7 @@ class Sshd:
         deadline = time.monotonic() + 10
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                socket.create_connection((self.address, self.port), 1).close()
                 return
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:

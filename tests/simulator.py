@@ -22,7 +22,15 @@ class OpenSshSim:
     """OpenSSH's sshd whose ForceCommand hands each command to the simulator's interpreter
     (`python -m vmfleet.sim --exec`): the commands and files of `sim.Simulator`, the SSH server users meet."""
 
-    def __init__(self, base: Path, directory: Path, personality: str, latency: float = 0.0, max_sessions: int = 10):
+    def __init__(
+        self,
+        base: Path,
+        directory: Path,
+        personality: str,
+        latency: float = 0.0,
+        max_sessions: int = 10,
+        address: str = "127.0.0.1",
+    ):
         self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
         force = [
@@ -50,6 +58,7 @@ class OpenSshSim:
                 "AllowTcpForwarding no",
                 "PermitTTY no",
             ],
+            address,
         )
         self.sshd.start()
 

@@ -1,0 +1,322 @@
+"""The path every user takes, on a real single-node cluster (kubelet, containerd, kube-proxy): the image that
+hack/build-image.sh builds, installed from deploy/ with the README's own commands, running as a pod, driven
+only through kubectl. The pod reaches a quickstart store through a hostPath, and the GPFS simulator and the
+real libvirtd (qemu+libssh) over SSH on the node's address."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+import yaml
+
+from conftest import REPO, Sshd
+from helpers import open_up, wait_for
+from node_cluster import NODE_IP, NodeCluster
+from simulator import MOUNT, OpenSshSim
+from vmfleet.images import make_template_image
+
+pytestmark = pytest.mark.cluster
+
+IMAGE = "localhost/vmfleet"
+QUICKSTART_ROOT = "/tmp/vmfleet-quickstart"  # the quickstart CloneStore's root, as the pod sees it
+OPERATOR = ("-n", "vmfleet-system")
+BASIC_READY = 'vmfleet_fleet_ready_replicas{fleet="basic",namespace="default"} 3.0'
+
+
+def readme_install_steps() -> str:
+    """The shell block of the README's "Installing on a cluster": the test runs it as it is."""
+    section = (REPO / "README.md").read_text().split("## Installing on a cluster", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, "the README's 'Installing on a cluster' must hold exactly one sh block: its steps"
+    return blocks[0]
+
+
+@dataclass
+class Install:
+    cluster: NodeCluster
+    work: Path  # the directory the README's commands run in
+    quickstart: Path  # the host directory the pod mounts at QUICKSTART_ROOT
+    sim: OpenSshSim
+    store: Path  # what the simulated GPFS file system holds
+    conn: libvirt.virConnect
+
+    def sh(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """A shell in the user's seat: kubectl and vmfleet on PATH, the admin kubeconfig."""
+        env = {**self.cluster.env(), "PATH": f"{self.cluster.bin}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=self.work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, (
+            f"{script}\nfailed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{self.diagnose()}"
+        )
+        return done
+
+    def diagnose(self) -> str:
+        """What a person would look at: the objects' conditions and the operator's last words."""
+        seen = self.kubectl(
+            "get",
+            "vmfleets,vmtemplates,clonestores,kvmhosts",
+            "-A",
+            "-o",
+            "custom-columns=KIND:.kind,NAME:.metadata.name,CONDITIONS:.status.conditions[*].message",
+            check=False,
+        ).stdout
+        logs = self.kubectl("logs", *OPERATOR, "deploy/vmfleet-operator", "--tail=40", check=False)
+        return f"{seen}\n--- operator log\n{logs.stdout}{logs.stderr}"
+
+    def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl(*args, **kw)
+
+    def pod(self) -> dict[str, Any]:
+        """The one operator pod that is not going away."""
+        pods = [
+            p
+            for p in self.cluster.get("pods", *OPERATOR, "-l", "app.kubernetes.io/name=vmfleet-operator")["items"]
+            if not p["metadata"].get("deletionTimestamp")
+        ]
+        assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+        return pods[0]
+
+    def metrics(self) -> str:
+        """Scraped from the pod's metrics port through the apiserver's pod proxy."""
+        name = self.pod()["metadata"]["name"]
+        path = f"/api/v1/namespaces/vmfleet-system/pods/{name}:9090/proxy/metrics"
+        return self.kubectl("get", "--raw", path, check=False).stdout
+
+    def fleet(self, name: str) -> dict[str, Any]:
+        return self.cluster.get("vmf", name, "-n", "default")
+
+    def copies(self) -> Counter[str]:
+        """How many times each clone file was made on the GPFS simulator (`mmclone copy SOURCE TARGET`)."""
+        return Counter(
+            c.split()[-1] for c in self.sim.commands if c.split()[:2] == ["/usr/lpp/mmfs/bin/mmclone", "copy"]
+        )
+
+    def domains(self) -> dict[str, tuple[str, int]]:
+        """The gpfs fleet's domains on the real libvirtd: name -> (UUID, runtime ID: changes if restarted)."""
+        return {
+            d.name(): (d.UUIDString(), d.ID())
+            for d in self.conn.listAllDomains()
+            if d.name().startswith("default.basic-")
+        }
+
+
+def _operator_overlay(work: Path, quickstart: Path) -> None:
+    """my-operator/: examples/operator-nfs adapted as the README says, with the quickstart store's directory
+    where the NFS export would be (a hostPath: a single node), and the image where containerd has it."""
+    overlay = yaml.safe_load((REPO / "examples" / "operator-nfs" / "kustomization.yaml").read_text())
+    (work / "my-operator").mkdir()
+    overlay["resources"] = [os.path.relpath(REPO / "deploy", work / "my-operator")]
+    overlay["images"] = [{"name": "vmfleet", "newName": IMAGE, "newTag": "0.1.0"}]
+    patch = yaml.safe_load(overlay["patches"][0]["patch"])
+    patch[0]["value"] = {"name": "quickstart", "hostPath": {"path": str(quickstart), "type": "Directory"}}
+    patch[1]["value"] = {"name": "quickstart", "mountPath": QUICKSTART_ROOT}
+    overlay["patches"][0]["patch"] = yaml.safe_dump(patch)
+    (work / "my-operator" / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+
+
+def _fleet_manifests(work: Path, sim: OpenSshSim, kvm: Sshd, kvm_view: Path) -> None:
+    """my-fleet/: examples/gpfs/store.yaml and the sonas template and fleet, pointed at the simulator and at
+    this machine's libvirtd over qemu+libssh, both on the node's address."""
+    (work / "my-fleet").mkdir()
+    store, host = yaml.safe_load_all((REPO / "examples" / "gpfs" / "store.yaml").read_text())
+    store["spec"]["root"] = f"{MOUNT}/frank"
+    store["spec"]["ssh"].update(host=NODE_IP, port=sim.port, user="root")
+    host["spec"].update(
+        uri=f"qemu+libssh://root@{NODE_IP}:{kvm.port}/system",
+        domainType="qemu",
+        capacity={"vcpus": 8, "memoryMiB": 1024},
+        storeMounts=[{"store": "gpfs0", "path": str(kvm_view)}],
+    )
+    (work / "my-fleet" / "store.yaml").write_text(yaml.safe_dump_all([store, host]))
+    template = yaml.safe_load((REPO / "examples" / "sonas" / "template.yaml").read_text())
+    template["spec"]["storeRef"]["name"] = "gpfs0"
+    template["spec"]["memoryMiB"] = 32
+    (work / "my-fleet" / "template.yaml").write_text(yaml.safe_dump(template))
+    fleet = yaml.safe_load((REPO / "examples" / "sonas" / "fleet.yaml").read_text())
+    fleet["spec"]["hostSelector"] = {"matchLabels": host["metadata"]["labels"]}  # not the quickstart's host
+    (work / "my-fleet" / "fleet.yaml").write_text(yaml.safe_dump(fleet))
+    (work / "quickstart").mkdir()
+    for src in (REPO / "examples" / "quickstart").glob("*.yaml"):
+        doc = yaml.safe_load(src.read_text())
+        if doc["kind"] == "VmFleet":  # two hosts here: the quickstart's sees its store, kvm-b does not
+            doc["spec"]["hostSelector"] = {"matchLabels": {"zone": "a"}}
+        (work / "quickstart" / src.name).write_text(yaml.safe_dump(doc))
+    for name, text in (
+        ("gpfs.key", sim.sshd.private_key),
+        ("gpfs.known_hosts", sim.known_hosts),
+        ("kvm-b.key", kvm.private_key),
+        ("kvm-b.known_hosts", kvm.known_hosts),
+    ):
+        (work / name).write_text(text)
+
+
+@pytest.fixture(scope="module")
+def install(
+    node_cluster: NodeCluster,
+    libvirtd: str,
+    xfs: Path,
+    small_image: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
+    work = tmp_path_factory.mktemp("user")
+    quickstart = tmp_path_factory.mktemp("quickstart-store")
+    make_template_image(str(quickstart / "basic.img"), 64 << 20, 1 << 20)
+    (quickstart / "images").mkdir()
+    (quickstart / "basic.img").rename(quickstart / "images" / "basic.img")
+    for p in (quickstart, quickstart / "images", quickstart / "images" / "basic.img"):
+        os.chown(p, 10001, 10001)  # the operator's uid: it writes the clones there
+    open_up(quickstart)
+    store = xfs / "cluster-gpfs"
+    (store / "frank" / "image" / "linux").mkdir(parents=True)
+    shutil.copyfile(small_image, store / "frank" / "image" / "linux" / "basic.img")
+    open_up(store / "frank" / "image" / "linux")
+    sim = OpenSshSim(tmp_path_factory.mktemp("gpfs-sshd"), store, "gpfs", address=NODE_IP)
+    kvm = Sshd(tmp_path_factory.mktemp("kvm-sshd"), address=NODE_IP)
+    kvm.start()
+    _operator_overlay(work, quickstart)
+    _fleet_manifests(work, sim, kvm, store / "frank")
+    conn = libvirt.open(libvirtd)
+    world = Install(node_cluster, work, quickstart, sim, store, conn)
+    try:
+        yield world
+    finally:
+        # while the operator runs: each of these holds a finalizer it removes
+        for kinds in ("vmfleets", "vmtemplates", "clonestores,kvmhosts"):
+            node_cluster.kubectl("delete", kinds, "--all", "-A", "--timeout=120s", check=False)
+        for d in conn.listAllDomains():
+            if d.name().startswith("default.basic-"):
+                if d.isActive():
+                    d.destroy()
+                d.undefine()
+        node_cluster.kubectl(
+            "delete", "-k", str(work / "my-operator"), "--ignore-not-found", "--timeout=120s", check=False
+        )
+        conn.close()
+        kvm.stop()
+        sim.sshd.stop()
+
+
+def test_the_readme_installs_the_operator_as_a_pod_that_makes_a_gpfs_fleet_ready(install: Install) -> None:
+    t0 = time.monotonic()
+    done = install.sh(readme_install_steps())
+    print(f"README install steps: {time.monotonic() - t0:.1f} s")
+    assert 'deployment "vmfleet-operator" successfully rolled out' in done.stdout
+    # `vmfleet status basic` on the user's machine, reading the status the pod wrote
+    for ordinal in range(3):
+        assert re.search(rf"^basic-{ordinal}\s+kvm-b\s+Running\s", done.stdout, re.M), done.stdout
+    fleet = install.fleet("basic")
+    assert fleet["status"]["readyReplicas"] == 3
+    assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(3)]
+    assert all(install.conn.lookupByName(n).isActive() for n in install.domains())
+    assert sorted(install.copies().values()) == [1, 1, 1]
+
+
+def test_the_pod_runs_as_uid_10001_read_only_without_capabilities_and_passes_its_probes(install: Install) -> None:
+    pod = install.pod()
+    name = pod["metadata"]["name"]
+    assert pod["spec"]["nodeName"] == "vmfleet-node"
+    ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert ready["Ready"] == "True" and ready["ContainersReady"] == "True"  # the readiness probe answers
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0  # and the liveness probe never failed
+    seen = install.kubectl(
+        "exec",
+        *OPERATOR,
+        name,
+        "--",
+        "python3",
+        "-c",
+        "import os\n"
+        "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))]\n"
+        "try:\n    open('/opt/vmfleet/x', 'w'); ro = 'writable'\nexcept OSError as e:\n    ro = e.strerror\n"
+        "print(os.getuid(), *caps, ro)",
+    ).stdout.split(maxsplit=4)
+    assert seen[:4] == ["10001", "0000000000000000", "0000000000000000", "0000000000000000"], seen
+    assert seen[4].strip() == "Read-only file system"
+
+
+def test_the_quickstart_fleet_becomes_ready_scales_and_is_cleaned_up_through_kubectl(install: Install) -> None:
+    install.sh("kubectl apply -f quickstart/ && kubectl wait --for=condition=Ready vmf/demo --timeout=3m")
+    clones = install.quickstart / "vmfleet" / "clones" / "default" / "demo"
+
+    def files() -> list[str]:
+        return sorted(p.name for p in clones.rglob("*.qcow2"))
+
+    assert files() == ["demo-0.qcow2", "demo-1.qcow2", "demo-2.qcow2"]
+    assert all(p.stat().st_uid == 10001 for p in clones.rglob("*.qcow2"))  # made by the pod, as uid 10001
+    install.sh(
+        "kubectl scale vmf/demo --replicas=5\n"
+        "kubectl wait --for=jsonpath='{.status.readyReplicas}'=5 vmf/demo --timeout=3m\n"
+        "kubectl wait --for=condition=Ready vmf/demo --timeout=3m"
+    )
+    assert files() == [f"demo-{i}.qcow2" for i in range(5)]
+    install.sh(
+        "kubectl scale vmf/demo --replicas=1\nkubectl wait --for=jsonpath='{.status.replicas}'=1 vmf/demo --timeout=3m"
+    )
+    wait_for(lambda: files() == ["demo-0.qcow2"], 60, "scale-in to delete the clones of demo-1..4")
+    status = install.sh("vmfleet status demo").stdout
+    assert re.search(r"^demo-0\s+local\s+Running\s", status, re.M) and "demo-1" not in status, status
+    install.sh("kubectl delete vmf/demo --timeout=2m")
+    assert files() == []
+    install.sh("kubectl delete -f quickstart/ --ignore-not-found --timeout=2m")  # nothing holds them now
+    assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(3)]  # the other fleet untouched
+
+
+def test_metrics_are_scraped_from_the_pods_port(install: Install) -> None:
+    metrics = install.metrics()
+    assert BASIC_READY in metrics
+    assert "vmfleet_ssh_command_seconds_count" in metrics
+
+
+def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_anything_again(
+    install: Install,
+) -> None:
+    before_pod = install.pod()["metadata"]["name"]
+    domains, copies = install.domains(), install.copies()
+    install.kubectl("delete", "pod", *OPERATOR, before_pod, "--wait=false")
+    install.sh(
+        "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
+        "kubectl -n vmfleet-system wait --for=condition=Ready pod -l app.kubernetes.io/name=vmfleet-operator "
+        "--timeout=3m"
+    )
+    wait_for(lambda: install.pod()["metadata"]["name"] != before_pod, 120, "a new operator pod")
+    wait_for(lambda: BASIC_READY in install.metrics(), 120, "the new pod to have reconciled the fleet")
+    assert install.domains() == domains  # same UUIDs, same runtime IDs: nothing redefined or restarted
+    assert install.copies() == copies  # no clone made again
+    assert install.fleet("basic")["status"]["readyReplicas"] == 3
+
+
+def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install) -> None:
+    """A second image tag with `kubectl set image` while the fleet scales out from 3 to 5."""
+    install.cluster.ctr("images", "tag", "--force", f"{IMAGE}:0.1.0", f"{IMAGE}:0.1.1")
+    before = install.pod()["metadata"]["name"]
+    install.sh(
+        "kubectl scale vmf/basic --replicas=5\n"
+        f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1\n"
+        "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
+        "kubectl wait --for=jsonpath='{.status.readyReplicas}'=5 vmf/basic --timeout=5m\n"
+        "kubectl wait --for=condition=Ready vmf/basic --timeout=5m\n"
+    )
+    pod = install.pod()
+    assert pod["metadata"]["name"] != before and pod["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.1"
+    assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(5)]
+    assert sorted(install.copies().values()) == [1] * 5  # each clone made exactly once across both pods
+    install.sh("kubectl delete vmf/basic --timeout=3m")
+    assert install.domains() == {}
+    assert not list((install.store / "frank" / "vmfleet" / "clones").rglob("basic-*.img"))
