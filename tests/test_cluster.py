@@ -278,7 +278,13 @@ def test_the_quickstart_fleet_becomes_ready_scales_and_is_cleaned_up_through_kub
     assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(3)]  # the other fleet untouched
 
 
-def test_metrics_are_scraped_from_the_pods_port(install: Install) -> None:
+def test_metrics_are_scraped_from_the_pods_port_and_hosts_count_their_domains(install: Install) -> None:
+    def hosts() -> list[str]:
+        columns = "custom-columns=NAME:.metadata.name,DOMAINS:.status.domains"
+        return install.kubectl("get", "kvh", "-o", columns).stdout.split()[2:]
+
+    # a host's count is as fresh as its last probe (every VMFLEET_RESYNC_SECONDS): usually already so
+    wait_for(lambda: hosts() == ["kvm-b", "3"], 90, "`kubectl get kvh` to count kvm-b's 3 domains")
     metrics = install.metrics()
     assert BASIC_READY in metrics
     assert "vmfleet_ssh_command_seconds_count" in metrics
