@@ -84,9 +84,11 @@ def _sign(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _certificates(d: Path, ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str, ...] = ("localhost",)) -> None:
+def _certificates(
+    d: Path, ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str, ...] = ("localhost",), kubelet_ip: str = ""
+) -> None:
     """A CA, a serving certificate for `ips` and `dns` signed by it, a client certificate for the apiserver to
-    show kubelets, and the service-account key pair."""
+    show kubelets, a kubelet's serving certificate for `kubelet_ip`, and the service-account key pair."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmfleet-test-ca")])
@@ -112,6 +114,11 @@ def _certificates(d: Path, ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str
     (d / "apiserver.key").write_bytes(_pem_key(key))
     (d / "kubelet-client.crt").write_bytes(client.public_bytes(serialization.Encoding.PEM))
     (d / "kubelet-client.key").write_bytes(_pem_key(client_key))
+    if kubelet_ip:
+        kubelet_key = ec.generate_private_key(ec.SECP256R1())
+        kubelet = _sign(ca, ca_key, "kubelet", kubelet_key, [x509.IPAddress(ipaddress.ip_address(kubelet_ip))])
+        (d / "kubelet.crt").write_bytes(kubelet.public_bytes(serialization.Encoding.PEM))
+        (d / "kubelet.key").write_bytes(_pem_key(kubelet_key))
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "sa.key").write_bytes(_pem_key(sa))
     (d / "sa.pub").write_bytes(
@@ -206,6 +213,9 @@ class Cluster:
     def _certificates(self) -> None:
         _certificates(self.dir)
 
+    def _api_port(self) -> int:
+        return free_port()
+
     def _tokens(self) -> dict[str, str]:
         """Users of the token file: name -> 'uid,groups' (the admin is the only one here)."""
         return {"vmfleet-test-admin": 'uid-admin,"system:masters"'}
@@ -219,7 +229,7 @@ class Cluster:
             "".join(f"{self.tokens[user]},{user},{rest}\n" for user, rest in self._tokens().items())
         )
         token = self.tokens["vmfleet-test-admin"]
-        etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, peer_port, api_port = free_port(), free_port(), self._api_port()
         etcd_log = open(d / "etcd.log", "wb")
         self.processes.append(
             subprocess.Popen(

@@ -261,29 +261,43 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClust
     TIMINGS["cluster binaries and operator image built or found"] = time.monotonic() - t0
     cluster = NodeCluster(binaries, base / "cluster")
     cluster.dir.mkdir()
+    # pytest runs no finalizer on SIGTERM (a CI timeout): as an interrupt, it does, and the machine is cleaned
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        cluster.start()
-        t1 = time.monotonic()
-        cluster.import_image(archive)
+        try:
+            cluster.start()
+            t1 = time.monotonic()
+            cluster.import_image(archive)
+            TIMINGS["operator image imported into containerd"] = time.monotonic() - t1
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            _stop_clean(cluster)
+            unavailable(str(e))
+        except BaseException:
+            _stop_clean(cluster)
+            raise
         archive.unlink()
-        TIMINGS["operator image imported into containerd"] = time.monotonic() - t1
-    except (RuntimeError, subprocess.TimeoutExpired) as e:
-        cluster.stop()
-        unavailable(str(e))
-    TIMINGS["single-node cluster Ready"] = cluster.ready_seconds
-    try:
-        yield cluster
+        TIMINGS["single-node cluster Ready"] = cluster.ready_seconds
+        try:
+            yield cluster
+        finally:
+            _stop_clean(cluster)
     finally:
-        cluster.stop()
-        left = cluster.leftovers()
-        assert not left, f"the cluster left these on the machine: {left}"
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_clean(cluster: NodeCluster) -> None:
+    t0 = time.monotonic()
+    cluster.stop()
+    TIMINGS["single-node cluster torn down"] = time.monotonic() - t0
+    left = cluster.leftovers() if cluster.owned else []
+    assert not left, f"the cluster left these on the machine: {left}"
 
 
 class Sshd:
     """OpenSSH's sshd on a loopback port, root login by key only: a second way into the KVM host."""
 
-    def __init__(self, base: Path, config: Sequence[str] = (), address: str = "127.0.0.1"):
-        self.base, self.port, self.config = base, 0, list(config)  # config: more sshd_config lines
+    def __init__(self, base: Path, config: Sequence[str] = (), address: str = "127.0.0.1", port: int = 0):
+        self.base, self.port, self.config = base, port, list(config)  # config: more sshd_config lines
         self.address = address
         self.proc: subprocess.Popen[bytes] | None = None
         for key in ("host", "client"):
@@ -296,7 +310,8 @@ class Sshd:
 
     @property
     def known_hosts(self) -> str:
-        return f"[{self.address}]:{self.port} {(self.base / 'host.pub').read_text()}"
+        host = self.address if self.port == 22 else f"[{self.address}]:{self.port}"  # ssh's own form
+        return f"{host} {(self.base / 'host.pub').read_text()}"
 
     def start(self) -> None:
         from cluster import free_port

@@ -1,21 +1,26 @@
 """A real single-node Kubernetes cluster for the tests: the control plane of cluster.py plus
 kube-controller-manager, kube-scheduler, kube-proxy, a kubelet and Debian's containerd, all in one scratch
-directory, on an address of its own (a dummy interface), torn down by PID and checked clean afterwards.
+directory, on addresses of its own (a port-less bridge), torn down by PID and checked clean afterwards: what
+it changed on the machine is read before it starts and after it stops (`HostState`), and undone.
 
 What this machine needs and why (cgroup v1, oom_score_adj, no registry): shared/reference/kube-cluster.md.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,9 @@ from cluster import Cluster, free_port, kubeconfig
 
 NODE = "vmfleet-node"
 NODE_IP = "10.250.0.1"  # on an interface of its own: pods reach it through the bridge, nothing else does
+STORAGE_IP = "10.250.0.2"  # the same interface: "another machine" for the tests' GPFS node
+API_PORT = 6443  # on NODE_IP, which is ours: the ports deploy/networkpolicy.yaml allows
+KUBELET_PORT = 10250
 DUMMY = "vmfleet-node0"
 BRIDGE = "vmfleet-cni0"
 POD_CIDR = "10.244.0.0/24"
@@ -30,10 +38,13 @@ SERVICE_CIDR = "10.97.0.0/24"
 SERVICE_IP = "10.97.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 CNI_BIN = "/usr/lib/cni"
-# Chains the kubelet and the CNI portmap plugin add themselves (kube-proxy --cleanup removes its own).
-KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
-# Kernel settings the kubelet changes at start; put back at the end.
-KUBELET_SYSCTLS = (
+FIREWALL = "VMFLEET-NODE"  # the fixture's own chain: the node's addresses answer this machine and its pods only
+LOCK = Path("/run/vmfleet-node.lock")  # one cluster per machine: its names and addresses are fixed
+# Kernel settings the kubelet, kube-proxy and the bridge plugin change; put back at the end.
+SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/ipv6/conf/all/forwarding",
+    "net/ipv4/conf/all/route_localnet",
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
@@ -41,6 +52,17 @@ KUBELET_SYSCTLS = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
+# Directories the kubelet, containerd and CNI use whatever they are told: what they add there is removed.
+HOST_PATHS = (
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/var/lib/cni",
+    "/run/containerd",
+    "/var/run/netns",
+    "/opt/containerd",
+)
+IPTABLES = tuple((tool, table) for tool in ("iptables", "ip6tables") for table in ("filter", "nat", "mangle", "raw"))
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -121,8 +143,9 @@ class NodeCluster(Cluster):
 
     address: str = NODE_IP
     daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)  # the node's, stopped before the control plane
-    sysctls: dict[str, str] = field(default_factory=dict)
     ready_seconds: float = 0.0
+    owned: bool = False  # holds the machine's one cluster slot: stop() undoes what changed since `before`
+    before: HostState | None = None
 
     def _certificates(self) -> None:
         from cluster import _certificates
@@ -137,6 +160,7 @@ class NodeCluster(Cluster):
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
+            kubelet_ip=NODE_IP,
         )
 
     def _tokens(self) -> dict[str, str]:
@@ -165,6 +189,7 @@ class NodeCluster(Cluster):
             f"--kubelet-client-key={d / 'kubelet-client.key'}",
             f"--client-ca-file={d / 'ca.crt'}",
             "--kubelet-preferred-address-types=InternalIP",  # the node's name is in no DNS
+            f"--kubelet-certificate-authority={d / 'ca.crt'}",
         ]
 
     def _kubeconfig(self, user: str) -> Path:
@@ -185,14 +210,30 @@ class NodeCluster(Cluster):
 
     def start(self) -> None:
         t0 = time.monotonic()
+        self._lock = LOCK.open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another test run holds {LOCK}: one cluster per machine") from None
+        stale = HostState.read().ours()
+        if stale:
+            raise RuntimeError(
+                f"a killed run's cluster left {sorted(stale)[:5]}: `python tests/node_cluster.py --sweep` removes it"
+            )
+        self.before = HostState.read()
+        self.owned = True  # from here on, stop() undoes what changed
         sh("ip", "link", "add", DUMMY, "type", "bridge")  # a port-less bridge: this kernel has no dummy module
-        sh("ip", "addr", "add", f"{NODE_IP}/32", "dev", DUMMY)
+        for ip in (NODE_IP, STORAGE_IP):
+            sh("ip", "addr", "add", f"{ip}/32", "dev", DUMMY)
         sh("ip", "link", "set", DUMMY, "up")
-        self.sysctls = {k: (Path("/proc/sys") / k).read_text().strip() for k in KUBELET_SYSCTLS}
+        _firewall("-I")
         self._start_containerd()
         super().start()
         self._start_node()
         self.ready_seconds = time.monotonic() - t0
+
+    def _api_port(self) -> int:
+        return API_PORT
 
     def _start_containerd(self) -> None:
         d = self.dir / "containerd"
@@ -226,6 +267,8 @@ class NodeCluster(Cluster):
             f"""version = 2
 root = "{d}/root"
 state = "{d}/state"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
@@ -234,6 +277,7 @@ state = "{d}/state"
   sandbox_image = "{PAUSE_IMAGE}"
   # root here cannot lower oom_score_adj (no CAP_SYS_RESOURCE): without this every sandbox fails to start
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -241,6 +285,7 @@ state = "{d}/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "{d}/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN}"
     conf_dir = "{self.dir}/cni/net.d"
@@ -265,8 +310,10 @@ state = "{d}/state"
         return done
 
     def import_image(self, archive: Path | bytes) -> None:
-        data = archive if isinstance(archive, bytes) else archive.read_bytes()
-        self.ctr("images", "import", "--all-platforms", "-", stdin=data)
+        if isinstance(archive, bytes):
+            self.ctr("images", "import", "--all-platforms", "-", stdin=archive)
+        else:
+            self.ctr("images", "import", "--all-platforms", str(archive))
 
     def _start_node(self) -> None:
         d = self.dir
@@ -327,7 +374,9 @@ state = "{d}/state"
                     "failSwapOn": False,
                     "containerRuntimeEndpoint": f"unix://{d / 'containerd' / 'containerd.sock'}",
                     "address": NODE_IP,
-                    "port": free_port(),
+                    "port": KUBELET_PORT,
+                    "tlsCertFile": str(d / "kubelet.crt"),  # signed by the test CA: the apiserver checks it
+                    "tlsPrivateKeyFile": str(d / "kubelet.key"),
                     "readOnlyPort": 0,
                     "healthzBindAddress": "127.0.0.1",
                     "healthzPort": free_port(),
@@ -353,6 +402,7 @@ state = "{d}/state"
             f"--config={d / 'kubelet.yaml'}",
             f"--kubeconfig={self._kubeconfig(f'system:node:{NODE}')}",
             f"--root-dir={d / 'kubelet'}",
+            f"--cert-dir={d / 'kubelet-pki'}",
             f"--hostname-override={NODE}",
             f"--node-ip={NODE_IP}",
             "--v=1",
@@ -378,71 +428,211 @@ state = "{d}/state"
 
     def stop(self) -> None:
         """Pods first (so the kubelet unmounts and CNI releases what they hold), then every daemon by PID, then
-        whatever they left behind: iptables chains, the bridge, mounts, cgroups, sysctls, the dummy interface."""
-        if self.processes and all(p.poll() is None for p in self.processes):
-            self.kubectl("delete", "namespace", "vmfleet-system", "--ignore-not-found", "--wait=false", check=False)
-            self.kubectl("delete", "pods", "--all", "-A", "--grace-period=5", "--timeout=60s", check=False)
-            deadline = time.monotonic() + 60
-            while self.daemons and self.ctr("tasks", "ls", "-q", check=False).stdout.strip():  # sandboxes too
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+        whatever they changed on the machine. Each step runs whatever the ones before did; errors are raised at
+        the end, together."""
+        if not self.owned:
+            return
+        errors: list[str] = []
+
+        def step(what: str, do: Callable[[], object]) -> None:
+            try:
+                do()
+            except Exception as e:  # every step must run; all failures are reported
+                errors.append(f"{what}: {e}")
+
+        step("delete the pods", self._delete_pods)
+        step("kill the containers", self._kill_containers)
         for p in reversed(self.daemons):
-            _stop(p)
-        if (self.dir / "kube-proxy.yaml").exists():
-            sh(str(self.bin / "kube-proxy"), "--cleanup", f"--config={self.dir / 'kube-proxy.yaml'}", check=False)
-        self._kill_shims()
-        super().stop()
-        self._clean_host()
+            step(f"stop {p.args[0]}", lambda p=p: _stop(p))
+        kube_proxy = [str(self.bin / "kube-proxy"), "--cleanup", f"--config={self.dir / 'kube-proxy.yaml'}"]
+        step("kube-proxy --cleanup", lambda: sh(*kube_proxy, check=False))
+        step("kill the shims", self._kill_shims)
+        step("stop the control plane", super().stop)
+        step("remove the firewall", lambda: _firewall("-D"))
+        before = self.before
+        assert before is not None
+        step("undo the host's changes", lambda: before.undo(HostState.read(), self.dir))
+        self._lock.close()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def _delete_pods(self) -> None:
+        if not self.processes or any(p.poll() is not None for p in self.processes):
+            return  # no apiserver: the containers are killed through containerd instead
+        self.kubectl("delete", "namespace", "vmfleet-system", "--ignore-not-found", "--wait=false", check=False)
+        self.kubectl("delete", "pods", "--all", "-A", "--grace-period=5", "--timeout=60s", check=False)
+        deadline = time.monotonic() + 60
+        while self.ctr("tasks", "ls", "-q", check=False).stdout.strip() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def _kill_containers(self) -> None:
+        """What is still running when the kubelet could not stop it: killed and removed through containerd, and
+        any process left in the pods' cgroups."""
+        if self.daemons and self.daemons[0].poll() is None:  # containerd
+            for task in self.ctr("tasks", "ls", "-q", check=False).stdout.decode().split():
+                self.ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
+                self.ctr("tasks", "delete", "-f", task, check=False)
+        for controller in _controllers():
+            for procs in (controller / "kubepods").rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    _kill_tree(int(pid))
 
     def _kill_shims(self) -> None:
         """containerd's runc shims outlive it on purpose; these are ours (their -address names our socket)."""
-        sock = str(self.dir / "containerd" / "containerd.sock")
+        sock = str(self.dir / "containerd" / "containerd.sock").encode()
         for pid in _pids():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if sock.encode() in cmdline:
+            if sock in _cmdline(pid).split(b"\0"):
                 _kill_tree(pid)
 
-    def _clean_host(self) -> None:
-        for tool in ("iptables", "ip6tables"):
-            for table in ("filter", "nat", "mangle"):
-                for chain in (*KUBELET_CHAINS, "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"):
-                    _drop_chain(tool, table, chain)
-                for chain in _chains(tool, table):
-                    if chain.startswith("CNI-"):
-                        _drop_chain(tool, table, chain)
-        for link in (BRIDGE, DUMMY):
-            sh("ip", "link", "del", link, check=False)
-        for mount in reversed(_mounts_under(self.dir)):
-            sh("umount", "-l", mount, check=False)
-        for controller in CGROUP.iterdir():
-            kubepods = controller / "kubepods"
-            if controller.is_symlink() or not kubepods.is_dir():
-                continue
-            for sub in sorted((p for p in kubepods.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                sub.rmdir()
-            kubepods.rmdir()
-        for key, value in self.sysctls.items():
-            (Path("/proc/sys") / key).write_text(value)
-
     def leftovers(self) -> list[str]:
-        """What the cluster would leave on this machine if teardown missed it: the fixture asserts none."""
-        found = [f"process {pid}" for pid in _pids() if str(self.dir).encode() in _cmdline(pid)]
-        found += [f"link {link}" for link in (BRIDGE, DUMMY) if Path(f"/sys/class/net/{link}").exists()]
-        found += [f"mount {m}" for m in _mounts_under(self.dir)]
-        found += [f"cgroup {c}/kubepods" for c in CGROUP.iterdir() if not c.is_symlink() and (c / "kubepods").is_dir()]
-        for tool in ("iptables", "ip6tables"):
-            for table in ("filter", "nat", "mangle"):
-                found += [f"{tool} -t {table} {c}" for c in _chains(tool, table) if c.startswith(("KUBE-", "CNI-"))]
-        found += [
-            f"sysctl {k}={(Path('/proc/sys') / k).read_text().strip()} (was {v})"
-            for k, v in self.sysctls.items()
-            if (Path("/proc/sys") / k).read_text().strip() != v
+        """What the cluster left on this machine: the fixture asserts there is nothing."""
+        found = [
+            f"process {pid}: {_cmdline(pid)[:200]!r}" for pid in _pids() if str(self.dir).encode() in _cmdline(pid)
         ]
-        return found
+        assert self.before is not None
+        return found + self.before.changes(HostState.read(), self.dir)
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What a cluster can change on this machine outside its directory, as read at one moment."""
+
+    chains: frozenset[str]  # "iptables -t nat KUBE-SERVICES"
+    rules: frozenset[str]  # "iptables -t filter -A INPUT ...": in the built-in chains
+    nft_tables: frozenset[str]  # "table ip nat"
+    links: frozenset[str]
+    mounts: frozenset[str]
+    paths: frozenset[str]  # what is in HOST_PATHS, two levels down
+    cgroups: frozenset[str]  # the top level of each hierarchy
+    sysctls: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def read(cls) -> HostState:
+        chains, rules = set(), set()
+        for tool, table in IPTABLES:
+            for line in _rules(tool, table):
+                if line.startswith("-N "):
+                    chains.add(f"{tool} -t {table} {line.split()[1]}")
+                elif line.startswith("-A ") and re.fullmatch(r"[A-Z]+", line.split()[1]):
+                    rules.add(f"{tool} -t {table} {line}")
+        nft = sh("nft", "list", "tables", check=False).stdout.splitlines() if shutil.which("nft") else []
+        paths = set()
+        for root in map(Path, HOST_PATHS):
+            if root.exists():
+                paths.update({str(root), *map(str, root.glob("*")), *map(str, root.glob("*/*"))})
+        return cls(
+            frozenset(chains),
+            frozenset(rules),
+            frozenset(nft),
+            frozenset(os.listdir("/sys/class/net")),
+            frozenset(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
+            frozenset(paths),
+            frozenset(str(c) for ctl in _controllers() for c in ctl.iterdir() if c.is_dir()),
+            tuple((k, (Path("/proc/sys") / k).read_text().strip()) for k in SYSCTLS),
+        )
+
+    def ours(self) -> list[str]:
+        """What only a cluster makes: a killed run's, or another run's that is up."""
+        return [
+            *(f"link {x}" for x in self.links if x in (DUMMY, BRIDGE)),
+            *(f"chain {x}" for x in self.chains if x.endswith(f" {FIREWALL}")),
+            *(f"cgroup {x}" for x in self.cgroups if x.endswith("/kubepods")),
+        ]
+
+    def added(self, now: HostState, cluster_dir: Path) -> dict[str, list[str]]:
+        """What a cluster added since this state, by kind: only the kinds and names a cluster makes, because the
+        rest of the test run (loop mounts, libvirt) may have added its own meanwhile."""
+        cluster = ("KUBE-", "CNI-")
+        mounts = (str(cluster_dir), "/run/containerd", "/var/run/netns", "/run/netns")
+        return {
+            "rule": sorted(r for r in now.rules - self.rules if re.search(r" -j (KUBE|CNI)-", r)),
+            "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(cluster)),
+            "nft": sorted(t for t in now.nft_tables - self.nft_tables if t.split()[1] in ("ip", "ip6")),
+            "link": sorted(x for x in now.links - self.links if x in (DUMMY, BRIDGE) or _on_bridge(x)),
+            "mount": sorted((m for m in now.mounts - self.mounts if m.startswith(mounts)), key=len, reverse=True),
+            "path": sorted(now.paths - self.paths, key=len),
+            "cgroup": sorted(c for c in now.cgroups - self.cgroups if c.endswith("/kubepods")),
+            "sysctl": [f"{k}={v} (was {dict(self.sysctls)[k]})" for k, v in now.sysctls if (k, v) not in self.sysctls],
+        }
+
+    def changes(self, now: HostState, cluster_dir: Path) -> list[str]:
+        return [f"{kind} {item}" for kind, items in self.added(now, cluster_dir).items() for item in items]
+
+    def undo(self, now: HostState, cluster_dir: Path) -> None:
+        added = self.added(now, cluster_dir)
+        for rule in added["rule"]:
+            tool, _, table, line = rule.split(" ", 3)
+            sh(tool, "-w", "-t", table, "-D", *shlex.split(line)[1:], check=False)
+        for verb in ("-F", "-X"):  # all flushed before any is deleted: they jump to each other
+            for chain in added["chain"]:
+                tool, _, table, name = chain.split()
+                sh(tool, "-w", "-t", table, verb, name, check=False)
+        for table in added["nft"]:  # made by iptables-nft for kube-proxy: dropped if nothing else uses them
+            listing = sh("nft", "list", *table.split(), check=False).stdout
+            if not re.search(r"^\s+(?!type |chain |policy |\})\S", listing, re.M):
+                sh("nft", "delete", *table.split(), check=False)
+        for link in added["link"]:
+            sh("ip", "link", "del", link, check=False)
+        for mount in added["mount"]:
+            sh("umount", "-l", mount, check=False)
+        for cgroup in map(Path, added["cgroup"]):
+            for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                sub.rmdir()
+            cgroup.rmdir()
+        for path in map(Path, added["path"]):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for key, value in self.sysctls:
+            if (Path("/proc/sys") / key).read_text().strip() != value:
+                (Path("/proc/sys") / key).write_text(value)
+
+
+def _on_bridge(link: str) -> bool:
+    master = Path(f"/sys/class/net/{link}/master")
+    return master.exists() and master.resolve().name == BRIDGE
+
+
+def _firewall(action: str) -> None:
+    """`-I` or `-D`: the node's addresses answer loopback and the pod bridge only, and no one routes into the
+    pod network from outside: all of the cluster's traffic stays on this machine."""
+    if action == "-I":
+        sh("iptables", "-w", "-N", FIREWALL)
+        for rule in (
+            ["-i", "lo", "-j", "RETURN"],
+            ["-i", BRIDGE, "-j", "RETURN"],  # the pods
+            ["-d", f"{NODE_IP}/32", "-j", "DROP"],
+            ["-d", f"{STORAGE_IP}/32", "-j", "DROP"],
+            ["-d", POD_CIDR, "-j", "DROP"],
+        ):
+            sh("iptables", "-w", "-A", FIREWALL, *rule)
+    for chain in ("INPUT", "FORWARD"):
+        sh("iptables", "-w", action, chain, "-j", FIREWALL, check=action == "-I")
+    if action == "-D":
+        sh("iptables", "-w", "-F", FIREWALL, check=False)
+        sh("iptables", "-w", "-X", FIREWALL, check=False)
+
+
+def sweep() -> None:
+    """What a killed test run left behind: its daemons (their command lines name its cluster directory) and
+    what they added to the machine. `python tests/node_cluster.py --sweep`"""
+    dirs: set[str] = set()
+    for pid in _pids():
+        found = re.search(rb"(/\S*?/node\d*/cluster)/", _cmdline(pid))
+        if found:
+            dirs.add(found.group(1).decode())
+            _kill_tree(pid)
+    time.sleep(1)
+    _firewall("-D")
+    now = HostState.read()
+    # nothing was there before, but for the shared directories and tables: only their cluster entries go
+    nothing = HostState(
+        frozenset(), frozenset(), now.nft_tables, frozenset(), frozenset(), now.paths, frozenset(), now.sysctls
+    )
+    for d in dirs or {"/nonexistent"}:
+        nothing.undo(now, Path(d))
+    print(f"swept {sorted(dirs) or 'no cluster processes'}; still there: {HostState.read().ours() or 'nothing'}")
 
 
 def _pids() -> list[int]:
@@ -477,27 +667,17 @@ def _kill_tree(pid: int) -> None:
         pass
 
 
-def _chains(tool: str, table: str) -> list[str]:
-    done = sh(tool, "-w", "-t", table, "-S", check=False)
-    return [line.split()[1] for line in done.stdout.splitlines() if line.startswith("-N ")]
+def _rules(tool: str, table: str) -> list[str]:
+    return sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
 
 
-def _drop_chain(tool: str, table: str, chain: str) -> None:
-    """Every rule that jumps to the chain, then the chain."""
-    if chain not in _chains(tool, table):
-        return
-    for line in sh(tool, "-w", "-t", table, "-S").stdout.splitlines():
-        parts = shlex.split(line)
-        if parts[0] == "-A" and f"-j {chain}" in line and parts[1] != chain:
-            sh(tool, "-w", "-t", table, "-D", *parts[1:], check=False)
-    sh(tool, "-w", "-t", table, "-F", chain, check=False)
-    sh(tool, "-w", "-t", table, "-X", chain, check=False)
+def _controllers() -> list[Path]:
+    return [c for c in CGROUP.iterdir() if c.is_dir() and not c.is_symlink()]
 
 
-def _mounts_under(d: Path) -> list[str]:
-    prefix = str(d.resolve()) + "/"
-    return [
-        line.split()[4]
-        for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix)
-    ]
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--sweep"]:
+        sys.exit("usage: python tests/node_cluster.py --sweep")
+    sweep()

@@ -30,6 +30,7 @@ class OpenSshSim:
         latency: float = 0.0,
         max_sessions: int = 10,
         address: str = "127.0.0.1",
+        port: int = 0,
     ):
         self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
@@ -59,6 +60,7 @@ class OpenSshSim:
                 "PermitTTY no",
             ],
             address,
+            port,
         )
         self.sshd.start()
 

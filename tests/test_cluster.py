@@ -5,6 +5,7 @@ real libvirtd (qemu+libssh) over SSH on the node's address."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import yaml
 
 from conftest import REPO, Sshd
 from helpers import open_up, wait_for
-from node_cluster import NODE_IP, NodeCluster
+from node_cluster import API_PORT, NODE_IP, STORAGE_IP, NodeCluster
 from simulator import MOUNT, OpenSshSim
 from vmfleet.images import make_template_image
 
@@ -31,6 +33,8 @@ pytestmark = pytest.mark.cluster
 IMAGE = "localhost/vmfleet"
 QUICKSTART_ROOT = "/tmp/vmfleet-quickstart"  # the quickstart CloneStore's root, as the pod sees it
 OPERATOR = ("-n", "vmfleet-system")
+# What the gpfs driver runs to look (tests/simulator.py logs every command the simulator serves).
+READ_ONLY = ("realpath ", "ls ", "stat ", "head ", "xargs -0 stat ", "/usr/lpp/mmfs/bin/mmclone show ")
 BASIC_READY = 'vmfleet_fleet_ready_replicas{fleet="basic",namespace="default"} 3.0'
 
 
@@ -50,18 +54,22 @@ class Install:
     sim: OpenSshSim
     store: Path  # what the simulated GPFS file system holds
     conn: libvirt.virConnect
+    kvm_port: int  # the KVM host's sshd
 
-    def sh(self, script: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def sh(self, script: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
         """A shell in the user's seat: kubectl and vmfleet on PATH, the admin kubeconfig."""
         env = {**self.cluster.env(), "PATH": f"{self.cluster.bin}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=self.work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            done = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", script],
+                cwd=self.work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,  # above the script's own kubectl timeouts: they say what they waited for
+            )
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{script}\ntook more than {timeout} s\n{self.diagnose()}") from None
         assert done.returncode == 0, (
             f"{script}\nfailed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{self.diagnose()}"
         )
@@ -125,6 +133,10 @@ def _operator_overlay(work: Path, quickstart: Path) -> None:
     overlay["resources"] = [os.path.relpath(REPO / "deploy", work / "my-operator")]
     overlay["images"] = [{"name": "vmfleet", "newName": IMAGE, "newTag": "0.1.0"}]
     patch = yaml.safe_load(overlay["patches"][0]["patch"])
+    assert [op["path"] for op in patch] == [
+        "/spec/template/spec/volumes/-",
+        "/spec/template/spec/containers/0/volumeMounts/-",
+    ], "examples/operator-nfs changed shape: adapt this test's copy of it"
     patch[0]["value"] = {"name": "quickstart", "hostPath": {"path": str(quickstart), "type": "Directory"}}
     patch[1]["value"] = {"name": "quickstart", "mountPath": QUICKSTART_ROOT}
     overlay["patches"][0]["patch"] = yaml.safe_dump(patch)
@@ -137,9 +149,9 @@ def _fleet_manifests(work: Path, sim: OpenSshSim, kvm: Sshd, kvm_view: Path) -> 
     (work / "my-fleet").mkdir()
     store, host = yaml.safe_load_all((REPO / "examples" / "gpfs" / "store.yaml").read_text())
     store["spec"]["root"] = f"{MOUNT}/frank"
-    store["spec"]["ssh"].update(host=NODE_IP, port=sim.port, user="root")
+    store["spec"]["ssh"].update(host=STORAGE_IP, port=sim.port, user="root")
     host["spec"].update(
-        uri=f"qemu+libssh://root@{NODE_IP}:{kvm.port}/system",
+        uri=f"qemu+libssh://root@{NODE_IP}/system",
         domainType="qemu",
         capacity={"vcpus": 8, "memoryMiB": 1024},
         storeMounts=[{"store": "gpfs0", "path": str(kvm_view)}],
@@ -174,12 +186,11 @@ def install(
     xfs: Path,
     small_image: Path,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Any:
+) -> Iterator[Install]:
     work = tmp_path_factory.mktemp("user")
     quickstart = tmp_path_factory.mktemp("quickstart-store")
-    make_template_image(str(quickstart / "basic.img"), 64 << 20, 1 << 20)
     (quickstart / "images").mkdir()
-    (quickstart / "basic.img").rename(quickstart / "images" / "basic.img")
+    make_template_image(str(quickstart / "images" / "basic.img"), 64 << 20, 1 << 20)
     for p in (quickstart, quickstart / "images", quickstart / "images" / "basic.img"):
         os.chown(p, 10001, 10001)  # the operator's uid: it writes the clones there
     open_up(quickstart)
@@ -187,30 +198,34 @@ def install(
     (store / "frank" / "image" / "linux").mkdir(parents=True)
     shutil.copyfile(small_image, store / "frank" / "image" / "linux" / "basic.img")
     open_up(store / "frank" / "image" / "linux")
-    sim = OpenSshSim(tmp_path_factory.mktemp("gpfs-sshd"), store, "gpfs", address=NODE_IP)
-    kvm = Sshd(tmp_path_factory.mktemp("kvm-sshd"), address=NODE_IP)
-    kvm.start()
-    _operator_overlay(work, quickstart)
-    _fleet_manifests(work, sim, kvm, store / "frank")
-    conn = libvirt.open(libvirtd)
-    world = Install(node_cluster, work, quickstart, sim, store, conn)
-    try:
-        yield world
-    finally:
-        # while the operator runs: each of these holds a finalizer it removes
-        for kinds in ("vmfleets", "vmtemplates", "clonestores,kvmhosts"):
-            node_cluster.kubectl("delete", kinds, "--all", "-A", "--timeout=120s", check=False)
-        for d in conn.listAllDomains():
-            if d.name().startswith("default.basic-"):
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
-        node_cluster.kubectl(
-            "delete", "-k", str(work / "my-operator"), "--ignore-not-found", "--timeout=120s", check=False
+    with contextlib.ExitStack() as undo:  # in reverse, each whatever the others do
+        # port 22, which deploy/networkpolicy.yaml allows: the addresses are the node fixture's own
+        sim = OpenSshSim(tmp_path_factory.mktemp("gpfs-sshd"), store, "gpfs", address=STORAGE_IP, port=22)
+        undo.callback(sim.sshd.stop)
+        kvm = Sshd(tmp_path_factory.mktemp("kvm-sshd"), address=NODE_IP, port=22)
+        undo.callback(kvm.stop)
+        kvm.start()
+        _operator_overlay(work, quickstart)
+        _fleet_manifests(work, sim, kvm, store / "frank")
+        conn = libvirt.open(libvirtd)
+        undo.callback(conn.close)
+        undo.callback(_undefine_fleet_domains, conn)
+        kubectl = node_cluster.kubectl
+        undo.callback(
+            kubectl, "delete", "-k", str(work / "my-operator"), "--ignore-not-found", "--timeout=120s", check=False
         )
-        conn.close()
-        kvm.stop()
-        sim.sshd.stop()
+        # while the operator runs: each of these holds a finalizer that it removes
+        for kinds in ("clonestores,kvmhosts", "vmtemplates", "vmfleets"):
+            undo.callback(kubectl, "delete", kinds, "--all", "-A", "--timeout=120s", check=False)
+        yield Install(node_cluster, work, quickstart, sim, store, conn, kvm.port)
+
+
+def _undefine_fleet_domains(conn: libvirt.virConnect) -> None:
+    for d in conn.listAllDomains():
+        if d.name().startswith("default.basic-"):
+            if d.isActive():
+                d.destroy()
+            d.undefine()
 
 
 def test_the_readme_installs_the_operator_as_a_pod_that_makes_a_gpfs_fleet_ready(install: Install) -> None:
@@ -235,20 +250,31 @@ def test_the_pod_runs_as_uid_10001_read_only_without_capabilities_and_passes_its
     ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
     assert ready["Ready"] == "True" and ready["ContainersReady"] == "True"  # the readiness probe answers
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0  # and the liveness probe never failed
-    seen = install.kubectl(
-        "exec",
-        *OPERATOR,
-        name,
-        "--",
-        "python3",
-        "-c",
-        "import os\n"
-        "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))]\n"
-        "try:\n    open('/opt/vmfleet/x', 'w'); ro = 'writable'\nexcept OSError as e:\n    ro = e.strerror\n"
-        "print(os.getuid(), *caps, ro)",
-    ).stdout.split(maxsplit=4)
-    assert seen[:4] == ["10001", "0000000000000000", "0000000000000000", "0000000000000000"], seen
-    assert seen[4].strip() == "Read-only file system"
+    # the operator's own process (PID 1 of its container), not the one exec starts
+    status = install.kubectl("exec", *OPERATOR, name, "--", "cat", "/proc/1/status").stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["Uid"].split()[:2] == ["10001", "10001"], fields["Uid"]
+    for caps in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+        assert int(fields[caps], 16) == 0, f"{caps}: {fields[caps]}"
+    assert fields["NoNewPrivs"].strip() == "1"  # allowPrivilegeEscalation: false
+    assert fields["Seccomp"].strip() == "2"  # RuntimeDefault: a filter
+    written = install.kubectl("exec", *OPERATOR, name, "--", "touch", "/opt/vmfleet/x", check=False)
+    assert written.returncode and "Read-only file system" in written.stderr, written.stderr
+
+
+def test_every_port_the_pod_uses_is_one_its_network_policy_allows(install: Install) -> None:
+    """The bridge CNI does not enforce NetworkPolicy: what can be checked is that the policy names each port."""
+    policy = yaml.safe_load((REPO / "deploy" / "networkpolicy.yaml").read_text())["spec"]
+    egress = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    ingress = {p["port"] for rule in policy["ingress"] for p in rule["ports"]}
+    endpoints = install.cluster.get("endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes")
+    api = {p["port"] for s in endpoints["items"] for p in s["ports"]}
+    service = {p["port"] for p in install.cluster.get("service", "kubernetes", "-n", "default")["spec"]["ports"]}
+    ssh = {install.sim.port, install.kvm_port}
+    assert api == {API_PORT} and service == {443} and ssh == {22}
+    assert api | service | ssh <= egress, egress
+    probes = install.pod()["spec"]["containers"][0]
+    assert {8080, 9090} == {p["containerPort"] for p in probes["ports"]} <= ingress
 
 
 def test_the_quickstart_fleet_becomes_ready_scales_and_is_cleaned_up_through_kubectl(install: Install) -> None:
@@ -294,7 +320,7 @@ def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_
     install: Install,
 ) -> None:
     before_pod = install.pod()["metadata"]["name"]
-    domains, copies = install.domains(), install.copies()
+    domains, copies, issued = install.domains(), install.copies(), len(install.sim.commands)
     install.kubectl("delete", "pod", *OPERATOR, before_pod, "--wait=false")
     install.sh(
         "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
@@ -305,6 +331,11 @@ def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_
     wait_for(lambda: BASIC_READY in install.metrics(), 120, "the new pod to have reconciled the fleet")
     assert install.domains() == domains  # same UUIDs, same runtime IDs: nothing redefined or restarted
     assert install.copies() == copies  # no clone made again
+    # and nothing written to the store at all: the new pod only looked
+    since = install.sim.commands[issued:]
+    assert since, "the new pod never reached the store"
+    written = [c for c in since if not c.startswith(READ_ONLY)]
+    assert not written, written
     assert install.fleet("basic")["status"]["readyReplicas"] == 3
 
 
@@ -315,10 +346,14 @@ def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install
     install.sh(
         "kubectl scale vmf/basic --replicas=5\n"
         f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1\n"
+    )
+    during = len(install.domains())  # the old pod had not finished the scaling when it was told to go
+    install.sh(
         "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
         "kubectl wait --for=jsonpath='{.status.readyReplicas}'=5 vmf/basic --timeout=5m\n"
         "kubectl wait --for=condition=Ready vmf/basic --timeout=5m\n"
     )
+    assert during < 5, f"the scaling was over ({during} domains) before the upgrade began: nothing proven"
     pod = install.pod()
     assert pod["metadata"]["name"] != before and pod["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.1"
     assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(5)]
