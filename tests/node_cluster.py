@@ -220,6 +220,9 @@ class NodeCluster(Cluster):
             raise RuntimeError(
                 f"a killed run's cluster left {sorted(stale)[:5]}: `python tests/node_cluster.py --sweep` removes it"
             )
+        taken = [r for net in (POD_CIDR, SERVICE_CIDR, "10.250.0.0/24") for r in _routes_within(net)]
+        if taken:
+            raise RuntimeError(f"this machine already routes {taken}: the test cluster's networks would collide")
         self.before = HostState.read()
         self.owned = True  # from here on, stop() undoes what changed
         sh("ip", "link", "add", DUMMY, "type", "bridge")  # a port-less bridge: this kernel has no dummy module
@@ -669,6 +672,12 @@ def _kill_tree(pid: int) -> None:
 
 def _rules(tool: str, table: str) -> list[str]:
     return sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
+
+
+def _routes_within(net: str) -> list[str]:
+    """Routes to addresses inside `net` (not the default route, which covers everything)."""
+    done = sh("ip", "-o", "route", "show", "table", "all", "root", net, check=False)
+    return [line for line in done.stdout.splitlines() if line.strip()]
 
 
 def _controllers() -> list[Path]:
