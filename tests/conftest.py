@@ -287,7 +287,12 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClust
 
 def _stop_clean(cluster: NodeCluster) -> None:
     t0 = time.monotonic()
-    cluster.stop()
+    signals = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:  # a second interrupt must not leave daemons running and the machine half-undone
+        cluster.stop()
+    finally:
+        for sig, handler in signals.items():
+            signal.signal(sig, handler)
     TIMINGS["single-node cluster torn down"] = time.monotonic() - t0
     left = cluster.leftovers() if cluster.owned else []
     assert not left, f"the cluster left these on the machine: {left}"
@@ -335,6 +340,13 @@ class Sshd:
                 ]
             )
         )
+        if self.port:  # a port of our choosing: another listener there would answer the readiness check below
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no listener
+                try:
+                    probe.bind((self.address, self.port))
+                except OSError as e:
+                    raise RuntimeError(f"{self.address}:{self.port} is taken by another listener: {e}") from None
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen(
             ["/usr/sbin/sshd", "-D", "-f", str(self.base / "sshd_config"), "-E", str(self.base / "sshd.log")]

@@ -8,9 +8,11 @@ What this machine needs and why (cgroup v1, oom_score_adj, no registry): shared/
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import re
@@ -18,11 +20,13 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cluster import Cluster, free_port, kubeconfig
 
@@ -40,7 +44,12 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 CNI_BIN = "/usr/lib/cni"
 FIREWALL = "VMFLEET-NODE"  # the fixture's own chain: the node's addresses answer this machine and its pods only
 LOCK = Path("/run/vmfleet-node.lock")  # one cluster per machine: its names and addresses are fixed
-# Kernel settings the kubelet, kube-proxy and the bridge plugin change; put back at the end.
+STATE = Path("/run/vmfleet-node.state")  # what the machine was before, and where the cluster is, until it is gone
+NETWORKS = ("10.250.0.0/24", POD_CIDR, SERVICE_CIDR)
+# Kernel settings the kubelet, kube-proxy and the bridge plugin change; put back at the end. The kubelet's
+# production tunings (all but forwarding) are put back as soon as the node is up: nothing here needs them, and
+# the rest of the test run should not reboot on an oops.
+FORWARDING = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/route_localnet")
 SYSCTLS = (
     "net/ipv4/ip_forward",
     "net/ipv6/conf/all/forwarding",
@@ -215,15 +224,14 @@ class NodeCluster(Cluster):
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(f"another test run holds {LOCK}: one cluster per machine") from None
-        stale = HostState.read().ours()
-        if stale:
-            raise RuntimeError(
-                f"a killed run's cluster left {sorted(stale)[:5]}: `python tests/node_cluster.py --sweep` removes it"
-            )
-        taken = [r for net in (POD_CIDR, SERVICE_CIDR, "10.250.0.0/24") for r in _routes_within(net)]
-        if taken:
-            raise RuntimeError(f"this machine already routes {taken}: the test cluster's networks would collide")
-        self.before = HostState.read()
+        if STATE.exists():
+            raise RuntimeError(f"a killed run's cluster left {STATE}: `python tests/node_cluster.py --sweep` undoes it")
+        before = HostState.read()
+        refusals = [*before.kubernetes(), *_collisions()]
+        if refusals:
+            raise RuntimeError(f"refusing to start a test cluster beside {refusals[:5]}")
+        self.before = before
+        STATE.write_text(json.dumps({"dir": str(self.dir), "before": before.to_json()}))
         self.owned = True  # from here on, stop() undoes what changed
         sh("ip", "link", "add", DUMMY, "type", "bridge")  # a port-less bridge: this kernel has no dummy module
         for ip in (NODE_IP, STORAGE_IP):
@@ -233,6 +241,9 @@ class NodeCluster(Cluster):
         self._start_containerd()
         super().start()
         self._start_node()
+        for key, value in before.sysctls:
+            if key not in FORWARDING:
+                _write_sysctl(key, value)
         self.ready_seconds = time.monotonic() - t0
 
     def _api_port(self) -> int:
@@ -440,8 +451,8 @@ state = "{d}/state"
         def step(what: str, do: Callable[[], object]) -> None:
             try:
                 do()
-            except Exception as e:  # every step must run; all failures are reported
-                errors.append(f"{what}: {e}")
+            except BaseException as e:  # every step must run; all failures are reported
+                errors.append(f"{what}: {e!r}")
 
         step("delete the pods", self._delete_pods)
         step("kill the containers", self._kill_containers)
@@ -454,7 +465,9 @@ state = "{d}/state"
         step("remove the firewall", lambda: _firewall("-D"))
         before = self.before
         assert before is not None
-        step("undo the host's changes", lambda: before.undo(HostState.read(), self.dir))
+        step("undo the host's changes", lambda: errors.extend(before.undo(HostState.read(), self.dir)))
+        if not errors:
+            STATE.unlink()  # else the next run refuses to start until --sweep
         self._lock.close()
         if errors:
             raise RuntimeError("; ".join(errors))
@@ -534,62 +547,108 @@ class HostState:
             tuple((k, (Path("/proc/sys") / k).read_text().strip()) for k in SYSCTLS),
         )
 
-    def ours(self) -> list[str]:
-        """What only a cluster makes: a killed run's, or another run's that is up."""
+    def kubernetes(self) -> list[str]:
+        """A node of some cluster already here: a test cluster beside it would take its chains and cgroups."""
         return [
             *(f"link {x}" for x in self.links if x in (DUMMY, BRIDGE)),
-            *(f"chain {x}" for x in self.chains if x.endswith(f" {FIREWALL}")),
-            *(f"cgroup {x}" for x in self.cgroups if x.endswith("/kubepods")),
+            *(f"chain {x}" for x in self.chains if x.split()[-1].startswith(("KUBE-", "CNI-", FIREWALL))),
+            *(f"cgroup {x}" for x in self.cgroups if Path(x).name.startswith("kubepods")),
         ]
 
+    def to_json(self) -> dict[str, list[str] | list[list[str]]]:
+        return {
+            f.name: sorted(v) if isinstance(v := getattr(self, f.name), frozenset) else list(v)
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[Any]]) -> HostState:
+        return cls(**{k: tuple(map(tuple, v)) if k == "sysctls" else frozenset(v) for k, v in data.items()})
+
     def added(self, now: HostState, cluster_dir: Path) -> dict[str, list[str]]:
-        """What a cluster added since this state, by kind: only the kinds and names a cluster makes, because the
-        rest of the test run (loop mounts, libvirt) may have added its own meanwhile."""
-        cluster = ("KUBE-", "CNI-")
-        mounts = (str(cluster_dir), "/run/containerd", "/var/run/netns", "/run/netns")
+        """What the cluster added since this state, by kind: only what it makes, by kind and name (the rest of
+        the test run, loop mounts and libvirt, may have added its own meanwhile)."""
+        made_roots = {p for p in now.paths - self.paths if p in HOST_PATHS}  # the whole directory is new: ours
+
+        def ours(path: str) -> bool:
+            p = Path(path)
+            return (
+                any(path == root or path.startswith(root + "/") for root in made_roots)
+                or (p.is_symlink() and str(p.readlink()).startswith(str(cluster_dir)))
+                or (p.parent == Path("/var/lib/cni/results") and p.name.startswith(("vmfleet-test-", "cni-loopback-")))
+            )
+
         return {
             "rule": sorted(r for r in now.rules - self.rules if re.search(r" -j (KUBE|CNI)-", r)),
-            "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(cluster)),
+            "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(("KUBE-", "CNI-"))),
             "nft": sorted(t for t in now.nft_tables - self.nft_tables if t.split()[1] in ("ip", "ip6")),
             "link": sorted(x for x in now.links - self.links if x in (DUMMY, BRIDGE) or _on_bridge(x)),
-            "mount": sorted((m for m in now.mounts - self.mounts if m.startswith(mounts)), key=len, reverse=True),
-            "path": sorted(now.paths - self.paths, key=len),
-            "cgroup": sorted(c for c in now.cgroups - self.cgroups if c.endswith("/kubepods")),
+            "mount": sorted((m for m in now.mounts - self.mounts if m.startswith(str(cluster_dir))), key=len)[::-1],
+            "path": sorted((p for p in now.paths - self.paths if ours(p)), key=len),
+            "cgroup": sorted(c for c in now.cgroups - self.cgroups if Path(c).name.startswith("kubepods")),
             "sysctl": [f"{k}={v} (was {dict(self.sysctls)[k]})" for k, v in now.sysctls if (k, v) not in self.sysctls],
         }
 
     def changes(self, now: HostState, cluster_dir: Path) -> list[str]:
         return [f"{kind} {item}" for kind, items in self.added(now, cluster_dir).items() for item in items]
 
-    def undo(self, now: HostState, cluster_dir: Path) -> None:
-        added = self.added(now, cluster_dir)
+    def undo(self, now: HostState, cluster_dir: Path) -> list[str]:
+        """Put back what the cluster changed; each item whatever the others do. Returns what failed."""
+        added, errors = self.added(now, cluster_dir), []
+
+        def attempt(what: str, do: Callable[[], object]) -> None:
+            try:
+                do()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+                errors.append(f"{what}: {e}")
+
+        for key, value in self.sysctls:
+            if dict(now.sysctls)[key] != value:
+                attempt(f"sysctl {key}", lambda key=key, value=value: _write_sysctl(key, value))
         for rule in added["rule"]:
             tool, _, table, line = rule.split(" ", 3)
-            sh(tool, "-w", "-t", table, "-D", *shlex.split(line)[1:], check=False)
+            attempt(rule, lambda: sh(tool, "-w", "-t", table, "-D", *shlex.split(line)[1:]))
         for verb in ("-F", "-X"):  # all flushed before any is deleted: they jump to each other
             for chain in added["chain"]:
                 tool, _, table, name = chain.split()
-                sh(tool, "-w", "-t", table, verb, name, check=False)
+                attempt(f"{verb} {chain}", lambda: sh(tool, "-w", "-t", table, verb, name))
         for table in added["nft"]:  # made by iptables-nft for kube-proxy: dropped if nothing else uses them
             listing = sh("nft", "list", *table.split(), check=False).stdout
             if not re.search(r"^\s+(?!type |chain |policy |\})\S", listing, re.M):
-                sh("nft", "delete", *table.split(), check=False)
+                attempt(table, lambda: sh("nft", "delete", *table.split()))
         for link in added["link"]:
-            sh("ip", "link", "del", link, check=False)
+            attempt(f"link {link}", lambda: sh("ip", "link", "del", link))
         for mount in added["mount"]:
-            sh("umount", "-l", mount, check=False)
+            attempt(f"mount {mount}", lambda: sh("umount", "-l", mount))
         for cgroup in map(Path, added["cgroup"]):
             for sub in sorted((p for p in cgroup.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                sub.rmdir()
-            cgroup.rmdir()
+                attempt(f"cgroup {sub}", sub.rmdir)
+            attempt(f"cgroup {cgroup}", cgroup.rmdir)
         for path in map(Path, added["path"]):
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
+                attempt(f"path {path}", lambda: shutil.rmtree(path))
             else:
-                path.unlink(missing_ok=True)
-        for key, value in self.sysctls:
-            if (Path("/proc/sys") / key).read_text().strip() != value:
-                (Path("/proc/sys") / key).write_text(value)
+                attempt(f"path {path}", lambda: path.unlink(missing_ok=True))
+        return errors
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    (Path("/proc/sys") / key).write_text(value)
+
+
+def _collisions() -> list[str]:
+    """Routes or addresses of this machine inside the cluster's networks (the default route aside)."""
+    found = []
+    for address in (NODE_IP, STORAGE_IP, "10.244.0.1", SERVICE_IP):
+        routes = sh("ip", "-o", "route", "show", "table", "all", "match", address, check=False).stdout.splitlines()
+        found += [r.strip() for r in routes if r.split()[0] not in ("default", "unreachable")]
+    addresses = sh("ip", "-o", "-4", "addr", "show", check=False).stdout.splitlines()
+    nets = [ipaddress.ip_network(n) for n in NETWORKS]
+    for line in addresses:
+        address = ipaddress.ip_interface(line.split()[3]).ip
+        if any(address in net for net in nets):
+            found.append(line.strip())
+    return found
 
 
 def _on_bridge(link: str) -> bool:
@@ -598,44 +657,50 @@ def _on_bridge(link: str) -> bool:
 
 
 def _firewall(action: str) -> None:
-    """`-I` or `-D`: the node's addresses answer loopback and the pod bridge only, and no one routes into the
-    pod network from outside: all of the cluster's traffic stays on this machine."""
+    """`-I` or `-D`: in raw PREROUTING, before any DNAT: the cluster's networks answer this machine (loopback)
+    and its pods only, and the pods reach nothing else: all of the cluster's traffic stays on this machine."""
     if action == "-I":
-        sh("iptables", "-w", "-N", FIREWALL)
-        for rule in (
-            ["-i", "lo", "-j", "RETURN"],
-            ["-i", BRIDGE, "-j", "RETURN"],  # the pods
-            ["-d", f"{NODE_IP}/32", "-j", "DROP"],
-            ["-d", f"{STORAGE_IP}/32", "-j", "DROP"],
-            ["-d", POD_CIDR, "-j", "DROP"],
-        ):
-            sh("iptables", "-w", "-A", FIREWALL, *rule)
-    for chain in ("INPUT", "FORWARD"):
-        sh("iptables", "-w", action, chain, "-j", FIREWALL, check=action == "-I")
-    if action == "-D":
-        sh("iptables", "-w", "-F", FIREWALL, check=False)
-        sh("iptables", "-w", "-X", FIREWALL, check=False)
+        sh("iptables", "-w", "-t", "raw", "-N", FIREWALL)
+        rules = [["-i", "lo", "-j", "RETURN"]]
+        rules += [["-i", BRIDGE, "-d", net, "-j", "RETURN"] for net in NETWORKS]
+        rules += [["-i", BRIDGE, "-j", "DROP"]]
+        rules += [["-d", net, "-j", "DROP"] for net in NETWORKS]
+        for rule in rules:
+            sh("iptables", "-w", "-t", "raw", "-A", FIREWALL, *rule)
+        sh("iptables", "-w", "-t", "raw", "-I", "PREROUTING", "-j", FIREWALL)
+        return
+    sh("iptables", "-w", "-t", "raw", "-D", "PREROUTING", "-j", FIREWALL, check=False)
+    sh("iptables", "-w", "-t", "raw", "-F", FIREWALL, check=False)
+    sh("iptables", "-w", "-t", "raw", "-X", FIREWALL, check=False)
 
 
 def sweep() -> None:
-    """What a killed test run left behind: its daemons (their command lines name its cluster directory) and
-    what they added to the machine. `python tests/node_cluster.py --sweep`"""
-    dirs: set[str] = set()
-    for pid in _pids():
-        found = re.search(rb"(/\S*?/node\d*/cluster)/", _cmdline(pid))
-        if found:
-            dirs.add(found.group(1).decode())
-            _kill_tree(pid)
-    time.sleep(1)
-    _firewall("-D")
-    now = HostState.read()
-    # nothing was there before, but for the shared directories and tables: only their cluster entries go
-    nothing = HostState(
-        frozenset(), frozenset(), now.nft_tables, frozenset(), frozenset(), now.paths, frozenset(), now.sysctls
-    )
-    for d in dirs or {"/nonexistent"}:
-        nothing.undo(now, Path(d))
-    print(f"swept {sorted(dirs) or 'no cluster processes'}; still there: {HostState.read().ours() or 'nothing'}")
+    """What a killed test run's cluster left behind, from its state file: its daemons (their arguments name
+    its directory) and what they changed on the machine. `python tests/node_cluster.py --sweep`"""
+    with LOCK.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"a test run holds {LOCK}: its cluster is up, not left behind")
+        if not STATE.exists():
+            sys.exit(f"no {STATE}: no cluster was left behind")
+        state = json.loads(STATE.read_text())
+        cluster_dir, before = state["dir"], HostState.from_json(state["before"])
+        for pid in _pids():
+            if any(arg.startswith(cluster_dir.encode()) for arg in _cmdline(pid).split(b"\0")):
+                _kill_tree(pid)
+        time.sleep(1)
+        for controller in _controllers():  # the containers it ran
+            for procs in (controller / "kubepods").rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    _kill_tree(int(pid))
+        _firewall("-D")
+        errors = before.undo(HostState.read(), Path(cluster_dir))
+        left = before.changes(HostState.read(), Path(cluster_dir))
+        if errors or left:
+            sys.exit(f"could not undo {errors}; still there: {left}")
+        STATE.unlink()
+        print(f"swept the cluster of {cluster_dir}")
 
 
 def _pids() -> list[int]:
@@ -674,19 +739,11 @@ def _rules(tool: str, table: str) -> list[str]:
     return sh(tool, "-w", "-t", table, "-S", check=False).stdout.splitlines()
 
 
-def _routes_within(net: str) -> list[str]:
-    """Routes to addresses inside `net` (not the default route, which covers everything)."""
-    done = sh("ip", "-o", "route", "show", "table", "all", "root", net, check=False)
-    return [line for line in done.stdout.splitlines() if line.strip()]
-
-
 def _controllers() -> list[Path]:
     return [c for c in CGROUP.iterdir() if c.is_dir() and not c.is_symlink()]
 
 
 if __name__ == "__main__":
-    import sys
-
     if sys.argv[1:] != ["--sweep"]:
         sys.exit("usage: python tests/node_cluster.py --sweep")
     sweep()

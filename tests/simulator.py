@@ -34,6 +34,7 @@ class OpenSshSim:
     ):
         self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
+        self.reply_delay = base / "reply-delay"  # see slow_replies
         force = [
             sys.executable,
             "-m",
@@ -49,6 +50,8 @@ class OpenSshSim:
             str(self.log),
             "--latency",
             str(latency),
+            "--reply-delay-file",
+            str(self.reply_delay),
         ]
         self.sshd = Sshd(
             base,
@@ -75,6 +78,10 @@ class OpenSshSim:
     @property
     def client_key(self) -> asyncssh.SSHKey:
         return asyncssh.import_private_key(self.sshd.private_key)
+
+    def slow_replies(self, seconds: float) -> None:
+        """From the next command on, each one does its work, then waits this long before it answers."""
+        self.reply_delay.write_text(str(seconds))
 
     @property
     def commands(self) -> list[str]:

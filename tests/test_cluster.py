@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ pytestmark = pytest.mark.cluster
 IMAGE = "localhost/vmfleet"
 QUICKSTART_ROOT = "/tmp/vmfleet-quickstart"  # the quickstart CloneStore's root, as the pod sees it
 OPERATOR = ("-n", "vmfleet-system")
+MMCLONE = "/usr/lpp/mmfs/bin/mmclone"
 # What the gpfs driver runs to look (tests/simulator.py logs every command the simulator serves).
-READ_ONLY = ("realpath ", "ls ", "stat ", "head ", "xargs -0 stat ", "/usr/lpp/mmfs/bin/mmclone show ")
+READ_ONLY = ("realpath ", "ls ", "stat ", "head ", "xargs -0 stat ", f"{MMCLONE} show ")
 BASIC_READY = 'vmfleet_fleet_ready_replicas{fleet="basic",namespace="default"} 3.0'
 
 
@@ -54,7 +56,6 @@ class Install:
     sim: OpenSshSim
     store: Path  # what the simulated GPFS file system holds
     conn: libvirt.virConnect
-    kvm_port: int  # the KVM host's sshd
 
     def sh(self, script: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
         """A shell in the user's seat: kubectl and vmfleet on PATH, the admin kubeconfig."""
@@ -91,15 +92,28 @@ class Install:
     def kubectl(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return self.cluster.kubectl(*args, **kw)
 
-    def pod(self) -> dict[str, Any]:
-        """The one operator pod that is not going away."""
-        pods = [
+    def pods(self) -> list[dict[str, Any]]:
+        """The operator's pods that are not going away."""
+        return [
             p
             for p in self.cluster.get("pods", *OPERATOR, "-l", "app.kubernetes.io/name=vmfleet-operator")["items"]
             if not p["metadata"].get("deletionTimestamp")
         ]
+
+    def pod(self) -> dict[str, Any]:
+        pods = self.pods()
         assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
         return pods[0]
+
+    def new_pod(self, old: str) -> dict[str, Any]:
+        """Wait for the one operator pod that is not `old` to be Ready."""
+
+        def ready() -> dict[str, Any] | None:
+            pods = [p for p in self.pods() if p["metadata"]["name"] != old]
+            conditions = {c["type"]: c["status"] for c in (pods[0]["status"].get("conditions") or [])} if pods else {}
+            return pods[0] if len(pods) == 1 and conditions.get("Ready") == "True" else None
+
+        return wait_for(ready, 180, "a new operator pod, Ready")
 
     def metrics(self) -> str:
         """Scraped from the pod's metrics port through the apiserver's pod proxy."""
@@ -112,9 +126,7 @@ class Install:
 
     def copies(self) -> Counter[str]:
         """How many times each clone file was made on the GPFS simulator (`mmclone copy SOURCE TARGET`)."""
-        return Counter(
-            c.split()[-1] for c in self.sim.commands if c.split()[:2] == ["/usr/lpp/mmfs/bin/mmclone", "copy"]
-        )
+        return Counter(c.split()[-1] for c in self.sim.commands if c.split()[:2] == [MMCLONE, "copy"])
 
     def domains(self) -> dict[str, tuple[str, int]]:
         """The gpfs fleet's domains on the real libvirtd: name -> (UUID, runtime ID: changes if restarted)."""
@@ -217,7 +229,7 @@ def install(
         # while the operator runs: each of these holds a finalizer that it removes
         for kinds in ("clonestores,kvmhosts", "vmtemplates", "vmfleets"):
             undo.callback(kubectl, "delete", kinds, "--all", "-A", "--timeout=120s", check=False)
-        yield Install(node_cluster, work, quickstart, sim, store, conn, kvm.port)
+        yield Install(node_cluster, work, quickstart, sim, store, conn)
 
 
 def _undefine_fleet_domains(conn: libvirt.virConnect) -> None:
@@ -270,8 +282,11 @@ def test_every_port_the_pod_uses_is_one_its_network_policy_allows(install: Insta
     endpoints = install.cluster.get("endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes")
     api = {p["port"] for s in endpoints["items"] for p in s["ports"]}
     service = {p["port"] for p in install.cluster.get("service", "kubernetes", "-n", "default")["spec"]["ports"]}
-    ssh = {install.sim.port, install.kvm_port}
-    assert api == {API_PORT} and service == {443} and ssh == {22}
+    # the ports the pod dials: as the objects it reads say them
+    store_port = install.cluster.get("clonestore", "gpfs0")["spec"]["ssh"].get("port", 22)
+    host_port = urllib.parse.urlsplit(install.cluster.get("kvmhost", "kvm-b")["spec"]["uri"]).port or 22
+    ssh = {store_port, host_port}
+    assert api == {API_PORT} and service == {443} and ssh == {22}, (api, service, ssh)
     assert api | service | ssh <= egress, egress
     probes = install.pod()["spec"]["containers"][0]
     assert {8080, 9090} == {p["containerPort"] for p in probes["ports"]} <= ingress
@@ -319,15 +334,12 @@ def test_metrics_are_scraped_from_the_pods_port_and_hosts_count_their_domains(in
 def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_anything_again(
     install: Install,
 ) -> None:
-    before_pod = install.pod()["metadata"]["name"]
-    domains, copies, issued = install.domains(), install.copies(), len(install.sim.commands)
-    install.kubectl("delete", "pod", *OPERATOR, before_pod, "--wait=false")
-    install.sh(
-        "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
-        "kubectl -n vmfleet-system wait --for=condition=Ready pod -l app.kubernetes.io/name=vmfleet-operator "
-        "--timeout=3m"
-    )
-    wait_for(lambda: install.pod()["metadata"]["name"] != before_pod, 120, "a new operator pod")
+    old = install.pod()["metadata"]["name"]
+    domains, copies = install.domains(), install.copies()
+    install.kubectl("delete", "pod", *OPERATOR, old, "--timeout=120s")  # returns once the old pod is gone
+    issued = len(install.sim.commands)  # what follows is the new pod's
+    install.sh("kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m")
+    install.new_pod(old)
     wait_for(lambda: BASIC_READY in install.metrics(), 120, "the new pod to have reconciled the fleet")
     assert install.domains() == domains  # same UUIDs, same runtime IDs: nothing redefined or restarted
     assert install.copies() == copies  # no clone made again
@@ -340,24 +352,37 @@ def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_
 
 
 def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install) -> None:
-    """A second image tag with `kubectl set image` while the fleet scales out from 3 to 5."""
+    """A second image tag with `kubectl set image` while the fleet scales out from 3 to 6. The store answers
+    slowly meanwhile (each command does its work, then waits 3 s to say so), so that the old pod is still
+    scaling when it is stopped, killed at the end of its grace period if need be, and the new one takes over."""
     install.cluster.ctr("images", "tag", "--force", f"{IMAGE}:0.1.0", f"{IMAGE}:0.1.1")
-    before = install.pod()["metadata"]["name"]
-    install.sh(
-        "kubectl scale vmf/basic --replicas=5\n"
-        f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1\n"
+    old = install.pod()["metadata"]["name"]
+    issued = len(install.sim.commands)
+    install.sim.slow_replies(3)
+    try:
+        install.sh("kubectl scale vmf/basic --replicas=6")
+        wait_for(
+            lambda: any(c.split()[:2] == [MMCLONE, "copy"] for c in install.sim.commands[issued:]),
+            60,
+            "the old pod to start the scaling",
+        )
+        install.sh(f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1")
+        install.kubectl("wait", "--for=delete", f"pod/{old}", *OPERATOR, "--timeout=120s", check=False)
+        during = install.domains()
+    finally:
+        install.sim.slow_replies(0)
+    assert not all(install.conn.lookupByName(n).isActive() for n in during) or len(during) < 6, (
+        f"the old pod had finished the scaling ({sorted(during)}) before it was stopped: nothing proven"
     )
-    during = len(install.domains())  # the old pod had not finished the scaling when it was told to go
     install.sh(
         "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
-        "kubectl wait --for=jsonpath='{.status.readyReplicas}'=5 vmf/basic --timeout=5m\n"
+        "kubectl wait --for=jsonpath='{.status.readyReplicas}'=6 vmf/basic --timeout=5m\n"
         "kubectl wait --for=condition=Ready vmf/basic --timeout=5m\n"
     )
-    assert during < 5, f"the scaling was over ({during} domains) before the upgrade began: nothing proven"
     pod = install.pod()
-    assert pod["metadata"]["name"] != before and pod["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.1"
-    assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(5)]
-    assert sorted(install.copies().values()) == [1] * 5  # each clone made exactly once across both pods
+    assert pod["metadata"]["name"] != old and pod["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.1"
+    assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(6)]
+    assert sorted(install.copies().values()) == [1] * 6  # each clone made exactly once across both pods
     install.sh("kubectl delete vmf/basic --timeout=3m")
     assert install.domains() == {}
     assert not list((install.store / "frank" / "vmfleet" / "clones").rglob("basic-*.img"))

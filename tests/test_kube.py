@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -392,5 +393,6 @@ def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
 def test_the_operator_never_lacked_a_permission_or_crashed(operator: OperatorProcess) -> None:
     """Runs last: a verb missing from deploy/rbac.yaml shows up as a 403 in the operator's log."""
     log = operator.output()
-    assert "Forbidden" not in log and " 403" not in log, [line for line in log.splitlines() if "403" in line][:3]
+    denied = [line for line in log.splitlines() if "Forbidden" in line or re.search(r"\b403\b", line)]
+    assert not denied, denied[:3]  # a word: "port 40391" is no 403
     assert "Traceback" not in log, log[-5000:]

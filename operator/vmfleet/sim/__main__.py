@@ -27,10 +27,15 @@ def main() -> None:
     p.add_argument("--max-sessions", type=int, default=10, help="sessions per connection, as OpenSSH's MaxSessions")
     p.add_argument("--exec", action="store_true", help="run $SSH_ORIGINAL_COMMAND once and exit with its status")
     p.add_argument("--latency", type=float, default=0.0, help="--exec: seconds each command takes at least")
+    p.add_argument(
+        "--reply-delay-file",
+        help="--exec: seconds (read from this file at each command, so that a running server can be slowed) "
+        "between a command's effect and its reply: a server that does the work, then is slow to say so",
+    )
     p.add_argument("--log", help="--exec: append each command to this file, one a line")
     args = p.parse_args()
     if args.exec:
-        sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log))
+        sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log, args.reply_delay_file))
     if not args.secret:
         p.error("--secret is required unless --exec")
 
@@ -68,7 +73,14 @@ def main() -> None:
     asyncio.run(serve())
 
 
-def run_once(directory: str, mount_point: str, personality: str, latency: float, log: str | None) -> int:
+def run_once(
+    directory: str,
+    mount_point: str,
+    personality: str,
+    latency: float,
+    log: str | None,
+    reply_delay_file: str | None = None,
+) -> int:
     from .cli import execute, reads_stdin
     from .fs import SimFs
 
@@ -79,6 +91,13 @@ def run_once(directory: str, mount_point: str, personality: str, latency: float,
     stdin = sys.stdin.read() if reads_stdin(command) else ""
     time.sleep(latency)
     status, out, err = execute(SimFs(directory, mount_point), personality, command, stdin)
+    if reply_delay_file:
+        try:
+            with open(reply_delay_file) as f:
+                delay = float(f.read() or 0)
+            time.sleep(max(0.0, delay))
+        except (OSError, ValueError):
+            pass  # no file, or not a number: no delay
     sys.stdout.write(out)
     sys.stderr.write(err)
     return status
