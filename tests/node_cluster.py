@@ -686,8 +686,9 @@ def sweep() -> None:
             sys.exit(f"no {STATE}: no cluster was left behind")
         state = json.loads(STATE.read_text())
         cluster_dir, before = state["dir"], HostState.from_json(state["before"])
+        names_it = re.compile(rb"(^|=)" + re.escape(cluster_dir.encode()) + rb"(/|$)")  # a path in an argument
         for pid in _pids():
-            if any(arg.startswith(cluster_dir.encode()) for arg in _cmdline(pid).split(b"\0")):
+            if any(names_it.search(arg) for arg in _cmdline(pid).split(b"\0")):
                 _kill_tree(pid)
         time.sleep(1)
         for controller in _controllers():  # the containers it ran
@@ -695,6 +696,9 @@ def sweep() -> None:
                 for pid in procs.read_text().split():
                     _kill_tree(int(pid))
         _firewall("-D")
+        alive = [pid for pid in _pids() if any(names_it.search(a) for a in _cmdline(pid).split(b"\0"))]
+        if alive:
+            sys.exit(f"these processes of the cluster would not die: {alive}")
         errors = before.undo(HostState.read(), Path(cluster_dir))
         left = before.changes(HostState.read(), Path(cluster_dir))
         if errors or left:
@@ -725,13 +729,14 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 
 def _kill_tree(pid: int) -> None:
+    """SIGKILL a process, and its process group where it leads one (the daemons started in sessions of their
+    own): never the group of a process that only belongs to someone else's, such as the test run's."""
     try:
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
         pass
 
 
