@@ -466,7 +466,7 @@ state = "{d}/state"
         before = self.before
         assert before is not None
         step("undo the host's changes", lambda: errors.extend(before.undo(HostState.read(), self.dir)))
-        if not errors:
+        if not errors and not self.leftovers():
             STATE.unlink()  # else the next run refuses to start until --sweep
         self._lock.close()
         if errors:
@@ -569,6 +569,8 @@ class HostState:
         """What the cluster added since this state, by kind: only what it makes, by kind and name (the rest of
         the test run, loop mounts and libvirt, may have added its own meanwhile)."""
         made_roots = {p for p in now.paths - self.paths if p in HOST_PATHS}  # the whole directory is new: ours
+        cluster_chains = ("KUBE-", "CNI-", FIREWALL)
+        shims = _shim_sockets(cluster_dir)
 
         def ours(path: str) -> bool:
             p = Path(path)
@@ -576,11 +578,12 @@ class HostState:
                 any(path == root or path.startswith(root + "/") for root in made_roots)
                 or (p.is_symlink() and str(p.readlink()).startswith(str(cluster_dir)))
                 or (p.parent == Path("/var/lib/cni/results") and p.name.startswith(("vmfleet-test-", "cni-loopback-")))
+                or (p.parent == Path("/run/containerd/s") and p.name in shims)
             )
 
         return {
-            "rule": sorted(r for r in now.rules - self.rules if re.search(r" -j (KUBE|CNI)-", r)),
-            "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(("KUBE-", "CNI-"))),
+            "rule": sorted(r for r in now.rules - self.rules if re.search(rf" -j (KUBE-|CNI-|{FIREWALL}$)", r)),
+            "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(cluster_chains)),
             "nft": sorted(t for t in now.nft_tables - self.nft_tables if t.split()[1] in ("ip", "ip6")),
             "link": sorted(x for x in now.links - self.links if x in (DUMMY, BRIDGE) or _on_bridge(x)),
             "mount": sorted((m for m in now.mounts - self.mounts if m.startswith(str(cluster_dir))), key=len)[::-1],
@@ -630,6 +633,15 @@ class HostState:
             else:
                 attempt(f"path {path}", lambda: path.unlink(missing_ok=True))
         return errors
+
+
+def _shim_sockets(cluster_dir: Path) -> set[str]:
+    """The names containerd 1.6 gives its shims' sockets in /run/containerd/s whatever its state directory:
+    sha256 of "<grpc address>/<namespace>/<task id>". The task ids are the state directories it keeps."""
+    address = cluster_dir / "containerd" / "containerd.sock"
+    tasks = cluster_dir / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
+    ids = os.listdir(tasks) if tasks.is_dir() else []
+    return {hashlib.sha256(f"{address}/k8s.io/{task}".encode()).hexdigest() for task in ids}
 
 
 def _write_sysctl(key: str, value: str) -> None:
@@ -690,15 +702,26 @@ def sweep() -> None:
         for pid in _pids():
             if any(names_it.search(arg) for arg in _cmdline(pid).split(b"\0")):
                 _kill_tree(pid)
-        time.sleep(1)
         for controller in _controllers():  # the containers it ran
             for procs in (controller / "kubepods").rglob("cgroup.procs"):
                 for pid in procs.read_text().split():
                     _kill_tree(int(pid))
+
+        def alive() -> list[int]:
+            mine = [pid for pid in _pids() if any(names_it.search(a) for a in _cmdline(pid).split(b"\0"))]
+            return mine + [
+                int(pid)
+                for controller in _controllers()
+                for procs in (controller / "kubepods").rglob("cgroup.procs")
+                for pid in procs.read_text().split()
+            ]
+
+        deadline = time.monotonic() + 30  # SIGKILL lands when the kernel gets to it
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if alive():
+            sys.exit(f"these processes of the cluster would not die: {alive()}")
         _firewall("-D")
-        alive = [pid for pid in _pids() if any(names_it.search(a) for a in _cmdline(pid).split(b"\0"))]
-        if alive:
-            sys.exit(f"these processes of the cluster would not die: {alive}")
         errors = before.undo(HostState.read(), Path(cluster_dir))
         left = before.changes(HostState.read(), Path(cluster_dir))
         if errors or left:

@@ -34,7 +34,7 @@ class OpenSshSim:
     ):
         self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
-        self.reply_delay = base / "reply-delay"  # see slow_replies
+        self.hold = base / "hold"  # see hold_replies
         force = [
             sys.executable,
             "-m",
@@ -50,8 +50,8 @@ class OpenSshSim:
             str(self.log),
             "--latency",
             str(latency),
-            "--reply-delay-file",
-            str(self.reply_delay),
+            "--hold-file",
+            str(self.hold),
         ]
         self.sshd = Sshd(
             base,
@@ -79,9 +79,13 @@ class OpenSshSim:
     def client_key(self) -> asyncssh.SSHKey:
         return asyncssh.import_private_key(self.sshd.private_key)
 
-    def slow_replies(self, seconds: float) -> None:
-        """From the next command on, each one does its work, then waits this long before it answers."""
-        self.reply_delay.write_text(str(seconds))
+    def hold_replies(self, prefix: str | None) -> None:
+        """Commands that start with `prefix` ("" for all) do their work, then wait to answer until this is
+        called with None."""
+        if prefix is None:
+            self.hold.unlink(missing_ok=True)
+        else:
+            self.hold.write_text(prefix)
 
     @property
     def commands(self) -> list[str]:

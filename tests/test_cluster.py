@@ -212,9 +212,13 @@ def install(
     open_up(store / "frank" / "image" / "linux")
     with contextlib.ExitStack() as undo:  # in reverse, each whatever the others do
         # port 22, which deploy/networkpolicy.yaml allows: the addresses are the node fixture's own
-        sim = OpenSshSim(tmp_path_factory.mktemp("gpfs-sshd"), store, "gpfs", address=STORAGE_IP, port=22)
+        # in the cluster's directory: `node_cluster.py --sweep` stops them too after a killed run
+        hosts = node_cluster.dir / "hosts"
+        (hosts / "gpfs").mkdir(parents=True)
+        (hosts / "kvm").mkdir()
+        sim = OpenSshSim(hosts / "gpfs", store, "gpfs", address=STORAGE_IP, port=22)
         undo.callback(sim.sshd.stop)
-        kvm = Sshd(tmp_path_factory.mktemp("kvm-sshd"), address=NODE_IP, port=22)
+        kvm = Sshd(hosts / "kvm", address=NODE_IP, port=22)
         undo.callback(kvm.stop)
         kvm.start()
         _operator_overlay(work, quickstart)
@@ -335,30 +339,30 @@ def test_a_deleted_operator_pod_comes_back_and_adopts_everything_without_making_
     install: Install,
 ) -> None:
     old = install.pod()["metadata"]["name"]
-    domains, copies = install.domains(), install.copies()
-    install.kubectl("delete", "pod", *OPERATOR, old, "--timeout=120s")  # returns once the old pod is gone
-    issued = len(install.sim.commands)  # what follows is the new pod's
+    # from here on both pods' commands count: the Deployment makes the new pod while the old one terminates
+    domains, copies, issued = install.domains(), install.copies(), len(install.sim.commands)
+    install.kubectl("delete", "pod", *OPERATOR, old, "--timeout=120s")
     install.sh("kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m")
     install.new_pod(old)
     wait_for(lambda: BASIC_READY in install.metrics(), 120, "the new pod to have reconciled the fleet")
     assert install.domains() == domains  # same UUIDs, same runtime IDs: nothing redefined or restarted
     assert install.copies() == copies  # no clone made again
-    # and nothing written to the store at all: the new pod only looked
+    # and nothing written to the store at all, by either: they only looked
     since = install.sim.commands[issued:]
-    assert since, "the new pod never reached the store"
+    assert since, "no pod reached the store"
     written = [c for c in since if not c.startswith(READ_ONLY)]
     assert not written, written
     assert install.fleet("basic")["status"]["readyReplicas"] == 3
 
 
 def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install) -> None:
-    """A second image tag with `kubectl set image` while the fleet scales out from 3 to 6. The store answers
-    slowly meanwhile (each command does its work, then waits 3 s to say so), so that the old pod is still
-    scaling when it is stopped, killed at the end of its grace period if need be, and the new one takes over."""
+    """A second image tag with `kubectl set image` while the fleet scales out from 3 to 6. The store holds its
+    replies to clone copies meanwhile (each copy is made, then waits to answer), so the old pod is stopped with
+    its copies done but unanswered, and the new one must take the scaling over from there."""
     install.cluster.ctr("images", "tag", "--force", f"{IMAGE}:0.1.0", f"{IMAGE}:0.1.1")
     old = install.pod()["metadata"]["name"]
     issued = len(install.sim.commands)
-    install.sim.slow_replies(3)
+    install.sim.hold_replies(f"{MMCLONE} copy ")
     try:
         install.sh("kubectl scale vmf/basic --replicas=6")
         wait_for(
@@ -366,14 +370,16 @@ def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install
             60,
             "the old pod to start the scaling",
         )
-        install.sh(f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1")
-        install.kubectl("wait", "--for=delete", f"pod/{old}", *OPERATOR, "--timeout=120s", check=False)
-        during = install.domains()
+        install.sh(
+            f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1\n"
+            f"kubectl -n vmfleet-system wait --for=delete pod/{old} --timeout=3m"
+        )
+        during = sorted(install.domains())
+        held = [c for c in install.sim.commands[issued:] if c.split()[:2] == [MMCLONE, "copy"]]
     finally:
-        install.sim.slow_replies(0)
-    assert not all(install.conn.lookupByName(n).isActive() for n in during) or len(during) < 6, (
-        f"the old pod had finished the scaling ({sorted(during)}) before it was stopped: nothing proven"
-    )
+        install.sim.hold_replies(None)
+    assert during == [f"default.basic-{i}" for i in range(3)], during  # it heard of no new clone: defined none
+    assert held, "no clone was being made when the old pod went"
     install.sh(
         "kubectl -n vmfleet-system rollout status deploy/vmfleet-operator --timeout=3m\n"
         "kubectl wait --for=jsonpath='{.status.readyReplicas}'=6 vmf/basic --timeout=5m\n"
@@ -382,7 +388,8 @@ def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install
     pod = install.pod()
     assert pod["metadata"]["name"] != old and pod["spec"]["containers"][0]["image"] == f"{IMAGE}:0.1.1"
     assert sorted(install.domains()) == [f"default.basic-{i}" for i in range(6)]
-    assert sorted(install.copies().values()) == [1] * 6  # each clone made exactly once across both pods
+    # each clone made exactly once across both pods: the held copies were found, not made again
+    assert sorted(install.copies().values()) == [1] * 6
     install.sh("kubectl delete vmf/basic --timeout=3m")
     assert install.domains() == {}
     assert not list((install.store / "frank" / "vmfleet" / "clones").rglob("basic-*.img"))

@@ -28,14 +28,15 @@ def main() -> None:
     p.add_argument("--exec", action="store_true", help="run $SSH_ORIGINAL_COMMAND once and exit with its status")
     p.add_argument("--latency", type=float, default=0.0, help="--exec: seconds each command takes at least")
     p.add_argument(
-        "--reply-delay-file",
-        help="--exec: seconds (read from this file at each command, so that a running server can be slowed) "
-        "between a command's effect and its reply: a server that does the work, then is slow to say so",
+        "--hold-file",
+        help="--exec: while this file exists, each command that starts with what it holds (any, if it is empty) "
+        "does its work, then waits for the file to go before it answers (10 minutes at most): a server slow to "
+        "say so, held as long as a test needs",
     )
     p.add_argument("--log", help="--exec: append each command to this file, one a line")
     args = p.parse_args()
     if args.exec:
-        sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log, args.reply_delay_file))
+        sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log, args.hold_file))
     if not args.secret:
         p.error("--secret is required unless --exec")
 
@@ -79,7 +80,7 @@ def run_once(
     personality: str,
     latency: float,
     log: str | None,
-    reply_delay_file: str | None = None,
+    hold_file: str | None = None,
 ) -> int:
     from .cli import execute, reads_stdin
     from .fs import SimFs
@@ -91,16 +92,20 @@ def run_once(
     stdin = sys.stdin.read() if reads_stdin(command) else ""
     time.sleep(latency)
     status, out, err = execute(SimFs(directory, mount_point), personality, command, stdin)
-    if reply_delay_file:
-        try:
-            with open(reply_delay_file) as f:
-                delay = float(f.read() or 0)
-            time.sleep(max(0.0, delay))
-        except (OSError, ValueError):
-            pass  # no file, or not a number: no delay
+    deadline = time.monotonic() + 600
+    while hold_file and _holds(hold_file, command) and time.monotonic() < deadline:
+        time.sleep(0.1)
     sys.stdout.write(out)
     sys.stderr.write(err)
     return status
+
+
+def _holds(hold_file: str, command: str) -> bool:
+    try:
+        with open(hold_file) as f:
+            return command.startswith(f.read().strip())
+    except OSError:
+        return False  # no file: no hold
 
 
 if __name__ == "__main__":
