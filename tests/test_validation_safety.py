@@ -26,7 +26,12 @@ FLEET = {
     "apiVersion": "vmfleet.io/v1alpha1",
     "kind": "VmFleet",
     "metadata": {"name": "web", "namespace": "prod"},
-    "spec": {"templateRef": {"name": "basic"}, "hostSelector": {"matchLabels": {"example.com/role": "kvm"}}},
+    "spec": {
+        "templateRef": {"name": "basic"},
+        "hostSelector": {"matchLabels": {"example.com/role": "kvm"}},
+        "cloudInit": {"userDataSecretRef": {"name": "web-user-data", "key": "userdata"}, "sshAuthorizedKeys": ["k"]},
+        "overrides": [{"ordinal": 0, "mac": "02:00:00:00:00:01"}],
+    },
 }
 TEMPLATE = {
     "apiVersion": "vmfleet.io/v1alpha1",
@@ -37,6 +42,7 @@ TEMPLATE = {
         "image": {"path": "images/basic.img"},
         "machineType": "q35",
         "network": "default",
+        "cloudInit": {"userDataSecretRef": {"name": "user-data", "key": "u"}, "sshAuthorizedKeys": ["ssh-ed25519 A"]},
     },
 }
 HOST = {
@@ -93,6 +99,13 @@ NEWLINE_FIELDS = [
     (TEMPLATE, "spec.image.path"),
     (TEMPLATE, "spec.machineType"),
     (TEMPLATE, "spec.network"),
+    (TEMPLATE, "spec.cloudInit.userDataSecretRef.name"),
+    (TEMPLATE, "spec.cloudInit.userDataSecretRef.key"),
+    (TEMPLATE, "spec.cloudInit.sshAuthorizedKeys[0]"),
+    (FLEET, "spec.cloudInit.userDataSecretRef.name"),
+    (FLEET, "spec.cloudInit.userDataSecretRef.key"),
+    (FLEET, "spec.cloudInit.sshAuthorizedKeys[0]"),
+    (FLEET, "spec.overrides[0].mac"),
     (STORE, "spec.root"),
     (STORE, "spec.localPath"),
     (STORE, "spec.ssh.host"),

@@ -81,7 +81,8 @@ STORE_NOT_FOUND: Final = _problem(
 INVALID_SPEC: Final = _problem(
     "InvalidSpec",
     where="any, Stalled",
-    meaning="the object breaks a rule the API should have enforced (an old object, or CRDs not up to date)",
+    meaning="the object breaks a rule the API should have enforced (an old object, or CRDs not up to date), or one "
+    "only vmfleet checks (an unknown variable in spec.cloudInit, a pinned MAC that is another VM's)",
     hint="fix the field named above and apply again",
 )
 STORE_CHANGED: Final = _problem(
@@ -165,6 +166,27 @@ DOMAINS_STOPPED: Final = _normal("DomainsStopped")
 DOMAINS_UNDEFINED: Final = _normal("DomainsUndefined")
 CLONES_DELETED: Final = _normal("ClonesDeleted")
 CLONES_RETAINED: Final = _normal("ClonesRetained")
+SEEDS_WRITTEN: Final = _normal("SeedsWritten")
+SEEDS_DELETED: Final = _normal("SeedsDeleted")
+WRITE_SEED_FAILED: Final = _problem(
+    "WriteSeedFailed",
+    where="VmFleet, Degraded",
+    meaning="a VM's cloud-init seed image could not be written next to its clone",
+    hint="see the store's message above (space, permissions); the next pass retries",
+)
+DELETE_SEEDS_FAILED: Final = _problem(
+    "DeleteSeedsFailed",
+    where="VmFleet, Degraded",
+    meaning="an older cloud-init seed image could not be removed",
+    hint="see the store's message above; the next pass retries",
+)
+USER_DATA_UNREADABLE: Final = _problem(
+    "UserDataUnreadable",
+    where="VmFleet, Stalled",
+    meaning="the Secret named by spec.cloudInit.userDataSecretRef cannot be read: missing, without the key, or the "
+    "operator is not granted to read Secrets in the fleet's namespace; nothing is created or changed",
+    hint="create the Secret with the key, or the RoleBinding the message names (docs/security.md)",
+)
 PREPARE_PARENT_FAILED: Final = _problem(
     "PrepareParentFailed",
     where="VmFleet, Degraded",

@@ -286,13 +286,103 @@ KVM_HOST_STATUS = obj(
     },
 )
 
+# ---------------------------------------------------------------- cloud-init (VmTemplate and VmFleet)
+
+DATASOURCES = ["NoCloud", "ConfigDrive"]
+# Keys of meta-data vmfleet writes itself: spec.cloudInit.metaData may not set them.
+RESERVED_META_DATA = ["instance-id", "local-hostname", "public-keys", "uuid", "hostname", "name", "public_keys"]
+_TEMPLATED = (
+    " Per-VM variables: {{ name }}, {{ ordinal }}, {{ fleet }}, {{ namespace }}, {{ mac }}, {{ uuid }}; any other "
+    "bare {{ word }} is an error, while cloud-init's own jinja ({{ v1.local_hostname }}) passes through."
+)
+
+
+def cloud_init(where: str) -> Schema:
+    return obj(
+        f"cloud-init for each VM: a small seed image per VM (ISO 9660, labelled cidata or config-2) in the store "
+        f"next to its clone, attached read-only. {where}",
+        {
+            "datasource": string(
+                "NoCloud (default; cloud-init) or ConfigDrive (OpenStack config-drive v2, which cloudbase-init "
+                "reads on Windows).",
+                enum=DATASOURCES,
+            ),
+            "userData": string("User data, inline (#cloud-config, a script, ...)." + _TEMPLATED, maxLength=65536),
+            "userDataSecretRef": obj(
+                "A Secret in the fleet's namespace holding the user data. The operator reads it only where a "
+                "RoleBinding grants it (docs/security.md); its content never reaches logs, Events or status.",
+                {
+                    "name": name_field("Name of the Secret."),
+                    "key": string(
+                        "The key of the user data in the Secret.",
+                        pattern=r"^[-._a-zA-Z0-9]+$",
+                        maxLength=253,
+                        default="userdata",
+                    ),
+                },
+                required=("name",),
+            ),
+            "networkData": string(
+                "Network configuration: network-config (YAML, version 1 or 2) for NoCloud, network_data.json for "
+                "ConfigDrive." + _TEMPLATED,
+                maxLength=65536,
+            ),
+            "metaData": {
+                "type": "object",
+                "description": "Extra meta-data keys (instance-id, local-hostname and public-keys are vmfleet's)."
+                + _TEMPLATED,
+                "additionalProperties": string("A meta-data value.", maxLength=4096),
+                "maxProperties": 64,
+                "x-vmfleet-rules": [
+                    Rule(
+                        f"self.all(k, k.matches('^[A-Za-z0-9][-A-Za-z0-9_.]*$') && size(k) <= 63 && "
+                        f"!(k in {RESERVED_META_DATA!r}))",
+                        "each key must be at most 63 of [A-Za-z0-9_.-], starting with a letter or digit, and not "
+                        f"one vmfleet writes itself ({', '.join(RESERVED_META_DATA)})",
+                    )
+                ],
+            },
+            "sshAuthorizedKeys": array(
+                "SSH public keys for the guest's default user (meta-data public-keys).",
+                string("One public key, on one line.", pattern=r"^[^\n\r]+$", maxLength=16384),
+                maxItems=64,
+            ),
+        },
+        rules=(
+            Rule(
+                "!(has(self.userData) && has(self.userDataSecretRef))",
+                "set userData or userDataSecretRef, not both",
+            ),
+        ),
+    )
+
+
 # ---------------------------------------------------------------- VmTemplate
 
-# Device profiles: what the guest's drivers can talk to (hypervisor/domain.py builds the devices from these).
+# Device profiles: what the guest's drivers can talk to (hypervisor/domain.py builds the devices from these). The
+# cloud-init seed is a read-only disk where virtio is there, and a CD-ROM (what cloudbase-init looks for) where not.
 PROFILES: dict[str, dict[str, str]] = {
-    "linux-virtio": {"disk_bus": "virtio", "disk_dev": "vda", "nic": "virtio", "machine": "q35", "clock": "utc"},
+    "linux-virtio": {
+        "disk_bus": "virtio",
+        "disk_dev": "vda",
+        "nic": "virtio",
+        "machine": "q35",
+        "clock": "utc",
+        "seed_device": "disk",
+        "seed_bus": "virtio",
+        "seed_dev": "vdb",
+    },
     # Windows Server 2008 R2 and friends ship no virtio drivers: SATA disk, e1000 NIC, local-time clock.
-    "windows-legacy": {"disk_bus": "sata", "disk_dev": "sda", "nic": "e1000", "machine": "pc", "clock": "localtime"},
+    "windows-legacy": {
+        "disk_bus": "sata",
+        "disk_dev": "sda",
+        "nic": "e1000",
+        "machine": "pc",
+        "clock": "localtime",
+        "seed_device": "cdrom",
+        "seed_bus": "sata",
+        "seed_dev": "sdb",
+    },
 }
 
 VM_TEMPLATE_SPEC = obj(
@@ -326,8 +416,11 @@ VM_TEMPLATE_SPEC = obj(
         ),
         "firmware": string("bios (SeaBIOS) or uefi (OVMF).", enum=["bios", "uefi"], default="bios"),
         "network": string(
-            "libvirt network each VM's NIC joins; no NIC when unset.", pattern=r"^[A-Za-z0-9_.-]+$", maxLength=64
+            "libvirt network each VM's NIC joins; no NIC when unset. Each NIC's MAC is the VM's own (status.clones).",
+            pattern=r"^[A-Za-z0-9_.-]+$",
+            maxLength=64,
         ),
+        "cloudInit": cloud_init("No seed when neither the template nor the fleet sets it."),
     },
     required=("storeRef", "image"),
 )
@@ -358,6 +451,11 @@ _VM_OVERRIDE = obj(
         "vcpus": integer("Virtual CPUs.", 1, 256),
         "memoryMiB": integer("Memory in MiB.", 16, 4194304),
         "running": boolean("Whether this VM runs."),
+        "mac": string(
+            "The MAC of this VM's NIC, instead of the one derived from the fleet's UID and the ordinal: unicast, "
+            "lower case, and not another VM's.",
+            pattern=r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$",
+        ),
     },
     required=("ordinal",),
 )
@@ -397,6 +495,9 @@ VM_FLEET_SPEC = obj(
             enum=["Delete", "Retain"],
             default="Delete",
         ),
+        "cloudInit": cloud_init(
+            "Each field set here replaces the template's (metaData: key by key; userData and userDataSecretRef as one)."
+        ),
         "overrides": array(
             "Per-VM settings, by ordinal.",
             _VM_OVERRIDE,
@@ -418,15 +519,22 @@ _CLONE_STATUS = obj(
             "status of a 5,000-VM fleet far from etcd's object size limit)."
         ),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
+        "uuid": string("The VM's libvirt UUID: the same for its whole life."),
+        "mac": string("The MAC of the VM's NIC (when the template names a network)."),
+        "addresses": array(
+            "IP addresses of the VM's NIC, from the network's DHCP leases or the host's ARP table.",
+            string("An IPv4 or IPv6 address."),
+            maxItems=16,
+        ),
         "restartRequired": {
             "type": "boolean",
             "description": "The VM runs an older definition than the one "
             "defined: it takes effect at its next restart (condition RestartRequired).",
         },
-        "logicalBytes": integer("The clone's size as the guest sees it.", 0),
+        "logicalBytes": integer("The clone's size as the guest sees it, plus its cloud-init seed's.", 0),
         "allocatedBytes": integer(
-            "Bytes of this clone's data no other file shares: what deleting it frees. Leaves out XFS's transient "
-            "copy-on-write preallocation (up to 128 KiB per region written, trimmed within 5 minutes).",
+            "Bytes of this clone's data (and its seed's) no other file shares: what deleting it frees. Leaves out "
+            "XFS's transient copy-on-write preallocation (up to 128 KiB per region written, trimmed within 5 minutes).",
             0,
         ),
     },

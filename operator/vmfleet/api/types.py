@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .identity import VARIABLES, unknown_variables, vm_mac
 from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
 from .validation import FieldError, InvalidManifest, validate
 
@@ -132,6 +133,64 @@ class KvmHost:
 
 
 @dataclass(frozen=True)
+class CloudInit:
+    """spec.cloudInit of a template or a fleet: None where a field is not set, so that a fleet's replaces only
+    what it sets (`over`)."""
+
+    datasource: str | None = None
+    user_data: str | None = None
+    user_data_secret: tuple[str, str] | None = None  # (Secret name in the fleet's namespace, key)
+    network_data: str | None = None
+    meta_data: Mapping[str, str] = field(default_factory=dict)
+    ssh_authorized_keys: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, s: Mapping[str, Any] | None, what: str) -> CloudInit | None:
+        """None when not set; InvalidManifest (about `what`) naming the field of each unknown variable."""
+        if s is None:
+            return None
+        ref = s.get("userDataSecretRef")
+        out = cls(
+            s.get("datasource"),
+            s.get("userData"),
+            (ref["name"], ref["key"]) if ref else None,
+            s.get("networkData"),
+            dict(s.get("metaData") or {}),
+            tuple(s["sshAuthorizedKeys"]) if "sshAuthorizedKeys" in s else None,
+        )
+        errors = [
+            FieldError(
+                f"spec.cloudInit.{name}",
+                f"unknown variable {', '.join(bad)}: the variables are {', '.join(VARIABLES)}",
+            )
+            for name, text in out._texts()
+            if (bad := unknown_variables(text))
+        ]
+        if errors:
+            raise InvalidManifest(what, errors)
+        return out
+
+    def _texts(self) -> list[tuple[str, str]]:
+        texts = [("userData", self.user_data), ("networkData", self.network_data)]
+        texts += [(f"metaData.{k}", v) for k, v in self.meta_data.items()]
+        return [(name, text) for name, text in texts if text is not None]
+
+    def over(self, base: CloudInit | None) -> CloudInit:
+        """This (a fleet's) laid over `base` (its template's)."""
+        if base is None:
+            return self
+        own_user_data = self.user_data is not None or self.user_data_secret is not None
+        return CloudInit(
+            self.datasource or base.datasource,
+            self.user_data if own_user_data else base.user_data,
+            self.user_data_secret if own_user_data else base.user_data_secret,
+            self.network_data if self.network_data is not None else base.network_data,
+            {**base.meta_data, **self.meta_data},
+            self.ssh_authorized_keys if self.ssh_authorized_keys is not None else base.ssh_authorized_keys,
+        )
+
+
+@dataclass(frozen=True)
 class VmTemplate:
     meta: Meta
     store: str
@@ -143,6 +202,7 @@ class VmTemplate:
     machine_type: str | None
     firmware: str
     network: str | None
+    cloud_init: CloudInit | None = None
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> VmTemplate:
@@ -158,6 +218,7 @@ class VmTemplate:
             s.get("machineType"),
             s["firmware"],
             s.get("network"),
+            CloudInit.parse(s.get("cloudInit"), f"VmTemplate {doc['metadata']['name']!r}"),
         )
 
 
@@ -166,6 +227,7 @@ class VmOverride:
     vcpus: int | None = None
     memory_mib: int | None = None
     running: bool | None = None
+    mac: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,15 +240,16 @@ class VmFleet:
     running: bool
     deletion_policy: str
     overrides: Mapping[int, VmOverride] = field(default_factory=dict)
+    cloud_init: CloudInit | None = None  # laid over the template's (CloudInit.over)
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> VmFleet:
         s = doc["spec"]
         overrides = {
-            o["ordinal"]: VmOverride(o.get("vcpus"), o.get("memoryMiB"), o.get("running"))
+            o["ordinal"]: VmOverride(o.get("vcpus"), o.get("memoryMiB"), o.get("running"), o.get("mac"))
             for o in s.get("overrides", [])
         }
-        return cls(
+        fleet = cls(
             Meta.parse(doc["metadata"], "VmFleet"),
             s["templateRef"]["name"],
             s["replicas"],
@@ -195,7 +258,33 @@ class VmFleet:
             s["running"],
             s["deletionPolicy"],
             overrides,
+            CloudInit.parse(s.get("cloudInit"), f"VmFleet {doc['metadata']['name']!r}"),
         )
+        fleet._check_macs(s.get("overrides", []))
+        return fleet
+
+    def mac(self, ordinal: int) -> str:
+        pinned = self.overrides.get(ordinal)
+        return pinned.mac if pinned and pinned.mac else vm_mac(self.meta.uid, ordinal)
+
+    def _check_macs(self, overrides: list[dict[str, Any]]) -> None:
+        """A pinned MAC may not be another VM's, pinned or derived (for any ordinal the fleet may reach)."""
+        errors = []
+        taken: dict[str, int] = {}
+        for i, o in enumerate(overrides):
+            if "mac" not in o:
+                continue
+            mac, ordinal = o["mac"], o["ordinal"]
+            other = taken.setdefault(mac, ordinal)
+            derived_for = int(mac[-5:].replace(":", ""), 16)  # the ordinal whose derived MAC it could be
+            if other != ordinal:
+                errors.append(FieldError(f"spec.overrides[{i}].mac", f"{mac} is pinned for ordinal {other} too"))
+            elif derived_for != ordinal and vm_mac(self.meta.uid, derived_for) == mac:
+                errors.append(
+                    FieldError(f"spec.overrides[{i}].mac", f"{mac} is the MAC of ordinal {derived_for}: pick another")
+                )
+        if errors:
+            raise InvalidManifest(f"VmFleet {self.meta.name!r}", errors)
 
     @property
     def hosts_declared_lost(self) -> frozenset[str]:
