@@ -43,6 +43,7 @@ class Domain:
     active: bool
     disk: str
     fleet_uid: str
+    seeds: tuple[str, ...] = ()  # the other (read-only) disks: cloud-init seed images
 
 
 class World:
@@ -66,6 +67,7 @@ class World:
             for dom in conn.listAllDomains(0):
                 xml = ET.fromstring(dom.XMLDesc(0))
                 source = xml.find("devices/disk/source")
+                others = tuple(e.get("file", "") for e in xml.findall("devices/disk/source")[1:])
                 try:
                     owner = parse_owner(
                         dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
@@ -80,6 +82,7 @@ class World:
                         bool(dom.isActive()),
                         source.get("file", "") if source is not None else "",
                         owner.fleet_uid if owner else "",
+                        others,
                     )
                 )
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import uuid
@@ -156,6 +157,10 @@ async def test_the_engine_gives_a_fleets_domains_the_hash_and_xml_of_before_disk
         for ordinal, host in ((0, "kvm-a"), (1, "kvm-b")):
             clone = desired.clone(ordinal, {})
             s = desired.domain_spec(ordinal, host, clone)
+            assert s.mac == desired.mac(ordinal)
+            # A stable MAC is new (issue 15): a networked VM is redefined once with it (RestartRequired, takes effect
+            # at its next restart; docs/operations.md). Everything else still hashes and renders as before.
+            s = dataclasses.replace(s, mac=None)
             xml = domain_xml(s, desired.owner(ordinal, host, clone, s), desired.vm_uuid(ordinal))
             got.append((s.spec_hash(), hashlib.sha256(xml.encode()).hexdigest()))
     finally:

@@ -18,6 +18,7 @@ from cluster import Cluster
 from helpers import REPO, wait_for
 from kubefleet import apply, fleet, objects, store_root, wait_ready
 from operator_process import OperatorProcess
+from vmfleet.seed import read_files
 
 pytestmark = pytest.mark.kube
 
@@ -390,11 +391,58 @@ def test_a_sonas_fleet_through_the_operator_with_its_key_in_a_secret(
     assert not list((directory / "frank").rglob("web-*.img"))
 
 
+@pytest.mark.identity
+def test_user_data_secrets_are_read_only_where_a_rolebinding_grants_it(
+    kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path, unique: str
+) -> None:
+    ns = f"u-{unique}"
+    account = "--as=system:serviceaccount:vmfleet-system:vmfleet-operator"
+    kube.kubectl("create", "namespace", ns)
+    planted = f"planted-{unique}"
+    kube.kubectl(
+        "-n", ns, "create", "secret", "generic", "web-user-data", f"--from-literal=userdata=#cloud-config {planted}"
+    )
+    root = store_root(tmp_path, small_image)
+    docs = objects(root, ns, libvirtd, 2, f"u-{unique}")
+    docs[3]["spec"]["cloudInit"] = {"userDataSecretRef": {"name": "web-user-data"}}
+    apply(kube, docs)
+    # As the operator's ServiceAccount, deploy/ grants no Secret outside vmfleet-system.
+    assert kube.kubectl("auth", "can-i", "get", "secrets", "-n", ns, account, check=False).stdout.strip() == "no"
+    kube.kubectl("wait", "--for=condition=Stalled", "vmfleet/web", "-n", ns, "--timeout=60s")
+    stalled = next(c for c in fleet(kube, ns)["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "UserDataUnreadable", stalled
+    assert f"Secret {ns}/web-user-data (spec.cloudInit.userDataSecretRef)" in stalled["message"]
+    assert "403" in stalled["message"]
+    assert not list(root.rglob("web-*.qcow2")), "nothing is made before the user data can be read"
+
+    # The command the condition names is the grant: run it as it is written there.
+    command = re.search(r"kubectl (-n \S+ create rolebinding .*)$", stalled["message"])
+    assert command, stalled["message"]
+    kube.kubectl(*command.group(1).split())
+    assert kube.kubectl("auth", "can-i", "get", "secrets", "-n", ns, account).stdout.strip() == "yes"
+    assert kube.kubectl("auth", "can-i", "list", "secrets", "-n", ns, account, check=False).stdout.strip() == "no"
+    assert kube.kubectl("auth", "can-i", "get", "secrets", "-n", "default", account, check=False).stdout.strip() == "no"
+    wait_ready(kube, ns)
+    status = fleet(kube, ns)["status"]
+    seeds = sorted(root.rglob("web-*.cidata-*.iso"))
+    assert [p.name.split(".")[0] for p in seeds] == ["web-0", "web-1"]
+    assert all(read_files(p.read_bytes())["user-data"] == f"#cloud-config {planted}".encode() for p in seeds)
+    assert {c["uuid"] for c in status["clones"]} == {
+        read_files(p.read_bytes())["meta-data"].decode().split("instance-id: ")[1].split()[0] for p in seeds
+    }
+    seen = json.dumps(status) + json.dumps(kube.get("events", "-n", ns)) + operator.output()
+    assert planted not in seen, "the user data leaked"
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
+    assert not list(root.rglob("web-*.iso")), "the seeds go with the VMs"
+
+
 def test_the_operator_never_lacked_a_permission_or_crashed(operator: OperatorProcess) -> None:
     """Runs last: a verb missing from deploy/rbac.yaml shows up as a 403 in the operator's log."""
     log = operator.output()
     # 403 as a word of the message: not "port 40391", not the milliseconds of "[... 12:32:54,403]"
     messages = [re.sub(r"^\[[^]]*\]", "", line) for line in log.splitlines()]
+    # The denial test_user_data_secrets_are_read_only_where_a_rolebinding_grants_it asks for and asserts.
+    messages = [m for m in messages if "spec.cloudInit.userDataSecretRef" not in m]
     denied = [m for m in messages if "Forbidden" in m or re.search(r"\b403\b", m)]
     assert not denied, denied[:3]
     assert "Traceback" not in log, log[-5000:]

@@ -43,6 +43,7 @@ from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFlee
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
 from vmfleet.engine.desired import VM_UUID_NAMESPACE as VM_UUIDS
+from vmfleet.seed import read_files
 from vmfleet.settings import Settings
 from vmfleet.storage.base import disk_format_of
 
@@ -100,6 +101,7 @@ class FleetSafety(RuleBasedStateMachine):
         self.present = set(HOSTS)
         self.dead: set[str] = set()
         self.vcpus, self.memory = 1, 64
+        self.user_data: str | None = None  # the template's spec.cloudInit.userData; no cloud-init while None
         self.fleet: FleetState | None = FleetState(str(uuid.uuid4()))
         self.retained: dict[str, str] = {}  # clone path -> uid of the fleet that kept it
         self.last_outcomes: list[Any] = []
@@ -137,6 +139,7 @@ class FleetSafety(RuleBasedStateMachine):
                     "image": {"path": "images/t.img"},
                     "vcpus": self.vcpus,
                     "memoryMiB": self.memory,
+                    **({"cloudInit": {"userData": self.user_data}} if self.user_data is not None else {}),
                 },
             }
         )
@@ -258,6 +261,26 @@ class FleetSafety(RuleBasedStateMachine):
             ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
             if ready["status"] != "True":
                 raise Violation(f"a healthy world did not converge: {ready} (I4)")
+            self.check_seeds(f, result.status)
+
+    def seeds(self) -> dict[str, bytes]:
+        return {p: (self.store_root / p).read_bytes() for p in files(self.store_root) if p.endswith(".iso")}
+
+    def check_seeds(self, f: FleetState, status: dict[str, Any]) -> None:
+        """Converged: each VM has one seed, of the user data now in the spec; the VMs gone have none."""
+        mine = {p: data for p, data in self.seeds().items() if p.split("/")[4] == f.uid}
+        by_vm: dict[str, list[bytes]] = {}
+        for p, data in mine.items():
+            by_vm.setdefault(p.rsplit("/", 1)[1].split(".")[0], []).append(data)
+        for c in status["clones"]:
+            found = by_vm.get(c["name"], [])
+            want = None if self.user_data is None else self.user_data.replace("{{ name }}", c["name"]).encode()
+            current = [d for d in found if read_files(d)["user-data"] == want]
+            # An older seed stays only while the VM still runs the definition that reads it.
+            if len(current) != (want is not None) or (len(found) > len(current) and not c.get("restartRequired")):
+                raise Violation(f"{c['name']}: {len(found)} seed(s), {len(current)} of the spec's user data (I4)")
+        if set(by_vm) - {c["name"] for c in status["clones"]}:
+            raise Violation(f"seeds of VMs the fleet no longer has: {sorted(set(by_vm))} (I1)")
 
     def then(self, then_pass: bool) -> None:
         """The operator reacts to a change at once (a watch event), or not before later changes pile up."""
@@ -284,8 +307,10 @@ class FleetSafety(RuleBasedStateMachine):
         assert status["savedBytes"] == max(0, status["logicalBytes"] - status["allocatedBytes"])
         for c in clones:
             path = self.store_root / clone_path(status, c)
-            assert c["logicalBytes"] == 64 << 20, c
+            seeds = [p for p in path.parent.glob(f"{c['name']}.*.iso")]
+            assert c["logicalBytes"] == (64 << 20) + sum(p.stat().st_size for p in seeds), c
             own = xfs_io_exclusive(path) if self.driver == "reflink" else path.stat().st_blocks * 512
+            own += sum(p.stat().st_blocks * 512 for p in seeds)
             assert abs(c["allocatedBytes"] - own) <= 4096, (c, own)
 
     def check_torn_down(self, f: FleetState) -> None:
@@ -334,6 +359,12 @@ class FleetSafety(RuleBasedStateMachine):
     @rule(vcpus=st.integers(1, 2), memory=st.sampled_from([64, 128]), then_pass=st.booleans())
     def edit_template(self, vcpus: int, memory: int, then_pass: bool) -> None:
         self.vcpus, self.memory = vcpus, memory
+        self.then(then_pass)
+
+    @rule(version=st.none() | st.integers(0, 2), then_pass=st.booleans())
+    def edit_cloud_init(self, version: int | None, then_pass: bool) -> None:
+        """The template's user data changes (or cloud-init is turned off): each VM's seed is rewritten."""
+        self.user_data = None if version is None else f"#cloud-config\nversion: {version} of {{{{ name }}}}\n"
         self.then(then_pass)
 
     @precondition(lambda self: self.fleet is not None and not self.fleet.deleting)
@@ -474,6 +505,13 @@ class FleetSafety(RuleBasedStateMachine):
             if d.fleet_uid:
                 ordinal = int(d.name.rsplit("-", 1)[1])
                 assert d.uuid == str(uuid.uuid5(uuid.UUID(VM_UUIDS), f"{d.fleet_uid}/{ordinal}")), d
+
+    @invariant()
+    def a_seed_is_never_deleted_while_a_running_domain_may_read_it(self) -> None:  # I1, for seeds
+        for d in self.world.domains():
+            gone = [p for p in d.seeds if d.active and not Path(p).exists()]
+            if gone:
+                raise Violation(f"{d.name} runs with seed {gone}, deleted (I1)")
 
     @invariant()
     def retained_clones_stay(self) -> None:  # I3

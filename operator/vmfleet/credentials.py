@@ -24,11 +24,12 @@ KNOWN_HOSTS = "known_hosts"
 
 
 class SecretUnreadable(CredentialsError):
-    """A SecretReader could not read a Secret; `reason` says why, to be told with the field that names it."""
+    """A SecretReader could not read a Secret; `reason` says why, to be told with the field that names it.
+    `forbidden`: the reader is not allowed to (the Kubernetes API said 403)."""
 
-    def __init__(self, ref: SecretRef, reason: str) -> None:
+    def __init__(self, ref: SecretRef, reason: str, forbidden: bool = False) -> None:
         super().__init__(f"Secret {ref.namespace}/{ref.name} {reason}")
-        self.ref, self.reason = ref, reason
+        self.ref, self.reason, self.forbidden = ref, reason, forbidden
 
 
 def no_secrets(ref: SecretRef) -> Mapping[str, str]:
@@ -54,4 +55,40 @@ def ssh_keys(ref: SecretRef, read_secret: SecretReader, field: str) -> KeyReader
     return read
 
 
-__all__ = ["KNOWN_HOSTS", "PRIVATE_KEY", "KeyReader", "SecretReader", "SecretUnreadable", "no_secrets", "ssh_keys"]
+# The ClusterRole deploy/rbac.yaml defines, and a namespace's RoleBinding grants, to read user data Secrets.
+USER_DATA_ROLE = "vmfleet-cloud-init-reader"
+OPERATOR_ACCOUNT = "vmfleet-system:vmfleet-operator"
+
+
+def user_data(ref: SecretRef, key: str, read_secret: SecretReader) -> str:
+    """The user data in Secret `ref` under `key` (spec.cloudInit.userDataSecretRef); CredentialsError naming the
+    field, and the RoleBinding to create when the operator may not read Secrets in that namespace. The error never
+    carries the Secret's content."""
+    field = "spec.cloudInit.userDataSecretRef"
+    named = f"Secret {ref.namespace}/{ref.name} ({field})"
+    try:
+        data = read_secret(ref)
+    except SecretUnreadable as e:
+        if e.forbidden:
+            raise CredentialsError(
+                f"{named} {e.reason}: the operator may read Secrets only in namespaces that grant it; create the "
+                f"RoleBinding: kubectl -n {ref.namespace} create rolebinding vmfleet-cloud-init "
+                f"--clusterrole={USER_DATA_ROLE} --serviceaccount={OPERATOR_ACCOUNT}"
+            ) from None
+        raise CredentialsError(f"{named} {e.reason}") from None
+    if key not in data:
+        raise CredentialsError(f"{named} has no key {key!r} (userDataSecretRef.key)")
+    return data[key]
+
+
+__all__ = [
+    "KNOWN_HOSTS",
+    "PRIVATE_KEY",
+    "USER_DATA_ROLE",
+    "KeyReader",
+    "SecretReader",
+    "SecretUnreadable",
+    "no_secrets",
+    "ssh_keys",
+    "user_data",
+]

@@ -90,18 +90,21 @@ def fleet_table(obj: dict[str, Any]) -> str:
         f"logical {human_bytes(logical)} · allocated {human_bytes(allocated)} · "
         f"saved {human_bytes(status.get('savedBytes', 0))} ({status.get('savingsRatio', 0) * 100:.2f}%)"
     )
-    rows = [("NAME", "HOST", "STATE", "LOGICAL", "ALLOCATED", "CLONE")]
-    for c in status.get("clones", []):
-        rows.append(
-            (
-                c["name"],
-                c.get("host", "-"),
-                c.get("state", "-"),
-                human_bytes(c.get("logicalBytes")),
-                human_bytes(c.get("allocatedBytes")),
-                c.get("file", "-"),
-            )
+    clones = status.get("clones", [])
+    networked = any("mac" in c for c in clones)  # where to ssh: shown when the VMs have a NIC
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "HOST", "STATE", "LOGICAL", "ALLOCATED", "CLONE", *(("MAC", "IP") if networked else ()))
+    ]
+    for c in clones:
+        row = (
+            c["name"],
+            c.get("host", "-"),
+            c.get("state", "-"),
+            human_bytes(c.get("logicalBytes")),
+            human_bytes(c.get("allocatedBytes")),
+            c.get("file", "-"),
         )
+        rows.append(row + ((c.get("mac", "-"), ",".join(c.get("addresses", [])) or "-") if networked else ()))
     where = [f"clones in {status['cloneDirectory']}/"] if status.get("cloneDirectory") else []
     return "\n".join([head, table(rows), *where, *problems(status)])
 

@@ -6,18 +6,19 @@ earlier one made: the clone directory (the fleet's UID in it, I3), clone files, 
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from ..api.types import CloneStore, KvmHost, VmFleet, VmTemplate
-from ..disks import DiskSource
+from ..api.identity import VM_UUID_NAMESPACE as VM_UUID_NAMESPACE
+from ..api.identity import render, vm_uuid
+from ..api.types import CloneStore, CloudInit, KvmHost, VmFleet, VmTemplate
+from ..disks import DiskSource, FileDisk
 from ..hypervisor import DomainSpec, Owner
 from ..planner import VmWant
+from ..seed import CONFIG_DRIVE, LABELS, NOCLOUD, Seed, config_drive, nocloud
 from ..storage import clone_path, fleet_dir, parent_path
 from ..storage.base import CLONE_EXTENSIONS, disk_format_of
-
-VM_UUID_NAMESPACE = "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14"
 
 DiskOf = Callable[[str, str], DiskSource]
 """(clone under the store root, where the host sees it) -> what the domain opens: the store driver's."""
@@ -35,8 +36,12 @@ class Desired:
         hosts: Sequence[KvmHost],
         clone_format: str,
         disk_of: DiskOf,
+        user_data: str | None = None,
     ):
+        """`user_data`: the text of spec.cloudInit.userDataSecretRef, read by the caller."""
         self.fleet, self.template, self.store, self.disk_of = fleet, template, store, disk_of
+        self.cloud_init = cloud_init_of(fleet, template)
+        self._user_data = user_data
         self.hosts: Mapping[str, KvmHost] = {h.meta.name: h for h in hosts}
         self.namespace = fleet.meta.namespace
         self.directory = fleet_dir(self.namespace, fleet.meta.name, fleet.meta.uid)
@@ -46,6 +51,9 @@ class Desired:
         self.wants: list[VmWant] = self._wants() if template else []
         extensions = "|".join(re.escape(e.lstrip(".")) for e in CLONE_EXTENSIONS.values())
         self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({extensions})$")
+        labels = "|".join(re.escape(label) for label in LABELS.values())
+        self._seed_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({labels})-[0-9a-f]{{12}}\.iso$")
+        self._seeds: dict[int, Seed | None] = {}
 
     def _wants(self) -> list[VmWant]:
         assert self.template is not None
@@ -73,7 +81,7 @@ class Desired:
     def vm_uuid(self, ordinal: int) -> str:
         """The libvirt UUID of a VM whose domain does not exist yet: derived from the fleet's UID and the
         ordinal, so every pass defines the same one."""
-        return str(uuid.uuid5(uuid.UUID(VM_UUID_NAMESPACE), f"{self.fleet.meta.uid}/{ordinal}"))
+        return vm_uuid(self.fleet.meta.uid, ordinal)
 
     def clone_files(self, names: Sequence[str]) -> dict[int, str]:
         """Ordinal -> the clone file of each VM among the names in the fleet's directory. Two files for one VM
@@ -85,6 +93,52 @@ class Desired:
                 if o not in files or disk_format_of(n) == self.clone_format:
                     files[o] = n
         return files
+
+    def seed_files(self, names: Sequence[str]) -> dict[int, frozenset[str]]:
+        """Ordinal -> the seed images of each VM among the names in the fleet's directory."""
+        out: dict[int, set[str]] = {}
+        for n in names:
+            if m := self._seed_name.match(n):
+                out.setdefault(int(m.group(1)), set()).add(f"{self.directory}/{n}")
+        return {o: frozenset(found) for o, found in out.items()}
+
+    def mac(self, ordinal: int) -> str:
+        return self.fleet.mac(ordinal)
+
+    def seed(self, ordinal: int) -> Seed | None:
+        """The cloud-init seed VM `ordinal` should have; None without spec.cloudInit or for an unwanted VM."""
+        if self.cloud_init is None or ordinal >= self.fleet.replicas:
+            return None
+        if ordinal not in self._seeds:
+            self._seeds[ordinal] = self._make_seed(self.cloud_init, ordinal)
+        return self._seeds[ordinal]
+
+    def _make_seed(self, ci: CloudInit, ordinal: int) -> Seed:
+        name, uuid = self.vm_name(ordinal), self.vm_uuid(ordinal)
+        values = {
+            "name": name,
+            "ordinal": str(ordinal),
+            "fleet": self.fleet.meta.name,
+            "namespace": self.namespace,
+            "mac": self.mac(ordinal),
+            "uuid": uuid,
+        }
+        user_data = self._user_data if ci.user_data_secret is not None else ci.user_data
+        make = config_drive if ci.datasource == CONFIG_DRIVE else nocloud
+        return make(
+            uuid,  # instance-id: cloud-init runs its once-per-instance modules again only when it changes
+            name,
+            render(user_data or "", values),
+            render(ci.network_data, values) if ci.network_data is not None else None,
+            {k: render(v, values) for k, v in sorted(ci.meta_data.items())},
+            ci.ssh_authorized_keys or (),
+        )
+
+    def seed_path(self, ordinal: int) -> str | None:
+        seed = self.seed(ordinal)
+        if seed is None:
+            return None
+        return f"{self.directory}/{self.vm_name(ordinal)}.{seed.label}-{seed.digest}.iso"
 
     def clone(self, ordinal: int, files: Mapping[int, str]) -> str:
         """The clone of a VM: the file found for it (whatever format it was made in), else the one to make."""
@@ -99,6 +153,7 @@ class Desired:
         host = self.hosts[host_name]
         want = self.wants[ordinal] if ordinal < len(self.wants) else None
         name = self.domain_name(ordinal)
+        seed = self.seed_path(ordinal)
         return DomainSpec(
             name=name,
             domain_type=host.domain_type,
@@ -110,6 +165,8 @@ class Desired:
             disk=self.disk_of(clone, host.store_path(self.store, clone)),
             network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
+            mac=self.mac(ordinal) if template.network else None,
+            seed=FileDisk(host.store_path(self.store, seed), "raw") if seed else None,
         )
 
     def owner(self, ordinal: int, host: str, clone: str, spec: DomainSpec) -> Owner:
@@ -117,3 +174,12 @@ class Desired:
 
     def uri(self, host: str) -> str:
         return self.hosts[host].uri if host in self.hosts else ""
+
+
+def cloud_init_of(fleet: VmFleet, template: VmTemplate | None) -> CloudInit | None:
+    """The fleet's spec.cloudInit laid over its template's; datasource defaulted."""
+    base = template.cloud_init if template else None
+    ci = fleet.cloud_init.over(base) if fleet.cloud_init else base
+    if ci is None or template is None:
+        return None
+    return ci if ci.datasource else dataclasses.replace(ci, datasource=NOCLOUD)

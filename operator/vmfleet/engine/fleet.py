@@ -7,18 +7,21 @@ operations.py's: this module only puts them in order.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..api import reasons
 from ..api.status import clone_count
-from ..api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
+from ..api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, SecretRef, VmFleet, VmTemplate
 from ..clock import now
+from ..credentials import user_data
+from ..errors import CredentialsError
 from ..hypervisor import LibvirtHost
 from ..planner import Op, Plan, listing
 from ..storage import StoreDriver, StoreError
-from .desired import Desired
+from .desired import Desired, cloud_init_of
 from .execute import Outcome, Progress, execute
 from .observe import observe
 from .operations import Actor
@@ -58,11 +61,26 @@ class FleetDrivers:
 
 
 def desire(
-    runtime: Runtime, fleet: VmFleet, template: VmTemplate | None, store: CloneStore, hosts: Sequence[KvmHost]
+    runtime: Runtime,
+    fleet: VmFleet,
+    template: VmTemplate | None,
+    store: CloneStore,
+    hosts: Sequence[KvmHost],
+    user_data: str | None = None,
 ) -> Desired:
     driver = runtime.store_driver(store)
     clone_format = driver.clone_format(template.image_format) if template else "raw"
-    return Desired(fleet, template, store, hosts, clone_format, driver.disk_source)
+    return Desired(fleet, template, store, hosts, clone_format, driver.disk_source, user_data)
+
+
+async def _user_data(runtime: Runtime, fleet: VmFleet, template: VmTemplate) -> str | None:
+    """The text of spec.cloudInit.userDataSecretRef, read in the fleet's namespace; CredentialsError if it cannot be."""
+    ci = cloud_init_of(fleet, template)
+    if ci is None or ci.user_data_secret is None:
+        return None
+    name, key = ci.user_data_secret
+    ref = SecretRef(name, fleet.meta.namespace)
+    return await asyncio.to_thread(user_data, ref, key, runtime.read_secret)
 
 
 async def reconcile_fleet(
@@ -122,7 +140,14 @@ async def _reconcile(
             fleet.meta.generation, previous_status, "Stalled", reasons.STORE_CHANGED, message, now()
         )
         return FleetResult(status, [Event("Warning", reasons.STORE_CHANGED, message)], Plan())
-    desired = desire(runtime, fleet, template, store, hosts)
+    try:
+        secret_user_data = await _user_data(runtime, fleet, template)
+    except CredentialsError as e:
+        status = blocked_status(
+            fleet.meta.generation, previous_status, "Stalled", reasons.USER_DATA_UNREADABLE, str(e), now()
+        )
+        return FleetResult(status, [Event("Warning", reasons.USER_DATA_UNREADABLE, str(e))], Plan())
+    desired = desire(runtime, fleet, template, store, hosts, secret_user_data)
     drivers = FleetDrivers(runtime, desired)
     async with runtime.lock(fleet.meta.uid):
         if not wanted():
@@ -146,7 +171,7 @@ async def _reconcile(
         try:
             if not dry_run:
                 await drivers.save(snap, snap.settled())
-            space = await drivers.driver.measure([snap.clone(o) for o in sorted(snap.seen.clones)])
+            space = await drivers.driver.measure(snap.measured())
         except StoreError as e:
             return _unavailable(
                 fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes

@@ -22,6 +22,10 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         read_record(driver, desired.directory, fleet.meta.uid, desired.namespace, fleet.meta.name),
     )
     files = desired.clone_files(names)
+    seeds = desired.seed_files(names)
+    wanted_seeds = {o: desired.seed_path(o) for o in range(fleet.replicas)}
+    seed_missing = frozenset(o for o, p in wanted_seeds.items() if p is not None and p not in seeds.get(o, ()))
+    stale_seeds = frozenset(o for o, found in seeds.items() if found - {wanted_seeds.get(o)})
     views = await asyncio.gather(*(_observe_host(desired, n, endpoints[n]) for n in desired.hosts))
     hosts: dict[str, HostView] = {}
     domains: dict[int, VmSeen] = {}
@@ -106,9 +110,32 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         )
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
     seen = Observation(
-        parent_exists, frozenset(files), domains, hosts, conflicts, recorded, settling, elsewhere, tuple(duplicates)
+        parent_exists,
+        frozenset(files),
+        domains,
+        hosts,
+        conflicts,
+        recorded,
+        settling,
+        elsewhere,
+        tuple(duplicates),
+        seed_missing,
+        stale_seeds,
     )
-    return Snapshot(desired, seen, record, files, frozenset(released))
+    return Snapshot(
+        desired, seen, record, files, frozenset(released), seeds, await _addresses(desired, domains, endpoints)
+    )
+
+
+async def _addresses(
+    desired: Desired, domains: Mapping[int, VmSeen], endpoints: Mapping[str, LibvirtHost]
+) -> dict[int, tuple[str, ...]]:
+    """The IP addresses of each running VM with a NIC, for its status entry (where to ssh)."""
+    if desired.template is None or not desired.template.network:
+        return {}
+    running = sorted(o for o, vm in domains.items() if vm.active)
+    found = await asyncio.gather(*(endpoints[domains[o].host].addresses(desired.domain_name(o)) for o in running))
+    return {o: tuple(a) for o, a in zip(running, found, strict=True) if a}
 
 
 async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> tuple[HostView, list[DomainInfo]]:

@@ -85,6 +85,26 @@ async def delete_clone(actor: Actor, a: CloneAction) -> None:
     await actor.driver.delete(actor.snapshot.clone(a.ordinal))
 
 
+@operation(Op.WRITE_SEED, CloneAction, reasons.SEEDS_WRITTEN, "wrote cloud-init seeds for", reasons.WRITE_SEED_FAILED)
+async def write_seed(actor: Actor, a: CloneAction) -> None:
+    desired = actor.snapshot.desired
+    seed, path = desired.seed(a.ordinal), desired.seed_path(a.ordinal)
+    assert seed is not None and path is not None
+    await actor.driver.write_file(path, await asyncio.to_thread(seed.image))
+
+
+@operation(
+    Op.DELETE_SEEDS,
+    CloneAction,
+    reasons.SEEDS_DELETED,
+    "deleted older cloud-init seeds of",
+    reasons.DELETE_SEEDS_FAILED,
+)
+async def delete_seeds(actor: Actor, a: CloneAction) -> None:
+    for path in actor.snapshot.stale_seeds(a.ordinal):
+        await actor.driver.delete(path)
+
+
 @operation(Op.DEFINE, DomainAction, reasons.DOMAINS_DEFINED, "defined domain(s) for", reasons.DEFINE_FAILED)
 async def define(actor: Actor, a: DomainAction) -> None:
     snap = actor.snapshot

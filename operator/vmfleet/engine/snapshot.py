@@ -4,7 +4,7 @@ before acting and after, the domain each VM should have."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..hypervisor import DomainSpec, Owner
 from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, plan_fleet
@@ -35,6 +35,21 @@ class Snapshot:
     record: FleetRecord  # as read from the store in this observation
     files: Mapping[int, str]  # ordinal -> its clone file found in the fleet's directory
     released: frozenset[int] = frozenset()  # VMs on hosts a person declared lost
+    seeds: Mapping[int, frozenset[str]] = field(default_factory=dict)  # ordinal -> its seed images found
+    addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # ordinal -> its NIC's IP addresses
+
+    def measured(self) -> list[str]:
+        """Every file whose space a VM's figures count: its clone and its seed images."""
+        out = [self.clone(o) for o in sorted(self.seen.clones)]
+        return out + sorted(p for found in self.seeds.values() for p in found)
+
+    def vm_files(self, ordinal: int) -> list[str]:
+        files = [self.clone(ordinal)] if ordinal in self.seen.clones else []
+        return files + sorted(self.seeds.get(ordinal, ()))
+
+    def stale_seeds(self, ordinal: int) -> list[str]:
+        """The seed images of a VM other than the one it should have."""
+        return sorted(self.seeds.get(ordinal, frozenset()) - {self.desired.seed_path(ordinal)})
 
     def clone(self, ordinal: int) -> str:
         return self.desired.clone(ordinal, self.files)

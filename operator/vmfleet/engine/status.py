@@ -120,11 +120,18 @@ def fleet_status(
         entry["state"] = problem_state.get(o) or (domain.state if domain else "Pending")
         if o in restart:
             entry["restartRequired"] = True
+        if domain or o in wants:
+            entry["uuid"] = snap.domain_uuid(o)
+            if desired.template and desired.template.network:
+                entry["mac"] = desired.mac(o)
+        if o in snap.addresses:
+            entry["addresses"] = list(snap.addresses[o])
         if path in space:
-            entry["logicalBytes"] = space[path].logical
-            entry["allocatedBytes"] = space[path].allocated
-            logical += space[path].logical
-            allocated += space[path].allocated
+            sizes = [space[f] for f in snap.vm_files(o) if f in space]
+            entry["logicalBytes"] = sum(s.logical for s in sizes)
+            entry["allocatedBytes"] = sum(s.allocated for s in sizes)
+            logical += entry["logicalBytes"]
+            allocated += entry["allocatedBytes"]
         if domain and o in seen.clones:
             existing += 1
             want = wants.get(o)

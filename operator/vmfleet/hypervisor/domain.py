@@ -52,12 +52,24 @@ class DomainSpec:
     disk: DiskSource  # made by the store driver
     network: str | None
     console_log: str | None
+    mac: str | None = None  # of the NIC, when there is a network
+    seed: FileDisk | None = None  # the cloud-init seed image, attached read-only
 
     def spec_hash(self) -> str:
-        """What a domain was defined from, kept in its metadata: a change means redefine (and restart)."""
-        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "disk"}
+        """What a domain was defined from, kept in its metadata: a change means redefine (and restart).
+        Fields added later hash only when set: an upgrade changes no hash of a domain that does not use them."""
+        values: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("disk", "seed") and not (f.name in _LATER and getattr(self, f.name) is None)
+        }
         values.update(_disk_hashed(self.disk))
+        if self.seed is not None:
+            values["seed"] = self.seed.path
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_LATER = ("mac",)
 
 
 def _disk_hashed(disk: DiskSource) -> dict[str, Any]:
@@ -166,8 +178,16 @@ def domain_xml(spec: DomainSpec, owner: Owner, uuid: str) -> str:
     devices = _sub(dom, "devices")
     disk = _disk(devices, spec.disk)
     _sub(disk, "target", dev=profile["disk_dev"], bus=profile["disk_bus"])
+    if spec.seed is not None:
+        seed = _sub(devices, "disk", type="file", device=profile["seed_device"])
+        _sub(seed, "driver", name="qemu", type="raw")
+        _sub(seed, "source", file=spec.seed.path)
+        _sub(seed, "target", dev=profile["seed_dev"], bus=profile["seed_bus"])
+        _sub(seed, "readonly")
     if spec.network:
         nic = _sub(devices, "interface", type="network")
+        if spec.mac:
+            _sub(nic, "mac", address=spec.mac)
         _sub(nic, "source", network=spec.network)
         _sub(nic, "model", type=profile["nic"])
     serial = _sub(devices, "serial", type="pty")

@@ -132,6 +132,30 @@ class LibvirtHost:
 
         return await self._call("list", "listing domains", collect)
 
+    async def addresses(self, name: str) -> list[str]:
+        """The IP addresses of a running domain's NICs: from its network's DHCP leases, else the host's ARP table.
+        [] when neither knows any (no DHCP, the guest has not asked yet, or a driver without the call)."""
+
+        def ask(conn: libvirt.virConnect) -> list[str]:
+            dom = conn.lookupByName(name)
+            for source in (
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+            ):
+                try:
+                    found = dom.interfaceAddresses(source)
+                except libvirt.libvirtError:
+                    continue
+                out = [a["addr"] for nic in (found or {}).values() for a in (nic.get("addrs") or []) if a.get("addr")]
+                if out:
+                    return sorted(out)
+            return []
+
+        try:
+            return await self._call("addresses", f"reading the addresses of {name}", ask)
+        except HostError:
+            return []
+
     async def define(self, xml: str) -> None:
         await self._call("define", "defining a domain", lambda c: c.defineXML(xml))
 

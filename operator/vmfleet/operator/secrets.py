@@ -15,8 +15,9 @@ from ..credentials import SecretUnreadable
 
 
 class ClusterSecrets:
-    """A SecretReader on the Kubernetes API (deploy/ grants `get` on Secrets in vmfleet-system only). Every
-    failure is a SecretUnreadable: the caller adds which field named the Secret."""
+    """A SecretReader on the Kubernetes API (deploy/ grants `get` on Secrets in vmfleet-system, and in a fleet's
+    namespace only where a RoleBinding grants vmfleet-cloud-init-reader). Every failure is a SecretUnreadable: the
+    caller adds which field named the Secret."""
 
     def __init__(self) -> None:
         self._api: client.CoreV1Api | None = None
@@ -36,7 +37,7 @@ class ClusterSecrets:
         try:
             secret = self._core().read_namespaced_secret(ref.name, ref.namespace)
         except ApiException as e:
-            raise SecretUnreadable(ref, f"cannot be read: {e.status} {e.reason}") from None
+            raise SecretUnreadable(ref, f"cannot be read: {e.status} {e.reason}", forbidden=e.status == 403) from None
         except ConfigException as e:
             raise SecretUnreadable(ref, f"cannot be read: no Kubernetes credentials here ({e})") from None
         except (urllib3.exceptions.HTTPError, OSError) as e:  # the message alone: it must not change every pass

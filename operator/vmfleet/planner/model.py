@@ -62,6 +62,9 @@ class Observation:
     elsewhere: Mapping[int, str] = field(default_factory=dict)
     # Further domains of one VM (only after a person declared a host lost and it came back).
     duplicates: tuple[VmSeen, ...] = ()
+    # cloud-init seeds: VMs that need one and lack it, and VMs with seed images they no longer need.
+    seed_missing: frozenset[int] = frozenset()
+    stale_seeds: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""
@@ -79,10 +82,12 @@ class Op(enum.Enum):
     STOP = "stop"
     UNDEFINE = "undefine"
     DELETE_CLONE = "delete-clone"
+    WRITE_SEED = "write-seed"
+    DELETE_SEEDS = "delete-seeds"
 
 
 PARENT_OPS = frozenset({Op.PREPARE_PARENT})
-CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE})
+CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE, Op.WRITE_SEED, Op.DELETE_SEEDS})
 DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE})
 
 

@@ -54,7 +54,7 @@ def plan_fleet(
     for ordinal in sorted(wanted):
         _converge_vm(plan, wanted[ordinal], seen, loads, policy, spec_hash)
 
-    known = set(seen.domains) | set(seen.clones) | set(seen.recorded)
+    known = set(seen.domains) | set(seen.clones) | set(seen.recorded) | seen.stale_seeds
     for ordinal in sorted(known - set(wanted), reverse=True):
         _remove_vm(plan, ordinal, seen)
     return plan
@@ -133,8 +133,13 @@ def _converge_vm(
     if domain is not None:
         plan.placement[o] = domain.host
         wanted_hash = spec_hash(o, domain.host)
+        if o in seen.seed_missing:
+            plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed missing or changed"))
         if domain.spec_hash != wanted_hash:
             plan.actions.append(DomainAction(Op.DEFINE, o, domain.host, "definition differs from the spec"))
+        # An older seed stays while the running domain may still read it: until it restarts on the new definition.
+        if o in seen.stale_seeds and not (domain.active and domain.live_hash != wanted_hash):
+            plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
         if want.running and not domain.active:
             plan.actions.append(DomainAction(Op.START, o, domain.host, f"is {domain.state}, should run"))
         elif not want.running and domain.active:
@@ -152,6 +157,10 @@ def _converge_vm(
     plan.placement[o] = host
     if not has_clone:
         plan.actions.append(CloneAction(Op.CREATE_CLONE, o, "new VM"))
+    if o in seen.seed_missing:
+        plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed"))
+    if o in seen.stale_seeds:
+        plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
     plan.actions.append(DomainAction(Op.DEFINE, o, host, "no domain" if has_clone else "new VM"))
     if want.running:
         plan.actions.append(DomainAction(Op.START, o, host, "should run"))
@@ -202,6 +211,8 @@ def _remove_vm(plan: Plan, ordinal: int, seen: Observation) -> None:
         if domain.active:
             plan.actions.append(DomainAction(Op.STOP, ordinal, domain.host, "scale-in"))
         plan.actions.append(DomainAction(Op.UNDEFINE, ordinal, domain.host, "scale-in"))
+    if ordinal in seen.stale_seeds:
+        plan.actions.append(CloneAction(Op.DELETE_SEEDS, ordinal, "scale-in"))
     if ordinal in seen.clones:
         plan.actions.append(CloneAction(Op.DELETE_CLONE, ordinal, "scale-in"))
 

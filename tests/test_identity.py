@@ -1,0 +1,279 @@
+"""Per-VM identity (issue 15): a stable UUID and MAC for each VM, and its own cloud-init seed image in the store
+next to its clone, rewritten only when what the guest reads changes. The real-guest proof is in
+test_identity_guest.py; here the API, the seed images and `vmfleet apply` on a qcow2 store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import quickstart
+from vmfleet.api import InvalidManifest, parse
+from vmfleet.api.identity import vm_mac
+from vmfleet.api.types import VmFleet, VmTemplate
+from vmfleet.engine.desired import Desired
+from vmfleet.seed import label_of, read_files
+
+pytestmark = pytest.mark.identity
+
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any], **meta: Any) -> dict[str, Any]:
+    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
+
+
+def _template(**spec: Any) -> dict[str, Any]:
+    return _doc("VmTemplate", "basic", {"storeRef": {"name": "local"}, "image": {"path": "images/b.img"}, **spec})
+
+
+def _fleet(**spec: Any) -> dict[str, Any]:
+    return _doc(
+        "VmFleet", "web", {"templateRef": {"name": "basic"}, "replicas": 3, **spec}, namespace="prod", uid="u-1"
+    )
+
+
+def _desired(template: dict[str, Any], fleet: dict[str, Any], user_data: str | None = None) -> Desired:
+    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": "/srv/s"}))
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default"}))
+    t, f = parse(template), parse(fleet)
+    assert isinstance(t, VmTemplate) and isinstance(f, VmFleet)
+    return Desired(f, t, store, [host], "qcow2", lambda clone, on_host: None, user_data)  # type: ignore[arg-type,return-value]
+
+
+def _refused(doc: dict[str, Any]) -> str:
+    with pytest.raises(InvalidManifest) as e:
+        parse(doc)
+    return str(e.value)
+
+
+def test_each_vm_has_its_own_stable_locally_administered_unicast_mac() -> None:
+    macs = [vm_mac("fleet-uid", o) for o in range(5000)]
+    assert len(set(macs)) == 5000
+    for mac in macs:
+        first = int(mac[:2], 16)
+        assert first & 0b10 and not first & 0b01, mac  # locally administered, unicast
+    assert macs == [vm_mac("fleet-uid", o) for o in range(5000)]
+    assert vm_mac("another-fleet", 0) != macs[0]
+    fleet = parse(_fleet(overrides=[{"ordinal": 1, "mac": "02:11:22:33:44:55"}]))
+    assert isinstance(fleet, VmFleet)
+    assert (fleet.mac(0), fleet.mac(1)) == (vm_mac("u-1", 0), "02:11:22:33:44:55")
+
+
+def test_a_pinned_mac_that_is_another_vms_is_refused_naming_the_field() -> None:
+    taken = vm_mac("u-1", 2)
+    said = _refused(_fleet(overrides=[{"ordinal": 0, "mac": taken}]))
+    assert "spec.overrides[0].mac" in said and "ordinal 2" in said
+    said = _refused(
+        _fleet(overrides=[{"ordinal": 0, "mac": "02:00:00:00:00:09"}, {"ordinal": 1, "mac": "02:00:00:00:00:09"}])
+    )
+    assert "spec.overrides[1].mac" in said and "pinned for ordinal 0" in said
+    assert "spec.overrides[0].mac" in _refused(_fleet(overrides=[{"ordinal": 0, "mac": "03:00:00:00:00:01"}]))
+
+
+def test_an_unknown_variable_or_a_reserved_key_is_refused_naming_the_field() -> None:
+    said = _refused(_template(cloudInit={"userData": "#cloud-config\nhostname: {{ hostname }}\n"}))
+    assert "spec.cloudInit.userData: unknown variable hostname" in said and "name, ordinal, fleet" in said
+    said = _refused(_fleet(cloudInit={"metaData": {"role": "{{ nme }}"}, "networkData": "{{ ip }}"}))
+    assert "spec.cloudInit.metaData.role: unknown variable nme" in said
+    assert "spec.cloudInit.networkData: unknown variable ip" in said
+    assert "spec.cloudInit.metaData" in _refused(_fleet(cloudInit={"metaData": {"instance-id": "mine"}}))
+    said = _refused(_fleet(cloudInit={"userData": "x", "userDataSecretRef": {"name": "s"}}))
+    assert "userData or userDataSecretRef, not both" in said
+    # cloud-init's own jinja is left to cloud-init
+    parse(_template(cloudInit={"userData": "## template: jinja\n{{ v1.local_hostname }} {% if x %}{% endif %}"}))
+
+
+def test_each_vm_gets_its_own_nocloud_seed_with_the_fleets_values_laid_over_the_templates() -> None:
+    template = _template(
+        network="default",
+        cloudInit={
+            "userData": "#cloud-config\nfqdn: {{ name }}.{{namespace}}.example.com\n",
+            "metaData": {"team": "a", "zone": "z1"},
+            "sshAuthorizedKeys": ["ssh-ed25519 AAAA template"],
+        },
+    )
+    fleet = _fleet(cloudInit={"metaData": {"zone": "z2-{{ ordinal }}"}, "sshAuthorizedKeys": ["ssh-ed25519 B me"]})
+    desired = _desired(template, fleet)
+    images = [desired.seed(o) for o in range(3)]
+    assert all(s is not None for s in images)
+    files = [read_files(s.image()) for s in images if s]
+    for o, got in enumerate(files):
+        meta = yaml.safe_load(got["meta-data"])
+        assert meta == {
+            "instance-id": desired.vm_uuid(o),
+            "local-hostname": f"web-{o}",
+            "team": "a",
+            "zone": f"z2-{o}",
+            "public-keys": ["ssh-ed25519 B me"],
+        }
+        assert got["user-data"] == f"#cloud-config\nfqdn: web-{o}.prod.example.com\n".encode()
+        assert "network-config" not in got
+    assert len({s.digest for s in images if s}) == 3
+    assert all(label_of(s.image()) == "cidata" for s in images if s)
+    spec = desired.domain_spec(0, "kvm-a", desired.clone(0, {}))
+    assert spec.mac == vm_mac("u-1", 0)
+    assert spec.seed is not None and spec.seed.path.endswith(f"/web-0.cidata-{images[0].digest}.iso")  # type: ignore[union-attr]
+    assert desired.seed(3) is None  # beyond replicas: none wanted
+
+
+def test_a_config_drive_seed_for_cloudbase_init_and_user_data_from_a_secret() -> None:
+    fleet = _fleet(
+        cloudInit={
+            "datasource": "ConfigDrive",
+            "userDataSecretRef": {"name": "web-user-data"},
+            "networkData": '{"links": [{"id": "eth0", "ethernet_mac_address": "{{ mac }}"}]}',
+        }
+    )
+    desired = _desired(_template(cloudInit={"userData": "never used"}), fleet, user_data="#ps1\nhost {{ name }}")
+    seed = desired.seed(1)
+    assert seed is not None
+    image = seed.image()
+    got = read_files(image)
+    assert label_of(image) == "config-2"
+    meta = json.loads(got["openstack/latest/meta_data.json"])
+    assert (meta["uuid"], meta["hostname"]) == (desired.vm_uuid(1), "web-1")
+    assert got["openstack/latest/user_data"] == b"#ps1\nhost web-1"
+    assert json.loads(got["openstack/latest/network_data.json"])["links"][0]["ethernet_mac_address"] == vm_mac("u-1", 1)
+
+
+def test_no_cloud_init_means_no_seed_and_the_same_domain_as_before() -> None:
+    desired = _desired(_template(), _fleet())
+    assert desired.seed(0) is None
+    spec = desired.domain_spec(0, "kvm-a", desired.clone(0, {}))
+    assert spec.seed is None and spec.mac is None
+
+
+# ------------------------------------------------------------------ `vmfleet apply` on a qcow2 store
+
+
+def apply(manifests: Path) -> tuple[dict[str, Any], str]:
+    done = subprocess.run(
+        [VMFLEET, "apply", "-f", str(manifests), "-o", "json"], capture_output=True, text=True, timeout=120
+    )
+    fleets = [o for o in json.loads(done.stdout or "[]") if o["kind"] == "VmFleet"] if done.stdout else []
+    return (fleets[0] if fleets else {}), done.stderr
+
+
+def _edit(manifests: Path, kind: str, change: Any) -> None:
+    for path in manifests.glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        if doc.get("kind") == kind:
+            change(doc["spec"])
+            path.write_text(yaml.safe_dump(doc))
+
+
+def _seeds(root: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(root.rglob("*.iso"))}
+
+
+def test_apply_writes_one_seed_per_vm_next_to_its_clone_once_and_counts_it(tmp_path: Path, small_image: Path) -> None:
+    manifests = quickstart(tmp_path, small_image, cloudInit={"userData": "#cloud-config\nhostname: {{ name }}\n"})
+    fleet, said = apply(manifests)
+    status = fleet["status"]
+    assert status["readyReplicas"] == 3, said
+    assert "SeedsWritten" in said and "wrote cloud-init seeds for 3 VM(s)" in said
+    seeds = _seeds(tmp_path / "store")
+    assert sorted(n.split(".")[0] for n in seeds) == ["demo-0", "demo-1", "demo-2"]
+    directory = tmp_path / "store" / status["cloneDirectory"]
+    for c in status["clones"]:
+        (seed,) = [p for n, p in seeds.items() if n.startswith(f"{c['name']}.cidata-")]
+        assert seed.parent == directory
+        got = read_files(seed.read_bytes())
+        assert yaml.safe_load(got["meta-data"])["instance-id"] == c["uuid"]
+        assert got["user-data"] == f"#cloud-config\nhostname: {c['name']}\n".encode()
+        clone = directory / c["file"]
+        # the VM's figures count its seed: its logical size is the clone's guest size plus the seed's
+        assert c["logicalBytes"] == (64 << 20) + seed.stat().st_size
+        assert c["allocatedBytes"] >= seed.stat().st_blocks * 512 > 0
+        assert clone.exists()
+    before = {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n, p in seeds.items()}
+    again, said = apply(manifests)
+    assert "SeedsWritten" not in said, said
+    assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n, p in _seeds(tmp_path / "store").items()} == before
+    assert [c["uuid"] for c in again["status"]["clones"]] == [c["uuid"] for c in status["clones"]]
+
+    # a change of user data reaches every seed; the older images go (no domain runs on them here)
+    _edit(manifests, "VmFleet", lambda s: s["cloudInit"].update(userData="#cloud-config\nv: 2 {{ uuid }}\n"))
+    changed, said = apply(manifests)
+    assert "SeedsWritten" in said and "SeedsDeleted" in said, said
+    now = _seeds(tmp_path / "store")
+    assert len(now) == 3 and not set(now) & set(before)
+    for c in changed["status"]["clones"]:
+        (seed,) = [p for n, p in now.items() if n.startswith(f"{c['name']}.")]
+        assert read_files(seed.read_bytes())["user-data"] == f"#cloud-config\nv: 2 {c['uuid']}\n".encode()
+
+    # scale-in takes the seed with the clone
+    _edit(manifests, "VmFleet", lambda s: s.update(replicas=1))
+    fleet, said = apply(manifests)
+    assert [n.split(".")[0] for n in _seeds(tmp_path / "store")] == ["demo-0"], said
+
+
+def test_user_data_from_a_secret_never_shows_and_a_missing_one_stops_the_fleet(
+    tmp_path: Path, small_image: Path
+) -> None:
+    secret_text = "#cloud-config\npassword: hunter2-{{ ordinal }}\n"
+    manifests = quickstart(tmp_path, small_image, cloudInit={"userDataSecretRef": {"name": "demo-user-data"}})
+    fleet, said = apply(manifests)
+    assert fleet["status"]["conditions"][0]["status"] == "False"
+    stalled = next(c for c in fleet["status"]["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "UserDataUnreadable"
+    assert "default/demo-user-data" in stalled["message"] and "userDataSecretRef" in stalled["message"]
+    assert not list((tmp_path / "store").rglob("*.qcow2")), "nothing is made without the user data"
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "demo-user-data", "namespace": "default"},
+        "stringData": {"userdata": secret_text},
+    }
+    (manifests / "secret.yaml").write_text(yaml.safe_dump(secret))
+    fleet, said = apply(manifests)
+    assert fleet["status"]["readyReplicas"] == 3, said
+    for seed in _seeds(tmp_path / "store").values():
+        assert b"password: hunter2-" in read_files(seed.read_bytes())["user-data"]
+    assert "hunter2" not in json.dumps(fleet) and "hunter2" not in said
+
+
+# ------------------------------------------------------------------ the planner's seed rules
+
+
+def _plan(domain: Any, *, missing: bool = True, stale: bool = True, reachable: bool = True) -> Any:
+    from vmfleet.planner import HostView, Observation, VmSeen, VmWant, plan_fleet
+
+    seen = Observation(
+        parent_exists=True,
+        clones=frozenset({0}),
+        domains={0: VmSeen(0, "kvm-a", *domain)} if domain else {},
+        hosts={"kvm-a": HostView("kvm-a", reachable, vcpus=8, memory_mib=8192, error="" if reachable else "down")},
+        recorded={0: "kvm-a"},
+        seed_missing=frozenset({0}) if missing else frozenset(),
+        stale_seeds=frozenset({0}) if stale else frozenset(),
+    )
+    return plan_fleet([VmWant(0, "web-0", 1, 256, True)], seen, "spread", lambda o, h: "new")
+
+
+def _ops(plan: Any) -> list[str]:
+    return [a.op.value for a in plan.actions]
+
+
+def test_a_changed_seed_is_written_before_the_redefine_and_the_old_one_kept_while_it_may_be_read() -> None:
+    running_old = ("Running", True, "old", "old")
+    plan = _plan(running_old)
+    assert _ops(plan) == ["write-seed", "define"]
+    assert plan.restart_required == [0]  # the guest reads the new seed at its next boot
+    # defined anew, still running the old definition: the old seed stays
+    assert _ops(_plan(("Running", True, "new", "old"), missing=False)) == []
+    # restarted on the new definition (or stopped): now the old one goes
+    assert _ops(_plan(("Running", True, "new", "new"), missing=False)) == ["delete-seeds"]
+    assert _ops(_plan(("Stopped", False, "new", ""), missing=False)) == ["delete-seeds", "start"]
+
+
+def test_nothing_is_done_to_the_seeds_of_a_vm_whose_host_does_not_answer() -> None:
+    assert _ops(_plan(("Running", True, "old", "old"), reachable=False)) == []
