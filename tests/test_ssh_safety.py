@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from conftest import TIMINGS
+from helpers import SEED_BYTES, tmpfs_at
 from simulator import MOUNT, SimEnv, fleet, host, template
 from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulator fixture
 from vmfleet.api import CloneStore, InvalidManifest, parse
@@ -344,6 +345,35 @@ def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
         )
         assert (sim[0], sim[1]) == (real.returncode, real.stdout), names
         assert sim[2].replace("/g/", "") == real.stderr.replace(f"{tmp_path}/", ""), names
+
+
+def test_the_simulator_s_dd_does_what_gnu_dd_does(tmp_path: Path) -> None:
+    """`dd of=FILE conv=fsync status=none` with binary stdin: the bytes written, the status, what it prints; a
+    longer old file truncated; a missing directory, a directory, a full file system (what was written stays)."""
+    from vmfleet.sim import SimFs
+    from vmfleet.sim.cli import execute
+
+    fs = SimFs(str(tmp_path), "/g")
+    (tmp_path / "d").mkdir()
+    cases = [("new", SEED_BYTES), ("new", b"short\0\xff"), ("none/x", b"x"), ("d", b"x"), ("full/x", SEED_BYTES)]
+    with tmpfs_at(tmp_path / "full", "64k"):
+        for name, data in cases:
+            file = tmp_path / name
+            before = file.read_bytes() if file.is_file() else None  # the second "new": 1 MiB, to be truncated
+            sim = execute(fs, "gpfs", cmd.dd_stdin_to(f"/g/{name}"), data)
+            simulated = file.read_bytes() if file.is_file() else None
+            if before is not None:
+                file.write_bytes(before)
+            elif file.is_file():
+                file.unlink()
+            real = subprocess.run(
+                ["sh", "-c", cmd.dd_stdin_to(str(tmp_path / name))], input=data, capture_output=True, cwd=tmp_path
+            )
+            written = file.read_bytes() if file.is_file() else None
+            assert (sim[0], sim[1]) == (real.returncode, real.stdout.decode()), name
+            assert sim[2].replace("/g/", "") == real.stderr.decode().replace(f"{tmp_path}/", ""), name
+            assert simulated == written, name
+    assert written is not None and 0 < len(written) < len(SEED_BYTES)  # the full one: what fitted stays
 
 
 def test_headers_are_matched_to_their_files_or_not_at_all() -> None:
