@@ -501,3 +501,15 @@ async def test_gpfs_never_writes_a_seed_image_outside_the_store(make_env: MakeEn
         await driver.write_file(SEED, SEED_BYTES)
     assert [p.name for p in outside.rglob("*")] == ["uid"]
     assert [c.split()[0] for c in env.sim.commands] == ["realpath", "realpath"]  # nothing but the look
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_gpfs_refuses_to_write_a_seed_image_over_a_directory(make_env: MakeEnv, server: str) -> None:
+    """`mv -T`: GNU mv would otherwise move the new file into a directory that has the target's name."""
+    env = await make_env("gpfs", openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    (env.directory / "frank" / SEED).mkdir(parents=True)
+    with pytest.raises(StoreError, match="cannot overwrite directory"):
+        await driver.write_file(SEED, SEED_BYTES)
+    assert list((env.directory / "frank" / SEED).iterdir()) == []
+    assert os.listdir(env.directory / "frank" / SEED_DIR) == [SEED_NAME]

@@ -205,8 +205,10 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
                 inside = real == fs.directory or real.startswith(fs.directory.rstrip("/") + "/")
                 out.append((fs.server(real) if inside else real) + "\n")
             return 0, "".join(out), ""
-        if name == "mv" and args[:2] == ["-f", "--"] and len(args) == 4:
-            fs.rename(args[2], args[3])
+        if name == "mv" and args[:3] == ["-f", "-T", "--"] and len(args) == 5:
+            if os.path.isdir(fs.local(args[4])) and not os.path.islink(fs.local(args[4])):
+                return 1, "", f"mv: cannot overwrite directory '{args[4]}' with non-directory\n"  # GNU mv -T
+            fs.rename(args[3], args[4])
             return 0, "", ""
         if name == "od" and args[:5] == ["-An", "-tx1", "-N32", "-w32", "-v"] and args[5:6] == ["--"]:
             return _od(fs, args[6:])
