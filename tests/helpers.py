@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,23 @@ def xfs_io_exclusive(path: Path) -> int:
         if len(cols) >= 5 and cols[2] != "hole" and not int(cols[4], 16) & 0x2000:
             total += int(cols[3]) * 512
     return total
+
+
+# A VM's cloud-init seed image as the store drivers see it: any bytes. 1 MiB + 7, every byte value (NUL, CR, LF,
+# 0xff), random bytes that no chunking could reorder unnoticed, and a tail that is not UTF-8.
+SEED_DIR = "vmfleet/clones/ns/web/uid"
+SEED_NAME = "web-0.cidata-0123456789ab.iso"
+SEED = f"{SEED_DIR}/{SEED_NAME}"
+SEED_BYTES = bytes(range(256)) * 16 + random.Random(15).randbytes((1 << 20) - 4096) + b"\xc3\x28\x80\xfe\xff\x00\n"
+assert len(SEED_BYTES) == (1 << 20) + 7 and set(SEED_BYTES) == set(range(256))
+
+
+@contextlib.contextmanager
+def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs mounted on `path` (root only): a directory whose file system fills up (ENOSPC)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

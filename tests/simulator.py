@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,13 @@ class OpenSshSim:
             "--hold-file",
             str(self.hold),
         ]
+        # The simulator of the tree the tests import (a worktree's, not the one installed in the venv): sshd runs
+        # ForceCommand through root's shell, which takes the assignment.
+        tree = Path(sim.__file__).resolve().parent.parent.parent
         self.sshd = Sshd(
             base,
             [
-                f"ForceCommand {' '.join(force)}",
+                f"ForceCommand PYTHONPATH={shlex.quote(str(tree))} {shlex.join(force)}",
                 f"MaxSessions {max_sessions}",
                 "LogLevel INFO",
                 "AllowTcpForwarding no",

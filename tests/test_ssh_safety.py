@@ -19,12 +19,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from conftest import TIMINGS
-from simulator import MOUNT, SimEnv, fleet, host, template
+from helpers import SEED, SEED_BYTES, SEED_DIR, SEED_NAME, tmpfs_at, wait_for
+from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
 from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulator fixture
 from vmfleet.api import CloneStore, InvalidManifest, parse
 from vmfleet.engine import reconcile_fleet
-from vmfleet.storage import StoreError, parent_path
+from vmfleet.storage import Space, StoreError, parent_path
 from vmfleet.storage import commands as cmd
+from vmfleet.storage.remote import GpfsStore
 
 pytestmark = [pytest.mark.safety, pytest.mark.sonas]
 MIB = 1 << 20
@@ -346,6 +348,35 @@ def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
         assert sim[2].replace("/g/", "") == real.stderr.replace(f"{tmp_path}/", ""), names
 
 
+def test_the_simulator_s_dd_does_what_gnu_dd_does(tmp_path: Path) -> None:
+    """`dd of=FILE conv=fsync status=none` with binary stdin: the bytes written, the status, what it prints; a
+    longer old file truncated; a missing directory, a directory, a full file system (what was written stays)."""
+    from vmfleet.sim import SimFs
+    from vmfleet.sim.cli import execute
+
+    fs = SimFs(str(tmp_path), "/g")
+    (tmp_path / "d").mkdir()
+    cases = [("new", SEED_BYTES), ("new", b"short\0\xff"), ("none/x", b"x"), ("d", b"x"), ("full/x", SEED_BYTES)]
+    with tmpfs_at(tmp_path / "full", "64k"):
+        for name, data in cases:
+            file = tmp_path / name
+            before = file.read_bytes() if file.is_file() else None  # the second "new": 1 MiB, to be truncated
+            sim = execute(fs, "gpfs", cmd.dd_stdin_to(f"/g/{name}"), data)
+            simulated = file.read_bytes() if file.is_file() else None
+            if before is not None:
+                file.write_bytes(before)
+            elif file.is_file():
+                file.unlink()
+            real = subprocess.run(
+                ["sh", "-c", cmd.dd_stdin_to(str(tmp_path / name))], input=data, capture_output=True, cwd=tmp_path
+            )
+            written = file.read_bytes() if file.is_file() else None
+            assert (sim[0], sim[1]) == (real.returncode, real.stdout.decode()), name
+            assert sim[2].replace("/g/", "") == real.stderr.decode().replace(f"{tmp_path}/", ""), name
+            assert simulated == written, name
+    assert written is not None and 0 < len(written) < len(SEED_BYTES)  # the full one: what fitted stays
+
+
 def test_headers_are_matched_to_their_files_or_not_at_all() -> None:
     header = " 51 46 49 fb" + " 00" * 28 + "\n"
     assert cmd.header_rows(header * 2, "", ["/a", "/b"]) == {"/a": bytes.fromhex(header), "/b": bytes.fromhex(header)}
@@ -354,3 +385,131 @@ def test_headers_are_matched_to_their_files_or_not_at_all() -> None:
     assert cmd.header_rows(header, "", ["/a", "/b"]) == {}  # one printed nothing (emptied): whose line is it?
     with pytest.raises(StoreError, match="unexpected od output"):
         cmd.header_rows("garbage\n", "", ["/a"])
+
+
+# ---------------------------------------------------------------- issue 15: small binary files (seed images)
+
+KIB = 1 << 10
+# gpfs through either SSH server; sonas writes through its NFS export (LocalStore's calls), checked here once more.
+WRITERS = [("gpfs", "openssh"), ("gpfs", "asyncssh-sim"), ("sonas", "asyncssh-sim")]
+
+
+@pytest.mark.parametrize(("personality", "server"), WRITERS)
+async def test_a_binary_seed_image_round_trips_byte_exact_and_is_listed_measured_and_deleted(
+    make_env: MakeEnv, personality: str, server: str
+) -> None:
+    env = await make_env(personality, openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    frank = env.directory / "frank"
+    await driver.write_file(SEED, SEED_BYTES)
+    assert (frank / SEED).read_bytes() == SEED_BYTES
+    small, data = f"{SEED_DIR}/web-1.cidata-0123456789ab.iso", os.urandom(64 * KIB)
+    await driver.write_file(small, data)
+    assert (frank / small).read_bytes() == data
+    assert await driver.list_dir(SEED_DIR) == [SEED_NAME, "web-1.cidata-0123456789ab.iso"]
+    space = await driver.measure([SEED, small])  # gpfs: through the node's stat
+    assert space[small] == Space(64 * KIB, 64 * KIB), space
+    assert space[SEED].logical == len(SEED_BYTES) and space[SEED].allocated >= len(SEED_BYTES), space
+    await driver.delete(SEED)
+    await driver.delete(small)
+    assert await driver.list_dir(SEED_DIR) == []
+    assert not (frank / SEED).exists() and not (frank / small).exists()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_gpfs_rewrites_a_seed_image_whole_never_in_place(make_env: MakeEnv, server: str) -> None:
+    env = await make_env("gpfs", openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    target = env.directory / "frank" / SEED
+    old = b"old seed\0\xff" * 6000
+    await driver.write_file(SEED, old)
+    with open(target, "rb") as before:  # a reader of the old file
+        await driver.write_file(SEED, SEED_BYTES)
+        assert before.read() == old, "the old file was overwritten in place"
+    assert target.read_bytes() == SEED_BYTES
+    assert os.listdir(target.parent) == [SEED_NAME], "a partial was left"
+    if not isinstance(env.sim, OpenSshSim):
+        return
+    # Midway: dd has written the partial beside the target and is held from answering; mv has not run.
+    env.sim.hold_replies("dd ")
+    try:
+        writing = asyncio.create_task(driver.write_file(SEED, old))
+        partial = await asyncio.to_thread(
+            wait_for,
+            lambda: [
+                p for p in target.parent.iterdir() if p.name.endswith(".partial") and p.stat().st_size == len(old)
+            ],
+            20,
+            "dd to write the partial",
+        )
+        assert partial[0].name.startswith(f"{SEED_NAME}.")
+        assert target.read_bytes() == SEED_BYTES, "the target changed before the rename"
+        assert await driver.list_dir(SEED_DIR) == [SEED_NAME]  # a partial is never listed
+    finally:
+        env.sim.hold_replies(None)
+    await writing
+    assert target.read_bytes() == old and os.listdir(target.parent) == [SEED_NAME]
+
+
+@pytest.mark.parametrize(("personality", "server"), WRITERS)
+async def test_a_seed_image_write_that_fails_leaves_the_old_file_and_no_partial(
+    make_env: MakeEnv, personality: str, server: str
+) -> None:
+    """The store fills up while dd writes (GNU dd leaves what it wrote): the driver removes the partial."""
+    env = await make_env(personality, openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    directory = env.directory / "frank" / SEED_DIR
+    with tmpfs_at(directory, "256k"):
+        old = os.urandom(64 * KIB)
+        await driver.write_file(SEED, old)
+        with pytest.raises(StoreError, match="No space left on device"):
+            await driver.write_file(SEED, SEED_BYTES)
+        assert (directory / SEED_NAME).read_bytes() == old
+        assert os.listdir(directory) == [SEED_NAME]
+
+
+async def test_a_gpfs_rename_that_fails_removes_the_written_partial(make_env: MakeEnv) -> None:
+    """realpath, mkdir, dd, mv for the first write; realpath, dd, mv (fails: command 7), rm for the second."""
+    env = await make_env("gpfs", fail={7})
+    driver = env.runtime.store_driver(env.store())
+    target = env.directory / "frank" / SEED
+    await driver.write_file(SEED, b"old")
+    with pytest.raises(StoreError, match="simulated failure"):
+        await driver.write_file(SEED, SEED_BYTES)
+    assert [c.split()[0] for c in env.sim.commands[4:]] == ["realpath", "dd", "mv", "rm"]
+    assert env.sim.commands[7] == cmd.rm_f(env.sim.commands[5].split()[1].removeprefix("of="))
+    assert target.read_bytes() == b"old" and os.listdir(target.parent) == [SEED_NAME]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_gpfs_never_writes_a_seed_image_outside_the_store(make_env: MakeEnv, server: str, tmp_path: Path) -> None:
+    env = await make_env("gpfs", openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    assert isinstance(driver, GpfsStore)
+    for bad in ("../seed.iso", "/etc/seed.iso", "vmfleet/../../seed.iso", ""):
+        with pytest.raises(StoreError, match="not a plain relative path"):
+            await driver.write_file(bad, SEED_BYTES)
+    assert env.sim.commands == []
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (env.directory / "frank" / "vmfleet" / "clones" / "ns").mkdir(parents=True)
+    (env.directory / "frank" / "vmfleet" / "clones" / "ns" / "web").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StoreError, match="symbolic link"):
+        await driver.write_file(SEED, SEED_BYTES)
+    (outside / "uid").mkdir()
+    with pytest.raises(StoreError, match="symbolic link"):
+        await driver.write_file(SEED, SEED_BYTES)
+    assert [p.name for p in outside.rglob("*")] == ["uid"]
+    assert [c.split()[0] for c in env.sim.commands] == ["realpath", "realpath"]  # nothing but the look
+
+
+@pytest.mark.parametrize("server", SERVERS)
+async def test_gpfs_refuses_to_write_a_seed_image_over_a_directory(make_env: MakeEnv, server: str) -> None:
+    """`mv -T`: GNU mv would otherwise move the new file into a directory that has the target's name."""
+    env = await make_env("gpfs", openssh=server == "openssh")
+    driver = env.runtime.store_driver(env.store())
+    (env.directory / "frank" / SEED).mkdir(parents=True)
+    with pytest.raises(StoreError, match="cannot overwrite directory"):
+        await driver.write_file(SEED, SEED_BYTES)
+    assert list((env.directory / "frank" / SEED).iterdir()) == []
+    assert os.listdir(env.directory / "frank" / SEED_DIR) == [SEED_NAME]

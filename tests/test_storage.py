@@ -6,14 +6,16 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import unavailable
-from helpers import xfs_io_exclusive
-from vmfleet.storage import StoreError
+from helpers import SEED, SEED_BYTES, SEED_DIR, SEED_NAME, tmpfs_at, xfs_io_exclusive
+from vmfleet.storage import Space, StoreError
+from vmfleet.storage.local import LocalStore
 from vmfleet.storage.qcow2 import Qcow2Store
 from vmfleet.storage.reflink import ReflinkStore
 
@@ -174,3 +176,98 @@ async def test_qcow2_clone_of_a_missing_parent_fails_cleanly(tmp_path: Path) -> 
         await store.create_clone(PARENT, "raw", "vmfleet/clones/ns/web/web-0.qcow2")
     with pytest.raises(StoreError, match="template image 'images/none.img' not found"):
         await store.prepare_parent("images/none.img", "raw", PARENT)
+
+
+# ---------------------------------------------------------------------- small binary files (issue 15: seed images)
+
+KIB = 1 << 10
+
+
+@pytest.fixture(params=["reflink", "qcow2"])
+def local_store(request: pytest.FixtureRequest, xfs: Path, unique: str) -> LocalStore:
+    root = xfs / f"{unique}-{request.param}"
+    root.mkdir()
+    return ReflinkStore(str(root)) if request.param == "reflink" else Qcow2Store(str(root))
+
+
+async def test_a_binary_file_round_trips_byte_exact_and_is_listed_measured_and_deleted(local_store: LocalStore) -> None:
+    store, root = local_store, Path(local_store.base)
+    await store.write_file(SEED, SEED_BYTES)
+    assert (root / SEED).read_bytes() == SEED_BYTES
+    assert (root / SEED).stat().st_mode & 0o777 == 0o644
+    small, data = f"{SEED_DIR}/web-1.cidata-0123456789ab.iso", os.urandom(64 * KIB)
+    await store.write_file(small, data)
+    assert await store.list_dir(SEED_DIR) == [SEED_NAME, "web-1.cidata-0123456789ab.iso"]
+    space = await store.measure([SEED, small])
+    assert space[small] == Space(64 * KIB, 64 * KIB), space
+    assert space[SEED].logical == len(SEED_BYTES) and space[SEED].allocated >= len(SEED_BYTES), space
+    await store.write_text(f"{SEED_DIR}/fleet.json", "{}")  # a thin call of write_file: the same file calls
+    assert (root / SEED_DIR / "fleet.json").read_bytes() == b"{}"
+    await store.delete(SEED)
+    await store.delete(small)
+    assert await store.list_dir(SEED_DIR) == ["fleet.json"]
+    assert not (root / SEED).exists() and not (root / small).exists()
+
+
+async def test_a_rewrite_replaces_the_file_whole_never_in_place(local_store: LocalStore) -> None:
+    store, root = local_store, Path(local_store.base)
+    old = b"old seed\0\xff" * 6000
+    await store.write_file(SEED, old)
+    with open(root / SEED, "rb") as before:  # a reader of the old file (QEMU has the seed open, say)
+        await store.write_file(SEED, SEED_BYTES)
+        assert before.read() == old, "the old file was overwritten in place"
+    assert (root / SEED).read_bytes() == SEED_BYTES
+    assert os.listdir(root / SEED_DIR) == [SEED_NAME], "a partial was left"
+
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def read_all_the_time() -> None:
+        while not stop.is_set():
+            seen.add((root / SEED).read_bytes())
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    try:
+        for i in range(10):
+            await store.write_file(SEED, old if i % 2 else SEED_BYTES)
+    finally:
+        stop.set()
+        reader.join()
+    assert seen <= {old, SEED_BYTES} and seen, [len(s) for s in seen]  # never a mix, never a short file
+    assert os.listdir(root / SEED_DIR) == [SEED_NAME]
+
+
+async def test_a_write_that_fails_leaves_the_old_file_and_no_partial(local_store: LocalStore) -> None:
+    store, root = local_store, Path(local_store.base)
+    with tmpfs_at(root / SEED_DIR, "256k"):  # root writes to a read-only directory: a full file system stops it
+        old = os.urandom(64 * KIB)
+        await store.write_file(SEED, old)
+        with pytest.raises(StoreError, match=f"{SEED}.*No space left on device"):
+            await store.write_file(SEED, SEED_BYTES)
+        assert (root / SEED).read_bytes() == old
+        assert os.listdir(root / SEED_DIR) == [SEED_NAME]
+        assert await store.list_dir(SEED_DIR) == [SEED_NAME]
+
+
+@pytest.mark.parametrize("bad", ["../seed.iso", "/etc/seed.iso", "vmfleet/../../seed.iso", "a/./b.iso", ""])
+async def test_a_binary_file_is_never_written_outside_the_store(local_store: LocalStore, bad: str) -> None:
+    with pytest.raises(StoreError, match="not a plain relative path"):
+        await local_store.write_file(bad, SEED_BYTES)
+
+
+async def test_a_binary_file_is_never_written_through_a_symbolic_link(local_store: LocalStore, tmp_path: Path) -> None:
+    root = Path(local_store.base)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "vmfleet" / "clones" / "ns").mkdir(parents=True)
+    (root / "vmfleet" / "clones" / "ns" / "web").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(StoreError, match="vmfleet/clones/ns/web is a symbolic link"):
+        await local_store.write_file(SEED, SEED_BYTES)
+    assert list(outside.iterdir()) == []
+    (root / "vmfleet" / "clones" / "ns" / "web").unlink()
+    (root / SEED_DIR).mkdir(parents=True)
+    (root / SEED).symlink_to(outside / "target.iso")
+    with pytest.raises(StoreError, match=f"{SEED} is a symbolic link"):
+        await local_store.write_file(SEED, SEED_BYTES)
+    assert list(outside.iterdir()) == [] and (root / SEED).is_symlink()

@@ -3,8 +3,8 @@
 Writes a client key, the Secret that carries it with known_hosts, and prints where it listens.
 
 `python -m vmfleet.sim --exec --dir DIR --personality sonas|gpfs` runs the one command in
-$SSH_ORIGINAL_COMMAND (stdin for `xargs -0`) and exits with its status: an OpenSSH sshd's ForceCommand,
-so the SSH server in front of the simulator is the one users meet.
+$SSH_ORIGINAL_COMMAND (stdin, as bytes, for `xargs -0` and `dd`) and exits with its status: an OpenSSH sshd's
+ForceCommand, so the SSH server in front of the simulator is the one users meet.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def run_once(
     if log:
         with open(log, "a") as f:
             f.write(command.replace("\n", " ") + "\n")
-    stdin = sys.stdin.read() if reads_stdin(command) else ""
+    stdin = sys.stdin.buffer.read() if reads_stdin(command) else b""  # bytes: dd writes them as they are
     time.sleep(latency)
     status, out, err = execute(SimFs(directory, mount_point), personality, command, stdin)
     deadline = time.monotonic() + 600

@@ -21,6 +21,7 @@ from .fs import FsError, SimFs
 
 Result = tuple[int, str, str]  # exit status, stdout, stderr
 
+_DD_BLOCK = 512  # dd's default block size: it writes what it reads, at most this much at a time
 SUCCESS = "EFSSG1000I The command completed successfully.\n"
 _SAFE_UNQUOTED = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./- ")
 # Stand-ins for SONAS CLI errors whose real codes are not public (EFSSG0264C is real: path not found).
@@ -69,14 +70,16 @@ def reads_stdin(command: str) -> bool:
     return command.startswith(("xargs ", "dd "))
 
 
-def execute(fs: SimFs, personality: str, command: str, stdin: str = "") -> Result:
-    """One command line as the SONAS CLI or a GPFS node's shell would run it."""
+def execute(fs: SimFs, personality: str, command: str, stdin: bytes | str = b"") -> Result:
+    """One command line as the SONAS CLI or a GPFS node's shell would run it. `stdin`: the bytes the command
+    reads (text is taken as UTF-8): `dd` writes them as they are; `xargs -0` takes its arguments from them."""
+    data = stdin.encode() if isinstance(stdin, str) else stdin
     try:
         argv = split(command)
         if argv[:2] == ["xargs", "-0"] and personality == "gpfs":
-            return _xargs(fs, argv[2:], [p for p in stdin.split("\0") if p])
+            return _xargs(fs, argv[2:], [os.fsdecode(p) for p in data.split(b"\0") if p])
         if argv[:1] == ["dd"] and personality == "gpfs":
-            return _dd(fs, argv[1:], stdin)
+            return _dd(fs, argv[1:], data)
         return (sonas if personality == "sonas" else gpfs)(fs, argv)
     except ValueError as e:
         return 2, "", f"sim: refusing {e}: {command!r}\n"
@@ -202,8 +205,10 @@ def gpfs(fs: SimFs, argv: list[str]) -> Result:
                 inside = real == fs.directory or real.startswith(fs.directory.rstrip("/") + "/")
                 out.append((fs.server(real) if inside else real) + "\n")
             return 0, "".join(out), ""
-        if name == "mv" and args[:2] == ["-f", "--"] and len(args) == 4:
-            fs.rename(args[2], args[3])
+        if name == "mv" and args[:3] == ["-f", "-T", "--"] and len(args) == 5:
+            if os.path.isdir(fs.local(args[4])) and not os.path.islink(fs.local(args[4])):
+                return 1, "", f"mv: cannot overwrite directory '{args[4]}' with non-directory\n"  # GNU mv -T
+            fs.rename(args[3], args[4])
             return 0, "", ""
         if name == "od" and args[:5] == ["-An", "-tx1", "-N32", "-w32", "-v"] and args[5:6] == ["--"]:
             return _od(fs, args[6:])
@@ -273,13 +278,27 @@ def _od(fs: SimFs, paths: list[str]) -> Result:
     return status, out, "".join(err)
 
 
-def _dd(fs: SimFs, args: list[str], stdin: str) -> Result:
-    """`dd of=FILE conv=fsync status=none`: stdin into a new or truncated file."""
+def _dd(fs: SimFs, args: list[str], stdin: bytes) -> Result:
+    """`dd of=FILE conv=fsync status=none`, as GNU coreutils' dd: stdin, byte for byte, into FILE (created, or
+    truncated), then fsync; nothing printed but errors. A failed write leaves what was written, as dd does."""
     if len(args) != 3 or not args[0].startswith("of=") or args[1:] != ["conv=fsync", "status=none"]:
         return 1, "", f"dd: unsupported operands {args!r}\n"
     path = args[0][len("of=") :]
     try:
-        fs.write(path, stdin.encode())
+        fd = fs.open_write(path)
     except FsError as e:
         return 1, "", f"dd: failed to open '{path}': {os.strerror(e.errno or 0)}\n"
+    try:
+        view = memoryview(stdin)
+        while view:
+            try:
+                view = view[os.write(fd, view[:_DD_BLOCK]) :]
+            except OSError as e:
+                return 1, "", f"dd: writing to '{path}': {os.strerror(e.errno or 0)}\n"
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            return 1, "", f"dd: fsync failed for '{path}': {os.strerror(e.errno or 0)}\n"
+    finally:
+        os.close(fd)
     return 0, "", ""

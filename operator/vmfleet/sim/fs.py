@@ -189,17 +189,19 @@ class SimFs:
             raise _err(errno.EROFS, path)
         os.unlink(local)
 
-    def write(self, path: str, data: bytes) -> None:
-        """A plain file's new contents; a clone parent is read-only (EROFS)."""
+    def open_write(self, path: str) -> int:
+        """A descriptor to write a plain file's new contents from its start (created, or truncated: `dd of=`);
+        a clone parent is read-only (EROFS). FsError when it cannot be opened."""
         local = self.local(path)
         if not os.path.isdir(os.path.dirname(local)):
             raise _err(errno.ENOENT, path)
         info = self.info(path) if os.path.lexists(local) else None
         if info is not None and info.is_parent:
             raise _err(errno.EROFS, path)
-        with open(local, "wb") as f:
-            f.write(data)
-            os.fsync(f.fileno())
+        try:
+            return os.open(local, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise _err(e.errno or errno.EIO, path) from None
 
     def rename(self, source: str, target: str) -> None:
         """`mv`: a clone parent cannot be replaced (EROFS)."""

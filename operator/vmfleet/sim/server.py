@@ -56,7 +56,8 @@ class Simulator:
     def count(self, prefix: str) -> int:
         return sum(1 for c in self.commands if c.startswith(prefix))
 
-    async def handle(self, process: asyncssh.SSHServerProcess[str]) -> None:
+    async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """One command. The channel has no encoding: stdin reaches `dd` byte for byte, as through OpenSSH."""
         command = process.command or ""
         self.commands.append(command)
         n = len(self.commands)
@@ -72,12 +73,12 @@ class Simulator:
             if self.personality == "sonas":
                 status, out, err = 1, "EFSSG0632C Command execution aborted.\n", ""
         else:
-            stdin = await process.stdin.read() if cli.reads_stdin(command) else ""
+            stdin = await process.stdin.read() if cli.reads_stdin(command) else b""
             status, out, err = await asyncio.to_thread(cli.execute, self.fs, self.personality, command, stdin)
         if n in self.faults.truncate:
             out = out[: len(out) // 2]
-        process.stdout.write(out)
-        process.stderr.write(err)
+        process.stdout.write(out.encode())
+        process.stderr.write(err.encode())
         process.exit(status)
 
     async def start(self, authorized_keys: str) -> Simulator:
@@ -96,19 +97,21 @@ class Simulator:
                 sim.connections += 1
                 self.conn = conn
 
-            def session_requested(self) -> tuple[asyncssh.SSHServerChannel[str], asyncssh.SSHServerProcess[str]]:
+            def session_requested(
+                self,
+            ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerProcess[bytes]]:
                 if self.sessions >= sim.max_sessions:
                     sim.refused += 1
                     raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "open failed")
                 assert self.conn is not None
-                chan = self.conn.create_server_channel()
+                chan = self.conn.create_server_channel(encoding=None)
                 self.sessions += 1
                 task = asyncio.get_running_loop().create_task(self._release(chan))
                 self.waiting.add(task)
                 task.add_done_callback(self.waiting.discard)
                 return chan, asyncssh.SSHServerProcess(sim.handle, None, 0, False)
 
-            async def _release(self, chan: asyncssh.SSHServerChannel[str]) -> None:
+            async def _release(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
                 await chan.wait_closed()  # sshd frees a session slot when its channel is gone, not at exit,
                 await asyncio.sleep(sim.session_free_lag)  # and only once its loop gets to it
                 self.sessions -= 1

@@ -113,8 +113,14 @@ class StoreDriver(Protocol):
         """A small text file vmfleet keeps in the store (a fleet's record); None if there is none."""
         ...
 
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Create or replace a small file vmfleet keeps in the store (a VM's cloud-init seed image: any bytes)
+        atomically: written beside it as a `.partial` file, then renamed over it, so a reader sees the old
+        contents or the new, never a mix; on failure the old file stays and the partial is removed."""
+        ...
+
     async def write_text(self, path: str, text: str) -> None:
-        """Replace that file atomically: a reader sees the old text or the new, never a mix."""
+        """`write_file` of the text as UTF-8 (a fleet's record)."""
         ...
 
     def disk_source(self, clone: str, on_host: str) -> DiskSource:

@@ -126,7 +126,9 @@ def dd_stdin_to(path: str) -> str:
 
 
 def mv_f(source: str, target: str) -> str:
-    return _join("mv", "-f", "--", source, target)
+    """Rename `source` over the file `target` (one rename(2): atomic). -T: a directory at `target` is an error,
+    never a directory to move `source` into."""
+    return _join("mv", "-f", "-T", "--", source, target)
 
 
 STAT_FORMAT = "%n\t%s\t%b"

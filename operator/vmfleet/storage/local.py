@@ -724,11 +724,12 @@ class LocalStore:
         except UnicodeDecodeError as e:
             raise StoreError(f"{self.where(path)} is not UTF-8 text ({e.reason})") from None
 
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Replace the file atomically through a locked partial: a reader sees the old bytes or the new."""
+        await self._run("writing", path, self._make, path, lambda p: _write_all(p.fd, data), 0o644, True)
+
     async def write_text(self, path: str, text: str) -> None:
-        """Replace the file atomically: a reader sees the old text or the new, never a mix."""
-        await self._run(
-            "writing", path, self._make, path, lambda p: _write_all(p.fd, text.encode("utf-8")), 0o644, True
-        )
+        await self.write_file(path, text.encode("utf-8"))
 
     async def probe(self) -> str:
         problem = await self._run("opening the store root", "", root_problem, self.base)

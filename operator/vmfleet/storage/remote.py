@@ -5,6 +5,7 @@ Both make clones from a read-only clone parent, on the server, in milliseconds a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -165,19 +166,24 @@ class GpfsStore:
             raise StoreError(f"{server} is larger than {cmd.MAX_TEXT} bytes: not a file vmfleet wrote")
         return text
 
-    async def write_text(self, path: str, text: str) -> None:
-        """Written beside it, then renamed over it: a reader sees the old text or the new, never a mix."""
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Written beside it (dd from the command's stdin, every byte as it is), then renamed over it: a reader
+        sees the old contents or the new, never a mix. A failed write removes its partial; the old file stays."""
         target = self._path(path)
         await self._unlinked(target)
         partial = self._path(f"{path}.{secrets.token_hex(8)}{PARTIAL_SUFFIX}")
         await self._mkdir(posixpath.dirname(target))
-        reply = await self.runner.run(cmd.dd_stdin_to(partial), stdin=text)
         try:
+            reply = await self.runner.run(cmd.dd_stdin_to(partial), stdin=bytes(data))
             cmd.shell_output("dd", reply.exit_status, reply.stdout, reply.stderr)
             await self._sh(cmd.mv_f(partial, target))
         except StoreError:
-            await self.runner.run(cmd.rm_f(partial))
+            with contextlib.suppress(StoreError):  # the write's error is the one to report
+                await self.runner.run(cmd.rm_f(partial))
             raise
+
+    async def write_text(self, path: str, text: str) -> None:
+        await self.write_file(path, text.encode("utf-8"))
 
     async def create_clone(self, parent: str, parent_format: str, target: str) -> None:
         path = self._path(target)

@@ -114,8 +114,10 @@ class SshRunner:
             self.connections_made += 1
             return link.conn
 
-    async def run(self, command: str, retry: bool = False, stdin: str | None = None) -> Reply:
-        """Run one command. `retry`: the command only reads, so it is sent again after a dropped connection."""
+    async def run(self, command: str, retry: bool = False, stdin: str | bytes | None = None) -> Reply:
+        """Run one command. `retry`: the command only reads, so it is sent again after a dropped connection.
+        `stdin` as text is sent UTF-8 encoded; as bytes, unchanged (a binary channel: no encoding either way,
+        its output decoded afterwards as a text command's would be, undecodable bytes replaced)."""
         delays = self.RETRY_DELAYS if retry else ()
         for attempt in range(len(delays) + 1):
             try:
@@ -126,7 +128,7 @@ class SshRunner:
                 await asyncio.sleep(delays[attempt])
         raise AssertionError("unreachable")
 
-    async def _run_once(self, command: str, stdin: str | None) -> Reply:
+    async def _run_once(self, command: str, stdin: str | bytes | None) -> Reply:
         name = command.split()[0]
         await self._channels.acquire()
         link = self._claim()
@@ -162,12 +164,15 @@ class SshRunner:
         self._channels.release()
 
     async def _on(
-        self, link: _Link, conn: asyncssh.SSHClientConnection, command: str, name: str, stdin: str | None
+        self, link: _Link, conn: asyncssh.SSHClientConnection, command: str, name: str, stdin: str | bytes | None
     ) -> Reply:
         self.commands_sent += 1
+        # asyncssh's default encoding (UTF-8) takes str only: bytes go through a channel without one. A text
+        # command's channel stays as it always was.
+        binary: dict[str, None] = {"encoding": None} if isinstance(stdin, bytes) else {}
         try:
             with metrics.SSH_SECONDS.labels(self.where, name).time():
-                done = await asyncio.wait_for(conn.run(command, check=False, input=stdin), self.timeout)
+                done = await asyncio.wait_for(conn.run(command, check=False, input=stdin, **binary), self.timeout)
         except TimeoutError:
             metrics.SSH_ERRORS.labels(self.where, "timeout").inc()
             raise StoreError(f"{name} on {self.where} took longer than {self.timeout:g} s") from None
