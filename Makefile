@@ -15,8 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/vmfleet image $(DEMO_ROOT)/images/basic.img
-	$(VENV)/bin/vmfleet apply -f examples/quickstart/
+	hack/system-packages.sh guest
+	DEMO_ROOT=$(DEMO_ROOT) $(VENV)/bin/python hack/demo.py
 
 demo-sonas: $(VENV)/.installed
 	hack/demo-sonas.sh
@@ -38,4 +38,5 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/python -m bench --report
 
 clean:
+	-[ -x $(VENV)/bin/python ] && DEMO_ROOT=$(DEMO_ROOT) $(VENV)/bin/python hack/demo.py --clean
 	rm -rf $(VENV) $(DEMO_ROOT)
