@@ -92,6 +92,9 @@ while read -r m; do
 done < /etc/vmfleet/modules
 hostname vmfleet-guest
 ip link set lo up
+# The ACPI power button powers the guest off (busybox acpid runs /etc/acpi/PWRF/00000080). Started before the
+# seed search and DHCP, which take seconds, so the button works as soon as the console line is there.
+if command -v acpid >/dev/null; then acpid -f & fi
 
 # The label of block device $1 as "FSTYPE label" (lower case), from the bytes: busybox has no blkid.
 read_at() { dd if="$1" bs=1 skip="$2" count="$3" 2>/dev/null | tr -d '\000'; }
@@ -163,8 +166,6 @@ line="VMFLEET-GUEST hostname=$(hostname) instance-id=${IID:-none} mac=$MAC ip=${
 # After a newline: the bootloader leaves terminal escapes on the serial line, and the marker starts a line.
 if [ -c /dev/ttyS0 ]; then printf '\n%s\n' "$line" > /dev/ttyS0; else printf '\n%s\n' "$line"; fi
 
-# The ACPI power button powers the guest off (busybox acpid runs /etc/acpi/PWRF/00000080).
-command -v acpid >/dev/null && acpid -f &
 while :; do sleep 3600; done
 """
 
@@ -244,7 +245,10 @@ def _check_host_tools() -> None:
 
 
 def _run(argv: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    try:
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    except OSError as e:  # e.g. busybox-static of another architecture than this machine's
+        raise ImageBuildError(f"cannot run {argv[0]}: {e}") from e
     if done.returncode != 0:
         raise ImageBuildError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return done.stdout
@@ -439,7 +443,7 @@ def initramfs(busybox: str, modules: list[tuple[str, bytes]]) -> bytes:
     archive.file("etc/vmfleet/udhcpc", UDHCPC_SCRIPT.encode(), 0o755)
     archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON.encode(), 0o755)
     archive.file("init", INIT.encode(), 0o755)
-    return gzip.compress(archive.finish(), compresslevel=9, mtime=0)
+    return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
 
 
 # --- the disk ---
