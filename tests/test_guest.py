@@ -48,6 +48,18 @@ def iso(path: Path, label: str, files: dict[str, bytes]) -> Path:
     return path
 
 
+def vfat(path: Path, label: str, files: dict[str, bytes]) -> Path:
+    """A FAT seed as `cloud-localds --filesystem vfat` makes one: mkfs.vfat picks FAT12 for 2 MiB."""
+    with open(path, "wb") as f:
+        f.truncate(2 << 20)
+    subprocess.run(["mkfs.vfat", "-n", label, str(path)], check=True, capture_output=True)
+    for name, data in files.items():
+        src = path.parent / f"{path.name}.{name}"
+        src.write_bytes(data)
+        subprocess.run(["mcopy", "-i", str(path), str(src), f"::/{name}"], check=True, capture_output=True)
+    return path
+
+
 @dataclass
 class Guest:
     """One QEMU booting a copy of the image: its devices, where its console goes, what it must print."""
@@ -97,8 +109,9 @@ class Guest:
         return (self.dir / "qemu.err").read_text(errors="replace")[-2000:]
 
 
-def seeds(tmp: Path, token: str) -> tuple[Path, Path]:
-    """A NoCloud seed (values quoted both ways) and a ConfigDrive seed, each naming the guest with `token`."""
+def seeds(tmp: Path, token: str) -> tuple[Path, Path, Path]:
+    """A NoCloud seed (values quoted both ways), a ConfigDrive seed and a NoCloud seed on FAT written on Windows
+    (CRLF, label in upper case), each naming its guest with `token`."""
     nocloud = iso(
         tmp / "nocloud.iso",
         "cidata",
@@ -116,20 +129,29 @@ def seeds(tmp: Path, token: str) -> tuple[Path, Path]:
             "openstack/latest/user_data": f"#!/bin/sh configdrive-{token}\necho second line\n".encode(),
         },
     )
-    return nocloud, configdrive
+    windows = vfat(
+        tmp / "vfat.img",
+        "CIDATA",
+        {
+            "meta-data": f"instance-id: v-{token}\r\nlocal-hostname: fat-{token}\r\n".encode(),
+            "user-data": f"#cloud-config vfat-{token}\r\nruncmd: []\r\n".encode(),
+        },
+    )
+    return nocloud, configdrive, windows
 
 
 @pytest.fixture(scope="module")
 def guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Guest]]:
-    """Three guests booting at once from copies of one image: NoCloud on virtio (q35); ConfigDrive on a SATA
-    CD-ROM with a SATA disk and an e1000 NIC (windows-legacy's devices, machine pc); one without seed or DHCP.
+    """Four guests booting at once from copies of one image: NoCloud on virtio (q35); ConfigDrive on a SATA
+    CD-ROM with a SATA disk and an e1000 NIC (windows-legacy's devices, machine pc); NoCloud on FAT; one without
+    seed or DHCP.
     Every QEMU started here is killed at the end, whatever happened."""
     missing = missing_host_tools() + [t for t in ("qemu-system-x86_64",) if not shutil.which(t)]
     if missing:
         unavailable(f"the Linux guest needs {', '.join(missing)} (hack/system-packages.sh test)")
     tmp = tmp_path_factory.mktemp("guest")
     token = secrets.token_hex(4)
-    nocloud, configdrive = seeds(tmp, token)
+    nocloud, configdrive, windows = seeds(tmp, token)
     virtio_disk = ("-drive", "file={image},if=virtio,format=raw,snapshot=on")
     made = [
         Guest(
@@ -169,6 +191,24 @@ def guests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Guest
                 "mac": "52:54:00:65:43:21",
                 "ip": SLIRP_ADDRESS,
                 "user_data": f"#!/bin/sh configdrive-{token}",
+            },
+        ),
+        Guest(
+            "vfat",
+            tmp / "vfat",
+            "q35",
+            [
+                virtio_disk,
+                ("-drive", f"file={windows},if=virtio,format=raw,readonly=on"),
+                ("-netdev", "user,id=n0"),
+                ("-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:04"),
+            ],
+            {
+                "hostname": f"fat-{token}",
+                "instance_id": f"v-{token}",
+                "mac": "52:54:00:00:00:04",
+                "ip": SLIRP_ADDRESS,
+                "user_data": f"#cloud-config vfat-{token}",
             },
         ),
         Guest(
@@ -219,7 +259,7 @@ def test_the_image_is_a_few_tens_of_mib_with_an_active_fat_partition(tmp_path: P
     assert {"::/vmlinuz", "::/initrd.gz", "::/syslinux.cfg", "::/ldlinux.sys", "::/ldlinux.c32"} <= set(files)
 
 
-@pytest.mark.parametrize("name", ["nocloud", "configdrive", "bare"])
+@pytest.mark.parametrize("name", ["nocloud", "configdrive", "vfat", "bare"])
 def test_the_guest_prints_its_seed_mac_and_address(guests: dict[str, Guest], name: str) -> None:
     guest = guests[name]
     found = guest.wait_line()
