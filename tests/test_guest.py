@@ -4,12 +4,14 @@ console; without a seed or DHCP it says that; its ACPI power button powers it of
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -60,6 +62,11 @@ def vfat(path: Path, label: str, files: dict[str, bytes]) -> Path:
     return path
 
 
+def _die_with_parent() -> None:
+    """In the child before QEMU runs: a SIGKILLed test run would otherwise leave its QEMUs busy on the cores."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Guest:
     """One QEMU booting a copy of the image: its devices, where its console goes, what it must print."""
@@ -87,7 +94,9 @@ class Guest:
         argv += [word.format(image=image) for option in self.devices for word in option]
         with open(self.dir / "qemu.err", "wb") as err:
             self.started = time.monotonic()
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, preexec_fn=_die_with_parent
+            )
 
     def console(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -101,7 +110,8 @@ class Guest:
         return found
 
     def wait_line(self) -> re.Match[str]:
-        found: re.Match[str] = wait_for(self.line, self.deadline, f"the {self.name} guest's VMFLEET-GUEST line")
+        left = self.started + self.deadline - time.monotonic()  # the deadline counts from QEMU's start
+        found: re.Match[str] = wait_for(self.line, left, f"the {self.name} guest's VMFLEET-GUEST line")
         TIMINGS.setdefault(f"{self.name} guest: QEMU start to VMFLEET-GUEST", time.monotonic() - self.started)
         return found
 
