@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmfleet needs, when it can (root on Debian/Ubuntu); otherwise names them.
-#   hack/system-packages.sh demo   what `make demo` needs (build libvirt-python, qemu-img, libvirt's test driver)
+#   hack/system-packages.sh demo   what `make demo` needs (build libvirt-python, qemu-img, libvirt's test driver,
+#                                   the Linux guest image)
 #   hack/system-packages.sh test   what the whole test suite needs (+ libvirtd, QEMU, XFS tools, bindfs: FUSE,
 #                                   containerd and CNI plugins: a single-node cluster)
 set -euo pipefail
 
-demo=(gcc pkg-config libvirt-dev qemu-utils)
+# dosfstools, mtools, syslinux(-common): `vmfleet image --linux` makes its boot partition without root or a mount
+demo=(gcc pkg-config libvirt-dev qemu-utils dosfstools mtools syslinux syslinux-common)
 test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps openssh-server openssh-client
       podman runc debootstrap bindfs containerd containernetworking-plugins iptables)
 

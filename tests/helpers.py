@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import random
 import shutil
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -85,3 +88,28 @@ def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=False)
+
+
+_linux_image_lock = threading.Lock()
+_linux_image: Path | None = None
+
+
+def linux_image(tmp: Path) -> Path:
+    """A copy in `tmp` of the Linux guest image, built once per test process by `vmfleet image --linux` (as the
+    demo builds it, its Debian packages cached where that keeps them) and reused."""
+    global _linux_image
+    from conftest import TIMINGS
+    from vmfleet.cli import main
+
+    with _linux_image_lock:
+        if _linux_image is None:
+            where = tempfile.mkdtemp(prefix="vmfleet-linux-image-")
+            atexit.register(shutil.rmtree, where, ignore_errors=True)
+            t0 = time.monotonic()
+            if main(["image", "--linux", os.path.join(where, "linux.img")]) != 0:
+                raise AssertionError("vmfleet image --linux failed: its error is in the captured stderr")
+            TIMINGS["Linux guest image built"] = time.monotonic() - t0
+            _linux_image = Path(where) / "linux.img"
+    copy = tmp / "linux.img"
+    shutil.copyfile(_linux_image, copy)
+    return copy

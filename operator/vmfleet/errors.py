@@ -10,7 +10,8 @@ arises; the engine catches these and nothing broader, and turns each into a cond
     ├── HostError             a libvirt host refused or did not answer
     ├── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
     │   └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
-    └── Unresolved            (engine/catalog.py) a reference that does not resolve, or an invalid object
+    ├── Unresolved            (engine/catalog.py) a reference that does not resolve, or an invalid object
+    └── ImageBuildError       (guest.py) the Linux guest image cannot be built: a tool or package is missing
 
 A CredentialsError leaves a driver as that driver's error (the store's StoreError, the host's HostError):
 the engine reports a Secret's fault as it reports its owner's.
@@ -41,3 +42,7 @@ class HostError(VmfleetError):
 
 class CredentialsError(VmfleetError):
     """A Secret cannot be read or lacks a key; the message names the Secret and the field that names it."""
+
+
+class ImageBuildError(VmfleetError):
+    """The Linux guest image cannot be built; the message names the missing tool, package or file."""

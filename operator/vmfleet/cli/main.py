@@ -130,13 +130,27 @@ def _write_troubleshooting(path: str) -> None:
 
 
 def _image(args: argparse.Namespace) -> int:
+    from ..errors import ImageBuildError
+    from ..guest import build_linux_image
     from ..images import make_template_image
 
-    if os.path.exists(args.path) and not args.force:
-        print(f"{args.path} exists; keeping it (--force to replace)", file=sys.stderr)
+    if (args.path is None) == (args.linux is None):
+        print("error: give a PATH for the boot-sector template, or --linux PATH for the Linux guest", file=sys.stderr)
+        return 2
+    path = args.linux or args.path
+    if os.path.exists(path) and not args.force:
+        print(f"{path} exists; keeping it (--force to replace)", file=sys.stderr)
         return 0
-    make_template_image(args.path, args.size_mib << 20, args.data_mib << 20, args.marker)
-    print(f"wrote {args.path}: {args.size_mib} MiB, {args.data_mib} MiB of data, boot marker {args.marker!r}")
+    if args.linux:
+        try:
+            build_linux_image(path, args.cache)
+        except ImageBuildError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {path}: {os.path.getsize(path) >> 20} MiB, a Linux guest that reads its cloud-init seed")
+        return 0
+    make_template_image(path, args.size_mib << 20, args.data_mib << 20, args.marker)
+    print(f"wrote {path}: {args.size_mib} MiB, {args.data_mib} MiB of data, boot marker {args.marker!r}")
     return 0
 
 
@@ -195,8 +209,18 @@ def parser() -> argparse.ArgumentParser:
     )
     c.set_defaults(func=_crds)
 
-    i = sub.add_parser("image", help="write a small bootable template image (for trying vmfleet out)")
-    i.add_argument("path")
+    i = sub.add_parser(
+        "image",
+        help="write a small bootable template image (for trying vmfleet out), or with --linux a Linux guest",
+    )
+    i.add_argument("path", nargs="?", help="the boot-sector template to write")
+    i.add_argument(
+        "--linux",
+        metavar="PATH",
+        help="write a 32 MiB Linux guest image instead (Debian's kernel and busybox; reads its cloud-init seed, "
+        "prints a VMFLEET-GUEST line on the serial console)",
+    )
+    i.add_argument("--cache", metavar="DIR", help="where --linux keeps the Debian packages (~/.cache/vmfleet/guest)")
     i.add_argument("--size-mib", type=int, default=1024)
     i.add_argument("--data-mib", type=int, default=32)
     i.add_argument("--marker", default="VMFLEET-BOOT-OK")
