@@ -51,6 +51,8 @@ def manifests(real: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for src in sorted((REPO / "examples" / "quickstart").glob("*.yaml")):
         doc = yaml.safe_load(src.read_text())
+        if doc["kind"] == "CloneStore":
+            doc["spec"]["root"] = str(ROOT)
         if real and doc["kind"] == "KvmHost":
             doc["spec"].update(uri=URI, consoleLogDir=str(ROOT / "logs"))
         if real and doc["kind"] == "VmFleet":

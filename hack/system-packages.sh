@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Installs the Debian packages vmfleet needs, when it can (root on Debian/Ubuntu); otherwise names them.
-#   hack/system-packages.sh demo   what `make demo` needs (build libvirt-python, qemu-img, libvirt's test driver,
-#                                   the Linux guest image)
-#   hack/system-packages.sh test   what the whole test suite needs (+ libvirtd, QEMU, XFS tools, bindfs: FUSE,
-#                                   containerd and CNI plugins: a single-node cluster)
+#   hack/system-packages.sh demo   what `make demo` needs (build libvirt-python, qemu-img, libvirt's test driver)
+#   hack/system-packages.sh guest  what makes `make demo` real (QEMU, libvirtd, the Linux guest image's tools):
+#                                   installed where it can be, else named; never fails (the demo falls back)
+#   hack/system-packages.sh test   what the whole test suite needs (+ XFS tools, bindfs: FUSE, containerd and
+#                                   CNI plugins: a single-node cluster)
 set -euo pipefail
 
+demo=(gcc pkg-config libvirt-dev qemu-utils)
 # dosfstools, mtools, syslinux(-common): `vmfleet image --linux` makes its boot partition without root or a mount
-demo=(gcc pkg-config libvirt-dev qemu-utils dosfstools mtools syslinux syslinux-common)
-test=("${demo[@]}" libvirt-daemon-system qemu-system-x86 xfsprogs procps openssh-server openssh-client
+guest=(qemu-system-x86 libvirt-daemon-system dosfstools mtools syslinux syslinux-common)
+test=("${demo[@]}" "${guest[@]}" xfsprogs procps openssh-server openssh-client
       podman runc debootstrap bindfs containerd containernetworking-plugins iptables)
 
 case "${1:-demo}" in
   demo) wanted=("${demo[@]}") ;;
+  guest) wanted=("${guest[@]}") ;;
   test) wanted=("${test[@]}") ;;
-  *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+  *) echo "usage: $0 demo|guest|test" >&2; exit 2 ;;
 esac
 
 missing=()
@@ -28,6 +31,8 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q "${missing[@]}" >/dev/null
+elif [ "${1:-demo}" = guest ]; then
+  echo "for real QEMU guests, make demo wants: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
 else
   echo "vmfleet needs these Debian/Ubuntu packages: ${missing[*]}" >&2
   echo "install them (sudo apt-get install ${missing[*]}) and run make again" >&2

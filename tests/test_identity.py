@@ -244,13 +244,13 @@ def test_user_data_from_a_secret_never_shows_and_a_missing_one_stops_the_fleet(
 # ------------------------------------------------------------------ the planner's seed rules
 
 
-def _plan(domain: Any, *, missing: bool = True, stale: bool = True, reachable: bool = True) -> Any:
+def _plan(domain: Any, *, missing: bool = True, stale: bool = True, reachable: bool = True, saved: bool = False) -> Any:
     from vmfleet.planner import HostView, Observation, VmSeen, VmWant, plan_fleet
 
     seen = Observation(
         parent_exists=True,
         clones=frozenset({0}),
-        domains={0: VmSeen(0, "kvm-a", *domain)} if domain else {},
+        domains={0: VmSeen(0, "kvm-a", *domain, saved=saved)} if domain else {},
         hosts={"kvm-a": HostView("kvm-a", reachable, vcpus=8, memory_mib=8192, error="" if reachable else "down")},
         recorded={0: "kvm-a"},
         seed_missing=frozenset({0}) if missing else frozenset(),
@@ -275,5 +275,154 @@ def test_a_changed_seed_is_written_before_the_redefine_and_the_old_one_kept_whil
     assert _ops(_plan(("Stopped", False, "new", ""), missing=False)) == ["delete-seeds", "start"]
 
 
+def test_a_vm_saved_with_its_memory_keeps_the_seed_its_saved_definition_reads() -> None:
+    """libvirt-guests suspends VMs at a host's shutdown (managedsave): it resumes on the definition it ran."""
+    assert _ops(_plan(("Stopped", False, "new", ""), missing=False, saved=True)) == ["start"]
+
+
 def test_nothing_is_done_to_the_seeds_of_a_vm_whose_host_does_not_answer() -> None:
     assert _ops(_plan(("Running", True, "old", "old"), reachable=False)) == []
+
+
+async def test_an_upgrade_keeps_the_mac_a_networked_vm_already_has(tmp_path: Path, small_image: Path) -> None:
+    """Domains defined before vmfleet chose MACs keep the one libvirt gave them, also when redefined later: no
+    guest bound to its MAC (ifcfg HWADDR, a Windows NIC) loses its network to an upgrade."""
+    import dataclasses
+
+    import libvirt
+
+    from vmfleet.engine import Runtime, reconcile_fleet
+    from vmfleet.engine.fleet import desire
+    from vmfleet.hypervisor import domain_xml
+    from vmfleet.hypervisor.domain import nic_mac
+
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
+    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    template = parse(_template(network="default", memoryMiB=64))
+    fleet = parse(_fleet(replicas=1))
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")  # the test driver's state lives while a connection is open
+    try:
+        first = await reconcile_fleet(runtime, fleet, template, store, [host])  # type: ignore[arg-type]
+        assert first.status["readyReplicas"] == 1, first.status["conditions"]
+        # Make its domain what an older vmfleet defined: no <mac> (libvirt picks one), no mac in the metadata.
+        desired = desire(runtime, fleet, template, store, [host])  # type: ignore[arg-type]
+        clone = first.status["cloneDirectory"] + "/" + first.status["clones"][0]["file"]
+        spec = dataclasses.replace(desired.domain_spec(0, "kvm-a", clone), mac=None)
+        owner = dataclasses.replace(desired.owner(0, "kvm-a", clone, spec), mac=None)
+        conn.defineXML(domain_xml(spec, owner, desired.vm_uuid(0)))
+        dom = conn.lookupByName("prod.web-0")
+        old = nic_mac(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        assert old and old != vm_mac("u-1", 0)
+
+        again = await reconcile_fleet(runtime, fleet, template, store, [host], first.status)  # type: ignore[arg-type]
+        assert [a.op.value for a in again.plan.actions] == [], "an upgrade alone redefines nothing"
+        assert "mac" not in again.status["clones"][0]  # not vmfleet's to report until it defines it
+
+        bigger = parse(_template(network="default", memoryMiB=96))  # a real change: redefined, MAC kept
+        third = await reconcile_fleet(runtime, fleet, bigger, store, [host], again.status)  # type: ignore[arg-type]
+        assert "define" in [a.op.value for a in third.plan.actions]
+        assert nic_mac(conn.lookupByName("prod.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == old
+        assert third.status["clones"][0]["mac"] == old
+        fourth = await reconcile_fleet(runtime, fleet, bigger, store, [host], third.status)  # type: ignore[arg-type]
+        assert [a.op.value for a in fourth.plan.actions] == [] and fourth.status["clones"][0]["mac"] == old
+    finally:
+        await runtime.close()
+        conn.close()
+
+
+async def test_status_shows_a_few_addresses_and_stays_valid(
+    tmp_path: Path, small_image: Path, monkeypatch: Any
+) -> None:
+    import jsonschema
+
+    from vmfleet.api.crd import root_schema
+    from vmfleet.api.schema import KINDS, MAX_ADDRESSES
+    from vmfleet.engine import Runtime, reconcile_fleet
+    from vmfleet.hypervisor import LibvirtHost
+
+    async def many(self: LibvirtHost, name: str) -> list[str]:
+        return [f"10.0.0.{i}" for i in range(17)]  # ARP on a network full of VIPs
+
+    monkeypatch.setattr(LibvirtHost, "addresses", many)
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
+    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    runtime = Runtime()
+    try:
+        done = await reconcile_fleet(
+            runtime,
+            parse(_fleet(replicas=1)),
+            parse(_template(network="default")),
+            store,
+            [host],  # type: ignore[arg-type]
+        )
+    finally:
+        await runtime.close()
+    assert done.status["clones"][0]["addresses"] == [f"10.0.0.{i}" for i in range(MAX_ADDRESSES)]
+    jsonschema.validate(done.status, root_schema(KINDS["VmFleet"])["properties"]["status"])
+
+
+def test_networkdata_that_its_datasource_cannot_read_is_refused_naming_the_field() -> None:
+    said = _refused(_fleet(cloudInit={"datasource": "ConfigDrive", "networkData": '{"links": [ {{ mac }} ]'}))
+    assert "spec.cloudInit.networkData: not valid JSON (network_data.json)" in said
+    said = _refused(_template(cloudInit={"datasource": "NoCloud", "networkData": "version: [2"}))
+    assert "spec.cloudInit.networkData: not valid YAML (network-config)" in said
+    parse(_fleet(cloudInit={"datasource": "ConfigDrive", "networkData": '{"links": [{"mac": "{{ mac }}"}]}'}))
+
+
+def test_binary_user_data_from_a_secret_reaches_the_seed_unchanged(tmp_path: Path, small_image: Path) -> None:
+    import base64
+    import gzip
+
+    payload = gzip.compress(b"#cloud-config\nruncmd: [echo {{ name }}]\n")
+    manifests = quickstart(tmp_path, small_image, replicas=1, cloudInit={"userDataSecretRef": {"name": "ud"}})
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "ud", "namespace": "default"},
+        "data": {"userdata": base64.b64encode(payload).decode()},
+    }
+    (manifests / "secret.yaml").write_text(yaml.safe_dump(secret))
+    fleet, said = apply(manifests)
+    assert fleet["status"]["readyReplicas"] == 1, said
+    (seed,) = _seeds(tmp_path / "store").values()
+    assert read_files(seed.read_bytes())["user-data"] == payload
+
+
+def test_user_data_is_never_read_from_the_namespace_of_the_stores_keys() -> None:
+    import asyncio
+
+    from vmfleet.engine import Runtime, reconcile_fleet
+
+    read: list[Any] = []
+    store = parse(
+        _doc(
+            "CloneStore",
+            "local",
+            {
+                "driver": "gpfs",
+                "root": "/gpfs/fs1",
+                "ssh": {"host": "gpfs", "user": "root", "secretRef": {"name": "k", "namespace": "prod"}},
+            },
+        )
+    )
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default"}))
+    fleet = parse(_fleet(cloudInit={"userDataSecretRef": {"name": "k", "key": "ssh-privatekey"}}))
+
+    async def run() -> Any:
+        runtime = Runtime(lambda ref: read.append(ref) or {"ssh-privatekey": "KEY"})
+        try:
+            return await reconcile_fleet(runtime, fleet, parse(_template()), store, [host])  # type: ignore[arg-type]
+        finally:
+            await runtime.close()
+
+    done = asyncio.run(run())
+    stalled = next(c for c in done.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "UserDataUnreadable" and "holds the SSH keys" in stalled["message"]
+    assert read == [], "the Secret was not even read"

@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from conftest import TIMINGS
-from helpers import open_up, wait_for
+from helpers import linux_image, open_up, wait_for
 from vmfleet.api import parse
 from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import Runtime, reconcile_fleet, teardown_fleet
@@ -34,10 +34,15 @@ LINE = re.compile(
 )
 
 
+FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
+
+
 @pytest.fixture(scope="module")
 def dhcp_network(libvirtd: str) -> Iterator[str]:
-    """An isolated libvirt network with DHCP: dnsmasq serves leases, nothing is forwarded or NATed (so neither
-    ip_forward nor the host's firewall for other traffic changes), and it is gone afterwards."""
+    """A libvirt network with DHCP (libvirt's dnsmasq serves leases) in forward mode 'open': libvirt adds no
+    firewall rule for it, so the host's firewall is as it was. It turns forwarding on, which is put back, and the
+    network is gone afterwards."""
+    forwarding = {p: Path(p).read_text() for p in FORWARDING}
     conn = libvirt.open(libvirtd)
     try:
         old = conn.networkLookupByName(NETWORK)
@@ -47,7 +52,7 @@ def dhcp_network(libvirtd: str) -> Iterator[str]:
     except libvirt.libvirtError:
         pass
     net = conn.networkDefineXML(
-        f"<network><name>{NETWORK}</name><bridge name='{BRIDGE}' stp='off'/>"
+        f"<network><name>{NETWORK}</name><forward mode='open'/><bridge name='{BRIDGE}' stp='off'/>"
         f"<ip address='{GATEWAY}' netmask='255.255.255.0'>"
         f"<dhcp><range start='10.251.7.100' end='10.251.7.199'/></dhcp></ip></network>"
     )
@@ -59,6 +64,8 @@ def dhcp_network(libvirtd: str) -> Iterator[str]:
             net.destroy()
         net.undefine()
         conn.close()
+        for p, value in forwarding.items():
+            Path(p).write_text(value)
 
 
 class Site:
@@ -128,17 +135,18 @@ class Site:
 
 
 @pytest.fixture
-async def site(xfs: Path, tmp_path: Path, linux_image: Path, dhcp_network: str, unique: str) -> Iterator[Site]:
-    s = Site(xfs, tmp_path, linux_image, unique)
+async def site(xfs: Path, tmp_path: Path, dhcp_network: str, unique: str) -> Iterator[Site]:
+    s = Site(xfs, tmp_path, linux_image(tmp_path), unique)
     yield s
     fleet, _, store, hosts = s.objects(0)
     await teardown_fleet(s.runtime, fleet, [store], hosts)
     await s.runtime.close()
 
 
-def _seed(site: Site, status: dict, vm: str) -> dict[str, bytes]:
-    (path,) = (site.root / status["cloneDirectory"]).glob(f"{vm}.cidata-*.iso")
-    return read_files(path.read_bytes())
+def _user_data(site: Site, status: dict, vm: str) -> list[bytes]:
+    """The user data of each seed image of `vm`, newest first."""
+    paths = sorted((site.root / status["cloneDirectory"]).glob(f"{vm}.cidata-*.iso"), key=lambda p: -p.stat().st_mtime)
+    return [read_files(p.read_bytes())["user-data"] for p in paths]
 
 
 async def test_each_guest_boots_with_its_own_identity_and_status_says_where_it_is(site: Site, libvirtd: str) -> None:
@@ -178,8 +186,11 @@ async def test_each_guest_boots_with_its_own_identity_and_status_says_where_it_i
         status = await site.converge(status)
         restart = next(c for c in status["conditions"] if c["type"] == "RestartRequired")
         assert restart["status"] == "True"
-        for vm in vms:
-            assert _seed(site, status, vm)["user-data"] == f"#cloud-config second {vm}\n".encode()
+        for vm in vms:  # the new seed; the old one stays while the running guest may still read it
+            assert _user_data(site, status, vm) == [
+                f"#cloud-config second {vm}\n".encode(),
+                f"#cloud-config first {vm} {vms[vm]['ordinal']}\nruncmd: []\n".encode(),
+            ]
         # ... and a rebooted guest prints it; its identity stays.
         conn.lookupByName(f"{site.ns}.web-1").destroy()
         status = await site.converge(status)  # started again: its console log starts afresh (append="off")

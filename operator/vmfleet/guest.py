@@ -158,7 +158,13 @@ done
 if [ -n "$IF" ]; then
   MAC=$(cat "/sys/class/net/$IF/address")
   ip link set "$IF" up
-  udhcpc -n -q -t 5 -T 2 -i "$IF" -s /etc/vmfleet/udhcpc >/tmp/udhcpc.log 2>&1 || say "no DHCP lease on $IF"
+  # Again when an offer was not acknowledged (udhcpc -n gives up after three requests), as DHCP clients do.
+  LEASED=
+  for try in 1 2 3; do
+    if udhcpc -n -q -t 5 -T 2 -i "$IF" -s /etc/vmfleet/udhcpc >/tmp/udhcpc.log 2>&1; then LEASED=1; break; fi
+    grep -q 'select for' /tmp/udhcpc.log || break  # nothing offered at all: no DHCP here
+  done
+  [ -n "$LEASED" ] || say "no DHCP lease on $IF: $(tr '\n' ' ' < /tmp/udhcpc.log)"
   ADDR=$(ip -4 -o addr show dev "$IF" | sed -n 's/.* inet \([0-9.]*\).*/\1/p' | head -n 1)
 fi
 

@@ -13,7 +13,7 @@ import io
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pycdlib
 import yaml
@@ -25,7 +25,7 @@ LABELS = {NOCLOUD: "cidata", CONFIG_DRIVE: "config-2"}
 @dataclass(frozen=True)
 class Seed:
     label: str
-    files: tuple[tuple[str, bytes], ...]  # (path in the image, content), sorted
+    files: tuple[tuple[str, bytes], ...] = field(repr=False)  # (path, content), sorted; user data: not for logs
 
     @property
     def digest(self) -> str:
@@ -99,7 +99,8 @@ def config_drive(
 
 
 def _seed(label: str, files: Mapping[str, str]) -> Seed:
-    return Seed(label, tuple(sorted((p, t.encode()) for p, t in files.items())))
+    # surrogateescape: user data from a Secret may be any bytes (gzip), carried in a str by the Secret reader
+    return Seed(label, tuple(sorted((p, t.encode(errors="surrogateescape")) for p, t in files.items())))
 
 
 def read_files(image: bytes) -> dict[str, bytes]:

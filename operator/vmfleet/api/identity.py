@@ -19,6 +19,16 @@ VARIABLES = ("name", "ordinal", "fleet", "namespace", "mac", "uuid")
 # to cloud-init's own jinja templating.
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
+# What each variable looks like, for checking a text with its variables filled in (networkData must still parse).
+SAMPLE_VALUES = {
+    "name": "fleet-0",
+    "ordinal": "0",
+    "fleet": "fleet",
+    "namespace": "default",
+    "mac": "02:00:00:00:00:00",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+}
+
 assert MAX_REPLICAS <= 1 << 16, "the MAC's last two octets are the ordinal"
 
 
@@ -39,5 +49,6 @@ def unknown_variables(text: str) -> list[str]:
 
 
 def render(text: str, values: Mapping[str, str]) -> str:
-    """`text` with each `{{ variable }}` replaced by its value (validation has refused unknown ones)."""
+    """`text` with each `{{ variable }}` replaced by its value; an unknown one stays as it is (validation refuses
+    them in the spec; a Secret's user data is not validated, and cloud-init may read it as jinja)."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)

@@ -45,6 +45,7 @@ LABEL_KEY_LENGTH_PATTERN = r"^([^/]{1,253}/)?[^/]{1,63}$"
 # A fleet name leaves room for "-<ordinal>" inside a 63-character name.
 MAX_FLEET_NAME = 52
 MAX_REPLICAS = 5000
+MAX_ADDRESSES = 4  # per VM in status: where to ssh, not an inventory (5000 VMs stay far from etcd's limit)
 
 
 @dataclass(frozen=True)
@@ -522,9 +523,10 @@ _CLONE_STATUS = obj(
         "uuid": string("The VM's libvirt UUID: the same for its whole life."),
         "mac": string("The MAC of the VM's NIC (when the template names a network)."),
         "addresses": array(
-            "IP addresses of the VM's NIC, from the network's DHCP leases or the host's ARP table.",
-            string("An IPv4 or IPv6 address."),
-            maxItems=16,
+            f"IP addresses of the VM's NIC, from the network's DHCP leases or the host's ARP table (the first "
+            f"{MAX_ADDRESSES}).",
+            string("An IPv4 or IPv6 address.", maxLength=45),
+            maxItems=MAX_ADDRESSES,
         ),
         "restartRequired": {
             "type": "boolean",

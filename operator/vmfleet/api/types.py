@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .identity import VARIABLES, unknown_variables, vm_mac
+import yaml
+
+from .identity import SAMPLE_VALUES, VARIABLES, render, unknown_variables, vm_mac
 from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
 from .validation import FieldError, InvalidManifest, validate
 
@@ -158,7 +161,9 @@ class CloudInit:
             dict(s.get("metaData") or {}),
             tuple(s["sshAuthorizedKeys"]) if "sshAuthorizedKeys" in s else None,
         )
-        errors = [
+        problem = out.network_data_problem() if out.datasource else None
+        errors = [FieldError("spec.cloudInit.networkData", problem.split(": ", 1)[1])] if problem else []
+        errors += [
             FieldError(
                 f"spec.cloudInit.{name}",
                 f"unknown variable {', '.join(bad)}: the variables are {', '.join(VARIABLES)}",
@@ -174,6 +179,24 @@ class CloudInit:
         texts = [("userData", self.user_data), ("networkData", self.network_data)]
         texts += [(f"metaData.{k}", v) for k, v in self.meta_data.items()]
         return [(name, text) for name, text in texts if text is not None]
+
+    def network_data_problem(self) -> str | None:
+        """Why networkData, its variables filled in, is not what the datasource reads (network_data.json for
+        ConfigDrive, a network-config mapping for NoCloud); None when it is, or is not set."""
+        if self.network_data is None:
+            return None
+        text = render(self.network_data, SAMPLE_VALUES)
+        try:
+            if self.datasource == "ConfigDrive":
+                json.loads(text)
+                return None
+            parsed = yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as e:
+            kind = "JSON (network_data.json)" if self.datasource == "ConfigDrive" else "YAML (network-config)"
+            return f"spec.cloudInit.networkData: not valid {kind}: {str(e).splitlines()[0]}"
+        if not isinstance(parsed, dict):
+            return "spec.cloudInit.networkData: must be a network-config mapping (version: 1 or 2)"
+        return None
 
     def over(self, base: CloudInit | None) -> CloudInit:
         """This (a fleet's) laid over `base` (its template's)."""

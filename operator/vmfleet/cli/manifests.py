@@ -47,8 +47,8 @@ def _secret(doc: dict[str, Any], source: str) -> Secret:
     data = {k: str(v) for k, v in (doc.get("stringData") or {}).items()}
     for k, v in (doc.get("data") or {}).items():
         try:
-            data[k] = base64.b64decode(v, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError, TypeError):
+            data[k] = base64.b64decode(v, validate=True).decode(errors="surrogateescape")  # any bytes, as the API
+        except (binascii.Error, TypeError):
             raise InvalidManifest(
                 f"Secret {meta['name']!r} ({source})", [FieldError(f"data.{k}", "must be base64")]
             ) from None

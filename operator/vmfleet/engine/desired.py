@@ -54,6 +54,7 @@ class Desired:
         labels = "|".join(re.escape(label) for label in LABELS.values())
         self._seed_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({labels})-[0-9a-f]{{12}}\.iso$")
         self._seeds: dict[int, Seed | None] = {}
+        self._adopted: Mapping[int, str | None] = {}
 
     def _wants(self) -> list[VmWant]:
         assert self.template is not None
@@ -102,8 +103,22 @@ class Desired:
                 out.setdefault(int(m.group(1)), set()).add(f"{self.directory}/{n}")
         return {o: frozenset(found) for o, found in out.items()}
 
+    def adopt_macs(self, found: Mapping[int, str | None]) -> None:
+        """The MACs of the VMs' domains as found (None: defined before vmfleet chose MACs): a VM keeps the MAC it
+        has, so an upgrade changes no guest's NIC; one without a domain gets the derived one."""
+        if found != self._adopted:
+            self._adopted, self._seeds = dict(found), {}
+
     def mac(self, ordinal: int) -> str:
-        return self.fleet.mac(ordinal)
+        if ordinal in self.fleet.overrides and self.fleet.overrides[ordinal].mac:
+            return self.fleet.mac(ordinal)
+        return self._adopted.get(ordinal) or self.fleet.mac(ordinal)
+
+    def keeps_own_mac(self, ordinal: int) -> bool:
+        """A domain defined before vmfleet chose MACs, and no MAC pinned: its NIC keeps the one libvirt gave it
+        (read at its next redefinition, hypervisor's `mac`)."""
+        pinned = ordinal in self.fleet.overrides and bool(self.fleet.overrides[ordinal].mac)
+        return ordinal in self._adopted and self._adopted[ordinal] is None and not pinned
 
     def seed(self, ordinal: int) -> Seed | None:
         """The cloud-init seed VM `ordinal` should have; None without spec.cloudInit or for an unwanted VM."""
@@ -123,12 +138,12 @@ class Desired:
             "mac": self.mac(ordinal),
             "uuid": uuid,
         }
-        user_data = self._user_data if ci.user_data_secret is not None else ci.user_data
+        user_data = (self._user_data if ci.user_data_secret is not None else ci.user_data) or ""
         make = config_drive if ci.datasource == CONFIG_DRIVE else nocloud
         return make(
             uuid,  # instance-id: cloud-init runs its once-per-instance modules again only when it changes
             name,
-            render(user_data or "", values),
+            render(user_data, values) if _is_text(user_data) else user_data,  # binary (gzip): as it is
             render(ci.network_data, values) if ci.network_data is not None else None,
             {k: render(v, values) for k, v in sorted(ci.meta_data.items())},
             ci.ssh_authorized_keys or (),
@@ -165,12 +180,21 @@ class Desired:
             disk=self.disk_of(clone, host.store_path(self.store, clone)),
             network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
-            mac=self.mac(ordinal) if template.network else None,
+            mac=self.mac(ordinal) if template.network and not self.keeps_own_mac(ordinal) else None,
             seed=FileDisk(host.store_path(self.store, seed), "raw") if seed else None,
         )
 
     def owner(self, ordinal: int, host: str, clone: str, spec: DomainSpec) -> Owner:
-        return Owner(self.fleet.meta.uid, self.namespace, self.fleet.meta.name, ordinal, clone, spec.spec_hash(), host)
+        return Owner(
+            self.fleet.meta.uid,
+            self.namespace,
+            self.fleet.meta.name,
+            ordinal,
+            clone,
+            spec.spec_hash(),
+            host,
+            spec.mac or "",
+        )
 
     def uri(self, host: str) -> str:
         return self.hosts[host].uri if host in self.hosts else ""
@@ -183,3 +207,11 @@ def cloud_init_of(fleet: VmFleet, template: VmTemplate | None) -> CloudInit | No
     if ci is None or template is None:
         return None
     return ci if ci.datasource else dataclasses.replace(ci, datasource=NOCLOUD)
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode()
+    except UnicodeEncodeError:  # bytes that were not UTF-8, carried as surrogates
+        return False
+    return True

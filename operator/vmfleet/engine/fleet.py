@@ -73,13 +73,24 @@ def desire(
     return Desired(fleet, template, store, hosts, clone_format, driver.disk_source, user_data)
 
 
-async def _user_data(runtime: Runtime, fleet: VmFleet, template: VmTemplate) -> str | None:
-    """The text of spec.cloudInit.userDataSecretRef, read in the fleet's namespace; CredentialsError if it cannot be."""
+async def _user_data(
+    runtime: Runtime, fleet: VmFleet, template: VmTemplate, store: CloneStore, hosts: Sequence[KvmHost]
+) -> str | None:
+    """The text of spec.cloudInit.userDataSecretRef, read in the fleet's namespace; CredentialsError if it cannot
+    be, or may not be: never from a namespace that holds the store's or a host's SSH key (a fleet there could copy
+    a key into its seed, where any guest reads it)."""
     ci = cloud_init_of(fleet, template)
     if ci is None or ci.user_data_secret is None:
         return None
     name, key = ci.user_data_secret
     ref = SecretRef(name, fleet.meta.namespace)
+    keys = {store.ssh.secret.namespace} if store.ssh else set()
+    keys |= {h.secret.namespace for h in hosts if h.secret}
+    if ref.namespace in keys:
+        raise CredentialsError(
+            f"Secret {ref.namespace}/{name} (spec.cloudInit.userDataSecretRef): namespace {ref.namespace} holds the "
+            "SSH keys of stores or hosts; user data is not read from there: keep the fleet in another namespace"
+        )
     return await asyncio.to_thread(user_data, ref, key, runtime.read_secret)
 
 
@@ -141,12 +152,17 @@ async def _reconcile(
         )
         return FleetResult(status, [Event("Warning", reasons.STORE_CHANGED, message)], Plan())
     try:
-        secret_user_data = await _user_data(runtime, fleet, template)
+        secret_user_data = await _user_data(runtime, fleet, template, store, hosts)
     except CredentialsError as e:
         status = blocked_status(
             fleet.meta.generation, previous_status, "Stalled", reasons.USER_DATA_UNREADABLE, str(e), now()
         )
         return FleetResult(status, [Event("Warning", reasons.USER_DATA_UNREADABLE, str(e))], Plan())
+    ci = cloud_init_of(fleet, template)
+    problem = ci.network_data_problem() if ci else None
+    if problem:
+        status = blocked_status(fleet.meta.generation, previous_status, "Stalled", reasons.INVALID_SPEC, problem, now())
+        return FleetResult(status, [Event("Warning", reasons.INVALID_SPEC, problem)], Plan())
     desired = desire(runtime, fleet, template, store, hosts, secret_user_data)
     drivers = FleetDrivers(runtime, desired)
     async with runtime.lock(fleet.meta.uid):
@@ -236,8 +252,8 @@ async def _teardown_in(
     drivers = FleetDrivers(runtime, desire(runtime, emptied, None, store, hosts))
     first = snap = await drivers.observe()
     plan = snap.plan()
-    if retain:
-        plan.actions = [a for a in plan.actions if a.op is not Op.DELETE_CLONE]
+    if retain:  # the clones and their seeds stay, as they were
+        plan.actions = [a for a in plan.actions if a.op not in (Op.DELETE_CLONE, Op.DELETE_SEEDS)]
     outcomes: list[Outcome] = []
     if plan.actions:
         await drivers.save(snap, snap.announced(plan))

@@ -22,10 +22,6 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         read_record(driver, desired.directory, fleet.meta.uid, desired.namespace, fleet.meta.name),
     )
     files = desired.clone_files(names)
-    seeds = desired.seed_files(names)
-    wanted_seeds = {o: desired.seed_path(o) for o in range(fleet.replicas)}
-    seed_missing = frozenset(o for o, p in wanted_seeds.items() if p is not None and p not in seeds.get(o, ()))
-    stale_seeds = frozenset(o for o, found in seeds.items() if found - {wanted_seeds.get(o)})
     views = await asyncio.gather(*(_observe_host(desired, n, endpoints[n]) for n in desired.hosts))
     hosts: dict[str, HostView] = {}
     domains: dict[int, VmSeen] = {}
@@ -44,7 +40,15 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                 # its metadata names this host.
                 renamed = d.owner.host not in ("", view.name)
                 vm = VmSeen(
-                    d.owner.ordinal, view.name, d.state, d.active, "" if renamed else d.config_hash, d.live_hash, d.uuid
+                    d.owner.ordinal,
+                    view.name,
+                    d.state,
+                    d.active,
+                    "" if renamed else d.config_hash,
+                    d.live_hash,
+                    d.uuid,
+                    d.saved,
+                    d.owner.mac,
                 )
                 other = domains.get(vm.ordinal)
                 if other is None:
@@ -74,6 +78,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
             conflicts[vm.ordinal] = (
                 f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone still exists)"
             )
+    desired.adopt_macs({o: vm.mac for o, vm in domains.items()})
     recorded: dict[int, str] = {}
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
@@ -109,6 +114,11 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
             else HostView(name, True, eligible=False, error="declared lost")
         )
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
+    seeds = desired.seed_files(names)
+    # Every VM's seed content and digest (its {{ mac }} the adopted one): CPU work, off the event loop.
+    wanted_seeds = await asyncio.to_thread(lambda: {o: desired.seed_path(o) for o in range(fleet.replicas)})
+    seed_missing = frozenset(o for o, p in wanted_seeds.items() if p is not None and p not in seeds.get(o, ()))
+    stale_seeds = frozenset(o for o, found in seeds.items() if found - {wanted_seeds.get(o)})
     seen = Observation(
         parent_exists,
         frozenset(files),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import reasons
+from ..api.schema import MAX_ADDRESSES
 from ..api.status import condition_of
 from ..planner import DomainAction, Op, ParentAction, Plan, Severity, listing, summarise
 from ..storage import Space
@@ -122,10 +123,10 @@ def fleet_status(
             entry["restartRequired"] = True
         if domain or o in wants:
             entry["uuid"] = snap.domain_uuid(o)
-            if desired.template and desired.template.network:
+            if desired.template and desired.template.network and not desired.keeps_own_mac(o):
                 entry["mac"] = desired.mac(o)
         if o in snap.addresses:
-            entry["addresses"] = list(snap.addresses[o])
+            entry["addresses"] = list(snap.addresses[o][:MAX_ADDRESSES])
         if path in space:
             sizes = [space[f] for f in snap.vm_files(o) if f in space]
             entry["logicalBytes"] = sum(s.logical for s in sizes)

@@ -38,6 +38,7 @@ class Owner:
     clone: str
     spec_hash: str
     host: str = ""  # the KvmHost it was placed on: two KvmHosts may be one libvirtd under two URIs
+    mac: str | None = None  # its NIC's MAC ("" without a NIC); None: defined before vmfleet chose MACs
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class DomainInfo:
     owner: Owner | None  # from the persistent definition
     uuid: str = ""
     live_hash: str = ""  # spec hash of the definition a running domain was started with
+    saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
 
     @property
     def config_hash(self) -> str:
@@ -117,6 +119,7 @@ def owner_xml(owner: Owner) -> str:
             "clone": owner.clone,
             "spec-hash": owner.spec_hash,
             "host": owner.host,
+            **({"mac": owner.mac} if owner.mac is not None else {}),
         },
     )
     return ET.tostring(el, encoding="unicode")
@@ -136,6 +139,7 @@ def parse_owner(xml: str | None) -> Owner | None:
             el.attrib["clone"],
             el.attrib.get("spec-hash", ""),
             el.attrib.get("host", ""),
+            el.attrib.get("mac"),
         )
     except (ET.ParseError, KeyError, ValueError):
         return None
@@ -149,6 +153,12 @@ def _disk(devices: ET.Element, source: DiskSource) -> ET.Element:
         _sub(disk, "source", file=source.path)
         return disk
     assert_never(source)
+
+
+def nic_mac(xml: str) -> str | None:
+    """The MAC of a domain's first NIC, from its XML; None without one."""
+    el = ET.fromstring(xml).find("devices/interface/mac")
+    return el.get("address") if el is not None else None
 
 
 def domain_xml(spec: DomainSpec, owner: Owner, uuid: str) -> str:

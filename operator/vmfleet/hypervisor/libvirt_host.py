@@ -17,7 +17,7 @@ from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
-from .domain import METADATA_NS, STATES, DomainInfo, parse_owner
+from .domain import METADATA_NS, STATES, DomainInfo, nic_mac, parse_owner
 
 T = TypeVar("T")
 
@@ -114,6 +114,7 @@ class LibvirtHost:
                     active = bool(dom.isActive())
                     owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
                     live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
+                    saved = bool(owner and not active and dom.hasManagedSaveImage(0))
                     out.append(
                         DomainInfo(
                             dom.name(),
@@ -123,6 +124,7 @@ class LibvirtHost:
                             owner,
                             dom.UUIDString(),
                             live.spec_hash if live else "",
+                            saved,
                         )
                     )
                 except libvirt.libvirtError as e:
@@ -155,6 +157,19 @@ class LibvirtHost:
             return await self._call("addresses", f"reading the addresses of {name}", ask)
         except HostError:
             return []
+
+    async def mac(self, name: str) -> str | None:
+        """The MAC of a defined domain's first NIC (its persistent definition); None without one, or no domain."""
+
+        def read(conn: libvirt.virConnect) -> str | None:
+            try:
+                return nic_mac(conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        return await self._call("define", f"reading the MAC of {name}", read)
 
     async def define(self, xml: str) -> None:
         await self._call("define", "defining a domain", lambda c: c.defineXML(xml))

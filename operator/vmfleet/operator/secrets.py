@@ -44,4 +44,5 @@ class ClusterSecrets:
             raise SecretUnreadable(
                 ref, f"cannot be read: the Kubernetes API did not answer ({type(e).__name__})"
             ) from None
-        return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}
+        # surrogateescape: bytes that are not UTF-8 (gzip'd user data) come through unchanged (seed.py)
+        return {k: base64.b64decode(v).decode(errors="surrogateescape") for k, v in (secret.data or {}).items()}

@@ -43,6 +43,8 @@ class VmSeen:
     spec_hash: str  # of the persistent definition
     live_hash: str = ""  # of the definition the running domain started with ("" when inactive)
     uuid: str = ""
+    saved: bool = False  # stopped with a managed save: it resumes on the definition it ran
+    mac: str | None = None  # its NIC's MAC as vmfleet defined it; None: defined before vmfleet chose MACs
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,9 @@ def _converge_vm(
             plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed missing or changed"))
         if domain.spec_hash != wanted_hash:
             plan.actions.append(DomainAction(Op.DEFINE, o, domain.host, "definition differs from the spec"))
-        # An older seed stays while the running domain may still read it: until it restarts on the new definition.
-        if o in seen.stale_seeds and not (domain.active and domain.live_hash != wanted_hash):
+        # An older seed stays while the domain may still read it: running, or saved (managedsave, as libvirt-guests
+        # does at a host's shutdown), on an older definition; until it starts afresh on the new one.
+        if o in seen.stale_seeds and not domain.saved and not (domain.active and domain.live_hash != wanted_hash):
             plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
         if want.running and not domain.active:
             plan.actions.append(DomainAction(Op.START, o, domain.host, f"is {domain.state}, should run"))
