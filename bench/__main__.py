@@ -41,6 +41,11 @@ async def _local(args: argparse.Namespace) -> dict:
         fleets = await fleet.measure(directory, sizes, 1 if quick else 3)
         big = 500 if quick else 5000
         fleets["status_bytes"][str(big)] = await fleet.status_size(directory, big)
+        guest: dict = {}
+        if shutil.which("qemu-system-x86_64") and not args.no_guest:
+            from . import guest as guest_bench
+
+            guest = guest_bench.measure(1 if quick else 3, 3)
         kube: dict = {}
         skipped = ""
         if shutil.which("go") and os.geteuid() == 0 and not args.no_kube:
@@ -49,7 +54,7 @@ async def _local(args: argparse.Namespace) -> dict:
             kube = kube_bench.measure(directory, [20] if quick else [100, 1000])
         else:
             skipped = "needs root and go (--no-kube given)" if args.no_kube else "needs root and go"
-    return {"cvc": cvc, "fleet": fleets, "kube": kube, "kube_skipped": skipped}
+    return {"cvc": cvc, "fleet": fleets, "kube": kube, "kube_skipped": skipped, "guest": guest}
 
 
 def main() -> None:
@@ -63,6 +68,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")
     p.add_argument("--report", action="store_true", help="write docs/benchmarks.md and docs/benchmarks.png")
     p.add_argument("--no-kube", action="store_true", help="skip the kube-apiserver part")
+    p.add_argument("--no-guest", action="store_true", help="skip booting the Linux guest under QEMU")
     args = p.parse_args()
     raw = asyncio.run(_local(args))
     rows = raw["fleet"]["rows"]
@@ -85,6 +91,7 @@ def main() -> None:
         "status_bytes": sizes,
         "kube": raw["kube"],
         "kube_skipped": raw["kube_skipped"],
+        "guest": raw["guest"],
         "clone_vs_copy_detail": raw["cvc"],
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "date": dt.date.today().isoformat(),

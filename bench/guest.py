@@ -8,7 +8,6 @@ Prints a table, or with --json one JSON object on the last line.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -18,21 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pycdlib
-
 from vmfleet.guest import CONSOLE_LINE, build_linux_image
+from vmfleet.seed import nocloud
 
 
 def _seed(path: Path, name: str) -> None:
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
-    files = {"meta-data": f"instance-id: {name}\nlocal-hostname: {name}\n", "user-data": "#cloud-config\n"}
-    for file, text in files.items():
-        data = text.encode()
-        iso_name = f"/{file.upper().replace('-', '_')};1"
-        iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=file, joliet_path=f"/{file}")
-    iso.write(str(path))
-    iso.close()
+    path.write_bytes(nocloud(name, name, "#cloud-config\n", None, {}, ()).image())
 
 
 def _timed_build(path: Path, cache: Path) -> float:

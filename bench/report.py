@@ -103,6 +103,26 @@ def markdown(result: dict, png: str) -> str:
             )
     else:
         lines.append(f"Not run: {result.get('kube_skipped', 'no kube-apiserver')}.")
+    guest = result.get("guest") or {}
+    lines += ["", "## A Linux guest under QEMU (TCG: no KVM here)", ""]
+    if guest:
+        lines += [
+            "The tiny Linux golden image of `vmfleet image --linux` (Debian's kernel and busybox), from QEMU's start",
+            "to the line it prints on its serial console once it has read its cloud-init seed and taken a DHCP",
+            "address (`python -m bench.guest`):",
+            "",
+            "| | seconds |",
+            "|---|---:|",
+            f"| one guest (median) | {guest['boot_one_s']} |",
+            f"| {guest['boot_parallel']} guests at once (median, slowest) | {guest['boot_parallel_median_s']}, "
+            f"{guest['boot_parallel_slowest_s']} |",
+            f"| building the image, packages downloaded | {guest['build_cold_s']} |",
+            f"| building it again, packages cached | {guest['build_warm_s']} |",
+            "",
+            f"The image is {guest['image_bytes'] >> 20} MiB; {guest['cpus']} CPUs.",
+        ]
+    else:
+        lines.append("Not run: no qemu-system-x86_64 (or --no-guest).")
     lines += ["", "## VmFleet object size", "", "| clones | bytes |", "|---:|---:|"]
     for n, size in result["status_bytes"].items():
         lines.append(f"| {n} | {size:,} |")
