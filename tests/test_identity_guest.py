@@ -166,7 +166,12 @@ async def test_each_guest_boots_with_its_own_identity_and_status_says_where_it_i
             assert line["hostname"] == vm
             assert line["iid"] == c["uuid"] == dom.UUIDString()
             assert line["mac"] == c["mac"]
-            assert f"<mac address='{c['mac']}'/>" in dom.XMLDesc()
+            xml = dom.XMLDesc()
+            assert f"<mac address='{c['mac']}'/>" in xml
+            seed_disk = re.search(
+                r"<disk type='file' device='disk'>(?:(?!</disk>).)*cidata(?:(?!</disk>).)*</disk>", xml, re.S
+            )
+            assert seed_disk and "<readonly/>" in seed_disk.group(0), xml  # the guest cannot write its seed
             assert line["user_data"] == f"#cloud-config first {vm} {c['ordinal']}"
             assert line["ip"].startswith("10.251.7."), line
         assert len({line["mac"] for line in lines.values()}) == len({line["iid"] for line in lines.values()}) == 3

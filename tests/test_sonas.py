@@ -452,3 +452,32 @@ async def test_gpfs_refuses_a_record_too_big_to_be_vmfleets(make_env: MakeEnv) -
     result = await reconcile_fleet(env.runtime, fleet(1), template(), env.store(), [host()])
     degraded = next(c for c in result.status["conditions"] if c["type"] == "Degraded")
     assert "larger than" in degraded["message"]
+
+
+@pytest.mark.identity
+@pytest.mark.parametrize("personality", ["gpfs", "sonas"])
+async def test_each_vm_gets_its_seed_through_the_store_driver(make_env: MakeEnv, personality: str) -> None:
+    """gpfs: written over SSH (OpenSSH's sshd: dd of a partial, then mv -T); sonas: over its NFS localPath. The
+    seeds are in the fleet's directory, counted in each VM's space, written once, and go with their VMs."""
+    import dataclasses
+
+    from vmfleet.api.types import CloudInit
+    from vmfleet.seed import read_files
+
+    env = await make_env(personality, openssh=personality == "gpfs")
+    f = dataclasses.replace(fleet(3), cloud_init=CloudInit(user_data="#cloud-config\nhostname: {{ name }}\n"))
+    status = (await reconcile_fleet(env.runtime, f, template(), env.store(), [host()])).status
+    assert status["readyReplicas"] == 3, status["conditions"]
+    directory = env.directory / "frank" / status["cloneDirectory"]
+    seeds = sorted(directory.glob("web-*.cidata-*.iso"))
+    assert [p.name.split(".")[0] for p in seeds] == ["web-0", "web-1", "web-2"]
+    for c, seed in zip(status["clones"], seeds, strict=True):
+        assert read_files(seed.read_bytes())["user-data"] == f"#cloud-config\nhostname: {c['name']}\n".encode()
+        assert c["logicalBytes"] == os.path.getsize(directory / c["file"]) + seed.stat().st_size
+    before = len(env.sim.commands) if personality == "gpfs" else 0
+    again = (await reconcile_fleet(env.runtime, f, template(), env.store(), [host()], status)).status
+    if personality == "gpfs":
+        assert not [c for c in env.sim.commands[before:] if c.startswith(("dd ", "mv "))], "rewritten unchanged"
+    smaller = dataclasses.replace(f, replicas=1)
+    await reconcile_fleet(env.runtime, smaller, template(), env.store(), [host()], again)
+    assert [p.name.split(".")[0] for p in directory.glob("web-*.iso")] == ["web-0"]
