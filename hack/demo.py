@@ -8,6 +8,7 @@ printed once it has booted. Where QEMU cannot run, the same fleet runs on libvir
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def clean() -> int:
     except libvirt.libvirtError:
         return 0
     for dom in conn.listAllDomains():
-        if dom.name().startswith("default.demo-"):
+        if re.fullmatch(r"default\.demo-[0-9]+", dom.name()) and str(ROOT) in dom.XMLDesc():  # the demo's only
             if dom.isActive():
                 dom.destroy()
             dom.undefine()

@@ -29,6 +29,11 @@ done
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  if [ "${1:-demo}" = guest ]; then  # optional: the demo falls back to libvirt's test driver without them
+    { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } ||
+      echo "could not install ${missing[*]}: make demo runs on libvirt's test driver" >&2
+    exit 0
+  fi
   apt-get update -q >/dev/null
   apt-get install -y -q "${missing[@]}" >/dev/null
 elif [ "${1:-demo}" = guest ]; then

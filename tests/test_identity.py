@@ -234,6 +234,11 @@ def test_user_data_from_a_secret_never_shows_and_a_missing_one_stops_the_fleet(
         "stringData": {"userdata": secret_text},
     }
     (manifests / "secret.yaml").write_text(yaml.safe_dump(secret))
+    fleet, said = apply(manifests)  # an Opaque Secret (an SSH key, a password) never reaches a guest
+    stalled = next(c for c in fleet["status"]["conditions"] if c["type"] == "Stalled")
+    assert "is of type Opaque" in stalled["message"] and "--type=vmfleet.io/user-data" in stalled["message"]
+    assert not list((tmp_path / "store").rglob("*.iso"))
+    (manifests / "secret.yaml").write_text(yaml.safe_dump({**secret, "type": "vmfleet.io/user-data"}))
     fleet, said = apply(manifests)
     assert fleet["status"]["readyReplicas"] == 3, said
     for seed in _seeds(tmp_path / "store").values():
@@ -320,7 +325,7 @@ async def test_an_upgrade_keeps_the_mac_a_networked_vm_already_has(tmp_path: Pat
 
         again = await reconcile_fleet(runtime, fleet, template, store, [host], first.status)  # type: ignore[arg-type]
         assert [a.op.value for a in again.plan.actions] == [], "an upgrade alone redefines nothing"
-        assert "mac" not in again.status["clones"][0]  # not vmfleet's to report until it defines it
+        assert again.status["clones"][0]["mac"] == old
 
         bigger = parse(_template(network="default", memoryMiB=96))  # a real change: redefined, MAC kept
         third = await reconcile_fleet(runtime, fleet, bigger, store, [host], again.status)  # type: ignore[arg-type]
@@ -329,6 +334,21 @@ async def test_an_upgrade_keeps_the_mac_a_networked_vm_already_has(tmp_path: Pat
         assert third.status["clones"][0]["mac"] == old
         fourth = await reconcile_fleet(runtime, fleet, bigger, store, [host], third.status)  # type: ignore[arg-type]
         assert [a.op.value for a in fourth.plan.actions] == [] and fourth.status["clones"][0]["mac"] == old
+
+        # A pin may not give another VM the MAC this one kept.
+        clash = parse(_fleet(replicas=2, overrides=[{"ordinal": 1, "mac": old}]))
+        refused = await reconcile_fleet(runtime, clash, bigger, store, [host], fourth.status)  # type: ignore[arg-type]
+        stalled = next(c for c in refused.status["conditions"] if c["type"] == "Stalled")
+        assert stalled["reason"] == "InvalidSpec" and f"web-0 and web-1 would share MAC {old}" in stalled["message"]
+        assert refused.plan.actions == []
+
+        # Pinned, it takes the pin; unpinned again, the derived one (the kept MAC was let go by the pin).
+        pinned = parse(_fleet(replicas=1, overrides=[{"ordinal": 0, "mac": "02:aa:bb:cc:dd:ee"}]))
+        fifth = await reconcile_fleet(runtime, pinned, bigger, store, [host], fourth.status)  # type: ignore[arg-type]
+        assert nic_mac(conn.lookupByName("prod.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == "02:aa:bb:cc:dd:ee"
+        sixth = await reconcile_fleet(runtime, fleet, bigger, store, [host], fifth.status)  # type: ignore[arg-type]
+        assert sixth.status["clones"][0]["mac"] == vm_mac("u-1", 0)
+        assert nic_mac(conn.lookupByName("prod.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == vm_mac("u-1", 0)
     finally:
         await runtime.close()
         conn.close()
@@ -344,10 +364,10 @@ async def test_status_shows_a_few_addresses_and_stays_valid(
     from vmfleet.engine import Runtime, reconcile_fleet
     from vmfleet.hypervisor import LibvirtHost
 
-    async def many(self: LibvirtHost, name: str) -> list[str]:
-        return [f"10.0.0.{i}" for i in range(17)]  # ARP on a network full of VIPs
+    async def many(self: LibvirtHost, name: str) -> list[str]:  # ARP on a network full of VIPs
+        return [f"10.0.0.{i}" for i in range(17, 0, -1)] + ["fe80::1", "fd00::9", "fd00::10"]
 
-    monkeypatch.setattr(LibvirtHost, "addresses", many)
+    monkeypatch.setattr(LibvirtHost, "arp_addresses", many)
     root = tmp_path / "store"
     (root / "images").mkdir(parents=True)
     (root / "images" / "b.img").write_bytes(small_image.read_bytes())
@@ -364,7 +384,8 @@ async def test_status_shows_a_few_addresses_and_stays_valid(
         )
     finally:
         await runtime.close()
-    assert done.status["clones"][0]["addresses"] == [f"10.0.0.{i}" for i in range(MAX_ADDRESSES)]
+    assert done.status["clones"][0]["addresses"] == ["10.0.0.1", "fd00::9"]  # an IPv4 and an IPv6, by number
+    assert MAX_ADDRESSES == 2
     jsonschema.validate(done.status, root_schema(KINDS["VmFleet"])["properties"]["status"])
 
 
@@ -386,6 +407,7 @@ def test_binary_user_data_from_a_secret_reaches_the_seed_unchanged(tmp_path: Pat
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": "ud", "namespace": "default"},
+        "type": "vmfleet.io/user-data",
         "data": {"userdata": base64.b64encode(payload).decode()},
     }
     (manifests / "secret.yaml").write_text(yaml.safe_dump(secret))
@@ -393,36 +415,3 @@ def test_binary_user_data_from_a_secret_reaches_the_seed_unchanged(tmp_path: Pat
     assert fleet["status"]["readyReplicas"] == 1, said
     (seed,) = _seeds(tmp_path / "store").values()
     assert read_files(seed.read_bytes())["user-data"] == payload
-
-
-def test_user_data_is_never_read_from_the_namespace_of_the_stores_keys() -> None:
-    import asyncio
-
-    from vmfleet.engine import Runtime, reconcile_fleet
-
-    read: list[Any] = []
-    store = parse(
-        _doc(
-            "CloneStore",
-            "local",
-            {
-                "driver": "gpfs",
-                "root": "/gpfs/fs1",
-                "ssh": {"host": "gpfs", "user": "root", "secretRef": {"name": "k", "namespace": "prod"}},
-            },
-        )
-    )
-    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default"}))
-    fleet = parse(_fleet(cloudInit={"userDataSecretRef": {"name": "k", "key": "ssh-privatekey"}}))
-
-    async def run() -> Any:
-        runtime = Runtime(lambda ref: read.append(ref) or {"ssh-privatekey": "KEY"})
-        try:
-            return await reconcile_fleet(runtime, fleet, parse(_template()), store, [host])  # type: ignore[arg-type]
-        finally:
-            await runtime.close()
-
-    done = asyncio.run(run())
-    stalled = next(c for c in done.status["conditions"] if c["type"] == "Stalled")
-    assert stalled["reason"] == "UserDataUnreadable" and "holds the SSH keys" in stalled["message"]
-    assert read == [], "the Secret was not even read"

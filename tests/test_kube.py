@@ -400,7 +400,14 @@ def test_user_data_secrets_are_read_only_where_a_rolebinding_grants_it(
     kube.kubectl("create", "namespace", ns)
     planted = f"planted-{unique}"
     kube.kubectl(
-        "-n", ns, "create", "secret", "generic", "web-user-data", f"--from-literal=userdata=#cloud-config {planted}"
+        "-n",
+        ns,
+        "create",
+        "secret",
+        "generic",
+        "web-user-data",
+        "--type=vmfleet.io/user-data",
+        f"--from-literal=userdata=#cloud-config {planted}",
     )
     root = store_root(tmp_path, small_image)
     docs = objects(root, ns, libvirtd, 2, f"u-{unique}")

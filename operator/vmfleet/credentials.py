@@ -13,7 +13,20 @@ from .api.types import SecretRef
 from .errors import CredentialsError
 
 SecretReader = Callable[[SecretRef], Mapping[str, str]]
-"""Reads a Secret's data (decoded); raises SecretUnreadable when it cannot."""
+"""Reads a Secret's data (decoded; bytes that are not UTF-8 as surrogates), a SecretData where its type is known;
+raises SecretUnreadable when it cannot."""
+
+USER_DATA_TYPE = "vmfleet.io/user-data"
+"""The type a Secret must have for spec.cloudInit.userDataSecretRef: only Secrets made for it reach a guest."""
+
+
+class SecretData(dict[str, str]):
+    """A Secret's data with its type."""
+
+    def __init__(self, data: Mapping[str, str], type_: str) -> None:
+        super().__init__(data)
+        self.type = type_
+
 
 KeyReader = Callable[[], tuple[str, str]]
 """() -> (private key, known_hosts), read again at every (re)connection so a rotated Secret takes effect;
@@ -50,6 +63,11 @@ def ssh_keys(ref: SecretRef, read_secret: SecretReader, field: str) -> KeyReader
         missing = [k for k in (PRIVATE_KEY, KNOWN_HOSTS) if not data.get(k)]
         if missing:
             raise CredentialsError(f"{named} has no {' or '.join(missing)}")
+        for k in (PRIVATE_KEY, KNOWN_HOSTS):
+            try:
+                data[k].encode()
+            except UnicodeEncodeError:  # the message names the key, never its bytes
+                raise CredentialsError(f"{named}: {k} is not UTF-8 text") from None
         return data[PRIVATE_KEY], data[KNOWN_HOSTS]
 
     return read
@@ -76,6 +94,13 @@ def user_data(ref: SecretRef, key: str, read_secret: SecretReader) -> str:
                 f"--clusterrole={USER_DATA_ROLE} --serviceaccount={OPERATOR_ACCOUNT}"
             ) from None
         raise CredentialsError(f"{named} {e.reason}") from None
+    kind = getattr(data, "type", "")
+    if kind != USER_DATA_TYPE:
+        raise CredentialsError(
+            f"{named} is of type {kind or 'unknown'}: user data is read only from Secrets of type {USER_DATA_TYPE} "
+            f"(kubectl create secret generic {ref.name} --type={USER_DATA_TYPE} --from-file=userdata=FILE), so that "
+            "no Secret made for something else (an SSH key, a password) can be copied into a guest's seed"
+        )
     if key not in data:
         raise CredentialsError(f"{named} has no key {key!r} (userDataSecretRef.key)")
     return data[key]
@@ -85,7 +110,9 @@ __all__ = [
     "KNOWN_HOSTS",
     "PRIVATE_KEY",
     "USER_DATA_ROLE",
+    "USER_DATA_TYPE",
     "KeyReader",
+    "SecretData",
     "SecretReader",
     "SecretUnreadable",
     "no_secrets",

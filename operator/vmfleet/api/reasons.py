@@ -183,9 +183,11 @@ DELETE_SEEDS_FAILED: Final = _problem(
 USER_DATA_UNREADABLE: Final = _problem(
     "UserDataUnreadable",
     where="VmFleet, Stalled",
-    meaning="the Secret named by spec.cloudInit.userDataSecretRef cannot be read: missing, without the key, or the "
-    "operator is not granted to read Secrets in the fleet's namespace; nothing is created or changed",
-    hint="create the Secret with the key, or the RoleBinding the message names (docs/security.md)",
+    meaning="the Secret named by spec.cloudInit.userDataSecretRef cannot be used: missing, not of type "
+    "vmfleet.io/user-data, without the key, or the operator is not granted to read Secrets in the fleet's namespace; "
+    "nothing is created or changed",
+    hint="create the Secret (type vmfleet.io/user-data) with the key, or the RoleBinding the message names "
+    "(docs/security.md)",
 )
 PREPARE_PARENT_FAILED: Final = _problem(
     "PrepareParentFailed",

@@ -310,8 +310,9 @@ def cloud_init(where: str) -> Schema:
             ),
             "userData": string("User data, inline (#cloud-config, a script, ...)." + _TEMPLATED, maxLength=65536),
             "userDataSecretRef": obj(
-                "A Secret in the fleet's namespace holding the user data. The operator reads it only where a "
-                "RoleBinding grants it (docs/security.md); its content never reaches logs, Events or status.",
+                "A Secret of type vmfleet.io/user-data in the fleet's namespace holding the user data. The operator "
+                "reads it only where a RoleBinding grants it (docs/security.md); its content never reaches logs, "
+                "Events or status.",
                 {
                     "name": name_field("Name of the Secret."),
                     "key": string(

@@ -34,6 +34,7 @@ class Secret:
     namespace: str
     name: str
     data: dict[str, str]
+    type: str = "Opaque"
 
 
 def _secret(doc: dict[str, Any], source: str) -> Secret:
@@ -52,7 +53,7 @@ def _secret(doc: dict[str, Any], source: str) -> Secret:
             raise InvalidManifest(
                 f"Secret {meta['name']!r} ({source})", [FieldError(f"data.{k}", "must be base64")]
             ) from None
-    return Secret(meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"], data)
+    return Secret(meta.get("namespace") or DEFAULT_NAMESPACE, meta["name"], data, str(doc.get("type") or "Opaque"))
 
 
 @dataclass(frozen=True)

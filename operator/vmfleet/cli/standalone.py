@@ -10,7 +10,7 @@ from typing import Any
 from ..api import VmFleet, VmTemplate
 from ..api.status import clones_by_store_and_parent
 from ..api.types import SecretRef
-from ..credentials import SecretReader, SecretUnreadable
+from ..credentials import SecretData, SecretReader, SecretUnreadable
 from ..engine import Runtime, host_status, reconcile_fleet, reconcile_template, store_status
 from ..engine.execute import Progress
 from ..engine.fleet import FleetResult
@@ -45,7 +45,7 @@ def secret_reader(secrets: Mapping[tuple[str, str], Secret]) -> SecretReader:
         found = secrets.get((ref.namespace, ref.name))
         if found is None:
             raise SecretUnreadable(ref, "is not in the manifests")
-        return found.data
+        return SecretData(found.data, found.type)
 
     return read
 

@@ -54,7 +54,7 @@ class Desired:
         labels = "|".join(re.escape(label) for label in LABELS.values())
         self._seed_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({labels})-[0-9a-f]{{12}}\.iso$")
         self._seeds: dict[int, Seed | None] = {}
-        self._adopted: Mapping[int, str | None] = {}
+        self._kept: Mapping[int, str] = {}
 
     def _wants(self) -> list[VmWant]:
         assert self.template is not None
@@ -103,22 +103,32 @@ class Desired:
                 out.setdefault(int(m.group(1)), set()).add(f"{self.directory}/{n}")
         return {o: frozenset(found) for o, found in out.items()}
 
-    def adopt_macs(self, found: Mapping[int, str | None]) -> None:
-        """The MACs of the VMs' domains as found (None: defined before vmfleet chose MACs): a VM keeps the MAC it
-        has, so an upgrade changes no guest's NIC; one without a domain gets the derived one."""
-        if found != self._adopted:
-            self._adopted, self._seeds = dict(found), {}
+    def keep_macs(self, kept: Mapping[int, str]) -> None:
+        """The MACs libvirt gave VMs whose domains an older vmfleet defined: they keep them (no guest bound to its
+        MAC loses its network to an upgrade) unless one is pinned."""
+        if kept != self._kept:
+            self._kept, self._seeds = dict(kept), {}
+
+    def _pinned(self, ordinal: int) -> bool:
+        return ordinal in self.fleet.overrides and bool(self.fleet.overrides[ordinal].mac)
 
     def mac(self, ordinal: int) -> str:
-        if ordinal in self.fleet.overrides and self.fleet.overrides[ordinal].mac:
-            return self.fleet.mac(ordinal)
-        return self._adopted.get(ordinal) or self.fleet.mac(ordinal)
+        """The MAC of a VM's NIC: pinned (overrides), kept (from before vmfleet chose MACs), or derived."""
+        if not self._pinned(ordinal) and ordinal in self._kept:
+            return self._kept[ordinal]
+        return self.fleet.mac(ordinal)
 
-    def keeps_own_mac(self, ordinal: int) -> bool:
-        """A domain defined before vmfleet chose MACs, and no MAC pinned: its NIC keeps the one libvirt gave it
-        (read at its next redefinition, hypervisor's `mac`)."""
-        pinned = ordinal in self.fleet.overrides and bool(self.fleet.overrides[ordinal].mac)
-        return ordinal in self._adopted and self._adopted[ordinal] is None and not pinned
+    def duplicate_mac(self) -> str | None:
+        """Two VMs with one MAC (a pin equal to a MAC kept from before): what to say; None when all differ."""
+        seen: dict[str, int] = {}
+        for o in range(self.fleet.replicas):
+            other = seen.setdefault(self.mac(o), o)
+            if other != o:
+                return (
+                    f"spec.overrides: {self.vm_name(other)} and {self.vm_name(o)} would share MAC {self.mac(o)}; "
+                    "pin another"
+                )
+        return None
 
     def seed(self, ordinal: int) -> Seed | None:
         """The cloud-init seed VM `ordinal` should have; None without spec.cloudInit or for an unwanted VM."""
@@ -180,7 +190,8 @@ class Desired:
             disk=self.disk_of(clone, host.store_path(self.store, clone)),
             network=template.network,
             console_log=f"{host.console_log_dir.rstrip('/')}/{name}.log" if host.console_log_dir else None,
-            mac=self.mac(ordinal) if template.network and not self.keeps_own_mac(ordinal) else None,
+            mac=self.mac(ordinal) if template.network and not self._keeps(ordinal) else None,
+            kept_mac=self.mac(ordinal) if template.network and self._keeps(ordinal) else None,
             seed=FileDisk(host.store_path(self.store, seed), "raw") if seed else None,
         )
 
@@ -193,8 +204,12 @@ class Desired:
             clone,
             spec.spec_hash(),
             host,
-            spec.mac or "",
+            spec.mac or spec.kept_mac,  # None without a NIC: its metadata is as before
+            spec.kept_mac is not None,
         )
+
+    def _keeps(self, ordinal: int) -> bool:
+        return ordinal in self._kept and not self._pinned(ordinal)
 
     def uri(self, host: str) -> str:
         return self.hosts[host].uri if host in self.hosts else ""

@@ -73,24 +73,14 @@ def desire(
     return Desired(fleet, template, store, hosts, clone_format, driver.disk_source, user_data)
 
 
-async def _user_data(
-    runtime: Runtime, fleet: VmFleet, template: VmTemplate, store: CloneStore, hosts: Sequence[KvmHost]
-) -> str | None:
+async def _user_data(runtime: Runtime, fleet: VmFleet, template: VmTemplate) -> str | None:
     """The text of spec.cloudInit.userDataSecretRef, read in the fleet's namespace; CredentialsError if it cannot
-    be, or may not be: never from a namespace that holds the store's or a host's SSH key (a fleet there could copy
-    a key into its seed, where any guest reads it)."""
+    be, or is not a Secret of type vmfleet.io/user-data (credentials.user_data)."""
     ci = cloud_init_of(fleet, template)
     if ci is None or ci.user_data_secret is None:
         return None
     name, key = ci.user_data_secret
     ref = SecretRef(name, fleet.meta.namespace)
-    keys = {store.ssh.secret.namespace} if store.ssh else set()
-    keys |= {h.secret.namespace for h in hosts if h.secret}
-    if ref.namespace in keys:
-        raise CredentialsError(
-            f"Secret {ref.namespace}/{name} (spec.cloudInit.userDataSecretRef): namespace {ref.namespace} holds the "
-            "SSH keys of stores or hosts; user data is not read from there: keep the fleet in another namespace"
-        )
     return await asyncio.to_thread(user_data, ref, key, runtime.read_secret)
 
 
@@ -152,7 +142,7 @@ async def _reconcile(
         )
         return FleetResult(status, [Event("Warning", reasons.STORE_CHANGED, message)], Plan())
     try:
-        secret_user_data = await _user_data(runtime, fleet, template, store, hosts)
+        secret_user_data = await _user_data(runtime, fleet, template)
     except CredentialsError as e:
         status = blocked_status(
             fleet.meta.generation, previous_status, "Stalled", reasons.USER_DATA_UNREADABLE, str(e), now()
@@ -169,6 +159,12 @@ async def _reconcile(
         if not wanted():
             return FleetResult(dict(previous_status or {}), [], Plan())
         first = snap = await drivers.observe()
+        clash = desired.duplicate_mac() if template.network else None
+        if clash:  # only known once the MACs of older domains are read
+            status = blocked_status(
+                fleet.meta.generation, previous_status, "Stalled", reasons.INVALID_SPEC, clash, now()
+            )
+            return FleetResult(status, [Event("Warning", reasons.INVALID_SPEC, clash)], Plan())
         forced = _forced_events(snap)
         plan = snap.plan()
         outcomes: list[Outcome] = []

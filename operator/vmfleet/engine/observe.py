@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -28,6 +29,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     duplicates: list[VmSeen] = []
     conflicts: dict[int, str] = {}
     leftovers: list[tuple[VmSeen, DomainInfo]] = []
+    unknown_macs: dict[int, tuple[str, str]] = {}  # ordinal -> (host, domain) defined before vmfleet chose MACs
     ours = {desired.domain_name(o): o for o in range(fleet.replicas)}
     placed = {o: p.host for o, p in record.vms.items()}
     for view, found in views:
@@ -48,8 +50,10 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     d.live_hash,
                     d.uuid,
                     d.saved,
-                    d.owner.mac,
+                    d.kept_mac,
                 )
+                if d.owner.mac is None:
+                    unknown_macs[vm.ordinal] = (view.name, d.name)
                 other = domains.get(vm.ordinal)
                 if other is None:
                     domains[vm.ordinal] = vm
@@ -78,7 +82,12 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
             conflicts[vm.ordinal] = (
                 f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone still exists)"
             )
-    desired.adopt_macs({o: vm.mac for o, vm in domains.items()})
+    kept = {o: vm.kept_mac for o, vm in domains.items() if vm.kept_mac}
+    if desired.template and desired.template.network:  # older domains' NICs: until redefined, read from libvirt
+        older = [o for o in unknown_macs if o in domains and domains[o].host == unknown_macs[o][0]]
+        macs = await asyncio.gather(*(_nic_mac(endpoints[unknown_macs[o][0]], unknown_macs[o][1]) for o in older))
+        kept.update({o: m for o, m in zip(older, macs, strict=True) if m})
+    desired.keep_macs(kept)
     recorded: dict[int, str] = {}
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
@@ -140,12 +149,35 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
 async def _addresses(
     desired: Desired, domains: Mapping[int, VmSeen], endpoints: Mapping[str, LibvirtHost]
 ) -> dict[int, tuple[str, ...]]:
-    """The IP addresses of each running VM with a NIC, for its status entry (where to ssh)."""
-    if desired.template is None or not desired.template.network:
+    """The IP addresses of each running VM with a NIC, for its status entry (where to ssh): the network's DHCP
+    leases, read once per host and matched by the VM's MAC; the host's ARP table for a VM without a lease."""
+    network = desired.template.network if desired.template else None
+    if not network:
         return {}
     running = sorted(o for o, vm in domains.items() if vm.active)
-    found = await asyncio.gather(*(endpoints[domains[o].host].addresses(desired.domain_name(o)) for o in running))
-    return {o: tuple(a) for o, a in zip(running, found, strict=True) if a}
+    hosts = sorted({domains[o].host for o in running})
+    leases = dict(zip(hosts, await asyncio.gather(*(endpoints[h].leases(network) for h in hosts)), strict=True))
+    found = {o: leases[domains[o].host].get(desired.mac(o), []) for o in running}
+    unleased = [o for o in running if not found[o]]
+    arp = await asyncio.gather(*(endpoints[domains[o].host].arp_addresses(desired.domain_name(o)) for o in unleased))
+    found.update(zip(unleased, arp, strict=True))
+    return {o: reachable_first(a) for o, a in found.items() if a}
+
+
+def reachable_first(addresses: list[str]) -> tuple[str, ...]:
+    """At most an IPv4 and an IPv6 address (the first of each, by their order as numbers): where to ssh."""
+    ordered = sorted({ipaddress.ip_address(a) for a in addresses if _is_ip(a)}, key=lambda a: (a.version, a))
+    v4 = [str(a) for a in ordered if a.version == 4][:1]
+    v6 = [str(a) for a in ordered if a.version == 6 and not a.is_link_local][:1]
+    return tuple(v4 + v6)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> tuple[HostView, list[DomainInfo]]:
@@ -166,6 +198,13 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
         sum(d.vcpus for d in active),
         sum(d.memory_mib for d in active),
     ), found
+
+
+async def _nic_mac(endpoint: LibvirtHost, name: str) -> str | None:
+    try:
+        return await endpoint.nic_mac(name)
+    except HostError:
+        return None  # its host stopped answering: its VM is held back anyway
 
 
 async def _false() -> bool:

@@ -8,7 +8,6 @@ the hint of the failure), and the planner rule that asks for it. A test holds ev
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -110,11 +109,9 @@ async def delete_seeds(actor: Actor, a: CloneAction) -> None:
 async def define(actor: Actor, a: DomainAction) -> None:
     snap = actor.snapshot
     spec = snap.domain_spec(a.ordinal, a.host)
-    endpoint = actor.endpoints[a.host]
-    if spec.network and spec.mac is None:  # defined before vmfleet chose MACs: it keeps the one it has
-        mac = await endpoint.mac(snap.desired.domain_name(a.ordinal))
-        spec = dataclasses.replace(spec, mac=mac or snap.desired.fleet.mac(a.ordinal))
-    await endpoint.define(domain_xml(spec, snap.owner(a.ordinal, a.host, spec), snap.domain_uuid(a.ordinal)))
+    await actor.endpoints[a.host].define(
+        domain_xml(spec, snap.owner(a.ordinal, a.host, spec), snap.domain_uuid(a.ordinal))
+    )
 
 
 @operation(Op.START, DomainAction, reasons.DOMAINS_STARTED, "started", reasons.START_FAILED)

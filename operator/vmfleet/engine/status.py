@@ -123,10 +123,10 @@ def fleet_status(
             entry["restartRequired"] = True
         if domain or o in wants:
             entry["uuid"] = snap.domain_uuid(o)
-            if desired.template and desired.template.network and not desired.keeps_own_mac(o):
+            if desired.template and desired.template.network:
                 entry["mac"] = desired.mac(o)
         if o in snap.addresses:
-            entry["addresses"] = list(snap.addresses[o][:MAX_ADDRESSES])
+            entry["addresses"] = list(snap.addresses[o][:MAX_ADDRESSES])  # an IPv4 and an IPv6 at most
         if path in space:
             sizes = [space[f] for f in snap.vm_files(o) if f in space]
             entry["logicalBytes"] = sum(s.logical for s in sizes)

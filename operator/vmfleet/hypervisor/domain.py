@@ -39,6 +39,7 @@ class Owner:
     spec_hash: str
     host: str = ""  # the KvmHost it was placed on: two KvmHosts may be one libvirtd under two URIs
     mac: str | None = None  # its NIC's MAC ("" without a NIC); None: defined before vmfleet chose MACs
+    mac_kept: bool = False  # that MAC is the one libvirt gave it before vmfleet chose MACs, kept since
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,11 @@ class DomainSpec:
     disk: DiskSource  # made by the store driver
     network: str | None
     console_log: str | None
-    mac: str | None = None  # of the NIC, when there is a network
+    mac: str | None = None  # of the NIC, when there is a network: pinned or derived
     seed: FileDisk | None = None  # the cloud-init seed image, attached read-only
+    # Instead of `mac`: the one libvirt gave a domain defined before vmfleet chose MACs. Kept, and not hashed:
+    # such a domain's hash is what it was, so an upgrade redefines nothing.
+    kept_mac: str | None = None
 
     def spec_hash(self) -> str:
         """What a domain was defined from, kept in its metadata: a change means redefine (and restart).
@@ -62,7 +66,7 @@ class DomainSpec:
         values: dict[str, Any] = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("disk", "seed") and not (f.name in _LATER and getattr(self, f.name) is None)
+            if f.name not in ("disk", "seed", "kept_mac") and not (f.name in _LATER and getattr(self, f.name) is None)
         }
         values.update(_disk_hashed(self.disk))
         if self.seed is not None:
@@ -91,6 +95,7 @@ class DomainInfo:
     uuid: str = ""
     live_hash: str = ""  # spec hash of the definition a running domain was started with
     saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
+    kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs (Owner.mac_kept)
 
     @property
     def config_hash(self) -> str:
@@ -120,6 +125,7 @@ def owner_xml(owner: Owner) -> str:
             "spec-hash": owner.spec_hash,
             "host": owner.host,
             **({"mac": owner.mac} if owner.mac is not None else {}),
+            **({"mac-kept": "true"} if owner.mac_kept else {}),
         },
     )
     return ET.tostring(el, encoding="unicode")
@@ -140,6 +146,7 @@ def parse_owner(xml: str | None) -> Owner | None:
             el.attrib.get("spec-hash", ""),
             el.attrib.get("host", ""),
             el.attrib.get("mac"),
+            el.attrib.get("mac-kept") == "true",
         )
     except (ET.ParseError, KeyError, ValueError):
         return None
@@ -196,8 +203,8 @@ def domain_xml(spec: DomainSpec, owner: Owner, uuid: str) -> str:
         _sub(seed, "readonly")
     if spec.network:
         nic = _sub(devices, "interface", type="network")
-        if spec.mac:
-            _sub(nic, "mac", address=spec.mac)
+        if spec.mac or spec.kept_mac:
+            _sub(nic, "mac", address=spec.mac or spec.kept_mac or "")
         _sub(nic, "source", network=spec.network)
         _sub(nic, "model", type=profile["nic"])
     serial = _sub(devices, "serial", type="pty")

@@ -17,7 +17,7 @@ from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
-from .domain import METADATA_NS, STATES, DomainInfo, nic_mac, parse_owner
+from .domain import METADATA_NS, STATES, DomainInfo, Owner, nic_mac, parse_owner
 
 T = TypeVar("T")
 
@@ -115,6 +115,7 @@ class LibvirtHost:
                     owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
                     live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
                     saved = bool(owner and not active and dom.hasManagedSaveImage(0))
+                    kept = _kept_mac(owner)
                     out.append(
                         DomainInfo(
                             dom.name(),
@@ -125,6 +126,7 @@ class LibvirtHost:
                             dom.UUIDString(),
                             live.spec_hash if live else "",
                             saved,
+                            kept,
                         )
                     )
                 except libvirt.libvirtError as e:
@@ -134,32 +136,36 @@ class LibvirtHost:
 
         return await self._call("list", "listing domains", collect)
 
-    async def addresses(self, name: str) -> list[str]:
-        """The IP addresses of a running domain's NICs: from its network's DHCP leases, else the host's ARP table.
-        [] when neither knows any (no DHCP, the guest has not asked yet, or a driver without the call)."""
+    async def leases(self, network: str) -> dict[str, list[str]]:
+        """MAC -> IP addresses, from the DHCP leases of a libvirt network on this host, in one call; {} where it
+        has none (no such network, no DHCP, a driver without the call)."""
+
+        def ask(conn: libvirt.virConnect) -> dict[str, list[str]]:
+            out: dict[str, list[str]] = {}
+            for lease in conn.networkLookupByName(network).DHCPLeases():
+                if lease.get("mac") and lease.get("ipaddr"):
+                    out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
+            return out
+
+        try:
+            return await self._call("addresses", f"reading the DHCP leases of network {network}", ask)
+        except HostError:
+            return {}
+
+    async def arp_addresses(self, name: str) -> list[str]:
+        """The IP addresses the host's ARP table has for a running domain's NICs; [] when none or no such call."""
 
         def ask(conn: libvirt.virConnect) -> list[str]:
-            dom = conn.lookupByName(name)
-            for source in (
-                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
-                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
-            ):
-                try:
-                    found = dom.interfaceAddresses(source)
-                except libvirt.libvirtError:
-                    continue
-                out = [a["addr"] for nic in (found or {}).values() for a in (nic.get("addrs") or []) if a.get("addr")]
-                if out:
-                    return sorted(out)
-            return []
+            found = conn.lookupByName(name).interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
+            return [a["addr"] for nic in (found or {}).values() for a in (nic.get("addrs") or []) if a.get("addr")]
 
         try:
             return await self._call("addresses", f"reading the addresses of {name}", ask)
         except HostError:
             return []
 
-    async def mac(self, name: str) -> str | None:
-        """The MAC of a defined domain's first NIC (its persistent definition); None without one, or no domain."""
+    async def nic_mac(self, name: str) -> str | None:
+        """The MAC of a domain's first NIC in its persistent definition; None without a NIC or a domain."""
 
         def read(conn: libvirt.virConnect) -> str | None:
             try:
@@ -169,7 +175,7 @@ class LibvirtHost:
                     return None
                 raise
 
-        return await self._call("define", f"reading the MAC of {name}", read)
+        return await self._call("list", f"reading the NIC of {name}", read)
 
     async def define(self, xml: str) -> None:
         await self._call("define", "defining a domain", lambda c: c.defineXML(xml))
@@ -207,6 +213,11 @@ class LibvirtHost:
         if self._files is not None:
             shutil.rmtree(self._files, ignore_errors=True)
             self._files = None
+
+
+def _kept_mac(owner: Owner | None) -> str | None:
+    """The MAC libvirt gave a domain of ours before vmfleet chose MACs, as its metadata keeps it."""
+    return owner.mac if owner is not None and owner.mac_kept else None
 
 
 def _metadata(dom: Any, flags: int) -> str | None:

@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from ..api.types import SecretRef
-from ..credentials import SecretUnreadable
+from ..credentials import SecretData, SecretUnreadable
 
 
 class ClusterSecrets:
@@ -33,7 +33,7 @@ class ClusterSecrets:
                 self._api = client.CoreV1Api()
             return self._api
 
-    def __call__(self, ref: SecretRef) -> dict[str, str]:
+    def __call__(self, ref: SecretRef) -> SecretData:
         try:
             secret = self._core().read_namespaced_secret(ref.name, ref.namespace)
         except ApiException as e:
@@ -45,4 +45,5 @@ class ClusterSecrets:
                 ref, f"cannot be read: the Kubernetes API did not answer ({type(e).__name__})"
             ) from None
         # surrogateescape: bytes that are not UTF-8 (gzip'd user data) come through unchanged (seed.py)
-        return {k: base64.b64decode(v).decode(errors="surrogateescape") for k, v in (secret.data or {}).items()}
+        data = {k: base64.b64decode(v).decode(errors="surrogateescape") for k, v in (secret.data or {}).items()}
+        return SecretData(data, secret.type or "Opaque")

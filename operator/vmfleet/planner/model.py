@@ -44,7 +44,7 @@ class VmSeen:
     live_hash: str = ""  # of the definition the running domain started with ("" when inactive)
     uuid: str = ""
     saved: bool = False  # stopped with a managed save: it resumes on the definition it ran
-    mac: str | None = None  # its NIC's MAC as vmfleet defined it; None: defined before vmfleet chose MACs
+    kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs, kept
 
 
 @dataclass(frozen=True)
