@@ -415,3 +415,34 @@ def test_binary_user_data_from_a_secret_reaches_the_seed_unchanged(tmp_path: Pat
     assert fleet["status"]["readyReplicas"] == 1, said
     (seed,) = _seeds(tmp_path / "store").values()
     assert read_files(seed.read_bytes())["user-data"] == payload
+
+
+def test_the_biggest_fleets_status_leaves_out_what_it_must_to_stay_inside_etcd() -> None:
+    from vmfleet.engine.status import CLONES_BUDGET, compact
+
+    def entries(n: int, name: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": f"{name}-{o}",
+                "ordinal": o,
+                "host": "kvm-a",
+                "file": f"{name}-{o}.img",
+                "state": "Running",
+                "logicalBytes": 10 << 30,
+                "allocatedBytes": 123456789,
+                "uuid": "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14",
+                "mac": "02:11:22:33:04:d2",
+                "addresses": ["10.251.117.234", "fd00:251:117::4d2"],
+            }
+            for o in range(n)
+        ]
+
+    small = entries(100, "web")
+    assert compact(small) == [] and all("addresses" in c for c in small)
+    usual = entries(5000, "web")
+    assert compact(usual) == ["addresses"]  # 5000 VMs: where to ssh goes first
+    assert len(json.dumps(usual, separators=(",", ":"))) <= CLONES_BUDGET and all("uuid" in c for c in usual)
+    big = entries(5000, "f" * 52)  # the most VMs, the longest fleet name
+    assert compact(big) == ["addresses", "mac", "uuid"]
+    assert len(json.dumps(big, separators=(",", ":"))) <= CLONES_BUDGET
+    assert all("name" in c and "file" in c for c in big)

@@ -579,6 +579,13 @@ VM_FLEET_STATUS = obj(
             "them, so a later fleet of the same name never touches them."
         ),
         "clones": array("One entry per VM, by ordinal.", _CLONE_STATUS, maxItems=MAX_REPLICAS + 1000),
+        "compactedFields": array(
+            "Per-VM fields left out of status.clones so that the object stays inside etcd's size limit (the "
+            "biggest fleets only): addresses first, then mac, then uuid. The VMs' domains still have them "
+            "(virsh domifaddr, virsh domuuid).",
+            string("A field of status.clones[].", enum=["addresses", "mac", "uuid"]),
+            maxItems=3,
+        ),
     },
 )
 
