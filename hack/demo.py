@@ -86,7 +86,7 @@ def clean() -> int:
     except libvirt.libvirtError:
         return 0
     for dom in conn.listAllDomains():
-        if re.fullmatch(r"default\.demo-[0-9]+", dom.name()) and str(ROOT) in dom.XMLDesc():  # the demo's only
+        if re.fullmatch(r"default\.demo-[0-9]+", dom.name()) and f"'{ROOT}/" in dom.XMLDesc():  # the demo's only
             if dom.isActive():
                 dom.destroy()
             dom.undefine()

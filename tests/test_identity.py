@@ -446,3 +446,70 @@ def test_the_biggest_fleets_status_leaves_out_what_it_must_to_stay_inside_etcd()
     assert compact(big) == ["addresses", "mac", "uuid"]
     assert len(json.dumps(big, separators=(",", ":"))) <= CLONES_BUDGET
     assert all("name" in c and "file" in c for c in big)
+
+
+def _legacy(conn: Any, desired: Any, ordinal: int, clone: str, mac: str) -> None:
+    """Define VM `ordinal`'s domain as a vmfleet before MACs would have: libvirt's MAC, none in the metadata."""
+    import dataclasses
+
+    from vmfleet.hypervisor import domain_xml
+
+    spec = dataclasses.replace(desired.domain_spec(ordinal, "kvm-a", clone), mac=None, kept_mac=mac)
+    owner = dataclasses.replace(desired.owner(ordinal, "kvm-a", clone, spec), mac=None, mac_kept=False)
+    conn.defineXML(domain_xml(spec, owner, desired.vm_uuid(ordinal)))
+
+
+async def test_macs_never_clash_and_an_unread_kept_mac_holds_the_vm(
+    tmp_path: Path, small_image: Path, monkeypatch: Any
+) -> None:
+    import libvirt
+
+    from vmfleet.engine import Runtime, reconcile_fleet
+    from vmfleet.engine.fleet import desire
+    from vmfleet.hypervisor import HostError, LibvirtHost
+    from vmfleet.hypervisor.domain import nic_mac
+
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
+    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    template = parse(_template(network="default", memoryMiB=64))
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")
+    try:
+        two = parse(_fleet(replicas=2))
+        first = await reconcile_fleet(runtime, two, template, store, [host])  # type: ignore[arg-type]
+        assert first.status["readyReplicas"] == 2
+        desired = desire(runtime, two, template, store, [host])  # type: ignore[arg-type]
+        files = {c["ordinal"]: f"{first.status['cloneDirectory']}/{c['file']}" for c in first.status["clones"]}
+        same = "52:54:00:12:34:56"  # libvirt's random MACs can meet: two older VMs with one
+        for o in (0, 1):
+            _legacy(conn, desired, o, files[o], same)
+
+        # Left as they were (vmfleet did not make them share it): not a reason to stop the fleet.
+        kept = await reconcile_fleet(runtime, two, template, store, [host], first.status)  # type: ignore[arg-type]
+        assert kept.status["readyReplicas"] == 2, kept.status["conditions"]
+        assert [c["mac"] for c in kept.status["clones"]] == [same, same]
+
+        # web-0 runs with `same`; pinning it on a new web-2 would put two running NICs on one MAC.
+        pinned = parse(_fleet(replicas=3, overrides=[{"ordinal": 2, "mac": same}]))
+        refused = await reconcile_fleet(runtime, pinned, template, store, [host], kept.status)  # type: ignore[arg-type]
+        stalled = next(c for c in refused.status["conditions"] if c["type"] == "Stalled")
+        assert stalled["reason"] == "InvalidSpec" and "spec.overrides" in stalled["message"], stalled
+        assert refused.plan.actions == [] and "prod.web-2" not in [d.name() for d in conn.listAllDomains()]
+
+        # A kept MAC that cannot be read this pass: the VM is held, never redefined with another MAC.
+        async def fails(self: LibvirtHost, name: str) -> str | None:
+            raise HostError(f"KvmHost {self.name}: reading the NIC of {name} failed: connection dropped")
+
+        monkeypatch.setattr(LibvirtHost, "nic_mac", fails)
+        bigger = parse(_template(network="default", memoryMiB=96))
+        held = await reconcile_fleet(runtime, two, bigger, store, [host], kept.status)  # type: ignore[arg-type]
+        assert "define" not in [a.op.value for a in held.plan.actions]
+        assert nic_mac(conn.lookupByName("prod.web-0").XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == same
+        degraded = next(c for c in held.status["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == "HostUnreachable" and "connection dropped" in degraded["message"]
+    finally:
+        await runtime.close()
+        conn.close()

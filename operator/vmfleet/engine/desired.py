@@ -55,6 +55,7 @@ class Desired:
         self._seed_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({labels})-[0-9a-f]{{12}}\.iso$")
         self._seeds: dict[int, Seed | None] = {}
         self._kept: Mapping[int, str] = {}
+        self._live: Mapping[int, str] = {}
 
     def _wants(self) -> list[VmWant]:
         assert self.template is not None
@@ -103,11 +104,12 @@ class Desired:
                 out.setdefault(int(m.group(1)), set()).add(f"{self.directory}/{n}")
         return {o: frozenset(found) for o, found in out.items()}
 
-    def keep_macs(self, kept: Mapping[int, str]) -> None:
+    def keep_macs(self, kept: Mapping[int, str], live: Mapping[int, str] | None = None) -> None:
         """The MACs libvirt gave VMs whose domains an older vmfleet defined: they keep them (no guest bound to its
-        MAC loses its network to an upgrade) unless one is pinned."""
+        MAC loses its network to an upgrade) unless one is pinned. `live`: the MACs running VMs run with."""
         if kept != self._kept:
             self._kept, self._seeds = dict(kept), {}
+        self._live = dict(live or {})
 
     def _pinned(self, ordinal: int) -> bool:
         return ordinal in self.fleet.overrides and bool(self.fleet.overrides[ordinal].mac)
@@ -119,16 +121,25 @@ class Desired:
         return self.fleet.mac(ordinal)
 
     def duplicate_mac(self) -> str | None:
-        """Two VMs with one MAC (a pin equal to a MAC kept from before): what to say; None when all differ."""
-        seen: dict[str, int] = {}
+        """Why a VM's MAC would be another's, or None. Two VMs that kept one MAC from before vmfleet chose MACs
+        are left as they were; a pinned or derived MAC may not be another VM's, nor one a running VM still has."""
+        owner: dict[str, int] = {}
+        running = {mac: o for o, mac in self._live.items()}
         for o in range(self.fleet.replicas):
-            other = seen.setdefault(self.mac(o), o)
-            if other != o:
+            mac = self.mac(o)
+            other = owner.setdefault(mac, o)
+            if other != o and not (self._keeps(o) and self._keeps(other)):
+                return f"{self._whose(o, other)}: {self.vm_name(other)} and {self.vm_name(o)} would share MAC {mac}"
+            still = running.get(mac)
+            if still is not None and still != o:
                 return (
-                    f"spec.overrides: {self.vm_name(other)} and {self.vm_name(o)} would share MAC {self.mac(o)}; "
-                    "pin another"
+                    f"{self._whose(o, still)}: {self.vm_name(o)} would get MAC {mac}, which {self.vm_name(still)} "
+                    "runs with until it is restarted; restart it first"
                 )
         return None
+
+    def _whose(self, *ordinals: int) -> str:
+        return "spec.overrides" if any(self._pinned(o) for o in ordinals) else "MAC"
 
     def seed(self, ordinal: int) -> Seed | None:
         """The cloud-init seed VM `ordinal` should have; None without spec.cloudInit or for an unwanted VM."""

@@ -51,6 +51,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     d.uuid,
                     d.saved,
                     d.kept_mac,
+                    d.live_mac if d.active else None,
                 )
                 if d.owner.mac is None:
                     unknown_macs[vm.ordinal] = (view.name, d.name)
@@ -85,9 +86,18 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     kept = {o: vm.kept_mac for o, vm in domains.items() if vm.kept_mac}
     if desired.template and desired.template.network:  # older domains' NICs: until redefined, read from libvirt
         older = [o for o in unknown_macs if o in domains and domains[o].host == unknown_macs[o][0]]
-        macs = await asyncio.gather(*(_nic_mac(endpoints[unknown_macs[o][0]], unknown_macs[o][1]) for o in older))
-        kept.update({o: m for o, m in zip(older, macs, strict=True) if m})
-    desired.keep_macs(kept)
+        macs = await asyncio.gather(
+            *(endpoints[unknown_macs[o][0]].nic_mac(unknown_macs[o][1]) for o in older), return_exceptions=True
+        )
+        for o, m in zip(older, macs, strict=True):
+            if isinstance(m, HostError):  # not known this pass: nothing may be defined there with another MAC
+                host = domains[o].host
+                hosts[host] = replace(hosts[host], reachable=False, error=str(m))
+            elif isinstance(m, BaseException):
+                raise m
+            elif m:
+                kept[o] = m
+    desired.keep_macs(kept, {o: vm.live_mac for o, vm in domains.items() if vm.live_mac})
     recorded: dict[int, str] = {}
     elsewhere: dict[int, str] = {}
     released: set[int] = set()
@@ -198,13 +208,6 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
         sum(d.vcpus for d in active),
         sum(d.memory_mib for d in active),
     ), found
-
-
-async def _nic_mac(endpoint: LibvirtHost, name: str) -> str | None:
-    try:
-        return await endpoint.nic_mac(name)
-    except HostError:
-        return None  # its host stopped answering: its VM is held back anyway
 
 
 async def _false() -> bool:

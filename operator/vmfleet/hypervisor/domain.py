@@ -96,6 +96,7 @@ class DomainInfo:
     live_hash: str = ""  # spec hash of the definition a running domain was started with
     saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs (Owner.mac_kept)
+    live_mac: str | None = None  # the MAC of the definition a running domain was started with
 
     @property
     def config_hash(self) -> str:

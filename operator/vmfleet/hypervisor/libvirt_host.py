@@ -127,6 +127,7 @@ class LibvirtHost:
                             live.spec_hash if live else "",
                             saved,
                             kept,
+                            (live.mac or kept) if live else None,
                         )
                     )
                 except libvirt.libvirtError as e:
@@ -142,7 +143,13 @@ class LibvirtHost:
 
         def ask(conn: libvirt.virConnect) -> dict[str, list[str]]:
             out: dict[str, list[str]] = {}
-            for lease in conn.networkLookupByName(network).DHCPLeases():
+            try:
+                leases = conn.networkLookupByName(network).DHCPLeases()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() in _NOT_THERE:
+                    return out  # no such network here, or a driver without leases: not a fault of the host
+                raise
+            for lease in leases:
                 if lease.get("mac") and lease.get("ipaddr"):
                     out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
             return out
@@ -156,7 +163,12 @@ class LibvirtHost:
         """The IP addresses the host's ARP table has for a running domain's NICs; [] when none or no such call."""
 
         def ask(conn: libvirt.virConnect) -> list[str]:
-            found = conn.lookupByName(name).interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
+            try:
+                found = conn.lookupByName(name).interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() in _NOT_THERE:
+                    return []
+                raise
             return [a["addr"] for nic in (found or {}).values() for a in (nic.get("addrs") or []) if a.get("addr")]
 
         try:
@@ -213,6 +225,17 @@ class LibvirtHost:
         if self._files is not None:
             shutil.rmtree(self._files, ignore_errors=True)
             self._files = None
+
+
+# Answers that say "nothing to find here", not "the host failed": no errors counted, no alert.
+_NOT_THERE = frozenset(
+    {
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_NO_NETWORK,
+        libvirt.VIR_ERR_NO_DOMAIN,
+        libvirt.VIR_ERR_OPERATION_INVALID,
+    }
+)
 
 
 def _kept_mac(owner: Owner | None) -> str | None:

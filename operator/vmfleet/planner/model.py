@@ -45,6 +45,7 @@ class VmSeen:
     uuid: str = ""
     saved: bool = False  # stopped with a managed save: it resumes on the definition it ran
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs, kept
+    live_mac: str | None = None  # the MAC it runs with (until it restarts)
 
 
 @dataclass(frozen=True)
