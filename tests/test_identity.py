@@ -150,6 +150,16 @@ def test_no_cloud_init_means_no_seed_and_the_same_domain_as_before() -> None:
     assert spec.seed is None and spec.mac is None
 
 
+def _site(tmp_path: Path, image: Path) -> tuple[Any, Any]:
+    """A qcow2 store under `tmp_path` with the template image, and a KvmHost on libvirt's test driver."""
+    root = tmp_path / "store"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "b.img").write_bytes(image.read_bytes())
+    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
+    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    return store, host
+
+
 # ------------------------------------------------------------------ `vmfleet apply` on a qcow2 store
 
 
@@ -301,11 +311,7 @@ async def test_an_upgrade_keeps_the_mac_a_networked_vm_already_has(tmp_path: Pat
     from vmfleet.hypervisor import domain_xml
     from vmfleet.hypervisor.domain import nic_mac
 
-    root = tmp_path / "store"
-    (root / "images").mkdir(parents=True)
-    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
-    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
-    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    store, host = _site(tmp_path, small_image)
     template = parse(_template(network="default", memoryMiB=64))
     fleet = parse(_fleet(replicas=1))
     runtime = Runtime()
@@ -368,11 +374,7 @@ async def test_status_shows_a_few_addresses_and_stays_valid(
         return [f"10.0.0.{i}" for i in range(17, 0, -1)] + ["fe80::1", "fd00::9", "fd00::10"]
 
     monkeypatch.setattr(LibvirtHost, "arp_addresses", many)
-    root = tmp_path / "store"
-    (root / "images").mkdir(parents=True)
-    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
-    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
-    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    store, host = _site(tmp_path, small_image)
     runtime = Runtime()
     try:
         done = await reconcile_fleet(
@@ -469,11 +471,7 @@ async def test_macs_never_clash_and_an_unread_kept_mac_holds_the_vm(
     from vmfleet.hypervisor import HostError, LibvirtHost
     from vmfleet.hypervisor.domain import nic_mac
 
-    root = tmp_path / "store"
-    (root / "images").mkdir(parents=True)
-    (root / "images" / "b.img").write_bytes(small_image.read_bytes())
-    store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}))
-    host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 8, "memoryMiB": 32768}}))
+    store, host = _site(tmp_path, small_image)
     template = parse(_template(network="default", memoryMiB=64))
     runtime = Runtime()
     conn = libvirt.open("test:///default")
