@@ -17,6 +17,7 @@ from helpers import quickstart
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.identity import vm_mac
 from vmfleet.api.types import VmFleet, VmTemplate
+from vmfleet.disks import FileDisk
 from vmfleet.engine.desired import Desired
 from vmfleet.seed import label_of, read_files
 
@@ -44,7 +45,7 @@ def _desired(template: dict[str, Any], fleet: dict[str, Any], user_data: str | N
     host = parse(_doc("KvmHost", "kvm-a", {"uri": "test:///default"}))
     t, f = parse(template), parse(fleet)
     assert isinstance(t, VmTemplate) and isinstance(f, VmFleet)
-    return Desired(f, t, store, [host], "qcow2", lambda clone, on_host: None, user_data)  # type: ignore[arg-type,return-value]
+    return Desired(f, t, store, [host], "qcow2", lambda clone, on_host: FileDisk(on_host, "qcow2"), user_data)  # type: ignore[arg-type]
 
 
 def _refused(doc: dict[str, Any]) -> str:
@@ -511,3 +512,32 @@ async def test_macs_never_clash_and_an_unread_kept_mac_holds_the_vm(
     finally:
         await runtime.close()
         conn.close()
+
+
+def test_a_mac_moved_between_running_vms_waits_for_the_restart_not_the_whole_fleet() -> None:
+    same = "52:54:00:12:34:56"
+    moved = "02:aa:bb:cc:dd:ee"
+    # web-0 ran pinned to `moved`; the pin now is web-1's: web-1 waits to start until web-0 restarted.
+    desired = _desired(_template(network="default"), _fleet(overrides=[{"ordinal": 1, "mac": moved}]))
+    desired.keep_macs({}, {0: moved})
+    assert desired.duplicate_mac() is None  # nothing wrong with the spec: a matter of order
+    assert desired.mac_in_use(1) == 0 and desired.mac_in_use(0) is None and desired.mac_in_use(2) is None
+    # Two older VMs that libvirt gave one MAC, both running with it: neither waits for the other.
+    older = _desired(_template(network="default"), _fleet())
+    older.keep_macs({0: same, 1: same}, {0: same, 1: same})
+    assert older.duplicate_mac() is None and older.mac_in_use(0) is None and older.mac_in_use(1) is None
+    # In the plan: web-1 is made and defined, its start held (MacInUse); web-0 goes on.
+    from vmfleet.engine.record import FleetRecord
+    from vmfleet.engine.snapshot import Snapshot
+    from vmfleet.planner import HostView, Observation, VmSeen
+
+    seen = Observation(
+        parent_exists=True,
+        clones=frozenset({0}),
+        domains={0: VmSeen(0, "kvm-a", "Running", True, "old", "old", live_mac=moved)},
+        hosts={"kvm-a": HostView("kvm-a", True, vcpus=8, memory_mib=8192)},
+    )
+    plan = Snapshot(desired, seen, FleetRecord("u-1", "prod", "web"), {0: "web-0.qcow2"}).plan()
+    assert ("start", 1) not in [(a.op.value, a.ordinal) for a in plan.actions if hasattr(a, "ordinal")]
+    assert ("define", 1) in [(a.op.value, a.ordinal) for a in plan.actions if hasattr(a, "ordinal")]
+    assert [(p.reason, p.subject) for p in plan.problems] == [("MacInUse", "web-1")]

@@ -180,6 +180,13 @@ DELETE_SEEDS_FAILED: Final = _problem(
     meaning="an older cloud-init seed image could not be removed",
     hint="see the store's message above; the next pass retries",
 )
+MAC_IN_USE: Final = _problem(
+    "MacInUse",
+    where="VmFleet, Degraded",
+    meaning="a VM is not started because another VM still runs with the MAC it should have (a MAC pin moved "
+    "between running VMs)",
+    hint="restart the VM named in the message: it takes its new MAC, and the other starts",
+)
 USER_DATA_UNREADABLE: Final = _problem(
     "UserDataUnreadable",
     where="VmFleet, Stalled",

@@ -106,6 +106,8 @@ def fleet_table(obj: dict[str, Any]) -> str:
         )
         rows.append(row + ((c.get("mac", "-"), ",".join(c.get("addresses", [])) or "-") if networked else ()))
     where = [f"clones in {status['cloneDirectory']}/"] if status.get("cloneDirectory") else []
+    if status.get("compactedFields"):  # the biggest fleets: kept out of the object for etcd's size limit
+        where.append(f"per-VM {', '.join(status['compactedFields'])} left out of the status (size)")
     return "\n".join([head, table(rows), *where, *problems(status)])
 
 

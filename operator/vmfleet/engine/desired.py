@@ -121,21 +121,23 @@ class Desired:
         return self.fleet.mac(ordinal)
 
     def duplicate_mac(self) -> str | None:
-        """Why a VM's MAC would be another's, or None. Two VMs that kept one MAC from before vmfleet chose MACs
-        are left as they were; a pinned or derived MAC may not be another VM's, nor one a running VM still has."""
+        """Why two VMs would be given one MAC, or None. Two VMs that kept one MAC from before vmfleet chose MACs
+        are left as they were."""
         owner: dict[str, int] = {}
-        running = {mac: o for o, mac in self._live.items()}
         for o in range(self.fleet.replicas):
             mac = self.mac(o)
             other = owner.setdefault(mac, o)
             if other != o and not (self._keeps(o) and self._keeps(other)):
                 return f"{self._whose(o, other)}: {self.vm_name(other)} and {self.vm_name(o)} would share MAC {mac}"
-            still = running.get(mac)
-            if still is not None and still != o:
-                return (
-                    f"{self._whose(o, still)}: {self.vm_name(o)} would get MAC {mac}, which {self.vm_name(still)} "
-                    "runs with until it is restarted; restart it first"
-                )
+        return None
+
+    def mac_in_use(self, ordinal: int) -> int | None:
+        """Another VM that still runs with the MAC this one should start with (a MAC moved between VMs): this
+        one waits until that one has restarted on its own."""
+        mac = self.mac(ordinal)
+        for other, live in self._live.items():
+            if other != ordinal and live == mac and self.mac(other) != mac:
+                return other
         return None
 
     def _whose(self, *ordinals: int) -> str:

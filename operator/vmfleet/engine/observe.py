@@ -84,15 +84,15 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                 f"{vm.host} (a stopped domain of fleet UID {d.owner.fleet_uid}, whose clone still exists)"
             )
     kept = {o: vm.kept_mac for o, vm in domains.items() if vm.kept_mac}
+    unread: dict[int, str] = {}  # VMs whose kept MAC could not be read: held as if out of sight, this pass
     if desired.template and desired.template.network:  # older domains' NICs: until redefined, read from libvirt
         older = [o for o in unknown_macs if o in domains and domains[o].host == unknown_macs[o][0]]
         macs = await asyncio.gather(
             *(endpoints[unknown_macs[o][0]].nic_mac(unknown_macs[o][1]) for o in older), return_exceptions=True
         )
         for o, m in zip(older, macs, strict=True):
-            if isinstance(m, HostError):  # not known this pass: nothing may be defined there with another MAC
-                host = domains[o].host
-                hosts[host] = replace(hosts[host], reachable=False, error=str(m))
+            if isinstance(m, HostError):  # not known this pass: it may not be defined with another MAC
+                unread[o] = f"its NIC on {domains.pop(o).host} could not be read ({m})"
             elif isinstance(m, BaseException):
                 raise m
             elif m:
@@ -132,6 +132,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
             if view.reachable
             else HostView(name, True, eligible=False, error="declared lost")
         )
+    elsewhere.update(unread)
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
     seeds = desired.seed_files(names)
     # Every VM's seed content and digest (its {{ mac }} the adopted one): CPU work, off the event loop.

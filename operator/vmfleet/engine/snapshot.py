@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..api import reasons
 from ..hypervisor import DomainSpec, Owner
-from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, plan_fleet
+from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, Problem, Severity, plan_fleet
 from .desired import Desired
 from .record import CREATING, DELETING, PLACED, FleetRecord, Placement
 
@@ -67,7 +68,27 @@ class Snapshot:
 
     def plan(self) -> Plan:
         spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()
-        return plan_fleet(self.desired.wants, self.seen, self.desired.fleet.placement, spec_hash)
+        plan = plan_fleet(self.desired.wants, self.seen, self.desired.fleet.placement, spec_hash)
+        return self._wait_for_macs(plan)
+
+    def _wait_for_macs(self, plan: Plan) -> Plan:
+        """A VM is not started with a MAC another VM still runs with (a MAC moved between running VMs): everything
+        else goes on, and the other takes its new MAC when it restarts (RestartRequired)."""
+        for a in [a for a in plan.actions if isinstance(a, DomainAction) and a.op is Op.START]:
+            other = self.desired.mac_in_use(a.ordinal)
+            if other is not None:
+                plan.actions.remove(a)
+                plan.problems.append(
+                    Problem(
+                        Severity.DEGRADED,
+                        reasons.MAC_IN_USE,
+                        f"not started: {self.desired.vm_name(other)} still runs with its MAC "
+                        f"{self.desired.mac(a.ordinal)} until it is restarted",
+                        a.ordinal,
+                        self.desired.vm_name(a.ordinal),
+                    )
+                )
+        return plan
 
     def announced(self, plan: Plan) -> FleetRecord:
         """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
