@@ -84,7 +84,7 @@ def _sign(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def _certificates(
+def certificates(
     d: Path, ips: tuple[str, ...] = ("127.0.0.1",), dns: tuple[str, ...] = ("localhost",), kubelet_ip: str = ""
 ) -> None:
     """A CA, a serving certificate for `ips` and `dns` signed by it, a client certificate for the apiserver to
@@ -211,7 +211,7 @@ class Cluster:
         ]
 
     def _certificates(self) -> None:
-        _certificates(self.dir)
+        certificates(self.dir)
 
     def _api_port(self) -> int:
         return free_port()

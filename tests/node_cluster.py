@@ -26,9 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from cluster import Cluster, free_port, kubeconfig
+from cluster import Cluster, certificates, free_port, kubeconfig
 
 NODE = "vmfleet-node"
 NODE_IP = "10.250.0.1"  # on an interface of its own: pods reach it through the bridge, nothing else does
@@ -51,9 +51,7 @@ NETWORKS = ("10.250.0.0/24", POD_CIDR, SERVICE_CIDR)
 # the rest of the test run should not reboot on an oops.
 FORWARDING = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/route_localnet")
 SYSCTLS = (
-    "net/ipv4/ip_forward",
-    "net/ipv6/conf/all/forwarding",
-    "net/ipv4/conf/all/route_localnet",
+    *FORWARDING,
     "vm/overcommit_memory",
     "vm/panic_on_oom",
     "kernel/panic",
@@ -155,11 +153,10 @@ class NodeCluster(Cluster):
     ready_seconds: float = 0.0
     owned: bool = False  # holds the machine's one cluster slot: stop() undoes what changed since `before`
     before: HostState | None = None
+    _lock: IO[str] | None = field(default=None, repr=False)
 
     def _certificates(self) -> None:
-        from cluster import _certificates
-
-        _certificates(
+        certificates(
             self.dir,
             ips=("127.0.0.1", NODE_IP, SERVICE_IP),
             dns=(
@@ -312,26 +309,24 @@ state = "{d}/state"
                 raise RuntimeError(f"containerd did not start:\n{self.logs('containerd')}")
             time.sleep(0.2)
 
-    def ctr(self, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         done = subprocess.run(
             ["ctr", "--address", str(self.dir / "containerd" / "containerd.sock"), "-n", "k8s.io", *args],
             capture_output=True,
-            input=stdin,
             timeout=300,
         )
         if check and done.returncode:
             raise RuntimeError(f"ctr {' '.join(args)} failed: {done.stderr.decode()[-2000:]}")
         return done
 
-    def import_image(self, archive: Path | bytes) -> None:
-        if isinstance(archive, bytes):
-            self.ctr("images", "import", "--all-platforms", "-", stdin=archive)
-        else:
-            self.ctr("images", "import", "--all-platforms", str(archive))
+    def import_image(self, archive: Path) -> None:
+        self.ctr("images", "import", "--all-platforms", str(archive))
 
     def _start_node(self) -> None:
         d = self.dir
-        self.import_image(pause_archive(self.bin / "pause"))
+        pause = d / "pause.tar"
+        pause.write_bytes(pause_archive(self.bin / "pause"))
+        self.import_image(pause)
         self._daemon(
             "kube-controller-manager",
             str(self.bin / "kube-controller-manager"),
@@ -460,7 +455,7 @@ state = "{d}/state"
             step(f"stop {p.args[0]}", lambda p=p: _stop(p))
         kube_proxy = [str(self.bin / "kube-proxy"), "--cleanup", f"--config={self.dir / 'kube-proxy.yaml'}"]
         step("kube-proxy --cleanup", lambda: sh(*kube_proxy, check=False))
-        step("kill the shims", self._kill_shims)
+        step("kill the shims", self._kill_rest)
         step("stop the control plane", super().stop)
         step("remove the firewall", lambda: _firewall("-D"))
         before = self.before
@@ -468,7 +463,8 @@ state = "{d}/state"
         step("undo the host's changes", lambda: errors.extend(before.undo(HostState.read(), self.dir)))
         if not errors and not self.leftovers():
             STATE.unlink()  # else the next run refuses to start until --sweep
-        self._lock.close()
+        if self._lock:
+            self._lock.close()
         if errors:
             raise RuntimeError("; ".join(errors))
 
@@ -488,23 +484,17 @@ state = "{d}/state"
             for task in self.ctr("tasks", "ls", "-q", check=False).stdout.decode().split():
                 self.ctr("tasks", "kill", "-a", "-s", "SIGKILL", task, check=False)
                 self.ctr("tasks", "delete", "-f", task, check=False)
-        for controller in _controllers():
-            for procs in (controller / "kubepods").rglob("cgroup.procs"):
-                for pid in procs.read_text().split():
-                    _kill_tree(int(pid))
+        for pid in _pod_pids():
+            _kill_tree(pid)
 
-    def _kill_shims(self) -> None:
-        """containerd's runc shims outlive it on purpose; these are ours (their -address names our socket)."""
-        sock = str(self.dir / "containerd" / "containerd.sock").encode()
-        for pid in _pids():
-            if sock in _cmdline(pid).split(b"\0"):
-                _kill_tree(pid)
+    def _kill_rest(self) -> None:
+        """What still names the cluster's directory: containerd's runc shims, which outlive it on purpose."""
+        for pid in _processes_of(self.dir):
+            _kill_tree(pid)
 
     def leftovers(self) -> list[str]:
         """What the cluster left on this machine: the fixture asserts there is nothing."""
-        found = [
-            f"process {pid}: {_cmdline(pid)[:200]!r}" for pid in _pids() if str(self.dir).encode() in _cmdline(pid)
-        ]
+        found = [f"process {pid}: {_cmdline(pid)[:200]!r}" for pid in _processes_of(self.dir)]
         assert self.before is not None
         return found + self.before.changes(HostState.read(), self.dir)
 
@@ -697,33 +687,21 @@ def sweep() -> None:
         if not STATE.exists():
             sys.exit(f"no {STATE}: no cluster was left behind")
         state = json.loads(STATE.read_text())
-        cluster_dir, before = state["dir"], HostState.from_json(state["before"])
-        names_it = re.compile(rb"(^|=)" + re.escape(cluster_dir.encode()) + rb"(/|$)")  # a path in an argument
-        for pid in _pids():
-            if any(names_it.search(arg) for arg in _cmdline(pid).split(b"\0")):
-                _kill_tree(pid)
-        for controller in _controllers():  # the containers it ran
-            for procs in (controller / "kubepods").rglob("cgroup.procs"):
-                for pid in procs.read_text().split():
-                    _kill_tree(int(pid))
+        cluster_dir, before = Path(state["dir"]), HostState.from_json(state["before"])
 
-        def alive() -> list[int]:
-            mine = [pid for pid in _pids() if any(names_it.search(a) for a in _cmdline(pid).split(b"\0"))]
-            return mine + [
-                int(pid)
-                for controller in _controllers()
-                for procs in (controller / "kubepods").rglob("cgroup.procs")
-                for pid in procs.read_text().split()
-            ]
+        def alive() -> list[int]:  # its daemons and sshds, and the containers it ran
+            return [*_processes_of(cluster_dir), *_pod_pids()]
 
+        for pid in alive():
+            _kill_tree(pid)
         deadline = time.monotonic() + 30  # SIGKILL lands when the kernel gets to it
         while alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         if alive():
             sys.exit(f"these processes of the cluster would not die: {alive()}")
         _firewall("-D")
-        errors = before.undo(HostState.read(), Path(cluster_dir))
-        left = before.changes(HostState.read(), Path(cluster_dir))
+        errors = before.undo(HostState.read(), cluster_dir)
+        left = before.changes(HostState.read(), cluster_dir)
         if errors or left:
             sys.exit(f"could not undo {errors}; still there: {left}")
         STATE.unlink()
@@ -732,6 +710,22 @@ def sweep() -> None:
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _processes_of(cluster_dir: Path) -> list[int]:
+    """Processes with the cluster's directory, or a path in it, as an argument (`--data-dir=DIR/etcd` too)."""
+    names_it = re.compile(rb"(^|=)" + re.escape(str(cluster_dir).encode()) + rb"(/|$)")
+    return [pid for pid in _pids() if any(names_it.search(arg) for arg in _cmdline(pid).split(b"\0"))]
+
+
+def _pod_pids() -> list[int]:
+    """Every process in the pods' cgroups: the containers."""
+    return [
+        int(pid)
+        for controller in _controllers()
+        for procs in (controller / "kubepods").rglob("cgroup.procs")
+        for pid in procs.read_text().split()
+    ]
 
 
 def _cmdline(pid: int) -> bytes:

@@ -35,6 +35,7 @@ IMAGE = "localhost/vmfleet"
 QUICKSTART_ROOT = "/tmp/vmfleet-quickstart"  # the quickstart CloneStore's root, as the pod sees it
 OPERATOR = ("-n", "vmfleet-system")
 MMCLONE = "/usr/lpp/mmfs/bin/mmclone"
+COPY = f"{MMCLONE} copy "
 # What the gpfs driver runs to look (tests/simulator.py logs every command the simulator serves).
 READ_ONLY = ("realpath ", "ls ", "stat ", "head ", "xargs -0 stat ", f"{MMCLONE} show ")
 BASIC_READY = 'vmfleet_fleet_ready_replicas{fleet="basic",namespace="default"} 3.0'
@@ -124,9 +125,10 @@ class Install:
     def fleet(self, name: str) -> dict[str, Any]:
         return self.cluster.get("vmf", name, "-n", "default")
 
-    def copies(self) -> Counter[str]:
-        """How many times each clone file was made on the GPFS simulator (`mmclone copy SOURCE TARGET`)."""
-        return Counter(c.split()[-1] for c in self.sim.commands if c.split()[:2] == [MMCLONE, "copy"])
+    def copies(self, since: int = 0) -> Counter[str]:
+        """How many times each clone file was made on the GPFS simulator (`mmclone copy SOURCE TARGET`), from
+        its `since`th command on."""
+        return Counter(c.split()[-1] for c in self.sim.commands[since:] if c.startswith(COPY))
 
     def domains(self) -> dict[str, tuple[str, int]]:
         """The gpfs fleet's domains on the real libvirtd: name -> (UUID, runtime ID: changes if restarted)."""
@@ -362,20 +364,16 @@ def test_an_upgrade_rolled_out_while_the_fleet_scales_converges(install: Install
     install.cluster.ctr("images", "tag", "--force", f"{IMAGE}:0.1.0", f"{IMAGE}:0.1.1")
     old = install.pod()["metadata"]["name"]
     issued = len(install.sim.commands)
-    install.sim.hold_replies(f"{MMCLONE} copy ")
+    install.sim.hold_replies(COPY)
     try:
         install.sh("kubectl scale vmf/basic --replicas=6")
-        wait_for(
-            lambda: any(c.split()[:2] == [MMCLONE, "copy"] for c in install.sim.commands[issued:]),
-            60,
-            "the old pod to start the scaling",
-        )
+        wait_for(lambda: install.copies(issued), 60, "the old pod to start the scaling")
         install.sh(
             f"kubectl -n vmfleet-system set image deploy/vmfleet-operator operator={IMAGE}:0.1.1\n"
             f"kubectl -n vmfleet-system wait --for=delete pod/{old} --timeout=3m"
         )
         during = sorted(install.domains())
-        held = [c for c in install.sim.commands[issued:] if c.split()[:2] == [MMCLONE, "copy"]]
+        held = install.copies(issued)
     finally:
         install.sim.hold_replies(None)
     assert during == [f"default.basic-{i}" for i in range(3)], during  # it heard of no new clone: defined none
