@@ -194,7 +194,11 @@ async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, p
     await driver.delete_parent(parent, "image/linux/basic.img")
     assert not (env.directory / "frank" / parent).exists()
     assert (env.directory / "frank" / "image/linux/basic.img").exists()
-    assert ssh_errors(env, "dropped") == ssh_errors(env, "refused") == 0
+    assert ssh_errors(env, "dropped") == 0
+    # sshd frees a closed session a moment after the client sees it closed (SshRunner.SESSION_FREE_DELAY): on a
+    # loaded machine one channel now and then is refused and sent again (ci13 saw one). A client that opened
+    # more than MaxSessions would be refused at every burst of 16.
+    assert ssh_errors(env, "refused") <= 2
 
 
 # ---------------------------------------------------------------- finding 6: a gpfs template's parent can go
