@@ -5,7 +5,6 @@ console; without a seed or DHCP it says that; its ACPI power button powers it of
 from __future__ import annotations
 
 import ctypes
-import io
 import json
 import os
 import re
@@ -19,12 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pycdlib
 import pytest
 
 from conftest import TIMINGS, unavailable
 from helpers import linux_image, wait_for
 from vmfleet.guest import CONSOLE_LINE, IMAGE_SIZE, missing_host_tools
+from vmfleet.seed import Seed
 
 pytestmark = pytest.mark.identity
 
@@ -32,21 +31,8 @@ SLIRP_ADDRESS = "10.0.2.15"  # what QEMU's user-mode network leases to its first
 
 
 def iso(path: Path, label: str, files: dict[str, bytes]) -> Path:
-    """An ISO 9660 seed with Joliet and Rock Ridge names, labelled `label`, as the operator writes them."""
-    image = pycdlib.PyCdlib()
-    image.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=label)
-    made: set[str] = set()
-    for name, data in files.items():
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            directory = "/".join(parts[:i])
-            if directory not in made:
-                made.add(directory)
-                image.add_directory("/" + directory.upper(), rr_name=parts[i - 1], joliet_path="/" + directory)
-        iso_name = "/" + name.upper().replace("-", "_") + ";1"
-        image.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=parts[-1], joliet_path="/" + name)
-    image.write(str(path))
-    image.close()
+    """An ISO 9660 seed labelled `label`, made as the operator makes them (vmfleet.seed)."""
+    path.write_bytes(Seed(label, tuple(sorted(files.items()))).image())
     return path
 
 

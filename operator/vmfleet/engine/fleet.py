@@ -23,7 +23,7 @@ from ..planner import Op, Plan, listing
 from ..storage import StoreDriver, StoreError
 from .desired import Desired, cloud_init_of
 from .execute import Outcome, Progress, execute
-from .observe import observe
+from .observe import observe, observe_addresses
 from .operations import Actor
 from .record import RECORD_NAME, FleetRecord, write_record
 from .runtime import Runtime
@@ -50,6 +50,9 @@ class FleetDrivers:
 
     async def observe(self) -> Snapshot:
         return await observe(self.desired, self.driver, self.endpoints)
+
+    async def with_addresses(self, snap: Snapshot) -> Snapshot:
+        return replace(snap, addresses=await observe_addresses(self.desired, snap.seen.domains, self.endpoints))
 
     def actor(self, snap: Snapshot) -> Actor:
         return Actor(snap, self.driver, self.endpoints, self.parent_lock)
@@ -137,22 +140,15 @@ async def _reconcile(
             f"{store.meta.name}; a fleet cannot move between stores: point it back to a template on {moved}, "
             "or delete the fleet"
         )
-        status = blocked_status(
-            fleet.meta.generation, previous_status, "Stalled", reasons.STORE_CHANGED, message, now()
-        )
-        return FleetResult(status, [Event("Warning", reasons.STORE_CHANGED, message)], Plan())
+        return _stalled(fleet, previous_status, reasons.STORE_CHANGED, message)
     try:
         secret_user_data = await _user_data(runtime, fleet, template)
     except CredentialsError as e:
-        status = blocked_status(
-            fleet.meta.generation, previous_status, "Stalled", reasons.USER_DATA_UNREADABLE, str(e), now()
-        )
-        return FleetResult(status, [Event("Warning", reasons.USER_DATA_UNREADABLE, str(e))], Plan())
+        return _stalled(fleet, previous_status, reasons.USER_DATA_UNREADABLE, str(e))
     ci = cloud_init_of(fleet, template)
     problem = ci.network_data_problem() if ci else None
     if problem:
-        status = blocked_status(fleet.meta.generation, previous_status, "Stalled", reasons.INVALID_SPEC, problem, now())
-        return FleetResult(status, [Event("Warning", reasons.INVALID_SPEC, problem)], Plan())
+        return _stalled(fleet, previous_status, reasons.INVALID_SPEC, problem)
     desired = desire(runtime, fleet, template, store, hosts, secret_user_data)
     drivers = FleetDrivers(runtime, desired)
     async with runtime.lock(fleet.meta.uid):
@@ -161,10 +157,7 @@ async def _reconcile(
         first = snap = await drivers.observe()
         clash = desired.duplicate_mac() if template.network else None
         if clash:  # only known once the MACs of older domains are read
-            status = blocked_status(
-                fleet.meta.generation, previous_status, "Stalled", reasons.INVALID_SPEC, clash, now()
-            )
-            return FleetResult(status, [Event("Warning", reasons.INVALID_SPEC, clash)], Plan())
+            return _stalled(fleet, previous_status, reasons.INVALID_SPEC, clash)
         forced = _forced_events(snap)
         plan = snap.plan()
         outcomes: list[Outcome] = []
@@ -188,9 +181,16 @@ async def _reconcile(
             return _unavailable(
                 fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
             )
+        snap = await drivers.with_addresses(snap)  # of the state the status speaks of, once a pass
     status = fleet_status(snap, plan, outcomes, space, previous_status, now())
     events = events_for(first, plan, outcomes, previous_status, status)
     return FleetResult(status, forced + events, plan, outcomes)
+
+
+def _stalled(fleet: VmFleet, previous_status: Mapping[str, Any] | None, reason: str, message: str) -> FleetResult:
+    """Nothing is done until someone changes something: the status and the Event say what and why."""
+    status = blocked_status(fleet.meta.generation, previous_status, "Stalled", reason, message, now())
+    return FleetResult(status, [Event("Warning", reason, message)], Plan())
 
 
 def _moved_from(previous_status: Mapping[str, Any] | None, store: CloneStore) -> str:

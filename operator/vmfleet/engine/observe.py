@@ -152,12 +152,10 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         seed_missing,
         stale_seeds,
     )
-    return Snapshot(
-        desired, seen, record, files, frozenset(released), seeds, await _addresses(desired, domains, endpoints)
-    )
+    return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 
 
-async def _addresses(
+async def observe_addresses(
     desired: Desired, domains: Mapping[int, VmSeen], endpoints: Mapping[str, LibvirtHost]
 ) -> dict[int, tuple[str, ...]]:
     """The IP addresses of each running VM with a NIC, for its status entry (where to ssh): the network's DHCP
