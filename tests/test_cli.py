@@ -38,7 +38,15 @@ def test_quickstart_gives_ready_vms_with_their_own_bytes(tmp_path: Path, small_i
         assert (tmp_path / "store" / clone_path(status, c)).exists()
     assert status["savedBytes"] == status["logicalBytes"] - status["allocatedBytes"]
     ready = {c["type"]: c["status"] for c in status["conditions"]}
-    assert ready == {"Ready": "True", "Reconciling": "False", "Stalled": "False", "Degraded": "False"}
+    assert ready == {
+        "Ready": "True",
+        "Reconciling": "False",
+        "Stalled": "False",
+        "Degraded": "False",
+        "Updated": "True",
+    }
+    assert status["updatedReplicas"] == 3 and status["updateRevision"] == status["currentRevision"]
+    assert {c["revision"] for c in status["clones"]} == {status["updateRevision"]}
     assert "ClonesCreated" in done.stderr and "created clone(s) for 3 VM(s)" in done.stderr
     objects = json.loads(done.stdout)
     assert {o["kind"] for o in objects} == {"CloneStore", "KvmHost", "VmTemplate", "VmFleet"}

@@ -161,7 +161,11 @@ async def test_the_engine_gives_a_fleets_domains_the_hash_and_xml_of_before_disk
             # A stable MAC is new (issue 15): a networked VM is redefined once with it (RestartRequired, takes effect
             # at its next restart; docs/operations.md). Everything else still hashes and renders as before.
             s = dataclasses.replace(s, mac=None)
-            xml = domain_xml(s, desired.owner(ordinal, host, clone, s), desired.vm_uuid(ordinal))
+            # The revision in the metadata is new too (issue 16): it says which revision a domain was defined for,
+            # and is not hashed (a domain of an earlier vmfleet has none, and is not redefined for it).
+            owner = desired.owner(ordinal, host, clone, s)
+            assert owner.revision == desired.revision and len(owner.revision) == 10
+            xml = domain_xml(s, dataclasses.replace(owner, revision=""), desired.vm_uuid(ordinal))
             got.append((s.spec_hash(), hashlib.sha256(xml.encode()).hexdigest()))
     finally:
         await runtime.close()

@@ -260,8 +260,16 @@ def test_user_data_from_a_secret_never_shows_and_a_missing_one_stops_the_fleet(
 # ------------------------------------------------------------------ the planner's seed rules
 
 
-def _plan(domain: Any, *, missing: bool = True, stale: bool = True, reachable: bool = True, saved: bool = False) -> Any:
-    from vmfleet.planner import HostView, Observation, VmSeen, VmWant, plan_fleet
+def _plan(
+    domain: Any,
+    *,
+    missing: bool = True,
+    stale: bool = True,
+    reachable: bool = True,
+    saved: bool = False,
+    rolling: bool = False,
+) -> Any:
+    from vmfleet.planner import HostView, Observation, Update, VmSeen, VmWant, plan_fleet
 
     seen = Observation(
         parent_exists=True,
@@ -272,7 +280,8 @@ def _plan(domain: Any, *, missing: bool = True, stale: bool = True, reachable: b
         seed_missing=frozenset({0}) if missing else frozenset(),
         stale_seeds=frozenset({0}) if stale else frozenset(),
     )
-    return plan_fleet([VmWant(0, "web-0", 1, 256, True)], seen, "spread", lambda o, h: "new")
+    update = Update(rolling=rolling)
+    return plan_fleet([VmWant(0, "web-0", 1, 256, True)], seen, "spread", lambda o, h: "new", update)
 
 
 def _ops(plan: Any) -> list[str]:
@@ -283,7 +292,9 @@ def test_a_changed_seed_is_written_before_the_redefine_and_the_old_one_kept_whil
     running_old = ("Running", True, "old", "old")
     plan = _plan(running_old)
     assert _ops(plan) == ["write-seed", "define"]
-    assert plan.restart_required == [0]  # the guest reads the new seed at its next boot
+    assert plan.restart_required == [0]  # OnDelete: the guest reads the new seed at its next boot
+    # RollingUpdate: it is restarted on it, and the old seed goes once it is off
+    assert _ops(_plan(running_old, rolling=True)) == ["write-seed", "stop", "define", "delete-seeds", "start"]
     # defined anew, still running the old definition: the old seed stays
     assert _ops(_plan(("Running", True, "new", "old"), missing=False)) == []
     # restarted on the new definition (or stopped): now the old one goes
@@ -331,7 +342,9 @@ async def test_an_upgrade_keeps_the_mac_a_networked_vm_already_has(tmp_path: Pat
         assert old and old != vm_mac("u-1", 0)
 
         again = await reconcile_fleet(runtime, fleet, template, store, [host], first.status)  # type: ignore[arg-type]
-        assert [a.op.value for a in again.plan.actions] == [], "an upgrade alone redefines nothing"
+        # An upgrade alone redefines nothing. (The running domain, defined by this vmfleet, has the MAC vmfleet
+        # chose: a rolling update restarts it on the libvirt MAC its definition now keeps.)
+        assert "define" not in [a.op.value for a in again.plan.actions], "an upgrade alone redefines nothing"
         assert again.status["clones"][0]["mac"] == old
 
         bigger = parse(_template(network="default", memoryMiB=96))  # a real change: redefined, MAC kept

@@ -166,6 +166,9 @@ DOMAINS_STOPPED: Final = _normal("DomainsStopped")
 DOMAINS_UNDEFINED: Final = _normal("DomainsUndefined")
 CLONES_DELETED: Final = _normal("ClonesDeleted")
 CLONES_RETAINED: Final = _normal("ClonesRetained")
+REIMAGED: Final = _normal("Reimaged")
+ROLLING_UPDATE: Final = _normal("Updating")  # condition Updated, while VMs are brought to the new revision
+ROLLOUT_COMPLETE: Final = _normal("RolloutComplete")
 SEEDS_WRITTEN: Final = _normal("SeedsWritten")
 SEEDS_DELETED: Final = _normal("SeedsDeleted")
 WRITE_SEED_FAILED: Final = _problem(
@@ -201,6 +204,28 @@ PREPARE_PARENT_FAILED: Final = _problem(
     where="VmFleet, Degraded",
     meaning="the same, seen by a fleet",
     hint="check the template's spec.image.path exists under the store's root",
+)
+REIMAGE_FAILED: Final = _problem(
+    "ReimageFailed",
+    where="VmFleet, Degraded",
+    meaning="deleting a VM's clone or making its new one from the parent failed during a reimage (the store's own "
+    "text follows); its domain stays stopped, and the record says the clone is being made",
+    hint="see the store's message above; the next pass makes the clone and starts the VM",
+)
+ROLLOUT_STALLED: Final = _problem(
+    "RolloutStalled",
+    where="VmFleet, Stalled and condition `Updated`",
+    meaning="no VM became ready on the fleet's new revision within spec.progressDeadlineSeconds: the rolling update "
+    "stopped with at most maxUnavailable VMs down (their guests may not boot: readiness Address waits for an IP)",
+    hint="look at the updated VMs' consoles; fix the template, or roll it back (the VMs on the new revision are "
+    "brought back to the old one the same way)",
+)
+UPDATE_WAITING: Final = _problem(
+    "UpdateWaiting",
+    where="VmFleet, condition `Updated`",
+    meaning="VMs run an older revision and vmfleet will not restart them: updateStrategy OnDelete, or runStrategy "
+    "Manual",
+    hint="stop the VMs named (virsh shutdown), or `vmfleet reimage FLEET ORDINAL`: they take the new revision then",
 )
 CREATE_CLONE_FAILED: Final = _problem(
     "CreateCloneFailed",

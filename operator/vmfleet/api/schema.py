@@ -45,6 +45,7 @@ LABEL_KEY_LENGTH_PATTERN = r"^([^/]{1,253}/)?[^/]{1,63}$"
 # A fleet name leaves room for "-<ordinal>" inside a 63-character name.
 MAX_FLEET_NAME = 52
 MAX_REPLICAS = 5000
+RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure")
 MAX_ADDRESSES = 2  # per VM in status: where to ssh (an IPv4 and an IPv6), not an inventory: 5000 VMs fit in etcd
 
 
@@ -491,7 +492,92 @@ VM_FLEET_SPEC = obj(
             enum=["spread", "pack"],
             default="spread",
         ),
-        "running": boolean("Whether the fleet's VMs run.", default=True),
+        "running": boolean(
+            "Whether the fleet's VMs run: true is runStrategy Always, false Halted. runStrategy, when set, wins.",
+            default=True,
+        ),
+        "runStrategy": string(
+            "Always: vmfleet starts every VM that is not running. Halted: it stops them. Manual: it neither starts "
+            "nor stops a VM that exists (a new VM is defined, not started). RerunOnFailure: it starts a VM again "
+            "unless the guest powered itself off.",
+            enum=list(RUN_STRATEGIES),
+        ),
+        "ephemeral": boolean(
+            "A VM that stops (the guest powers off, or crashes) gets a new clone of the template's parent and is "
+            "started again: a fresh disk for every job, as CI runners want. What the guest wrote is gone.",
+            default=False,
+        ),
+        "shutdown": obj(
+            "How vmfleet stops a VM (scale-in, runStrategy Halted, updates, reimage, deletion).",
+            {
+                "gracePeriodSeconds": integer(
+                    "Seconds between pressing the ACPI power button and pulling the plug (virsh destroy); 0 pulls it "
+                    "at once.",
+                    0,
+                    3600,
+                    default=60,
+                ),
+            },
+            default={},
+        ),
+        "updateStrategy": obj(
+            "How VMs that exist take a new revision of the fleet (a template or fleet edit).",
+            {
+                "type": string(
+                    "RollingUpdate: vmfleet updates the VMs, at most maxUnavailable of them down at once, from the "
+                    "highest ordinal down. OnDelete: a VM takes the new revision only when it is stopped or "
+                    "reimaged.",
+                    enum=["RollingUpdate", "OnDelete"],
+                    default="RollingUpdate",
+                ),
+                "rollingUpdate": obj(
+                    "Settings of RollingUpdate.",
+                    {
+                        "maxUnavailable": {
+                            "description": "How many VMs may be down for the update at once: a number (at least 1) "
+                            "or a percent of spec.replicas (rounded down, at least 1).",
+                            "x-kubernetes-int-or-string": True,
+                            "anyOf": [{"type": "integer"}, {"type": "string"}],
+                            "default": 1,
+                        },
+                        "partition": integer(
+                            "Only VMs whose ordinal is at least this are updated: a canary.", 0, MAX_REPLICAS, default=0
+                        ),
+                    },
+                    rules=(
+                        Rule(
+                            "type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : "
+                            "string(self.maxUnavailable).matches('^(100|[1-9][0-9]?)%$')",
+                            "spec.updateStrategy.rollingUpdate.maxUnavailable: must be a number of at least 1 or a "
+                            "percent from 1% to 100%",
+                        ),
+                    ),
+                    default={},
+                ),
+                "diskPolicy": string(
+                    "When the template's image changes: Reimage gives each VM a new clone of the new image (what "
+                    "the guest wrote is gone), Keep leaves every VM its disk (only new and reimaged VMs get the new "
+                    "image).",
+                    enum=["Reimage", "Keep"],
+                    default="Reimage",
+                ),
+            },
+            default={},
+        ),
+        "readiness": string(
+            "When a VM counts as ready (readyReplicas, and before a rolling update moves on): Running, or "
+            "Address: running and an IP address seen on its NIC (a DHCP lease, or the host's ARP table), so "
+            "that a guest that does not boot is not ready and halts the update.",
+            enum=["Running", "Address"],
+            default="Running",
+        ),
+        "progressDeadlineSeconds": integer(
+            "Seconds a rolling update may go without a VM becoming ready on the new revision before it is "
+            "reported stalled (condition Stalled, reason RolloutStalled).",
+            1,
+            86400,
+            default=600,
+        ),
         "deletionPolicy": string(
             "What happens to the clones when the fleet is deleted: Delete them, or Retain them on the storage.",
             enum=["Delete", "Retain"],
@@ -521,6 +607,7 @@ _CLONE_STATUS = obj(
             "status of a 5,000-VM fleet far from etcd's object size limit)."
         ),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
+        "revision": string("The fleet revision the VM was last built or updated from (status.updateRevision)."),
         "uuid": string("The VM's libvirt UUID: the same for its whole life."),
         "mac": string("The MAC of the VM's NIC (when the template names a network)."),
         "addresses": array(
@@ -551,6 +638,19 @@ VM_FLEET_STATUS = obj(
         "conditions": conditions(),
         "replicas": integer("VMs that exist (a clone and a domain).", 0),
         "readyReplicas": integer("VMs in the state the spec asks for.", 0),
+        "updatedReplicas": integer("VMs on status.updateRevision.", 0),
+        "updateRevision": string(
+            "A hash of everything that shapes the fleet's VMs (the template's image and hardware, cloud-init, "
+            "overrides): the revision VMs are being brought to."
+        ),
+        "currentRevision": string(
+            "The revision every VM was on before the update in progress; equal to updateRevision once it is done."
+        ),
+        "updateProgressedAt": string(
+            "When the update in progress last made progress (a VM ready on updateRevision): spec."
+            "progressDeadlineSeconds counts from here.",
+            format="date-time",
+        ),
         "logicalBytes": integer("Sum of the clones' logical sizes.", 0),
         "allocatedBytes": integer("Sum of the clones' own bytes.", 0),
         "savedBytes": integer(

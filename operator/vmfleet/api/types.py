@@ -15,6 +15,7 @@ from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
 from .validation import FieldError, InvalidManifest, validate
 
 HOSTS_LOST_ANNOTATION = "vmfleet.io/hosts-lost"
+REIMAGE_ANNOTATION = "vmfleet.io/reimage"  # one-shot: ordinals to reimage; the operator removes it once done
 
 # Fleets read in standalone mode have no apiserver UID: derive a stable one from namespace/name.
 _STANDALONE_UID_NAMESPACE = uuid.UUID("6f1c5f7e-2d0b-4b8e-9a57-0c9f3a1e7d42")
@@ -254,6 +255,31 @@ class VmOverride:
 
 
 @dataclass(frozen=True)
+class UpdateStrategy:
+    type: str = "RollingUpdate"
+    max_unavailable: int | str = 1
+    partition: int = 0
+    disk_policy: str = "Reimage"
+
+    @classmethod
+    def parse(cls, s: Mapping[str, Any]) -> UpdateStrategy:
+        rolling = s.get("rollingUpdate") or {}
+        return cls(
+            s.get("type", "RollingUpdate"),
+            rolling.get("maxUnavailable", 1),
+            int(rolling.get("partition", 0)),
+            s.get("diskPolicy", "Reimage"),
+        )
+
+    def unavailable_budget(self, replicas: int) -> int:
+        """maxUnavailable as a number of VMs: a percent of `replicas` rounded down, and never below 1."""
+        value = self.max_unavailable
+        if isinstance(value, str):
+            return max(1, replicas * int(value.rstrip("%")) // 100)
+        return max(1, value)
+
+
+@dataclass(frozen=True)
 class VmFleet:
     meta: Meta
     template: str
@@ -264,6 +290,12 @@ class VmFleet:
     deletion_policy: str
     overrides: Mapping[int, VmOverride] = field(default_factory=dict)
     cloud_init: CloudInit | None = None  # laid over the template's (CloudInit.over)
+    run_strategy: str = ""  # "" when not set: `running` says Always or Halted
+    ephemeral: bool = False
+    grace_seconds: int = 60
+    update: UpdateStrategy = field(default_factory=lambda: UpdateStrategy())
+    readiness: str = "Running"
+    progress_deadline: int = 600
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> VmFleet:
@@ -282,9 +314,41 @@ class VmFleet:
             s["deletionPolicy"],
             overrides,
             CloudInit.parse(s.get("cloudInit"), f"VmFleet {doc['metadata']['name']!r}"),
+            s.get("runStrategy") or "",
+            bool(s.get("ephemeral", False)),
+            int((s.get("shutdown") or {}).get("gracePeriodSeconds", 60)),
+            UpdateStrategy.parse(s.get("updateStrategy") or {}),
+            s.get("readiness", "Running"),
+            int(s.get("progressDeadlineSeconds", 600)),
         )
         fleet._check_macs(s.get("overrides", []))
+        _ = fleet.reimage_requested  # an annotation that does not parse is refused here, naming it
         return fleet
+
+    def run_strategy_of(self, ordinal: int) -> str:
+        """Always, Halted, Manual or RerunOnFailure for one VM: an override's `running` wins, then
+        spec.runStrategy, then spec.running."""
+        ov = self.overrides.get(ordinal)
+        if ov is not None and ov.running is not None:
+            return "Always" if ov.running else "Halted"
+        return self.run_strategy or ("Always" if self.running else "Halted")
+
+    @property
+    def reimage_requested(self) -> frozenset[int]:
+        """The ordinals annotation REIMAGE_ANNOTATION asks to reimage ("0,3" or "0 3")."""
+        value = self.meta.annotations.get(REIMAGE_ANNOTATION, "")
+        words = value.replace(",", " ").split()
+        if not all(w.isdigit() and (w == "0" or not w.startswith("0")) and len(w) <= 5 for w in words):
+            raise InvalidManifest(
+                f"VmFleet {self.meta.name!r}",
+                [
+                    FieldError(
+                        f"metadata.annotations[{REIMAGE_ANNOTATION}]",
+                        f"{value!r} is not a list of ordinals (for example 0,3)",
+                    )
+                ],
+            )
+        return frozenset(int(w) for w in words)
 
     def mac(self, ordinal: int) -> str:
         pinned = self.overrides.get(ordinal)

@@ -7,6 +7,9 @@ earlier one made: the clone directory (the fleet's UID in it, I3), clone files, 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 
@@ -15,7 +18,7 @@ from ..api.identity import render, vm_uuid
 from ..api.types import CloneStore, CloudInit, KvmHost, VmFleet, VmTemplate
 from ..disks import DiskSource, FileDisk
 from ..hypervisor import DomainSpec, Owner
-from ..planner import VmWant
+from ..planner import Update, VmWant
 from ..seed import CONFIG_DRIVE, LABELS, NOCLOUD, Seed, config_drive, nocloud
 from ..storage import clone_path, fleet_dir, parent_path
 from ..storage.base import CLONE_EXTENSIONS, disk_format_of
@@ -62,16 +65,55 @@ class Desired:
         out = []
         for o in range(self.fleet.replicas):
             ov = self.fleet.overrides.get(o)
+            strategy = self.fleet.run_strategy_of(o)
             out.append(
                 VmWant(
                     o,
                     self.fleet.vm_name(o),
                     (ov.vcpus if ov and ov.vcpus else None) or self.template.vcpus,
                     (ov.memory_mib if ov and ov.memory_mib else None) or self.template.memory_mib,
-                    ov.running if ov and ov.running is not None else self.fleet.running,
+                    strategy in ("Always", "RerunOnFailure"),
+                    strategy,
                 )
             )
         return out
+
+    @functools.cached_property
+    def revision(self) -> str:
+        """A hash of everything that shapes the fleet's VMs: the template's image and hardware, cloud-init (the
+        Secret's user data by its digest), the overrides. Content, not generations: an edit undone is the revision
+        it was before, so rolling back is rolling forward to it."""
+        t = self.template
+        if t is None:
+            return ""
+        user_data = self._user_data if self.cloud_init and self.cloud_init.user_data_secret else None
+        shape = {
+            "image": [t.image_path, t.image_format],
+            "hardware": [t.profile, t.vcpus, t.memory_mib, t.machine_type, t.firmware, t.network],
+            "cloudInit": dataclasses.asdict(self.cloud_init) if self.cloud_init else None,
+            "userData": hashlib.sha256(user_data.encode(errors="surrogateescape")).hexdigest() if user_data else None,
+            "overrides": {str(o): [v.vcpus, v.memory_mib, v.mac] for o, v in sorted(self.fleet.overrides.items())},
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def needs_address(self) -> bool:
+        """readiness Address: a VM is ready only with an IP address seen (its template has a network)."""
+        return self.fleet.readiness == "Address" and bool(self.template and self.template.network)
+
+    def update(self) -> Update:
+        """spec.updateStrategy, spec.ephemeral and the reimage annotation, for the planner."""
+        fleet, strategy = self.fleet, self.fleet.update
+        return Update(
+            rolling=strategy.type == "RollingUpdate",
+            budget=strategy.unavailable_budget(fleet.replicas),
+            partition=strategy.partition,
+            revision=self.revision,
+            parent=self.parent,
+            reimage_on_image_change=strategy.disk_policy == "Reimage",
+            ephemeral=fleet.ephemeral,
+            reimage=fleet.reimage_requested,
+        )
 
     def vm_name(self, ordinal: int) -> str:
         return self.fleet.vm_name(ordinal)
@@ -183,6 +225,10 @@ class Desired:
         found = files.get(ordinal)
         if found is not None:
             return f"{self.directory}/{found}"
+        return self.fresh_clone(ordinal)
+
+    def fresh_clone(self, ordinal: int) -> str:
+        """Where a new clone of this VM goes (in the format the store makes of the template's image now)."""
         return clone_path(self.directory, self.fleet.vm_name(ordinal), self.clone_format)
 
     def domain_spec(self, ordinal: int, host_name: str, clone: str) -> DomainSpec:
@@ -219,6 +265,7 @@ class Desired:
             host,
             spec.mac or spec.kept_mac,  # None without a NIC: its metadata is as before
             spec.kept_mac is not None,
+            self.revision,
         )
 
     def _keeps(self, ordinal: int) -> bool:

@@ -28,7 +28,7 @@ from .operations import Actor
 from .record import RECORD_NAME, FleetRecord, write_record
 from .runtime import Runtime
 from .snapshot import Snapshot
-from .status import Event, blocked_status, events_for, fleet_status
+from .status import Event, blocked_status, events_for, fleet_status, rollout_goes_on
 
 
 @dataclass
@@ -37,6 +37,8 @@ class FleetResult:
     events: list[Event]
     plan: Plan
     outcomes: list[Outcome] = field(default_factory=list)
+    # A rolling update goes on: come back in seconds (a VM may become ready), not at the next resync.
+    rolling: bool = False
 
 
 class FleetDrivers:
@@ -49,7 +51,11 @@ class FleetDrivers:
         self.parent_lock = runtime.parent_lock(desired.store, desired.parent)
 
     async def observe(self) -> Snapshot:
-        return await observe(self.desired, self.driver, self.endpoints)
+        snap = await observe(self.desired, self.driver, self.endpoints)
+        if not self.desired.needs_address:
+            return snap
+        snap = await self.with_addresses(snap)  # readiness Address: the plan needs them
+        return replace(snap, seen=replace(snap.seen, addressed=frozenset(snap.addresses)))
 
     async def with_addresses(self, snap: Snapshot) -> Snapshot:
         return replace(snap, addresses=await observe_addresses(self.desired, snap.seen.domains, self.endpoints))
@@ -159,11 +165,16 @@ async def _reconcile(
         if clash:  # only known once the MACs of older domains are read
             return _stalled(fleet, previous_status, reasons.INVALID_SPEC, clash)
         forced = _forced_events(snap)
-        plan = snap.plan()
+        plan = wave = snap.plan()
         outcomes: list[Outcome] = []
-        if plan.actions and not dry_run:
-            await drivers.save(snap, snap.announced(plan))
-            outcomes = await execute(plan, drivers.actor(snap), store.concurrency, progress)
+        # A rolling update goes in waves of at most maxUnavailable VMs: each wave is planned from what the one
+        # before left, in this pass, for as long as every action succeeds and a VM is ready to go next.
+        waves = 2 + len(desired.wants) // max(1, desired.update().budget)
+        while wave.actions and not dry_run and waves > 0:
+            waves -= 1
+            await drivers.save(snap, snap.announced(wave))
+            done = await execute(wave, drivers.actor(snap), store.concurrency, progress)
+            outcomes += done
             try:
                 snap = await drivers.observe()
             except StoreError as e:  # what was done is still said
@@ -171,8 +182,10 @@ async def _reconcile(
                     fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
                 )
             # What failed is reported through outcomes; the problems are those of the state we ended in.
-            after = snap.plan()
-            plan.problems, plan.restart_required = after.problems, after.restart_required
+            wave = snap.plan()
+            plan.observed(wave)
+            if not all(o.ok for o in done) or not wave.pending:
+                break
         try:
             if not dry_run:
                 await drivers.save(snap, snap.settled())
@@ -181,10 +194,11 @@ async def _reconcile(
             return _unavailable(
                 fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
             )
-        snap = await drivers.with_addresses(snap)  # of the state the status speaks of, once a pass
+        if not desired.needs_address:
+            snap = await drivers.with_addresses(snap)  # of the state the status speaks of, once a pass
     status = fleet_status(snap, plan, outcomes, space, previous_status, now())
     events = events_for(first, plan, outcomes, previous_status, status)
-    return FleetResult(status, forced + events, plan, outcomes)
+    return FleetResult(status, forced + events, plan, outcomes, rolling=rollout_goes_on(status))
 
 
 def _stalled(fleet: VmFleet, previous_status: Mapping[str, Any] | None, reason: str, message: str) -> FleetResult:

@@ -52,6 +52,8 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     d.saved,
                     d.kept_mac,
                     d.live_mac if d.active else None,
+                    d.stop_reason,
+                    d.owner.revision,
                 )
                 if d.owner.mac is None:
                     unknown_macs[vm.ordinal] = (view.name, d.name)
@@ -151,6 +153,8 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         tuple(duplicates),
         seed_missing,
         stale_seeds,
+        {o: p.parent for o, p in record.vms.items() if p.parent},
+        frozenset(o for o, name in files.items() if f"{desired.directory}/{name}" != desired.fresh_clone(o)),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

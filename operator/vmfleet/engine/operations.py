@@ -85,6 +85,19 @@ async def delete_clone(actor: Actor, a: CloneAction) -> None:
     await actor.driver.delete(actor.snapshot.clone(a.ordinal))
 
 
+@operation(Op.REIMAGE, CloneAction, reasons.REIMAGED, "reimaged", reasons.REIMAGE_FAILED)
+async def reimage(actor: Actor, a: CloneAction) -> None:
+    """A new clone of the parent in place of the VM's (whose domain is off: the planner stopped it first). The
+    record announced it as being made, with the new parent: a pass cut short between the two makes it."""
+    desired = actor.snapshot.desired
+    assert desired.template is not None
+    old, new = actor.snapshot.clone(a.ordinal), desired.fresh_clone(a.ordinal)
+    await actor.driver.delete(old)
+    if new != old:
+        await actor.driver.delete(new)  # a leftover of a reimage cut short, in the new format
+    await actor.driver.create_clone(desired.parent, desired.template.image_format, new)
+
+
 @operation(Op.WRITE_SEED, CloneAction, reasons.SEEDS_WRITTEN, "wrote cloud-init seeds for", reasons.WRITE_SEED_FAILED)
 async def write_seed(actor: Actor, a: CloneAction) -> None:
     desired = actor.snapshot.desired
@@ -121,7 +134,9 @@ async def start(actor: Actor, a: DomainAction) -> None:
 
 @operation(Op.STOP, DomainAction, reasons.DOMAINS_STOPPED, "stopped", reasons.STOP_FAILED)
 async def stop(actor: Actor, a: DomainAction) -> None:
-    await actor.endpoints[a.host].stop(actor.snapshot.desired.domain_name(a.ordinal))
+    """The ACPI power button, then the plug after spec.shutdown.gracePeriodSeconds."""
+    desired = actor.snapshot.desired
+    await actor.endpoints[a.host].shutdown(desired.domain_name(a.ordinal), desired.fleet.grace_seconds)
 
 
 @operation(Op.UNDEFINE, DomainAction, reasons.DOMAINS_UNDEFINED, "undefined domain(s) of", reasons.UNDEFINE_FAILED)

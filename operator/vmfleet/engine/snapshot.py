@@ -68,7 +68,8 @@ class Snapshot:
 
     def plan(self) -> Plan:
         spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()
-        plan = plan_fleet(self.desired.wants, self.seen, self.desired.fleet.placement, spec_hash)
+        desired = self.desired
+        plan = plan_fleet(desired.wants, self.seen, desired.fleet.placement, spec_hash, desired.update())
         return self._wait_for_macs(plan)
 
     def _wait_for_macs(self, plan: Plan) -> Plan:
@@ -102,6 +103,9 @@ class Snapshot:
                     vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
                 elif a.op is Op.DELETE_CLONE and old is not None:  # unrecorded: its clone file speaks for it
                     vms[a.ordinal] = Placement(old.host, old.uri, DELETING, old.parent)
+                elif a.op is Op.REIMAGE:  # its clone is about to go and come back from the parent now
+                    host = plan.placement[a.ordinal]
+                    vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
             elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
                 old = vms.get(a.ordinal)
                 if old is None or old.host != a.host or old.state == DELETING:
@@ -122,7 +126,9 @@ class Snapshot:
             domain = seen.domains.get(o)
             old = self.record.vms.get(o)
             if domain is not None:
-                vms[o] = Placement(domain.host, self.desired.uri(domain.host), PLACED, old.parent if old else "")
+                # A reimage cut short between deleting the clone and making the new one stays announced.
+                state = CREATING if old and old.state == CREATING and o not in seen.clones else PLACED
+                vms[o] = Placement(domain.host, self.desired.uri(domain.host), state, old.parent if old else "")
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif o in seen.clones:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import defaultdict
 from collections.abc import Mapping
@@ -134,10 +135,13 @@ def fleet_status(
             entry["allocatedBytes"] = sum(s.allocated for s in sizes)
             logical += entry["logicalBytes"]
             allocated += entry["allocatedBytes"]
+        if o in plan.updated:
+            entry["revision"] = desired.revision
+        elif domain and domain.revision:
+            entry["revision"] = domain.revision
         if domain and o in seen.clones:
             existing += 1
-            want = wants.get(o)
-            if want and want.running == domain.active and o not in problem_state:
+            if o in plan.ready and o not in problem_state:
                 ready += 1
         clones.append(entry)
 
@@ -151,9 +155,14 @@ def fleet_status(
     ]
     degraded += failures
     replicas = fleet.replicas
-    all_ready = ready == replicas and existing == replicas and not stalled and not degraded
     gen = fleet.meta.generation
+    rollout = _rollout(snap, plan, previous, now)
+    if rollout.stalled:
+        stalled.append(rollout.message)
+    all_ready = ready == replicas and existing == replicas and not stalled and not degraded and not rollout.rolling
     stalled_reason = next((p.reason for p in plan.problems if p.severity is Severity.STALLED), "")
+    if rollout.stalled:
+        stalled_reason = stalled_reason or reasons.ROLLOUT_STALLED
     degraded_reason = next(
         (p.reason for p in plan.problems if p.severity is Severity.DEGRADED),
         next((OPERATIONS[o.action.op].failed for o in outcomes if not o.ok), ""),
@@ -162,8 +171,10 @@ def fleet_status(
         condition(
             "Ready",
             all_ready,
-            reasons.ALL_REPLICAS_READY if all_ready else (stalled_reason or reasons.REPLICAS_NOT_READY),
-            f"{ready}/{replicas} VMs ready",
+            reasons.ALL_REPLICAS_READY
+            if all_ready
+            else (stalled_reason or (reasons.ROLLING_UPDATE if rollout.rolling else reasons.REPLICAS_NOT_READY)),
+            f"{ready}/{replicas} VMs ready" + (f"; {rollout.message}" if rollout.rolling else ""),
             gen,
             previous,
             now,
@@ -171,7 +182,7 @@ def fleet_status(
         condition(
             "Reconciling",
             not all_ready and not stalled,
-            reasons.PROGRESSING
+            (reasons.ROLLING_UPDATE if rollout.rolling else reasons.PROGRESSING)
             if not all_ready and not stalled
             else reasons.CONVERGED
             if all_ready
@@ -207,11 +218,16 @@ def fleet_status(
                 now,
             )
         )
+    conditions.append(condition("Updated", not plan.pending, rollout.reason, rollout.message, gen, previous, now))
     return {
         "observedGeneration": gen,
         "conditions": conditions,
         "replicas": existing,
         "readyReplicas": ready,
+        "updatedReplicas": len(plan.updated),
+        "updateRevision": desired.revision,
+        "currentRevision": rollout.current,
+        "updateProgressedAt": rollout.progressed_at,
         "logicalBytes": logical,
         "allocatedBytes": allocated,
         # A qcow2 overlay written in full is larger than its disk: saved is then 0, never negative.
@@ -225,6 +241,67 @@ def fleet_status(
         "clones": clones,
         "compactedFields": compact(clones),
     }
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Where the update to the fleet's revision stands, for condition Updated and the revision fields."""
+
+    rolling: bool  # vmfleet is bringing VMs to the revision (RollingUpdate), not stalled
+    stalled: bool  # ... and has gone progressDeadlineSeconds without progress
+    reason: str
+    message: str
+    current: str
+    progressed_at: str
+
+
+def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now: str) -> Rollout:
+    desired, prev = snap.desired, previous or {}
+    fleet, revision = desired.fleet, desired.revision
+    pending = sorted(plan.pending)
+    progressed = (
+        prev.get("updateRevision") != revision
+        or len(plan.updated) > int(prev.get("updatedReplicas") or 0)
+        or not prev.get("updateProgressedAt")
+    )
+    progressed_at = now if progressed else str(prev["updateProgressedAt"])
+    on = f"{len(plan.updated)}/{fleet.replicas} VMs on revision {revision}"
+    if not pending:
+        return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
+    before = [vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending and vm.revision]
+    if prev.get("updateRevision") == revision and prev.get("currentRevision"):
+        current = str(prev["currentRevision"])
+    else:
+        current = str(prev.get("updateRevision") or (max(set(before), key=before.count) if before else ""))
+    names = listing([fleet.vm_name(o) for o in pending])
+    if fleet.update.type != "RollingUpdate":
+        message = f"{on}; {names}: on an older revision until stopped or reimaged (updateStrategy OnDelete)"
+        return Rollout(False, False, reasons.UPDATE_WAITING, message, current, progressed_at)
+    waited = _seconds_between(progressed_at, now)
+    if waited > fleet.progress_deadline:
+        message = (
+            f"{on}; no VM became ready on it for {waited} s (progressDeadlineSeconds {fleet.progress_deadline}); "
+            f"{names} still to update"
+        )
+        return Rollout(False, True, reasons.ROLLOUT_STALLED, message, current, progressed_at)
+    message = f"{on}; updating {names} (maxUnavailable {desired.update().budget})"
+    return Rollout(True, False, reasons.ROLLING_UPDATE, message, current, progressed_at)
+
+
+def rollout_goes_on(status: Mapping[str, Any]) -> bool:
+    """A rolling update in progress, not stalled: worth looking again in seconds."""
+    return condition_of(status, "Updated").get("reason") == reasons.ROLLING_UPDATE
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _seconds_between(earlier: str, later: str) -> int:
+    try:
+        return int((_time(later) - _time(earlier)).total_seconds())
+    except ValueError:
+        return 0
 
 
 # etcd refuses an object over 1.5 MiB, and a status write refused leaves the fleet's status stale for good: the

@@ -40,6 +40,7 @@ class Owner:
     host: str = ""  # the KvmHost it was placed on: two KvmHosts may be one libvirtd under two URIs
     mac: str | None = None  # its NIC's MAC ("" without a NIC); None: defined before vmfleet chose MACs
     mac_kept: bool = False  # that MAC is the one libvirt gave it before vmfleet chose MACs, kept since
+    revision: str = ""  # the fleet revision it was defined for ("" before revisions)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class DomainInfo:
     saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs (Owner.mac_kept)
     live_mac: str | None = None  # the MAC of the definition a running domain was started with
+    stop_reason: str = ""  # why an inactive domain stopped (STOP_REASONS); "" while active
 
     @property
     def config_hash(self) -> str:
@@ -127,6 +129,7 @@ def owner_xml(owner: Owner) -> str:
             "host": owner.host,
             **({"mac": owner.mac} if owner.mac is not None else {}),
             **({"mac-kept": "true"} if owner.mac_kept else {}),
+            **({"revision": owner.revision} if owner.revision else {}),
         },
     )
     return ET.tostring(el, encoding="unicode")
@@ -148,6 +151,7 @@ def parse_owner(xml: str | None) -> Owner | None:
             el.attrib.get("host", ""),
             el.attrib.get("mac"),
             el.attrib.get("mac-kept") == "true",
+            el.attrib.get("revision", ""),
         )
     except (ET.ParseError, KeyError, ValueError):
         return None

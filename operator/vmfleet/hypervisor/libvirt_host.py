@@ -203,6 +203,30 @@ class LibvirtHost:
 
         await self._call("stop", f"stopping {name}", destroy)
 
+    async def shutdown(self, name: str, grace_seconds: float) -> bool:
+        """PLACEHOLDER until the power branch lands: the ACPI button, then destroy after the grace period."""
+
+        def press(conn: libvirt.virConnect) -> bool:
+            dom = conn.lookupByName(name)
+            if not dom.isActive():
+                return False
+            if grace_seconds > 0:
+                try:
+                    dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                except libvirt.libvirtError:
+                    dom.shutdown()
+            return True
+
+        if not await self._call("stop", f"stopping {name}", press):
+            return True
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if not await self._call("stop", f"stopping {name}", lambda c: c.lookupByName(name).isActive()):
+                return True
+            await asyncio.sleep(0.25)
+        await self.stop(name)
+        return False
+
     async def undefine(self, name: str) -> None:
         def undefine(conn: libvirt.virConnect) -> None:
             try:

@@ -15,7 +15,12 @@ class VmWant:
     name: str
     vcpus: int
     memory_mib: int
-    running: bool
+    running: bool  # started when made (runStrategy Always or RerunOnFailure)
+    strategy: str = ""  # Always, Halted, Manual, RerunOnFailure; "" says it by `running` (Always or Halted)
+
+    @property
+    def run(self) -> str:
+        return self.strategy or ("Always" if self.running else "Halted")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,13 @@ class VmSeen:
     saved: bool = False  # stopped with a managed save: it resumes on the definition it ran
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs, kept
     live_mac: str | None = None  # the MAC it runs with (until it restarts)
+    stop_reason: str = ""  # why an inactive domain stopped: shutdown (by the guest), destroyed, crashed, ...
+    revision: str = ""  # the fleet revision it was defined for ("" when defined before revisions)
+
+    @property
+    def ran_and_stopped(self) -> bool:
+        """It ran and is off now, by the guest's doing or a crash (not a domain only defined, or saved)."""
+        return not self.active and not self.saved and self.stop_reason in ("shutdown", "crashed", "failed", "destroyed")
 
 
 @dataclass(frozen=True)
@@ -68,10 +80,30 @@ class Observation:
     # cloud-init seeds: VMs that need one and lack it, and VMs with seed images they no longer need.
     seed_missing: frozenset[int] = frozenset()
     stale_seeds: frozenset[int] = frozenset()
+    # Ordinal -> the clone parent its clone was made from, where the record says ("" or absent: not known).
+    parents: Mapping[int, str] = field(default_factory=dict)
+    # Clones in a file of another format than a new one would be (the template's image format changed).
+    reformatted: frozenset[int] = frozenset()
+    # VMs with an IP address seen on their NIC; None when readiness does not ask for one.
+    addressed: frozenset[int] | None = None
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""
         return sorted(name for name, view in self.hosts.items() if not view.reachable)
+
+
+@dataclass(frozen=True)
+class Update:
+    """How VMs that exist take a new revision of the fleet (spec.updateStrategy and what it refers to)."""
+
+    rolling: bool = True  # RollingUpdate; False: OnDelete
+    budget: int = 1  # maxUnavailable, as a number of VMs
+    partition: int = 0  # only ordinals at or above it are updated
+    revision: str = ""  # the fleet's revision now
+    parent: str = ""  # the clone parent VMs should come from ("" : images are not compared)
+    reimage_on_image_change: bool = True  # diskPolicy Reimage; Keep leaves disks as they are
+    ephemeral: bool = False  # a VM that stopped by itself is reimaged and started again
+    reimage: frozenset[int] = frozenset()  # asked for by a person (annotation, `vmfleet reimage`)
 
 
 class Op(enum.Enum):
@@ -87,10 +119,11 @@ class Op(enum.Enum):
     DELETE_CLONE = "delete-clone"
     WRITE_SEED = "write-seed"
     DELETE_SEEDS = "delete-seeds"
+    REIMAGE = "reimage"
 
 
 PARENT_OPS = frozenset({Op.PREPARE_PARENT})
-CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE, Op.WRITE_SEED, Op.DELETE_SEEDS})
+CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE, Op.WRITE_SEED, Op.DELETE_SEEDS, Op.REIMAGE})
 DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE})
 
 
@@ -173,6 +206,16 @@ class Plan:
     placement: dict[int, str] = field(default_factory=dict)
     # Running VMs whose definition changed: they run the old one until restarted.
     restart_required: list[int] = field(default_factory=list)
+    # VMs on the fleet's revision now (its definition, and the image their clone came from), and VMs the update
+    # still has to reach (at or above the partition, not yet there).
+    updated: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
+    ready: set[int] = field(default_factory=set)
+
+    def observed(self, after: Plan) -> None:
+        """What this plan reports, once it has run, is what the plan of the state it left says."""
+        self.problems, self.restart_required = after.problems, after.restart_required
+        self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]

@@ -21,10 +21,12 @@ from .model import (
     Problem,
     Severity,
     SpecHash,
+    Update,
     VmSeen,
     VmWant,
 )
 from .placement import HostLoad, choose_host
+from .rollout import Rollout
 
 
 def plan_fleet(
@@ -32,11 +34,15 @@ def plan_fleet(
     seen: Observation,
     policy: str,
     spec_hash: SpecHash,
+    update: Update = Update(),
 ) -> Plan:
     """Scale out in ascending ordinals, scale in from the highest; existing clones and domains are adopted,
-    a lost clone or an unobservable host is reported, never papered over."""
+    a lost clone or an unobservable host is reported, never papered over. VMs that exist are brought to the
+    fleet's revision as `update` says (rollout.py)."""
     plan = Plan()
     wanted = {w.ordinal: w for w in wants}
+    rollout = Rollout(wanted, seen, spec_hash, update)
+    plan.ready = set(rollout.ready)
     loads = {name: HostLoad(view, view.used_vcpus, view.used_memory_mib) for name, view in seen.hosts.items()}
     for vm in seen.domains.values():
         if vm.host in loads and vm.ordinal in wanted:
@@ -46,13 +52,13 @@ def plan_fleet(
         o
         for o in wanted
         if o not in seen.clones and o not in seen.domains and (o not in seen.recorded or o in seen.settling)
-    ]
+    ] + sorted(rollout.reimage)
     if needs_clone and not seen.parent_exists:
         plan.actions.append(ParentAction(Op.PREPARE_PARENT, "no clone parent for the template image yet"))
 
     _duplicates(plan, seen)  # first: a stale definition must go before a VM is defined on its host
     for ordinal in sorted(wanted):
-        _converge_vm(plan, wanted[ordinal], seen, loads, policy, spec_hash)
+        _converge_vm(plan, wanted[ordinal], seen, loads, policy, spec_hash, rollout)
 
     known = set(seen.domains) | set(seen.clones) | set(seen.recorded) | seen.stale_seeds
     for ordinal in sorted(known - set(wanted), reverse=True):
@@ -83,7 +89,13 @@ def _where_unseen(o: int, seen: Observation) -> str | None:
 
 
 def _converge_vm(
-    plan: Plan, want: VmWant, seen: Observation, loads: dict[str, HostLoad], policy: str, spec_hash: SpecHash
+    plan: Plan,
+    want: VmWant,
+    seen: Observation,
+    loads: dict[str, HostLoad],
+    policy: str,
+    spec_hash: SpecHash,
+    rollout: Rollout,
 ) -> None:
     o = want.ordinal
     if o in seen.conflicts:
@@ -117,7 +129,9 @@ def _converge_vm(
         )
         return
     has_clone = o in seen.clones
-    if not has_clone and (domain is not None or (o in seen.recorded and o not in seen.settling)):
+    # A domain whose clone is missing while the record says it was being made: a reimage cut short. It is made.
+    remade = domain is not None and not has_clone and o in seen.settling
+    if not has_clone and not remade and (domain is not None or (o in seen.recorded and o not in seen.settling)):
         plan.placement[o] = host or ""
         plan.problems.append(
             Problem(
@@ -132,21 +146,7 @@ def _converge_vm(
         return
     if domain is not None:
         plan.placement[o] = domain.host
-        wanted_hash = spec_hash(o, domain.host)
-        if o in seen.seed_missing:
-            plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed missing or changed"))
-        if domain.spec_hash != wanted_hash:
-            plan.actions.append(DomainAction(Op.DEFINE, o, domain.host, "definition differs from the spec"))
-        # An older seed stays while the domain may still read it: running, or saved (managedsave, as libvirt-guests
-        # does at a host's shutdown), on an older definition; until it starts afresh on the new one.
-        if o in seen.stale_seeds and not domain.saved and not (domain.active and domain.live_hash != wanted_hash):
-            plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
-        if want.running and not domain.active:
-            plan.actions.append(DomainAction(Op.START, o, domain.host, f"is {domain.state}, should run"))
-        elif not want.running and domain.active:
-            plan.actions.append(DomainAction(Op.STOP, o, domain.host, f"is {domain.state}, should be stopped"))
-        elif domain.active and domain.live_hash and domain.live_hash != wanted_hash:
-            plan.restart_required.append(o)
+        rollout.converge(plan, want, domain)
         return
 
     if host is None or host not in loads:
@@ -163,7 +163,7 @@ def _converge_vm(
     if o in seen.stale_seeds:
         plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
     plan.actions.append(DomainAction(Op.DEFINE, o, host, "no domain" if has_clone else "new VM"))
-    if want.running:
+    if want.running and want.run != "Manual":
         plan.actions.append(DomainAction(Op.START, o, host, "should run"))
 
 
