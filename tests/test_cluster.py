@@ -177,6 +177,7 @@ def _fleet_manifests(work: Path, sim: OpenSshSim, kvm: Sshd, kvm_view: Path) -> 
     (work / "my-fleet" / "template.yaml").write_text(yaml.safe_dump(template))
     fleet = yaml.safe_load((REPO / "examples" / "sonas" / "fleet.yaml").read_text())
     fleet["spec"]["hostSelector"] = {"matchLabels": host["metadata"]["labels"]}  # not the quickstart's host
+    fleet["spec"]["shutdown"] = {"gracePeriodSeconds": 0}  # its boot-sector guests ignore the ACPI button
     (work / "my-fleet" / "fleet.yaml").write_text(yaml.safe_dump(fleet))
     (work / "quickstart").mkdir()
     for src in (REPO / "examples" / "quickstart").glob("*.yaml"):

@@ -41,7 +41,8 @@ def manifests(tmp: Path, root: Path, logs: Path, fleet: str, replicas: int) -> P
             "apiVersion": "vmfleet.io/v1alpha1",
             "kind": "VmFleet",
             "metadata": {"name": fleet, "namespace": "e2e"},
-            "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas},
+            # The boot-sector guest ignores the ACPI button: its plug is pulled at once.
+            "spec": {"templateRef": {"name": "tiny"}, "replicas": replicas, "shutdown": {"gracePeriodSeconds": 0}},
         },
     ]
     path = tmp / "fleet.yaml"

@@ -110,6 +110,7 @@ class Site:
                     "placement": placement,
                     "hostSelector": {"matchLabels": {"site": self.ns}},
                     "overrides": overrides or [],
+                    "shutdown": {"gracePeriodSeconds": 0},  # the boot-sector guest ignores the ACPI button
                 },
             }
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from ..api.schema import DEFAULT_NAMESPACE, GROUP, VERSION
@@ -19,11 +21,9 @@ def _namespace_of_context() -> str:
     return str((active or {}).get("context", {}).get("namespace") or DEFAULT_NAMESPACE)
 
 
-def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = None) -> list[dict[str, Any]]:
-    """The VmFleets in a namespace (the kubeconfig context's by default), or in all; from $KUBECONFIG or in-cluster."""
-    import urllib3
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
+def _connect(namespace: str | None) -> str:
+    """Load $KUBECONFIG (or the in-cluster config); the namespace to use."""
+    from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
 
     try:
@@ -38,14 +38,46 @@ def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = 
             ) from None
         config.load_incluster_config()
         ns = namespace or DEFAULT_NAMESPACE
+    return ns
+
+
+def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = None) -> list[dict[str, Any]]:
+    """The VmFleets in a namespace (the kubeconfig context's by default), or in all; from $KUBECONFIG or in-cluster."""
+    from kubernetes import client
+
+    ns = _connect(namespace)
     api = client.CustomObjectsApi()
-    try:
+    with _asking(ns, name):
         if name:
             return [api.get_namespaced_custom_object(GROUP, VERSION, ns, "vmfleets", name, _request_timeout=15)]
         if all_namespaces:
             found = api.list_cluster_custom_object(GROUP, VERSION, "vmfleets", _request_timeout=15)
         else:
             found = api.list_namespaced_custom_object(GROUP, VERSION, ns, "vmfleets", _request_timeout=15)
+    return sorted(found.get("items", []), key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+
+def annotate_fleet(namespace: str | None, name: str, key: str, value: str) -> str:
+    """Set one annotation on a VmFleet (a merge patch, as `kubectl annotate --overwrite`); the namespace used."""
+    from kubernetes import client
+
+    ns = _connect(namespace)
+    with _asking(ns, name):
+        client.CustomObjectsApi().patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "vmfleets", name, {"metadata": {"annotations": {key: value}}}, _request_timeout=15
+        )
+    return ns
+
+
+@contextlib.contextmanager
+def _asking(ns: str, name: str | None) -> Iterator[None]:
+    """The API's refusals and a cluster out of reach, as ClusterError saying what to do."""
+    import urllib3
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        yield
     except ApiException as e:
         raise ClusterError(_explain(e, ns, name)) from None
     except urllib3.exceptions.HTTPError as e:
@@ -54,7 +86,6 @@ def read_fleets(namespace: str | None, all_namespaces: bool, name: str | None = 
             f"cannot reach the Kubernetes API at {host} ({type(e).__name__}); "
             "check KUBECONFIG and that the cluster is up"
         ) from None
-    return sorted(found.get("items", []), key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
 
 
 def _explain(e: Any, namespace: str, name: str | None) -> str:

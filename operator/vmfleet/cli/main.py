@@ -35,6 +35,9 @@ def _standalone(
         return None
     try:
         loaded, secrets = load(args.filename)
+        if getattr(args, "reimage", None):
+            name, value, mark = args.reimage
+            loaded = mark(loaded, name, value)
         progress = None if args.quiet or dry_run else (lambda fleet: ProgressReport(fleet.meta.name))
         objects, results = asyncio.run(apply(loaded, secrets, dry_run=dry_run, progress=progress, settings=settings))
     except (InvalidManifest, FileNotFoundError) as e:
@@ -154,6 +157,31 @@ def _image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reimage(args: argparse.Namespace) -> int:
+    """Give VMs a new clone of the template's parent: through the operator (the fleet's reimage annotation), or at
+    once over standalone manifests with -f."""
+    from ..api.types import REIMAGE_ANNOTATION
+
+    value = ",".join(str(o) for o in sorted(set(args.ordinals)))
+    if not args.filename:
+        from .cluster import ClusterError, annotate_fleet
+
+        try:
+            ns = annotate_fleet(args.namespace, args.name, REIMAGE_ANNOTATION, value)
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(
+            f"asked to reimage {args.name} ordinals {value} (annotation {REIMAGE_ANNOTATION} on {ns}/{args.name}); "
+            "the operator removes it once done"
+        )
+        return 0
+    from .manifests import reimage_in
+
+    args.reimage = (args.name, value, reimage_in)
+    return _apply(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..operator.run import run_operator
     from ..settings import Settings
@@ -168,6 +196,12 @@ def _run(args: argparse.Namespace) -> int:
     return run_operator(
         settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone, verbose=args.verbose
     )
+
+
+def _ordinal(text: str) -> int:
+    if not text.isdigit() or len(text) > 5:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ordinal (0, 1, 2, ...)")
+    return int(text)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -188,6 +222,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--filename", action="append", help="observe standalone manifests instead (changes nothing)")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     s.set_defaults(func=_status, quiet=True)
+
+    ri = sub.add_parser(
+        "reimage", help="give VMs a new clone of the template's image (what their guests wrote is gone)"
+    )
+    ri.add_argument("name", help="the VmFleet")
+    ri.add_argument("ordinals", nargs="+", type=_ordinal, metavar="ORDINAL")
+    ri.add_argument("-n", "--namespace", help="default: the kubeconfig context's (or the manifest's with -f)")
+    ri.add_argument("-f", "--filename", action="append", help="standalone manifests: reimage now, then converge")
+    ri.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    ri.set_defaults(func=_reimage, dry_run=False, quiet=False)
 
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")

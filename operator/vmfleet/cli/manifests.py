@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import yaml
 
 from ..api import CloneStore, FieldError, InvalidManifest, KvmHost, Resource, VmFleet, VmTemplate, validate
 from ..api.schema import DEFAULT_NAMESPACE
-from ..api.types import PARSERS
+from ..api.types import PARSERS, REIMAGE_ANNOTATION, parse
 from ..engine.catalog import Catalog, Unresolved
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -153,3 +154,19 @@ def resolve(resources: Iterable[Resource]) -> tuple[Catalog, list[VmFleet]]:
     if errors:
         raise InvalidManifest("the manifests", errors)
     return catalog, fleets
+
+
+def reimage_in(loaded: list[Loaded], name: str, ordinals: str) -> list[Loaded]:
+    """The manifests with the fleet `name` asking for a reimage of `ordinals` (its annotation, as kubectl annotate
+    would set it); InvalidManifest when no such fleet is in them."""
+    out, found = [], False
+    for item in loaded:
+        if item.doc["kind"] == "VmFleet" and item.resource.meta.name == name:
+            doc = copy.deepcopy(item.doc)
+            doc["metadata"].setdefault("annotations", {})[REIMAGE_ANNOTATION] = ordinals
+            item = Loaded(doc, parse(doc, item.source), item.source)
+            found = True
+        out.append(item)
+    if not found:
+        raise InvalidManifest("vmfleet reimage", [FieldError("name", f"no VmFleet {name!r} in the manifests")])
+    return out

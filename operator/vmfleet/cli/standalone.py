@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -77,6 +78,12 @@ async def apply(
                 dry_run=dry_run,
                 progress=progress(fleet) if progress else None,
             )
+            while result.rolling and not dry_run:  # waiting for updated VMs to be ready, up to the deadline
+                _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
+                await asyncio.sleep(runtime.settings.waiting_retry_seconds)
+                result = await reconcile_fleet(
+                    runtime, fleet, template, catalog.store_of(template), hosts, previous_status=result.status
+                )
             _log("VmFleet", f"{fleet.meta.namespace}/{fleet.meta.name}", result.events)
             statuses[by_id[id(fleet)]] = result.status
             results.append(result)

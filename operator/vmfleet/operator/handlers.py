@@ -14,6 +14,7 @@ import kopf
 from .. import metrics
 from ..api.schema import GROUP, VERSION
 from ..api.status import clone_count, clones_by_store_and_parent
+from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, Unresolved
 from ..settings import Settings
@@ -133,11 +134,15 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
     """Write the status and post the events; when waiting on a reference, come back in seconds."""
     patch.status.update(result.status)
+    if result.reimaged:  # one-shot: carried out, so it goes
+        patch.metadata.annotations[REIMAGE_ANNOTATION] = None
     post(body, result.events)
     if result.waiting:
         raise kopf.TemporaryError(
             result.status["conditions"][0]["message"], delay=settings_of(memo).waiting_retry_seconds
         )
+    if result.rolling:
+        raise kopf.TemporaryError("rolling update in progress", delay=settings_of(memo).waiting_retry_seconds)
 
 
 def release(body: kopf.Body, memo: kopf.Memo, released: bool, event: Event) -> None:
