@@ -1,0 +1,366 @@
+"""Revisions, rolling updates, run strategies, ephemeral VMs and reimage (issue 16), without QEMU: the planner's
+rules, then whole passes through the engine on libvirt's test driver and a qcow2 store. The same behaviour with
+real guests is proven in test_rollout_guest.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from helpers import quickstart
+from vmfleet.api import parse
+from vmfleet.engine import Runtime, reconcile_fleet
+from vmfleet.hypervisor import LibvirtHost
+from vmfleet.planner import HostView, Observation, Update, VmSeen, VmWant, plan_fleet
+from vmfleet.planner.model import Plan
+
+pytestmark = pytest.mark.rollout
+
+VMFLEET = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "vmfleet")
+
+# ------------------------------------------------------------------ the planner
+
+
+def _vm(o: int, active: bool = True, spec: str = "new", live: str = "new", **kw: Any) -> VmSeen:
+    return VmSeen(o, "a", "Running" if active else "Stopped", active, spec, live if active else "", **kw)
+
+
+def _plan(
+    vms: list[VmSeen], n: int | None = None, strategy: str = "", parents: dict[int, str] | None = None, **update: Any
+) -> Plan:
+    n = len(vms) if n is None else n
+    seen = Observation(
+        parent_exists=True,
+        clones=frozenset(vm.ordinal for vm in vms),
+        domains={vm.ordinal: vm for vm in vms},
+        hosts={"a": HostView("a", True, vcpus=64, memory_mib=65536)},
+        recorded={vm.ordinal: "a" for vm in vms},
+        parents=parents or {},
+    )
+    wants = [VmWant(o, f"web-{o}", 1, 64, strategy not in ("Halted", "Manual"), strategy) for o in range(n)]
+    return plan_fleet(wants, seen, "spread", lambda o, h: "new", Update(**update))
+
+
+def _ops(plan: Plan) -> list[tuple[str, int]]:
+    return [(a.op.value, a.ordinal) for a in plan.actions if hasattr(a, "ordinal")]
+
+
+def test_a_rolling_update_takes_down_at_most_max_unavailable_ready_vms_from_the_highest_ordinal() -> None:
+    plan = _plan([_vm(o, live="old") for o in range(6)], budget=2)
+    assert _ops(plan) == [("stop", 4), ("start", 4), ("stop", 5), ("start", 5)]
+    assert plan.pending == {0, 1, 2, 3, 4, 5} and not plan.updated and not plan.restart_required
+
+
+def test_a_vm_already_down_costs_the_budget_and_is_updated_without_waiting() -> None:
+    # web-1 should run and does not: it is down already, so only 1 more of the ready ones may go.
+    vms = [_vm(0, live="old"), _vm(1, active=False, spec="old"), _vm(2, live="old"), _vm(3, live="old")]
+    plan = _plan(vms, budget=2)
+    assert _ops(plan) == [("define", 1), ("start", 1), ("stop", 3), ("start", 3)]
+
+
+def test_partition_updates_only_ordinals_at_or_above_it_and_leaves_the_rest_as_they_are() -> None:
+    vms = [_vm(o, live="old", spec="old") for o in range(6)]
+    vms[1] = _vm(1, active=False, spec="old")  # below the partition and off: started on its old definition
+    plan = _plan(vms, budget=6, partition=4)
+    assert _ops(plan) == [
+        ("start", 1),
+        ("stop", 4),
+        ("define", 4),
+        ("start", 4),
+        ("stop", 5),
+        ("define", 5),
+        ("start", 5),
+    ]
+    assert plan.pending == {4, 5}
+
+
+def test_on_delete_redefines_and_waits_for_the_vm_to_be_off() -> None:
+    plan = _plan([_vm(0, spec="old", live="old"), _vm(1, active=False, spec="old")], rolling=False)
+    assert _ops(plan) == [("define", 0), ("define", 1), ("start", 1)]
+    assert plan.restart_required == [0]
+
+
+def test_an_image_change_reimages_with_diskpolicy_reimage_and_keeps_disks_with_keep() -> None:
+    parents = {0: "parents/old.img", 1: "parents/old.img"}
+    plan = _plan([_vm(0), _vm(1, active=False)], parents=parents, parent="parents/new.img", budget=2)
+    assert _ops(plan) == [("reimage", 1), ("start", 1), ("stop", 0), ("reimage", 0), ("start", 0)]
+    # with a budget of 1, web-1 (down already) takes it: web-0 waits for the next wave
+    plan = _plan([_vm(0), _vm(1, active=False)], parents=parents, parent="parents/new.img", budget=1)
+    assert _ops(plan) == [("reimage", 1), ("start", 1)]
+    kept = _plan([_vm(0), _vm(1)], parents=parents, parent="parents/new.img", reimage_on_image_change=False)
+    assert _ops(kept) == [] and kept.updated == {0, 1}
+    unknown = _plan([_vm(0)], parent="parents/new.img")  # a clone whose parent was never recorded: left alone
+    assert _ops(unknown) == []
+
+
+def test_ephemeral_reimages_a_vm_that_ran_and_stopped_but_not_one_never_started() -> None:
+    done = _vm(0, active=False, stop_reason="shutdown")
+    fresh = _vm(1, active=False, stop_reason="")
+    crashed = _vm(2, active=False, stop_reason="crashed")
+    plan = _plan([done, fresh, crashed], ephemeral=True)
+    assert _ops(plan) == [("reimage", 0), ("start", 0), ("start", 1), ("reimage", 2), ("start", 2)]
+
+
+def test_rerun_on_failure_restarts_a_crash_not_a_clean_power_off() -> None:
+    vms = [_vm(0, active=False, stop_reason="shutdown"), _vm(1, active=False, stop_reason="crashed"), _vm(2)]
+    plan = _plan(vms, strategy="RerunOnFailure")
+    assert _ops(plan) == [("start", 1)]
+    assert plan.ready == {0, 2}  # a guest that finished its job is where the spec wants it
+
+
+def test_manual_neither_starts_nor_stops_and_a_new_vm_is_only_defined() -> None:
+    vms = [_vm(0, active=False, stop_reason="shutdown"), _vm(1, spec="old", live="old")]
+    plan = _plan(vms, n=3, strategy="Manual")
+    assert _ops(plan) == [("define", 1), ("create-clone", 2), ("define", 2)]
+    assert plan.restart_required == [1]
+
+
+def test_halted_stops_and_then_updates_without_budget() -> None:
+    plan = _plan([_vm(0, live="old"), _vm(1, live="old")], strategy="Halted", budget=1)
+    assert _ops(plan) == [("stop", 0), ("stop", 1)]
+
+
+def test_a_requested_reimage_goes_past_partition_and_budget() -> None:
+    plan = _plan([_vm(0), _vm(1), _vm(2)], reimage=frozenset({0, 2}), partition=3, budget=1)
+    assert _ops(plan) == [("stop", 0), ("reimage", 0), ("start", 0), ("stop", 2), ("reimage", 2), ("start", 2)]
+
+
+def test_a_reimage_cut_short_makes_the_clone_instead_of_reporting_it_lost() -> None:
+    seen = Observation(
+        parent_exists=True,
+        clones=frozenset(),
+        domains={0: _vm(0, active=False)},
+        hosts={"a": HostView("a", True, vcpus=8, memory_mib=8192)},
+        recorded={0: "a"},
+        settling=frozenset({0}),
+    )
+    plan = plan_fleet([VmWant(0, "web-0", 1, 64, True)], seen, "spread", lambda o, h: "new")
+    assert _ops(plan) == [("reimage", 0), ("start", 0)] and not plan.problems
+    lost = plan_fleet(
+        [VmWant(0, "web-0", 1, 64, True)],
+        seen.__class__(**{**seen.__dict__, "settling": frozenset()}),
+        "spread",
+        lambda o, h: "new",
+    )
+    assert [p.reason for p in lost.problems] == ["CloneLost"] and not lost.actions
+
+
+def test_a_saved_vm_is_not_reimaged_under_its_saved_memory() -> None:
+    plan = _plan([_vm(0, active=False, saved=True)], reimage=frozenset({0}))
+    assert ("reimage", 0) not in _ops(plan)
+
+
+# ------------------------------------------------------------------ whole passes on the test driver
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any], ns: str | None = "prod", **meta: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, **meta}
+    if ns:
+        metadata["namespace"] = ns
+    return {"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": metadata, "spec": spec}
+
+
+class Site:
+    def __init__(self, root: Path, image: Path):
+        (root / "images").mkdir(parents=True)
+        for name in ("a.img", "b.img"):
+            (root / "images" / name).write_bytes(image.read_bytes())
+        self.root = root
+        self.store = parse(_doc("CloneStore", "local", {"driver": "qcow2", "root": str(root)}, ns=None))
+        self.host = parse(
+            _doc("KvmHost", "kvm-a", {"uri": "test:///default", "capacity": {"vcpus": 64, "memoryMiB": 65536}}, ns=None)
+        )
+
+    def template(self, image: str = "a.img", memory: int = 64, **spec: Any) -> Any:
+        return parse(
+            _doc(
+                "VmTemplate",
+                "t",
+                {"storeRef": {"name": "local"}, "image": {"path": f"images/{image}"}, "memoryMiB": memory, **spec},
+            )
+        )
+
+    def fleet(self, annotations: dict[str, str] | None = None, **spec: Any) -> Any:
+        meta = {"uid": "u-roll", "annotations": annotations or {}}
+        return parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": 6, **spec}, **meta))
+
+    def inodes(self, status: dict[str, Any]) -> dict[str, int]:
+        d = self.root / status["cloneDirectory"]
+        return {c["name"]: (d / c["file"]).stat().st_ino for c in status["clones"]}
+
+
+class Downs:
+    """Counts the VMs of the fleet that are down at once, around every stop and start the engine makes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.down: set[str] = set()
+        self.most = 0
+        self.stops: list[str] = []
+        shutdown, start = LibvirtHost.shutdown, LibvirtHost.start
+
+        async def counted_shutdown(host: LibvirtHost, name: str, grace: float) -> bool:
+            self.down.add(name)
+            self.most = max(self.most, len(self.down))
+            self.stops.append(name)
+            return await shutdown(host, name, grace)
+
+        async def counted_start(host: LibvirtHost, name: str) -> None:
+            await start(host, name)
+            await asyncio.sleep(0.01)  # let others' chains interleave
+            self.down.discard(name)
+
+        monkeypatch.setattr(LibvirtHost, "shutdown", counted_shutdown)
+        monkeypatch.setattr(LibvirtHost, "start", counted_start)
+
+
+@pytest.fixture
+def site(tmp_path: Path, small_image: Path) -> Site:
+    return Site(tmp_path / "store", small_image)
+
+
+async def test_a_template_edit_rolls_through_six_vms_two_at_a_time_in_one_pass(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")  # the test driver's domains live while a connection is open
+    try:
+        fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
+        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+        assert first.status["readyReplicas"] == 6
+        before = {c["name"]: (c["uuid"], c["host"]) for c in first.status["clones"]}
+        old_revision = first.status["updateRevision"]
+        downs = Downs(monkeypatch)
+        bigger = site.template(memory=96)
+        second = await reconcile_fleet(runtime, fleet, bigger, site.store, [site.host], first.status)
+        status = second.status
+        assert downs.most == 2, downs.stops
+        assert downs.stops[:2] == ["prod.web-5", "prod.web-4"] and len(downs.stops) == 6  # highest ordinals first
+        assert status["updatedReplicas"] == 6 and status["readyReplicas"] == 6
+        assert status["updateRevision"] == status["currentRevision"] != old_revision
+        assert {c["revision"] for c in status["clones"]} == {status["updateRevision"]}
+        assert {c["name"]: (c["uuid"], c["host"]) for c in status["clones"]} == before
+        updated = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+        assert updated["Updated"] == ("True", "RolloutComplete") and updated["Ready"][0] == "True"
+        for o in range(6):
+            dom = conn.lookupByName(f"prod.web-{o}")
+            assert dom.isActive() and dom.info()[1] == 96 * 1024  # the running definition has the new memory
+        assert "restartRequired" not in json.dumps(status)
+    finally:
+        conn.close()
+        await runtime.close()
+
+
+async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_count(site: Site) -> None:
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")
+    try:
+        fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": "50%"}})
+        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+        inodes = site.inodes(first.status)
+        (old,) = [p["parent"] for p in first.status["clonesByParent"]]
+        second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
+        status = second.status
+        assert status["updatedReplicas"] == 6, status["conditions"]
+        new_inodes = site.inodes(status)
+        assert all(new_inodes[n] != inodes[n] for n in inodes)  # a new clone each
+        assert [p["parent"] for p in status["clonesByParent"]] == [status["parent"]] != [old]
+        said = [e.reason for e in second.events]
+        assert "Reimaged" in said and "ClonesCreated" not in said
+        assert sorted(site.inodes(status)) == sorted(inodes)  # same names, same VMs
+        keep = site.fleet(updateStrategy={"diskPolicy": "Keep"})
+        third = await reconcile_fleet(runtime, keep, site.template("a.img"), site.store, [site.host], status)
+        assert site.inodes(third.status) == new_inodes and "Reimaged" not in [e.reason for e in third.events]
+    finally:
+        conn.close()
+        await runtime.close()
+
+
+async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """readiness Address. The test driver has no DHCP: here a guest gets its address when it runs with 64 MiB,
+    and the broken revision (96 MiB) never boots far enough to take one. The update takes 2 VMs down, stops,
+    says Stalled once progressDeadlineSeconds have passed; rolling the template back finishes it."""
+    import vmfleet.engine.fleet as engine_fleet
+
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")
+
+    async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
+        up = {o for o, vm in domains.items() if vm.active}
+        return {o: (f"10.0.0.{o + 2}",) for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024}
+
+    monkeypatch.setattr(engine_fleet, "observe_addresses", addresses)
+    try:
+        net = {"network": "default"}
+        fleet = site.fleet(
+            readiness="Address", progressDeadlineSeconds=1, updateStrategy={"rollingUpdate": {"maxUnavailable": 2}}
+        )
+        first = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host])
+        assert first.status["readyReplicas"] == 6, first.status["conditions"]
+        broken = site.template(memory=96, **net)
+        second = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], first.status)
+        assert second.rolling and second.status["updatedReplicas"] == 2
+        assert [c.get("revision") == second.status["updateRevision"] for c in second.status["clones"]] == [
+            False,
+            False,
+            False,
+            False,
+            True,
+            True,
+        ]
+        conditions = {c["type"]: c for c in second.status["conditions"]}
+        assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "Updating")
+        assert conditions["Reconciling"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
+        await asyncio.sleep(2.2)
+        third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
+        conditions = {c["type"]: c for c in third.status["conditions"]}
+        assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "RolloutStalled")
+        assert conditions["Updated"]["reason"] == "RolloutStalled" and not third.rolling
+        assert "progressDeadlineSeconds 1" in conditions["Stalled"]["message"]
+        assert third.status["updatedReplicas"] == 2 and third.status["readyReplicas"] == 4
+        assert "RolloutStalled" in [e.reason for e in third.events]
+        back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
+        conditions = {c["type"]: c for c in back.status["conditions"]}
+        assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6
+        assert conditions["Updated"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
+        assert back.status["updateRevision"] == first.status["updateRevision"]
+    finally:
+        conn.close()
+        await runtime.close()
+
+
+def test_vmfleet_reimage_over_manifests_gives_the_vms_named_new_clones(tmp_path: Path, small_image: Path) -> None:
+    manifests = quickstart(tmp_path, small_image)
+    done = subprocess.run([VMFLEET, "apply", "-f", str(manifests), "-o", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    (fleet,) = [o for o in json.loads(done.stdout) if o["kind"] == "VmFleet"]
+    directory = tmp_path / "store" / fleet["status"]["cloneDirectory"]
+    before = {c["name"]: (directory / c["file"]).stat().st_ino for c in fleet["status"]["clones"]}
+    again = subprocess.run(
+        [VMFLEET, "reimage", "demo", "2", "0", "-f", str(manifests), "-o", "json"], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert "Reimaged" in again.stderr and "reimaged 2 VM(s): demo-0, demo-2" in again.stderr
+    (fleet,) = [o for o in json.loads(again.stdout) if o["kind"] == "VmFleet"]
+    after = {c["name"]: (directory / c["file"]).stat().st_ino for c in fleet["status"]["clones"]}
+    assert after["demo-1"] == before["demo-1"]
+    assert after["demo-0"] != before["demo-0"] and after["demo-2"] != before["demo-2"]
+    bad = subprocess.run([VMFLEET, "reimage", "nope", "0", "-f", str(manifests)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no VmFleet 'nope'" in bad.stderr
+    worse = subprocess.run([VMFLEET, "reimage", "demo", "-1", "-f", str(manifests)], capture_output=True, text=True)
+    assert worse.returncode != 0
+
+
+def test_a_reimage_annotation_that_is_not_ordinals_is_refused_naming_it() -> None:
+    from vmfleet.api import InvalidManifest
+
+    with pytest.raises(InvalidManifest) as e:
+        parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}}, annotations={"vmfleet.io/reimage": "0,x"}))
+    assert "metadata.annotations[vmfleet.io/reimage]" in str(e.value)
