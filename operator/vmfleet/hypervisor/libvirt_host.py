@@ -17,7 +17,7 @@ from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
-from .domain import METADATA_NS, STATES, DomainInfo, Owner, nic_mac, parse_owner
+from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Owner, nic_mac, parse_owner
 
 T = TypeVar("T")
 
@@ -110,8 +110,9 @@ class LibvirtHost:
             out = []
             for dom in conn.listAllDomains(0):
                 try:
-                    state, max_kib, _mem, vcpus, _cpu = dom.info()
-                    active = bool(dom.isActive())
+                    state, reason = dom.state()  # with why it stopped, in the same call
+                    _state, max_kib, _mem, vcpus, _cpu = dom.info()
+                    active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
                     owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
                     live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
                     saved = bool(owner and not active and dom.hasManagedSaveImage(0))
@@ -128,6 +129,7 @@ class LibvirtHost:
                             saved,
                             kept,
                             (live.mac or kept) if live else None,
+                            _stop_reason(state, reason),
                         )
                     )
                 except libvirt.libvirtError as e:
@@ -236,6 +238,13 @@ _NOT_THERE = frozenset(
         libvirt.VIR_ERR_OPERATION_INVALID,
     }
 )
+
+
+def _stop_reason(state: int, reason: int) -> str:
+    """Why a domain is not running, from virDomainGetState: "" while it runs."""
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return "crashed"
+    return STOP_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
 
 
 def _kept_mac(owner: Owner | None) -> str | None:
