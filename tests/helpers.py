@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,3 +114,56 @@ def linux_image(tmp: Path) -> Path:
     copy = tmp / "linux.img"
     shutil.copyfile(_linux_image, copy)
     return copy
+
+
+_event_loop_lock = threading.Lock()
+_event_loop: threading.Thread | None = None
+
+
+def libvirt_event_loop() -> None:
+    """libvirt's default event loop, registered and run on a daemon thread, once per test process and for the
+    rest of it: every connection opened after the registration keeps itself alive through that loop."""
+    global _event_loop
+    with _event_loop_lock:
+        if _event_loop is None:
+            libvirt.virEventRegisterDefaultImpl()
+
+            def run() -> None:
+                while True:
+                    libvirt.virEventRunDefaultImpl()
+
+            _event_loop = threading.Thread(target=run, name="libvirt-events", daemon=True)
+            _event_loop.start()
+
+
+class LifecycleEvents:
+    """The lifecycle events libvirt sends for every domain of `uri` (its own connection), each recorded as
+    (time.monotonic() on arrival, event, detail) under the domain's name."""
+
+    def __init__(self, uri: str):
+        libvirt_event_loop()
+        self.conn = libvirt.open(uri)
+        self._lock = threading.Lock()
+        self._events: dict[str, list[tuple[float, int, int]]] = {}
+        self._callback = self.conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._record, None
+        )
+
+    def _record(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int, _opaque: Any) -> None:
+        with self._lock:
+            self._events.setdefault(dom.name(), []).append((time.monotonic(), event, detail))
+
+    def of(self, name: str) -> list[tuple[float, int, int]]:
+        with self._lock:
+            return list(self._events.get(name, []))
+
+    def wait(self, name: str, event: int, timeout: float = 30) -> tuple[float, int, int]:
+        """The first `event` of domain `name` (the time it came, the event, its detail)."""
+        found: tuple[float, int, int] = wait_for(
+            lambda: next((e for e in self.of(name) if e[1] == event), None), timeout, f"event {event} of {name}"
+        )
+        return found
+
+    def close(self) -> None:
+        self.conn.domainEventDeregisterAny(self._callback)
+        self.conn.close()

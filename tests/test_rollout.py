@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def test_on_delete_redefines_and_waits_for_the_vm_to_be_off() -> None:
 def test_an_image_change_reimages_with_diskpolicy_reimage_and_keeps_disks_with_keep() -> None:
     parents = {0: "parents/old.img", 1: "parents/old.img"}
     plan = _plan([_vm(0), _vm(1, active=False)], parents=parents, parent="parents/new.img", budget=2)
-    assert _ops(plan) == [("reimage", 1), ("start", 1), ("stop", 0), ("reimage", 0), ("start", 0)]
+    assert _ops(plan) == [("stop", 0), ("reimage", 0), ("start", 0), ("reimage", 1), ("start", 1)]
     # with a budget of 1, web-1 (down already) takes it: web-0 waits for the next wave
     plan = _plan([_vm(0), _vm(1, active=False)], parents=parents, parent="parents/new.img", budget=1)
     assert _ops(plan) == [("reimage", 1), ("start", 1)]
@@ -190,6 +191,18 @@ class Site:
         meta = {"uid": "u-roll", "annotations": annotations or {}}
         return parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": 6, **spec}, **meta))
 
+    def backing(self, status: dict[str, Any]) -> dict[str, str]:
+        """Each VM's clone parent, as its qcow2 overlay names it (relative to the store's root)."""
+        d = self.root / status["cloneDirectory"]
+        out = {}
+        for c in status["clones"]:
+            info = subprocess.run(
+                ["qemu-img", "info", "--output=json", "-U", str(d / c["file"])], capture_output=True, text=True
+            )
+            backing = os.path.normpath(json.loads(info.stdout)["full-backing-filename"])
+            out[c["name"]] = str(Path(backing).relative_to(self.root))
+        return out
+
     def inodes(self, status: dict[str, Any]) -> dict[str, int]:
         d = self.root / status["cloneDirectory"]
         return {c["name"]: (d / c["file"]).stat().st_ino for c in status["clones"]}
@@ -240,7 +253,7 @@ async def test_a_template_edit_rolls_through_six_vms_two_at_a_time_in_one_pass(
         second = await reconcile_fleet(runtime, fleet, bigger, site.store, [site.host], first.status)
         status = second.status
         assert downs.most == 2, downs.stops
-        assert downs.stops[:2] == ["prod.web-5", "prod.web-4"] and len(downs.stops) == 6  # highest ordinals first
+        assert set(downs.stops[:2]) == {"prod.web-5", "prod.web-4"} and len(downs.stops) == 6  # highest first
         assert status["updatedReplicas"] == 6 and status["readyReplicas"] == 6
         assert status["updateRevision"] == status["currentRevision"] != old_revision
         assert {c["revision"] for c in status["clones"]} == {status["updateRevision"]}
@@ -262,20 +275,20 @@ async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_cou
     try:
         fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": "50%"}})
         first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
-        inodes = site.inodes(first.status)
+        backing = site.backing(first.status)
         (old,) = [p["parent"] for p in first.status["clonesByParent"]]
+        assert set(backing.values()) == {old}
         second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
         status = second.status
         assert status["updatedReplicas"] == 6, status["conditions"]
-        new_inodes = site.inodes(status)
-        assert all(new_inodes[n] != inodes[n] for n in inodes)  # a new clone each
+        assert site.backing(status) == {n: status["parent"] for n in backing} != backing  # a new clone each
         assert [p["parent"] for p in status["clonesByParent"]] == [status["parent"]] != [old]
         said = [e.reason for e in second.events]
         assert "Reimaged" in said and "ClonesCreated" not in said
-        assert sorted(site.inodes(status)) == sorted(inodes)  # same names, same VMs
         keep = site.fleet(updateStrategy={"diskPolicy": "Keep"})
         third = await reconcile_fleet(runtime, keep, site.template("a.img"), site.store, [site.host], status)
-        assert site.inodes(third.status) == new_inodes and "Reimaged" not in [e.reason for e in third.events]
+        assert site.backing(third.status) == site.backing(status) and "Reimaged" not in [e.reason for e in third.events]
+        assert third.status["updatedReplicas"] == 6  # Keep: a disk of the earlier image is on the revision
     finally:
         conn.close()
         await runtime.close()
@@ -342,20 +355,30 @@ def test_vmfleet_reimage_over_manifests_gives_the_vms_named_new_clones(tmp_path:
     assert done.returncode == 0, done.stderr
     (fleet,) = [o for o in json.loads(done.stdout) if o["kind"] == "VmFleet"]
     directory = tmp_path / "store" / fleet["status"]["cloneDirectory"]
-    before = {c["name"]: (directory / c["file"]).stat().st_ino for c in fleet["status"]["clones"]}
+    for c in fleet["status"]["clones"]:  # what each guest wrote: a reimage takes it away
+        subprocess.run(
+            ["qemu-io", "-c", "write -P 0x5a 0 64k", str(directory / c["file"])], check=True, capture_output=True
+        )
+    before = {c["name"]: _written(directory / c["file"]) for c in fleet["status"]["clones"]}
+    assert all(before.values())
     again = subprocess.run(
         [VMFLEET, "reimage", "demo", "2", "0", "-f", str(manifests), "-o", "json"], capture_output=True, text=True
     )
     assert again.returncode == 0, again.stderr
     assert "Reimaged" in again.stderr and "reimaged 2 VM(s): demo-0, demo-2" in again.stderr
     (fleet,) = [o for o in json.loads(again.stdout) if o["kind"] == "VmFleet"]
-    after = {c["name"]: (directory / c["file"]).stat().st_ino for c in fleet["status"]["clones"]}
-    assert after["demo-1"] == before["demo-1"]
-    assert after["demo-0"] != before["demo-0"] and after["demo-2"] != before["demo-2"]
+    after = {c["name"]: _written(directory / c["file"]) for c in fleet["status"]["clones"]}
+    assert after == {"demo-0": False, "demo-1": True, "demo-2": False}
     bad = subprocess.run([VMFLEET, "reimage", "nope", "0", "-f", str(manifests)], capture_output=True, text=True)
     assert bad.returncode != 0 and "no VmFleet 'nope'" in bad.stderr
     worse = subprocess.run([VMFLEET, "reimage", "demo", "-1", "-f", str(manifests)], capture_output=True, text=True)
     assert worse.returncode != 0
+
+
+def _written(clone: Path) -> bool:
+    """The guest's write is in the clone (qemu-io reads it back)."""
+    done = subprocess.run(["qemu-io", "-c", "read -P 0x5a 0 64k", str(clone)], capture_output=True, text=True)
+    return "Pattern verification failed" not in done.stdout and done.returncode == 0
 
 
 def test_a_reimage_annotation_that_is_not_ordinals_is_refused_naming_it() -> None:

@@ -54,6 +54,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     d.live_mac if d.active else None,
                     d.stop_reason,
                     d.owner.revision,
+                    d.live_revision if d.active else "",
                 )
                 if d.owner.mac is None:
                     unknown_macs[vm.ordinal] = (view.name, d.name)

@@ -53,6 +53,7 @@ class VmSeen:
     live_mac: str | None = None  # the MAC it runs with (until it restarts)
     stop_reason: str = ""  # why an inactive domain stopped: shutdown (by the guest), destroyed, crashed, ...
     revision: str = ""  # the fleet revision it was defined for ("" when defined before revisions)
+    live_revision: str = ""  # ... and the one it runs (until restarted), while active
 
     @property
     def ran_and_stopped(self) -> bool:

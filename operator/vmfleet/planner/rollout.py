@@ -35,7 +35,7 @@ class Rollout:
         self.seen, self.update = seen, update
         self.hashes = {o: spec_hash(o, vm.host) for o, vm in seen.domains.items() if o in wanted}
         self.ready = {o for o, w in wanted.items() if self._ready(w, seen.domains.get(o), o)}
-        self.reimage = {o for o, w in wanted.items() if o in seen.domains and self._reimage(w, seen.domains[o])}
+        self.reimage = {o for o, w in wanted.items() if self._reimage(w, seen.domains.get(o))}
         # Ready VMs that must go down to be updated, granted the budget from the highest ordinal down.
         should_be_up = [o for o, w in wanted.items() if should_run(w, seen.domains.get(o)) is not False]
         room = update.budget - sum(1 for o in should_be_up if o not in self.ready)
@@ -76,8 +76,10 @@ class Rollout:
         """Its clone is missing while the record says it was being made: a reimage cut short."""
         return o not in self.seen.clones and o in self.seen.settling
 
-    def _reimage(self, want: VmWant, vm: VmSeen) -> bool:
+    def _reimage(self, want: VmWant, vm: VmSeen | None) -> bool:
         o = want.ordinal
+        if vm is None:  # a clone without a domain (undefined by hand, say): down already
+            return o in self.seen.clones and (o in self.update.reimage or (self.in_scope(o) and self.image_outdated(o)))
         if self._remade(o):
             return True
         if vm.saved:
