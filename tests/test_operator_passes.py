@@ -163,6 +163,11 @@ def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() ->
         (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")
     }
     assert len(kopf.get_default_registry()._changing.get_all_handlers()) == before  # nothing registered at import
+    # Every index handlers.catalog reads, fleet_parents among them (which parent each fleet may still clone from).
+    assert [h.id for h in registry._indexing.get_all_handlers()] == [
+        *("clonestores", "kvmhosts", "vmtemplates"),
+        *("fleet_clones", "fleet_hosts", "fleet_stores", "fleet_parents"),
+    ]
     assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
 
 
