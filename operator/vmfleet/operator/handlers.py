@@ -153,11 +153,12 @@ def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.P
         )
 
 
-def release(body: kopf.Body, memo: kopf.Memo, released: bool, event: Event) -> None:
-    """Let a deletion finish, or keep the finalizer and say why."""
-    post(body, [event])
+def release(body: kopf.Body, memo: kopf.Memo, released: bool, *events: Event) -> None:
+    """Let a deletion finish, or keep the finalizer and say why (the last Warning says it)."""
+    post(body, list(events))
     if not released:
-        raise kopf.TemporaryError(event.message, delay=settings_of(memo).resync_seconds)
+        why = [e.message for e in events if e.type == "Warning"] or [e.message for e in events]
+        raise kopf.TemporaryError(why[-1] if why else "not yet", delay=settings_of(memo).resync_seconds)
 
 
 # ---------------------------------------------------------------- VmFleet
@@ -199,10 +200,10 @@ async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
 
 async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
-        released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
+        released, events = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
     except Unresolved as e:
-        released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
-    release(body, memo, released, event)
+        released, events = True, [Event("Warning", e.reason, f"parent not deleted: {e}")]
+    release(body, memo, released, *events)
 
 
 # ---------------------------------------------------------------- CloneStore and KvmHost: probed, never deleted in use
