@@ -355,7 +355,7 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
         templates={("default", "old"): old_doc},
         clones_by_parent={("store", k): v for k, v in counts.items()},
     )
-    released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
+    released, (event,) = await passes.template_delete_pass(site.runtime, old_doc, catalog)
     assert not released and event.reason == "ParentInUse"
     assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()
 
