@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from vmfleet.planner.model import Plan
 
 pytestmark = pytest.mark.rollout
 
-VMFLEET = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "vmfleet")
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
 # ------------------------------------------------------------------ the planner
 

@@ -17,6 +17,7 @@ from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use
 from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
+from ..engine.status import rollout_goes_on
 from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
@@ -154,8 +155,6 @@ def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.P
         raise kopf.TemporaryError(
             result.status["conditions"][0]["message"], delay=settings_of(memo).waiting_retry_seconds
         )
-    if result.rolling:
-        raise kopf.TemporaryError("rolling update in progress", delay=settings_of(memo).waiting_retry_seconds)
 
 
 def release(body: kopf.Body, memo: kopf.Memo, released: bool, *events: Event) -> None:
@@ -272,4 +271,19 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         kopf.on.create(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.resume(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.delete(GROUP, VERSION, plural, registry=r)(delete)
+    # While a rolling update goes on, a pass every few seconds: the next VMs go as soon as the last are ready.
+    kopf.timer(
+        GROUP,
+        VERSION,
+        "vmfleets",
+        id="reconcile_vmfleet/rolling",
+        interval=settings.waiting_retry_seconds,
+        initial_delay=settings.waiting_retry_seconds,
+        when=rolling,
+        registry=r,
+    )(reconcile_vmfleet)
     return r
+
+
+def rolling(status: kopf.Status, **_: Any) -> bool:
+    return rollout_goes_on(status)

@@ -34,7 +34,6 @@ class PassResult:
     status: dict[str, Any]
     events: list[Event]
     waiting: bool = False  # on a reference that does not resolve yet: retry soon, not at the next resync
-    rolling: bool = False  # a rolling update goes on: look again soon
     reimaged: bool = False  # every VM the reimage annotation names was reimaged: the annotation goes
 
 
@@ -71,7 +70,7 @@ async def fleet_pass(
     result = await reconcile_fleet(
         runtime, fleet, template, store, hosts, previous_status=body.get("status"), wanted=wanted
     )
-    return PassResult(result.status, result.events, rolling=result.rolling, reimaged=reimage_done(fleet, result))
+    return PassResult(result.status, result.events, reimaged=reimage_done(fleet, result))
 
 
 def reimage_done(fleet: VmFleet, result: FleetResult) -> bool:
