@@ -294,12 +294,12 @@ async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_cou
     assert third.status["updatedReplicas"] == 6  # Keep: a disk of the earlier image is on the revision
 
 
-async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
+async def broken_rollout(
     runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Any, Any, Any, Any]:
     """readiness Address. The test driver has no DHCP: here a guest gets its address when it runs with 64 MiB,
-    and the broken revision (96 MiB) never boots far enough to take one. The update takes 2 VMs down, stops,
-    says Stalled once progressDeadlineSeconds have passed; rolling the template back finishes it."""
+    and the broken revision (96 MiB) never boots far enough to take one. The passes: the fleet ready, the update
+    under way, the update stalled once progressDeadlineSeconds (1) have passed, the template rolled back."""
     import vmfleet.engine.fleet as engine_fleet
 
     async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
@@ -312,30 +312,33 @@ async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailab
         readiness="Address", progressDeadlineSeconds=1, updateStrategy={"rollingUpdate": {"maxUnavailable": 2}}
     )
     first = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host])
-    assert first.status["readyReplicas"] == 6, first.status["conditions"]
     broken = site.template(memory=96, **net)
     second = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], first.status)
+    await asyncio.sleep(2.2)
+    third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
+    back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
+    return first, second, third, back
+
+
+async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The update takes 2 VMs down, stops, says Stalled once progressDeadlineSeconds have passed; rolling the
+    template back finishes it."""
+    first, second, third, back = await broken_rollout(runtime, conn, site, monkeypatch)
+    assert first.status["readyReplicas"] == 6, first.status["conditions"]
     assert second.rolling and second.status["updatedReplicas"] == 2
-    assert [c.get("revision") == second.status["updateRevision"] for c in second.status["clones"]] == [
-        False,
-        False,
-        False,
-        False,
-        True,
-        True,
-    ]
+    updated = [c.get("revision") == second.status["updateRevision"] for c in second.status["clones"]]
+    assert updated == [False, False, False, False, True, True]
     conditions = {c["type"]: c for c in second.status["conditions"]}
     assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "Updating")
     assert conditions["Reconciling"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
-    await asyncio.sleep(2.2)
-    third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
     conditions = {c["type"]: c for c in third.status["conditions"]}
     assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "RolloutStalled")
     assert conditions["Updated"]["reason"] == "RolloutStalled" and not third.rolling
     assert "progressDeadlineSeconds 1" in conditions["Stalled"]["message"]
     assert third.status["updatedReplicas"] == 2 and third.status["readyReplicas"] == 4
     assert "RolloutStalled" in [e.reason for e in third.events]
-    back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
     conditions = {c["type"]: c for c in back.status["conditions"]}
     assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6
     assert conditions["Updated"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
