@@ -148,7 +148,8 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
     """Write the status and post the events; when waiting on a reference, come back in seconds."""
     patch.status.update(result.status)
-    if result.reimaged:  # one-shot: carried out, so it goes
+    # One-shot: carried out, so it goes; unless a person asked again meanwhile (another value).
+    if result.reimaged and (body.metadata.annotations or {}).get(REIMAGE_ANNOTATION, "").strip() == result.reimaged:
         patch.metadata.annotations[REIMAGE_ANNOTATION] = None
     post(body, result.events)
     if result.waiting:

@@ -87,8 +87,6 @@ class Observation:
     reformatted: frozenset[int] = frozenset()
     # VMs with an IP address seen on their NIC; None when readiness does not ask for one.
     addressed: frozenset[int] | None = None
-    # VMs whose reimage was announced and whose old clone is still the one found: it is done again.
-    reimaging: frozenset[int] = frozenset()
     # VMs vmfleet stopped itself (the record says so): RerunOnFailure starts them again.
     stopped: frozenset[int] = frozenset()
 

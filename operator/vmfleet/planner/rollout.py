@@ -77,14 +77,13 @@ class Rollout:
         )
 
     def _remade(self, o: int) -> bool:
-        """A reimage cut short: the clone is missing while the record says it was being made, or the one found is
-        still the one the reimage replaces."""
-        return (o not in self.seen.clones and o in self.seen.settling) or o in self.seen.reimaging
+        """A reimage cut short: the clone is missing while the record says it was being made."""
+        return o not in self.seen.clones and o in self.seen.settling
 
     def _reimage(self, want: VmWant, vm: VmSeen | None) -> bool:
         o = want.ordinal
         if vm is None:  # a clone without a domain (undefined by hand, say): down already
-            asked = o in self.update.reimage or o in self.seen.reimaging
+            asked = o in self.update.reimage
             return o in self.seen.clones and (asked or (self.in_scope(o) and self.image_outdated(o)))
         if self._remade(o):
             return True
