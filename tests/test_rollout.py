@@ -458,3 +458,25 @@ async def test_rerun_on_failure_starts_again_what_vmfleet_stopped_but_not_what_t
     done = await reconcile_fleet(runtime, rerun, site.template(), site.store, [site.host], up.status)
     assert not conn.lookupByName("prod.web-1").isActive() and done.status["readyReplicas"] == 2
     assert [a for a in done.plan.actions] == []
+    conn.lookupByName("prod.web-1").shutdown()  # the guest is done with its job
+    done = await reconcile_fleet(runtime, rerun, site.template(), site.store, [site.host], up.status)
+    assert not conn.lookupByName("prod.web-1").isActive() and done.status["readyReplicas"] == 2
+    assert [a for a in done.plan.actions] == []
+
+
+async def test_running_manual_vms_on_an_older_revision_wait_for_a_person_not_a_rolling_update(
+    runtime: Runtime, conn: Any, site: Site
+) -> None:
+    """Found by the state machine: RollingUpdate with runStrategy Manual said "updating web-0, web-1" for VMs
+    vmfleet never takes down (Ready False, looked at again every few seconds, Stalled after the progress deadline).
+    They wait for a person, as under OnDelete: UpdateWaiting, RestartRequired, and the fleet is Ready."""
+    first = await reconcile_fleet(runtime, site.fleet(replicas=2), site.template(), site.store, [site.host])
+    assert first.status["readyReplicas"] == 2
+    manual = site.fleet(replicas=2, runStrategy="Manual")
+    second = await reconcile_fleet(runtime, manual, site.template(memory=96), site.store, [site.host], first.status)
+    conditions = {c["type"]: c for c in second.status["conditions"]}
+    assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "UpdateWaiting")
+    assert "runStrategy Manual" in conditions["Updated"]["message"]
+    assert conditions["RestartRequired"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "True" and not second.rolling
+    assert all(conn.lookupByName(f"prod.web-{o}").isActive() for o in range(2))  # nobody took them down
