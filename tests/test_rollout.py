@@ -294,6 +294,28 @@ async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_cou
         await runtime.close()
 
 
+async def test_running_manual_vms_on_an_older_revision_wait_for_a_person_not_a_rolling_update(site: Site) -> None:
+    """Found by the state machine: RollingUpdate with runStrategy Manual said "updating web-0, web-1" for VMs
+    vmfleet never takes down (Ready False, looked at again every few seconds, Stalled after the progress deadline).
+    They wait for a person, as under OnDelete: UpdateWaiting, RestartRequired, and the fleet is Ready."""
+    runtime = Runtime()
+    conn = libvirt.open("test:///default")
+    try:
+        first = await reconcile_fleet(runtime, site.fleet(replicas=2), site.template(), site.store, [site.host])
+        assert first.status["readyReplicas"] == 2
+        manual = site.fleet(replicas=2, runStrategy="Manual")
+        second = await reconcile_fleet(runtime, manual, site.template(memory=96), site.store, [site.host], first.status)
+        conditions = {c["type"]: c for c in second.status["conditions"]}
+        assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "UpdateWaiting")
+        assert "runStrategy Manual" in conditions["Updated"]["message"]
+        assert conditions["RestartRequired"]["status"] == "True"
+        assert conditions["Ready"]["status"] == "True" and not second.rolling
+        assert all(conn.lookupByName(f"prod.web-{o}").isActive() for o in range(2))  # nobody took them down
+    finally:
+        conn.close()
+        await runtime.close()
+
+
 async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -278,9 +278,12 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
     else:
         current = str(prev.get("updateRevision") or (max(set(before), key=before.count) if before else ""))
     names = listing([fleet.vm_name(o) for o in pending])
-    if fleet.update.type != "RollingUpdate":
-        message = f"{on}; {names}: on an older revision until stopped or reimaged (updateStrategy OnDelete)"
+    if fleet.update.type != "RollingUpdate" or plan.pending <= plan.waiting:
+        # Nothing vmfleet takes down is left: the rest wait for a person, however long.
+        why = "updateStrategy OnDelete" if fleet.update.type != "RollingUpdate" else "runStrategy Manual"
+        message = f"{on}; {names}: on an older revision until stopped or reimaged ({why})"
         return Rollout(False, False, reasons.UPDATE_WAITING, message, current, progressed_at)
+    names = listing([fleet.vm_name(o) for o in pending if o not in plan.waiting])
     waited = _seconds_between(progressed_at, now)
     if waited > fleet.progress_deadline:
         message = (

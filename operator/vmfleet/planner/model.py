@@ -211,12 +211,16 @@ class Plan:
     # still has to reach (at or above the partition, not yet there).
     updated: set[int] = field(default_factory=set)
     pending: set[int] = field(default_factory=set)
+    # Of those, the VMs running that vmfleet does not take down to update: they wait for a person to stop them
+    # (updateStrategy OnDelete, runStrategy Manual).
+    waiting: set[int] = field(default_factory=set)
     ready: set[int] = field(default_factory=set)
 
     def observed(self, after: Plan) -> None:
         """What this plan reports, once it has run, is what the plan of the state it left says."""
         self.problems, self.restart_required = after.problems, after.restart_required
         self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
+        self.waiting = after.waiting
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]

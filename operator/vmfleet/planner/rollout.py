@@ -118,6 +118,8 @@ class Rollout:
             plan.updated.add(o)
         elif self.in_scope(o):
             plan.pending.add(o)
+            if vm.active and not self._may_restart(want, vm):
+                plan.waiting.add(o)
         if not self.in_scope(o) and not self._remade(o):
             self._power(plan, o, vm, run)  # a canary's partition: nothing else changes below it
             return
