@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from vmfleet.planner.model import Plan
 
 pytestmark = pytest.mark.rollout
 
-VMFLEET = str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "vmfleet")
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
 # ------------------------------------------------------------------ the planner
 
@@ -187,9 +189,9 @@ class Site:
             )
         )
 
-    def fleet(self, annotations: dict[str, str] | None = None, **spec: Any) -> Any:
+    def fleet(self, annotations: dict[str, str] | None = None, replicas: int = 6, **spec: Any) -> Any:
         meta = {"uid": "u-roll", "annotations": annotations or {}}
-        return parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": 6, **spec}, **meta))
+        return parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": replicas, **spec}, **meta))
 
     def backing(self, status: dict[str, Any]) -> dict[str, str]:
         """Each VM's clone parent, as its qcow2 overlay names it (relative to the store's root)."""
@@ -233,142 +235,114 @@ class Downs:
 
 
 @pytest.fixture
+def conn() -> Iterator[Any]:
+    """libvirt's test driver keeps its domains while a connection to it is open."""
+    c = libvirt.open("test:///default")
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def site(tmp_path: Path, small_image: Path) -> Site:
     return Site(tmp_path / "store", small_image)
 
 
 async def test_a_template_edit_rolls_through_six_vms_two_at_a_time_in_one_pass(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = Runtime()
-    conn = libvirt.open("test:///default")  # the test driver's domains live while a connection is open
-    try:
-        fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
-        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
-        assert first.status["readyReplicas"] == 6
-        before = {c["name"]: (c["uuid"], c["host"]) for c in first.status["clones"]}
-        old_revision = first.status["updateRevision"]
-        downs = Downs(monkeypatch)
-        bigger = site.template(memory=96)
-        second = await reconcile_fleet(runtime, fleet, bigger, site.store, [site.host], first.status)
-        status = second.status
-        assert downs.most == 2, downs.stops
-        assert set(downs.stops[:2]) == {"prod.web-5", "prod.web-4"} and len(downs.stops) == 6  # highest first
-        assert status["updatedReplicas"] == 6 and status["readyReplicas"] == 6
-        assert status["updateRevision"] == status["currentRevision"] != old_revision
-        assert {c["revision"] for c in status["clones"]} == {status["updateRevision"]}
-        assert {c["name"]: (c["uuid"], c["host"]) for c in status["clones"]} == before
-        updated = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
-        assert updated["Updated"] == ("True", "RolloutComplete") and updated["Ready"][0] == "True"
-        for o in range(6):
-            dom = conn.lookupByName(f"prod.web-{o}")
-            assert dom.isActive() and dom.info()[1] == 96 * 1024  # the running definition has the new memory
-        assert "restartRequired" not in json.dumps(status)
-    finally:
-        conn.close()
-        await runtime.close()
+    fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
+    first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    assert first.status["readyReplicas"] == 6
+    before = {c["name"]: (c["uuid"], c["host"]) for c in first.status["clones"]}
+    old_revision = first.status["updateRevision"]
+    downs = Downs(monkeypatch)
+    bigger = site.template(memory=96)
+    second = await reconcile_fleet(runtime, fleet, bigger, site.store, [site.host], first.status)
+    status = second.status
+    assert downs.most == 2, downs.stops
+    assert set(downs.stops[:2]) == {"prod.web-5", "prod.web-4"} and len(downs.stops) == 6  # highest first
+    assert status["updatedReplicas"] == 6 and status["readyReplicas"] == 6
+    assert status["updateRevision"] == status["currentRevision"] != old_revision
+    assert {c["revision"] for c in status["clones"]} == {status["updateRevision"]}
+    assert {c["name"]: (c["uuid"], c["host"]) for c in status["clones"]} == before
+    updated = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert updated["Updated"] == ("True", "RolloutComplete") and updated["Ready"][0] == "True"
+    for o in range(6):
+        dom = conn.lookupByName(f"prod.web-{o}")
+        assert dom.isActive() and dom.info()[1] == 96 * 1024  # the running definition has the new memory
+    assert "restartRequired" not in json.dumps(status)
 
 
-async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_count(site: Site) -> None:
-    runtime = Runtime()
-    conn = libvirt.open("test:///default")
-    try:
-        fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": "50%"}})
-        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
-        backing = site.backing(first.status)
-        (old,) = [p["parent"] for p in first.status["clonesByParent"]]
-        assert set(backing.values()) == {old}
-        second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
-        status = second.status
-        assert status["updatedReplicas"] == 6, status["conditions"]
-        assert site.backing(status) == {n: status["parent"] for n in backing} != backing  # a new clone each
-        assert [p["parent"] for p in status["clonesByParent"]] == [status["parent"]] != [old]
-        said = [e.reason for e in second.events]
-        assert "Reimaged" in said and "ClonesCreated" not in said
-        keep = site.fleet(updateStrategy={"diskPolicy": "Keep"})
-        third = await reconcile_fleet(runtime, keep, site.template("a.img"), site.store, [site.host], status)
-        assert site.backing(third.status) == site.backing(status) and "Reimaged" not in [e.reason for e in third.events]
-        assert third.status["updatedReplicas"] == 6  # Keep: a disk of the earlier image is on the revision
-    finally:
-        conn.close()
-        await runtime.close()
-
-
-async def test_running_manual_vms_on_an_older_revision_wait_for_a_person_not_a_rolling_update(site: Site) -> None:
-    """Found by the state machine: RollingUpdate with runStrategy Manual said "updating web-0, web-1" for VMs
-    vmfleet never takes down (Ready False, looked at again every few seconds, Stalled after the progress deadline).
-    They wait for a person, as under OnDelete: UpdateWaiting, RestartRequired, and the fleet is Ready."""
-    runtime = Runtime()
-    conn = libvirt.open("test:///default")
-    try:
-        first = await reconcile_fleet(runtime, site.fleet(replicas=2), site.template(), site.store, [site.host])
-        assert first.status["readyReplicas"] == 2
-        manual = site.fleet(replicas=2, runStrategy="Manual")
-        second = await reconcile_fleet(runtime, manual, site.template(memory=96), site.store, [site.host], first.status)
-        conditions = {c["type"]: c for c in second.status["conditions"]}
-        assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "UpdateWaiting")
-        assert "runStrategy Manual" in conditions["Updated"]["message"]
-        assert conditions["RestartRequired"]["status"] == "True"
-        assert conditions["Ready"]["status"] == "True" and not second.rolling
-        assert all(conn.lookupByName(f"prod.web-{o}").isActive() for o in range(2))  # nobody took them down
-    finally:
-        conn.close()
-        await runtime.close()
-
-
-async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_count(
+    runtime: Runtime, conn: Any, site: Site
 ) -> None:
+    fleet = site.fleet(updateStrategy={"rollingUpdate": {"maxUnavailable": "50%"}})
+    first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    backing = site.backing(first.status)
+    (old,) = [p["parent"] for p in first.status["clonesByParent"]]
+    assert set(backing.values()) == {old}
+    second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
+    status = second.status
+    assert status["updatedReplicas"] == 6, status["conditions"]
+    assert site.backing(status) == {n: status["parent"] for n in backing} != backing  # a new clone each
+    assert [p["parent"] for p in status["clonesByParent"]] == [status["parent"]] != [old]
+    said = [e.reason for e in second.events]
+    assert "Reimaged" in said and "ClonesCreated" not in said
+    keep = site.fleet(updateStrategy={"diskPolicy": "Keep"})
+    third = await reconcile_fleet(runtime, keep, site.template("a.img"), site.store, [site.host], status)
+    assert site.backing(third.status) == site.backing(status) and "Reimaged" not in [e.reason for e in third.events]
+    assert third.status["updatedReplicas"] == 6  # Keep: a disk of the earlier image is on the revision
+
+
+async def broken_rollout(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any, Any, Any]:
     """readiness Address. The test driver has no DHCP: here a guest gets its address when it runs with 64 MiB,
-    and the broken revision (96 MiB) never boots far enough to take one. The update takes 2 VMs down, stops,
-    says Stalled once progressDeadlineSeconds have passed; rolling the template back finishes it."""
+    and the broken revision (96 MiB) never boots far enough to take one. The passes: the fleet ready, the update
+    under way, the update stalled once progressDeadlineSeconds (1) have passed, the template rolled back."""
     import vmfleet.engine.fleet as engine_fleet
-
-    runtime = Runtime()
-    conn = libvirt.open("test:///default")
 
     async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
         up = {o for o, vm in domains.items() if vm.active}
         return {o: (f"10.0.0.{o + 2}",) for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024}
 
     monkeypatch.setattr(engine_fleet, "observe_addresses", addresses)
-    try:
-        net = {"network": "default"}
-        fleet = site.fleet(
-            readiness="Address", progressDeadlineSeconds=1, updateStrategy={"rollingUpdate": {"maxUnavailable": 2}}
-        )
-        first = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host])
-        assert first.status["readyReplicas"] == 6, first.status["conditions"]
-        broken = site.template(memory=96, **net)
-        second = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], first.status)
-        assert second.rolling and second.status["updatedReplicas"] == 2
-        assert [c.get("revision") == second.status["updateRevision"] for c in second.status["clones"]] == [
-            False,
-            False,
-            False,
-            False,
-            True,
-            True,
-        ]
-        conditions = {c["type"]: c for c in second.status["conditions"]}
-        assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "Updating")
-        assert conditions["Reconciling"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
-        await asyncio.sleep(2.2)
-        third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
-        conditions = {c["type"]: c for c in third.status["conditions"]}
-        assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "RolloutStalled")
-        assert conditions["Updated"]["reason"] == "RolloutStalled" and not third.rolling
-        assert "progressDeadlineSeconds 1" in conditions["Stalled"]["message"]
-        assert third.status["updatedReplicas"] == 2 and third.status["readyReplicas"] == 4
-        assert "RolloutStalled" in [e.reason for e in third.events]
-        back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
-        conditions = {c["type"]: c for c in back.status["conditions"]}
-        assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6
-        assert conditions["Updated"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
-        assert back.status["updateRevision"] == first.status["updateRevision"]
-    finally:
-        conn.close()
-        await runtime.close()
+    net = {"network": "default"}
+    fleet = site.fleet(
+        readiness="Address", progressDeadlineSeconds=1, updateStrategy={"rollingUpdate": {"maxUnavailable": 2}}
+    )
+    first = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host])
+    broken = site.template(memory=96, **net)
+    second = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], first.status)
+    await asyncio.sleep(2.2)
+    third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
+    back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
+    return first, second, third, back
+
+
+async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailable_and_stalls(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The update takes 2 VMs down, stops, says Stalled once progressDeadlineSeconds have passed; rolling the
+    template back finishes it."""
+    first, second, third, back = await broken_rollout(runtime, conn, site, monkeypatch)
+    assert first.status["readyReplicas"] == 6, first.status["conditions"]
+    assert second.rolling and second.status["updatedReplicas"] == 2
+    updated = [c.get("revision") == second.status["updateRevision"] for c in second.status["clones"]]
+    assert updated == [False, False, False, False, True, True]
+    conditions = {c["type"]: c for c in second.status["conditions"]}
+    assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "Updating")
+    assert conditions["Reconciling"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
+    conditions = {c["type"]: c for c in third.status["conditions"]}
+    assert (conditions["Stalled"]["status"], conditions["Stalled"]["reason"]) == ("True", "RolloutStalled")
+    assert conditions["Updated"]["reason"] == "RolloutStalled" and not third.rolling
+    assert "progressDeadlineSeconds 1" in conditions["Stalled"]["message"]
+    assert third.status["updatedReplicas"] == 2 and third.status["readyReplicas"] == 4
+    assert "RolloutStalled" in [e.reason for e in third.events]
+    conditions = {c["type"]: c for c in back.status["conditions"]}
+    assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6
+    assert conditions["Updated"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
+    assert back.status["updateRevision"] == first.status["updateRevision"]
 
 
 def test_vmfleet_reimage_over_manifests_gives_the_vms_named_new_clones(tmp_path: Path, small_image: Path) -> None:
@@ -403,9 +377,102 @@ def _written(clone: Path) -> bool:
     return "Pattern verification failed" not in done.stdout and done.returncode == 0
 
 
-def test_a_reimage_annotation_that_is_not_ordinals_is_refused_naming_it() -> None:
-    from vmfleet.api import InvalidManifest
+async def test_a_reimage_annotation_that_is_not_ordinals_stalls_the_fleet_naming_it_and_does_not_block_deletion(
+    runtime: Runtime, conn: Any, site: Site
+) -> None:
+    from vmfleet.engine import teardown_fleet
 
-    with pytest.raises(InvalidManifest) as e:
-        parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}}, annotations={"vmfleet.io/reimage": "0,x"}))
-    assert "metadata.annotations[vmfleet.io/reimage]" in str(e.value)
+    fleet = site.fleet(replicas=1, annotations={"vmfleet.io/reimage": "web-0"})
+    result = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "metadata.annotations[vmfleet.io/reimage]" in stalled["message"]
+    assert not result.outcomes  # nothing made
+    gone = await teardown_fleet(runtime, fleet, [site.store], [site.host])
+    assert gone.complete
+
+
+class Crash(BaseException):
+    """The operator killed at this point: nothing after it runs, not even the record's settling."""
+
+
+@pytest.mark.parametrize("where", ["before the delete", "after the delete", "after the new clone"])
+async def test_a_reimage_cut_short_anywhere_is_done_exactly_once(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The record announces a reimage with the fingerprint of the clone it replaces: the next pass (a new
+    process) makes the clone if it is missing, replaces it if it is still the old one, and leaves a new one be."""
+    from vmfleet.storage.qcow2 import Qcow2Store as LocalDriver
+
+    fleet = site.fleet(replicas=1)
+    first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    (clone,) = [site.root / first.status["cloneDirectory"] / c["file"] for c in first.status["clones"]]
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(clone)], check=True, capture_output=True)
+    made: list[str] = []
+    delete, create = LocalDriver.delete, LocalDriver.create_clone
+
+    async def crashing_delete(driver: Any, path: str) -> None:
+        if where == "before the delete" and path.endswith(".qcow2"):
+            raise Crash
+        await delete(driver, path)
+        if where == "after the delete" and path.endswith(".qcow2"):
+            raise Crash
+
+    async def counted_create(driver: Any, parent: str, fmt: str, target: str) -> None:
+        made.append(target)
+        await create(driver, parent, fmt, target)
+        if where == "after the new clone":
+            raise Crash
+
+    monkeypatch.setattr(LocalDriver, "delete", crashing_delete)
+    monkeypatch.setattr(LocalDriver, "create_clone", counted_create)
+    with pytest.raises(Crash):
+        await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
+    monkeypatch.setattr(LocalDriver, "delete", delete)
+    record = json.loads((clone.parent / "fleet.json").read_text())["vms"]["0"]
+    # announced (reimaging); creating once the old clone is gone and the record says so, before the new one
+    assert record["state"] == ("creating" if where == "after the new clone" else "reimaging")
+    restarted = Runtime()  # the operator again, with nothing in memory
+    try:
+        after = await reconcile_fleet(restarted, fleet, site.template("b.img"), site.store, [site.host], first.status)
+    finally:
+        await restarted.close()
+    assert after.status["updatedReplicas"] == 1 and after.status["readyReplicas"] == 1, after.status
+    assert len(made) == 1  # made once: before the crash, or after it, never both
+    assert not _written(clone)  # the guest's old disk is gone either way
+    assert site.backing(after.status) == {"web-0": after.status["parent"]}
+    assert json.loads((clone.parent / "fleet.json").read_text())["vms"]["0"]["state"] == "placed"
+    assert [p["parent"] for p in after.status["clonesByParent"]] == [after.status["parent"]]
+
+
+async def test_rerun_on_failure_starts_again_what_vmfleet_stopped_but_not_what_the_guest_did(
+    runtime: Runtime, conn: Any, site: Site
+) -> None:
+    halted = await reconcile_fleet(
+        runtime, site.fleet(runStrategy="Halted", replicas=2), site.template(), site.store, [site.host]
+    )
+    assert not conn.lookupByName("prod.web-0").isActive()
+    rerun = site.fleet(runStrategy="RerunOnFailure", replicas=2)
+    up = await reconcile_fleet(runtime, rerun, site.template(), site.store, [site.host], halted.status)
+    assert up.status["readyReplicas"] == 2 and conn.lookupByName("prod.web-0").isActive()
+    conn.lookupByName("prod.web-1").shutdown()  # the guest is done with its job
+    done = await reconcile_fleet(runtime, rerun, site.template(), site.store, [site.host], up.status)
+    assert not conn.lookupByName("prod.web-1").isActive() and done.status["readyReplicas"] == 2
+    assert [a for a in done.plan.actions] == []
+
+
+async def test_running_manual_vms_on_an_older_revision_wait_for_a_person_not_a_rolling_update(
+    runtime: Runtime, conn: Any, site: Site
+) -> None:
+    """Found by the state machine: RollingUpdate with runStrategy Manual said "updating web-0, web-1" for VMs
+    vmfleet never takes down (Ready False, looked at again every few seconds, Stalled after the progress deadline).
+    They wait for a person, as under OnDelete: UpdateWaiting, RestartRequired, and the fleet is Ready."""
+    first = await reconcile_fleet(runtime, site.fleet(replicas=2), site.template(), site.store, [site.host])
+    assert first.status["readyReplicas"] == 2
+    manual = site.fleet(replicas=2, runStrategy="Manual")
+    second = await reconcile_fleet(runtime, manual, site.template(memory=96), site.store, [site.host], first.status)
+    conditions = {c["type"]: c for c in second.status["conditions"]}
+    assert (conditions["Updated"]["status"], conditions["Updated"]["reason"]) == ("False", "UpdateWaiting")
+    assert "runStrategy Manual" in conditions["Updated"]["message"]
+    assert conditions["RestartRequired"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "True" and not second.rolling
+    assert all(conn.lookupByName(f"prod.web-{o}").isActive() for o in range(2))  # nobody took them down

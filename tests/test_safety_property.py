@@ -46,7 +46,6 @@ from vmfleet.api.types import HOSTS_LOST_ANNOTATION, REIMAGE_ANNOTATION, CloneSt
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet
 from vmfleet.engine.desired import VM_UUID_NAMESPACE as VM_UUIDS
-from vmfleet.operator.passes import reimage_done
 from vmfleet.planner import CloneAction, Op
 from vmfleet.seed import read_files
 from vmfleet.settings import Settings
@@ -324,7 +323,7 @@ class FleetSafety(RuleBasedStateMachine):
         """A reimage deleted this clone and made no new one (a fault cut it short): the record must say it is
         being made, so that the next pass makes it, rather than take it for lost."""
         directory, ordinal = path.rsplit("/", 1)[0], ordinal_of(path)
-        if self.recorded_state(directory, ordinal) != "creating":
+        if self.recorded_state(directory, ordinal) not in MADE_NEXT:
             raise Violation(f"{what}: reimaged {path}, left with no clone and no record of one being made (I1)")
         self.owed[ordinal] = directory
         STATS["cut short"] += 1
@@ -336,7 +335,7 @@ class FleetSafety(RuleBasedStateMachine):
                 del self.owed[o]  # gone with its fleet, or scaled in
             elif self.has_clone(f"{directory}/web-{o}.img"):
                 del self.owed[o]  # made
-            elif self.recorded_state(directory, o) != "creating":
+            elif self.recorded_state(directory, o) not in MADE_NEXT:
                 raise Violation(f"web-{o}: no clone since its reimage, and the record no longer says one is made (I1)")
 
     def note_origins(self, image: str) -> None:
@@ -421,7 +420,7 @@ class FleetSafety(RuleBasedStateMachine):
             return
         f.status = {**(f.status or {}), **result.status}
         self.last_outcomes = result.outcomes
-        if reimage_done(self.vm_fleet(f), result):  # as the operator does: one-shot, carried out, so it goes
+        if result.reimage_left == frozenset():  # as the operator does: one-shot, carried out, so it goes
             f.reimage.clear()
         failed = [o for o in result.outcomes if not o.ok]
         if failed and self.hung is None:  # a hung store call fails its action: that is its point
@@ -768,6 +767,11 @@ class FleetSafety(RuleBasedStateMachine):
     @invariant()
     def nothing_outside_the_store_changed(self) -> None:  # I6
         assert (self.outside / "precious").read_bytes() == b"not the store's\n"
+
+
+# A clone missing while the record says one of these is made by the next pass: creating (its old clone gone), or
+# reimaging (cut short between deleting the old clone and saying so).
+MADE_NEXT = ("creating", "reimaging")
 
 
 def is_clone(path: str) -> bool:

@@ -566,8 +566,8 @@ VM_FLEET_SPEC = obj(
                     },
                     rules=(
                         Rule(
-                            "type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : "
-                            "string(self.maxUnavailable).matches('^(100|[1-9][0-9]?)%$')",
+                            "!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 1"
+                            " : string(self.maxUnavailable).matches('^(100|[1-9][0-9]?)%$'))",
                             "spec.updateStrategy.rollingUpdate.maxUnavailable: must be a number of at least 1 or a "
                             "percent from 1% to 100%",
                         ),

@@ -11,7 +11,7 @@ from ..hypervisor import DomainInfo, HostError, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
 from ..storage import StoreDriver
 from .desired import Desired
-from .record import CREATING, PLACED, read_record
+from .record import CREATING, PLACED, REIMAGING, read_record
 from .snapshot import Snapshot, unobservable
 
 
@@ -137,6 +137,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         )
     elsewhere.update(unread)
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
+
     seeds = desired.seed_files(names)
     # Every VM's seed content and digest (its {{ mac }} the adopted one): CPU work, off the event loop.
     wanted_seeds = await asyncio.to_thread(lambda: {o: desired.seed_path(o) for o in range(fleet.replicas)})
@@ -154,8 +155,11 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         tuple(duplicates),
         seed_missing,
         stale_seeds,
-        {o: p.parent for o, p in record.vms.items() if p.parent},
+        # A reimage announced and not begun (its old clone untouched) leaves the parent of that clone.
+        {o: p.was if p.state == REIMAGING and p.was else p.parent for o, p in record.vms.items() if p.parent},
         frozenset(o for o, name in files.items() if f"{desired.directory}/{name}" != desired.fresh_clone(o)),
+        None,
+        frozenset(o for o, p in record.vms.items() if p.stopped),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

@@ -4,13 +4,24 @@ before acting and after, the domain each VM should have."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..api import reasons
 from ..hypervisor import DomainSpec, Owner
-from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, Problem, Severity, plan_fleet
+from ..planner import (
+    CloneAction,
+    DomainAction,
+    HostView,
+    Observation,
+    Op,
+    ParentAction,
+    Plan,
+    Problem,
+    Severity,
+    plan_fleet,
+)
 from .desired import Desired
-from .record import CREATING, DELETING, PLACED, FleetRecord, Placement
+from .record import CREATING, DELETING, PLACED, REIMAGING, FleetRecord, Placement
 
 
 def unobservable(desired: Desired, placed: Placement, views: Mapping[str, HostView]) -> str | None:
@@ -69,7 +80,8 @@ class Snapshot:
     def plan(self) -> Plan:
         spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()
         desired = self.desired
-        plan = plan_fleet(desired.wants, self.seen, desired.fleet.placement, spec_hash, desired.update())
+        update = desired.update(self.record.reimaged_for(desired.fleet.reimage_request))
+        plan = plan_fleet(desired.wants, self.seen, desired.fleet.placement, spec_hash, update)
         return self._wait_for_macs(plan)
 
     def _wait_for_macs(self, plan: Plan) -> Plan:
@@ -91,13 +103,23 @@ class Snapshot:
                 )
         return plan
 
+    def reimage_left(self) -> frozenset[int] | None:
+        """The VMs the reimage annotation names that are still to be reimaged; None without the annotation."""
+        fleet = self.desired.fleet
+        if not fleet.reimage_request:
+            return None
+        asked = frozenset(o for o in fleet.reimage_requested if o < fleet.replicas)
+        return asked - self.record.reimaged_for(fleet.reimage_request)
+
     def announced(self, plan: Plan) -> FleetRecord:
         """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
-        about to be made or deleted."""
+        about to be made, deleted or replaced, every VM vmfleet is about to stop."""
         uri, vms = self.desired.uri, dict(self.record.vms)
         for a in plan.actions:
+            old = vms.get(a.ordinal) if not isinstance(a, ParentAction) else None
+            if isinstance(a, DomainAction) and old is not None and a.op is Op.STOP:
+                vms[a.ordinal] = old = replace(old, stopped=True)  # until seen running again (settled)
             if isinstance(a, CloneAction):
-                old = vms.get(a.ordinal)
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
                     vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
@@ -105,16 +127,23 @@ class Snapshot:
                     vms[a.ordinal] = Placement(old.host, old.uri, DELETING, old.parent)
                 elif a.op is Op.REIMAGE:  # its clone is about to go and come back from the parent now
                     host = plan.placement[a.ordinal]
-                    vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
-            elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
-                old = vms.get(a.ordinal)
-                if old is None or old.host != a.host or old.state == DELETING:
+                    was = old.was if old and old.state == REIMAGING else (old.parent if old else "")
+                    state = REIMAGING if a.ordinal in self.seen.clones else CREATING  # or made after a cut
+                    stopped = bool(old and old.stopped)
                     vms[a.ordinal] = Placement(
-                        a.host,
-                        uri(a.host),
-                        CREATING if old and old.state == CREATING else PLACED,
-                        old.parent if old else "",
+                        host, uri(host), state, self.desired.parent, was or self.desired.parent, stopped
                     )
+            elif (
+                isinstance(a, DomainAction)
+                and a.op in (Op.DEFINE, Op.START)
+                and (old is None or old.host != a.host or old.state == DELETING)
+            ):
+                vms[a.ordinal] = Placement(
+                    a.host,
+                    uri(a.host),
+                    CREATING if old and old.state == CREATING else PLACED,
+                    old.parent if old else "",
+                )
         return self.record.with_vms(vms)
 
     def settled(self) -> FleetRecord:
@@ -125,12 +154,22 @@ class Snapshot:
         for o in sorted(set(self.record.vms) | set(seen.domains) | set(seen.clones)):
             domain = seen.domains.get(o)
             old = self.record.vms.get(o)
-            if domain is not None:
-                # A reimage cut short between deleting the clone and making the new one stays announced.
-                state = CREATING if old and old.state == CREATING and o not in seen.clones else PLACED
-                vms[o] = Placement(domain.host, self.desired.uri(domain.host), state, old.parent if old else "")
+            if (
+                old is not None
+                and old.state in (CREATING, REIMAGING)
+                and o not in seen.clones
+                and (domain is not None or old.state == REIMAGING)
+            ):
+                vms[o] = old  # a reimage cut short with its old clone gone: the next pass makes the new one
+            elif domain is not None:
+                stopped = bool(old and old.stopped) and not domain.active
+                vms[o] = Placement(
+                    domain.host, self.desired.uri(domain.host), PLACED, _parent_found(old), stopped=stopped
+                )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
+            elif old.state == REIMAGING:  # not begun: its old clone is the one found
+                vms[o] = Placement(old.host, old.uri, PLACED, _parent_found(old), stopped=old.stopped)
             elif o in seen.clones:
                 vms[o] = Placement(
                     old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
@@ -141,14 +180,25 @@ class Snapshot:
                 vms[o] = old  # may still run there
             elif old.state == PLACED and o in wanted:
                 vms[o] = old  # its clone is lost: keep saying so
-        return self.record.with_vms(vms)
+        request = self.desired.fleet.reimage_request
+        if request == self.record.reimage_request:
+            return self.record.with_vms(vms)
+        return replace(self.record.with_vms(vms), reimage_request="", reimaged=frozenset())  # asked no more, or anew
 
     def clones_by_parent(self) -> dict[str, int]:
         """How many of the fleet's clones each parent must outlive. A clone whose parent was not recorded counts
         for the current one: a count too high keeps a parent longer, never too short."""
         out: dict[str, int] = {}
+        record = self.settled()  # as this observation leaves it: a reimage found done counts for its new parent
         for o in self.seen.clones:
-            p = self.record.vms.get(o)
+            p = record.vms.get(o)
             parent = p.parent if p is not None and p.parent else self.desired.parent
             out[parent] = out.get(parent, 0) + 1
         return out
+
+
+def _parent_found(old: Placement | None) -> str:
+    """The parent of the clone found for a recorded VM: a reimage announced and not begun left the old one."""
+    if old is None:
+        return ""
+    return old.was if old.state == REIMAGING and old.was else old.parent

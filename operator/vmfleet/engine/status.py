@@ -273,8 +273,10 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
     before = [vm.live_revision or vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending]
     before = [r for r in before if r]
-    if prev.get("updateRevision") == revision and prev.get("currentRevision"):
-        current = str(prev["currentRevision"])
+    if prev.get("currentRevision") and (
+        prev.get("updateRevision") == revision or condition_of(prev, "Updated").get("status") != "True"
+    ):
+        current = str(prev["currentRevision"])  # the update goes on, or a new one replaced it before it was done
     else:
         current = str(prev.get("updateRevision") or (max(set(before), key=before.count) if before else ""))
     names = listing([fleet.vm_name(o) for o in pending])

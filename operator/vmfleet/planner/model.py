@@ -87,6 +87,8 @@ class Observation:
     reformatted: frozenset[int] = frozenset()
     # VMs with an IP address seen on their NIC; None when readiness does not ask for one.
     addressed: frozenset[int] | None = None
+    # VMs vmfleet stopped itself (the record says so): RerunOnFailure starts them again.
+    stopped: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""
