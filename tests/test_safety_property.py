@@ -133,6 +133,8 @@ class FleetSafety(RuleBasedStateMachine):
         self.hung_image: str | None = None  # the image when the hung call was made (a clone it makes comes from it)
         # Ordinal -> its clone directory: VMs whose clone a reimage deleted and that have none yet.
         self.owed: dict[int, str] = {}
+        # Clone path -> whether it was a reimage the spec asked for: a delete a pass made that hung (it lands later).
+        self.late_deletes: dict[str, bool] = {}
 
     def teardown(self) -> None:
         try:
@@ -270,6 +272,12 @@ class FleetSafety(RuleBasedStateMachine):
             STATS["reimages"] += reimage
             if reimage and path not in replaced and not self.has_clone(path):
                 self.owe(what, path)
+        for path in sorted(p for p in deleted if p in before and after.get(p) == before[p]):
+            # Asked for and not made (a hung call): judged now, by the spec of the pass that decided it, as if it
+            # were made; whether a domain runs on it is judged when it lands (the_hung_call_lands).
+            reimage = self.asked_reimage(path, reimaged, asked, domains)
+            self.check_removed(f"{what} (its delete hung)", path, {}, wanted=True, reimage=reimage)
+            self.late_deletes[path] = reimage
         if files(self.outside) != outside:
             raise Violation(f"{what}: changed a file outside the store (I6)")
         self.note_origins(self.image)
@@ -646,9 +654,10 @@ class FleetSafety(RuleBasedStateMachine):
             # Decided by a pass before the fleet may have changed: whether it is wanted again is not the
             # question, whether anything ran on it since is.
             self.check_removed(what, path, used, wanted=False)
-            directory, o = path.rsplit("/", 1)[0], ordinal_of(path)
-            if not self.has_clone(path) and self.recorded_state(directory, o) == "creating":
-                self.owed[o] = directory  # a reimage's delete: the next pass makes the clone (check_owed)
+            if self.late_deletes.get(path) and not self.has_clone(path):
+                self.owe(what, path)  # a reimage's delete: the record says the next pass makes the clone
+                STATS["reimages"] += 1
+        self.late_deletes.clear()
         self.note_origins(self.hung_image or self.image)
         self.hung_image = None
         for path in sorted(set(after) - set(before)):
