@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +295,61 @@ async def test_F8b_old_parent_release_is_attempted_while_a_clone_still_backs_on_
     )
     assert Path(json.loads(backing.stdout)["backing-filename"]).name == Path(template["status"]["parent"]["path"]).name
     assert not any(e.reason == "RetiredParentFailed" for e in r.events), "vmfleet's own count let it try"
+
+
+# ------------------------------------------------------------------ the second review (G1, G4)
+
+
+async def test_G1_the_same_vms_asked_again_with_a_new_request_are_reimaged_again(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request is its whole value: `vmfleet reimage` writes a time after the ordinals, so asking again for web-0
+    is a new request even before a pass saw the first one's annotation go; the same value is one request."""
+    first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
+    asked = site.fleet(replicas=1, annotations={"vmfleet.io/reimage": "0;20261201T230000.000001Z"})
+    second = await reconcile_fleet(runtime, asked, site.template(), site.store, [site.host], first.status)
+    assert second.reimage_left == frozenset()
+    clones = _scribble(site, second.status)  # the guest writes, breaks; the person asks again for web-0
+    again = await reconcile_fleet(runtime, asked, site.template(), site.store, [site.host], second.status)
+    assert _written(clones["web-0"]) and not again.outcomes  # the same request: done already
+    anew = site.fleet(replicas=1, annotations={"vmfleet.io/reimage": "0;20261201T230100.000001Z"})
+    third = await reconcile_fleet(runtime, anew, site.template(), site.store, [site.host], again.status)
+    assert not _written(clones["web-0"]) and third.reimage_left == frozenset()
+
+
+async def test_G4_a_clone_lost_while_a_reimage_no_longer_asked_for_was_announced_is_reported_not_made_empty(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
+    with host_stops_answering(monkeypatch):
+        second = await reconcile_fleet(
+            runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], first.status
+        )
+    clones = _scribble(site, second.status)
+    record_path = clones["web-0"].parent / "fleet.json"
+    record = json.loads(record_path.read_text())
+    # the operator was killed while web-0 shut down gracefully for its reimage: the record says reimaging
+    record["vms"]["0"].update(state="reimaging", parent=second.status["parent"], was=first.status["parent"])
+    record_path.write_text(json.dumps(record))
+    clones["web-0"].unlink()  # lost some other way (a person, a store restore, ...)
+    made = _count_creates(monkeypatch)  # and the template is rolled back: nothing asks for a reimage any more
+    third = await reconcile_fleet(
+        runtime, site.fleet(replicas=1), site.template(), site.store, [site.host], second.status
+    )
+    assert not made, "a lost clone was made again empty"
+    assert "CloneLost" in [e.reason for e in third.events]
+
+
+def test_G1b_vmfleet_reimage_over_manifests_twice_reimages_twice(tmp_path: Path, small_image: Path) -> None:
+    from helpers import quickstart
+
+    vmfleet = str(Path(sys.executable).parent / "vmfleet")
+    manifests = quickstart(tmp_path, small_image)
+    done = subprocess.run([vmfleet, "apply", "-f", str(manifests), "-o", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    said = []
+    for _ in range(2):
+        again = subprocess.run([vmfleet, "reimage", "-f", str(manifests), "demo", "0"], capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        said.append([line for line in again.stderr.splitlines() if "reimaged 1 VM(s): demo-0" in line])
+    assert all(said), said

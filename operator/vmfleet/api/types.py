@@ -341,14 +341,18 @@ class VmFleet:
     def reimage_requested(self) -> frozenset[int]:
         """The ordinals the reimage annotation asks to reimage ("0,3" or "0 3"); none when it does not parse
         (reimage_problem says why: the fleet is Stalled, and it can still be deleted)."""
-        words = self.reimage_request.replace(",", " ").split()
         if self.reimage_problem:
             return frozenset()
-        return frozenset(int(w) for w in words)
+        return frozenset(int(w) for w in self._reimage_words())
+
+    def _reimage_words(self) -> list[str]:
+        """The ordinals: what comes before a ';' (after it, anything that makes a request new, as `vmfleet
+        reimage` writes a time there: the same ordinals asked again are a new request)."""
+        return self.reimage_request.split(";", 1)[0].replace(",", " ").split()
 
     @property
     def reimage_problem(self) -> str:
-        words = self.reimage_request.replace(",", " ").split()
+        words = self._reimage_words()
         if all(w.isdigit() and (w == "0" or not w.startswith("0")) and len(w) <= 5 for w in words):
             return ""
         return (

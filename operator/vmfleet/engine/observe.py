@@ -160,6 +160,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         frozenset(o for o, name in files.items() if f"{desired.directory}/{name}" != desired.fresh_clone(o)),
         None,
         frozenset(o for o, p in record.vms.items() if p.stopped),
+        frozenset(o for o, p in record.vms.items() if p.state == REIMAGING),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

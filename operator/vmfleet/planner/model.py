@@ -89,6 +89,8 @@ class Observation:
     addressed: frozenset[int] | None = None
     # VMs vmfleet stopped itself (the record says so): RerunOnFailure starts them again.
     stopped: frozenset[int] = frozenset()
+    # VMs whose record announces a reimage (reimaging): the old clone untouched, or deleted by a reimage cut short.
+    reimaging: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""
