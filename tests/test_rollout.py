@@ -273,6 +273,34 @@ async def test_a_template_edit_rolls_through_six_vms_two_at_a_time_in_one_pass(
     assert "restartRequired" not in json.dumps(status)
 
 
+async def test_a_canary_partition_reports_the_revision_the_vms_below_it_keep_as_current(
+    runtime: Runtime, conn: Any, site: Site
+) -> None:
+    """As a StatefulSet's status does: with partition 4 of 6, the update is done when 4 and 5 are updated, and
+    currentRevision stays the one 0-3 run until they are updated too (a canary is not the whole fleet)."""
+    canary = {"rollingUpdate": {"partition": 4, "maxUnavailable": 2}}
+    first = await reconcile_fleet(runtime, site.fleet(updateStrategy=canary), site.template(), site.store, [site.host])
+    old = first.status["updateRevision"]
+    bigger = site.template(memory=96)
+    second = await reconcile_fleet(
+        runtime, site.fleet(updateStrategy=canary), bigger, site.store, [site.host], first.status
+    )
+    status = second.status
+    new = status["updateRevision"]
+    assert {c["name"]: c["revision"] for c in status["clones"]} == {
+        **{f"web-{o}": old for o in range(4)},
+        **{f"web-{o}": new for o in (4, 5)},
+    }
+    assert (status["currentRevision"], status["updatedReplicas"]) == (old, 2) and new != old
+    assert [(c["status"], c["reason"]) for c in status["conditions"] if c["type"] == "Updated"] == [
+        ("True", "RolloutComplete")
+    ]
+    whole = {"rollingUpdate": {"partition": 0, "maxUnavailable": 2}}
+    third = await reconcile_fleet(runtime, site.fleet(updateStrategy=whole), bigger, site.store, [site.host], status)
+    assert third.status["currentRevision"] == third.status["updateRevision"] == new
+    assert third.status["updatedReplicas"] == 6
+
+
 async def test_an_image_change_reimages_every_vm_and_releases_the_old_parent_count(
     runtime: Runtime, conn: Any, site: Site
 ) -> None:

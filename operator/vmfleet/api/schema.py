@@ -664,7 +664,8 @@ VM_FLEET_STATUS = obj(
             "overrides): the revision VMs are being brought to."
         ),
         "currentRevision": string(
-            "The revision every VM was on before the update in progress; equal to updateRevision once it is done."
+            "The revision every VM was on before the update in progress; equal to updateRevision once every VM is "
+            "on it. VMs below spec.updateStrategy.rollingUpdate.partition keep it, as a StatefulSet's pods do."
         ),
         "updateProgressedAt": string(
             "When the update in progress last made progress (a VM ready on updateRevision): spec."

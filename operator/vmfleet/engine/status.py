@@ -282,10 +282,13 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         who = listing([fleet.vm_name(p.ordinal) for p in unseen if p.ordinal is not None])
         message = f"{on}; {who}: not seen, their revision is unknown"
         return Rollout(False, False, unseen[0].reason, message, str(prev.get("currentRevision") or ""), progressed_at)
-    if not pending:
-        return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
-    before = [vm.live_revision or vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending]
-    before = [r for r in before if r]
+    if not pending:  # VMs left behind are below a partition: their revision stays current (a StatefulSet's)
+        behind = [r for o, r in _revisions(snap).items() if o not in plan.updated and r != revision]
+        current = str(prev.get("currentRevision") or "")
+        if behind and current not in behind:
+            current = max(set(behind), key=behind.count)
+        return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, current if behind else revision, progressed_at)
+    before = [r for o, r in _revisions(snap).items() if o in plan.pending]
     if prev.get("currentRevision") and (
         prev.get("updateRevision") == revision or condition_of(prev, "Updated").get("status") != "True"
     ):
@@ -308,6 +311,12 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         return Rollout(False, True, reasons.ROLLOUT_STALLED, message, current, progressed_at)
     message = f"{on}; updating {names} (maxUnavailable {desired.update().budget})"
     return Rollout(True, False, reasons.ROLLING_UPDATE, message, current, progressed_at)
+
+
+def _revisions(snap: Snapshot) -> dict[int, str]:
+    """The revision each VM runs (a running VM its live definition's), where known."""
+    seen = {o: vm.live_revision or vm.revision for o, vm in snap.seen.domains.items()}
+    return {o: r for o, r in seen.items() if r and o < snap.desired.fleet.replicas}
 
 
 def rollout_goes_on(status: Mapping[str, Any]) -> bool:
