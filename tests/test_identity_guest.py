@@ -119,6 +119,8 @@ class Site:
                 "replicas": replicas,
                 "hostSelector": {"matchLabels": {"site": self.ns}},
                 "cloudInit": {"userData": self.user_data},
+                # OnDelete: a running guest keeps its seed until restarted (RestartRequired), as this test shows
+                "updateStrategy": {"type": "OnDelete"},
             },
             namespace=self.ns,
         )
