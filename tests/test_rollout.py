@@ -305,13 +305,15 @@ async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailab
     and the broken revision (96 MiB) never boots far enough to take one. The update takes 2 VMs down, stops,
     says Stalled once progressDeadlineSeconds have passed; rolling the template back finishes it."""
     import vmfleet.engine.fleet as engine_fleet
+    from vmfleet.engine.observe import Addresses
 
     runtime = Runtime()
     conn = libvirt.open("test:///default")
 
-    async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
+    async def addresses(desired: Any, domains: Any, endpoints: Any) -> Addresses:
         up = {o for o, vm in domains.items() if vm.active}
-        return {o: (f"10.0.0.{o + 2}",) for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024}
+        booted = [o for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024]
+        return Addresses({o: (f"10.0.0.{o + 2}",) for o in booted}, {})
 
     monkeypatch.setattr(engine_fleet, "observe_addresses", addresses)
     try:
@@ -376,7 +378,6 @@ class Dnsmasq:
         monkeypatch.setattr(libvirt.virNetwork, "DHCPLeases", lambda net, mac=None, flags=0: list(self.leases.values()))
 
 
-@pytest.mark.xfail(strict=True, reason="a lease from before a restart makes the VM ready at once (fixed next)")
 async def test_a_dhcp_lease_from_before_a_restart_does_not_make_the_vm_ready(
     site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,10 +55,11 @@ class FleetDrivers:
         if not self.desired.needs_address:
             return snap
         snap = await self.with_addresses(snap)  # readiness Address: the plan needs them
-        return replace(snap, seen=replace(snap.seen, addressed=frozenset(snap.addresses)))
+        return replace(snap, seen=replace(snap.seen, addressed=snap.addressed()))
 
     async def with_addresses(self, snap: Snapshot) -> Snapshot:
-        return replace(snap, addresses=await observe_addresses(self.desired, snap.seen.domains, self.endpoints))
+        found = await observe_addresses(self.desired, snap.seen.domains, self.endpoints)
+        return replace(snap, addresses=found.shown, leases=found.leases)
 
     def actor(self, snap: Snapshot) -> Actor:
         return Actor(snap, self.driver, self.endpoints, self.parent_lock)

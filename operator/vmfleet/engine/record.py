@@ -27,6 +27,9 @@ class Placement:
     uri: str
     state: str = PLACED
     parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
+    # When the DHCP lease its MAC had as vmfleet last started it runs out (0: none seen): dnsmasq keeps a lease
+    # when the guest stops, so until the guest has a lease other than that one it has not asked since it started.
+    lease: int = 0
 
 
 @dataclass
@@ -46,6 +49,7 @@ class FleetRecord:
                     "name": self.name,
                     "vms": {
                         str(o): {"host": p.host, "uri": p.uri, "state": p.state, "parent": p.parent}
+                        | ({"lease": p.lease} if p.lease else {})
                         for o, p in sorted(self.vms.items())
                     },
                 },
@@ -59,7 +63,9 @@ class FleetRecord:
         try:
             doc: Any = json.loads(text)
             vms = {
-                int(o): Placement(str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")))
+                int(o): Placement(
+                    str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")), int(p.get("lease", 0))
+                )
                 for o, p in doc["vms"].items()
             }
             if any(p.state not in STATES for p in vms.values()):

@@ -4,7 +4,7 @@ before acting and after, the domain each VM should have."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..api import reasons
 from ..hypervisor import DomainSpec, Owner
@@ -38,6 +38,7 @@ class Snapshot:
     released: frozenset[int] = frozenset()  # VMs on hosts a person declared lost
     seeds: Mapping[int, frozenset[str]] = field(default_factory=dict)  # ordinal -> its seed images found
     addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # ordinal -> its NIC's IP addresses
+    leases: Mapping[int, int] = field(default_factory=dict)  # ordinal -> when its MAC's DHCP lease runs out
 
     def measured(self) -> list[str]:
         """Every file whose space a VM's figures count: its clone and its seed images."""
@@ -47,6 +48,18 @@ class Snapshot:
     def vm_files(self, ordinal: int) -> list[str]:
         files = [self.clone(ordinal)] if ordinal in self.seen.clones else []
         return files + sorted(self.seeds.get(ordinal, ()))
+
+    def addressed(self) -> frozenset[int]:
+        """VMs with an address their guest asked for since vmfleet last started them: dnsmasq keeps the lease of a
+        guest that stopped, and the guest started again has it before it boots; only a lease granted since (a new
+        expiry) counts for one that had a lease then."""
+        out = set()
+        for o in self.addresses:
+            placed = self.record.vms.get(o)
+            before = placed.lease if placed is not None else 0
+            if not before or self.leases.get(o, before) != before:
+                out.add(o)
+        return frozenset(out)
 
     def stale_seeds(self, ordinal: int) -> list[str]:
         """The seed images of a VM other than the one it should have."""
@@ -115,6 +128,8 @@ class Snapshot:
                         CREATING if old and old.state == CREATING else PLACED,
                         old.parent if old else "",
                     )
+                if a.op is Op.START:  # the lease it has now is not one it asked for once started
+                    vms[a.ordinal] = replace(vms[a.ordinal], lease=self.leases.get(a.ordinal, 0))
         return self.record.with_vms(vms)
 
     def settled(self) -> FleetRecord:
@@ -128,13 +143,12 @@ class Snapshot:
             if domain is not None:
                 # A reimage cut short between deleting the clone and making the new one stays announced.
                 state = CREATING if old and old.state == CREATING and o not in seen.clones else PLACED
-                vms[o] = Placement(domain.host, self.desired.uri(domain.host), state, old.parent if old else "")
+                lease = old.lease if old and old.host == domain.host else 0
+                vms[o] = Placement(domain.host, self.desired.uri(domain.host), state, old.parent if old else "", lease)
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif o in seen.clones:
-                vms[o] = Placement(
-                    old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
-                )
+                vms[o] = replace(old, state=DELETING if old.state == DELETING and o not in wanted else PLACED)
             elif o in self.released or old.state == CREATING:
                 continue  # released by a person; or announced and never made: nothing can run it
             elif unobservable(self.desired, old, seen.hosts) is not None:
