@@ -142,6 +142,36 @@ def test_a_template_with_live_clones_keeps_its_parent(
     assert not list(root.glob("vmfleet/parents/*.img"))
 
 
+def test_a_template_moved_to_a_patched_image_deletes_its_old_parent_once_no_clone_uses_it(
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
+    """Issue 16 through kopf: the fleets' statuses reach the template's pass through the operator's indices."""
+    ns = f"r-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    shutil.copyfile(root / "images" / "t.img", root / "images" / "t-patched.img")
+    apply(kube, objects(root, ns, "test:///default", 1, f"r-{unique}"))
+    wait_ready(kube, ns)
+    template = lambda: kube.get("vmtemplate", "tiny", "-n", ns).get("status", {})
+    wait_for(lambda: template().get("parent", {}).get("clones") == 1, 30, "the template to count its clone")
+    old = template()["parent"]["path"]
+    patch = '{"spec":{"image":{"path":"images/t-patched.img"}}}'
+    kube.kubectl("patch", "vmtemplate/tiny", "-n", ns, "--type=merge", "-p", patch)
+    wait_for(
+        lambda: [(e["path"], e.get("clones")) for e in template().get("retiredParents", [])] == [(old, 1)],
+        30,
+        "the old parent to be listed with the clone that still uses it",
+    )
+    assert (root / old).exists() and template()["parent"]["path"] != old
+    kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=0")
+    wait_for(lambda: template().get("retiredParents") == [], 60, "the old parent to go")
+    assert not (root / old).exists() and (root / template()["parent"]["path"]).exists()
+    said = {e["reason"] for e in kube.get("events", "-n", ns)["items"] if e["involvedObject"]["kind"] == "VmTemplate"}
+    assert {"ParentRetired", "ParentDeleted"} <= said
+    kube.kubectl("delete", "vmfleet/web", "vmtemplate/tiny", "-n", ns, "--timeout=60s")
+    assert not list(root.glob("vmfleet/parents/*.img"))
+
+
 def test_a_fleet_applied_before_its_template_waits_then_converges(
     kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
 ) -> None:

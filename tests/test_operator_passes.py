@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import kopf
@@ -143,9 +145,9 @@ async def test_a_template_keeps_its_parent_while_clones_refer_to_it(runtime: Run
     made = await passes.template_pass(runtime, template, catalog(docs, clones=2))
     parent = Path(docs["CloneStore"]["spec"]["root"]) / made.status["parent"]["path"]
     assert parent.exists() and made.status["parent"]["clones"] == 2
-    released, event = await passes.template_delete_pass(runtime, template, catalog(docs, clones=2))
+    released, (event,) = await passes.template_delete_pass(runtime, template, catalog(docs, clones=2))
     assert not released and event.reason == "ParentInUse" and parent.exists()
-    released, event = await passes.template_delete_pass(runtime, template, catalog(docs, clones=0))
+    released, (event,) = await passes.template_delete_pass(runtime, template, catalog(docs, clones=0))
     assert released and event.reason == "ParentDeleted" and not parent.exists()
 
 
@@ -163,6 +165,11 @@ def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() ->
         (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")
     }
     assert len(kopf.get_default_registry()._changing.get_all_handlers()) == before  # nothing registered at import
+    # Every index handlers.catalog reads, fleet_parents among them (which parent each fleet may still clone from).
+    assert [h.id for h in registry._indexing.get_all_handlers()] == [
+        *("clonestores", "kvmhosts", "vmtemplates"),
+        *("fleet_clones", "fleet_hosts", "fleet_stores", "fleet_parents"),
+    ]
     assert (REPO / "crds" / "vmfleets.vmfleet.io.yaml").exists()
 
 
@@ -171,7 +178,7 @@ async def test_a_parent_that_retained_qcow2_clones_still_use_is_kept(runtime: Ru
     fleet["spec"]["deletionPolicy"] = "Retain"
     await passes.fleet_pass(runtime, fleet, catalog(docs))
     assert (await passes.fleet_delete_pass(runtime, fleet, catalog(docs))).complete
-    released, event = await passes.template_delete_pass(runtime, docs["VmTemplate"], catalog(docs, clones=0))
+    released, (event,) = await passes.template_delete_pass(runtime, docs["VmTemplate"], catalog(docs, clones=0))
     assert not released and event.reason == "ParentInUse"
     assert "3 clone(s) still use vmfleet/parents/" in event.message
     root = Path(docs["CloneStore"]["spec"]["root"])
@@ -209,5 +216,252 @@ async def test_clones_of_the_same_image_path_in_another_store_do_not_hold_this_p
     elsewhere.clones_by_parent = handlers.fleet_clones(status=other)  # what the index holds for that fleet
     made = await passes.template_pass(runtime, template, elsewhere)
     assert made.status["parent"]["clones"] == 0
-    released, event = await passes.template_delete_pass(runtime, template, elsewhere)
+    released, (event,) = await passes.template_delete_pass(runtime, template, elsewhere)
     assert released and event.reason == "ParentDeleted"
+
+
+# ---------------------------------------------------------------- old clone parents (issue 16)
+
+
+def live(docs: dict[str, dict], fleets: Sequence[dict] = (), templates: list[dict] | None = None) -> passes.Catalog:
+    """The Catalog the kopf handlers build, from each object through the operator's own index functions."""
+    from collections import defaultdict
+
+    from vmfleet.operator import handlers
+
+    def index(fn, objects: list[dict]) -> dict:
+        out: dict = defaultdict(list)
+        for o in objects:
+            meta = o["metadata"]
+            kw = {"namespace": meta.get("namespace"), "name": meta["name"], "body": o, "spec": o["spec"]}
+            for key, value in fn(**kw, status=o.get("status") or {}).items():
+                out[key].append(value)
+        return out
+
+    return handlers.catalog(
+        index(handlers.clonestores, [docs["CloneStore"]]),
+        index(handlers.kvmhosts, [docs["KvmHost"]]),
+        index(handlers.vmtemplates, [docs["VmTemplate"]] if templates is None else templates),
+        *(index(fn, list(fleets)) for fn in (handlers.fleet_clones, handlers.fleet_hosts, handlers.fleet_stores)),
+        index(handlers.fleet_parents, list(fleets)),
+    )
+
+
+def patched(docs: dict, template: dict, image: str = "images/patched.img") -> Path:
+    """The monthly patched golden image beside the old one; the template points at it. The store's root."""
+    root = Path(docs["CloneStore"]["spec"]["root"])
+    if not (root / image).exists():
+        shutil.copyfile(root / "images" / "basic.img", root / image)
+    template["spec"]["image"]["path"] = image
+    template["metadata"]["generation"] += 1
+    return root
+
+
+async def one_vm_then_patched(runtime: Runtime, docs: dict) -> tuple[Path, str, str]:
+    """A one-VM fleet made from the old image, then its template moved to the patched one: (root, old, new)."""
+    fleet, template = docs["VmFleet"], docs["VmTemplate"]
+    fleet["spec"]["replicas"] = 1
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    template["status"] = (await passes.template_pass(runtime, template, live(docs, [fleet]))).status
+    old = template["status"]["parent"]["path"]
+    root = patched(docs, template)
+    template["status"] = (await passes.template_pass(runtime, template, live(docs, [fleet]))).status
+    return root, old, template["status"]["parent"]["path"]
+
+
+async def test_an_old_parent_stays_while_clones_use_it_and_goes_on_the_pass_after_none_do(
+    runtime: Runtime, docs: dict
+) -> None:
+    fleet, template = docs["VmFleet"], docs["VmTemplate"]
+    fleet["spec"]["updateStrategy"] = {"diskPolicy": "Keep"}  # its VMs keep their disks of the old image
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    template["status"] = (await passes.template_pass(runtime, template, live(docs, [fleet]))).status
+    assert template["status"]["retiredParents"] == []
+    old = template["status"]["parent"]["path"]
+    root = patched(docs, template)
+
+    made = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    new = made.status["parent"]["path"]
+    assert new != old and (root / new).exists() and (root / old).exists()
+    assert reasons(made.events) == ["ParentPrepared", "ParentRetired"]
+    [entry] = made.status["retiredParents"]
+    assert (entry["store"], entry["path"], entry["image"], entry["clones"]) == ("local", old, "images/basic.img", 3)
+    assert (
+        entry["message"]
+        == "3 clone(s) of fleets still use it; VmFleet default/demo still cloned from it in its last pass"
+    )
+    template["status"] = made.status
+
+    fleet["spec"]["replicas"] = 1  # web-0 keeps its clone of the old image; new VMs would come from the new one
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    assert fleet["status"]["clonesByParent"] == [{"parent": old, "clones": 1}]
+    kept = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    assert [(e["path"], e["clones"], e["message"]) for e in kept.status["retiredParents"]] == [
+        (old, 1, "1 clone(s) of fleets still use it")
+    ]
+    assert kept.events == []
+    assert (root / old).exists()
+    template["status"] = kept.status
+
+    fleet["spec"]["replicas"] = 0
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    assert fleet["status"]["clonesByParent"] == [] and fleet["status"]["parent"] == new
+    gone = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    assert reasons(gone.events) == ["ParentDeleted"] and old in gone.events[0].message
+    assert gone.status["retiredParents"] == []
+    assert not (root / old).exists() and not (root / f"{old}.source").exists()
+    assert (root / new).exists() and (root / "images" / "basic.img").exists()
+    template["status"] = gone.status
+    assert (await passes.template_pass(runtime, template, live(docs, [fleet]))).events == []
+
+
+async def test_an_old_parent_waits_for_every_fleet_that_may_still_clone_from_it(runtime: Runtime, docs: dict) -> None:
+    """Never before: a fleet that has counted nothing yet (its first pass may be cloning now), or whose last pass
+    cloned from the old parent (it began before the template changed), holds it like a count would."""
+    template = docs["VmTemplate"]
+    template["status"] = (await passes.template_pass(runtime, template, live(docs))).status
+    old = template["status"]["parent"]["path"]
+    root = patched(docs, template)
+    fleet = copy.deepcopy(docs["VmFleet"])
+    fleet["spec"]["replicas"] = 0
+    held = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    [entry] = held.status["retiredParents"]
+    assert entry["clones"] == 0 and entry["message"] == "VmFleet default/demo has not counted its clones yet"
+    assert (root / old).exists()
+    template["status"] = held.status
+
+    fleet["status"] = {"store": "local", "parent": old, "clonesByParent": [], "observedGeneration": 1}
+    held = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    assert held.status["retiredParents"][0]["message"] == "VmFleet default/demo still cloned from it in its last pass"
+    assert (root / old).exists()
+
+    in_another_store = copy.deepcopy(fleet)  # of another store: nothing of this one
+    in_another_store["status"]["store"] = "elsewhere"
+    assert (await passes.template_pass(runtime, template, live(docs, [in_another_store]))).status[
+        "retiredParents"
+    ] == []
+    assert not (root / old).exists()
+
+
+async def test_an_old_parent_another_template_names_is_kept_and_goes_with_that_template(
+    runtime: Runtime, docs: dict
+) -> None:
+    template = docs["VmTemplate"]
+    template["status"] = (await passes.template_pass(runtime, template, live(docs))).status
+    old = template["status"]["parent"]["path"]
+    other = copy.deepcopy(template)
+    other["metadata"]["name"] = "other"
+    root = patched(docs, template)
+    both = [template, other]
+    kept = await passes.template_pass(runtime, template, live(docs, templates=both))
+    assert kept.status["retiredParents"][0]["message"] == "VmTemplate default/other uses its image now"
+    assert (root / old).exists()
+    template["status"] = kept.status
+
+    released, events = await passes.template_delete_pass(runtime, other, live(docs, templates=both))
+    assert released and reasons(events) == ["ParentDeleted"] and not (root / old).exists()
+    quiet = await passes.template_pass(runtime, template, live(docs))
+    assert quiet.status["retiredParents"] == [] and quiet.events == []  # gone already: nothing to say
+
+
+async def test_a_template_edited_back_to_its_old_image_keeps_that_parent(runtime: Runtime, docs: dict) -> None:
+    fleet, template = docs["VmFleet"], docs["VmTemplate"]
+    root, old, new = await one_vm_then_patched(runtime, docs)
+    assert [e["path"] for e in template["status"]["retiredParents"]] == [old]
+
+    fleet["spec"]["replicas"] = 0  # nothing counts the old parent any more, just as the template goes back to it
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    template["spec"]["image"]["path"] = "images/basic.img"
+    back = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    assert back.status["parent"]["path"] == old and (root / old).exists()
+    # The patched image's parent is the old one now: its last pass cloned from it, so it waits one more pass.
+    assert [(e["path"], e["message"]) for e in back.status["retiredParents"]] == [
+        (new, "VmFleet default/demo still cloned from it in its last pass")
+    ]
+    template["status"] = back.status
+    fleet["status"] = (await passes.fleet_pass(runtime, fleet, live(docs, [fleet]))).status
+    after = await passes.template_pass(runtime, template, live(docs, [fleet]))
+    assert after.status["retiredParents"] == [] and reasons(after.events) == ["ParentDeleted"]
+    assert (root / old).exists() and not (root / new).exists()
+
+
+async def test_an_old_parent_the_store_refuses_to_delete_stays_listed_and_is_retried(
+    runtime: Runtime, docs: dict
+) -> None:
+    """A fleet deleted with Retain left qcow2 overlays on the old parent that no status counts: the store
+    refuses, the parent stays listed with the store's words, and goes once the overlays do."""
+    fleet, template = docs["VmFleet"], docs["VmTemplate"]
+    fleet["spec"]["deletionPolicy"] = "Retain"
+    await passes.fleet_pass(runtime, fleet, live(docs))
+    assert (await passes.fleet_delete_pass(runtime, fleet, live(docs))).complete
+    template["status"] = (await passes.template_pass(runtime, template, live(docs))).status
+    old = template["status"]["parent"]["path"]
+    root = patched(docs, template)
+    refused = await passes.template_pass(runtime, template, live(docs))
+    assert reasons(refused.events) == ["ParentPrepared", "ParentRetired", "RetiredParentFailed"]
+    [entry] = refused.status["retiredParents"]
+    assert entry["path"] == old and "3 clone(s) still use" in entry["message"] and (root / old).exists()
+    template["status"] = refused.status
+    again = await passes.template_pass(runtime, template, live(docs))  # tried again; said once
+    assert again.events == [] and again.status["retiredParents"] == refused.status["retiredParents"]
+
+    for overlay in root.rglob("demo-*.qcow2"):  # a person deletes the retained disks
+        overlay.unlink()
+    template["status"] = again.status
+    done = await passes.template_pass(runtime, template, live(docs))
+    assert reasons(done.events) == ["ParentDeleted"] and done.status["retiredParents"] == []
+    assert not (root / old).exists()
+
+
+async def test_a_deleted_template_keeps_its_finalizer_until_its_old_parents_go(runtime: Runtime, docs: dict) -> None:
+    fleet, template = docs["VmFleet"], docs["VmTemplate"]
+    root, old, new = await one_vm_then_patched(runtime, docs)
+
+    released, events = await passes.template_delete_pass(runtime, template, live(docs, [fleet]))
+    assert not released and reasons(events) == ["ParentDeleted", "ParentInUse"]
+    assert f"old parent {old} on CloneStore local: 1 clone(s) of fleets still use it" in events[1].message
+    assert (root / old).exists() and not (root / new).exists()
+
+    assert (await passes.fleet_delete_pass(runtime, fleet, live(docs, [fleet]))).complete
+    released, events = await passes.template_delete_pass(runtime, template, live(docs))
+    assert released and reasons(events) == ["ParentDeleted", "ParentDeleted"]
+    assert not (root / old).exists()
+
+
+async def test_an_old_parent_from_a_status_that_did_not_name_its_image_goes_by_its_note(
+    runtime: Runtime, docs: dict
+) -> None:
+    """Statuses written before this version said only the parent's path and format: the note beside the parent
+    says which image it was made from (the GPFS driver splits that image off it before removing it)."""
+    template = docs["VmTemplate"]
+    made = (await passes.template_pass(runtime, template, live(docs))).status
+    old = made["parent"]["path"]
+    template["status"] = {**made, "parent": {"path": old, "format": "raw", "clones": 0}}
+    root = patched(docs, template)
+    moved = await passes.template_pass(runtime, template, live(docs))
+    assert reasons(moved.events) == ["ParentPrepared", "ParentRetired", "ParentDeleted"]
+    assert f"deleted {old} (of images/basic.img)" in moved.events[2].message and not (root / old).exists()
+
+
+async def test_an_old_parent_entry_that_names_no_parent_of_its_image_deletes_nothing(
+    runtime: Runtime, docs: dict
+) -> None:
+    """status.retiredParents can be written by anyone allowed to patch status: only a file at the parent path of
+    the image it names is ever deleted (I6: nothing else under the root, nothing outside it)."""
+    template = docs["VmTemplate"]
+    root = Path(docs["CloneStore"]["spec"]["root"])
+    (root / "vmfleet" / "parents").mkdir(parents=True)
+    (root / "vmfleet" / "parents" / "mine.img").write_bytes(b"a user's file")
+    template["status"] = {
+        "retiredParents": [
+            {"store": "local", "path": "images/basic.img", "image": "images/basic.img"},
+            {"store": "local", "path": "vmfleet/parents/mine.img", "image": "images/basic.img"},
+            {"store": "local", "path": "../outside.img", "image": "../outside.img"},
+        ]
+    }
+    (root.parent / "outside.img").write_bytes(b"not the store's")
+    result = await passes.template_pass(runtime, template, live(docs))
+    assert [e["path"] for e in result.status["retiredParents"]] == ["vmfleet/parents/mine.img"]
+    assert "is not the clone parent of a known image" in result.status["retiredParents"][0]["message"]
+    assert (root / "images" / "basic.img").exists() and (root / "vmfleet" / "parents" / "mine.img").exists()
+    assert (root.parent / "outside.img").exists()

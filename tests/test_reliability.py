@@ -15,19 +15,21 @@ import yaml
 
 from cluster import Cluster
 from conftest import TIMINGS
-from helpers import open_up
+from helpers import DirectoryWatch, LifecycleEvents, open_up, wait_for
 from operator_process import OperatorProcess
 from simulator import MOUNT, fleet, host, template
 from test_sonas import MakeEnv, make_env  # noqa: F401 - the simulator fixture
 from vmfleet.engine import reconcile_fleet
 from vmfleet.hypervisor import parse_owner
 from vmfleet.hypervisor.domain import METADATA_NS
+from vmfleet.images import make_template_image
 from vmfleet.planner import Op
 
 pytestmark = pytest.mark.reliability
 
 TRIALS = 20
 VMS = 50
+STOPPED, STARTED = libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STARTED
 
 
 async def test_faults_are_reported_and_the_fleet_converges_once_they_stop(make_env: MakeEnv) -> None:
@@ -97,37 +99,7 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
         for trial in range(TRIALS):
             ns = f"c{trial}-{unique}"
             kube.kubectl("create", "namespace", ns)
-            docs = [
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "CloneStore",
-                    "metadata": {"name": ns},
-                    "spec": {"driver": "reflink", "root": str(crash_site), "concurrency": 8},
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "KvmHost",
-                    "metadata": {"name": ns, "labels": {"c": ns}},
-                    "spec": {"uri": libvirtd, "domainType": "qemu", "capacity": {"vcpus": 1024, "memoryMiB": 1 << 20}},
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "VmTemplate",
-                    "metadata": {"name": "t", "namespace": ns},
-                    "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 16},
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "VmFleet",
-                    "metadata": {"name": "web", "namespace": ns},
-                    "spec": {
-                        "templateRef": {"name": "t"},
-                        "replicas": VMS,
-                        "running": False,
-                        "hostSelector": {"matchLabels": {"c": ns}},
-                    },
-                },
-            ]
+            docs = _crash_docs(ns, libvirtd, crash_site, VMS, running=False)
             operator = OperatorProcess(sa_kubeconfig, tmp_path / f"operator-{trial}.log", resync_seconds=2)
             operator.start()
             clones = crash_site / "vmfleet" / "clones" / ns / "web"  # then the fleet's UID, then its clones
@@ -171,6 +143,41 @@ def test_sigkill_anywhere_while_provisioning_converges_without_orphans_or_remake
         time.monotonic() - t0
     )
     assert landed_mid_way >= TRIALS // 2, f"only {landed_mid_way} kills landed mid-provisioning: {points}"
+
+
+def _crash_docs(ns: str, libvirtd: str, crash_site: Path, replicas: int, running: bool) -> list[dict]:
+    """A reflink store on XFS, the real libvirtd as a KvmHost, a template and a fleet, all named for `ns`."""
+    return [
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": ns},
+            "spec": {"driver": "reflink", "root": str(crash_site), "concurrency": 8},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": ns, "labels": {"c": ns}},
+            "spec": {"uri": libvirtd, "domainType": "qemu", "capacity": {"vcpus": 1024, "memoryMiB": 1 << 20}},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "t", "namespace": ns},
+            "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 16},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": ns},
+            "spec": {
+                "templateRef": {"name": "t"},
+                "replicas": replicas,
+                "running": running,
+                "hostSelector": {"matchLabels": {"c": ns}},
+            },
+        },
+    ]
 
 
 def test_no_secret_reaches_logs_events_status_or_errors(tmp_path: Path, small_image: Path) -> None:
@@ -232,3 +239,129 @@ def test_no_secret_reaches_logs_events_status_or_errors(tmp_path: Path, small_im
     assert "StoreUnavailable" in seen or "unusable" in seen  # it did try, and failed
     for needle in ("VMFLEET-PLANTED-SECRET", "PRIVATE KEY", "AAAAVMFLEETKNOWN"):
         assert needle not in seen, f"{needle} leaked"
+
+
+ROLLOUT_TRIALS = 5
+ROLLOUT_VMS = 8
+
+
+@pytest.mark.rollout
+def test_sigkill_anywhere_in_a_rolling_reimage_converges_exactly_once_within_max_unavailable(
+    kube: Cluster, sa_kubeconfig: Path, libvirtd: str, crash_site: Path, tmp_path: Path, unique: str
+) -> None:
+    """A running fleet's template moves to a new image (and more memory), maxUnavailable 2; the operator is
+    SIGKILLed after a random number of VMs went down. It converges: every VM on the new image (its boot sector
+    says so, and what the guest wrote is gone), each clone made exactly once (inotify on the clone directory),
+    same domain UUIDs, and the domains' lifecycle events never show more than 2 down at once, crash included."""
+    rng = random.Random(20261201)
+    kills = rng.sample(range(1, ROLLOUT_VMS), ROLLOUT_TRIALS)  # after how many VMs went down, or clones were made
+    make_template_image(str(crash_site / "images" / "u.img"), 64 << 20, 8 << 20, marker="VMFLEET-BOOT-U")
+    events = LifecycleEvents(libvirtd)
+    conn = libvirt.open(libvirtd)
+    points = []
+    t0 = time.monotonic()
+    try:
+        for trial in range(ROLLOUT_TRIALS):
+            ns = f"r{trial}-{unique}"
+            names = [f"{ns}.web-{i}" for i in range(ROLLOUT_VMS)]
+            kube.kubectl("create", "namespace", ns)
+            docs = _crash_docs(ns, libvirtd, crash_site, ROLLOUT_VMS, running=True)
+            docs[-1]["spec"].update(
+                shutdown={"gracePeriodSeconds": 0},  # the boot-sector guest ignores the ACPI button
+                updateStrategy={"rollingUpdate": {"maxUnavailable": 2}},
+            )
+            operator = OperatorProcess(sa_kubeconfig, tmp_path / f"rollout-{trial}.log", resync_seconds=2)
+            operator.start()
+            kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+            waited = kube.kubectl(
+                "wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150, check=False
+            )
+            if waited.returncode:
+                got = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout)
+                said = kube.kubectl("get", "events", "-n", ns).stdout
+                raise AssertionError(
+                    f"trial {trial}: not ready: {got['status'].get('conditions')}\n{said}\n{operator.output()[-3000:]}"
+                )
+            (directory,) = (crash_site / "vmfleet" / "clones" / ns / "web").iterdir()
+            for i in range(ROLLOUT_VMS):  # what each guest wrote
+                with open(directory / f"web-{i}.img", "r+b") as disk:
+                    disk.seek(32 << 20)
+                    disk.write(b"GUEST-DATA")
+            uuids = {n: conn.lookupByName(n).UUIDString() for n in names}
+            revision = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout)["status"][
+                "updateRevision"
+            ]
+            watch = DirectoryWatch(directory)
+            since = time.monotonic()
+            k, stage = kills[trial], ("stopped", "made")[trial % 2]
+            kube.kubectl(
+                "patch",
+                "vmtemplate/t",
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"image": {"path": "images/u.img"}, "memoryMiB": 24}}),
+            )
+            stopped = lambda: sum(1 for n in names for e in events.of(n) if e[0] > since and e[1] == STOPPED)
+            made = lambda: sum(watch.made()[f"web-{i}.img"] for i in range(ROLLOUT_VMS))
+            progress = stopped if stage == "stopped" else made
+            wait_for(lambda: progress() >= k, 120, f"{k} VMs {stage} by the rollout")
+            operator.kill()
+            points.append((stage, k, stopped(), made()))
+            operator.start()
+            try:
+                status = wait_for(lambda: _rolled_out(kube, ns, revision), 180, f"trial {trial}: the rollout")
+            except AssertionError:
+                got = kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout
+                raise AssertionError(f"trial {trial}: no rollout: {got[-6000:]}\n{operator.output()[-3000:]}") from None
+            counted = watch.made()
+            assert {f"web-{i}.img": counted[f"web-{i}.img"] for i in range(ROLLOUT_VMS)} == {
+                f"web-{i}.img": 1 for i in range(ROLLOUT_VMS)
+            }, f"trial {trial}: clones made {counted}"
+            for i in range(ROLLOUT_VMS):
+                data = (directory / f"web-{i}.img").read_bytes()
+                assert b"VMFLEET-BOOT-U" in data[:512] and b"GUEST-DATA" not in data, f"trial {trial}: web-{i}"
+            assert {n: conn.lookupByName(n).UUIDString() for n in names} == uuids
+            assert all(conn.lookupByName(n).info()[1] == 24 << 10 for n in names)
+            most = _most_down_at_once(events, names, since)
+            timeline = sorted(
+                (round(t - since, 2), e, n.split(".")[-1]) for n in names for t, e, _ in events.of(n) if t > since
+            )
+            assert most <= 2, f"trial {trial}: {most} VMs down at once: {timeline}\n{operator.output()[-6000:]}"
+            assert status["updatedReplicas"] == status["readyReplicas"] == ROLLOUT_VMS
+            assert status["currentRevision"] == status["updateRevision"] != revision
+            watch.close()
+            kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150)
+            kube.kubectl("delete", "vmtemplate/t", "-n", ns, "--timeout=60s")
+            kube.kubectl("delete", f"clonestore/{ns}", f"kvmhost/{ns}", "--timeout=60s")
+            operator.stop()
+            assert "Traceback" not in operator.output(), operator.output()[-3000:]
+    finally:
+        conn.close()
+        events.close()
+    TIMINGS[
+        f"reliability: {ROLLOUT_TRIALS} SIGKILLs in a rolling reimage of {ROLLOUT_VMS} VMs, "
+        f"(stage, k, stopped, clones made) at each kill {points}"
+    ] = time.monotonic() - t0
+
+
+def _rolled_out(kube: Cluster, ns: str, before: str) -> dict | None:
+    """The fleet's status once it is Ready and Updated on a revision other than `before`, else None."""
+    status = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout).get("status", {})
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    done = status.get("updateRevision") not in (None, before) and conditions.get("Updated") == "True"
+    return status if done and conditions.get("Ready") == "True" else None
+
+
+def _most_down_at_once(events: LifecycleEvents, names: list[str], since: float) -> int:
+    timeline = sorted((t, e, n) for n in names for t, e, _ in events.of(n) if t > since)
+    down: set[str] = set()
+    most = 0
+    for _, event, name in timeline:
+        if event == STOPPED:
+            down.add(name)
+        elif event == STARTED:
+            down.discard(name)
+        most = max(most, len(down))
+    return most

@@ -65,7 +65,13 @@ class Site:
         return t
 
     def fleet(
-        self, replicas: int, uid: str = "uid-1", policy: str = "Delete", lost: str = "", running: bool = True
+        self,
+        replicas: int,
+        uid: str = "uid-1",
+        policy: str = "Delete",
+        lost: str = "",
+        running: bool = True,
+        update: dict[str, Any] | None = None,
     ) -> VmFleet:
         meta: dict[str, Any] = {"name": "web", "namespace": "default", "uid": uid}
         if lost:
@@ -80,6 +86,7 @@ class Site:
                     "replicas": replicas,
                     "deletionPolicy": policy,
                     "running": running,
+                    "updateStrategy": update or {},
                 },
             }
         )
@@ -189,9 +196,10 @@ def test_finding_4_duplicate_objects_in_the_manifests_are_rejected(tmp_path: Pat
 async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_says_it_needs_a_restart(
     site: Site,
 ) -> None:
-    first = await site.converge(site.fleet(2))
+    on_delete = {"type": "OnDelete"}  # RollingUpdate would restart them itself (test_rollout)
+    first = await site.converge(site.fleet(2, update=on_delete))
     uuids = {d.name: d.uuid for d in site.world.domains()}
-    changed = await site.converge(site.fleet(2), site.template(vcpus=2))
+    changed = await site.converge(site.fleet(2, update=on_delete), site.template(vcpus=2))
     assert [o for o in changed.outcomes if not o.ok] == []
     assert {d.name: d.uuid for d in site.world.domains()} == uuids
     restart = next(c for c in changed.status["conditions"] if c["type"] == "RestartRequired")
@@ -200,7 +208,7 @@ async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_s
     assert first.status["conditions"][0]["status"] == changed.status["conditions"][0]["status"] == "True"
     conn = site.world.conn(A)
     conn.lookupByName("default.web-0").destroy()  # the person restarts web-0
-    again = await site.converge(site.fleet(2), site.template(vcpus=2))
+    again = await site.converge(site.fleet(2, update=on_delete), site.template(vcpus=2))
     assert {c["name"]: c.get("restartRequired", False) for c in again.status["clones"]} == {
         "web-0": False,
         "web-1": True,
@@ -324,7 +332,8 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
 
     (site.root / "images" / "new.img").write_bytes((site.root / "images" / "t.img").read_bytes())
     old = site.template()
-    await site.converge(site.fleet(1), old)
+    keep = {"diskPolicy": "Keep"}  # the disks stay on the old image (Reimage would replace them: test_rollout)
+    await site.converge(site.fleet(1, update=keep), old)
     new_doc = {
         "apiVersion": "vmfleet.io/v1alpha1",
         "kind": "VmTemplate",
@@ -333,7 +342,7 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
     }
     new = parse(new_doc)
     assert isinstance(new, VmTemplate)
-    switched = await site.converge(site.fleet(2), new)  # web-0 keeps its clone of the old image
+    switched = await site.converge(site.fleet(2, update=keep), new)  # web-0 keeps its clone of the old image
     counts = clones_by_parent(switched.status)
     assert sorted(counts.values()) == [1, 1] and len(counts) == 2
     old_doc = {
@@ -346,7 +355,7 @@ async def test_a_fleet_that_switched_templates_keeps_its_old_parent_alive(site: 
         templates={("default", "old"): old_doc},
         clones_by_parent={("store", k): v for k, v in counts.items()},
     )
-    released, event = await passes.template_delete_pass(site.runtime, old_doc, catalog)
+    released, (event,) = await passes.template_delete_pass(site.runtime, old_doc, catalog)
     assert not released and event.reason == "ParentInUse"
     assert (site.root / switched.status["clonesByParent"][0]["parent"]).exists()
 
@@ -433,7 +442,7 @@ async def test_status_stays_valid_with_clones_of_many_parents(site: Site) -> Non
             }
         )
         assert isinstance(t, VmTemplate)
-        result = await site.converge(site.fleet(i + 1, running=False), t)
+        result = await site.converge(site.fleet(i + 1, running=False, update={"diskPolicy": "Keep"}), t)
     assert len(result.status["clonesByParent"]) == 70
     jsonschema.validate(result.status, root_schema(KINDS["VmFleet"])["properties"]["status"])
 

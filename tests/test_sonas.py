@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from conftest import unavailable
 from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
 from vmfleet import sim
+from vmfleet.api import VmTemplate
 from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.images import make_template_image
 from vmfleet.sim.cli import unquoted_metacharacters
@@ -399,6 +400,46 @@ async def test_a_golden_image_rewritten_on_the_store_is_reported(make_env: MakeE
     assert condition["status"] == "True" and "image/linux/basic.img changed since" in condition["message"]
     assert [e.reason for e in events] == ["ImageChanged"]
     assert changed["conditions"][0]["status"] == "True"  # the parent itself is still fine
+
+
+async def test_gpfs_deletes_an_old_parent_once_no_clone_uses_it_and_keeps_the_old_image(make_env: MakeEnv) -> None:
+    """Issue 16 the GPFS way: a template moved to a patched image keeps the old parent while a clone of it is
+    left; once none is, the next pass splits the old image off that parent and removes it (rm alone would
+    fail: the image is its clone, mmclone snap made it one)."""
+    from vmfleet.api.status import clones_by_store_and_parent, parent_in_use
+    from vmfleet.engine import reconcile_template
+    from vmfleet.engine.catalog import Catalog, FleetParents
+
+    env = await make_env("gpfs")
+    store = env.store()
+    images = env.directory / "frank" / "image" / "linux"
+    shutil.copyfile(images / "basic.img", images / "patched.img")
+    old_bytes = (images / "basic.img").read_bytes()
+
+    def catalog(fleet_status: dict, t: VmTemplate) -> Catalog:
+        where, parent, counted = parent_in_use(fleet_status)
+        return Catalog(
+            stores={"sim": store},
+            clones_by_parent=clones_by_store_and_parent(fleet_status),
+            images_by_template={("seed", "basic"): ("sim", t.image_path, t.image_format)},
+            fleets={("seed", "web"): FleetParents(where, parent, counted, "basic")},
+        )
+
+    web = await reconcile_fleet(env.runtime, fleet(1), template(), store, [host()])
+    status, _ = await reconcile_template(env.runtime, template(), store, 1, None, catalog(web.status, template()))
+    old = status["parent"]["path"]
+    new = template("image/linux/patched.img")
+    status, events = await reconcile_template(env.runtime, new, store, 0, status, catalog(web.status, new))
+    assert [(e["path"], e["clones"]) for e in status["retiredParents"]] == [(old, 1)]
+    assert [e.reason for e in events] == ["ParentPrepared", "ParentRetired"]
+    assert (env.directory / "frank" / old).exists() and env.sim.count(f"{cmd.MMCLONE} split") == 0
+
+    web = await reconcile_fleet(env.runtime, fleet(0), new, store, [host()], web.status)
+    status, events = await reconcile_template(env.runtime, new, store, 0, status, catalog(web.status, new))
+    assert [e.reason for e in events] == ["ParentDeleted"] and status["retiredParents"] == []
+    assert not (env.directory / "frank" / old).exists() and env.sim.count(f"{cmd.MMCLONE} split") == 1
+    assert (images / "basic.img").read_bytes() == old_bytes  # the old image is whole, a file of its own again
+    assert (env.directory / "frank" / status["parent"]["path"]).exists()
 
 
 @pytest.mark.parametrize("personality", ["sonas", "gpfs"])

@@ -270,6 +270,7 @@ DELETE_CLONE_FAILED: Final = _problem(
 PARENT_READY: Final = _normal("ParentReady")
 PARENT_KEPT: Final = _normal("ParentKept")
 PARENT_DELETED: Final = _normal("ParentDeleted")
+PARENT_RETIRED: Final = _normal("ParentRetired")
 PARENT_FAILED: Final = _problem(
     "ParentFailed",
     where="VmTemplate, Degraded",
@@ -279,8 +280,16 @@ PARENT_FAILED: Final = _problem(
 PARENT_IN_USE: Final = _problem(
     "ParentInUse",
     where="VmTemplate deletion",
-    meaning="clones still refer to the parent: the template keeps its finalizer",
-    hint="delete or scale in the fleets that use the template first",
+    meaning="clones still refer to the parent, or to one in `status.retiredParents`: the template keeps its finalizer",
+    hint="delete or scale in the fleets that use the template first (or that still have clones of an old image)",
+)
+RETIRED_PARENT_FAILED: Final = _problem(
+    "RetiredParentFailed",
+    where="VmTemplate, Warning event and `status.retiredParents[].message`",
+    meaning="an old clone parent that nothing counts any more could not be deleted: the store refused or did not "
+    "answer (GPFS and qcow2 refuse while a clone still depends on it, e.g. one a fleet retained); it stays listed "
+    "and every pass tries again",
+    hint="see the store's message; delete the retained clones that still depend on it, or bring the store back",
 )
 IMAGE_CHANGED: Final = _problem(
     "ImageChanged",

@@ -438,9 +438,29 @@ VM_TEMPLATE_STATUS = obj(
             {
                 "path": string("Path of the parent relative to the store's root."),
                 "format": string("Disk format of the parent."),
+                "store": string("The CloneStore the parent is on."),
+                "image": string("The image the parent was made from, relative to the store's root."),
                 "clones": integer("Clones that refer to this parent.", 0),
                 "preparedAt": string("When the parent was made.", format="date-time"),
             },
+        ),
+        "retiredParents": array(
+            "Parents this template made for an image it no longer names: each is deleted (and leaves this list) at "
+            "the first pass after no clone of any fleet uses it, no template names its image and every fleet that "
+            "may clone from it has counted its clones; the template's deletion waits for them too.",
+            obj(
+                "One old clone parent the template still owes a release.",
+                {
+                    "path": string("Path of the parent relative to the store's root."),
+                    "format": string("Disk format of the parent."),
+                    "store": string("The CloneStore the parent is on."),
+                    "image": string("The image the parent was made from, relative to the store's root."),
+                    "clones": integer("Clones of all fleets that still refer to it.", 0),
+                    "retiredAt": string("When the template stopped naming its image.", format="date-time"),
+                    "message": string("Why it is still there: what holds it, or the store's error."),
+                },
+                required=("path", "store"),
+            ),
         ),
     },
 )
@@ -546,8 +566,8 @@ VM_FLEET_SPEC = obj(
                     },
                     rules=(
                         Rule(
-                            "type(self.maxUnavailable) == int ? self.maxUnavailable >= 1 : "
-                            "string(self.maxUnavailable).matches('^(100|[1-9][0-9]?)%$')",
+                            "!has(self.maxUnavailable) || (type(self.maxUnavailable) == int ? self.maxUnavailable >= 1"
+                            " : string(self.maxUnavailable).matches('^(100|[1-9][0-9]?)%$'))",
                             "spec.updateStrategy.rollingUpdate.maxUnavailable: must be a number of at least 1 or a "
                             "percent from 1% to 100%",
                         ),

@@ -38,3 +38,10 @@ def clones_by_store_and_parent(status: Mapping[str, Any] | None) -> dict[tuple[s
 def clone_count(status: Mapping[str, Any] | None) -> int:
     """Clones a fleet's status says exist: what its template's parent must outlive."""
     return sum(1 for c in (status or {}).get("clones", []) or [] if "file" in c)
+
+
+def parent_in_use(status: Mapping[str, Any] | None) -> tuple[str, str, bool]:
+    """(store, parent its last pass cloned from, whether the status counts its clones per parent yet): a fleet
+    that never wrote counts may be making clones now, of any parent of its store."""
+    s = status or {}
+    return s.get("store") or "", s.get("parent") or "", "clonesByParent" in s

@@ -4,7 +4,7 @@ from .fleet import FleetResult, TeardownResult, reconcile_fleet, teardown_fleet
 from .probe import host_status, store_status
 from .runtime import Runtime
 from .status import Event
-from .template import reconcile_template, release_parent
+from .template import reconcile_template, release_parent, release_retired, retire
 
 __all__ = [
     "Event",
@@ -15,6 +15,8 @@ __all__ = [
     "reconcile_fleet",
     "reconcile_template",
     "release_parent",
+    "release_retired",
+    "retire",
     "store_status",
     "teardown_fleet",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, reasons
 from ..api.types import R, parse_as
 from ..errors import VmfleetError
+from ..planner import listing
 from ..storage import parent_path
 
 Key = tuple[str, str]  # (namespace, name)
@@ -34,6 +35,36 @@ def typed(entry: Mapping[str, Any] | R, kind: type[R]) -> R:
         raise Unresolved(reasons.INVALID_SPEC, str(e)) from e
 
 
+@dataclass(frozen=True)
+class FleetParents:
+    """What one fleet's status says of the clone parents it needs, beside its counts in clones_by_parent."""
+
+    store: str  # the CloneStore its clones are in; "" when the status does not say
+    parent: str  # the parent its last full pass cloned from; "" when none
+    counted: bool  # False while its status counts no clones (never reconciled): it may be making some now
+    template: str  # spec.templateRef.name, in the fleet's namespace
+
+
+@dataclass(frozen=True)
+class Holders:
+    """Who may still need one clone parent: nothing does when all are empty."""
+
+    clones: int  # that all fleets' statuses count
+    templates: list[str]  # "ns/name" of the templates whose image it is now
+    cloning: list[str]  # fleets whose last pass cloned from it
+    uncounted: list[str]  # fleets that may be on its store and have counted no clones yet
+
+    def reasons(self) -> list[str]:
+        out = [f"{self.clones} clone(s) of fleets still use it"] if self.clones else []
+        if self.templates:
+            out.append(f"VmTemplate {listing(self.templates)} uses its image now")
+        if self.cloning:
+            out.append(f"VmFleet {listing(self.cloning)} still cloned from it in its last pass")
+        if self.uncounted:
+            out.append(f"VmFleet {listing(self.uncounted)} has not counted its clones yet")
+        return out
+
+
 @dataclass
 class Catalog:
     """The objects fleets and templates refer to, by name, and how many clones and VMs refer to each."""
@@ -46,6 +77,7 @@ class Catalog:
     images_by_template: Mapping[Key, tuple[str, str, str]] = field(default_factory=dict)  # (store, path, format)
     vms_by_host: Mapping[str, int] = field(default_factory=dict)
     clones_by_store: Mapping[str, int] = field(default_factory=dict)
+    fleets: Mapping[Key, FleetParents] = field(default_factory=dict)
 
     def template_of(self, fleet: VmFleet) -> VmTemplate:
         entry = self.templates.get((fleet.meta.namespace, fleet.template))
@@ -57,11 +89,12 @@ class Catalog:
         return typed(entry, VmTemplate)
 
     def store_of(self, template: VmTemplate) -> CloneStore:
-        entry = self.stores.get(template.store)
+        return self.store_named(template.store, "spec.storeRef.name: ")
+
+    def store_named(self, name: str, where: str = "") -> CloneStore:
+        entry = self.stores.get(name)
         if entry is None:
-            raise Unresolved(
-                reasons.STORE_NOT_FOUND, f"spec.storeRef.name: CloneStore {template.store!r} does not exist"
-            )
+            raise Unresolved(reasons.STORE_NOT_FOUND, f"{where}CloneStore {name!r} does not exist")
         return typed(entry, CloneStore)
 
     def valid_hosts(self) -> list[KvmHost]:
@@ -81,6 +114,33 @@ class Catalog:
         key = (template.meta.namespace, template.meta.name)
         image = (template.store, template.image_path, template.image_format)
         return any(k != key and v == image for k, v in self.images_by_template.items())
+
+    def parent_holders(self, store: str, parent: str) -> Holders:
+        """Who may still need a clone parent on `store`. Never before: a count not known yet holds it as a
+        count would."""
+        return Holders(
+            clones=self.clones_by_parent.get((store, parent), 0) + self.clones_by_parent.get(("", parent), 0),
+            templates=sorted(
+                f"{ns}/{t}"
+                for (ns, t), (s, path, fmt) in self.images_by_template.items()
+                if s == store and parent_path(path, fmt) == parent
+            ),
+            # A pass that began before the template changed: its next status counts what it made.
+            cloning=sorted(
+                f"{ns}/{name}"
+                for (ns, name), f in self.fleets.items()
+                if f.counted and f.parent == parent and f.store in (store, "")
+            ),
+            uncounted=sorted(
+                f"{ns}/{name}"
+                for (ns, name), f in self.fleets.items()
+                if not f.counted and self._fleet_store(ns, f) in (store, "")
+            ),
+        )
+
+    def _fleet_store(self, namespace: str, fleet: FleetParents) -> str:
+        """The store a fleet's clones are in, or its template's; "" when neither is known (any store)."""
+        return fleet.store or self.images_by_template.get((namespace, fleet.template), ("", "", ""))[0]
 
     def templates_using(self, store: str) -> list[str]:
         return sorted(f"{ns}/{t}" for (ns, t), (name, _, _) in self.images_by_template.items() if name == store)

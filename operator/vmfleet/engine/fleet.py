@@ -19,7 +19,7 @@ from ..clock import now
 from ..credentials import user_data
 from ..errors import CredentialsError
 from ..hypervisor import LibvirtHost
-from ..planner import Op, Plan, listing
+from ..planner import CloneAction, Op, Plan, listing
 from ..storage import StoreDriver, StoreError
 from .desired import Desired, cloud_init_of
 from .execute import Outcome, Progress, execute
@@ -63,6 +63,16 @@ class FleetDrivers:
 
     def actor(self, snap: Snapshot) -> Actor:
         return Actor(snap, self.driver, self.endpoints, self.parent_lock)
+
+    async def announce(self, snap: Snapshot, plan: Plan) -> None:
+        """The record as `plan` needs it before it runs; a reimage notes the clone it replaces, by fingerprint."""
+        replaced = [
+            a.ordinal
+            for a in plan.actions
+            if isinstance(a, CloneAction) and a.op is Op.REIMAGE and a.ordinal in snap.seen.clones
+        ]
+        found = await asyncio.gather(*(self.driver.fingerprint(snap.clone(o)) for o in replaced))
+        await self.save(snap, snap.announced(plan, dict(zip(replaced, found, strict=True))))
 
     async def save(self, snap: Snapshot, record: FleetRecord) -> None:
         """Write the fleet's record when it differs from the one observed (and is not empty and absent)."""
@@ -173,7 +183,7 @@ async def _reconcile(
         waves = 2 + len(desired.wants) // max(1, desired.update().budget)
         while wave.actions and not dry_run and waves > 0:
             waves -= 1
-            await drivers.save(snap, snap.announced(wave))
+            await drivers.announce(snap, wave)
             done = await execute(wave, drivers.actor(snap), store.concurrency, progress)
             outcomes += done
             try:

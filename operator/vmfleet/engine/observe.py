@@ -11,7 +11,7 @@ from ..hypervisor import DomainInfo, HostError, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
 from ..storage import StoreDriver
 from .desired import Desired
-from .record import CREATING, PLACED, read_record
+from .record import CREATING, PLACED, REIMAGING, read_record
 from .snapshot import Snapshot, unobservable
 
 
@@ -54,6 +54,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
                     d.live_mac if d.active else None,
                     d.stop_reason,
                     d.owner.revision,
+                    d.live_revision if d.active else "",
                 )
                 if d.owner.mac is None:
                     unknown_macs[vm.ordinal] = (view.name, d.name)
@@ -136,6 +137,10 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         )
     elsewhere.update(unread)
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
+    # A reimage announced and cut short: done unless the clone found is no longer the one it replaces.
+    replacing = sorted(o for o, p in record.vms.items() if p.state == REIMAGING and p.replaces and o in files)
+    prints = await asyncio.gather(*(driver.fingerprint(desired.clone(o, files)) for o in replacing))
+    reimaging = frozenset(o for o, fp in zip(replacing, prints, strict=True) if fp == record.vms[o].replaces)
     seeds = desired.seed_files(names)
     # Every VM's seed content and digest (its {{ mac }} the adopted one): CPU work, off the event loop.
     wanted_seeds = await asyncio.to_thread(lambda: {o: desired.seed_path(o) for o in range(fleet.replicas)})
@@ -155,6 +160,9 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         stale_seeds,
         {o: p.parent for o, p in record.vms.items() if p.parent},
         frozenset(o for o, name in files.items() if f"{desired.directory}/{name}" != desired.fresh_clone(o)),
+        None,
+        reimaging,
+        frozenset(o for o, p in record.vms.items() if p.stopped),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

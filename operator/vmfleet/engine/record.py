@@ -16,9 +16,11 @@ from ..storage import StoreDriver, StoreError
 
 RECORD_NAME = "fleet.json"
 KIND = "vmfleet.io/FleetRecord"
-# A VM's clone is about to be made, exists, or is about to be deleted: only a placed one missing is lost.
-CREATING, PLACED, DELETING = "creating", "placed", "deleting"
-STATES = (CREATING, PLACED, DELETING)
+# A VM's clone is about to be made, exists, or is about to be deleted: only a placed one missing is lost. Or it
+# is about to be replaced by a new clone of the parent (a reimage): until the clone found differs from the one
+# it replaces, the reimage is not done.
+CREATING, PLACED, DELETING, REIMAGING = "creating", "placed", "deleting", "reimaging"
+STATES = (CREATING, PLACED, DELETING, REIMAGING)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class Placement:
     uri: str
     state: str = PLACED
     parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
+    replaces: str = ""  # REIMAGING: the fingerprint of the clone being replaced ("" when there was none)
+    was: str = ""  # REIMAGING: the parent of the clone being replaced (it counts until the reimage is done)
+    stopped: bool = False  # vmfleet stopped the VM (not the guest, not a crash): RerunOnFailure starts it again
     # When the DHCP lease its MAC had as vmfleet last started it runs out (0: none seen): dnsmasq keeps a lease
     # when the guest stops, so until the guest has a lease other than that one it has not asked since it started.
     lease: int = 0
@@ -48,8 +53,16 @@ class FleetRecord:
                     "namespace": self.namespace,
                     "name": self.name,
                     "vms": {
-                        str(o): {"host": p.host, "uri": p.uri, "state": p.state, "parent": p.parent}
-                        | ({"lease": p.lease} if p.lease else {})
+                        str(o): {
+                            "host": p.host,
+                            "uri": p.uri,
+                            "state": p.state,
+                            "parent": p.parent,
+                            **({"replaces": p.replaces} if p.replaces else {}),
+                            **({"was": p.was} if p.was else {}),
+                            **({"stopped": True} if p.stopped else {}),
+                            **({"lease": p.lease} if p.lease else {}),
+                        }
                         for o, p in sorted(self.vms.items())
                     },
                 },
@@ -64,7 +77,14 @@ class FleetRecord:
             doc: Any = json.loads(text)
             vms = {
                 int(o): Placement(
-                    str(p["host"]), str(p["uri"]), str(p["state"]), str(p.get("parent", "")), int(p.get("lease", 0))
+                    str(p["host"]),
+                    str(p["uri"]),
+                    str(p["state"]),
+                    str(p.get("parent", "")),
+                    str(p.get("replaces", "")),
+                    str(p.get("was", "")),
+                    p.get("stopped") is True,
+                    int(p.get("lease", 0)),
                 )
                 for o, p in doc["vms"].items()
             }

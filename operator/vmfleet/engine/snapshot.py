@@ -8,9 +8,20 @@ from dataclasses import dataclass, field, replace
 
 from ..api import reasons
 from ..hypervisor import DomainSpec, Owner
-from ..planner import CloneAction, DomainAction, HostView, Observation, Op, Plan, Problem, Severity, plan_fleet
+from ..planner import (
+    CloneAction,
+    DomainAction,
+    HostView,
+    Observation,
+    Op,
+    ParentAction,
+    Plan,
+    Problem,
+    Severity,
+    plan_fleet,
+)
 from .desired import Desired
-from .record import CREATING, DELETING, PLACED, FleetRecord, Placement
+from .record import CREATING, DELETING, PLACED, REIMAGING, FleetRecord, Placement
 
 
 def unobservable(desired: Desired, placed: Placement, views: Mapping[str, HostView]) -> str | None:
@@ -104,13 +115,18 @@ class Snapshot:
                 )
         return plan
 
-    def announced(self, plan: Plan) -> FleetRecord:
+    def announced(self, plan: Plan, fingerprints: Mapping[int, str | None] | None = None) -> FleetRecord:
         """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
-        about to be made or deleted."""
+        about to be made, deleted or replaced (with `fingerprints`, of the clones a reimage replaces), every VM
+        vmfleet is about to stop or start."""
         uri, vms = self.desired.uri, dict(self.record.vms)
         for a in plan.actions:
+            old = vms.get(a.ordinal) if not isinstance(a, ParentAction) else None
+            if isinstance(a, DomainAction) and old is not None and a.op in (Op.STOP, Op.START):
+                vms[a.ordinal] = old = replace(old, stopped=a.op is Op.STOP)
+                if a.op is Op.START:  # the lease it has now is not one its guest asked for once started
+                    vms[a.ordinal] = old = replace(old, lease=self.leases.get(a.ordinal, 0))
             if isinstance(a, CloneAction):
-                old = vms.get(a.ordinal)
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
                     vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
@@ -118,18 +134,23 @@ class Snapshot:
                     vms[a.ordinal] = Placement(old.host, old.uri, DELETING, old.parent)
                 elif a.op is Op.REIMAGE:  # its clone is about to go and come back from the parent now
                     host = plan.placement[a.ordinal]
-                    vms[a.ordinal] = Placement(host, uri(host), CREATING, self.desired.parent)
-            elif isinstance(a, DomainAction) and a.op in (Op.DEFINE, Op.START):
-                old = vms.get(a.ordinal)
-                if old is None or old.host != a.host or old.state == DELETING:
+                    replaces = (fingerprints or {}).get(a.ordinal) or ""
+                    was = old.was if old and old.state == REIMAGING else (old.parent if old else "")
+                    stopped = bool(old and old.stopped)
                     vms[a.ordinal] = Placement(
-                        a.host,
-                        uri(a.host),
-                        CREATING if old and old.state == CREATING else PLACED,
-                        old.parent if old else "",
+                        host, uri(host), REIMAGING, self.desired.parent, replaces, was or self.desired.parent, stopped
                     )
-                if a.op is Op.START:  # the lease it has now is not one it asked for once started
-                    vms[a.ordinal] = replace(vms[a.ordinal], lease=self.leases.get(a.ordinal, 0))
+            elif (
+                isinstance(a, DomainAction)
+                and a.op in (Op.DEFINE, Op.START)
+                and (old is None or old.host != a.host or old.state == DELETING)
+            ):
+                vms[a.ordinal] = Placement(
+                    a.host,
+                    uri(a.host),
+                    CREATING if old and old.state == CREATING else PLACED,
+                    old.parent if old else "",
+                )
         return self.record.with_vms(vms)
 
     def settled(self) -> FleetRecord:
@@ -141,14 +162,28 @@ class Snapshot:
             domain = seen.domains.get(o)
             old = self.record.vms.get(o)
             if domain is not None:
-                # A reimage cut short between deleting the clone and making the new one stays announced.
-                state = CREATING if old and old.state == CREATING and o not in seen.clones else PLACED
+                stopped = bool(old and old.stopped) and not domain.active
+                if self._unfinished(o, old):  # a reimage cut short stays announced
+                    assert old is not None
+                    vms[o] = replace(old, host=domain.host, uri=self.desired.uri(domain.host), stopped=stopped)
+                    continue
                 lease = old.lease if old and old.host == domain.host else 0
-                vms[o] = Placement(domain.host, self.desired.uri(domain.host), state, old.parent if old else "", lease)
+                vms[o] = Placement(
+                    domain.host,
+                    self.desired.uri(domain.host),
+                    PLACED,
+                    old.parent if old else "",
+                    stopped=stopped,
+                    lease=lease,
+                )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
+            elif old.state == REIMAGING and self._unfinished(o, old):
+                vms[o] = old
             elif o in seen.clones:
-                vms[o] = replace(old, state=DELETING if old.state == DELETING and o not in wanted else PLACED)
+                vms[o] = Placement(
+                    old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
+                )
             elif o in self.released or old.state == CREATING:
                 continue  # released by a person; or announced and never made: nothing can run it
             elif unobservable(self.desired, old, seen.hosts) is not None:
@@ -157,12 +192,22 @@ class Snapshot:
                 vms[o] = old  # its clone is lost: keep saying so
         return self.record.with_vms(vms)
 
+    def _unfinished(self, o: int, old: Placement | None) -> bool:
+        """Announced as being made (a new VM, a reimage) and not there yet, or a reimage whose old clone is still
+        the one found."""
+        if old is None or old.state not in (CREATING, REIMAGING):
+            return False
+        return o not in self.seen.clones or o in self.seen.reimaging
+
     def clones_by_parent(self) -> dict[str, int]:
         """How many of the fleet's clones each parent must outlive. A clone whose parent was not recorded counts
         for the current one: a count too high keeps a parent longer, never too short."""
         out: dict[str, int] = {}
+        record = self.settled()  # as this observation leaves it: a reimage found done counts for its new parent
         for o in self.seen.clones:
-            p = self.record.vms.get(o)
+            p = record.vms.get(o)
             parent = p.parent if p is not None and p.parent else self.desired.parent
             out[parent] = out.get(parent, 0) + 1
+            if p is not None and p.state == REIMAGING and p.was and p.was != parent:
+                out[p.was] = out.get(p.was, 0) + 1  # the clone found may still be the one it replaces
         return out

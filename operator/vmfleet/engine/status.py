@@ -58,6 +58,9 @@ def events_for(
             detail = f"{how.did} {len(names)} VM(s): {listing(names)}"
         summary.append(Event("Normal", how.done, detail))
     events = summary + events
+    updated = condition_of(status, "Updated")
+    if updated.get("reason") == reasons.ROLLOUT_STALLED != condition_of(previous_status, "Updated").get("reason"):
+        events.append(Event("Warning", reasons.ROLLOUT_STALLED, str(updated.get("message", ""))))
     before = _condition_messages(previous_status)
     after = _condition_messages(status)
     for kind in ("Stalled", "Degraded"):
@@ -137,8 +140,8 @@ def fleet_status(
             allocated += entry["allocatedBytes"]
         if o in plan.updated:
             entry["revision"] = desired.revision
-        elif domain and domain.revision:
-            entry["revision"] = domain.revision
+        elif domain and (domain.live_revision if domain.active else domain.revision):
+            entry["revision"] = domain.live_revision if domain.active else domain.revision
         if domain and o in seen.clones:
             existing += 1
             if o in plan.ready and o not in problem_state:
@@ -268,7 +271,8 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
     on = f"{len(plan.updated)}/{fleet.replicas} VMs on revision {revision}"
     if not pending:
         return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
-    before = [vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending and vm.revision]
+    before = [vm.live_revision or vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending]
+    before = [r for r in before if r]
     if prev.get("updateRevision") == revision and prev.get("currentRevision"):
         current = str(prev["currentRevision"])
     else:

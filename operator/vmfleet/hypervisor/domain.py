@@ -8,6 +8,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 from typing import Any, assert_never
 
+import libvirt
+
 from ..api.schema import PROFILES
 from ..disks import DiskSource, FileDisk
 
@@ -25,6 +27,23 @@ STATES = {
     7: "Suspended",
 }
 ACTIVE_STATES = {"Running", "Paused", "ShuttingDown", "Suspended"}
+# Why a domain stopped, from the reason virDomainGetState gives with VIR_DOMAIN_SHUTOFF ("shutdown": the guest
+# powered itself off, or answered the ACPI power button). UNKNOWN, and a reason not listed, read "". A name an
+# older libvirt-python lacks is left out, not a crash at import.
+STOP_REASONS: dict[int, str] = {
+    getattr(libvirt, f"VIR_DOMAIN_SHUTOFF_{name}"): reason
+    for name, reason in (
+        ("SHUTDOWN", "shutdown"),
+        ("DESTROYED", "destroyed"),
+        ("CRASHED", "crashed"),
+        ("FAILED", "failed"),
+        ("SAVED", "saved"),
+        ("MIGRATED", "migrated"),
+        ("FROM_SNAPSHOT", "snapshot"),
+        ("DAEMON", "daemon"),
+    )
+    if hasattr(libvirt, f"VIR_DOMAIN_SHUTOFF_{name}")
+}
 
 
 @dataclass(frozen=True)
@@ -98,7 +117,8 @@ class DomainInfo:
     saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs (Owner.mac_kept)
     live_mac: str | None = None  # the MAC of the definition a running domain was started with
-    stop_reason: str = ""  # why an inactive domain stopped (STOP_REASONS); "" while active
+    stop_reason: str = ""  # why it is not running (STOP_REASONS; "crashed" too in the crashed state); "" if running
+    live_revision: str = ""  # the fleet revision of the definition a running domain was started with
 
     @property
     def config_hash(self) -> str:

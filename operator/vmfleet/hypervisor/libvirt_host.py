@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,9 +18,11 @@ from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
-from .domain import METADATA_NS, STATES, DomainInfo, Lease, Owner, nic_mac, parse_owner
+from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
 
 T = TypeVar("T")
+
+_POLL_SECONDS = 0.25  # how often shutdown() looks whether the guest has powered off
 
 # libvirt prints every error to stderr by default; the exceptions carry the same text.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -110,8 +113,9 @@ class LibvirtHost:
             out = []
             for dom in conn.listAllDomains(0):
                 try:
-                    state, max_kib, _mem, vcpus, _cpu = dom.info()
-                    active = bool(dom.isActive())
+                    state, reason = dom.state()  # with why it stopped, in the same call
+                    _state, max_kib, _mem, vcpus, _cpu = dom.info()
+                    active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
                     owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
                     live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
                     saved = bool(owner and not active and dom.hasManagedSaveImage(0))
@@ -128,6 +132,8 @@ class LibvirtHost:
                             saved,
                             kept,
                             (live.mac or kept) if live else None,
+                            _stop_reason(state, reason),
+                            live.revision if live else "",
                         )
                     )
                 except libvirt.libvirtError as e:
@@ -205,28 +211,63 @@ class LibvirtHost:
         await self._call("stop", f"stopping {name}", destroy)
 
     async def shutdown(self, name: str, grace_seconds: float) -> bool:
-        """PLACEHOLDER until the power branch lands: the ACPI button, then destroy after the grace period."""
+        """Stop a domain as its guest expects: press the ACPI power button, give the guest `grace_seconds` from the
+        press to power itself off, then destroy it. True when it stopped by itself (or was not running, or is gone);
+        False when it was destroyed (at once with `grace_seconds` <= 0: no button)."""
+        what = f"shutting down {name}"
 
-        def press(conn: libvirt.virConnect) -> bool:
-            dom = conn.lookupByName(name)
-            if not dom.isActive():
-                return False
-            if grace_seconds > 0:
+        def press(conn: libvirt.virConnect) -> bool:  # True: nothing left to stop
+            try:
+                dom = conn.lookupByName(name)
+                if not dom.isActive():
+                    return True
+                if grace_seconds <= 0:
+                    return False
                 try:
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-                except libvirt.libvirtError:
-                    dom.shutdown()
-            return True
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
+                        raise
+                    dom.shutdown()  # a driver without the flag (the test driver): its default method
+                return False
+            except libvirt.libvirtError as e:
+                return stopped_meanwhile(e, conn)
 
-        if not await self._call("stop", f"stopping {name}", press):
-            return True
-        deadline = asyncio.get_running_loop().time() + grace_seconds
-        while asyncio.get_running_loop().time() < deadline:
-            if not await self._call("stop", f"stopping {name}", lambda c: c.lookupByName(name).isActive()):
+        def stopped(conn: libvirt.virConnect) -> bool:
+            try:
+                return not conn.lookupByName(name).isActive()
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return True
+                raise
+
+        def destroy(conn: libvirt.virConnect) -> bool:  # True: it stopped by itself after all
+            try:
+                conn.lookupByName(name).destroy()
+                return False
+            except libvirt.libvirtError as e:
+                return stopped_meanwhile(e, conn)
+
+        def stopped_meanwhile(e: libvirt.libvirtError, conn: libvirt.virConnect) -> bool:
+            """A domain gone, or no longer running, since it was looked up: stopped. Any other fault raises."""
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return True
-            await asyncio.sleep(0.25)
-        await self.stop(name)
-        return False
+            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and stopped(conn):  # "domain is not running"
+                return True
+            raise e
+
+        if await self._call("shutdown", what, press):
+            return True
+        if grace_seconds > 0:
+            deadline = time.monotonic() + grace_seconds
+            while True:  # each look its own short call: the event loop and the connection stay free in between
+                if await self._call("shutdown", what, stopped):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.sleep(min(_POLL_SECONDS, left))
+        return await self._call("shutdown", f"destroying {name}", destroy)
 
     async def undefine(self, name: str) -> None:
         def undefine(conn: libvirt.virConnect) -> None:
@@ -261,6 +302,13 @@ _NOT_THERE = frozenset(
         libvirt.VIR_ERR_OPERATION_INVALID,
     }
 )
+
+
+def _stop_reason(state: int, reason: int) -> str:
+    """Why a domain is not running, from virDomainGetState: "" while it runs."""
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return "crashed"
+    return STOP_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
 
 
 def _kept_mac(owner: Owner | None) -> str | None:

@@ -13,10 +13,10 @@ import kopf
 
 from .. import metrics
 from ..api.schema import GROUP, VERSION
-from ..api.status import clone_count, clones_by_store_and_parent
+from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use
 from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
-from ..engine.catalog import Catalog, Unresolved
+from ..engine.catalog import Catalog, FleetParents, Unresolved
 from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
@@ -79,6 +79,17 @@ def fleet_clones(status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
     return clones_by_store_and_parent(plain(status))
 
 
+def fleet_parents(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], FleetParents]:
+    """Which parent each fleet clones from, and whether its counts are known yet: an old parent is deleted
+    only when no fleet may still clone from it."""
+    assert namespace is not None  # a namespaced kind
+    store, parent, counted = parent_in_use(plain(status))
+    template = str((plain(spec).get("templateRef") or {}).get("name") or "")
+    return {(namespace, name): FleetParents(store, parent, counted, template)}
+
+
 def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
     hosts: dict[str, int] = {}
     for entry in plain(status).get("clones", []) or []:
@@ -104,6 +115,7 @@ def catalog(
     fleet_clones: kopf.Index[tuple[str, str], int],
     fleet_hosts: kopf.Index[str, int],
     fleet_stores: kopf.Index[str, int],
+    fleet_parents: kopf.Index[tuple[str, str], FleetParents],
 ) -> Catalog:
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return Catalog(
@@ -117,6 +129,7 @@ def catalog(
         },
         vms_by_host={key: sum(store) for key, store in fleet_hosts.items()},
         clones_by_store={key: sum(store) for key, store in fleet_stores.items()},
+        fleets={key: first(store) for key, store in fleet_parents.items()},
     )
 
 
@@ -145,11 +158,12 @@ def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.P
         raise kopf.TemporaryError("rolling update in progress", delay=settings_of(memo).waiting_retry_seconds)
 
 
-def release(body: kopf.Body, memo: kopf.Memo, released: bool, event: Event) -> None:
-    """Let a deletion finish, or keep the finalizer and say why."""
-    post(body, [event])
+def release(body: kopf.Body, memo: kopf.Memo, released: bool, *events: Event) -> None:
+    """Let a deletion finish, or keep the finalizer and say why (the last Warning says it)."""
+    post(body, list(events))
     if not released:
-        raise kopf.TemporaryError(event.message, delay=settings_of(memo).resync_seconds)
+        why = [e.message for e in events if e.type == "Warning"] or [e.message for e in events]
+        raise kopf.TemporaryError(why[-1] if why else "not yet", delay=settings_of(memo).resync_seconds)
 
 
 # ---------------------------------------------------------------- VmFleet
@@ -191,10 +205,10 @@ async def reconcile_vmtemplate(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
 
 async def delete_vmtemplate(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     try:
-        released, event = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
+        released, events = await passes.template_delete_pass(memo.runtime, plain(body), _catalog(kw))
     except Unresolved as e:
-        released, event = True, Event("Warning", e.reason, f"parent not deleted: {e}")
-    release(body, memo, released, event)
+        released, events = True, [Event("Warning", e.reason, f"parent not deleted: {e}")]
+    release(body, memo, released, *events)
 
 
 # ---------------------------------------------------------------- CloneStore and KvmHost: probed, never deleted in use
@@ -218,7 +232,13 @@ async def delete_kvmhost(name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any)
 
 def _catalog(kw: Mapping[str, Any]) -> Catalog:
     return catalog(
-        kw["clonestores"], kw["kvmhosts"], kw["vmtemplates"], kw["fleet_clones"], kw["fleet_hosts"], kw["fleet_stores"]
+        kw["clonestores"],
+        kw["kvmhosts"],
+        kw["vmtemplates"],
+        kw["fleet_clones"],
+        kw["fleet_hosts"],
+        kw["fleet_stores"],
+        kw["fleet_parents"],
     )
 
 
@@ -238,6 +258,7 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_clones)
     kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_hosts)
     kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_stores)
+    kopf.index(GROUP, VERSION, "vmfleets", registry=r)(fleet_parents)
     resync = settings.resync_seconds
     for plural, reconcile, delete in (
         ("vmfleets", reconcile_vmfleet, delete_vmfleet),

@@ -18,12 +18,15 @@ from ..engine import (
     reconcile_fleet,
     reconcile_template,
     release_parent,
+    release_retired,
+    retire,
     store_status,
     teardown_fleet,
 )
 from ..engine.catalog import Catalog, Unresolved, typed
 from ..engine.status import blocked_status
 from ..planner import CloneAction, Op, listing
+from ..storage import parent_path
 
 
 @dataclass
@@ -94,7 +97,9 @@ async def template_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Cata
         template, store = resolve_template(body, catalog)
     except Unresolved as e:
         return _unresolved(body, e)
-    status, events = await reconcile_template(runtime, template, store, catalog.clones_of(template), body.get("status"))
+    status, events = await reconcile_template(
+        runtime, template, store, catalog.clones_of(template), body.get("status"), catalog
+    )
     return PassResult(status, events)
 
 
@@ -115,9 +120,27 @@ async def _probe(body: Mapping[str, Any], probe: Callable[[], Awaitable[dict[str
         return _unresolved(body, e)
 
 
-async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> tuple[bool, Event]:
+async def template_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> tuple[bool, list[Event]]:
+    """A template goes once its parent and every old parent it still owes a release are deleted, or owed by
+    another template that names their image now."""
     template, store = resolve_template(body, catalog)
-    return await release_parent(runtime, template, store, catalog.clones_of(template), catalog.image_shared(template))
+    released, event = await release_parent(
+        runtime, template, store, catalog.clones_of(template), catalog.image_shared(template)
+    )
+    owed, _ = retire(template, store, body.get("status"), now())
+    current = (store.meta.name, parent_path(template.image_path, template.image_format))
+    left, events = await release_retired(runtime, owed, current, catalog, deleting=True)
+    events.insert(0, event)
+    for entry in left:
+        events.append(
+            Event(
+                "Warning",
+                reasons.PARENT_IN_USE,
+                f"old parent {entry['path']} on CloneStore {entry['store']}: {entry['message']}; the template is "
+                "deleted once it goes",
+            )
+        )
+    return released and not left, events
 
 
 def store_delete_pass(name: str, catalog: Catalog) -> tuple[bool, Event]:

@@ -53,6 +53,7 @@ class VmSeen:
     live_mac: str | None = None  # the MAC it runs with (until it restarts)
     stop_reason: str = ""  # why an inactive domain stopped: shutdown (by the guest), destroyed, crashed, ...
     revision: str = ""  # the fleet revision it was defined for ("" when defined before revisions)
+    live_revision: str = ""  # ... and the one it runs (until restarted), while active
 
     @property
     def ran_and_stopped(self) -> bool:
@@ -86,6 +87,10 @@ class Observation:
     reformatted: frozenset[int] = frozenset()
     # VMs with an IP address seen on their NIC; None when readiness does not ask for one.
     addressed: frozenset[int] | None = None
+    # VMs whose reimage was announced and whose old clone is still the one found: it is done again.
+    reimaging: frozenset[int] = frozenset()
+    # VMs vmfleet stopped itself (the record says so): RerunOnFailure starts them again.
+    stopped: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""

@@ -158,6 +158,12 @@ def _converge_vm(
     plan.placement[o] = host
     if not has_clone:
         plan.actions.append(CloneAction(Op.CREATE_CLONE, o, "new VM"))
+    elif o in rollout.reimage:
+        plan.actions.append(
+            CloneAction(
+                Op.REIMAGE, o, "reimage requested" if o in rollout.update.reimage else "the template's image changed"
+            )
+        )
     if o in seen.seed_missing:
         plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed"))
     if o in seen.stale_seeds:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from .model import CloneAction, DomainAction, Observation, Op, Plan, SpecHash, Update, VmSeen, VmWant
 
 
-def should_run(want: VmWant, vm: VmSeen | None) -> bool | None:
+def should_run(want: VmWant, vm: VmSeen | None, stopped_by_vmfleet: bool = False) -> bool | None:
     """True: start it when off; False: stop it when on; None: leave it as it is."""
     strategy = want.run
     if strategy == "Always":
@@ -25,7 +25,8 @@ def should_run(want: VmWant, vm: VmSeen | None) -> bool | None:
     if strategy == "Manual":
         return None if vm is not None else False
     # RerunOnFailure: not again after the guest powered itself off (its job is done)
-    return None if vm is not None and not vm.active and vm.stop_reason == "shutdown" else True
+    done = vm is not None and not vm.active and vm.stop_reason == "shutdown" and not stopped_by_vmfleet
+    return None if done else True
 
 
 class Rollout:
@@ -35,9 +36,9 @@ class Rollout:
         self.seen, self.update = seen, update
         self.hashes = {o: spec_hash(o, vm.host) for o, vm in seen.domains.items() if o in wanted}
         self.ready = {o for o, w in wanted.items() if self._ready(w, seen.domains.get(o), o)}
-        self.reimage = {o for o, w in wanted.items() if o in seen.domains and self._reimage(w, seen.domains[o])}
+        self.reimage = {o for o, w in wanted.items() if self._reimage(w, seen.domains.get(o))}
         # Ready VMs that must go down to be updated, granted the budget from the highest ordinal down.
-        should_be_up = [o for o, w in wanted.items() if should_run(w, seen.domains.get(o)) is not False]
+        should_be_up = [o for o, w in wanted.items() if self.run(w, seen.domains.get(o)) is not False]
         room = update.budget - sum(1 for o in should_be_up if o not in self.ready)
         self.granted: set[int] = set()
         for o in sorted(self.hashes, reverse=True):
@@ -50,10 +51,13 @@ class Rollout:
                 self.granted.add(o)
                 room -= 1
 
+    def run(self, want: VmWant, vm: VmSeen | None) -> bool | None:
+        return should_run(want, vm, want.ordinal in self.seen.stopped)
+
     def _ready(self, want: VmWant, vm: VmSeen | None, o: int) -> bool:
         if vm is None or o not in self.seen.clones:
             return False
-        run = should_run(want, vm)
+        run = self.run(want, vm)
         if run is None:
             return True
         if not run:
@@ -73,11 +77,15 @@ class Rollout:
         )
 
     def _remade(self, o: int) -> bool:
-        """Its clone is missing while the record says it was being made: a reimage cut short."""
-        return o not in self.seen.clones and o in self.seen.settling
+        """A reimage cut short: the clone is missing while the record says it was being made, or the one found is
+        still the one the reimage replaces."""
+        return (o not in self.seen.clones and o in self.seen.settling) or o in self.seen.reimaging
 
-    def _reimage(self, want: VmWant, vm: VmSeen) -> bool:
+    def _reimage(self, want: VmWant, vm: VmSeen | None) -> bool:
         o = want.ordinal
+        if vm is None:  # a clone without a domain (undefined by hand, say): down already
+            asked = o in self.update.reimage or o in self.seen.reimaging
+            return o in self.seen.clones and (asked or (self.in_scope(o) and self.image_outdated(o)))
         if self._remade(o):
             return True
         if vm.saved:
@@ -86,7 +94,7 @@ class Rollout:
             return True
         if self.in_scope(o) and self.image_outdated(o):
             return True
-        return self.update.ephemeral and vm.ran_and_stopped and should_run(want, vm) is True
+        return self.update.ephemeral and vm.ran_and_stopped and self.run(want, vm) is True
 
     def _restart(self, vm: VmSeen, o: int) -> bool:
         """It runs an older definition than the one it should (after this pass's define)."""
@@ -99,7 +107,7 @@ class Rollout:
         """vmfleet may take it down and bring it up again: not OnDelete, not Manual (unless a person asked)."""
         if want.ordinal in self.update.reimage:
             return True
-        return self.update.rolling and should_run(want, vm) is True
+        return self.update.rolling and self.run(want, vm) is True
 
     def updated(self, o: int) -> bool:
         vm = self.seen.domains.get(o)
@@ -111,7 +119,7 @@ class Rollout:
     def converge(self, plan: Plan, want: VmWant, vm: VmSeen) -> None:
         """The actions for one VM whose domain exists, in the order they must run."""
         o, host = want.ordinal, vm.host
-        run = should_run(want, vm)
+        run = self.run(want, vm)
         if self.updated(o):
             plan.updated.add(o)
         elif self.in_scope(o):
