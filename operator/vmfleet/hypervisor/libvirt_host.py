@@ -109,36 +109,43 @@ class LibvirtHost:
         return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     async def list_domains(self) -> list[DomainInfo]:
+        def describe(dom: libvirt.virDomain) -> DomainInfo:
+            state, reason = dom.state()  # with why it stopped, in the same call
+            _state, max_kib, _mem, vcpus, _cpu = dom.info()
+            active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
+            owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+            live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
+            saved = bool(owner and not active and dom.hasManagedSaveImage(0))
+            kept = _kept_mac(owner)
+            return DomainInfo(
+                dom.name(),
+                STATES.get(state, "Unknown"),
+                vcpus,
+                max_kib // 1024,
+                owner,
+                dom.UUIDString(),
+                live.spec_hash if live else "",
+                saved,
+                kept,
+                (live.mac or kept) if live else None,
+                _stop_reason(state, reason),
+                live.revision if live else "",
+            )
+
         def collect(conn: libvirt.virConnect) -> list[DomainInfo]:
             out = []
             for dom in conn.listAllDomains(0):
-                try:
-                    state, reason = dom.state()  # with why it stopped, in the same call
-                    _state, max_kib, _mem, vcpus, _cpu = dom.info()
-                    active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
-                    owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
-                    live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
-                    saved = bool(owner and not active and dom.hasManagedSaveImage(0))
-                    kept = _kept_mac(owner)
-                    out.append(
-                        DomainInfo(
-                            dom.name(),
-                            STATES.get(state, "Unknown"),
-                            vcpus,
-                            max_kib // 1024,
-                            owner,
-                            dom.UUIDString(),
-                            live.spec_hash if live else "",
-                            saved,
-                            kept,
-                            (live.mac or kept) if live else None,
-                            _stop_reason(state, reason),
-                            live.revision if live else "",
-                        )
-                    )
-                except libvirt.libvirtError as e:
-                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
-                        raise
+                for again in (False, True):
+                    try:
+                        out.append(describe(dom))
+                        break
+                    except libvirt.libvirtError as e:
+                        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
+                            break
+                        # "domain is not running": it stopped while we looked (a guest that powered off, another
+                        # fleet's VM): looked at again, not the whole host taken for unreachable
+                        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or again:
+                            raise
             return out
 
         return await self._call("list", "listing domains", collect)
