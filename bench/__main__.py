@@ -1,5 +1,6 @@
 """`python -m bench [--quick] [--json] [--report]`: how fast and how cheap vmfleet is, side by side in one run.
 `python -m bench soak`: the safety state machine, long (bench/soak.py).
+`python -m bench.rollout [--report]`: the rolling update alone (bench/rollout.py), its section spliced in the report.
 
 Prints a table, or with --json one JSON object on the last line; --report writes docs/benchmarks.md
 and its plot. Run as root for XFS reflinks and the real kube-apiserver (as `sudo make bench`).
@@ -17,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import clone_vs_copy, fleet, site
+from . import clone_vs_copy, fleet, rollout, site
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -41,6 +42,7 @@ async def _local(args: argparse.Namespace) -> dict:
         fleets = await fleet.measure(directory, sizes, 1 if quick else 3)
         big = 500 if quick else 5000
         fleets["status_bytes"][str(big)] = await fleet.status_size(directory, big)
+        rolling = await rollout.measure(directory, 100, 10, 1 if quick else 7)
         guest: dict = {}
         if shutil.which("qemu-system-x86_64") and not args.no_guest:
             from . import guest as guest_bench
@@ -54,7 +56,7 @@ async def _local(args: argparse.Namespace) -> dict:
             kube = kube_bench.measure(directory, [20] if quick else [100, 1000])
         else:
             skipped = "needs root and go (--no-kube given)" if args.no_kube else "needs root and go"
-    return {"cvc": cvc, "fleet": fleets, "kube": kube, "kube_skipped": skipped, "guest": guest}
+    return {"cvc": cvc, "fleet": fleets, "rollout": rolling, "kube": kube, "kube_skipped": skipped, "guest": guest}
 
 
 def main() -> None:
@@ -87,6 +89,7 @@ def main() -> None:
             "refresh": raw["fleet"]["refresh"],
         },
         "refresh": refresh,
+        "rollout": raw["rollout"],
         "memory": {"rss_mib": rss, "n": kube_rows[-1]["n"] if kube_rows else None},
         "status_bytes": sizes,
         "kube": raw["kube"],
@@ -132,6 +135,11 @@ def main() -> None:
     print(f"{'N':>6} {'vmfleet s':>10} {'floor s':>9} {'ratio':>6} {'ms/VM':>7}")
     for r in rows:
         print(f"{r['n']:>6} {r['seconds']:>10} {r['floor_seconds']:>9} {r['overhead_ratio']:>6} {r['per_vm_ms']:>7}")
+    roll = result["rollout"]
+    print(
+        f"rolling update of {roll['n']} (maxUnavailable {roll['max_unavailable']}): {roll['seconds']} s, floor "
+        f"{roll['floor_seconds']} s, ratio {roll['overhead_ratio']}, {roll['passes']} pass(es), {roll['waves']} waves"
+    )
     print(f"refresh: {refresh}; memory: {result['memory']}; object bytes: {sizes}")
     for name, measured, met in result["targets"]:
         print(f"  {'ok ' if met else 'MISS'} {name}: {measured}")

@@ -8,7 +8,6 @@ Prints a table, or with --json one JSON object on the last line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from vmfleet.guest import CONSOLE_LINE, build_linux_image
 from vmfleet.seed import nocloud
+
+from .report import emit
 
 
 def _seed(path: Path, name: str) -> None:
@@ -94,11 +95,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     result = measure(args.runs, args.parallel)
     result["load_before"] = load
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:26} {value}")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

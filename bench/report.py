@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """A single benchmark's result: one JSON object on one line, or a key and its value a line."""
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(map(len, result)) + 2
+    for key, value in result.items():
+        print(f"{key:{width}} {value}")
 
 
 def _mib(n: float) -> str:
@@ -88,6 +99,8 @@ def markdown(result: dict, png: str) -> str:
     ]
     for r in result["fleet"]["refresh"]:
         lines.append(f"| {r['clones']} | {r['seconds']} | {r['ssh_commands']} |")
+    if result.get("rollout"):
+        lines += ["", *rollout_section(result["rollout"])]
     lines += ["", "## Through Kubernetes (real kube-apiserver, operator as deploy/'s ServiceAccount)", ""]
     if result.get("kube"):
         lines += [
@@ -130,3 +143,42 @@ def markdown(result: dict, png: str) -> str:
     for name, measured, met in result["targets"]:
         lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
+
+
+ROLLOUT_HEADING = "## Rolling update (libvirt test driver)"
+
+
+def rollout_section(r: dict) -> list[str]:
+    """bench/rollout.py's section, from its heading to its last line."""
+    return [
+        ROLLOUT_HEADING,
+        "",
+        f"A running fleet of {r['n']} VMs, its template's memoryMiB changed ({r['memory_mib'][0]} to "
+        f"{r['memory_mib'][1]}) under maxUnavailable {r['max_unavailable']}: the reconcile_fleet pass that rolls "
+        "it (each wave shutdown, define and start, then the store and the host observed again) against the floor "
+        f"of the same libvirt calls made directly through LibvirtHost on an identical fleet, {r['floor_waves']} "
+        f"sequential waves of {r['max_unavailable']} at once. Medians over {r['repeats']} run(s) of each, "
+        f"alternating (bench/rollout.py, {r['date']}, load {r['load_before']} at the start); after every run all "
+        f"{r['n']} domains run the new memory (dom.info()) and the status says updatedReplicas {r['n']}.",
+        "",
+        "| VMs | maxUnavailable | vmfleet s | of it observing, s | floor s | vmfleet/floor | passes | waves "
+        "| most stopped at once |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['n']} | {r['max_unavailable']} | {r['seconds']} | {r['observing_seconds']} | {r['floor_seconds']} | "
+        f"{r['overhead_ratio']} | {r['passes']} | {r['waves']} | {r['most_stopped_in_a_wave']} |",
+    ]
+
+
+def splice(text: str, section: list[str]) -> str:
+    """docs/benchmarks.md with `section` in place of the one under its heading, or before the Kubernetes one."""
+    lines = text.split("\n")
+    heading = section[0]
+    if heading in lines:
+        start = lines.index(heading)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        while end > start and lines[end - 1] == "":
+            end -= 1
+    else:
+        start = end = next(i for i, line in enumerate(lines) if line.startswith("## Through Kubernetes"))
+        section = [*section, ""]
+    return "\n".join([*lines[:start], *section, *lines[end:]])

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -69,9 +70,9 @@ def host() -> KvmHost:
     return objects.host(1 << 16, 1 << 30)
 
 
-def template() -> VmTemplate:
-    return objects.template("t", "bench", "bench", "images/t.img", memory_mib=64)
+def template(memory_mib: int = 64) -> VmTemplate:
+    return objects.template("t", "bench", "bench", "images/t.img", memory_mib=memory_mib)
 
 
-def fleet(n: int, name: str) -> VmFleet:
-    return objects.fleet(n, name, "bench", "t")
+def fleet(n: int, name: str, **spec: Any) -> VmFleet:
+    return objects.fleet(n, name, "bench", "t", **spec)

@@ -42,6 +42,7 @@ def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str
                 "replicas": replicas,
                 "deletionPolicy": policy,
                 "hostSelector": {"matchLabels": {"test": name}},
+                "shutdown": {"gracePeriodSeconds": 0},  # the boot-sector guest ignores the ACPI button
             },
         },
     ]

@@ -25,6 +25,7 @@ from vmfleet.engine import Runtime
 from vmfleet.hypervisor import HostError, LibvirtHost
 from vmfleet.hypervisor.domain import METADATA_NS, parse_owner
 from vmfleet.settings import Settings
+from vmfleet.storage import StoreDriver
 from vmfleet.storage.local import Pending
 
 NODE_XML = """<node>
@@ -55,6 +56,10 @@ class World:
         self.node.write_text(NODE_XML)
         self.conns: dict[str, libvirt.virConnect] = {}
         self.down: set[str] = set()
+        # What a test watches while the engine acts: a domain about to be taken down or just started (op "stop" or
+        # "start", the URI, the domain's name), and a store file about to be deleted (its path in the store).
+        self.on_power: Callable[[str, str, str], None] | None = None
+        self.on_delete: Callable[[str], None] | None = None
 
     def conn(self, uri: str) -> libvirt.virConnect:
         if uri not in self.conns:
@@ -65,27 +70,34 @@ class World:
         out = []
         for uri, conn in self.conns.items():
             for dom in conn.listAllDomains(0):
-                xml = ET.fromstring(dom.XMLDesc(0))
-                source = xml.find("devices/disk/source")
-                others = tuple(e.get("file", "") for e in xml.findall("devices/disk/source")[1:])
                 try:
-                    owner = parse_owner(
-                        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-                    )
-                except libvirt.libvirtError:
-                    owner = None
-                out.append(
-                    Domain(
-                        uri,
-                        dom.name(),
-                        dom.UUIDString(),
-                        bool(dom.isActive()),
-                        source.get("file", "") if source is not None else "",
-                        owner.fleet_uid if owner else "",
-                        others,
-                    )
-                )
+                    out.append(self._domain(uri, dom))
+                except libvirt.libvirtError as e:
+                    if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+                    # undefined since it was listed (the engine acts in other threads while a test looks)
         return out
+
+    @staticmethod
+    def _domain(uri: str, dom: Any) -> Domain:
+        xml = ET.fromstring(dom.XMLDesc(0))
+        source = xml.find("devices/disk/source")
+        others = tuple(e.get("file", "") for e in xml.findall("devices/disk/source")[1:])
+        try:
+            owner = parse_owner(
+                dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            )
+        except libvirt.libvirtError:
+            owner = None
+        return Domain(
+            uri,
+            dom.name(),
+            dom.UUIDString(),
+            bool(dom.isActive()),
+            source.get("file", "") if source is not None else "",
+            owner.fleet_uid if owner else "",
+            others,
+        )
 
     def power_loss(self, uri: str) -> None:
         """The machine behind `uri` lost power: its VMs stopped; the definitions stay."""
@@ -112,6 +124,22 @@ class WorldHost(LibvirtHost):
     def drop(self) -> None:
         return None  # the instance outlives the operator: it is the host
 
+    def _power(self, op: str, name: str) -> None:
+        if self.world.on_power is not None:
+            self.world.on_power(op, self.uri, name)
+
+    async def shutdown(self, name: str, grace_seconds: float) -> bool:
+        self._power("stop", name)  # down from the moment it is asked to go
+        return await super().shutdown(name, grace_seconds)
+
+    async def stop(self, name: str) -> None:
+        self._power("stop", name)
+        await super().stop(name)
+
+    async def start(self, name: str) -> None:
+        await super().start(name)
+        self._power("start", name)  # up once it started
+
 
 class WorldRuntime(Runtime):
     """The operator's runtime, its libvirt endpoints steered by the world."""
@@ -119,6 +147,22 @@ class WorldRuntime(Runtime):
     def __init__(self, world: World, settings: Settings = Settings()):
         super().__init__(settings=settings)
         self.world = world
+        self._watched: set[int] = set()
+
+    def store_driver(self, store: CloneStore) -> StoreDriver:
+        """The real driver, its deletions told to the world before they are made."""
+        driver = super().store_driver(store)
+        if id(driver) not in self._watched:
+            self._watched.add(id(driver))
+            real = driver.delete
+
+            async def delete(path: str) -> None:
+                if self.world.on_delete is not None:
+                    self.world.on_delete(path)
+                await real(path)
+
+            driver.delete = delete  # type: ignore[method-assign]
+        return driver
 
     def host(self, host: KvmHost) -> LibvirtHost:
         known = self._hosts.get(host.meta.name)

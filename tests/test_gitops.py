@@ -19,6 +19,7 @@ from cluster import Cluster
 from helpers import REPO, wait_for
 from kubefleet import apply, objects, store_root, wait_ready
 from operator_process import OperatorProcess
+from test_rollout import conn, site  # noqa: F401 - the test driver and store of a rolling update
 
 pytestmark = pytest.mark.gitops
 
@@ -266,3 +267,31 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
         "--timeout=60s",
         check=False,
     )
+
+
+async def test_a_rolling_update_reads_in_progress_then_failed_once_stalled(
+    runtime: Any, conn: Any, site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statuses a rolling update writes (test_rollout.broken_rollout: the engine's, as the operator patches
+    them): under way, Argo CD says Progressing and kstatus InProgress; stalled past progressDeadlineSeconds,
+    Degraded and Failed; rolled back, Healthy and Current."""
+    from test_rollout import broken_rollout
+
+    passes = await broken_rollout(runtime, conn, site, monkeypatch)
+    objs = [
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "web", "namespace": "prod", "generation": p.status["observedGeneration"]},
+            "spec": {"templateRef": {"name": "t"}, "replicas": 6},
+            "status": p.status,
+        }
+        for p in passes[1:]
+    ]
+    read = zip(objs, flux_status(objs), strict=True)
+    verdicts = [(argo_health("VmFleet", o)["status"], f["kstatus"], f["cel"]) for o, f in read]
+    assert verdicts == [
+        ("Progressing", "InProgress", "InProgress"),
+        ("Degraded", "Failed", "Failed"),
+        ("Healthy", "Current", "Current"),
+    ]

@@ -172,6 +172,53 @@ def test_a_template_moved_to_a_patched_image_deletes_its_old_parent_once_no_clon
     assert not list(root.glob("vmfleet/parents/*.img"))
 
 
+def test_a_reimage_asked_through_the_cluster_is_done_once_and_its_annotation_goes(
+    kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path, unique: str
+) -> None:
+    """`vmfleet reimage web 1` sets the annotation on the VmFleet; the operator gives web-1 a new clone of the
+    parent (what its guest wrote is gone, web-0's stays), says so as an Event, and removes the annotation."""
+    ns = f"ri-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, small_image)
+    docs = objects(root, ns, libvirtd, 2, f"s-{unique}")
+    docs[-1]["spec"]["running"] = False  # so that the test may write into the disks, as their guests would
+    apply(kube, docs)
+    wait_ready(kube, ns)
+    clones = {p.name: p for p in root.rglob("web-*.qcow2")}
+    for clone in clones.values():
+        subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 64k", str(clone)], check=True, capture_output=True)
+    asked = subprocess.run(
+        [str(Path(sys.executable).parent / "vmfleet"), "reimage", "web", "1", "-n", ns],
+        capture_output=True,
+        text=True,
+        env=kube.env(),
+    )
+    assert asked.returncode == 0, asked.stderr
+    assert "vmfleet.io/reimage" in asked.stdout
+    wait_for(
+        lambda: "vmfleet.io/reimage" not in (fleet(kube, ns)["metadata"].get("annotations") or {}),
+        90,
+        "the operator to reimage web-1 and remove the annotation",
+    )
+    wait_ready(kube, ns)
+    kept = {
+        name: "Pattern verification failed"
+        not in subprocess.run(["qemu-io", "-c", "read -P 0x5a 1M 64k", str(p)], capture_output=True, text=True).stdout
+        for name, p in clones.items()
+    }
+    assert kept == {"web-0.qcow2": True, "web-1.qcow2": False}
+    said = [e for e in kube.get("events", "-n", ns)["items"] if e["reason"] == "Reimaged"]
+    assert [e["message"] for e in said] == ["reimaged 1 VM(s): web-1"]
+    missing = subprocess.run(
+        [str(Path(sys.executable).parent / "vmfleet"), "reimage", "nope", "0", "-n", ns],
+        capture_output=True,
+        text=True,
+        env=kube.env(),
+    )
+    assert missing.returncode == 1 and "VmFleet" in missing.stderr and "not found" in missing.stderr
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=90s")
+
+
 def test_a_fleet_applied_before_its_template_waits_then_converges(
     kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
 ) -> None:

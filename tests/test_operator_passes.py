@@ -163,7 +163,7 @@ def test_the_handlers_register_with_kopf_for_every_fleet_and_template_event() ->
     }
     assert {(h.id, h.interval, h.initial_delay) for h in registry._spawning.get_all_handlers()} == {
         (name, 7, 7) for name in ("reconcile_vmfleet", "reconcile_vmtemplate", "probe_clonestore", "probe_kvmhost")
-    }
+    } | {("reconcile_vmfleet/rolling", 5, 5)}  # while a rolling update goes on (handlers.rolling)
     assert len(kopf.get_default_registry()._changing.get_all_handlers()) == before  # nothing registered at import
     # Every index handlers.catalog reads, fleet_parents among them (which parent each fleet may still clone from).
     assert [h.id for h in registry._indexing.get_all_handlers()] == [

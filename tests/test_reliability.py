@@ -277,11 +277,7 @@ def test_sigkill_anywhere_in_a_rolling_reimage_converges_exactly_once_within_max
                 "wait", "--for=condition=Ready", "vmfleet/web", "-n", ns, "--timeout=120s", timeout=150, check=False
             )
             if waited.returncode:
-                got = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout)
-                said = kube.kubectl("get", "events", "-n", ns).stdout
-                raise AssertionError(
-                    f"trial {trial}: not ready: {got['status'].get('conditions')}\n{said}\n{operator.output()[-3000:]}"
-                )
+                raise AssertionError(f"trial {trial}: not ready: {_what_happened(kube, ns, operator)}")
             (directory,) = (crash_site / "vmfleet" / "clones" / ns / "web").iterdir()
             for i in range(ROLLOUT_VMS):  # what each guest wrote
                 with open(directory / f"web-{i}.img", "r+b") as disk:
@@ -306,15 +302,17 @@ def test_sigkill_anywhere_in_a_rolling_reimage_converges_exactly_once_within_max
             stopped = lambda: sum(1 for n in names for e in events.of(n) if e[0] > since and e[1] == STOPPED)
             made = lambda: sum(watch.made()[f"web-{i}.img"] for i in range(ROLLOUT_VMS))
             progress = stopped if stage == "stopped" else made
-            wait_for(lambda: progress() >= k, 120, f"{k} VMs {stage} by the rollout")
+            try:
+                wait_for(lambda: progress() >= k, 120, f"{k} VMs {stage} by the rollout")
+            except AssertionError as e:
+                raise AssertionError(f"trial {trial}: {e}: {_what_happened(kube, ns, operator)}") from None
             operator.kill()
             points.append((stage, k, stopped(), made()))
             operator.start()
             try:
                 status = wait_for(lambda: _rolled_out(kube, ns, revision), 180, f"trial {trial}: the rollout")
             except AssertionError:
-                got = kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout
-                raise AssertionError(f"trial {trial}: no rollout: {got[-6000:]}\n{operator.output()[-3000:]}") from None
+                raise AssertionError(f"trial {trial}: no rollout: {_what_happened(kube, ns, operator)}") from None
             counted = watch.made()
             assert {f"web-{i}.img": counted[f"web-{i}.img"] for i in range(ROLLOUT_VMS)} == {
                 f"web-{i}.img": 1 for i in range(ROLLOUT_VMS)
@@ -344,6 +342,13 @@ def test_sigkill_anywhere_in_a_rolling_reimage_converges_exactly_once_within_max
         f"reliability: {ROLLOUT_TRIALS} SIGKILLs in a rolling reimage of {ROLLOUT_VMS} VMs, "
         f"(stage, k, stopped, clones made) at each kill {points}"
     ] = time.monotonic() - t0
+
+
+def _what_happened(kube: Cluster, ns: str, operator: OperatorProcess) -> str:
+    status = json.loads(kube.kubectl("get", "vmfleets", "web", "-n", ns, "-o", "json").stdout).get("status", {})
+    vms = [(c["name"], c.get("state"), c.get("revision")) for c in status.get("clones", [])]
+    said = kube.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp").stdout
+    return f"{status.get('conditions')}\n{vms}\n{said[-4000:]}\n{operator.output()[-2000:]}"
 
 
 def _rolled_out(kube: Cluster, ns: str, before: str) -> dict | None:

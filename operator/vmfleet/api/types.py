@@ -322,7 +322,6 @@ class VmFleet:
             int(s.get("progressDeadlineSeconds", 600)),
         )
         fleet._check_macs(s.get("overrides", []))
-        _ = fleet.reimage_requested  # an annotation that does not parse is refused here, naming it
         return fleet
 
     def run_strategy_of(self, ordinal: int) -> str:
@@ -334,21 +333,32 @@ class VmFleet:
         return self.run_strategy or ("Always" if self.running else "Halted")
 
     @property
+    def reimage_request(self) -> str:
+        """The value of annotation REIMAGE_ANNOTATION ("" without one)."""
+        return self.meta.annotations.get(REIMAGE_ANNOTATION, "").strip()
+
+    @property
     def reimage_requested(self) -> frozenset[int]:
-        """The ordinals annotation REIMAGE_ANNOTATION asks to reimage ("0,3" or "0 3")."""
-        value = self.meta.annotations.get(REIMAGE_ANNOTATION, "")
-        words = value.replace(",", " ").split()
-        if not all(w.isdigit() and (w == "0" or not w.startswith("0")) and len(w) <= 5 for w in words):
-            raise InvalidManifest(
-                f"VmFleet {self.meta.name!r}",
-                [
-                    FieldError(
-                        f"metadata.annotations[{REIMAGE_ANNOTATION}]",
-                        f"{value!r} is not a list of ordinals (for example 0,3)",
-                    )
-                ],
-            )
-        return frozenset(int(w) for w in words)
+        """The ordinals the reimage annotation asks to reimage ("0,3" or "0 3"); none when it does not parse
+        (reimage_problem says why: the fleet is Stalled, and it can still be deleted)."""
+        if self.reimage_problem:
+            return frozenset()
+        return frozenset(int(w) for w in self._reimage_words())
+
+    def _reimage_words(self) -> list[str]:
+        """The ordinals: what comes before a ';' (after it, anything that makes a request new, as `vmfleet
+        reimage` writes a time there: the same ordinals asked again are a new request)."""
+        return self.reimage_request.split(";", 1)[0].replace(",", " ").split()
+
+    @property
+    def reimage_problem(self) -> str:
+        words = self._reimage_words()
+        if all(w.isdigit() and (w == "0" or not w.startswith("0")) and len(w) <= 5 for w in words):
+            return ""
+        return (
+            f"metadata.annotations[{REIMAGE_ANNOTATION}]: {self.reimage_request!r} is not a list of ordinals "
+            "(for example 0,3)"
+        )
 
     def mac(self, ordinal: int) -> str:
         pinned = self.overrides.get(ordinal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -162,7 +163,9 @@ def _reimage(args: argparse.Namespace) -> int:
     once over standalone manifests with -f."""
     from ..api.types import REIMAGE_ANNOTATION
 
-    value = ",".join(str(o) for o in sorted(set(args.ordinals)))
+    # A time after the ordinals makes each request new: the same VMs asked again are reimaged again.
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    value = ",".join(str(o) for o in sorted(set(args.ordinals))) + f";{stamp}"
     if not args.filename:
         from .cluster import ClusterError, annotate_fleet
 
@@ -172,7 +175,8 @@ def _reimage(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(
-            f"asked to reimage {args.name} ordinals {value} (annotation {REIMAGE_ANNOTATION} on {ns}/{args.name}); "
+            f"asked to reimage {args.name} ordinals {value.split(';')[0]} (annotation {REIMAGE_ANNOTATION} on "
+            f"{ns}/{args.name}); "
             "the operator removes it once done"
         )
         return 0

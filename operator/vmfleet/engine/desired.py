@@ -101,8 +101,9 @@ class Desired:
         """readiness Address: a VM is ready only with an IP address seen (its template has a network)."""
         return self.fleet.readiness == "Address" and bool(self.template and self.template.network)
 
-    def update(self) -> Update:
-        """spec.updateStrategy, spec.ephemeral and the reimage annotation, for the planner."""
+    def update(self, reimaged: frozenset[int] = frozenset()) -> Update:
+        """spec.updateStrategy, spec.ephemeral and the reimage annotation (but the VMs already `reimaged` for
+        it), for the planner."""
         fleet, strategy = self.fleet, self.fleet.update
         return Update(
             rolling=strategy.type == "RollingUpdate",
@@ -112,7 +113,7 @@ class Desired:
             parent=self.parent,
             reimage_on_image_change=strategy.disk_policy == "Reimage",
             ephemeral=fleet.ephemeral,
-            reimage=fleet.reimage_requested,
+            reimage=fleet.reimage_requested - reimaged,
         )
 
     def vm_name(self, ordinal: int) -> str:

@@ -19,13 +19,13 @@ from ..clock import now
 from ..credentials import user_data
 from ..errors import CredentialsError
 from ..hypervisor import LibvirtHost
-from ..planner import CloneAction, Op, Plan, listing
+from ..planner import Op, Plan, listing
 from ..storage import StoreDriver, StoreError
 from .desired import Desired, cloud_init_of
 from .execute import Outcome, Progress, execute
 from .observe import observe, observe_addresses
 from .operations import Actor
-from .record import RECORD_NAME, FleetRecord, write_record
+from .record import RECORD_NAME, FleetRecord, RecordKeeper, write_record
 from .runtime import Runtime
 from .snapshot import Snapshot
 from .status import Event, blocked_status, events_for, fleet_status, rollout_goes_on
@@ -39,6 +39,8 @@ class FleetResult:
     outcomes: list[Outcome] = field(default_factory=list)
     # A rolling update goes on: come back in seconds (a VM may become ready), not at the next resync.
     rolling: bool = False
+    # The VMs the reimage annotation names that are still to be reimaged (None: no annotation).
+    reimage_left: frozenset[int] | None = None
 
 
 class FleetDrivers:
@@ -61,18 +63,14 @@ class FleetDrivers:
         found = await observe_addresses(self.desired, snap.seen.domains, self.endpoints)
         return replace(snap, addresses=found.shown, leases=found.leases)
 
-    def actor(self, snap: Snapshot) -> Actor:
-        return Actor(snap, self.driver, self.endpoints, self.parent_lock)
-
-    async def announce(self, snap: Snapshot, plan: Plan) -> None:
-        """The record as `plan` needs it before it runs; a reimage notes the clone it replaces, by fingerprint."""
-        replaced = [
-            a.ordinal
-            for a in plan.actions
-            if isinstance(a, CloneAction) and a.op is Op.REIMAGE and a.ordinal in snap.seen.clones
-        ]
-        found = await asyncio.gather(*(self.driver.fingerprint(snap.clone(o)) for o in replaced))
-        await self.save(snap, snap.announced(plan, dict(zip(replaced, found, strict=True))))
+    async def run(self, snap: Snapshot, plan: Plan, concurrency: int, progress: Progress | None) -> list[Outcome]:
+        """Announce `plan` in the record, then carry it out."""
+        announced = snap.announced(plan)
+        await self.save(snap, announced)
+        keeper = RecordKeeper(self.driver, self.desired.directory, announced)
+        return await execute(
+            plan, Actor(snap, self.driver, self.endpoints, self.parent_lock, keeper), concurrency, progress
+        )
 
     async def save(self, snap: Snapshot, record: FleetRecord) -> None:
         """Write the fleet's record when it differs from the one observed (and is not empty and absent)."""
@@ -158,6 +156,8 @@ async def _reconcile(
             "or delete the fleet"
         )
         return _stalled(fleet, previous_status, reasons.STORE_CHANGED, message)
+    if fleet.reimage_problem:
+        return _stalled(fleet, previous_status, reasons.INVALID_SPEC, fleet.reimage_problem)
     try:
         secret_user_data = await _user_data(runtime, fleet, template)
     except CredentialsError as e:
@@ -183,8 +183,7 @@ async def _reconcile(
         waves = 2 + len(desired.wants) // max(1, desired.update().budget)
         while wave.actions and not dry_run and waves > 0:
             waves -= 1
-            await drivers.announce(snap, wave)
-            done = await execute(wave, drivers.actor(snap), store.concurrency, progress)
+            done = await drivers.run(snap, wave, store.concurrency, progress)
             outcomes += done
             try:
                 snap = await drivers.observe()
@@ -209,7 +208,9 @@ async def _reconcile(
             snap = await drivers.with_addresses(snap)  # of the state the status speaks of, once a pass
     status = fleet_status(snap, plan, outcomes, space, previous_status, now())
     events = events_for(first, plan, outcomes, previous_status, status)
-    return FleetResult(status, forced + events, plan, outcomes, rolling=rollout_goes_on(status))
+    return FleetResult(
+        status, forced + events, plan, outcomes, rolling=rollout_goes_on(status), reimage_left=snap.reimage_left()
+    )
 
 
 def _stalled(fleet: VmFleet, previous_status: Mapping[str, Any] | None, reason: str, message: str) -> FleetResult:
@@ -277,8 +278,7 @@ async def _teardown_in(
         plan.actions = [a for a in plan.actions if a.op not in (Op.DELETE_CLONE, Op.DELETE_SEEDS)]
     outcomes: list[Outcome] = []
     if plan.actions:
-        await drivers.save(snap, snap.announced(plan))
-        outcomes = await execute(plan, drivers.actor(snap), store.concurrency)
+        outcomes = await drivers.run(snap, plan, store.concurrency, None)
         snap = await drivers.observe()
     events = events_for(first, plan, outcomes, None, None)
     complete = all(o.ok for o in outcomes) and not plan.problems

@@ -137,10 +137,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         )
     elsewhere.update(unread)
     settling = frozenset(o for o, p in record.vms.items() if p.state != PLACED)
-    # A reimage announced and cut short: done unless the clone found is no longer the one it replaces.
-    replacing = sorted(o for o, p in record.vms.items() if p.state == REIMAGING and p.replaces and o in files)
-    prints = await asyncio.gather(*(driver.fingerprint(desired.clone(o, files)) for o in replacing))
-    reimaging = frozenset(o for o, fp in zip(replacing, prints, strict=True) if fp == record.vms[o].replaces)
+
     seeds = desired.seed_files(names)
     # Every VM's seed content and digest (its {{ mac }} the adopted one): CPU work, off the event loop.
     wanted_seeds = await asyncio.to_thread(lambda: {o: desired.seed_path(o) for o in range(fleet.replicas)})
@@ -158,11 +155,12 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         tuple(duplicates),
         seed_missing,
         stale_seeds,
-        {o: p.parent for o, p in record.vms.items() if p.parent},
+        # A reimage announced and not begun (its old clone untouched) leaves the parent of that clone.
+        {o: p.was if p.state == REIMAGING and p.was else p.parent for o, p in record.vms.items() if p.parent},
         frozenset(o for o, name in files.items() if f"{desired.directory}/{name}" != desired.fresh_clone(o)),
         None,
-        reimaging,
         frozenset(o for o, p in record.vms.items() if p.stopped),
+        frozenset(o for o, p in record.vms.items() if p.state == REIMAGING),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

@@ -16,6 +16,7 @@ from ..api import reasons
 from ..hypervisor import LibvirtHost, domain_xml
 from ..planner import Action, CloneAction, DomainAction, Op, ParentAction
 from ..storage import StoreDriver
+from .record import RecordKeeper
 from .snapshot import Snapshot
 
 
@@ -27,6 +28,7 @@ class Actor:
     driver: StoreDriver
     endpoints: Mapping[str, LibvirtHost]
     parent_lock: asyncio.Lock
+    record: RecordKeeper  # the record as the plan was announced, for operations that move it on
 
     async def __call__(self, action: Action) -> None:
         await OPERATIONS[action.op].run(self, action)
@@ -88,13 +90,16 @@ async def delete_clone(actor: Actor, a: CloneAction) -> None:
 @operation(Op.REIMAGE, CloneAction, reasons.REIMAGED, "reimaged", reasons.REIMAGE_FAILED)
 async def reimage(actor: Actor, a: CloneAction) -> None:
     """A new clone of the parent in place of the VM's (whose domain is off: the planner stopped it first). The
-    record announced it as being made, with the new parent: a pass cut short between the two makes it."""
+    record announced it (reimaging: the old clone untouched); once the old clone is gone it says creating, so
+    a pass cut short before the new one is made makes it, and one cut short after leaves it be."""
     desired = actor.snapshot.desired
     assert desired.template is not None
     old, new = actor.snapshot.clone(a.ordinal), desired.fresh_clone(a.ordinal)
     await actor.driver.delete(old)
     if new != old:
         await actor.driver.delete(new)  # a leftover of a reimage cut short, in the new format
+    asked = a.ordinal in desired.fleet.reimage_requested
+    await actor.record.reimaging(a.ordinal, desired.fleet.reimage_request if asked else "")
     await actor.driver.create_clone(desired.parent, desired.template.image_format, new)
 
 

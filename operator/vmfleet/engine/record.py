@@ -7,6 +7,7 @@ backup) or in standalone mode, which keeps no status at all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,8 +18,8 @@ from ..storage import StoreDriver, StoreError
 RECORD_NAME = "fleet.json"
 KIND = "vmfleet.io/FleetRecord"
 # A VM's clone is about to be made, exists, or is about to be deleted: only a placed one missing is lost. Or it
-# is about to be replaced by a new clone of the parent (a reimage): until the clone found differs from the one
-# it replaces, the reimage is not done.
+# is about to be replaced by a new clone of the parent (a reimage): the old clone is untouched while the state
+# says reimaging; the reimage sets creating once it has deleted it.
 CREATING, PLACED, DELETING, REIMAGING = "creating", "placed", "deleting", "reimaging"
 STATES = (CREATING, PLACED, DELETING, REIMAGING)
 
@@ -29,7 +30,6 @@ class Placement:
     uri: str
     state: str = PLACED
     parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
-    replaces: str = ""  # REIMAGING: the fingerprint of the clone being replaced ("" when there was none)
     was: str = ""  # REIMAGING: the parent of the clone being replaced (it counts until the reimage is done)
     stopped: bool = False  # vmfleet stopped the VM (not the guest, not a crash): RerunOnFailure starts it again
     # When the DHCP lease its MAC had as vmfleet last started it runs out (0: none seen): dnsmasq keeps a lease
@@ -43,6 +43,10 @@ class FleetRecord:
     namespace: str
     name: str
     vms: dict[int, Placement] = field(default_factory=dict)
+    # The reimage annotation's value this record has carried out, and the VMs already reimaged for it: a wave, a
+    # pass or an operator that comes after does not reimage them again.
+    reimage_request: str = ""
+    reimaged: frozenset[int] = frozenset()
 
     def to_text(self) -> str:
         return (
@@ -58,13 +62,17 @@ class FleetRecord:
                             "uri": p.uri,
                             "state": p.state,
                             "parent": p.parent,
-                            **({"replaces": p.replaces} if p.replaces else {}),
                             **({"was": p.was} if p.was else {}),
                             **({"stopped": True} if p.stopped else {}),
                             **({"lease": p.lease} if p.lease else {}),
                         }
                         for o, p in sorted(self.vms.items())
                     },
+                    **(
+                        {"reimage": {"request": self.reimage_request, "done": sorted(self.reimaged)}}
+                        if self.reimage_request
+                        else {}
+                    ),
                 },
                 indent=1,
             )
@@ -81,7 +89,6 @@ class FleetRecord:
                     str(p["uri"]),
                     str(p["state"]),
                     str(p.get("parent", "")),
-                    str(p.get("replaces", "")),
                     str(p.get("was", "")),
                     p.get("stopped") is True,
                     int(p.get("lease", 0)),
@@ -90,7 +97,11 @@ class FleetRecord:
             }
             if any(p.state not in STATES for p in vms.values()):
                 raise ValueError(f"a state is not one of {', '.join(STATES)}")
-            return cls(str(doc["uid"]), str(doc["namespace"]), str(doc["name"]), vms)
+            reimage = doc.get("reimage") or {}
+            done = frozenset(int(o) for o in reimage.get("done", []))
+            return cls(
+                str(doc["uid"]), str(doc["namespace"]), str(doc["name"]), vms, str(reimage.get("request", "")), done
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             # Unreadable: refuse to act rather than forget where VMs run.
             raise StoreError(
@@ -100,6 +111,33 @@ class FleetRecord:
 
     def with_vms(self, vms: Mapping[int, Placement]) -> FleetRecord:
         return replace(self, vms=dict(vms))
+
+    def reimaged_for(self, request: str) -> frozenset[int]:
+        """The VMs already reimaged for this value of the reimage annotation."""
+        return self.reimaged if request and request == self.reimage_request else frozenset()
+
+
+class RecordKeeper:
+    """The record while a plan runs: operations that change it part way (a reimage, once its old clone is gone)
+    write it through here, one at a time."""
+
+    def __init__(self, driver: StoreDriver, directory: str, record: FleetRecord):
+        self.driver, self.directory, self.record = driver, directory, record
+        self._lock = asyncio.Lock()
+
+    async def reimaging(self, ordinal: int, request: str) -> None:
+        """The old clone of a reimage is gone: its new one is being made (from the parent announced); and the
+        reimage annotation's `request`, when it named this VM, is carried out for it."""
+        async with self._lock:
+            old = self.record.vms[ordinal]
+            reimaged = self.record.reimaged_for(request) | {ordinal} if request else self.record.reimaged
+            self.record = replace(
+                self.record,
+                vms={**self.record.vms, ordinal: replace(old, state=CREATING, was="")},
+                reimage_request=request or self.record.reimage_request,
+                reimaged=reimaged,
+            )
+            await write_record(self.driver, self.directory, self.record)
 
 
 async def read_record(driver: StoreDriver, directory: str, uid: str, namespace: str, name: str) -> FleetRecord:

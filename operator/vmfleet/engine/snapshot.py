@@ -93,7 +93,8 @@ class Snapshot:
     def plan(self) -> Plan:
         spec_hash = lambda o, host: self.domain_spec(o, host).spec_hash()
         desired = self.desired
-        plan = plan_fleet(desired.wants, self.seen, desired.fleet.placement, spec_hash, desired.update())
+        update = desired.update(self.record.reimaged_for(desired.fleet.reimage_request))
+        plan = plan_fleet(desired.wants, self.seen, desired.fleet.placement, spec_hash, update)
         return self._wait_for_macs(plan)
 
     def _wait_for_macs(self, plan: Plan) -> Plan:
@@ -115,17 +116,25 @@ class Snapshot:
                 )
         return plan
 
-    def announced(self, plan: Plan, fingerprints: Mapping[int, str | None] | None = None) -> FleetRecord:
+    def reimage_left(self) -> frozenset[int] | None:
+        """The VMs the reimage annotation names that are still to be reimaged; None without the annotation."""
+        fleet = self.desired.fleet
+        if not fleet.reimage_request:
+            return None
+        asked = frozenset(o for o in fleet.reimage_requested if o < fleet.replicas)
+        return asked - self.record.reimaged_for(fleet.reimage_request)
+
+    def announced(self, plan: Plan) -> FleetRecord:
         """The record as it must stand before `plan` runs: every host a VM is about to be put on, every clone
-        about to be made, deleted or replaced (with `fingerprints`, of the clones a reimage replaces), every VM
-        vmfleet is about to stop or start."""
+        about to be made, deleted or replaced, every VM vmfleet is about to stop."""
         uri, vms = self.desired.uri, dict(self.record.vms)
         for a in plan.actions:
             old = vms.get(a.ordinal) if not isinstance(a, ParentAction) else None
-            if isinstance(a, DomainAction) and old is not None and a.op in (Op.STOP, Op.START):
-                vms[a.ordinal] = old = replace(old, stopped=a.op is Op.STOP)
-                if a.op is Op.START:  # the lease it has now is not one its guest asked for once started
-                    vms[a.ordinal] = old = replace(old, lease=self.leases.get(a.ordinal, 0))
+            if isinstance(a, DomainAction) and old is not None and a.op is Op.STOP:
+                vms[a.ordinal] = old = replace(old, stopped=True)  # until seen running again (settled)
+            if isinstance(a, DomainAction) and old is not None and a.op is Op.START:
+                # the lease it has now is not one its guest asked for once started
+                vms[a.ordinal] = old = replace(old, lease=self.leases.get(a.ordinal, 0))
             if isinstance(a, CloneAction):
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
@@ -134,11 +143,11 @@ class Snapshot:
                     vms[a.ordinal] = Placement(old.host, old.uri, DELETING, old.parent)
                 elif a.op is Op.REIMAGE:  # its clone is about to go and come back from the parent now
                     host = plan.placement[a.ordinal]
-                    replaces = (fingerprints or {}).get(a.ordinal) or ""
                     was = old.was if old and old.state == REIMAGING else (old.parent if old else "")
+                    state = REIMAGING if a.ordinal in self.seen.clones else CREATING  # or made after a cut
                     stopped = bool(old and old.stopped)
                     vms[a.ordinal] = Placement(
-                        host, uri(host), REIMAGING, self.desired.parent, replaces, was or self.desired.parent, stopped
+                        host, uri(host), state, self.desired.parent, was or self.desired.parent, stopped
                     )
             elif (
                 isinstance(a, DomainAction)
@@ -161,25 +170,28 @@ class Snapshot:
         for o in sorted(set(self.record.vms) | set(seen.domains) | set(seen.clones)):
             domain = seen.domains.get(o)
             old = self.record.vms.get(o)
-            if domain is not None:
+            if (
+                old is not None
+                and old.state in (CREATING, REIMAGING)
+                and o not in seen.clones
+                and (domain is not None or old.state == REIMAGING)
+            ):
+                vms[o] = old  # a reimage cut short with its old clone gone: the next pass makes the new one
+            elif domain is not None:
                 stopped = bool(old and old.stopped) and not domain.active
-                if self._unfinished(o, old):  # a reimage cut short stays announced
-                    assert old is not None
-                    vms[o] = replace(old, host=domain.host, uri=self.desired.uri(domain.host), stopped=stopped)
-                    continue
                 lease = old.lease if old and old.host == domain.host else 0
                 vms[o] = Placement(
                     domain.host,
                     self.desired.uri(domain.host),
                     PLACED,
-                    old.parent if old else "",
+                    _parent_found(old),
                     stopped=stopped,
                     lease=lease,
                 )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
-            elif old.state == REIMAGING and self._unfinished(o, old):
-                vms[o] = old
+            elif old.state == REIMAGING:  # not begun: its old clone is the one found
+                vms[o] = Placement(old.host, old.uri, PLACED, _parent_found(old), stopped=old.stopped)
             elif o in seen.clones:
                 vms[o] = Placement(
                     old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent
@@ -190,14 +202,10 @@ class Snapshot:
                 vms[o] = old  # may still run there
             elif old.state == PLACED and o in wanted:
                 vms[o] = old  # its clone is lost: keep saying so
-        return self.record.with_vms(vms)
-
-    def _unfinished(self, o: int, old: Placement | None) -> bool:
-        """Announced as being made (a new VM, a reimage) and not there yet, or a reimage whose old clone is still
-        the one found."""
-        if old is None or old.state not in (CREATING, REIMAGING):
-            return False
-        return o not in self.seen.clones or o in self.seen.reimaging
+        request = self.desired.fleet.reimage_request
+        if request == self.record.reimage_request:
+            return self.record.with_vms(vms)
+        return replace(self.record.with_vms(vms), reimage_request="", reimaged=frozenset())  # asked no more, or anew
 
     def clones_by_parent(self) -> dict[str, int]:
         """How many of the fleet's clones each parent must outlive. A clone whose parent was not recorded counts
@@ -208,6 +216,11 @@ class Snapshot:
             p = record.vms.get(o)
             parent = p.parent if p is not None and p.parent else self.desired.parent
             out[parent] = out.get(parent, 0) + 1
-            if p is not None and p.state == REIMAGING and p.was and p.was != parent:
-                out[p.was] = out.get(p.was, 0) + 1  # the clone found may still be the one it replaces
         return out
+
+
+def _parent_found(old: Placement | None) -> str:
+    """The parent of the clone found for a recorded VM: a reimage announced and not begun left the old one."""
+    if old is None:
+        return ""
+    return old.was if old.state == REIMAGING and old.was else old.parent

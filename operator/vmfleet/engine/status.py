@@ -273,14 +273,19 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
     before = [vm.live_revision or vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending]
     before = [r for r in before if r]
-    if prev.get("updateRevision") == revision and prev.get("currentRevision"):
-        current = str(prev["currentRevision"])
+    if prev.get("currentRevision") and (
+        prev.get("updateRevision") == revision or condition_of(prev, "Updated").get("status") != "True"
+    ):
+        current = str(prev["currentRevision"])  # the update goes on, or a new one replaced it before it was done
     else:
         current = str(prev.get("updateRevision") or (max(set(before), key=before.count) if before else ""))
     names = listing([fleet.vm_name(o) for o in pending])
-    if fleet.update.type != "RollingUpdate":
-        message = f"{on}; {names}: on an older revision until stopped or reimaged (updateStrategy OnDelete)"
+    if fleet.update.type != "RollingUpdate" or plan.pending <= plan.waiting:
+        # Nothing vmfleet takes down is left: the rest wait for a person, however long.
+        why = "updateStrategy OnDelete" if fleet.update.type != "RollingUpdate" else "runStrategy Manual"
+        message = f"{on}; {names}: on an older revision until stopped or reimaged ({why})"
         return Rollout(False, False, reasons.UPDATE_WAITING, message, current, progressed_at)
+    names = listing([fleet.vm_name(o) for o in pending if o not in plan.waiting])
     waited = _seconds_between(progressed_at, now)
     if waited > fleet.progress_deadline:
         message = (

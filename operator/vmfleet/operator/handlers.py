@@ -17,6 +17,7 @@ from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use
 from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
+from ..engine.status import rollout_goes_on
 from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
@@ -147,15 +148,14 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
     """Write the status and post the events; when waiting on a reference, come back in seconds."""
     patch.status.update(result.status)
-    if result.reimaged:  # one-shot: carried out, so it goes
+    # One-shot: carried out, so it goes; unless a person asked again meanwhile (another value).
+    if result.reimaged and (body.metadata.annotations or {}).get(REIMAGE_ANNOTATION, "").strip() == result.reimaged:
         patch.metadata.annotations[REIMAGE_ANNOTATION] = None
     post(body, result.events)
     if result.waiting:
         raise kopf.TemporaryError(
             result.status["conditions"][0]["message"], delay=settings_of(memo).waiting_retry_seconds
         )
-    if result.rolling:
-        raise kopf.TemporaryError("rolling update in progress", delay=settings_of(memo).waiting_retry_seconds)
 
 
 def release(body: kopf.Body, memo: kopf.Memo, released: bool, *events: Event) -> None:
@@ -272,4 +272,19 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         kopf.on.create(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.resume(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.delete(GROUP, VERSION, plural, registry=r)(delete)
+    # While a rolling update goes on, a pass every few seconds: the next VMs go as soon as the last are ready.
+    kopf.timer(
+        GROUP,
+        VERSION,
+        "vmfleets",
+        id="reconcile_vmfleet/rolling",
+        interval=settings.waiting_retry_seconds,
+        initial_delay=settings.waiting_retry_seconds,
+        when=rolling,
+        registry=r,
+    )(reconcile_vmfleet)
     return r
+
+
+def rolling(status: kopf.Status, **_: Any) -> bool:
+    return rollout_goes_on(status)

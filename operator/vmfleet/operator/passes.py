@@ -11,7 +11,6 @@ from ..api.status import condition_of
 from ..clock import now
 from ..engine import (
     Event,
-    FleetResult,
     Runtime,
     TeardownResult,
     host_status,
@@ -25,7 +24,7 @@ from ..engine import (
 )
 from ..engine.catalog import Catalog, Unresolved, typed
 from ..engine.status import blocked_status
-from ..planner import CloneAction, Op, listing
+from ..planner import listing
 from ..storage import parent_path
 
 
@@ -34,8 +33,7 @@ class PassResult:
     status: dict[str, Any]
     events: list[Event]
     waiting: bool = False  # on a reference that does not resolve yet: retry soon, not at the next resync
-    rolling: bool = False  # a rolling update goes on: look again soon
-    reimaged: bool = False  # every VM the reimage annotation names was reimaged: the annotation goes
+    reimaged: str | None = None  # the reimage annotation's value, once every VM it names was reimaged: it goes
 
 
 def resolve_template(body: Mapping[str, Any], catalog: Catalog) -> tuple[VmTemplate, CloneStore]:
@@ -71,18 +69,8 @@ async def fleet_pass(
     result = await reconcile_fleet(
         runtime, fleet, template, store, hosts, previous_status=body.get("status"), wanted=wanted
     )
-    return PassResult(result.status, result.events, rolling=result.rolling, reimaged=reimage_done(fleet, result))
-
-
-def reimage_done(fleet: VmFleet, result: FleetResult) -> bool:
-    """The reimage annotation was carried out: each VM it names (that the fleet has) was reimaged this pass."""
-    asked = {o for o in fleet.reimage_requested if o < fleet.replicas}
-    done = {
-        o.action.ordinal
-        for o in result.outcomes
-        if o.ok and isinstance(o.action, CloneAction) and o.action.op is Op.REIMAGE
-    }
-    return bool(fleet.reimage_requested) and asked <= done
+    done = fleet.reimage_request if result.reimage_left == frozenset() else None
+    return PassResult(result.status, result.events, reimaged=done)
 
 
 async def fleet_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> TeardownResult:

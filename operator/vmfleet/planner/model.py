@@ -87,10 +87,10 @@ class Observation:
     reformatted: frozenset[int] = frozenset()
     # VMs with an IP address seen on their NIC; None when readiness does not ask for one.
     addressed: frozenset[int] | None = None
-    # VMs whose reimage was announced and whose old clone is still the one found: it is done again.
-    reimaging: frozenset[int] = frozenset()
     # VMs vmfleet stopped itself (the record says so): RerunOnFailure starts them again.
     stopped: frozenset[int] = frozenset()
+    # VMs whose record announces a reimage (reimaging): the old clone untouched, or deleted by a reimage cut short.
+    reimaging: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""
@@ -215,12 +215,16 @@ class Plan:
     # still has to reach (at or above the partition, not yet there).
     updated: set[int] = field(default_factory=set)
     pending: set[int] = field(default_factory=set)
+    # Of those, the VMs running that vmfleet does not take down to update: they wait for a person to stop them
+    # (updateStrategy OnDelete, runStrategy Manual).
+    waiting: set[int] = field(default_factory=set)
     ready: set[int] = field(default_factory=set)
 
     def observed(self, after: Plan) -> None:
         """What this plan reports, once it has run, is what the plan of the state it left says."""
         self.problems, self.restart_required = after.problems, after.restart_required
         self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
+        self.waiting = after.waiting
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]

@@ -130,7 +130,7 @@ def _converge_vm(
         return
     has_clone = o in seen.clones
     # A domain whose clone is missing while the record says it was being made: a reimage cut short. It is made.
-    remade = domain is not None and not has_clone and o in seen.settling
+    remade = domain is not None and rollout.remade(o)
     if not has_clone and not remade and (domain is not None or (o in seen.recorded and o not in seen.settling)):
         plan.placement[o] = host or ""
         plan.problems.append(

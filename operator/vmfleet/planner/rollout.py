@@ -76,17 +76,22 @@ class Rollout:
             and came_from not in ("", self.update.parent)
         )
 
-    def _remade(self, o: int) -> bool:
-        """A reimage cut short: the clone is missing while the record says it was being made, or the one found is
-        still the one the reimage replaces."""
-        return (o not in self.seen.clones and o in self.seen.settling) or o in self.seen.reimaging
+    def remade(self, o: int) -> bool:
+        """A clone made or reimaged and cut short: missing while the record says it is being made (creating), or
+        announced for a reimage the spec still asks for. A clone missing under a reimage no longer asked for was
+        lost some other way: it is reported, never made again empty."""
+        if o in self.seen.clones or o not in self.seen.settling:
+            return False
+        if o not in self.seen.reimaging:
+            return True
+        return o in self.update.reimage or self.update.ephemeral or (self.in_scope(o) and self.image_outdated(o))
 
     def _reimage(self, want: VmWant, vm: VmSeen | None) -> bool:
         o = want.ordinal
         if vm is None:  # a clone without a domain (undefined by hand, say): down already
-            asked = o in self.update.reimage or o in self.seen.reimaging
+            asked = o in self.update.reimage
             return o in self.seen.clones and (asked or (self.in_scope(o) and self.image_outdated(o)))
-        if self._remade(o):
+        if self.remade(o):
             return True
         if vm.saved:
             return False  # its saved memory would resume on another disk
@@ -124,7 +129,9 @@ class Rollout:
             plan.updated.add(o)
         elif self.in_scope(o):
             plan.pending.add(o)
-        if not self.in_scope(o) and not self._remade(o):
+            if vm.active and not self._may_restart(want, vm):
+                plan.waiting.add(o)
+        if not self.in_scope(o) and not self.remade(o):
             self._power(plan, o, vm, run)  # a canary's partition: nothing else changes below it
             return
         wanted_hash = self.hashes[o]
@@ -164,7 +171,7 @@ class Rollout:
         return "reimage" if o in self.reimage else "restart on its new definition"
 
     def _why_reimage(self, o: int, vm: VmSeen) -> str:
-        if self._remade(o):
+        if self.remade(o):
             return "its reimage was cut short"
         if o in self.update.reimage:
             return "reimage requested"

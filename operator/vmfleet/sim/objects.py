@@ -56,7 +56,10 @@ def template(
     )
 
 
-def fleet(replicas: int, name: str, namespace: str, template: str) -> VmFleet:
+def fleet(replicas: int, name: str, namespace: str, template: str, **spec: Any) -> VmFleet:
+    """`spec` adds fields (updateStrategy, shutdown, ...)."""
     return _object(
-        VmFleet, {"name": name, "namespace": namespace}, {"templateRef": {"name": template}, "replicas": replicas}
+        VmFleet,
+        {"name": name, "namespace": namespace},
+        {"templateRef": {"name": template}, "replicas": replicas, **spec},
     )
