@@ -26,7 +26,7 @@ from vmfleet.hypervisor import HostError, LibvirtHost
 from vmfleet.hypervisor.domain import METADATA_NS, parse_owner
 from vmfleet.settings import Settings
 from vmfleet.storage import StoreDriver
-from vmfleet.storage.local import Pending
+from vmfleet.storage.local import LocalStore, Pending
 
 NODE_XML = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>1</threads><active>8</active>
@@ -148,10 +148,16 @@ class WorldRuntime(Runtime):
         super().__init__(settings=settings)
         self.world = world
         self._watched: set[int] = set()
+        self.store_timeout = settings.store_timeout_seconds  # what the store drivers wait from now on
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
+        driver = self._watch(super().store_driver(store))
+        if isinstance(driver, LocalStore):
+            driver.timeout = self.store_timeout
+        return driver
+
+    def _watch(self, driver: StoreDriver) -> StoreDriver:
         """The real driver, its deletions told to the world before they are made."""
-        driver = super().store_driver(store)
         if id(driver) not in self._watched:
             self._watched.add(id(driver))
             real = driver.delete

@@ -109,7 +109,7 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
     assert set(written) <= set(stored), f"pruned by the apiserver: {set(written) - set(stored)}"
     assert set(stored["clones"][0]) == {
         *("name", "ordinal", "host", "file", "state", "logicalBytes", "allocatedBytes"),
-        *("uuid", "mac", "addresses"),
+        *("uuid", "mac", "addresses", "revision"),
     }
     wait_for(
         lambda: kube.get("vmtemplate", "tiny", "-n", ns)["status"].get("parent", {}).get("clones") == 2,

@@ -45,6 +45,7 @@ def test_a_template_change_on_running_vms_is_reported_in_a_status_the_apiserver_
     ns = f"r-{unique}"
     kube.kubectl("create", "namespace", ns)
     docs = objects(store_root(tmp_path, small_image), ns, "test:///default", 2, f"r-{unique}")
+    docs[3]["spec"]["updateStrategy"] = {"type": "OnDelete"}  # RollingUpdate would restart them (test_rollout)
     apply(kube, docs)
     wait_ready(kube, ns)
     docs[2]["spec"]["memoryMiB"] = 96

@@ -96,7 +96,12 @@ class Site:
         )
 
     def fleet(
-        self, replicas: int, running: bool = True, placement: str = "spread", overrides: list[dict] | None = None
+        self,
+        replicas: int,
+        running: bool = True,
+        placement: str = "spread",
+        overrides: list[dict] | None = None,
+        update: dict | None = None,
     ) -> VmFleet:
         return parse(
             {
@@ -111,6 +116,7 @@ class Site:
                     "hostSelector": {"matchLabels": {"site": self.ns}},
                     "overrides": overrides or [],
                     "shutdown": {"gracePeriodSeconds": 0},  # the boot-sector guest ignores the ACPI button
+                    "updateStrategy": update or {},
                 },
             }
         )

@@ -47,18 +47,22 @@ def failures(result) -> list[str]:  # type: ignore[no-untyped-def]
     ]
 
 
+# RestartRequired semantics: a person restarts them (RollingUpdate would: test_rollout).
+ON_DELETE = {"type": "OnDelete"}
+
+
 async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restart_applies_them(site: Site) -> None:
     """Before each domain had a <uuid>, libvirt refused every redefinition ("domain '….web-0' already exists
     with uuid …"): DefineFailed on every pass, ReplicasNotReady for ever."""
     vms = ("web-0", "web-1")  # web-0 on kvm-a (qemu:///system), web-1 on kvm-b (qemu+libssh), one libvirtd
-    status = (await site.converge(site.fleet(2))).status
+    status = (await site.converge(site.fleet(2, update=ON_DELETE))).status
     assert status["readyReplicas"] == 2, status["conditions"]
     uuids = {vm: site.domain(vm).UUIDString() for vm in vms}
     assert all(defined(site.domain(vm), live=True) == (1, 32) for vm in vms)
 
     # The template changes while both VMs run: redefined in place, still running the old definition.
     bigger = site.template(vcpus=2, memory_mib=48)
-    changed = await site.converge(site.fleet(2), status, template=bigger)
+    changed = await site.converge(site.fleet(2, update=ON_DELETE), status, template=bigger)
     assert failures(changed) == []
     assert {vm: site.domain(vm).UUIDString() for vm in vms} == uuids
     for vm in vms:
@@ -72,7 +76,7 @@ async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restar
 
     # A person stops web-0: the next pass starts it again, with the new definition.
     site.domain("web-0").destroy()
-    again = await site.converge(site.fleet(2), status, template=bigger)
+    again = await site.converge(site.fleet(2, update=ON_DELETE), status, template=bigger)
     assert failures(again) == []
     assert site.domain("web-0").isActive() and site.domain("web-0").UUIDString() == uuids["web-0"]
     assert defined(site.domain("web-0"), live=True) == (2, 48) and site.domain("web-0").info()[3] == 2
@@ -83,7 +87,7 @@ async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restar
 
     # An override for web-1 changes: redefined in place, reported, and applied at its next start.
     overrides = [{"ordinal": 1, "vcpus": 1, "memoryMiB": 64}]
-    changed = await site.converge(site.fleet(2, overrides=overrides), status, template=bigger)
+    changed = await site.converge(site.fleet(2, overrides=overrides, update=ON_DELETE), status, template=bigger)
     assert failures(changed) == []
     assert site.domain("web-1").UUIDString() == uuids["web-1"]
     assert defined(site.domain("web-1")) == (1, 64) and defined(site.domain("web-0")) == (2, 48)
@@ -96,7 +100,9 @@ async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restar
     logs.mkdir()
     open_up(logs)
     hosts = site.hosts(logs=logs)
-    moved = await site.converge(site.fleet(2, overrides=overrides), status, template=bigger, hosts=hosts)
+    moved = await site.converge(
+        site.fleet(2, overrides=overrides, update=ON_DELETE), status, template=bigger, hosts=hosts
+    )
     assert failures(moved) == []
     assert {vm: site.domain(vm).UUIDString() for vm in vms} == uuids
     assert all(console_log(site.domain(vm)) == f"{logs}/{site.ns}.{vm}.log" for vm in vms)
@@ -106,7 +112,9 @@ async def test_finding_5_spec_changes_redefine_running_vms_in_place_and_a_restar
     # Both restarted by hand: they boot with every change, and nothing needs a restart any more.
     for vm in vms:
         site.domain(vm).destroy()
-    done = await site.converge(site.fleet(2, overrides=overrides), status, template=bigger, hosts=hosts)
+    done = await site.converge(
+        site.fleet(2, overrides=overrides, update=ON_DELETE), status, template=bigger, hosts=hosts
+    )
     assert failures(done) == []
     assert defined(site.domain("web-0"), live=True) == (2, 48) and defined(site.domain("web-1"), live=True) == (1, 64)
     for vm in vms:

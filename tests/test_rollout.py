@@ -547,3 +547,28 @@ async def test_running_manual_vms_on_an_older_revision_wait_for_a_person_not_a_r
     assert conditions["RestartRequired"]["status"] == "True"
     assert conditions["Ready"]["status"] == "True" and not second.rolling
     assert all(conn.lookupByName(f"prod.web-{o}").isActive() for o in range(2))  # nobody took them down
+
+
+async def test_a_domain_that_stops_while_its_host_is_listed_leaves_the_host_observable(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen with the real guests on a busy libvirtd: a domain stopped between list_domains reading its state and
+    its live metadata, libvirt said "domain is not running", and the whole host counted as unreachable for that
+    pass: every VM Unknown, Degraded HostUnreachable, and condition Updated True with updatedReplicas 0."""
+    fleet = site.fleet(replicas=2)
+    first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    assert first.status["readyReplicas"] == 2
+    metadata, stopped = libvirt.virDomain.metadata, []
+
+    def stops_meanwhile(dom: libvirt.virDomain, kind: int, uri: str, flags: int = 0) -> str:
+        if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and dom.name() == "prod.web-1" and not stopped:
+            stopped.append(dom.destroy())  # once, after list_domains read it as running
+        return str(metadata(dom, kind, uri, flags))
+
+    monkeypatch.setattr(libvirt.virDomain, "metadata", stops_meanwhile)
+    second = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host], first.status)
+    monkeypatch.undo()
+    degraded = {c["type"]: c for c in second.status["conditions"]}["Degraded"]
+    assert degraded["status"] == "False", degraded["message"]
+    assert [(a.op.value, a.ordinal) for a in second.plan.actions] == [("start", 1)]  # seen stopped: started
+    assert (second.status["readyReplicas"], second.status["updatedReplicas"]) == (2, 2), second.status

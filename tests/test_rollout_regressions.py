@@ -35,6 +35,19 @@ def host_stops_answering(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+async def image_change_whose_stop_fails(
+    runtime: Runtime, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, Any]:
+    """A one-VM fleet, then its template moved to another image while its host stops answering: the reimage is
+    announced and its stop fails. The two passes' results."""
+    first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
+    with host_stops_answering(monkeypatch):
+        second = await reconcile_fleet(
+            runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], first.status
+        )
+    return first, second
+
+
 def _count_creates(monkeypatch: pytest.MonkeyPatch, fail: set[str] | None = None) -> Counter[str]:
     made: Counter[str] = Counter()
     create = Qcow2Store.create_clone
@@ -131,11 +144,7 @@ async def test_F2b_a_reimage_annotation_naming_a_saved_vm_reimages_the_others_on
 async def test_F3b_a_reimage_whose_stop_failed_goes_ahead_under_a_saved_domain(
     runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
-    with host_stops_answering(monkeypatch):
-        second = await reconcile_fleet(
-            runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], first.status
-        )
+    _first, second = await image_change_whose_stop_fails(runtime, site, monkeypatch)
     conn.lookupByName("prod.web-0").managedSave(0)  # libvirt-guests at the host's shutdown
     third = await reconcile_fleet(
         runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], second.status
@@ -322,11 +331,7 @@ async def test_G1_the_same_vms_asked_again_with_a_new_request_are_reimaged_again
 async def test_G4_a_clone_lost_while_a_reimage_no_longer_asked_for_was_announced_is_reported_not_made_empty(
     runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
-    with host_stops_answering(monkeypatch):
-        second = await reconcile_fleet(
-            runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], first.status
-        )
+    first, second = await image_change_whose_stop_fails(runtime, site, monkeypatch)
     clones = _scribble(site, second.status)
     record_path = clones["web-0"].parent / "fleet.json"
     record = json.loads(record_path.read_text())

@@ -221,7 +221,11 @@ def fleet_status(
                 now,
             )
         )
-    conditions.append(condition("Updated", not plan.pending, rollout.reason, rollout.message, gen, previous, now))
+    conditions.append(
+        condition(
+            "Updated", rollout.reason == reasons.ROLLOUT_COMPLETE, rollout.reason, rollout.message, gen, previous, now
+        )
+    )
     return {
         "observedGeneration": gen,
         "conditions": conditions,
@@ -269,6 +273,15 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
     )
     progressed_at = now if progressed else str(prev["updateProgressedAt"])
     on = f"{len(plan.updated)}/{fleet.replicas} VMs on revision {revision}"
+    unseen = [
+        p
+        for p in plan.problems
+        if p.ordinal is not None and p.ordinal not in plan.updated and p.vm_state in ("Unknown", "Lost")
+    ]
+    if not pending and unseen:  # their revision cannot be known: not said to be done
+        who = listing([fleet.vm_name(p.ordinal) for p in unseen if p.ordinal is not None])
+        message = f"{on}; {who}: not seen, their revision is unknown"
+        return Rollout(False, False, unseen[0].reason, message, str(prev.get("currentRevision") or ""), progressed_at)
     if not pending:
         return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, revision, progressed_at)
     before = [vm.live_revision or vm.revision for o, vm in snap.seen.domains.items() if o in plan.pending]
