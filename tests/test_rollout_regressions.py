@@ -360,3 +360,31 @@ def test_G1b_vmfleet_reimage_over_manifests_twice_reimages_twice(tmp_path: Path,
         assert again.returncode == 0, again.stderr
         said.append([line for line in again.stderr.splitlines() if "reimaged 1 VM(s): demo-0" in line])
     assert all(said), said
+
+
+def test_G6_a_reimage_asked_again_while_a_pass_ran_is_not_removed_with_the_request_it_carried_out() -> None:
+    """The operator removes the annotation once the VMs it names were reimaged, unless a person asked again
+    meanwhile. The body a handler got is from before its pass (which can take minutes in a rolling update): the
+    removal must be judged on the object as it is when written, under its resourceVersion, not on that copy."""
+    import kopf
+
+    from vmfleet.operator import handlers
+
+    def fleet(value: str, version: str) -> dict[str, Any]:
+        annotations = {"vmfleet.io/reimage": value, "team": "web"}
+        return {"metadata": {"name": "web", "namespace": "ns", "resourceVersion": version, "annotations": annotations}}
+
+    def written(patch: kopf.Patch, fresh: dict[str, Any]) -> list[Any]:
+        """What kopf writes to the object's metadata, given the object as it is then."""
+        return [op for op in patch.as_json_patch(fresh) if op["path"].startswith("/metadata")]
+
+    done = passes.PassResult({"conditions": []}, [], reimaged="0;20261202T010000.000000Z")
+    old = fleet("0;20261202T010000.000000Z", "7")
+    patch = kopf.Patch(body=kopf.Body(old))
+    handlers.report(kopf.Body(old), patch, kopf.Memo(), done)
+    # the same value when written: it goes
+    assert written(patch, fleet("0;20261202T010000.000000Z", "8")) == [
+        {"op": "remove", "path": "/metadata/annotations/vmfleet.io~1reimage"}
+    ]
+    # `vmfleet reimage web 3` while the pass ran: the new request stays
+    assert written(patch, fleet("3;20261202T010005.000000Z", "9")) == []

@@ -148,14 +148,26 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
     """Write the status and post the events; when waiting on a reference, come back in seconds."""
     patch.status.update(result.status)
-    # One-shot: carried out, so it goes; unless a person asked again meanwhile (another value).
-    if result.reimaged and (body.metadata.annotations or {}).get(REIMAGE_ANNOTATION, "").strip() == result.reimaged:
-        patch.metadata.annotations[REIMAGE_ANNOTATION] = None
+    if result.reimaged:
+        patch.fns.append(forget_request(result.reimaged))
     post(body, result.events)
     if result.waiting:
         raise kopf.TemporaryError(
             result.status["conditions"][0]["message"], delay=settings_of(memo).waiting_retry_seconds
         )
+
+
+def forget_request(done: str) -> kopf.PatchFn:
+    """One-shot: the reimage request carried out goes, unless a person asked again meanwhile (another value).
+    kopf applies it to the object as it is when written and JSON-patches that under its resourceVersion: the
+    body a pass started from can be minutes old."""
+
+    def forget(body: kopf.RawBody) -> None:
+        annotations = body.get("metadata", {}).get("annotations", {})
+        if annotations.get(REIMAGE_ANNOTATION, "").strip() == done:
+            del annotations[REIMAGE_ANNOTATION]
+
+    return forget
 
 
 def release(body: kopf.Body, memo: kopf.Memo, released: bool, *events: Event) -> None:
