@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,115 @@ def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=False)
+
+
+FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
+
+
+@contextlib.contextmanager
+def dhcp_network(uri: str, name: str, bridge: str, subnet: str) -> Iterator[str]:
+    """A libvirt network `name` with DHCP on `subnet`.0/24 (libvirt's dnsmasq serves leases from .100 to .199) in
+    forward mode 'open': libvirt adds no firewall rule for it, so the host's firewall is as it was. It turns
+    forwarding on, which is put back, and the network is gone afterwards (one left over from a killed run first)."""
+    forwarding = {p: Path(p).read_text() for p in FORWARDING}
+    conn = libvirt.open(uri)
+    try:
+        old = conn.networkLookupByName(name)
+        if old.isActive():
+            old.destroy()
+        old.undefine()
+    except libvirt.libvirtError:
+        pass
+    # dnsmasq pings an address before it first offers it and, for up to 3 s a ping, answers no other DHCP packet:
+    # guests that all boot at once would wait in line longer than the guest's DHCP client tries (10 s). Nothing
+    # else is on this network to answer a ping: no-ping.
+    net = conn.networkDefineXML(
+        f"<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'><name>{name}</name>"
+        f"<forward mode='open'/><bridge name='{bridge}' stp='off'/>"
+        f"<ip address='{subnet}.1' netmask='255.255.255.0'>"
+        f"<dhcp><range start='{subnet}.100' end='{subnet}.199'/></dhcp></ip>"
+        "<dnsmasq:options><dnsmasq:option value='no-ping'/></dnsmasq:options></network>"
+    )
+    try:
+        net.create()
+        yield name
+    finally:
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+        conn.close()
+        for p, value in forwarding.items():
+            Path(p).write_text(value)
+
+
+class GuestSite:
+    """Where a test's Linux guests run through the engine on the real libvirtd: a reflink store on XFS under
+    `root` holding `images` (name -> file, as images/<name>), a directory for the guests' console logs, a
+    namespace of the test's own and a Runtime. `objects` makes the four resources from a template's and a
+    fleet's spec; `close` deletes the fleet (its domains and clones) and closes the Runtime."""
+
+    def __init__(self, root: Path, logs: Path, images: Mapping[str, Path], ns: str):
+        from vmfleet.engine import Runtime
+
+        self.root, self.logs, self.ns = root, logs, ns
+        (root / "images").mkdir(parents=True)
+        for name, image in images.items():
+            subprocess.run(["cp", "--reflink=auto", str(image), str(root / "images" / name)], check=True)
+        logs.mkdir()
+        for p in (root, logs):
+            open_up(p)
+        self.runtime = Runtime()
+
+    @staticmethod
+    def _parse(kind: str, name: str, spec: Mapping[str, Any], **meta: Any) -> Any:
+        from vmfleet.api import parse
+
+        return parse(
+            {"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
+        )
+
+    def objects(
+        self, template: Mapping[str, Any], fleet: Mapping[str, Any], annotations: Mapping[str, str] | None = None
+    ) -> tuple[Any, Any, Any, list[Any]]:
+        """(VmFleet web, VmTemplate linux, CloneStore xfs, [KvmHost kvm-a]), `template` and `fleet` laid over what
+        every such site has."""
+        return (
+            self.fleet(fleet, annotations),
+            self._parse("VmTemplate", "linux", {"storeRef": {"name": "xfs"}, **template}, namespace=self.ns),
+            *self.places(),
+        )
+
+    def fleet(self, spec: Mapping[str, Any], annotations: Mapping[str, str] | None = None) -> Any:
+        spec = {"templateRef": {"name": "linux"}, "hostSelector": {"matchLabels": {"site": self.ns}}, **spec}
+        return self._parse("VmFleet", "web", spec, namespace=self.ns, annotations=dict(annotations or {}))
+
+    def places(self) -> tuple[Any, list[Any]]:
+        """The store and the one KvmHost: the libvirtd on this machine, QEMU under TCG, consoles logged here. Its
+        capacity counts every domain running on it, other tests' too: room enough that they never crowd these out."""
+        host = {
+            "uri": "qemu:///system",
+            "domainType": "qemu",
+            "consoleLogDir": str(self.logs),
+            "capacity": {"vcpus": 64, "memoryMiB": 16384},
+        }
+        return (
+            self._parse("CloneStore", "xfs", {"driver": "reflink", "root": str(self.root)}),
+            [self._parse("KvmHost", "kvm-a", host, labels={"site": self.ns})],
+        )
+
+    def console(self, vm: str) -> str:
+        """What VM `vm` printed on its serial console since it last started ("" before it ever did)."""
+        path = self.logs / f"{self.ns}.{vm}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def close(self) -> None:
+        from vmfleet.engine import teardown_fleet
+
+        store, hosts = self.places()
+        try:
+            await teardown_fleet(self.runtime, self.fleet({"replicas": 0}), [store], hosts)
+        finally:
+            await self.runtime.close()
 
 
 _linux_image_lock = threading.Lock()

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import TIMINGS, unavailable
 from helpers import linux_image, wait_for
-from vmfleet.guest import CONSOLE_LINE, IMAGE_SIZE, missing_host_tools
+from vmfleet.errors import ImageBuildError
+from vmfleet.guest import CONSOLE_LINE, IMAGE_SIZE, mark_image, missing_host_tools
 from vmfleet.seed import Seed
 
 pytestmark = pytest.mark.identity
@@ -253,6 +254,23 @@ def test_the_image_is_a_few_tens_of_mib_with_an_active_fat_partition(tmp_path: P
         capture_output=True, text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
     ).stdout.split()  # fmt: skip
     assert {"::/vmlinuz", "::/initrd.gz", "::/syslinux.cfg", "::/ldlinux.sys", "::/ldlinux.c32"} <= set(files)
+
+
+def test_a_marked_image_passes_its_marker_on_the_kernel_command_line(tmp_path: Path) -> None:
+    """The marker a test tells two images apart by (test_rollout_guest boots both and reads it on the console)."""
+    if missing_host_tools():
+        unavailable(f"building the Linux guest needs {', '.join(missing_host_tools())}")
+    image = linux_image(tmp_path)
+    size = image.stat().st_size
+    mark_image(str(image), "rev-2")
+    cfg = subprocess.run(
+        ["mtype", "-i", f"{image}@@1M", "::/syslinux.cfg"],
+        capture_output=True, text=True, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
+    ).stdout  # fmt: skip
+    assert "  APPEND console=ttyS0 panic=-1 quiet vmfleet.marker=rev-2\n" in cfg
+    assert image.stat().st_size == size
+    with pytest.raises(ImageBuildError, match="marker 'two words'"):
+        mark_image(str(image), "two words")
 
 
 @pytest.mark.parametrize("name", ["nocloud", "configdrive", "vfat", "bare"])

@@ -7,142 +7,63 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import libvirt
 import pytest
 
 from conftest import TIMINGS
-from helpers import linux_image, open_up, wait_for
-from vmfleet.api import parse
-from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
-from vmfleet.engine import Runtime, reconcile_fleet, teardown_fleet
+from helpers import GuestSite, dhcp_network, linux_image, wait_for
+from vmfleet.engine import reconcile_fleet
 from vmfleet.seed import read_files
 
 pytestmark = pytest.mark.identity
 
 NETWORK = "vmfleet-id"
 BRIDGE = "vmfleet-id0"
-GATEWAY = "10.251.7.1"
+SUBNET = "10.251.7"
 LINE = re.compile(
     r"VMFLEET-GUEST hostname=(?P<hostname>\S*) instance-id=(?P<iid>\S*) mac=(?P<mac>\S*) ip=(?P<ip>\S*) "
     r"user-data=(?P<user_data>[^\r\n]*)"
 )
 
 
-FORWARDING = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
-
-
 @pytest.fixture(scope="module")
-def dhcp_network(libvirtd: str) -> Iterator[str]:
-    """A libvirt network with DHCP (libvirt's dnsmasq serves leases) in forward mode 'open': libvirt adds no
-    firewall rule for it, so the host's firewall is as it was. It turns forwarding on, which is put back, and the
-    network is gone afterwards."""
-    forwarding = {p: Path(p).read_text() for p in FORWARDING}
-    conn = libvirt.open(libvirtd)
-    try:
-        old = conn.networkLookupByName(NETWORK)
-        if old.isActive():
-            old.destroy()
-        old.undefine()
-    except libvirt.libvirtError:
-        pass
-    net = conn.networkDefineXML(
-        f"<network><name>{NETWORK}</name><forward mode='open'/><bridge name='{BRIDGE}' stp='off'/>"
-        f"<ip address='{GATEWAY}' netmask='255.255.255.0'>"
-        f"<dhcp><range start='10.251.7.100' end='10.251.7.199'/></dhcp></ip></network>"
-    )
-    try:
-        net.create()
-        yield NETWORK
-    finally:
-        if net.isActive():
-            net.destroy()
-        net.undefine()
-        conn.close()
-        for p, value in forwarding.items():
-            Path(p).write_text(value)
+def network(libvirtd: str) -> Iterator[str]:
+    with dhcp_network(libvirtd, NETWORK, BRIDGE, SUBNET) as name:
+        yield name
 
 
-class Site:
+class Site(GuestSite):
     def __init__(self, xfs: Path, base: Path, image: Path, unique: str):
-        self.root = xfs / f"identity-{unique}"
-        (self.root / "images").mkdir(parents=True)
-        subprocess.run(["cp", "--reflink=auto", str(image), str(self.root / "images" / "linux.img")], check=True)
-        self.logs = base / "logs"
-        self.logs.mkdir()
-        for p in (self.root, self.logs):
-            open_up(p)
-        self.ns = f"id-{unique}"
-        self.runtime = Runtime()
+        super().__init__(xfs / f"identity-{unique}", base / "logs", {"linux.img": image}, f"id-{unique}")
         self.user_data = "#cloud-config first {{ name }} {{ ordinal }}\nruncmd: []\n"
 
-    def objects(self, replicas: int = 3) -> tuple[VmFleet, VmTemplate, CloneStore, list[KvmHost]]:
-        def obj(kind: str, name: str, spec: dict[str, Any], **meta: Any) -> Any:
-            return parse(
-                {"apiVersion": "vmfleet.io/v1alpha1", "kind": kind, "metadata": {"name": name, **meta}, "spec": spec}
-            )
-
-        store = obj("CloneStore", "xfs", {"driver": "reflink", "root": str(self.root)})
-        host = obj(
-            "KvmHost",
-            "kvm-a",
+    async def converge(self, previous: dict | None = None) -> dict:
+        fleet, template, store, hosts = self.objects(
             {
-                "uri": "qemu:///system",
-                "domainType": "qemu",
-                "consoleLogDir": str(self.logs),
-                "capacity": {"vcpus": 8, "memoryMiB": 4096},
-            },
-            labels={"site": self.ns},
-        )
-        template = obj(
-            "VmTemplate",
-            "linux",
-            {
-                "storeRef": {"name": "xfs"},
                 "image": {"path": "images/linux.img"},
                 "memoryMiB": 192,
                 "network": NETWORK,
                 "cloudInit": {"metaData": {"site": self.ns}},
             },
-            namespace=self.ns,
+            # OnDelete: a running guest keeps its seed until restarted (RestartRequired), as this test shows
+            {"replicas": 3, "cloudInit": {"userData": self.user_data}, "updateStrategy": {"type": "OnDelete"}},
         )
-        fleet = obj(
-            "VmFleet",
-            "web",
-            {
-                "templateRef": {"name": "linux"},
-                "replicas": replicas,
-                "hostSelector": {"matchLabels": {"site": self.ns}},
-                "cloudInit": {"userData": self.user_data},
-                # OnDelete: a running guest keeps its seed until restarted (RestartRequired), as this test shows
-                "updateStrategy": {"type": "OnDelete"},
-            },
-            namespace=self.ns,
-        )
-        return fleet, template, store, [host]
-
-    async def converge(self, previous: dict | None = None) -> dict:
-        fleet, template, store, hosts = self.objects()
         return (await reconcile_fleet(self.runtime, fleet, template, store, hosts, previous)).status
 
     def line(self, vm: str) -> dict[str, str] | None:
-        path = self.logs / f"{self.ns}.{vm}.log"
-        found = LINE.search(path.read_text(errors="replace")) if path.exists() else None
+        found = LINE.search(self.console(vm))
         return found.groupdict() if found else None
 
 
 @pytest.fixture
-async def site(xfs: Path, tmp_path: Path, dhcp_network: str, unique: str) -> Iterator[Site]:
+async def site(xfs: Path, tmp_path: Path, network: str, unique: str) -> Iterator[Site]:
     s = Site(xfs, tmp_path, linux_image(tmp_path), unique)
     yield s
-    fleet, _, store, hosts = s.objects(0)
-    await teardown_fleet(s.runtime, fleet, [store], hosts)
-    await s.runtime.close()
+    await s.close()
 
 
 def _user_data(site: Site, status: dict, vm: str) -> list[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -329,10 +330,12 @@ async def broken_rollout(
     and the broken revision (96 MiB) never boots far enough to take one. The passes: the fleet ready, the update
     under way, the update stalled once progressDeadlineSeconds (1) have passed, the template rolled back."""
     import vmfleet.engine.fleet as engine_fleet
+    from vmfleet.engine.observe import Addresses
 
-    async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
+    async def addresses(desired: Any, domains: Any, endpoints: Any) -> Addresses:
         up = {o for o, vm in domains.items() if vm.active}
-        return {o: (f"10.0.0.{o + 2}",) for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024}
+        booted = [o for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024]
+        return Addresses({o: (f"10.0.0.{o + 2}",) for o in booted}, {})
 
     monkeypatch.setattr(engine_fleet, "observe_addresses", addresses)
     net = {"network": "default"}
@@ -371,6 +374,74 @@ async def test_a_revision_whose_guests_never_get_ready_stops_after_max_unavailab
     assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6
     assert conditions["Updated"]["status"] == "True" and conditions["Stalled"]["status"] == "False"
     assert back.status["updateRevision"] == first.status["updateRevision"]
+
+
+class Dnsmasq:
+    """DHCP leases as libvirt's dnsmasq keeps them, on the test driver's network: a guest that boots takes a lease
+    for its MAC, one an hour long from then; the lease stays when the guest stops (nothing releases it), so a guest
+    started again and not (yet) booted still has the one it took before. Here a guest boots when it has 64 MiB."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.leases: dict[str, dict[str, Any]] = {}
+        self.clock = 1_000_000
+        create = libvirt.virDomain.create
+
+        def boot(dom: libvirt.virDomain) -> int:
+            done = create(dom)
+            if dom.info()[1] == 64 * 1024:
+                mac = re.search(r"<mac address='([^']+)'/>", dom.XMLDesc()).group(1)  # type: ignore[union-attr]
+                self.clock += 10
+                ip = self.leases.get(mac, {}).get("ipaddr") or f"192.168.122.{len(self.leases) + 100}"
+                self.leases[mac] = {"mac": mac, "ipaddr": ip, "expirytime": self.clock + 3600, "type": 0}
+            return int(done)
+
+        monkeypatch.setattr(libvirt.virDomain, "create", boot)
+        monkeypatch.setattr(libvirt.virNetwork, "DHCPLeases", lambda net, mac=None, flags=0: list(self.leases.values()))
+
+
+async def test_a_dhcp_lease_from_before_a_restart_does_not_make_the_vm_ready(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """readiness Address with the leases libvirt really reports: the lease a guest took before it was restarted
+    for the update is still there while its new revision does not boot. It must not count: the update stops
+    after maxUnavailable VMs, as when the guest never had a lease."""
+    dnsmasq = Dnsmasq(monkeypatch)
+    net = {"network": "default"}
+    fleet = site.fleet(readiness="Address", updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
+    first = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host])
+    assert first.status["readyReplicas"] == 6 and len(dnsmasq.leases) == 6, first.status["conditions"]
+    broken = site.template(memory=96, **net)  # its guests never boot far enough to ask for a lease
+    second = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], first.status)
+    assert second.status["updatedReplicas"] == 2 and second.status["readyReplicas"] == 4
+    third = await reconcile_fleet(runtime, fleet, broken, site.store, [site.host], second.status)
+    assert third.status["updatedReplicas"] == 2 and not [a for a in third.plan.actions if a.op.value == "stop"]
+    back = await reconcile_fleet(runtime, fleet, site.template(**net), site.store, [site.host], third.status)
+    assert back.status["updatedReplicas"] == 6 and back.status["readyReplicas"] == 6  # booted: new leases
+
+
+async def test_a_domain_that_stops_while_its_host_is_listed_leaves_the_host_observable(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen with the real guests on a busy libvirtd: a domain stopped between list_domains reading its state and
+    its live metadata, libvirt said "domain is not running", and the whole host counted as unreachable for that
+    pass: every VM Unknown, Degraded HostUnreachable, and condition Updated True with updatedReplicas 0."""
+    fleet = site.fleet(replicas=2)
+    first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+    assert first.status["readyReplicas"] == 2
+    metadata, stopped = libvirt.virDomain.metadata, []
+
+    def stops_meanwhile(dom: libvirt.virDomain, kind: int, uri: str, flags: int = 0) -> str:
+        if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and dom.name() == "prod.web-1" and not stopped:
+            stopped.append(dom.destroy())  # once, after list_domains read it as running
+        return str(metadata(dom, kind, uri, flags))
+
+    monkeypatch.setattr(libvirt.virDomain, "metadata", stops_meanwhile)
+    second = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host], first.status)
+    monkeypatch.undo()
+    degraded = {c["type"]: c for c in second.status["conditions"]}["Degraded"]
+    assert degraded["status"] == "False", degraded["message"]
+    assert [(a.op.value, a.ordinal) for a in second.plan.actions] == [("start", 1)]  # seen stopped: started
+    assert (second.status["readyReplicas"], second.status["updatedReplicas"]) == (2, 2), second.status
 
 
 def test_vmfleet_reimage_over_manifests_gives_the_vms_named_new_clones(tmp_path: Path, small_image: Path) -> None:

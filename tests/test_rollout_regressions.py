@@ -163,12 +163,14 @@ async def test_F5_current_revision_after_a_second_edit_mid_rollout_names_a_revis
     import vmfleet.engine.fleet as engine_fleet
     from vmfleet.api.crd import root_schema
     from vmfleet.api.schema import KINDS
+    from vmfleet.engine.observe import Addresses
 
     schema = root_schema(KINDS["VmFleet"])["properties"]["status"]
 
-    async def addresses(desired: Any, domains: Any, endpoints: Any) -> dict[int, tuple[str, ...]]:
+    async def addresses(desired: Any, domains: Any, endpoints: Any) -> Addresses:
         up = {o for o, vm in domains.items() if vm.active}
-        return {o: ("10.0.0.9",) for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024}
+        booted = [o for o in up if conn.lookupByName(f"prod.web-{o}").info()[1] == 64 * 1024]
+        return Addresses({o: ("10.0.0.9",) for o in booted}, {})
 
     monkeypatch.setattr(engine_fleet, "observe_addresses", addresses)
     net = {"network": "default"}

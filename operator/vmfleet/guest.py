@@ -6,6 +6,8 @@ got its own seed and NIC:
 
     VMFLEET-GUEST hostname=<h> instance-id=<i> mac=<m> ip=<a or none> user-data=<first line of user-data>
 
+(after `VMFLEET-IMAGE marker=<m>` when the image was given a marker by mark_image: which image it booted).
+
 Everything comes from the Debian packages the machine's apt sources serve (fetched with `apt-get download`,
 no root), and the image is made without root or a mount: the initramfs is written here, the FAT file system
 with mkfs.vfat and mcopy, the boot sector with the mtools-based `syslinux --install`, the partition table here.
@@ -32,6 +34,12 @@ IMAGE_SIZE = 32 << 20
 PARTITION_START = 2048  # sectors: the first partition at 1 MiB, as partitioning tools put it
 SECTOR = 512
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
+# An image's marker (mark_image) is a kernel parameter in its syslinux.cfg: the guest prints it as
+#     VMFLEET-IMAGE marker=<m>
+# on the line before its VMFLEET-GUEST line, so a test can tell which of two images a VM booted from.
+MARKER_PARAMETER = "vmfleet.marker"
+MARKER = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+IMAGE_LINE = re.compile(r"^VMFLEET-IMAGE marker=(?P<marker>\S+)\r?$", re.MULTILINE)
 # The one line the guest prints on its serial console (after a newline; a line ends with \r\n there).
 CONSOLE_LINE = re.compile(
     r"^VMFLEET-GUEST hostname=(?P<hostname>\S*) instance-id=(?P<instance_id>\S*) mac=(?P<mac>\S*) "
@@ -66,7 +74,11 @@ GUEST_MODULES = (
     "evdev",
 )
 
-SYSLINUX_CFG = f"""\
+
+def syslinux_cfg(marker: str = "") -> str:
+    """The boot loader's configuration: Debian's kernel and the initramfs, on the serial console."""
+    cmdline = f"{KERNEL_CMDLINE} {MARKER_PARAMETER}={marker}" if marker else KERNEL_CMDLINE
+    return f"""\
 SERIAL 0 115200
 DEFAULT linux
 PROMPT 0
@@ -74,8 +86,9 @@ TIMEOUT 0
 LABEL linux
   LINUX /vmlinuz
   INITRD /initrd.gz
-  APPEND {KERNEL_CMDLINE}
+  APPEND {cmdline}
 """
+
 
 # The guest's /init (busybox sh). It must never exit: PID 1 exiting panics the kernel.
 INIT = r"""#!/bin/sh
@@ -169,6 +182,10 @@ if [ -n "$IF" ]; then
 fi
 
 line="VMFLEET-GUEST hostname=$(hostname) instance-id=${IID:-none} mac=$MAC ip=${ADDR:-none} user-data=$FIRST"
+# The image's marker (vmfleet.marker= on the kernel command line its syslinux.cfg gives), on the line before.
+MARKER=$(sed -n 's/.*vmfleet\.marker=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ -n "$MARKER" ] && line="VMFLEET-IMAGE marker=$MARKER
+$line"
 # After a newline: the bootloader leaves terminal escapes on the serial line, and the marker starts a line.
 if [ -c /dev/ttyS0 ]; then printf '\n%s\n' "$line" > /dev/ttyS0; else printf '\n%s\n' "$line"; fi
 
@@ -463,12 +480,26 @@ def _fat_partition(path: str, size: int, files: dict[str, str]) -> None:
     _run(["mkfs.vfat", "-F", "16", "-n", "VMFLEET", "-h", str(PARTITION_START), "--invariant", path])
     cfg = os.path.join(os.path.dirname(path), "syslinux.cfg")
     with open(cfg, "w", encoding="ascii") as f:
-        f.write(SYSLINUX_CFG)
+        f.write(syslinux_cfg())
     # mtools refuses images whose size is no whole number of its guessed tracks unless told not to check.
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     for name, src in {**files, "syslinux.cfg": cfg}.items():
         _run(["mcopy", "-o", "-i", path, src, f"::/{name}"], env=env)
     _run(["syslinux", "--install", path], env=env)
+
+
+def mark_image(path: str, marker: str) -> None:
+    """Give an image build_linux_image wrote a marker, in place: its syslinux.cfg is rewritten (mtools, no
+    mount) to pass it on the kernel command line, and the guest prints `VMFLEET-IMAGE marker=<marker>`.
+    Two copies marked differently are two images a test can tell apart from a VM's console."""
+    if not MARKER.match(marker):
+        raise ImageBuildError(f"marker {marker!r}: 1 to 64 letters, digits, '.', '_' or '-'")
+    with tempfile.TemporaryDirectory(prefix="vmfleet-mark-") as work:
+        cfg = os.path.join(work, "syslinux.cfg")
+        with open(cfg, "w", encoding="ascii") as f:
+            f.write(syslinux_cfg(marker))
+        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        _run(["mcopy", "-o", "-i", f"{path}@@{PARTITION_START * SECTOR}", cfg, "::/syslinux.cfg"], env=env)
 
 
 def _chs(lba: int) -> bytes:

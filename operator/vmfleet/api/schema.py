@@ -587,7 +587,8 @@ VM_FLEET_SPEC = obj(
         "readiness": string(
             "When a VM counts as ready (readyReplicas, and before a rolling update moves on): Running, or "
             "Address: running and an IP address seen on its NIC (a DHCP lease, or the host's ARP table), so "
-            "that a guest that does not boot is not ready and halts the update.",
+            "that a guest that does not boot is not ready and halts the update. The lease must be one its guest "
+            "took since vmfleet last started it: dnsmasq keeps a lease when its guest stops.",
             enum=["Running", "Address"],
             default="Running",
         ),

@@ -57,10 +57,11 @@ class FleetDrivers:
         if not self.desired.needs_address:
             return snap
         snap = await self.with_addresses(snap)  # readiness Address: the plan needs them
-        return replace(snap, seen=replace(snap.seen, addressed=frozenset(snap.addresses)))
+        return replace(snap, seen=replace(snap.seen, addressed=snap.addressed()))
 
     async def with_addresses(self, snap: Snapshot) -> Snapshot:
-        return replace(snap, addresses=await observe_addresses(self.desired, snap.seen.domains, self.endpoints))
+        found = await observe_addresses(self.desired, snap.seen.domains, self.endpoints)
+        return replace(snap, addresses=found.shown, leases=found.leases)
 
     async def run(self, snap: Snapshot, plan: Plan, concurrency: int, progress: Progress | None) -> list[Outcome]:
         """Announce `plan` in the record, then carry it out."""

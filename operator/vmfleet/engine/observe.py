@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from ..hypervisor import DomainInfo, HostError, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
@@ -165,22 +165,31 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 
 
+@dataclass(frozen=True)
+class Addresses:
+    shown: dict[int, tuple[str, ...]]  # running VM -> the IP addresses of its NIC
+    leases: dict[int, int]  # VM with a domain -> the latest expiry of its MAC's DHCP leases on its host
+
+
 async def observe_addresses(
     desired: Desired, domains: Mapping[int, VmSeen], endpoints: Mapping[str, LibvirtHost]
-) -> dict[int, tuple[str, ...]]:
+) -> Addresses:
     """The IP addresses of each running VM with a NIC, for its status entry (where to ssh): the network's DHCP
-    leases, read once per host and matched by the VM's MAC; the host's ARP table for a VM without a lease."""
+    leases, read once per host and matched by the VM's MAC; the host's ARP table for a VM without a lease. And
+    when each VM's lease runs out, running or not: a new lease says that its guest asked again (readiness)."""
     network = desired.template.network if desired.template else None
     if not network:
-        return {}
+        return Addresses({}, {})
     running = sorted(o for o, vm in domains.items() if vm.active)
-    hosts = sorted({domains[o].host for o in running})
+    hosts = sorted({vm.host for vm in domains.values()})
     leases = dict(zip(hosts, await asyncio.gather(*(endpoints[h].leases(network) for h in hosts)), strict=True))
-    found = {o: leases[domains[o].host].get(desired.mac(o), []) for o in running}
+    of = {o: leases[vm.host].get(desired.mac(o), []) for o, vm in domains.items()}
+    found = {o: [lease.address for lease in of[o]] for o in running}
     unleased = [o for o in running if not found[o]]
     arp = await asyncio.gather(*(endpoints[domains[o].host].arp_addresses(desired.domain_name(o)) for o in unleased))
     found.update(zip(unleased, arp, strict=True))
-    return {o: reachable_first(a) for o, a in found.items() if a}
+    expiries = {o: max(lease.expiry for lease in held) for o, held in of.items() if held}
+    return Addresses({o: reachable_first(a) for o, a in found.items() if a}, expiries)
 
 
 def reachable_first(addresses: list[str]) -> tuple[str, ...]:

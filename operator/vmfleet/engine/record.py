@@ -32,6 +32,9 @@ class Placement:
     parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
     was: str = ""  # REIMAGING: the parent of the clone being replaced (it counts until the reimage is done)
     stopped: bool = False  # vmfleet stopped the VM (not the guest, not a crash): RerunOnFailure starts it again
+    # When the DHCP lease its MAC had as vmfleet last started it runs out (0: none seen): dnsmasq keeps a lease
+    # when the guest stops, so until the guest has a lease other than that one it has not asked since it started.
+    lease: int = 0
 
 
 @dataclass
@@ -61,6 +64,7 @@ class FleetRecord:
                             "parent": p.parent,
                             **({"was": p.was} if p.was else {}),
                             **({"stopped": True} if p.stopped else {}),
+                            **({"lease": p.lease} if p.lease else {}),
                         }
                         for o, p in sorted(self.vms.items())
                     },
@@ -87,6 +91,7 @@ class FleetRecord:
                     str(p.get("parent", "")),
                     str(p.get("was", "")),
                     p.get("stopped") is True,
+                    int(p.get("lease", 0)),
                 )
                 for o, p in doc["vms"].items()
             }

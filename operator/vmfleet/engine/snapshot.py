@@ -49,6 +49,7 @@ class Snapshot:
     released: frozenset[int] = frozenset()  # VMs on hosts a person declared lost
     seeds: Mapping[int, frozenset[str]] = field(default_factory=dict)  # ordinal -> its seed images found
     addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)  # ordinal -> its NIC's IP addresses
+    leases: Mapping[int, int] = field(default_factory=dict)  # ordinal -> when its MAC's DHCP lease runs out
 
     def measured(self) -> list[str]:
         """Every file whose space a VM's figures count: its clone and its seed images."""
@@ -58,6 +59,18 @@ class Snapshot:
     def vm_files(self, ordinal: int) -> list[str]:
         files = [self.clone(ordinal)] if ordinal in self.seen.clones else []
         return files + sorted(self.seeds.get(ordinal, ()))
+
+    def addressed(self) -> frozenset[int]:
+        """VMs with an address their guest asked for since vmfleet last started them: dnsmasq keeps the lease of a
+        guest that stopped, and the guest started again has it before it boots; only a lease granted since (a new
+        expiry) counts for one that had a lease then."""
+        out = set()
+        for o in self.addresses:
+            placed = self.record.vms.get(o)
+            before = placed.lease if placed is not None else 0
+            if not before or self.leases.get(o, before) != before:
+                out.add(o)
+        return frozenset(out)
 
     def stale_seeds(self, ordinal: int) -> list[str]:
         """The seed images of a VM other than the one it should have."""
@@ -119,6 +132,9 @@ class Snapshot:
             old = vms.get(a.ordinal) if not isinstance(a, ParentAction) else None
             if isinstance(a, DomainAction) and old is not None and a.op is Op.STOP:
                 vms[a.ordinal] = old = replace(old, stopped=True)  # until seen running again (settled)
+            if isinstance(a, DomainAction) and old is not None and a.op is Op.START:
+                # the lease it has now is not one its guest asked for once started
+                vms[a.ordinal] = old = replace(old, lease=self.leases.get(a.ordinal, 0))
             if isinstance(a, CloneAction):
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
@@ -163,8 +179,14 @@ class Snapshot:
                 vms[o] = old  # a reimage cut short with its old clone gone: the next pass makes the new one
             elif domain is not None:
                 stopped = bool(old and old.stopped) and not domain.active
+                lease = old.lease if old and old.host == domain.host else 0
                 vms[o] = Placement(
-                    domain.host, self.desired.uri(domain.host), PLACED, _parent_found(old), stopped=stopped
+                    domain.host,
+                    self.desired.uri(domain.host),
+                    PLACED,
+                    _parent_found(old),
+                    stopped=stopped,
+                    lease=lease,
                 )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran

@@ -129,6 +129,15 @@ class DomainInfo:
         return self.state in ACTIVE_STATES
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A DHCP lease of a libvirt network: the address, and when the lease runs out (seconds since the epoch on the
+    host's clock; 0 for one that never does). dnsmasq sets the expiry anew at every lease it grants or renews."""
+
+    address: str
+    expiry: int = 0
+
+
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
     el = ET.SubElement(parent, tag, attrs)
     if text is not None:

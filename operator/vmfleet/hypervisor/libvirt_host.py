@@ -18,7 +18,7 @@ from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
-from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Owner, nic_mac, parse_owner
+from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
 
 T = TypeVar("T")
 
@@ -150,12 +150,12 @@ class LibvirtHost:
 
         return await self._call("list", "listing domains", collect)
 
-    async def leases(self, network: str) -> dict[str, list[str]]:
-        """MAC -> IP addresses, from the DHCP leases of a libvirt network on this host, in one call; {} where it
+    async def leases(self, network: str) -> dict[str, list[Lease]]:
+        """MAC -> its leases, from the DHCP leases of a libvirt network on this host, in one call; {} where it
         has none (no such network, no DHCP, a driver without the call)."""
 
-        def ask(conn: libvirt.virConnect) -> dict[str, list[str]]:
-            out: dict[str, list[str]] = {}
+        def ask(conn: libvirt.virConnect) -> dict[str, list[Lease]]:
+            out: dict[str, list[Lease]] = {}
             try:
                 leases = conn.networkLookupByName(network).DHCPLeases()
             except libvirt.libvirtError as e:
@@ -164,7 +164,8 @@ class LibvirtHost:
                 raise
             for lease in leases:
                 if lease.get("mac") and lease.get("ipaddr"):
-                    out.setdefault(str(lease["mac"]).lower(), []).append(str(lease["ipaddr"]))
+                    expiry = int(lease.get("expirytime") or 0)
+                    out.setdefault(str(lease["mac"]).lower(), []).append(Lease(str(lease["ipaddr"]), expiry))
             return out
 
         try:
