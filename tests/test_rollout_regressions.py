@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from test_operator_passes import docs, live, one_vm_then_patched  # noqa: F401
-from test_rollout import Site, _written, conn, site  # noqa: F401
+from test_rollout import Dnsmasq, Site, _written, conn, site  # noqa: F401
 from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.errors import HostError, StoreError
 from vmfleet.hypervisor import LibvirtHost
@@ -388,3 +390,142 @@ def test_G6_a_reimage_asked_again_while_a_pass_ran_is_not_removed_with_the_reque
     ]
     # `vmfleet reimage web 3` while the pass ran: the new request stays
     assert written(patch, fleet("3;20261202T010005.000000Z", "9")) == []
+
+
+# ---------------------------------------------------------------- the third review: readiness Address and leases
+
+NET = {"network": "default"}
+
+
+def no_arp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real host's ARP table has nothing for a guest that never booted (the test driver makes addresses up)."""
+
+    async def arp(host: LibvirtHost, name: str) -> list[str]:
+        return []
+
+    monkeypatch.setattr(LibvirtHost, "arp_addresses", arp)
+
+
+def memory(conn: Any) -> dict[int, int]:
+    return {o: conn.lookupByName(f"prod.web-{o}").info()[1] // 1024 for o in range(6)}
+
+
+async def test_H1_leases_unreadable_as_a_wave_is_planned_do_not_let_a_revision_that_never_boots_through(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leases were read (and recorded) from the observation a wave was planned from; when that read failed,
+    each VM recorded no lease and the one dnsmasq kept from before the restart counted: all six restarted on a
+    revision that never boots and the update said RolloutComplete."""
+    Dnsmasq(monkeypatch)
+    no_arp(monkeypatch)
+    fleet = site.fleet(readiness="Address", updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
+    first = await reconcile_fleet(runtime, fleet, site.template(**NET), site.store, [site.host])
+    real, calls = libvirt.virNetwork.DHCPLeases, [0]
+
+    def first_fails(net: Any, mac: Any = None, flags: int = 0) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise libvirt.libvirtError("Timed out during operation: cannot acquire state change lock")
+        return real(net, mac, flags)
+
+    monkeypatch.setattr(libvirt.virNetwork, "DHCPLeases", first_fails)
+    second = await reconcile_fleet(
+        runtime, fleet, site.template(memory=96, **NET), site.store, [site.host], first.status
+    )
+    assert (second.status["updatedReplicas"], second.status["readyReplicas"]) == (2, 4)
+    assert memory(conn) == {0: 64, 1: 64, 2: 64, 3: 64, 4: 96, 5: 96}
+
+
+async def test_H2_a_lease_renewed_while_the_guest_shuts_down_is_not_taken_for_one_after_the_restart(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest renews its lease (at half its time) during the grace period of its stop: that lease, granted
+    before the restart, made it ready after it, and the update went through every VM."""
+    dnsmasq = Dnsmasq(monkeypatch)
+    no_arp(monkeypatch)
+    fleet = site.fleet(readiness="Address", updateStrategy={"rollingUpdate": {"maxUnavailable": 2}})
+    first = await reconcile_fleet(runtime, fleet, site.template(**NET), site.store, [site.host])
+    shutdown = LibvirtHost.shutdown
+
+    async def renews_first(host: LibvirtHost, name: str, grace: float) -> bool:
+        mac = re.search(r"<mac address='([^']+)'/>", conn.lookupByName(name).XMLDesc()).group(1)  # type: ignore[union-attr]
+        dnsmasq.clock += 1
+        dnsmasq.leases[mac]["expirytime"] = dnsmasq.clock + 3600
+        return await shutdown(host, name, grace)
+
+    monkeypatch.setattr(LibvirtHost, "shutdown", renews_first)
+    second = await reconcile_fleet(
+        runtime, fleet, site.template(memory=96, **NET), site.store, [site.host], first.status
+    )
+    assert (second.status["updatedReplicas"], second.status["readyReplicas"]) == (2, 4)
+
+
+async def test_H3_a_vm_scaled_in_and_out_again_does_not_count_the_lease_its_mac_kept(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM with no domain when its pass looked recorded no lease; the one its MAC (fleet UID and ordinal) kept
+    from before the scale-in counted, so a second VM went down on a revision that never boots (maxUnavailable 1)."""
+    Dnsmasq(monkeypatch)
+    no_arp(monkeypatch)
+    spec: dict[str, Any] = {"readiness": "Address", "updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}}}
+    first = await reconcile_fleet(runtime, site.fleet(**spec), site.template(**NET), site.store, [site.host])
+    five = await reconcile_fleet(
+        runtime, site.fleet(replicas=5, **spec), site.template(**NET), site.store, [site.host], first.status
+    )
+    again = await reconcile_fleet(
+        runtime, site.fleet(**spec), site.template(memory=96, **NET), site.store, [site.host], five.status
+    )
+    assert again.status["readyReplicas"] == 5 and memory(conn)[4] == 64, memory(conn)
+
+
+async def test_H4_a_lease_table_reset_under_running_guests_does_not_let_a_rollout_take_them_all_down(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a rollout the network's leases are lost (dnsmasq restarted with a fresh lease file); the guests run on
+    and answer ARP. They looked not ready, a VM not ready is updated without waiting its turn, and the next
+    rollout stopped all six at once with maxUnavailable 1."""
+    from test_rollout import Downs
+
+    dnsmasq = Dnsmasq(monkeypatch)
+
+    async def arp(host: LibvirtHost, name: str) -> list[str]:
+        return ["192.168.122.2"] if conn.lookupByName(name).isActive() else []
+
+    monkeypatch.setattr(LibvirtHost, "arp_addresses", arp)
+    spec: dict[str, Any] = {"readiness": "Address", "updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}}}
+    first = await reconcile_fleet(runtime, site.fleet(**spec), site.template(**NET), site.store, [site.host])
+    second = await reconcile_fleet(
+        runtime, site.fleet(**spec), site.template(vcpus=2, **NET), site.store, [site.host], first.status
+    )
+    assert second.status["updatedReplicas"] == 6
+    dnsmasq.leases.clear()
+    third = await reconcile_fleet(
+        runtime, site.fleet(**spec), site.template(vcpus=2, **NET), site.store, [site.host], second.status
+    )
+    assert third.status["readyReplicas"] == 6
+    downs = Downs(monkeypatch)
+    await reconcile_fleet(
+        runtime, site.fleet(**spec), site.template(vcpus=3, **NET), site.store, [site.host], third.status
+    )
+    assert downs.most == 1, downs.stops
+
+
+async def test_H5_current_revision_stays_what_the_vms_below_a_partition_run_through_a_second_canary(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """currentRevision took the first canary's revision when a second canary started, while four VMs ran the
+    revision from before both."""
+    Dnsmasq(monkeypatch)
+    no_arp(monkeypatch)
+    canary = {"readiness": "Address", "updateStrategy": {"rollingUpdate": {"partition": 4}}}
+    first = await reconcile_fleet(runtime, site.fleet(**canary), site.template(**NET), site.store, [site.host])
+    a = first.status["updateRevision"]
+    b = await reconcile_fleet(
+        runtime, site.fleet(**canary), site.template(vcpus=2, **NET), site.store, [site.host], first.status
+    )
+    assert b.status["currentRevision"] == a != b.status["updateRevision"]
+    never_boots = site.template(memory=96, **NET)
+    c = await reconcile_fleet(runtime, site.fleet(**canary), never_boots, site.store, [site.host], b.status)
+    c = await reconcile_fleet(runtime, site.fleet(**canary), never_boots, site.store, [site.host], c.status)
+    assert [x["reason"] for x in c.status["conditions"] if x["type"] == "Updated"] == ["Updating"]
+    assert c.status["currentRevision"] == a, (a, b.status["updateRevision"], c.status["currentRevision"])

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ..hypervisor import DomainInfo, HostError, LibvirtHost
+from ..hypervisor import DomainInfo, HostError, Lease, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
 from ..storage import StoreDriver
 from .desired import Desired
@@ -182,7 +182,7 @@ async def observe_addresses(
         return Addresses({}, {})
     running = sorted(o for o, vm in domains.items() if vm.active)
     hosts = sorted({vm.host for vm in domains.values()})
-    leases = dict(zip(hosts, await asyncio.gather(*(endpoints[h].leases(network) for h in hosts)), strict=True))
+    leases = dict(zip(hosts, await asyncio.gather(*(_leases(endpoints[h], network) for h in hosts)), strict=True))
     of = {o: leases[vm.host].get(desired.mac(o), []) for o, vm in domains.items()}
     found = {o: [lease.address for lease in of[o]] for o in running}
     unleased = [o for o in running if not found[o]]
@@ -190,6 +190,13 @@ async def observe_addresses(
     found.update(zip(unleased, arp, strict=True))
     expiries = {o: max(lease.expiry for lease in held) for o, held in of.items() if held}
     return Addresses({o: reachable_first(a) for o, a in found.items() if a}, expiries)
+
+
+async def _leases(endpoint: LibvirtHost, network: str) -> dict[str, list[Lease]]:
+    try:
+        return await endpoint.leases(network)
+    except HostError:
+        return {}  # its VMs show what ARP has; readiness Address counts a lease seen once started, not this
 
 
 def reachable_first(addresses: list[str]) -> tuple[str, ...]:

@@ -134,7 +134,12 @@ async def define(actor: Actor, a: DomainAction) -> None:
 
 @operation(Op.START, DomainAction, reasons.DOMAINS_STARTED, "started", reasons.START_FAILED)
 async def start(actor: Actor, a: DomainAction) -> None:
-    await actor.endpoints[a.host].start(actor.snapshot.desired.domain_name(a.ordinal))
+    desired, endpoint = actor.snapshot.desired, actor.endpoints[a.host]
+    if desired.needs_address and desired.template and desired.template.network:
+        # readiness Address: the lease its MAC holds now, with the guest off, is not one it asked for once started
+        held = (await endpoint.leases(desired.template.network)).get(desired.mac(a.ordinal), [])
+        await actor.record.starting(a.ordinal, max((lease.expiry for lease in held), default=0))
+    await endpoint.start(desired.domain_name(a.ordinal))
 
 
 @operation(Op.STOP, DomainAction, reasons.DOMAINS_STOPPED, "stopped", reasons.STOP_FAILED)

@@ -32,9 +32,12 @@ class Placement:
     parent: str = ""  # the clone parent its clone was made from ("" when not recorded)
     was: str = ""  # REIMAGING: the parent of the clone being replaced (it counts until the reimage is done)
     stopped: bool = False  # vmfleet stopped the VM (not the guest, not a crash): RerunOnFailure starts it again
-    # When the DHCP lease its MAC had as vmfleet last started it runs out (0: none seen): dnsmasq keeps a lease
-    # when the guest stops, so until the guest has a lease other than that one it has not asked since it started.
+    # readiness Address. dnsmasq keeps a stopped guest's lease, so the address a VM has just after a start is not
+    # proof that it booted. `lease`: when the lease its MAC held as vmfleet started it runs out (read with the
+    # guest off, 0: none); a lease granted since runs out later. `answered`: one was seen since that start, so
+    # the VM stays ready when the lease table is lost or reset under a running guest.
     lease: int = 0
+    answered: bool = False
 
 
 @dataclass
@@ -65,6 +68,7 @@ class FleetRecord:
                             **({"was": p.was} if p.was else {}),
                             **({"stopped": True} if p.stopped else {}),
                             **({"lease": p.lease} if p.lease else {}),
+                            **({"answered": True} if p.answered else {}),
                         }
                         for o, p in sorted(self.vms.items())
                     },
@@ -92,6 +96,7 @@ class FleetRecord:
                     str(p.get("was", "")),
                     p.get("stopped") is True,
                     int(p.get("lease", 0)),
+                    p.get("answered") is True,
                 )
                 for o, p in doc["vms"].items()
             }
@@ -136,6 +141,17 @@ class RecordKeeper:
                 vms={**self.record.vms, ordinal: replace(old, state=CREATING, was="")},
                 reimage_request=request or self.record.reimage_request,
                 reimaged=reimaged,
+            )
+            await write_record(self.driver, self.directory, self.record)
+
+    async def starting(self, ordinal: int, lease: int) -> None:
+        """vmfleet starts the VM now: `lease` is its MAC's DHCP lease (its expiry, 0: none) with the guest off."""
+        async with self._lock:
+            old = self.record.vms.get(ordinal)
+            if old is None or (old.lease, old.answered) == (lease, False):
+                return
+            self.record = replace(
+                self.record, vms={**self.record.vms, ordinal: replace(old, lease=lease, answered=False)}
             )
             await write_record(self.driver, self.directory, self.record)
 

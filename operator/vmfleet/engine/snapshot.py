@@ -61,14 +61,18 @@ class Snapshot:
         return files + sorted(self.seeds.get(ordinal, ()))
 
     def addressed(self) -> frozenset[int]:
-        """VMs with an address their guest asked for since vmfleet last started them: dnsmasq keeps the lease of a
-        guest that stopped, and the guest started again has it before it boots; only a lease granted since (a new
-        expiry) counts for one that had a lease then."""
+        """Running VMs whose guest asked for an address since vmfleet last started them (readiness Address): one
+        that held a lease then needs one that runs out later (granted since). Once seen, that stays so while it
+        runs: a lease table lost, or a host that did not answer for its leases, does not make it look down."""
         out = set()
-        for o in self.addresses:
+        for o, vm in self.seen.domains.items():
             placed = self.record.vms.get(o)
-            before = placed.lease if placed is not None else 0
-            if not before or self.leases.get(o, before) != before:
+            if placed is not None and placed.host == vm.host and placed.answered:
+                answered = True
+            else:
+                fresh = placed is None or not placed.lease or self.leases.get(o, 0) > placed.lease
+                answered = o in self.addresses and fresh
+            if vm.active and answered:
                 out.add(o)
         return frozenset(out)
 
@@ -132,9 +136,6 @@ class Snapshot:
             old = vms.get(a.ordinal) if not isinstance(a, ParentAction) else None
             if isinstance(a, DomainAction) and old is not None and a.op is Op.STOP:
                 vms[a.ordinal] = old = replace(old, stopped=True)  # until seen running again (settled)
-            if isinstance(a, DomainAction) and old is not None and a.op is Op.START:
-                # the lease it has now is not one its guest asked for once started
-                vms[a.ordinal] = old = replace(old, lease=self.leases.get(a.ordinal, 0))
             if isinstance(a, CloneAction):
                 if a.op is Op.CREATE_CLONE and plan.placement.get(a.ordinal):
                     host = plan.placement[a.ordinal]
@@ -179,14 +180,16 @@ class Snapshot:
                 vms[o] = old  # a reimage cut short with its old clone gone: the next pass makes the new one
             elif domain is not None:
                 stopped = bool(old and old.stopped) and not domain.active
-                lease = old.lease if old and old.host == domain.host else 0
+                here = old is not None and old.host == domain.host
+                answered = domain.active and (bool(here and old and old.answered) or o in (seen.addressed or ()))
                 vms[o] = Placement(
                     domain.host,
                     self.desired.uri(domain.host),
                     PLACED,
                     _parent_found(old),
                     stopped=stopped,
-                    lease=lease,
+                    lease=old.lease if here and old else 0,
+                    answered=answered,
                 )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran

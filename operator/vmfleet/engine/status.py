@@ -282,19 +282,9 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         who = listing([fleet.vm_name(p.ordinal) for p in unseen if p.ordinal is not None])
         message = f"{on}; {who}: not seen, their revision is unknown"
         return Rollout(False, False, unseen[0].reason, message, str(prev.get("currentRevision") or ""), progressed_at)
-    if not pending:  # VMs left behind are below a partition: their revision stays current (a StatefulSet's)
-        behind = [r for o, r in _revisions(snap).items() if o not in plan.updated and r != revision]
-        current = str(prev.get("currentRevision") or "")
-        if behind and current not in behind:
-            current = max(set(behind), key=behind.count)
-        return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, current if behind else revision, progressed_at)
-    before = [r for o, r in _revisions(snap).items() if o in plan.pending]
-    if prev.get("currentRevision") and (
-        prev.get("updateRevision") == revision or condition_of(prev, "Updated").get("status") != "True"
-    ):
-        current = str(prev["currentRevision"])  # the update goes on, or a new one replaced it before it was done
-    else:
-        current = str(prev.get("updateRevision") or (max(set(before), key=before.count) if before else ""))
+    current = _current(snap, plan, prev)
+    if not pending:  # VMs left behind are below a partition
+        return Rollout(False, False, reasons.ROLLOUT_COMPLETE, on, current or revision, progressed_at)
     names = listing([fleet.vm_name(o) for o in pending])
     if fleet.update.type != "RollingUpdate" or plan.pending <= plan.waiting:
         # Nothing vmfleet takes down is left: the rest wait for a person, however long.
@@ -311,6 +301,16 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         return Rollout(False, True, reasons.ROLLOUT_STALLED, message, current, progressed_at)
     message = f"{on}; updating {names} (maxUnavailable {desired.update().budget})"
     return Rollout(True, False, reasons.ROLLING_UPDATE, message, current, progressed_at)
+
+
+def _current(snap: Snapshot, plan: Plan, prev: Mapping[str, Any]) -> str:
+    """The revision the VMs not on the update run, as a StatefulSet's currentRevision: the one it said before
+    while a VM still runs it, else the one most of them run; "" when every VM seen is on the update."""
+    behind = [r for o, r in sorted(_revisions(snap).items()) if o not in plan.updated and r != snap.desired.revision]
+    said = str(prev.get("currentRevision") or "")
+    if not behind:
+        return said if plan.pending else ""  # the revisions of VMs still to update are not known
+    return said if said in behind else max(sorted(set(behind)), key=behind.count)
 
 
 def _revisions(snap: Snapshot) -> dict[int, str]:

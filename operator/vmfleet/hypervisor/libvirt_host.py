@@ -152,7 +152,7 @@ class LibvirtHost:
 
     async def leases(self, network: str) -> dict[str, list[Lease]]:
         """MAC -> its leases, from the DHCP leases of a libvirt network on this host, in one call; {} where it
-        has none (no such network, no DHCP, a driver without the call)."""
+        has none (no such network, no DHCP, a driver without the call). HostError when the host does not answer."""
 
         def ask(conn: libvirt.virConnect) -> dict[str, list[Lease]]:
             out: dict[str, list[Lease]] = {}
@@ -168,10 +168,7 @@ class LibvirtHost:
                     out.setdefault(str(lease["mac"]).lower(), []).append(Lease(str(lease["ipaddr"]), expiry))
             return out
 
-        try:
-            return await self._call("addresses", f"reading the DHCP leases of network {network}", ask)
-        except HostError:
-            return {}
+        return await self._call("addresses", f"reading the DHCP leases of network {network}", ask)
 
     async def arp_addresses(self, name: str) -> list[str]:
         """The IP addresses the host's ARP table has for a running domain's NICs; [] when none or no such call."""
