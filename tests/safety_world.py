@@ -60,6 +60,7 @@ class World:
         # "start", the URI, the domain's name), and a store file about to be deleted (its path in the store).
         self.on_power: Callable[[str, str, str], None] | None = None
         self.on_delete: Callable[[str], None] | None = None
+        self.on_define: Callable[[str, str], None] | None = None  # (the URI, the domain's name) before a define
 
     def conn(self, uri: str) -> libvirt.virConnect:
         if uri not in self.conns:
@@ -140,6 +141,11 @@ class WorldHost(LibvirtHost):
         await super().start(name)
         self._power("start", name)  # up once it started
 
+    async def define(self, xml: str) -> None:
+        if self.world.on_define is not None:
+            self.world.on_define(self.uri, ET.fromstring(xml).findtext("name") or "")
+        await super().define(xml)
+
 
 class WorldRuntime(Runtime):
     """The operator's runtime, its libvirt endpoints steered by the world."""
@@ -214,12 +220,12 @@ def store_doc(driver: str, root: Path) -> dict[str, Any]:
     }
 
 
-def host_doc(name: str, uri: str) -> dict[str, Any]:
+def host_doc(name: str, uri: str, unschedulable: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "vmfleet.io/v1alpha1",
         "kind": "KvmHost",
         "metadata": {"name": name},
-        "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}},
+        "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}, "unschedulable": unschedulable},
     }
 
 

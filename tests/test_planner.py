@@ -216,3 +216,26 @@ def test_no_plan_overwrites_or_loses_a_wanted_clone(case: tuple[int, Observation
             assert order.index(Op.UNDEFINE) < order.index(Op.DELETE_CLONE)
         if Op.CREATE_CLONE in order:
             assert order.index(Op.CREATE_CLONE) < order.index(Op.DEFINE)
+
+
+# ---------------------------------------------------------------- cordon (KvmHost spec.unschedulable)
+
+
+def test_a_cordoned_host_gets_no_new_vm_and_keeps_the_ones_it_runs() -> None:
+    views = hosts(host("a", cordoned=True), host("b"))
+    plan = plan_fleet(
+        wants(4), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    placed = {a.ordinal: a.host for a in plan.actions if isinstance(a, DomainAction) and a.op is Op.DEFINE}
+    assert placed == {1: "b", 2: "b", 3: "b"}  # spread would have put one on a, which has the fewest
+    assert not [a for a in plan.actions if getattr(a, "ordinal", None) == 0]  # web-0 stays, running, on a
+    assert plan.problems == []
+
+
+def test_every_host_cordoned_stalls_new_vms_naming_the_hosts() -> None:
+    views = hosts(host("a", cordoned=True), host("b", cordoned=True), host("c", reachable=False))
+    plan = plan_fleet(wants(1), seen(hosts=views), "pack", same_hash)
+    assert not [a for a in plan.actions if isinstance(a, DomainAction)]
+    (problem,) = plan.problems
+    assert (problem.severity, problem.reason) == (Severity.STALLED, "HostsCordoned")
+    assert problem.message.endswith("cordoned (spec.unschedulable): a, b")

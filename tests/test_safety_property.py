@@ -124,6 +124,7 @@ class FleetSafety(RuleBasedStateMachine):
         self.hung: SlowCall | None = None
         self.host_uris = {h: uri(h) for h in HOSTS}
         self.present = set(HOSTS)
+        self.cordoned: set[str] = set()  # KvmHosts with spec.unschedulable
         self.dead: set[str] = set()
         self.vcpus, self.memory = 1, 64
         self.user_data: str | None = None  # the template's spec.cloudInit.userData; no cloud-init while None
@@ -157,7 +158,9 @@ class FleetSafety(RuleBasedStateMachine):
 
     def hosts(self) -> list[KvmHost]:
         return [
-            h for h in (parse(host_doc(n, self.host_uris[n])) for n in sorted(self.present)) if isinstance(h, KvmHost)
+            h
+            for h in (parse(host_doc(n, self.host_uris[n], n in self.cordoned)) for n in sorted(self.present))
+            if isinstance(h, KvmHost)
         ]
 
     def template(self) -> VmTemplate:
@@ -244,12 +247,18 @@ class FleetSafety(RuleBasedStateMachine):
                 deleted[path] = self.in_use().get(path, [])
 
         self.world.on_delete = on_delete
+        defined: list[tuple[str, str]] = []
+        self.world.on_define = lambda uri, name: defined.append((uri, name))
         self.runtime.store_timeout = PATIENT_TIMEOUT if self.hung is None else HUNG_TIMEOUT
         too_many = self.watch_budget(f, domains) if f is not None and not f.deleting else []
         try:
             result = self.loop.run_until_complete(run)
         finally:
-            self.world.on_delete = self.world.on_power = None
+            self.world.on_delete = self.world.on_power = self.world.on_define = None
+        cordoned = {self.host_uris[h]: h for h in self.cordoned if h in self.present}
+        for uri, name in defined:
+            if uri in cordoned and not any(d.uri == uri and d.name == name for d in domains):
+                raise Violation(f"{what}: defined {name} on {cordoned[uri]}, which is cordoned (spec.unschedulable)")
         if self.hung is not None and self.hung.entered.is_set() and self.hung_image is None:
             self.hung_image = self.image  # a clone the hung call makes comes from the parent of this pass
         for path, where in sorted(deleted.items()):
@@ -600,6 +609,12 @@ class FleetSafety(RuleBasedStateMachine):
     def change_uri(self, host: str, generation: int, then_pass: bool) -> None:
         """A KvmHost edited to another URI: another libvirtd, or the same one under another name."""
         self.host_uris[host] = uri(host, generation)
+        self.then(then_pass)
+
+    @rule(host=st.sampled_from(HOSTS), on=st.booleans(), then_pass=st.booleans())
+    def cordon(self, host: str, on: bool, then_pass: bool) -> None:
+        """kubectl patch kvh HOST spec.unschedulable: its VMs stay, no new one is put there."""
+        (self.cordoned.add if on else self.cordoned.discard)(host)
         self.then(then_pass)
 
     @precondition(lambda self: len(self.present) > 1)

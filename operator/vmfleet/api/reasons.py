@@ -113,6 +113,14 @@ INSUFFICIENT_CAPACITY: Final = _problem(
     meaning="no host has the VM's vCPUs and memory free within its `spec.capacity`",
     hint="add a KvmHost, raise spec.capacity of one, or lower spec.replicas",
 )
+HOSTS_CORDONED: Final = _problem(
+    "HostsCordoned",
+    where="VmFleet, Stalled",
+    meaning="every reachable host the fleet may use is cordoned (`spec.unschedulable: true`): no new VM is "
+    "placed there",
+    hint='uncordon a host (`kubectl patch kvh HOST --type merge -p \'{"spec":{"unschedulable":false}}\'`) or '
+    "add one the fleet's spec.hostSelector matches",
+)
 HOST_UNREACHABLE: Final = _problem(
     "HostUnreachable",
     where="VmFleet, Degraded",
@@ -305,6 +313,8 @@ IMAGE_CHANGED: Final = _problem(
 
 REACHABLE: Final = _normal("Reachable")
 CONNECTED: Final = _normal("Connected")
+NOT_CORDONED: Final = _normal("NotCordoned")
+CORDONED: Final = _normal("Cordoned")
 STORE_RELEASED: Final = _normal("StoreReleased")
 HOST_RELEASED: Final = _normal("HostReleased")
 UNREACHABLE: Final = _problem(

@@ -251,6 +251,11 @@ KVM_HOST_SPEC = obj(
             maxItems=64,
             **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["store"]},
         ),
+        "unschedulable": boolean(
+            "Cordon: no new VM is placed on this host (a new VM, or a scale-out); the VMs on it stay, run and "
+            "are updated there. As a Node's spec.unschedulable: set it before maintenance, unset it after.",
+            default=False,
+        ),
         "consoleLogDir": string(
             "Directory on the host where each VM's serial console is logged as <domain>.log.",
             pattern=ABSOLUTE_PATH_PATTERN,
@@ -771,6 +776,7 @@ KINDS: dict[str, Kind] = {
             printer_columns=(
                 _column("URI", ".spec.uri"),
                 _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
+                _column("Schedulable", '.status.conditions[?(@.type=="Schedulable")].status'),
                 _column("Domains", ".status.domains", "integer"),
                 _AGE,
             ),

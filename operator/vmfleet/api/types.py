@@ -115,6 +115,7 @@ class KvmHost:
     store_mounts: Mapping[str, str]
     console_log_dir: str | None
     secret: SecretRef | None = None
+    unschedulable: bool = False  # cordoned: no new VM is placed here
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> KvmHost:
@@ -129,6 +130,7 @@ class KvmHost:
             {m["store"]: m["path"].rstrip("/") for m in s.get("storeMounts", [])},
             s.get("consoleLogDir"),
             SecretRef(**s["secretRef"]) if "secretRef" in s else None,
+            s.get("unschedulable") is True,
         )
 
     def store_path(self, store: CloneStore, relative: str) -> str:

@@ -9,7 +9,7 @@ from ..api import CloneStore, KvmHost, reasons
 from ..clock import now
 from ..errors import HostError, RootMissing, VmfleetError
 from .runtime import Runtime
-from .status import summary_conditions
+from .status import condition, summary_conditions
 
 
 async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -24,10 +24,22 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
     return {
         "observedGeneration": gen,
         "domains": len(domains),
-        "conditions": summary_conditions(
-            "Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen, previous, now()
-        ),
+        "conditions": [
+            *summary_conditions(
+                "Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen, previous, now()
+            ),
+            schedulable(host, previous),
+        ],
     }
+
+
+def schedulable(host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Whether new VMs are placed on the host: `kubectl get kvh` shows it, as `kubectl get nodes` shows a cordon."""
+    if host.unschedulable:
+        why, message = reasons.CORDONED, "spec.unschedulable: no new VM is placed here; the VMs here stay"
+    else:
+        why, message = reasons.NOT_CORDONED, ""
+    return condition("Schedulable", not host.unschedulable, why, message, host.meta.generation, previous, now())
 
 
 async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[str, Any] | None) -> dict[str, Any]:

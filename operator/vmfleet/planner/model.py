@@ -35,6 +35,7 @@ class HostView:
     used_vcpus: int = 0
     used_memory_mib: int = 0
     error: str = ""
+    cordoned: bool = False  # KvmHost spec.unschedulable: its VMs stay, no new one is placed on it
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,11 @@ class HostLoad:
 
 
 def choose_host(vm: VmWant, loads: dict[str, HostLoad], policy: str) -> str | None:
-    candidates = [load for load in loads.values() if load.view.eligible and load.view.reachable and load.fits(vm)]
+    candidates = [
+        load
+        for load in loads.values()
+        if load.view.eligible and load.view.reachable and not load.view.cordoned and load.fits(vm)
+    ]
     if not candidates:
         return None
     if policy == "pack":

@@ -187,6 +187,15 @@ def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:
             want.ordinal,
             want.name,
         )
+    if all(v.cordoned for v in views if v.reachable):
+        cordoned = ", ".join(sorted(v.name for v in views if v.reachable))
+        return Problem(
+            Severity.STALLED,
+            reasons.HOSTS_CORDONED,
+            f"every reachable host it may use is cordoned (spec.unschedulable): {cordoned}",
+            want.ordinal,
+            want.name,
+        )
     return Problem(
         Severity.STALLED,
         reasons.INSUFFICIENT_CAPACITY,
