@@ -50,6 +50,12 @@ def test_a_fleet_through_kubectl_scale_restart_and_delete(
     assert scraped[("vmfleet_events_total", frozenset({("type", "Normal"), ("reason", "ClonesCreated")}))] >= 1
     assert scraped[("vmfleet_reconcile_seconds_count", frozenset({("kind", "VmFleet")}))] >= 1
     assert scraped[("vmfleet_fleet_logical_bytes", labels)] == 3 * small_image.stat().st_size
+    # what a HorizontalPodAutoscaler or KEDA reads: replicas and a selector (an HPA refuses a target without one)
+    scale = json.loads(
+        kube.kubectl("get", "--raw", f"/apis/vmfleet.io/v1alpha1/namespaces/{ns}/vmfleets/web/scale").stdout
+    )
+    assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (3, 3)
+    assert scale["status"]["selector"] == "vmfleet.io/fleet=web"
 
     kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=5")
     kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=5", "vmfleet/web", "-n", ns, "--timeout=90s")
@@ -120,6 +126,36 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
 
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
     assert len(list(root.rglob("web-*.qcow2"))) == 2, "deletionPolicy Retain must keep the clones"
+
+
+@pytest.mark.hosts
+def test_a_cordoned_host_says_so_in_kubectl_get_kvh_and_gets_no_new_vm(
+    kube: Cluster, operator: OperatorProcess, libvirtd: str, tmp_path: Path, small_image: Path, unique: str
+) -> None:
+    ns, name = f"c-{unique}", f"c-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    apply(kube, objects(store_root(tmp_path, small_image), ns, libvirtd, 1, name))
+    wait_ready(kube, ns)
+    kube.kubectl("patch", "kvh", name, "--type", "merge", "-p", '{"spec":{"unschedulable":true}}')
+    kube.kubectl("wait", "--for=condition=Schedulable=false", f"kvh/{name}", "--timeout=60s")
+    table = kube.kubectl("get", "kvh", name).stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "URI", "READY", "SCHEDULABLE"] and table[1].split()[2:4] == [
+        "True",
+        "False",
+    ]
+    kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=2")
+    kube.kubectl("wait", "--for=condition=Stalled", "vmfleet/web", "-n", ns, "--timeout=60s")
+    stalled = [c for c in fleet(kube, ns)["status"]["conditions"] if c["type"] == "Stalled"]
+    assert stalled[0]["reason"] == "HostsCordoned" and name in stalled[0]["message"]
+    conn = libvirt.open(libvirtd)
+    try:
+        assert [d.name() for d in conn.listAllDomains() if d.name().startswith(f"{ns}.")] == [f"{ns}.web-0"]
+        assert conn.lookupByName(f"{ns}.web-0").isActive()  # the VM on the cordoned host runs on
+    finally:
+        conn.close()
+    kube.kubectl("patch", "kvh", name, "--type", "merge", "-p", '{"spec":{"unschedulable":false}}')
+    kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=2", "vmfleet/web", "-n", ns, "--timeout=90s")
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=90s")
 
 
 def test_a_template_with_live_clones_keeps_its_parent(

@@ -94,6 +94,7 @@ async def test_a_missing_template_is_waited_for_with_the_field_named(runtime: Ru
     assert "spec.templateRef.name" in result.status["conditions"][0]["message"]
     assert result.waiting  # the handler retries in seconds
     assert reasons(result.events) == ["TemplateNotFound"]
+    assert result.status["labelSelector"] == "vmfleet.io/fleet=demo"  # an autoscaler's target before the first VM
     again = await passes.fleet_pass(runtime, {**docs["VmFleet"], "status": result.status}, empty)
     assert again.waiting and again.events == []  # said once, not at every retry
 

@@ -57,7 +57,11 @@ def root_schema(kind: Kind) -> Schema:
 def crd(kind: Kind) -> dict[str, Any]:
     subresources: dict[str, Any] = {"status": {}}
     if kind.scale:
-        subresources["scale"] = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}
+        subresources["scale"] = {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.labelSelector",  # a HorizontalPodAutoscaler refuses a target without one
+        }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -665,6 +665,11 @@ VM_FLEET_STATUS = obj(
         "observedGeneration": observed_generation(),
         "conditions": conditions(),
         "replicas": integer("VMs that exist (a clone and a domain).", 0),
+        "labelSelector": string(
+            "vmfleet.io/fleet=<name>: the selector of the scale subresource (`kubectl get --raw .../scale`), which a "
+            "HorizontalPodAutoscaler or KEDA needs to scale the fleet; it matches no pod (the VMs are domains).",
+            maxLength=128,
+        ),
         "readyReplicas": integer("VMs in the state the spec asks for.", 0),
         "updatedReplicas": integer("VMs on status.updateRevision.", 0),
         "updateRevision": string(

@@ -15,6 +15,7 @@ from .schema import API_VERSION, DEFAULT_NAMESPACE, KINDS
 from .validation import FieldError, InvalidManifest, validate
 
 HOSTS_LOST_ANNOTATION = "vmfleet.io/hosts-lost"
+FLEET_LABEL = "vmfleet.io/fleet"  # status.labelSelector of the scale subresource: <label>=<fleet name>
 REIMAGE_ANNOTATION = "vmfleet.io/reimage"  # one-shot: ordinals to reimage; the operator removes it once done
 
 # Fleets read in standalone mode have no apiserver UID: derive a stable one from namespace/name.

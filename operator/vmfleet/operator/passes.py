@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..api import CloneStore, KvmHost, VmFleet, VmTemplate, reasons
 from ..api.status import condition_of
+from ..api.types import FLEET_LABEL
 from ..clock import now
 from ..engine import (
     Event,
@@ -62,15 +63,17 @@ def _unresolved(body: Mapping[str, Any], e: Unresolved) -> PassResult:
 async def fleet_pass(
     runtime: Runtime, body: Mapping[str, Any], catalog: Catalog, wanted: Callable[[], bool] = lambda: True
 ) -> PassResult:
+    selector = {"labelSelector": f"{FLEET_LABEL}={body['metadata']['name']}"}  # whatever the pass says
     try:
         fleet, template, store, hosts = resolve_fleet(body, catalog)
     except Unresolved as e:
-        return _unresolved(body, e)
+        unresolved = _unresolved(body, e)
+        return replace(unresolved, status={**unresolved.status, **selector})
     result = await reconcile_fleet(
         runtime, fleet, template, store, hosts, previous_status=body.get("status"), wanted=wanted
     )
     done = fleet.reimage_request if result.reimage_left == frozenset() else None
-    return PassResult(result.status, result.events, reimaged=done)
+    return PassResult({**result.status, **selector}, result.events, reimaged=done)
 
 
 async def fleet_delete_pass(runtime: Runtime, body: Mapping[str, Any], catalog: Catalog) -> TeardownResult:
