@@ -154,11 +154,11 @@ class WorldRuntime(Runtime):
         super().__init__(settings=settings)
         self.world = world
         self._watched: set[int] = set()
-        self.store_timeout = settings.store_timeout_seconds  # what the store drivers wait from now on
+        self.store_timeout: float | None = None  # what the store drivers wait from now on (None: the settings')
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
         driver = self._watch(super().store_driver(store))
-        if isinstance(driver, LocalStore):
+        if self.store_timeout is not None and isinstance(driver, LocalStore):
             driver.timeout = self.store_timeout
         return driver
 
