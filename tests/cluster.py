@@ -157,6 +157,7 @@ class Cluster:
     start_seconds: float = 0.0
     address: str = "127.0.0.1"  # where the apiserver listens
     tokens: dict[str, str] = field(default_factory=dict)  # user -> bearer token
+    _apiserver: list[str] = field(default_factory=list)  # its command line
 
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         return {
@@ -249,17 +250,30 @@ class Cluster:
                 stderr=subprocess.STDOUT,
             )
         )
-        api_log = open(d / "apiserver.log", "wb")
-        self.processes.append(
-            subprocess.Popen(
-                [str(self.bin / "kube-apiserver"), *self._apiserver_args(etcd_port, api_port)],
-                stdout=api_log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        self._apiserver = [str(self.bin / "kube-apiserver"), *self._apiserver_args(etcd_port, api_port)]
+        self._start_apiserver()
         self.server = f"https://{self.address}:{api_port}"
         self.kubeconfig = d / "admin.kubeconfig"
         self.kubeconfig.write_text(kubeconfig(self.server, d / "ca.crt", token, "admin"))
+        self._wait_ready()
+        self.start_seconds = time.monotonic() - t0
+
+    def _start_apiserver(self) -> None:
+        with open(self.dir / "apiserver.log", "ab") as log:
+            self.processes.append(subprocess.Popen(self._apiserver, stdout=log, stderr=subprocess.STDOUT))
+
+    def restart_apiserver(self) -> None:
+        """The apiserver stopped (SIGTERM) and started again on the same port; etcd, and so every object, kept."""
+        (api,) = [p for p in self.processes if p.args == self._apiserver and p.poll() is None]
+        api.terminate()
+        api.wait(30)
+        self.processes.remove(api)
+        self._start_apiserver()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        d = self.dir
+        token = self.tokens["vmfleet-test-admin"]
         wait_until_ok(
             urllib.request.Request(f"{self.server}/readyz", headers={"Authorization": f"Bearer {token}"}),
             self.processes,
@@ -267,7 +281,6 @@ class Cluster:
             lambda: (d / "etcd.log").read_text() + (d / "apiserver.log").read_text(),
             ssl.create_default_context(cafile=str(d / "ca.crt")),
         )
-        self.start_seconds = time.monotonic() - t0
 
     def stop(self) -> None:
         for p in reversed(self.processes):

@@ -15,14 +15,17 @@ VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, resync_seconds: float = 2.0):
+    def __init__(
+        self, kubeconfig: Path, log: Path, resync_seconds: float = 2.0, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig, self.log, self.resync = kubeconfig, log, resync_seconds
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
 
     def start(self) -> None:
         port, self.metrics_port = free_port(), free_port()
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VMFLEET_RESYNC_SECONDS": str(self.resync)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "VMFLEET_RESYNC_SECONDS": str(self.resync), **self.env}
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [

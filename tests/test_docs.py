@@ -47,11 +47,15 @@ def test_every_metric_is_documented() -> None:
 
 
 def test_every_setting_is_documented_with_its_default() -> None:
-    rows = dict(re.findall(r"^\| `(VMFLEET_\w+)` \| ([\d.]+) \|", OPERATIONS_DOC, re.M))
+    rows = dict(re.findall(r"^\| `(VMFLEET_\w+)` \| ([^|]+?) \|", OPERATIONS_DOC, re.M))
     for f in dataclasses.fields(Settings):
         variable = f"VMFLEET_{f.name.upper()}"
         assert variable in rows, variable
-        assert float(rows[variable]) == getattr(Settings(), f.name), variable
+        default = getattr(Settings(), f.name)
+        if isinstance(default, str):
+            assert rows[variable] == (f"`{default}`" if default else "none"), variable
+        else:
+            assert float(rows[variable]) == default, variable
 
 
 def test_the_readme_starts_with_the_two_commands() -> None:

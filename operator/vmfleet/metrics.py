@@ -37,6 +37,7 @@ SSH_ERRORS = Counter(
 LIBVIRT_ERRORS = Counter(
     "vmfleet_libvirt_errors_total", "libvirt calls that failed, by KvmHost and operation.", ("host", "operation")
 )
+LEADER = Gauge("vmfleet_leader", "1 on the replica that holds the leader Lease (or runs without one), else 0.")
 EVENTS = Counter("vmfleet_events_total", "Events posted, by type and reason.", ("type", "reason"))
 
 _FLEET_GAUGES = (

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,21 @@ class Settings:
     """VMFLEET_COPY_TIMEOUT_SECONDS: the same for the one call that copies data: making a clone parent from
     its image; 0: no limit."""
 
+    lease: str = ""
+    """VMFLEET_LEASE: NAMESPACE/NAME of the coordination.k8s.io Lease on which the operator's replicas elect the
+    one that reconciles (deploy/ runs 2); empty: no election, for a single replica."""
+
+    lease_seconds: float = 15.0
+    """VMFLEET_LEASE_SECONDS: how long a replica waits on a lease its holder stopped renewing before it takes it
+    over: about the longest time nothing is reconciled after the active replica dies."""
+
+    lease_renew_deadline_seconds: float = 10.0
+    """VMFLEET_LEASE_RENEW_DEADLINE_SECONDS: a holder that could not renew for this long stops (exits) before
+    any other replica may take over; below lease_seconds."""
+
+    lease_retry_seconds: float = 2.0
+    """VMFLEET_LEASE_RETRY_SECONDS: how often the holder renews and the others try."""
+
     @property
     def waiting_retry_seconds(self) -> float:
         """Objects applied together arrive in any order: one waiting on another is retried this soon."""
@@ -39,10 +58,13 @@ class Settings:
         """The settings named in `environ` (default: this process's), the defaults for the rest; a value
         that does not parse is an error naming the variable."""
         env = os.environ if environ is None else environ
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
         for f in fields(cls):
             name = f"VMFLEET_{f.name.upper()}"
             if name not in env:
+                continue
+            if f.type in (str, "str"):
+                values[f.name] = env[name]
                 continue
             kind = int if f.type in (int, "int") else float
             try:
@@ -52,4 +74,23 @@ class Settings:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}={env[name]!r} must be a finite number, not negative")
             values[f.name] = value
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.lease_name()  # a malformed lease is an error now, not when the operator starts
+        if settings.lease and not 0 < settings.lease_renew_deadline_seconds < settings.lease_seconds:
+            raise ValueError(
+                "VMFLEET_LEASE_RENEW_DEADLINE_SECONDS must be above 0 and below VMFLEET_LEASE_SECONDS: a holder "
+                "must stop before another replica may take its lease"
+            )
+        return settings
+
+    def lease_name(self) -> tuple[str, str] | None:
+        """(namespace, name) of the leader Lease, None without one."""
+        if not self.lease:
+            return None
+        namespace, _, name = self.lease.partition("/")
+        if not (DNS_LABEL.fullmatch(namespace) and DNS_SUBDOMAIN.fullmatch(name)):
+            raise ValueError(
+                f"VMFLEET_LEASE={self.lease!r} must be NAMESPACE/NAME: a namespace (a DNS label) and a Lease name "
+                "(a DNS subdomain), such as vmfleet-system/vmfleet-operator"
+            )
+        return namespace, name

@@ -197,6 +197,13 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
+    if args.lease is not None:
+        settings = dataclasses.replace(settings, lease=args.lease)
+        try:
+            settings.lease_name()
+        except ValueError as e:
+            print(f"error: --lease: {str(e).removeprefix('VMFLEET_LEASE=')}", file=sys.stderr)
+            return 1
     return run_operator(
         settings, namespaces=args.namespace, liveness=args.liveness, standalone=args.standalone, verbose=args.verbose
     )
@@ -245,7 +252,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="where Prometheus scrapes /metrics (0: none; default: $VMFLEET_METRICS_PORT, else 9090)",
     )
-    r.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    r.add_argument("--standalone", action="store_true", help="no kopf peering (replicas elect a leader on --lease)")
+    r.add_argument(
+        "--lease",
+        metavar="NAMESPACE/NAME",
+        help="the Lease on which replicas elect the one that reconciles (default: $VMFLEET_LEASE, else none)",
+    )
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=_run)
 

@@ -51,8 +51,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.background.cancellation_polling = 1.0
     ours = settings_of(memo)
     memo.runtime = Runtime(ClusterSecrets(), ours)
-    if ours.metrics_port:
-        metrics.serve(ours.metrics_port)
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import threading
 
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from ..api.types import SecretRef
 from ..credentials import SecretData, SecretUnreadable
+from .kube_api import api_client
 
 
 class ClusterSecrets:
@@ -21,21 +21,11 @@ class ClusterSecrets:
 
     def __init__(self) -> None:
         self._api: client.CoreV1Api | None = None
-        self._lock = threading.Lock()
-
-    def _core(self) -> client.CoreV1Api:
-        with self._lock:
-            if self._api is None:
-                try:
-                    config.load_incluster_config()
-                except ConfigException:
-                    config.load_kube_config()
-                self._api = client.CoreV1Api()
-            return self._api
 
     def __call__(self, ref: SecretRef) -> SecretData:
         try:
-            secret = self._core().read_namespaced_secret(ref.name, ref.namespace)
+            self._api = self._api or client.CoreV1Api(api_client())
+            secret = self._api.read_namespaced_secret(ref.name, ref.namespace)
         except ApiException as e:
             raise SecretUnreadable(ref, f"cannot be read: {e.status} {e.reason}", forbidden=e.status == 403) from None
         except ConfigException as e:
