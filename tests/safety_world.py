@@ -56,6 +56,7 @@ class World:
         self.node.write_text(NODE_XML)
         self.conns: dict[str, libvirt.virConnect] = {}
         self.down: set[str] = set()
+        self.hosts: list[WorldHost] = []  # every endpoint the operators made: told of changes made behind them
         # What a test watches while the engine acts: a domain about to be taken down or just started (op "stop" or
         # "start", the URI, the domain's name), and a store file about to be deleted (its path in the store).
         self.on_power: Callable[[str, str, str], None] | None = None
@@ -105,6 +106,14 @@ class World:
         for dom in self.conn(uri).listAllDomains(0):
             if dom.isActive():
                 dom.destroy()
+                self.changed(uri, dom.name())
+
+    def changed(self, uri: str, name: str) -> None:
+        """A domain changed behind the operator: its event, delivered before the next pass (libvirt's event thread
+        delivers it too, at a time of its own: hypothesis needs every run of a case to see the same)."""
+        for host in self.hosts:
+            if host.uri == uri:
+                host.view.changed(name)
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -113,9 +122,10 @@ class World:
 
 
 class WorldHost(LibvirtHost):
-    def __init__(self, world: World, name: str, uri: str):
-        super().__init__(name, uri)
+    def __init__(self, world: World, name: str, uri: str, relist_seconds: float):
+        super().__init__(name, uri, relist_seconds=relist_seconds)
         self.world = world
+        world.hosts.append(self)
 
     def _connection(self) -> libvirt.virConnect:
         if self.uri in self.world.down:
@@ -179,7 +189,9 @@ class WorldRuntime(Runtime):
     def host(self, host: KvmHost) -> LibvirtHost:
         known = self._hosts.get(host.meta.name)
         if known is None or known.uri != host.uri:
-            known = self._hosts[host.meta.name] = WorldHost(self.world, host.meta.name, host.uri)
+            known = self._hosts[host.meta.name] = WorldHost(
+                self.world, host.meta.name, host.uri, self.settings.resync_seconds
+            )
         return known
 
 

@@ -140,6 +140,7 @@ async def test_a_failed_delete_of_a_clone_nobody_recorded_does_not_block_the_fle
         if d.name == "default.web-1":
             site.world.conn(d.uri).lookupByName(d.name).destroy()
             site.world.conn(d.uri).lookupByName(d.name).undefine()
+            site.world.changed(d.uri, d.name)
     next(site.root.rglob("fleet.json")).unlink()  # web-1 now has a clone, no domain, no record entry
     real_unlink, failed = os.unlink, []
 

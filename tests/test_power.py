@@ -231,10 +231,10 @@ class StopsFirst(LibvirtHost):
         super().__init__("kvm-a", uri)
         self.other, self.victim = conn, name
 
-    async def _call(self, operation: str, what: str, fn: Any) -> Any:
+    async def _call(self, operation: str, what: str, fn: Any, touches: str | None = None) -> Any:
         if what.startswith("destroying"):
             self.other.lookupByName(self.victim).destroy()
-        return await super()._call(operation, what, fn)
+        return await super()._call(operation, what, fn, touches)
 
 
 async def test_a_domain_that_stopped_just_before_the_destroy_counts_as_stopped_by_itself(

@@ -569,6 +569,7 @@ async def test_a_domain_that_stops_while_its_host_is_listed_leaves_the_host_obse
         return str(metadata(dom, kind, uri, flags))
 
     monkeypatch.setattr(libvirt.virDomain, "metadata", stops_meanwhile)
+    runtime.host(site.host).view.forget()  # a full listing, as at every relist
     second = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host], first.status)
     monkeypatch.undo()
     degraded = {c["type"]: c for c in second.status["conditions"]}["Degraded"]

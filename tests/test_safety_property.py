@@ -744,6 +744,7 @@ class FleetSafety(RuleBasedStateMachine):
         """A guest shuts itself down (libvirt then says why: "shutdown")."""
         where, name = data.draw(st.sampled_from(self.running_domains()))
         self.world.conn(where).lookupByName(name).shutdown()
+        self.world.changed(where, name)
         self.then(then_pass)
 
     @precondition(lambda self: self.fleet is not None)

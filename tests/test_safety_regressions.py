@@ -208,6 +208,7 @@ async def test_finding_5_every_spec_change_redefines_in_place_and_a_running_vm_s
     assert first.status["conditions"][0]["status"] == changed.status["conditions"][0]["status"] == "True"
     conn = site.world.conn(A)
     conn.lookupByName("default.web-0").destroy()  # the person restarts web-0
+    site.world.changed(A, "default.web-0")
     again = await site.converge(site.fleet(2, update=on_delete), site.template(vcpus=2))
     assert {c["name"]: c.get("restartRequired", False) for c in again.status["clones"]} == {
         "web-0": False,
@@ -249,6 +250,7 @@ async def test_a_crash_between_announcing_and_cloning_is_not_a_lost_clone(site: 
     domain = site.world.conn(A).lookupByName("default.web-0")
     domain.destroy()
     domain.undefine()
+    site.world.changed(A, "default.web-0")
     record = next(site.root.rglob("fleet.json"))
     record.write_text(record.read_text().replace('"placed"', '"creating"'))
     again = await site.converge(fleet)
@@ -414,6 +416,7 @@ async def test_a_vm_is_not_started_while_another_domain_runs_on_its_clone(site: 
     site.world.down.discard(B)
     assert site.running("default.web-1") == [A, B]  # the person's mistake: reported as DuplicateDomain
     site.world.conn(A).lookupByName("default.web-1").destroy()  # they keep b's copy
+    site.world.changed(A, "default.web-1")
     result = await site.converge(site.fleet(2))
     assert ("start", 1, "a") not in ops(result) and site.running("default.web-1") == [B]
     assert "DuplicateDomain" in [p.reason for p in result.plan.problems]
@@ -455,6 +458,7 @@ async def test_a_crash_between_announcing_and_preparing_the_parent_costs_no_fail
         dom = site.world.conn(d.uri).lookupByName(d.name)
         dom.destroy()
         dom.undefine()
+        site.world.changed(d.uri, d.name)
     for parent in (site.root / "vmfleet" / "parents").iterdir():
         parent.unlink()
     record = next(site.root.rglob("fleet.json"))

@@ -19,7 +19,8 @@ DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-
 @dataclass(frozen=True)
 class Settings:
     resync_seconds: float = 60.0
-    """VMFLEET_RESYNC_SECONDS: how often every object is reconciled again, changed or not."""
+    """VMFLEET_RESYNC_SECONDS: how often every object is reconciled again, changed or not, and each KvmHost's
+    domains listed in full (in between, libvirt's events say which changed: hypervisor/view.py)."""
 
     metrics_port: int = 9090
     """VMFLEET_METRICS_PORT: where Prometheus scrapes /metrics; 0 for no endpoint."""

@@ -95,6 +95,9 @@ async def reimage(actor: Actor, a: CloneAction) -> None:
     desired = actor.snapshot.desired
     assert desired.template is not None
     old, new = actor.snapshot.clone(a.ordinal), desired.fresh_clone(a.ordinal)
+    vm = actor.snapshot.seen.domains.get(a.ordinal)
+    if vm is not None:  # looked at again: a view may be older than a person's start or managedsave (I1)
+        await actor.endpoints[vm.host].ensure_off(desired.domain_name(a.ordinal))
     await actor.driver.delete(old)
     if new != old:
         await actor.driver.delete(new)  # a leftover of a reimage cut short, in the new format

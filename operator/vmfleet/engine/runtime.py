@@ -33,8 +33,9 @@ class Runtime:
         if known is None or (known.uri, known.secret) != (host.uri, host.secret):
             if known is not None:
                 known.drop()
+            # Listed in full once per resync; in between only the domains events say changed (hypervisor/view.py).
             known = self._hosts[host.meta.name] = LibvirtHost(
-                host.meta.name, host.uri, self._credentials(host), host.secret
+                host.meta.name, host.uri, self._credentials(host), host.secret, self.settings.resync_seconds
             )
         return known
 

@@ -19,6 +19,7 @@ from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError
 from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
+from .view import DomainView
 
 T = TypeVar("T")
 
@@ -28,10 +29,27 @@ _POLL_SECONDS = 0.25  # how often shutdown() looks whether the guest has powered
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
+def _run_events() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
+
+# Domain events (and keepalive) need an event loop registered before connections open: one thread runs it.
+libvirt.virEventRegisterDefaultImpl()
+threading.Thread(target=_run_events, name="libvirt-events", daemon=True).start()
+
+
 class LibvirtHost:
     """Every fault of the host, of its Secret or of the files its key is handed to libvirt in is a HostError."""
 
-    def __init__(self, name: str, uri: str, credentials: KeyReader | None = None, secret: object = None):
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        credentials: KeyReader | None = None,
+        secret: object = None,
+        relist_seconds: float = 0,
+    ) -> None:
         self.name = name
         self.uri = uri
         self.secret = secret  # which Secret the credentials come from: a new one means a new connection
@@ -39,6 +57,10 @@ class LibvirtHost:
         self._files: str | None = None  # a private directory holding the key and known_hosts
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        # Its domains as last seen (0: listed in full at every look); kept current by the events of the
+        # connection it watches.
+        self.view = DomainView(relist_seconds)
+        self._watched: tuple[libvirt.virConnect, list[int]] | None = None
 
     def _connect_uri(self) -> str:
         if self._credentials is None:
@@ -87,66 +109,87 @@ class LibvirtHost:
 
     def drop(self) -> None:
         conn, self._conn = self._conn, None
+        self.view.forget()
+        if self._watched is not None and self._watched[0] is conn:
+            for i in self._watched[1]:
+                try:
+                    conn.domainEventDeregisterAny(i)
+                except libvirt.libvirtError:
+                    pass
+            self._watched = None
         if conn is not None:
             try:
                 conn.close()
             except libvirt.libvirtError:
                 pass
 
-    async def _call(self, operation: str, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+    async def _call(
+        self, operation: str, what: str, fn: Callable[[libvirt.virConnect], T], touches: str | None = None
+    ) -> T:
+        """`fn` on the connection, off the event loop; `touches`: the domain it may change, looked at again
+        before the view shows it, whether or not `fn` succeeded."""
+
         def run() -> T:
-            conn = self._connection()
+            try:
+                conn = self._connection()
+            except HostError:
+                self.view.forget()  # silent for a while: what it said before may be old
+                raise
+            self._watch(conn)
             try:
                 return fn(conn)
             except libvirt.libvirtError as e:
                 metrics.LIBVIRT_ERRORS.labels(self.name, operation).inc()
                 raise HostError(f"KvmHost {self.name}: {what} failed: {e}") from e
+            finally:
+                if touches is not None:
+                    self.view.changed(touches)
 
         return await asyncio.to_thread(run)
+
+    def _watch(self, conn: libvirt.virConnect) -> None:
+        """Listen to a new connection's domain events; without them, every look lists the host in full."""
+        if self._watched is not None and self._watched[0] is conn:
+            return
+        self.view.forget()  # events of an earlier connection may have been missed
+        view = self.view
+        ids: list[int] = []
+        try:
+            ids.append(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, dom, *_: view.changed(dom.name()), None
+                )
+            )
+            ids.append(
+                conn.domainEventRegisterAny(
+                    None,
+                    libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+                    lambda _c, dom, *_: view.changed(dom.name()),
+                    None,
+                )
+            )
+        except libvirt.libvirtError:
+            view.relist_seconds = 0  # a driver without events: nothing tells this view of a change
+        self._watched = (conn, ids)
 
     async def capacity(self) -> Capacity:
         info = await self._call("capacity", "getInfo", lambda c: c.getInfo())
         return Capacity(vcpus=int(info[2]), memory_mib=int(info[1]))
 
     async def list_domains(self) -> list[DomainInfo]:
-        def describe(dom: libvirt.virDomain) -> DomainInfo:
-            state, reason = dom.state()  # with why it stopped, in the same call
-            _state, max_kib, _mem, vcpus, _cpu = dom.info()
-            active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
-            owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
-            live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
-            saved = bool(owner and not active and dom.hasManagedSaveImage(0))
-            kept = _kept_mac(owner)
-            return DomainInfo(
-                dom.name(),
-                STATES.get(state, "Unknown"),
-                vcpus,
-                max_kib // 1024,
-                owner,
-                dom.UUIDString(),
-                live.spec_hash if live else "",
-                saved,
-                kept,
-                (live.mac or kept) if live else None,
-                _stop_reason(state, reason),
-                live.revision if live else "",
-            )
+        """Every domain of the host with its state and vmfleet's metadata, through the view: listed in full when
+        due, else only the domains that changed since looked at again."""
 
         def collect(conn: libvirt.virConnect) -> list[DomainInfo]:
-            out = []
-            for dom in conn.listAllDomains(0):
-                for again in (False, True):
-                    try:
-                        out.append(describe(dom))
-                        break
-                    except libvirt.libvirtError as e:
-                        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
-                            break
-                        # "domain is not running": it stopped while we looked (a guest that powered off, another
-                        # fleet's VM): looked at again, not the whole host taken for unreachable
-                        if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or again:
-                            raise
-            return out
+            def describe_by_name(name: str) -> DomainInfo | None:
+                dom = _lookup(conn, name)
+                return None if dom is None else _described(dom)
+
+            def list_all() -> list[DomainInfo]:
+                found = (_described(dom) for dom in conn.listAllDomains(0))
+                return [d for d in found if d is not None]
+
+            return self.view.look(list_all, describe_by_name)
 
         return await self._call("list", "listing domains", collect)
 
@@ -201,10 +244,10 @@ class LibvirtHost:
         return await self._call("list", f"reading the NIC of {name}", read)
 
     async def define(self, xml: str) -> None:
-        await self._call("define", "defining a domain", lambda c: c.defineXML(xml))
+        await self._call("define", "defining a domain", lambda c: self.view.changed(c.defineXML(xml).name()))
 
     async def start(self, name: str) -> None:
-        await self._call("start", f"starting {name}", lambda c: c.lookupByName(name).create())
+        await self._call("start", f"starting {name}", lambda c: c.lookupByName(name).create(), touches=name)
 
     async def stop(self, name: str) -> None:
         def destroy(conn: libvirt.virConnect) -> None:
@@ -212,7 +255,7 @@ class LibvirtHost:
             if dom.isActive():
                 dom.destroy()
 
-        await self._call("stop", f"stopping {name}", destroy)
+        await self._call("stop", f"stopping {name}", destroy, touches=name)
 
     async def shutdown(self, name: str, grace_seconds: float) -> bool:
         """Stop a domain as its guest expects: press the ACPI power button, give the guest `grace_seconds` from the
@@ -260,7 +303,7 @@ class LibvirtHost:
                 return True
             raise e
 
-        if await self._call("shutdown", what, press):
+        if await self._call("shutdown", what, press, touches=name):
             return True
         if grace_seconds > 0:
             deadline = time.monotonic() + grace_seconds
@@ -271,16 +314,33 @@ class LibvirtHost:
                 if left <= 0:
                     break
                 await asyncio.sleep(min(_POLL_SECONDS, left))
-        return await self._call("shutdown", f"destroying {name}", destroy)
+        return await self._call("shutdown", f"destroying {name}", destroy, touches=name)
+
+    async def ensure_off(self, name: str) -> None:
+        """A HostError unless the domain is off with no saved memory (or gone): its disk may be replaced."""
+
+        def check(conn: libvirt.virConnect) -> None:
+            dom = _lookup(conn, name)
+            if dom is None:
+                return
+            if dom.isActive():
+                raise HostError(f"KvmHost {self.name}: {name} is running (started since it was looked at)")
+            if dom.hasManagedSaveImage(0):
+                raise HostError(
+                    f"KvmHost {self.name}: {name} has saved memory (managedsave) that would resume on another disk"
+                )
+
+        await self._call("list", f"looking at {name}", check, touches=name)
 
     async def undefine(self, name: str) -> None:
         def undefine(conn: libvirt.virConnect) -> None:
-            try:
-                dom = conn.lookupByName(name)
-            except libvirt.libvirtError as e:
-                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return
-                raise
+            dom = _lookup(conn, name)
+            if dom is None:
+                return
+            if dom.isActive():  # vmfleet stops before it undefines: running, it was started after it was looked at
+                raise HostError(
+                    f"KvmHost {self.name}: {name} is running (started since it was looked at): not undefined"
+                )
             try:  # UEFI guests have an NVRAM file that must go with them
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
             except libvirt.libvirtError as e:
@@ -288,13 +348,61 @@ class LibvirtHost:
                     raise
                 dom.undefine()
 
-        await self._call("undefine", f"undefining {name}", undefine)
+        await self._call("undefine", f"undefining {name}", undefine, touches=name)
 
     async def close(self) -> None:
         await asyncio.to_thread(self.drop)
         if self._files is not None:
             shutil.rmtree(self._files, ignore_errors=True)
             self._files = None
+
+
+def _describe(dom: libvirt.virDomain) -> DomainInfo:
+    state, reason = dom.state()  # with why it stopped, in the same call
+    _state, max_kib, _mem, vcpus, _cpu = dom.info()
+    active = state != libvirt.VIR_DOMAIN_SHUTOFF  # as isActive() answers, without a call of its own
+    owner = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    live = parse_owner(_metadata(dom, libvirt.VIR_DOMAIN_AFFECT_LIVE)) if active and owner else None
+    saved = bool(owner and not active and dom.hasManagedSaveImage(0))
+    kept = _kept_mac(owner)
+    return DomainInfo(
+        dom.name(),
+        STATES.get(state, "Unknown"),
+        vcpus,
+        max_kib // 1024,
+        owner,
+        dom.UUIDString(),
+        live.spec_hash if live else "",
+        saved,
+        kept,
+        (live.mac or kept) if live else None,
+        _stop_reason(state, reason),
+        live.revision if live else "",
+    )
+
+
+def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _described(dom: libvirt.virDomain) -> DomainInfo | None:
+    """The domain as _describe says, None once it is gone."""
+    for again in (False, True):
+        try:
+            return _describe(dom)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # undefined while we looked
+                return None
+            # "domain is not running": it stopped while we looked (a guest that powered off, another fleet's VM):
+            # looked at again, not the whole host taken for unreachable
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or again:
+                raise
+    raise AssertionError("unreachable")
 
 
 # Answers that say "nothing to find here", not "the host failed": no errors counted, no alert.

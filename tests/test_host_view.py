@@ -1,0 +1,174 @@
+"""A host's domains observed once for all fleets (issue 17, hypervisor/view.py): listed in full once per relist
+period, in between only the domains libvirt's events or vmfleet's own actions say changed are looked at again.
+On the libvirt test driver, whose events come through libvirt's event loop as a real libvirtd's do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import libvirt
+import pytest
+
+from helpers import wait_for
+from test_rollout import Site, _doc, conn, site  # noqa: F401
+from vmfleet.api import parse
+from vmfleet.engine import Runtime, reconcile_fleet
+from vmfleet.hypervisor import LibvirtHost
+
+pytestmark = pytest.mark.hosts
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every domain whose state libvirt was asked for, in order."""
+    asked: list[str] = []
+    state = libvirt.virDomain.state
+
+    def counted(dom: libvirt.virDomain, flags: int = 0) -> Any:
+        asked.append(dom.name())
+        return state(dom, flags)
+
+    monkeypatch.setattr(libvirt.virDomain, "state", counted)
+    return asked
+
+
+async def test_fleets_sharing_a_host_list_it_once_then_look_only_at_what_changed(
+    conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmfleet.settings import Settings
+
+    runtime = Runtime(settings=Settings(resync_seconds=3600))
+    try:
+        fleets = [
+            parse(_doc("VmFleet", f"f{i}", {"templateRef": {"name": "t"}, "replicas": 3}, uid=f"u-{i}"))
+            for i in range(4)
+        ]
+        statuses = [
+            (await reconcile_fleet(runtime, f, site.template(), site.store, [site.host])).status for f in fleets
+        ]
+        assert all(s["readyReplicas"] == 3 for s in statuses)
+        host = runtime.host(site.host)
+        asked = counting(monkeypatch)
+        for f, s in zip(fleets, statuses, strict=True):  # a resync round of 4 unchanged fleets
+            again = await reconcile_fleet(runtime, f, site.template(), site.store, [site.host], s)
+            assert again.status["readyReplicas"] == 3
+        assert asked == [], f"a resync of unchanged fleets looked at {len(asked)} domains"
+        listings = host.view.full_listings
+
+        # a guest of f2 powers itself off behind vmfleet: libvirt's event tells the view, and that domain alone is
+        # looked at again; the fleet starts it
+        conn.lookupByName("prod.f2-1").destroy()
+        wait_for(lambda: "prod.f2-1" in host.view._changed, 10, "libvirt's event for prod.f2-1")
+        again = await reconcile_fleet(runtime, fleets[2], site.template(), site.store, [site.host], statuses[2])
+        assert [(a.op.value, a.ordinal) for a in again.plan.actions] == [("start", 1)]
+        assert set(asked) == {"prod.f2-1"} and host.view.full_listings == listings
+        assert conn.lookupByName("prod.f2-1").isActive()
+    finally:
+        await runtime.close()
+
+
+async def test_a_view_is_listed_in_full_again_after_its_relist_period_and_after_its_connection_failed(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [0.0]
+    host = LibvirtHost("kvm-a", "test:///default", relist_seconds=60)
+    host.view._clock = lambda: now[0]
+    try:
+        await host.list_domains()
+        await host.list_domains()
+        assert host.view.full_listings == 1
+        now[0] = 60.0
+        await host.list_domains()
+        assert host.view.full_listings == 2
+        host.drop()  # a broken connection: events may have been missed
+        await host.list_domains()
+        assert host.view.full_listings == 3
+    finally:
+        await host.close()
+
+
+async def test_a_domain_started_behind_a_stale_view_is_not_undefined_nor_its_clone_deleted(
+    conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event lost (the view says web-1 is off; a person started it): scaling in must not undefine a running
+    domain and delete the disk under it (I1). Undefining refuses a running domain; the next full listing sees it."""
+    from vmfleet.settings import Settings
+
+    runtime = Runtime(settings=Settings(resync_seconds=3600))
+    try:
+        fleet = site.fleet(replicas=2, runStrategy="Halted")
+        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+        host = runtime.host(site.host)
+        monkeypatch.setattr(host.view, "changed", lambda name: None)  # every event lost from here on
+        await host.list_domains()  # and those that came before, looked at now
+        conn.lookupByName("prod.web-1").create()  # a person starts it
+        clone = next(site.root.rglob("web-1.qcow2"))
+        one = site.fleet(replicas=1, runStrategy="Halted")
+        second = await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], first.status)
+        assert conn.lookupByName("prod.web-1").isActive()
+        assert clone.exists(), "the clone of a running domain was deleted"
+        assert second.status["conditions"]
+        monkeypatch.undo()
+        host.view.forget()  # the next relist
+        third = await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], second.status)
+        assert not clone.exists() and "prod.web-1" not in [d.name() for d in conn.listAllDomains()]
+        assert third.status["replicas"] == 1
+    finally:
+        await runtime.close()
+
+
+async def test_a_vm_saved_behind_a_stale_view_is_not_reimaged_under_its_saved_memory(
+    conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event lost (the view says web-0 is off, libvirt-guests saved it meanwhile): a reimage would leave saved
+    memory to resume on a new disk. The reimage looks again first and does not go ahead."""
+    from vmfleet.settings import Settings
+
+    runtime = Runtime(settings=Settings(resync_seconds=3600))
+    try:
+        fleet = site.fleet(replicas=1, runStrategy="Halted")
+        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+        clone = next(site.root.rglob("web-0.qcow2"))
+        inode = clone.stat().st_ino
+        host = runtime.host(site.host)
+        monkeypatch.setattr(host.view, "changed", lambda name: None)  # every event lost from here on
+        await host.list_domains()  # and those that came before, looked at now
+        dom = conn.lookupByName("prod.web-0")
+        dom.create()
+        dom.managedSave(0)
+        second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
+        assert clone.exists() and clone.stat().st_ino == inode, "the disk of a saved VM was replaced"
+        assert "saved memory" in json.dumps(second.status["conditions"])
+        assert dom.hasManagedSaveImage(0)
+    finally:
+        await runtime.close()
+
+
+async def test_a_real_libvirtd_tells_the_view_of_domains_defined_and_undefined_by_someone_else(
+    libvirtd: str, unique: str
+) -> None:
+    """Through qemu:///system's socket, as over SSH: the events of another client's changes reach the view, and
+    the next look shows them without listing the host again."""
+    name = f"vmfleet-view-{unique}"
+    host = LibvirtHost("kvm-a", libvirtd, relist_seconds=3600)
+    other = libvirt.open(libvirtd)
+    try:
+        assert name not in [d.name for d in await host.list_domains()]
+        listings = host.view.full_listings
+        other.defineXML(
+            f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+            "<os><type arch='x86_64'>hvm</type></os></domain>"
+        )
+        wait_for(lambda: name in host.view._changed, 10, f"libvirtd's event for {name} defined")
+        (seen,) = [d for d in await host.list_domains() if d.name == name]
+        assert seen.state == "Stopped" and host.view.full_listings == listings
+        other.lookupByName(name).undefine()
+        wait_for(lambda: name in host.view._changed, 10, f"libvirtd's event for {name} undefined")
+        assert name not in [d.name for d in await host.list_domains()]
+        assert host.view.full_listings == listings
+    finally:
+        for d in other.listAllDomains():
+            if d.name() == name:
+                d.undefine()
+        other.close()
+        await host.close()
