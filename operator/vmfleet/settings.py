@@ -76,13 +76,21 @@ class Settings:
                 raise ValueError(f"{name}={env[name]!r} must be a finite number, not negative")
             values[f.name] = value
         settings = cls(**values)  # type: ignore[arg-type]
-        settings.lease_name()  # a malformed lease is an error now, not when the operator starts
-        if settings.lease and not 0 < settings.lease_renew_deadline_seconds < settings.lease_seconds:
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """A ValueError naming the variable when settings cannot work together (a malformed lease, or one that
+        would let two replicas lead at once)."""
+        if self.lease_name() is None:
+            return
+        if self.lease_seconds < 1:
+            raise ValueError("VMFLEET_LEASE_SECONDS must be at least 1 (a Lease counts whole seconds)")
+        if not 0 < self.lease_renew_deadline_seconds < self.lease_seconds:
             raise ValueError(
                 "VMFLEET_LEASE_RENEW_DEADLINE_SECONDS must be above 0 and below VMFLEET_LEASE_SECONDS: a holder "
                 "must stop before another replica may take its lease"
             )
-        return settings
 
     def lease_name(self) -> tuple[str, str] | None:
         """(namespace, name) of the leader Lease, None without one."""

@@ -200,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.lease is not None:
         settings = dataclasses.replace(settings, lease=args.lease)
         try:
-            settings.lease_name()
+            settings.check()
         except ValueError as e:
             print(f"error: --lease: {str(e).removeprefix('VMFLEET_LEASE=')}", file=sys.stderr)
             return 1

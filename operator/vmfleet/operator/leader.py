@@ -4,17 +4,19 @@ A Lease rather than kopf peering: peers of equal priority all freeze (kopf's doc
 suits a developer's operator pausing the cluster's, not identical replicas taking over from each other. The
 rules are client-go's: a holder renews every `retry_seconds`; another replica takes the lease once it has seen
 the same record, unchanged, for `lease_seconds` on its own clock (clocks of two machines are never compared);
-a holder that could not renew for `renew_deadline_seconds` (< lease_seconds) stops at once, before anyone may
-take over. It stops as a SIGKILLed operator does, which every pass is made to survive.
+a holder none of whose renewals sent in the last `renew_deadline_seconds` (< lease_seconds) succeeded stops at
+once, before anyone may take over. It stops as a SIGKILLed operator does, which every pass is made to survive.
+The lease is never handed back: a stopping operator's cut-off calls may still be running in its threads, and
+the process holds the lease until it has ended.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -59,7 +61,7 @@ def claim(
     mine = current is not None and current.holder == me
     return {
         "holderIdentity": me,
-        "leaseDurationSeconds": int(lease_seconds),
+        "leaseDurationSeconds": math.ceil(lease_seconds),  # rounded up: the others wait longer, never less
         "acquireTime": current.acquired if mine and current is not None else now,
         "renewTime": now,
         "leaseTransitions": (current.transitions if current else 0) + (0 if mine or current is None else 1),
@@ -67,11 +69,12 @@ def claim(
 
 
 class Leases(Protocol):
-    """The Lease API: get returns None when there is none; create and replace return False on a conflict."""
+    """The Lease API, blocking, each call given up after `timeout` seconds: get returns None when there is none;
+    create and replace return False on a conflict."""
 
-    async def get(self) -> dict[str, Any] | None: ...
-    async def create(self, spec: dict[str, Any]) -> bool: ...
-    async def replace(self, version: str, spec: dict[str, Any]) -> bool: ...
+    def get(self, timeout: float) -> dict[str, Any] | None: ...
+    def create(self, spec: dict[str, Any], timeout: float) -> bool: ...
+    def replace(self, version: str, spec: dict[str, Any], timeout: float) -> bool: ...
 
 
 def micro_time() -> str:
@@ -81,58 +84,61 @@ def micro_time() -> str:
 
 @dataclass
 class Elector:
+    """Blocking, on a thread of its own: renewing never waits on the operator's event loop or its thread pool,
+    which a hung store or libvirtd may hold (the deadline would otherwise be checked only once they let go)."""
+
     leases: Leases
     identity: str
     lease_seconds: float = 15.0
     renew_deadline_seconds: float = 10.0
     retry_seconds: float = 2.0
     clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    sleep: Callable[[float], None] = time.sleep
     _seen: Holding | None = None
     _seen_at: float = 0.0
 
-    async def try_once(self) -> bool:
-        """One read and, when it may, one write: True if this replica holds the lease now."""
-        lease = await self.leases.get()
+    def try_once(self, timeout: float = 5.0) -> bool:
+        """One read and, when it may, one write, each given up after `timeout`: True if this replica holds the
+        lease now."""
+        lease = self.leases.get(timeout)
         current = Holding.of(lease) if lease is not None else None
         if current != self._seen:
             self._seen, self._seen_at = current, self.clock()
         spec = claim(current, self.clock() - self._seen_at, self.identity, self.lease_seconds, micro_time())
         if spec is None:
             return False
-        won = await self.leases.create(spec) if current is None else await self.leases.replace(current.version, spec)
+        if current is None:
+            won = self.leases.create(spec, timeout)
+        else:
+            won = self.leases.replace(current.version, spec, timeout)
         if won and (current is None or current.holder != self.identity):
             log.info("leader election: %s holds the lease now (was %r)", self.identity, current and current.holder)
         return won
 
-    async def acquire(self) -> None:
+    def acquire(self) -> None:
         """Returns once this replica holds the lease."""
-        while not await self._attempt():
-            await self.sleep(self.retry_seconds)
+        while not self._attempt(5.0):
+            self.sleep(self.retry_seconds)
 
-    async def keep(self, lost: Callable[[], Awaitable[None]]) -> None:
-        """Renews until cancelled; calls `lost` when a renewal has not succeeded for the renew deadline."""
-        renewed = self.clock()
+    def keep(self, lost: Callable[[], None]) -> None:
+        """Renews for ever; calls `lost` once no renewal sent in the last renew deadline succeeded. A renewal counts
+        from when it was sent, and a call is given up when the deadline comes, so `lost` is never late."""
+        renewed = self.clock()  # the acquiring write was sent before this
         while True:
-            await self.sleep(self.retry_seconds)
-            if await self._attempt():
-                renewed = self.clock()
+            self.sleep(self.retry_seconds)
+            sent = self.clock()
+            left = renewed + self.renew_deadline_seconds - sent
+            if left > 0 and self._attempt(left):
+                renewed = sent
             elif self.clock() - renewed >= self.renew_deadline_seconds:
-                log.error("leader election: %s lost the lease (not renewed for %.0f s)", self.identity,
+                log.error("leader election: %s lost the lease (not renewed for %.1f s)", self.identity,
                           self.clock() - renewed)  # fmt: skip
-                await lost()
+                lost()
                 return
 
-    async def release(self) -> None:
-        """On a clean stop: the lease is handed back, so that a waiting replica takes over within a retry."""
-        lease = await self.leases.get()
-        if lease is not None and Holding.of(lease).holder == self.identity:
-            spec = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": micro_time()}
-            await self.leases.replace(Holding.of(lease).version, spec)
-
-    async def _attempt(self) -> bool:
+    def _attempt(self, timeout: float) -> bool:
         try:
-            return await self.try_once()
+            return self.try_once(timeout)
         except Exception as e:  # the apiserver down or slow: judged by the deadline, not by one failure
             log.warning("leader election: the Lease could not be read or written: %s", e)
             return False
@@ -178,13 +184,11 @@ class ClusterLeases:
         self._api = self._api or client.CoordinationV1Api(api_client())
         return self._api
 
-    async def get(self) -> dict[str, Any] | None:
+    def get(self, timeout: float) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            lease = await asyncio.to_thread(
-                self._coordination().read_namespaced_lease, self.name, self.namespace, _request_timeout=5
-            )
+            lease = self._coordination().read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -201,20 +205,20 @@ class ClusterLeases:
             },
         }
 
-    async def create(self, spec: dict[str, Any]) -> bool:
+    def create(self, spec: dict[str, Any], timeout: float) -> bool:
         body = {"metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
-        return await self._write(self._coordination().create_namespaced_lease, self.namespace, body)
+        return self._write(self._coordination().create_namespaced_lease, (self.namespace, body), timeout)
 
-    async def replace(self, version: str, spec: dict[str, Any]) -> bool:
+    def replace(self, version: str, spec: dict[str, Any], timeout: float) -> bool:
         body = {"metadata": {"name": self.name, "namespace": self.namespace, "resourceVersion": version}, "spec": spec}
-        return await self._write(self._coordination().replace_namespaced_lease, self.name, self.namespace, body)
+        return self._write(self._coordination().replace_namespaced_lease, (self.name, self.namespace, body), timeout)
 
     @staticmethod
-    async def _write(call: Callable[..., Any], *args: Any) -> bool:
+    def _write(call: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> bool:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            await asyncio.to_thread(call, *args, _request_timeout=5)
+            call(*args, _request_timeout=timeout)
         except ApiException as e:
             if e.status == 409:  # another replica wrote first (create or a newer resourceVersion)
                 return False

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Callable
 
 import kopf
 
@@ -29,7 +31,6 @@ async def _operate(settings: Settings, namespaces: list[str], liveness: str | No
     if settings.metrics_port:  # a waiting replica is scraped too: vmfleet_leader 0 says why it has no fleets
         metrics.serve(settings.metrics_port)
     lease = settings.lease_name()
-    elector = None
     if lease is not None:
         # The pod's name (its hostname) says which replica leads; the suffix tells a restarted container apart.
         elector = Elector(
@@ -41,28 +42,34 @@ async def _operate(settings: Settings, namespaces: list[str], liveness: str | No
         )
         log.info("leader election: %s waits for Lease %s/%s", elector.identity, *lease)
         async with health_while_waiting(liveness):
-            await elector.acquire()
+            await _in_thread(elector.acquire)
+        # Renewed on a thread of its own until the process ends, also while it finishes work cut off by a stop.
+        threading.Thread(target=elector.keep, args=(_stop_at_once,), name="leader-lease", daemon=True).start()
     metrics.LEADER.set(1)
-    keeper = asyncio.create_task(elector.keep(_stop_at_once)) if elector else None
-    try:
-        await kopf.operator(
-            registry=registry(settings),
-            memo=kopf.Memo(settings=settings),
-            standalone=standalone,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-        )
-    finally:
-        if keeper is not None and elector is not None:
-            keeper.cancel()
-            try:
-                await elector.release()
-            except Exception as e:  # the apiserver gone too: the lease runs out instead
-                log.warning("leader election: the Lease could not be handed back: %s", e)
+    await kopf.operator(
+        registry=registry(settings),
+        memo=kopf.Memo(settings=settings),
+        standalone=standalone,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
 
 
-async def _stop_at_once() -> None:
+async def _in_thread(fn: Callable[[], None]) -> None:
+    """`fn` on a daemon thread: a waiting replica told to stop (SIGINT) does not wait for it to return."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        fn()
+        loop.call_soon_threadsafe(done.set_result, None)
+
+    threading.Thread(target=run, name="leader-wait", daemon=True).start()
+    await done
+
+
+def _stop_at_once() -> None:
     """The lease is lost: another replica may reconcile in a moment. Stopping gracefully could take longer than
     that (a pass waits on its store), so the process ends now, as a SIGKILLed operator does."""
     logging.shutdown()
