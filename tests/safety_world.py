@@ -109,8 +109,7 @@ class World:
                 self.changed(uri, dom.name())
 
     def changed(self, uri: str, name: str) -> None:
-        """A domain changed behind the operator: its event, delivered before the next pass (libvirt's event thread
-        delivers it too, at a time of its own: hypothesis needs every run of a case to see the same)."""
+        """A domain changed behind the operator: its event, delivered before the next pass."""
         for host in self.hosts:
             if host.uri == uri:
                 host.view.changed(name)
@@ -134,6 +133,13 @@ class WorldHost(LibvirtHost):
 
     def drop(self) -> None:
         return None  # the instance outlives the operator: it is the host
+
+    def _watch(self, conn: libvirt.virConnect) -> None:
+        """No libvirt events here: the world tells the views of its changes itself (World.changed), or loses them,
+        at a point every run of a case agrees on; libvirt's event thread would deliver them at a time of its own."""
+        if self._watched is None or self._watched[0] is not conn:
+            self.view.forget()
+            self._watched, self._events = (conn, []), True
 
     def _power(self, op: str, name: str) -> None:
         if self.world.on_power is not None:

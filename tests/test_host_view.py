@@ -15,6 +15,7 @@ from test_rollout import Site, _doc, conn, site  # noqa: F401
 from vmfleet.api import parse
 from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.hypervisor import LibvirtHost
+from vmfleet.settings import Settings
 
 pytestmark = pytest.mark.hosts
 
@@ -35,8 +36,6 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_fleets_sharing_a_host_list_it_once_then_look_only_at_what_changed(
     conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vmfleet.settings import Settings
-
     runtime = Runtime(settings=Settings(resync_seconds=3600))
     try:
         fleets = [
@@ -87,13 +86,11 @@ async def test_a_view_is_listed_in_full_again_after_its_relist_period_and_after_
         await host.close()
 
 
-async def test_a_domain_started_behind_a_stale_view_is_not_undefined_nor_its_clone_deleted(
+async def test_a_domain_started_behind_a_stale_view_is_stopped_before_its_clone_goes(
     conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event lost (the view says web-1 is off; a person started it): scaling in must not undefine a running
-    domain and delete the disk under it (I1). Undefining refuses a running domain; the next full listing sees it."""
-    from vmfleet.settings import Settings
-
+    """An event lost (the view says web-1 is off; a person started it): a pass that would take a disk away plans
+    on a full listing, so the scale-in stops web-1 before it undefines it and deletes its clone (I1)."""
     runtime = Runtime(settings=Settings(resync_seconds=3600))
     try:
         fleet = site.fleet(replicas=2, runStrategy="Halted")
@@ -102,44 +99,42 @@ async def test_a_domain_started_behind_a_stale_view_is_not_undefined_nor_its_clo
         monkeypatch.setattr(host.view, "changed", lambda name: None)  # every event lost from here on
         await host.list_domains()  # and those that came before, looked at now
         conn.lookupByName("prod.web-1").create()  # a person starts it
-        clone = next(site.root.rglob("web-1.qcow2"))
+        assert [d.active for d in await host.list_domains() if d.name == "prod.web-1"] == [False]  # stale
         one = site.fleet(replicas=1, runStrategy="Halted")
         second = await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], first.status)
-        assert conn.lookupByName("prod.web-1").isActive()
-        assert clone.exists(), "the clone of a running domain was deleted"
-        assert second.status["conditions"]
-        monkeypatch.undo()
-        host.view.forget()  # the next relist
-        third = await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], second.status)
-        assert not clone.exists() and "prod.web-1" not in [d.name() for d in conn.listAllDomains()]
-        assert third.status["replicas"] == 1
+        ops = [(o.action.op.value, o.action.ordinal, o.ok) for o in second.outcomes]
+        assert ops.index(("stop", 1, True)) < ops.index(("undefine", 1, True)) < ops.index(("delete-clone", 1, True))
+        assert "prod.web-1" not in [d.name() for d in conn.listAllDomains()]
     finally:
         await runtime.close()
 
 
-async def test_a_vm_saved_behind_a_stale_view_is_not_reimaged_under_its_saved_memory(
+async def test_a_vm_saved_as_it_is_stopped_for_a_reimage_keeps_its_disk(
     conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An event lost (the view says web-0 is off, libvirt-guests saved it meanwhile): a reimage would leave saved
-    memory to resume on a new disk. The reimage looks again first and does not go ahead."""
-    from vmfleet.settings import Settings
-
+    """libvirt-guests saves web-0 (a person had started it again) between its stop and its reimage: replacing the
+    disk would leave saved memory to resume on another disk. The reimage looks at the domain again first."""
     runtime = Runtime(settings=Settings(resync_seconds=3600))
     try:
-        fleet = site.fleet(replicas=1, runStrategy="Halted")
-        first = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
+        first = await reconcile_fleet(runtime, site.fleet(replicas=1), site.template(), site.store, [site.host])
         clone = next(site.root.rglob("web-0.qcow2"))
         inode = clone.stat().st_ino
-        host = runtime.host(site.host)
-        monkeypatch.setattr(host.view, "changed", lambda name: None)  # every event lost from here on
-        await host.list_domains()  # and those that came before, looked at now
-        dom = conn.lookupByName("prod.web-0")
-        dom.create()
-        dom.managedSave(0)
-        second = await reconcile_fleet(runtime, fleet, site.template("b.img"), site.store, [site.host], first.status)
+        real = LibvirtHost.shutdown
+
+        async def saved_meanwhile(self: LibvirtHost, name: str, grace: float) -> bool:
+            stopped = await real(self, name, grace)
+            dom = conn.lookupByName(name)
+            dom.create()
+            dom.managedSave(0)
+            return stopped
+
+        monkeypatch.setattr(LibvirtHost, "shutdown", saved_meanwhile)
+        second = await reconcile_fleet(
+            runtime, site.fleet(replicas=1), site.template("b.img"), site.store, [site.host], first.status
+        )
         assert clone.exists() and clone.stat().st_ino == inode, "the disk of a saved VM was replaced"
         assert "saved memory" in json.dumps(second.status["conditions"])
-        assert dom.hasManagedSaveImage(0)
+        assert conn.lookupByName("prod.web-0").hasManagedSaveImage(0)
     finally:
         await runtime.close()
 
@@ -172,3 +167,85 @@ async def test_a_real_libvirtd_tells_the_view_of_domains_defined_and_undefined_b
                 d.undefine()
         other.close()
         await host.close()
+
+
+async def test_a_domain_started_as_it_is_undefined_keeps_its_clone(
+    conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a person's `virsh start` between undefine's look and the undefine left a transient domain
+    running and the scale-in deleted its clone. The undefine now looks afterwards too and fails the action."""
+    runtime = Runtime(settings=Settings(resync_seconds=3600))
+    try:
+        first = await reconcile_fleet(
+            runtime, site.fleet(replicas=2, runStrategy="Halted"), site.template(), site.store, [site.host]
+        )
+        clone = next(site.root.rglob("web-1.qcow2"))
+        real = libvirt.virDomain.undefineFlags
+
+        def racing(dom: libvirt.virDomain, flags: int = 0) -> int:
+            if dom.name() == "prod.web-1":
+                conn.lookupByName("prod.web-1").create()
+            return int(real(dom, flags))
+
+        monkeypatch.setattr(libvirt.virDomain, "undefineFlags", racing)
+        one = site.fleet(replicas=1, runStrategy="Halted")
+        await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], first.status)
+        assert conn.lookupByName("prod.web-1").isActive()
+        assert clone.exists(), "the clone under a running domain was deleted"
+    finally:
+        await runtime.close()
+        for d in conn.listAllDomains():
+            if d.name().startswith("prod.") and d.isActive():
+                d.destroy()  # transient now: it goes
+
+
+async def test_a_domain_defined_again_behind_a_stale_view_keeps_its_clone(
+    conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the view saw web-1 undefined; a person defined and started it again and that event was
+    lost; scaling in deleted the clone under it, the domain being absent from the view (plan: delete-clone alone).
+    What takes a disk away is now decided on a full listing."""
+    runtime = Runtime(settings=Settings(resync_seconds=3600))
+    try:
+        first = await reconcile_fleet(
+            runtime, site.fleet(replicas=2, runStrategy="Halted"), site.template(), site.store, [site.host]
+        )
+        host = runtime.host(site.host)
+        clone = next(site.root.rglob("web-1.qcow2"))
+        dom = conn.lookupByName("prod.web-1")
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        dom.undefine()  # `virsh edit` by hand: undefine, then define
+        wait_for(lambda: "prod.web-1" in host.view._changed, 10, "the undefine's event")
+        await host.list_domains()
+        monkeypatch.setattr(host.view, "changed", lambda name: None)  # the define's event is lost
+        conn.defineXML(xml)
+        conn.lookupByName("prod.web-1").create()
+        one = site.fleet(replicas=1, runStrategy="Halted")
+        second = await reconcile_fleet(runtime, one, site.template(), site.store, [site.host], first.status)
+        ops = [(o.action.op.value, o.action.ordinal, o.ok) for o in second.outcomes]
+        # seen running on the full listing: stopped before its disk goes, never deleted under it
+        assert ops.index(("stop", 1, True)) < ops.index(("undefine", 1, True)) < ops.index(("delete-clone", 1, True))
+        assert not clone.exists() and "prod.web-1" not in [d.name() for d in conn.listAllDomains()]
+    finally:
+        await runtime.close()
+
+
+def test_a_forget_during_a_full_listing_is_not_undone_by_it() -> None:
+    """Found by review: a connection replaced while a listing ran (events maybe missed) was forgotten, then the
+    listing's end marked the view fresh again, and the next look trusted it."""
+    from vmfleet.hypervisor.view import DomainView
+
+    view = DomainView(relist_seconds=3600)
+    listings = []
+
+    def list_all() -> list[Any]:
+        listings.append(1)
+        if len(listings) == 1:
+            view.forget()  # meanwhile, from another thread
+        return []
+
+    view.look(list_all, lambda name: None)
+    view.look(list_all, lambda name: None)
+    assert len(listings) == 2
+    view.look(list_all, lambda name: None)
+    assert len(listings) == 2

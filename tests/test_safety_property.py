@@ -738,13 +738,42 @@ class FleetSafety(RuleBasedStateMachine):
         uid = self.fleet.uid if self.fleet is not None else ""
         return sorted((d.uri, d.name) for d in self.world.domains() if d.fleet_uid == uid and d.active)
 
+    def startable_domains(self) -> list[tuple[str, str]]:
+        """The fleet's stopped domains a person could start: their disk not in use, their host answering."""
+        uid = self.fleet.uid if self.fleet is not None else ""
+        used = self.in_use()
+        prefix = str(self.store_root) + "/"
+        return sorted(
+            (d.uri, d.name)
+            for d in self.world.domains()
+            if d.fleet_uid == uid
+            and not d.active
+            and d.uri not in self.world.down
+            and d.disk.startswith(prefix)
+            and Path(d.disk).exists()
+            and not used.get(d.disk[len(prefix) :])
+        )
+
     @precondition(lambda self: bool(self.running_domains()))
-    @rule(data=st.data(), then_pass=st.booleans())
-    def guest_powers_off(self, data: st.DataObject, then_pass: bool) -> None:
-        """A guest shuts itself down (libvirt then says why: "shutdown")."""
+    @rule(data=st.data(), event_lost=st.booleans(), then_pass=st.booleans())
+    def guest_powers_off(self, data: st.DataObject, event_lost: bool, then_pass: bool) -> None:
+        """A guest shuts itself down (libvirt then says why: "shutdown"). Its event reaches the operator's view of
+        the host before the next pass, or is lost: the view says it runs until the next full listing."""
         where, name = data.draw(st.sampled_from(self.running_domains()))
         self.world.conn(where).lookupByName(name).shutdown()
-        self.world.changed(where, name)
+        if not event_lost:
+            self.world.changed(where, name)
+        self.then(then_pass)
+
+    @precondition(lambda self: bool(self.startable_domains()))
+    @rule(data=st.data(), event_lost=st.booleans(), then_pass=st.booleans())
+    def a_person_starts_a_domain(self, data: st.DataObject, event_lost: bool, then_pass: bool) -> None:
+        """`virsh start` behind the operator, its event delivered or lost: a view that says the domain is off must
+        not let a pass undefine it or replace its disk while it runs (I1)."""
+        where, name = data.draw(st.sampled_from(self.startable_domains()))
+        self.world.conn(where).lookupByName(name).create()
+        if not event_lost:
+            self.world.changed(where, name)
         self.then(then_pass)
 
     @precondition(lambda self: self.fleet is not None)

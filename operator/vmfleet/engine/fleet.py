@@ -52,7 +52,11 @@ class FleetDrivers:
         self.endpoints: dict[str, LibvirtHost] = {n: runtime.host(h) for n, h in desired.hosts.items()}
         self.parent_lock = runtime.parent_lock(desired.store, desired.parent)
 
-    async def observe(self) -> Snapshot:
+    async def observe(self, fresh: bool = False) -> Snapshot:
+        """`fresh`: every host listed in full, not from its view (which misses a change whose event was lost)."""
+        if fresh:
+            for endpoint in self.endpoints.values():
+                endpoint.view.forget()
         snap = await observe(self.desired, self.driver, self.endpoints)
         if not self.desired.needs_address:
             return snap
@@ -177,6 +181,9 @@ async def _reconcile(
             return _stalled(fleet, previous_status, reasons.INVALID_SPEC, clash)
         forced = _forced_events(snap)
         plan = wave = snap.plan()
+        if _destroys(wave) and not dry_run:
+            first = snap = await drivers.observe(fresh=True)
+            plan = wave = snap.plan()
         outcomes: list[Outcome] = []
         # A rolling update goes in waves of at most maxUnavailable VMs: each wave is planned from what the one
         # before left, in this pass, for as long as every action succeeds and a VM is ready to go next.
@@ -187,12 +194,15 @@ async def _reconcile(
             outcomes += done
             try:
                 snap = await drivers.observe()
+                # What failed is reported through outcomes; the problems are those of the state we ended in.
+                wave = snap.plan()
+                if _destroys(wave):
+                    snap = await drivers.observe(fresh=True)
+                    wave = snap.plan()
             except StoreError as e:  # what was done is still said
                 return _unavailable(
                     fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
                 )
-            # What failed is reported through outcomes; the problems are those of the state we ended in.
-            wave = snap.plan()
             plan.observed(wave)
             if not all(o.ok for o in done) or not wave.pending:
                 break
@@ -211,6 +221,15 @@ async def _reconcile(
     return FleetResult(
         status, forced + events, plan, outcomes, rolling=rollout_goes_on(status), reimage_left=snap.reimage_left()
     )
+
+
+# What takes a disk or a domain away is decided on a full listing of the hosts, never on a view alone: a view
+# misses a change whose event was lost (a person's `virsh define` and `start` of a domain it thinks gone).
+DESTRUCTIVE = frozenset({Op.UNDEFINE, Op.DELETE_CLONE, Op.DELETE_SEEDS, Op.REIMAGE})
+
+
+def _destroys(plan: Plan) -> bool:
+    return any(a.op in DESTRUCTIVE for a in plan.actions)
 
 
 def _stalled(fleet: VmFleet, previous_status: Mapping[str, Any] | None, reason: str, message: str) -> FleetResult:
@@ -272,14 +291,14 @@ async def _teardown_in(
     retain = fleet.deletion_policy == "Retain"
     emptied = replace(fleet, replicas=0, running=False, overrides={})
     drivers = FleetDrivers(runtime, desire(runtime, emptied, None, store, hosts))
-    first = snap = await drivers.observe()
+    first = snap = await drivers.observe(fresh=True)  # a teardown takes everything away: on full listings
     plan = snap.plan()
     if retain:  # the clones and their seeds stay, as they were
         plan.actions = [a for a in plan.actions if a.op not in (Op.DELETE_CLONE, Op.DELETE_SEEDS)]
     outcomes: list[Outcome] = []
     if plan.actions:
         outcomes = await drivers.run(snap, plan, store.concurrency, None)
-        snap = await drivers.observe()
+        snap = await drivers.observe(fresh=True)
     events = events_for(first, plan, outcomes, None, None)
     complete = all(o.ok for o in outcomes) and not plan.problems
     directory = drivers.desired.directory

@@ -61,6 +61,8 @@ class LibvirtHost:
         # connection it watches.
         self.view = DomainView(relist_seconds)
         self._watched: tuple[libvirt.virConnect, list[int]] | None = None
+        self._watching = threading.Lock()
+        self._events = False  # the watched connection delivers domain events: the view may be trusted between listings
 
     def _connect_uri(self) -> str:
         if self._credentials is None:
@@ -105,6 +107,10 @@ class LibvirtHost:
             except libvirt.libvirtError as e:
                 metrics.LIBVIRT_ERRORS.labels(self.name, "connect").inc()
                 raise HostError(f"KvmHost {self.name}: cannot connect to {self.uri}: {e}") from e
+            try:  # a libvirtd that stops answering is found out in about 20 s: the view is then listed again
+                self._conn.setKeepAlive(5, 3)
+            except libvirt.libvirtError:
+                pass  # a local driver (test:///): nothing to keep alive
             return self._conn
 
     def drop(self) -> None:
@@ -149,28 +155,21 @@ class LibvirtHost:
 
     def _watch(self, conn: libvirt.virConnect) -> None:
         """Listen to a new connection's domain events; without them, every look lists the host in full."""
-        if self._watched is not None and self._watched[0] is conn:
-            return
-        self.view.forget()  # events of an earlier connection may have been missed
-        view = self.view
-        ids: list[int] = []
-        try:
-            ids.append(
-                conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, dom, *_: view.changed(dom.name()), None
-                )
-            )
-            ids.append(
-                conn.domainEventRegisterAny(
-                    None,
-                    libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
-                    lambda _c, dom, *_: view.changed(dom.name()),
-                    None,
-                )
-            )
-        except libvirt.libvirtError:
-            view.relist_seconds = 0  # a driver without events: nothing tells this view of a change
-        self._watched = (conn, ids)
+        with self._watching:
+            if self._watched is not None and self._watched[0] is conn:
+                return
+            self.view.forget()  # events of an earlier connection may have been missed
+            view = self.view
+            ids: list[int] = []
+            try:
+                for event in (libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE):
+                    ids.append(
+                        conn.domainEventRegisterAny(None, event, lambda _c, dom, *_: view.changed(dom.name()), None)
+                    )
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+            self._watched, self._events = (conn, ids), len(ids) == 2
 
     async def capacity(self) -> Capacity:
         info = await self._call("capacity", "getInfo", lambda c: c.getInfo())
@@ -189,7 +188,7 @@ class LibvirtHost:
                 found = (_described(dom) for dom in conn.listAllDomains(0))
                 return [d for d in found if d is not None]
 
-            return self.view.look(list_all, describe_by_name)
+            return self.view.look(list_all, describe_by_name, self._events)
 
         return await self._call("list", "listing domains", collect)
 
@@ -347,6 +346,8 @@ class LibvirtHost:
                 if e.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
                     raise
                 dom.undefine()
+            if _lookup(conn, name) is not None:  # started between the look and the undefine: it runs on, transient
+                raise HostError(f"KvmHost {self.name}: {name} was started as it was undefined: it runs on, transient")
 
         await self._call("undefine", f"undefining {name}", undefine, touches=name)
 

@@ -31,6 +31,7 @@ class DomainView:
         self._domains: dict[str, DomainInfo] = {}
         self._changed: set[str] = set()
         self._listed_at: float | None = None
+        self._generation = 0  # each forget(): a listing that began before one is not taken for fresh
         self.full_listings = 0  # what the bench and the tests count
         self.domains_looked_at = 0
 
@@ -43,24 +44,30 @@ class DomainView:
         """Nothing seen so far can be trusted (a new or broken connection, events not delivered): list again."""
         with self._state:
             self._listed_at = None
+            self._generation += 1
 
-    def look(self, list_all: Callable[[], Iterable[DomainInfo]], describe: Describe) -> list[DomainInfo]:
-        """The host's domains: listed in full when due, else as last seen with the changed ones looked at again.
-        Any failure leaves the view to be listed in full next time."""
+    def look(
+        self, list_all: Callable[[], Iterable[DomainInfo]], describe: Describe, events: bool = True
+    ) -> list[DomainInfo]:
+        """The host's domains: listed in full when due (always without `events`: nothing would say what changed),
+        else as last seen with the changed ones looked at again. Any failure leaves the view to be listed in full
+        next time."""
         with self._looking:
             with self._state:
                 due = (
-                    self._listed_at is None
+                    not events
+                    or self._listed_at is None
                     or self.relist_seconds <= 0
                     or self._clock() - self._listed_at >= self.relist_seconds
                 )
                 todo, self._changed = self._changed, set()
-                started = self._clock()
+                started, generation = self._clock(), self._generation
             try:
                 if due:
                     found = {d.name: d for d in list_all()}
                     with self._state:
-                        self._domains, self._listed_at = found, started
+                        self._domains = found
+                        self._listed_at = started if generation == self._generation else None
                         self.full_listings += 1
                         self.domains_looked_at += len(found)
                 else:
