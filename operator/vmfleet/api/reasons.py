@@ -315,6 +315,15 @@ REACHABLE: Final = _normal("Reachable")
 CONNECTED: Final = _normal("Connected")
 NOT_CORDONED: Final = _normal("NotCordoned")
 CORDONED: Final = _normal("Cordoned")
+DRAINED: Final = _normal("Drained")
+DRAINING: Final = _problem(
+    "Draining",
+    where="KvmHost, Drained False",
+    meaning='annotation `vmfleet.io/drain: "true"`: the host takes no new VM and its VMs move to other hosts '
+    "their fleets may use, at most `maxUnavailable` of a fleet down at once; the message names the VMs still here",
+    hint="wait for the fleets' next passes; a VM that stays has no other host with room its fleet may use (or was "
+    "saved with managedsave): add or uncordon a host, or remove the annotation to stop the drain",
+)
 STORE_RELEASED: Final = _normal("StoreReleased")
 HOST_RELEASED: Final = _normal("HostReleased")
 UNREACHABLE: Final = _problem(

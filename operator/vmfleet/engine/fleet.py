@@ -194,7 +194,7 @@ async def _reconcile(
             # What failed is reported through outcomes; the problems are those of the state we ended in.
             wave = snap.plan()
             plan.observed(wave)
-            if not all(o.ok for o in done) or not wave.pending:
+            if not all(o.ok for o in done) or not (wave.pending or wave.moving):
                 break
         try:
             if not dry_run:

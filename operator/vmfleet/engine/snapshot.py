@@ -160,6 +160,7 @@ class Snapshot:
                     uri(a.host),
                     CREATING if old and old.state == CREATING else PLACED,
                     old.parent if old else "",
+                    stopped=bool(old and old.stopped and old.host),  # a drain's move: stopped there, started here
                 )
         return self.record.with_vms(vms)
 

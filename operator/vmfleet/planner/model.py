@@ -35,7 +35,8 @@ class HostView:
     used_vcpus: int = 0
     used_memory_mib: int = 0
     error: str = ""
-    cordoned: bool = False  # KvmHost spec.unschedulable: its VMs stay, no new one is placed on it
+    cordoned: bool = False  # KvmHost spec.unschedulable (or drained): no new VM is placed on it
+    draining: bool = False  # KvmHost annotation vmfleet.io/drain: its VMs move to other hosts
 
 
 @dataclass(frozen=True)
@@ -220,12 +221,15 @@ class Plan:
     # (updateStrategy OnDelete, runStrategy Manual).
     waiting: set[int] = field(default_factory=set)
     ready: set[int] = field(default_factory=set)
+    # VMs on a draining host: moved this pass, and waiting (for maxUnavailable, or for a host to take them).
+    moving: set[int] = field(default_factory=set)
+    stranded: set[int] = field(default_factory=set)
 
     def observed(self, after: Plan) -> None:
         """What this plan reports, once it has run, is what the plan of the state it left says."""
         self.problems, self.restart_required = after.problems, after.restart_required
         self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
-        self.waiting = after.waiting
+        self.waiting, self.moving, self.stranded = after.waiting, after.moving, after.stranded
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]
