@@ -294,3 +294,23 @@ def test_a_draining_host_that_does_not_answer_moves_nothing() -> None:
         wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
     )
     assert plan.actions == [] and [p.reason for p in plan.problems] == ["HostUnreachable"]
+
+
+def test_a_vm_recorded_on_a_drained_host_without_its_domain_is_defined_elsewhere() -> None:
+    # its clone was made, the operator stopped before the define; then the host was drained
+    views = hosts(draining("a"), host("b"))
+    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), recorded={0: "a"}, hosts=views), "spread", same_hash)
+    assert [(a.op.value, a.host) for a in plan.actions if isinstance(a, DomainAction)] == [
+        ("define", "b"),
+        ("start", "b"),
+    ]
+
+
+def test_a_drain_moves_nothing_to_another_kvmhost_of_the_same_libvirt() -> None:
+    # kvm-b is kvm-a under another name: a define there and an undefine here would remove the VM
+    views = hosts(host("a", cordoned=True, draining=True, uri="qemu:///system"))
+    views["b"] = host("b", uri="qemu:///system")
+    plan = plan_fleet(
+        wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    assert plan.actions == [] and plan.stranded == {0}

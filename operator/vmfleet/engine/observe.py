@@ -234,6 +234,7 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
         sum(d.memory_mib for d in active),
         cordoned=host.cordoned,
         draining=host.draining,
+        uri=host.uri,
     ), found
 
 

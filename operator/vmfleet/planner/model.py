@@ -37,6 +37,7 @@ class HostView:
     error: str = ""
     cordoned: bool = False  # KvmHost spec.unschedulable (or drained): no new VM is placed on it
     draining: bool = False  # KvmHost annotation vmfleet.io/drain: its VMs move to other hosts
+    uri: str = ""  # the libvirt endpoint: two KvmHosts of one URI are one host, nothing moves between them
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,9 @@ def _converge_vm(
             rollout.converge(plan, want, domain)
         return
 
-    if host is None or host not in loads:
+    # Where it was recorded, unless that host is cordoned or drained: it was looked at (above) and has no domain of
+    # it, so defining it there would be placing a new VM on it.
+    if host is None or host not in loads or loads[host].view.cordoned:
         host = choose_host(want, loads, policy)
         if host is None:
             plan.problems.append(_no_host(want, seen.hosts))
@@ -193,7 +195,8 @@ def _move(
     if costs and rollout.room <= 0:
         plan.stranded.add(o)  # waits for a VM to be ready again
         return False
-    target = choose_host(want, loads, policy)
+    elsewhere = {n: load for n, load in loads.items() if not (view.uri and load.view.uri == view.uri)}
+    target = choose_host(want, elsewhere, policy)
     if target is None:
         plan.stranded.add(o)  # no other host: it stays, and the host says so (Drained False)
         return False
