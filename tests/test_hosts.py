@@ -4,12 +4,17 @@ a drained one (annotation vmfleet.io/drain) sees its VMs moved to other hosts, c
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from helpers import quickstart
 from safety_world import World, WorldRuntime, host_doc
 from test_rollout import Site, _doc, conn, site  # noqa: F401
 from vmfleet.api import KvmHost, parse
@@ -222,3 +227,32 @@ async def test_an_operator_killed_at_any_step_of_a_move_leaves_one_domain_and_th
     assert pair.uuids() == uuids and pair.site.inodes(after.status) == inodes
     assert pair.recorded(after.status) == {"prod.web-0": "kvm-b"}
     assert after.status["readyReplicas"] == 1
+
+
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
+
+
+def test_vmfleet_drain_over_manifests_places_every_vm_on_the_other_host(tmp_path: Path, small_image: Path) -> None:
+    # A standalone run starts from an empty test driver (its domains live as long as the process): the manifests'
+    # annotation reaches the pass, which places every VM on the other KvmHost. Moves are proven above.
+    manifests = quickstart(tmp_path, small_image)
+    other = yaml.safe_load((manifests / "host.yaml").read_text())
+    other["metadata"]["name"] = "other"
+    (manifests / "other-host.yaml").write_text(yaml.safe_dump(other))
+    done = subprocess.run(
+        [VMFLEET, "drain", "local", "-f", str(manifests), "-o", "json"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (fleet,) = [o for o in json.loads(done.stdout) if o["kind"] == "VmFleet"]
+    assert {c["host"] for c in fleet["status"]["clones"]} == {"other"}
+    assert fleet["status"]["readyReplicas"] == fleet["spec"]["replicas"]
+    assert 'add the annotation vmfleet.io/drain: "true" to KvmHost local' in done.stderr
+    bad = subprocess.run([VMFLEET, "drain", "nope", "-f", str(manifests)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "name: no KvmHost 'nope' in the manifests" in bad.stderr
+
+
+def test_vmfleet_drain_without_a_cluster_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "none")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    done = subprocess.run([VMFLEET, "drain", "kvm-a"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "no cluster to ask" in done.stderr
