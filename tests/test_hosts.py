@@ -166,6 +166,10 @@ async def test_a_drain_moves_every_vm_off_the_host_one_at_a_time_keeping_its_uui
     second = await pair.reconcile(4, pair.hosts(drain="kvm-a"), first.status)
     assert pair.where() == {f"prod.web-{o}": [("kvm-b", True)] for o in range(4)}
     assert pair.most_down == 1  # maxUnavailable 1: web-2 went once web-0 ran again on kvm-b
+    # the test driver cannot migrate: libvirt's refusal is said, and the VMs moved cold
+    cold = [e.message for e in second.events if e.reason == "MigratedCold"]
+    assert len(cold) == 2 and all("not migrated live" in m and "moved cold to kvm-b" in m for m in cold), cold
+    assert "not supported" in cold[0]
     assert pair.uuids() == uuids and pair.site.inodes(second.status) == inodes  # the same VMs, the same disks
     assert {c["host"] for c in second.status["clones"]} == {"kvm-b"}
     assert pair.recorded(second.status) == {f"prod.web-{o}": "kvm-b" for o in range(4)}

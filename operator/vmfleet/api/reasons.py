@@ -172,6 +172,7 @@ DOMAINS_DEFINED: Final = _normal("DomainsDefined")
 DOMAINS_STARTED: Final = _normal("DomainsStarted")
 DOMAINS_STOPPED: Final = _normal("DomainsStopped")
 DOMAINS_UNDEFINED: Final = _normal("DomainsUndefined")
+MIGRATED: Final = _normal("Migrated")
 CLONES_DELETED: Final = _normal("ClonesDeleted")
 CLONES_RETAINED: Final = _normal("ClonesRetained")
 REIMAGED: Final = _normal("Reimaged")
@@ -265,6 +266,21 @@ UNDEFINE_FAILED: Final = _problem(
     where="VmFleet, Degraded",
     meaning="a libvirt call failed; the message has libvirt's error",
     hint="see libvirt's message above; the next pass retries",
+)
+MIGRATE_FAILED: Final = _problem(
+    "MigrateFailed",
+    where="VmFleet, Degraded",
+    meaning="a drain's move failed: libvirt refused both the live migration and a step of the cold move after it",
+    hint="see libvirt's message above; the next pass retries the move",
+)
+MIGRATED_COLD: Final = _problem(
+    "MigratedCold",
+    where="VmFleet, Warning event",
+    meaning="a drain could not live-migrate a running VM (libvirt refused: the store not shared between the two "
+    "hosts, the target's libvirtd out of the source's reach, a CPU mismatch...), so it moved it cold: shut down, "
+    "defined on the other host, started",
+    hint="see libvirt's message; for live moves the source's libvirtd must reach the target's KvmHost URI, both must "
+    "mount the store on a shared file system, and the target's spec.migrationAddress must be reachable",
 )
 DELETE_CLONE_FAILED: Final = _problem(
     "DeleteCloneFailed",

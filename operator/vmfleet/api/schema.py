@@ -260,6 +260,12 @@ KVM_HOST_SPEC = obj(
             "(`vmfleet drain`).",
             default=False,
         ),
+        "migrationAddress": string(
+            "Host name or address other hosts send a live migration's memory to (a drain's moves); default: the "
+            "name this host's libvirtd gives for itself.",
+            pattern=HOSTNAME_PATTERN,
+            maxLength=253,
+        ),
         "consoleLogDir": string(
             "Directory on the host where each VM's serial console is logged as <domain>.log.",
             pattern=ABSOLUTE_PATH_PATTERN,

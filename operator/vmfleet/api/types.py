@@ -118,6 +118,7 @@ class KvmHost:
     console_log_dir: str | None
     secret: SecretRef | None = None
     unschedulable: bool = False  # cordoned: no new VM is placed here
+    migration_address: str | None = None  # where live migrations to this host send memory (tcp://ADDRESS)
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> KvmHost:
@@ -133,6 +134,7 @@ class KvmHost:
             s.get("consoleLogDir"),
             SecretRef(**s["secretRef"]) if "secretRef" in s else None,
             s.get("unschedulable") is True,
+            s.get("migrationAddress"),
         )
 
     @property

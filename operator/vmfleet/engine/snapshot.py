@@ -152,7 +152,7 @@ class Snapshot:
                     )
             elif (
                 isinstance(a, DomainAction)
-                and a.op in (Op.DEFINE, Op.START)
+                and a.op in (Op.DEFINE, Op.START, Op.MIGRATE)
                 and (old is None or old.host != a.host or old.state == DELETING)
             ):
                 vms[a.ordinal] = Placement(

@@ -128,11 +128,12 @@ class Op(enum.Enum):
     WRITE_SEED = "write-seed"
     DELETE_SEEDS = "delete-seeds"
     REIMAGE = "reimage"
+    MIGRATE = "migrate"  # a running VM to another host (a drain): live, else cold
 
 
 PARENT_OPS = frozenset({Op.PREPARE_PARENT})
 CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE, Op.WRITE_SEED, Op.DELETE_SEEDS, Op.REIMAGE})
-DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE})
+DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE, Op.MIGRATE})
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class CloneAction:
 
 @dataclass(frozen=True)
 class DomainAction:
-    """On one VM's domain, on one host."""
+    """On one VM's domain, on one host (MIGRATE: the host it goes to)."""
 
     op: Op
     ordinal: int

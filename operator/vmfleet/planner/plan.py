@@ -183,7 +183,8 @@ def _move(
     MAC and clone), undefined here, started there. The record names the new host before the first of these runs
     (Snapshot.announced), so a pass cut short leaves the old domain alone, or the new one beside an inactive old
     one, which the next pass undefines as a stale duplicate: never two that run, never one nobody knows.
-    A running VM that is ready takes one of maxUnavailable. False: it stays where it is, for now."""
+    A running VM is migrated live (MIGRATE); where libvirt refuses, the same operation moves it cold, so a ready one
+    takes one of maxUnavailable either way. False: it stays where it is, for now."""
     view = seen.hosts.get(vm.host)
     if view is None or not view.draining or not view.reachable:
         return False
@@ -206,14 +207,14 @@ def _move(
     plan.placement[o] = target
     plan.moving.add(o)
     why = f"drain of {vm.host}: moves to {target}"
-    if vm.active:
-        plan.actions.append(DomainAction(Op.STOP, o, vm.host, why))
     if o in seen.seed_missing:
         plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed"))
+    if vm.active:
+        plan.actions.append(DomainAction(Op.MIGRATE, o, target, why))
+        return True
     plan.actions.append(DomainAction(Op.DEFINE, o, target, why))
     plan.actions.append(DomainAction(Op.UNDEFINE, o, vm.host, f"drain of {vm.host}: defined on {target}"))
-    run = rollout.run(want, vm)
-    if run is True or (run is None and vm.active):  # Manual, RerunOnFailure done: the power state it had
+    if rollout.run(want, vm) is True:
         plan.actions.append(DomainAction(Op.START, o, target, f"moved from {vm.host} (drain)"))
     return True
 
