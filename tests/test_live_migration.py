@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ libvirtd -d -l -p "$D/libvirtd.pid"
 class Instance:
     directory: Path
     port: int
+    bridge: str = ""  # of its network NETWORK (a bridge without addresses: the guests' NICs, their MACs)
 
     @property
     def uri(self) -> str:
@@ -73,6 +75,9 @@ class Instance:
             except (OSError, ValueError):
                 continue
         return out
+
+
+NETWORK = "lm"
 
 
 @dataclass
@@ -154,10 +159,19 @@ def two_libvirtds(tmp_path: Path) -> Iterator[Pair]:
                 if time.monotonic() > deadline:
                     unavailable(f"libvirtd at {instance.uri} did not answer within 30 s")
                 time.sleep(0.1)
+            instance.bridge = f"vlm{uuid.uuid4().hex[:8]}"  # one network namespace: bridge names must differ
+            conn = libvirt.open(instance.uri)
+            try:
+                xml = f"<network><name>{NETWORK}</name><bridge name='{instance.bridge}'/></network>"
+                conn.networkDefineXML(xml).create()
+            finally:
+                conn.close()
         yield Pair(shared, local, instances[0], instances[1])
     finally:
         for instance in instances:
             _end(instance.pids())
+            if instance.bridge:  # libvirtd leaves its network's bridge when it goes
+                subprocess.run(["ip", "link", "delete", instance.bridge], capture_output=True)
         if mounted:
             subprocess.run(["fusermount", "-u", str(shared)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -170,7 +184,11 @@ class Site:
         self.pair, self.root = pair, root
         self.store = parse(_doc("CloneStore", "shared", {"driver": "qcow2", "root": str(root)}, ns=None))
         self.template = parse(
-            _doc("VmTemplate", "t", {"storeRef": {"name": "shared"}, "image": {"path": "images/boot.img"}})
+            _doc(
+                "VmTemplate",
+                "t",
+                {"storeRef": {"name": "shared"}, "image": {"path": "images/boot.img"}, "network": NETWORK},
+            )
         )
         self.fleet = parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": 1, "placement": "pack"}))
 
@@ -183,10 +201,15 @@ class Site:
         return out
 
 
-def _domains(uri: str) -> list[tuple[str, bool, str]]:
+def _domains(uri: str) -> list[tuple[str, bool, str, str]]:
+    """(name, active, UUID, MAC of its NIC as it runs or is defined) of each domain at `uri`."""
     conn = libvirt.open(uri)
     try:
-        return [(d.name(), bool(d.isActive()), d.UUIDString()) for d in conn.listAllDomains()]
+        out = []
+        for d in conn.listAllDomains():
+            mac = ET.fromstring(d.XMLDesc(0)).find("devices/interface/mac")
+            out.append((d.name(), bool(d.isActive()), d.UUIDString(), "" if mac is None else mac.get("address", "")))
+        return out
     finally:
         conn.close()
 
@@ -197,8 +220,8 @@ async def test_a_drain_live_migrates_a_running_guest_which_never_goes_inactive(
     site = Site(two_libvirtds, small_image, two_libvirtds.store)
     first = await reconcile_fleet(runtime, site.fleet, site.template, site.store, site.hosts())
     assert first.status["readyReplicas"] == 1, first.status["conditions"]
-    ((name, active, vm_uuid),) = _domains(two_libvirtds.a.uri)
-    assert name == "prod.web-0" and active
+    ((name, active, vm_uuid, mac),) = _domains(two_libvirtds.a.uri)
+    assert name == "prod.web-0" and active and mac == first.status["clones"][0]["mac"]
     clone = site.root / first.status["cloneDirectory"] / first.status["clones"][0]["file"]
     inode = clone.stat().st_ino
     on_a, on_b = LifecycleEvents(two_libvirtds.a.uri), LifecycleEvents(two_libvirtds.b.uri)
@@ -215,7 +238,7 @@ async def test_a_drain_live_migrates_a_running_guest_which_never_goes_inactive(
     assert [(e.reason, e.message) for e in second.events if e.reason == "Migrated"] == [
         ("Migrated", "moved (drain) 1 VM(s): web-0")
     ]
-    assert _domains(two_libvirtds.a.uri) == [] and _domains(two_libvirtds.b.uri) == [(name, True, vm_uuid)]
+    assert _domains(two_libvirtds.a.uri) == [] and _domains(two_libvirtds.b.uri) == [(name, True, vm_uuid, mac)]
     # It left kvm-a by migration only, and came up on kvm-b by it: never shut off, crashed or started afresh.
     assert (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED) in seen_a, seen_a
     assert [e for e in seen_a if e[0] == libvirt.VIR_DOMAIN_EVENT_STOPPED] == [
@@ -227,6 +250,7 @@ async def test_a_drain_live_migrates_a_running_guest_which_never_goes_inactive(
     ]
     assert second.status["clones"][0]["host"] == "kvm-b" and second.status["readyReplicas"] == 1
     assert clone.stat().st_ino == inode and second.status["clones"][0]["uuid"] == vm_uuid
+    assert second.status["clones"][0]["mac"] == mac
     drained = await host_status(runtime, site.hosts(drain="kvm-a")[0], None)
     assert [(c["status"], c["reason"]) for c in drained["conditions"] if c["type"] == "Drained"] == [
         ("True", "Drained")
@@ -239,12 +263,12 @@ async def test_a_guest_moves_cold_when_libvirt_refuses_to_migrate_it_and_says_wh
     # The store on a local file system: libvirt will not migrate a disk that is not on shared storage.
     site = Site(two_libvirtds, small_image, two_libvirtds.local)
     first = await reconcile_fleet(runtime, site.fleet, site.template, site.store, site.hosts())
-    ((name, _, vm_uuid),) = _domains(two_libvirtds.a.uri)
+    ((name, _, vm_uuid, mac),) = _domains(two_libvirtds.a.uri)
     second = await reconcile_fleet(
         runtime, site.fleet, site.template, site.store, site.hosts(drain="kvm-a"), first.status
     )
     cold = [e.message for e in second.events if e.reason == "MigratedCold"]
     assert len(cold) == 1 and cold[0].startswith("web-0: not migrated live (KvmHost kvm-a: migrating prod.web-0")
     assert "unsafe" in cold[0] and cold[0].endswith("moved cold to kvm-b")
-    assert _domains(two_libvirtds.a.uri) == [] and _domains(two_libvirtds.b.uri) == [(name, True, vm_uuid)]
+    assert _domains(two_libvirtds.a.uri) == [] and _domains(two_libvirtds.b.uri) == [(name, True, vm_uuid, mac)]
     assert second.status["readyReplicas"] == 1
