@@ -62,6 +62,7 @@ class World:
         self.on_power: Callable[[str, str, str], None] | None = None
         self.on_delete: Callable[[str], None] | None = None
         self.on_define: Callable[[str, str], None] | None = None  # (the URI, the domain's name) before a define
+        self.on_undefine: Callable[[str, str], None] | None = None  # ... before an undefine
 
     def conn(self, uri: str) -> libvirt.virConnect:
         if uri not in self.conns:
@@ -162,6 +163,11 @@ class WorldHost(LibvirtHost):
             self.world.on_define(self.uri, ET.fromstring(xml).findtext("name") or "")
         await super().define(xml)
 
+    async def undefine(self, name: str) -> None:
+        if self.world.on_undefine is not None:
+            self.world.on_undefine(self.uri, name)
+        await super().undefine(name)
+
 
 class WorldRuntime(Runtime):
     """The operator's runtime, its libvirt endpoints steered by the world."""
@@ -238,11 +244,11 @@ def store_doc(driver: str, root: Path) -> dict[str, Any]:
     }
 
 
-def host_doc(name: str, uri: str, unschedulable: bool = False) -> dict[str, Any]:
+def host_doc(name: str, uri: str, unschedulable: bool = False, drain: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "vmfleet.io/v1alpha1",
         "kind": "KvmHost",
-        "metadata": {"name": name},
+        "metadata": {"name": name, **({"annotations": {"vmfleet.io/drain": "true"}} if drain else {})},
         "spec": {"uri": uri, "capacity": {"vcpus": 8, "memoryMiB": 4096}, "unschedulable": unschedulable},
     }
 

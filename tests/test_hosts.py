@@ -1,14 +1,26 @@
-"""Host maintenance (issue 17): a cordoned KvmHost (spec.unschedulable) gets no new VM and keeps the ones it runs."""
+"""Host maintenance (issue 17): a cordoned KvmHost (spec.unschedulable) gets no new VM and keeps the ones it runs;
+a drained one (annotation vmfleet.io/drain) sees its VMs moved to other hosts, cold, on libvirt's test driver."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from helpers import quickstart
+from safety_world import World, WorldRuntime, host_doc
 from test_rollout import Site, _doc, conn, site  # noqa: F401
-from vmfleet.api import parse
+from vmfleet.api import KvmHost, parse
 from vmfleet.engine import Runtime, host_status, reconcile_fleet
+from vmfleet.engine.catalog import Catalog
+from vmfleet.operator import handlers, passes
 
 pytestmark = pytest.mark.hosts
 
@@ -66,3 +78,185 @@ async def test_kubectl_get_kvh_says_a_host_is_cordoned(runtime: Runtime, conn: A
     assert condition(status, "Schedulable") == ("False", "Cordoned")
     status = await host_status(runtime, cordoned(site, False), status)
     assert condition(status, "Schedulable") == ("True", "NotCordoned")
+
+
+# ---------------------------------------------------------------- drain: annotation vmfleet.io/drain, cold moves
+
+
+class Killed(BaseException):
+    """The operator killed (SIGKILL) at that point: nothing after it runs, not even the pass's last record write."""
+
+
+class Pair:
+    """Two KvmHosts, each its own libvirt test-driver instance (safety_world), over one qcow2 store."""
+
+    NAMES = ("kvm-a", "kvm-b")
+
+    def __init__(self, base: Path, site: Site):
+        self.site, self.world = site, World(base)
+        self.runtime = WorldRuntime(self.world)
+        self.uris = {n: f"qemu+ssh://{n}.example.com/system" for n in self.NAMES}
+        self.down: set[str] = set()
+        self.most_down = 0
+        self.world.on_power = self._count
+
+    def _count(self, op: str, uri: str, name: str) -> None:
+        (self.down.add if op == "stop" else self.down.discard)(name)
+        self.most_down = max(self.most_down, len(self.down))
+
+    def hosts(self, drain: str = "", cordon: str = "") -> list[KvmHost]:
+        out = [parse(host_doc(n, self.uris[n], unschedulable=n == cordon, drain=n == drain)) for n in self.NAMES]
+        assert all(isinstance(h, KvmHost) for h in out)
+        return out  # type: ignore[return-value]
+
+    def host(self, name: str, drain: bool = True) -> KvmHost:
+        (h,) = [h for h in self.hosts(drain=name if drain else "") if h.meta.name == name]
+        return h
+
+    def where(self) -> dict[str, list[tuple[str, bool]]]:
+        """Each VM's domains: [(KvmHost, active)]."""
+        names = {u: n for n, u in self.uris.items()}
+        out: dict[str, list[tuple[str, bool]]] = {}
+        for d in self.world.domains():
+            out.setdefault(d.name, []).append((names[d.uri], d.active))
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    def uuids(self) -> dict[str, str]:
+        return {d.name: d.uuid for d in self.world.domains()}
+
+    def recorded(self, status: dict[str, Any]) -> dict[str, str]:
+        record = json.loads((self.site.root / status["cloneDirectory"] / "fleet.json").read_text())
+        return {f"prod.web-{o}": p["host"] for o, p in record["vms"].items()}
+
+    async def reconcile(self, replicas: int, hosts: list[KvmHost], status: Any = None, **spec: Any) -> Any:
+        fleet = self.site.fleet(replicas=replicas, **spec)
+        return await reconcile_fleet(self.runtime, fleet, self.site.template(), self.site.store, hosts, status)
+
+    async def crash(self) -> None:
+        await self.runtime.close()
+        self.runtime = WorldRuntime(self.world)
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, site: Site) -> AsyncIterator[Pair]:
+    (tmp_path / "hosts").mkdir()
+    p = Pair(tmp_path / "hosts", site)
+    try:
+        yield p
+    finally:
+        await p.runtime.close()
+        p.world.close()
+
+
+async def test_a_drain_moves_every_vm_off_the_host_one_at_a_time_keeping_its_uuid_and_clone(pair: Pair) -> None:
+    first = await pair.reconcile(4, pair.hosts())
+    assert first.status["readyReplicas"] == 4
+    assert pair.where() == {
+        "prod.web-0": [("kvm-a", True)],
+        "prod.web-1": [("kvm-b", True)],
+        "prod.web-2": [("kvm-a", True)],
+        "prod.web-3": [("kvm-b", True)],
+    }
+    uuids, inodes = pair.uuids(), pair.site.inodes(first.status)
+    draining = await host_status(pair.runtime, pair.host("kvm-a"), None)
+    assert condition(draining, "Drained") == ("False", "Draining")
+    assert condition(draining, "Schedulable") == ("False", "Cordoned")
+    assert "2 VM(s) still here: prod.web-0, prod.web-2" in str(draining["conditions"])
+
+    second = await pair.reconcile(4, pair.hosts(drain="kvm-a"), first.status)
+    assert pair.where() == {f"prod.web-{o}": [("kvm-b", True)] for o in range(4)}
+    assert pair.most_down == 1  # maxUnavailable 1: web-2 went once web-0 ran again on kvm-b
+    # the test driver cannot migrate: libvirt's refusal is said, and the VMs moved cold
+    cold = [e.message for e in second.events if e.reason == "MigratedCold"]
+    assert len(cold) == 2 and all("not migrated live" in m and "moved cold to kvm-b" in m for m in cold), cold
+    assert "not supported" in cold[0]
+    assert pair.uuids() == uuids and pair.site.inodes(second.status) == inodes  # the same VMs, the same disks
+    assert {c["host"] for c in second.status["clones"]} == {"kvm-b"}
+    assert pair.recorded(second.status) == {f"prod.web-{o}": "kvm-b" for o in range(4)}
+    assert second.status["readyReplicas"] == 4 and condition(second.status, "Ready")[0] == "True"
+    done = await host_status(pair.runtime, pair.host("kvm-a"), draining)
+    assert condition(done, "Drained") == ("True", "Drained")
+    # nothing holds the KvmHost's deletion: no fleet's status places a VM there
+    catalog = Catalog(vms_by_host=handlers.fleet_hosts(second.status))
+    assert passes.host_delete_pass("kvm-a", catalog)[0] is True
+    # and it takes no new VM while annotated
+    third = await pair.reconcile(5, pair.hosts(drain="kvm-a"), second.status)
+    assert pair.where()["prod.web-4"] == [("kvm-b", True)] and third.status["readyReplicas"] == 5
+
+
+async def test_a_vm_with_no_other_host_stays_and_the_host_says_it_is_still_draining(pair: Pair) -> None:
+    first = await pair.reconcile(1, pair.hosts(), placement="pack")
+    assert pair.where() == {"prod.web-0": [("kvm-a", True)]}
+    second = await pair.reconcile(1, pair.hosts(drain="kvm-a", cordon="kvm-b"), first.status, placement="pack")
+    assert pair.where() == {"prod.web-0": [("kvm-a", True)]} and pair.most_down == 0
+    assert second.status["readyReplicas"] == 1
+    status = await host_status(pair.runtime, pair.host("kvm-a"), None)
+    assert condition(status, "Drained") == ("False", "Draining")
+    assert "1 VM(s) still here: prod.web-0" in str(status["conditions"])
+
+
+@pytest.mark.parametrize("killed_at", ["stop", "define", "undefine", "start"])
+async def test_an_operator_killed_at_any_step_of_a_move_leaves_one_domain_and_the_next_pass_ends_the_move(
+    pair: Pair, killed_at: str
+) -> None:
+    first = await pair.reconcile(1, pair.hosts(), placement="pack")
+    uuids, inodes = pair.uuids(), pair.site.inodes(first.status)
+
+    def kill(step: str) -> Callable[[str, str], None]:
+        def hook(*args: str) -> None:
+            if step == killed_at and (args[0] == killed_at or len(args) == 2):
+                raise Killed(step)
+
+        return hook
+
+    counted = pair.world.on_power
+    assert counted is not None
+
+    def power(op: str, uri: str, name: str) -> None:
+        counted(op, uri, name)
+        kill(op)(op, uri, name)
+
+    pair.world.on_power = power
+    pair.world.on_define, pair.world.on_undefine = kill("define"), kill("undefine")
+    with pytest.raises(Killed):
+        await pair.reconcile(1, pair.hosts(drain="kvm-a"), first.status, placement="pack")
+    pair.world.on_power, pair.world.on_define, pair.world.on_undefine = counted, None, None
+    # The record named kvm-b before anything was done on either host; never two domains running.
+    assert pair.recorded(first.status) == {"prod.web-0": "kvm-b"}
+    left = pair.where()["prod.web-0"]
+    assert sum(active for _, active in left) <= 1, left
+    await pair.crash()
+    after = await pair.reconcile(1, pair.hosts(drain="kvm-a"), first.status, placement="pack")
+    assert pair.where() == {"prod.web-0": [("kvm-b", True)]}
+    assert pair.uuids() == uuids and pair.site.inodes(after.status) == inodes
+    assert pair.recorded(after.status) == {"prod.web-0": "kvm-b"}
+    assert after.status["readyReplicas"] == 1
+
+
+VMFLEET = str(Path(sys.executable).parent / "vmfleet")
+
+
+def test_vmfleet_drain_over_manifests_places_every_vm_on_the_other_host(tmp_path: Path, small_image: Path) -> None:
+    # A standalone run starts from an empty test driver (its domains live as long as the process): the manifests'
+    # annotation reaches the pass, which places every VM on the other KvmHost. Moves are proven above.
+    manifests = quickstart(tmp_path, small_image)
+    other = yaml.safe_load((manifests / "host.yaml").read_text())
+    other["metadata"]["name"] = "other"
+    (manifests / "other-host.yaml").write_text(yaml.safe_dump(other))
+    done = subprocess.run(
+        [VMFLEET, "drain", "local", "-f", str(manifests), "-o", "json"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (fleet,) = [o for o in json.loads(done.stdout) if o["kind"] == "VmFleet"]
+    assert {c["host"] for c in fleet["status"]["clones"]} == {"other"}
+    assert fleet["status"]["readyReplicas"] == fleet["spec"]["replicas"]
+    assert 'add the annotation vmfleet.io/drain: "true" to KvmHost local' in done.stderr
+    bad = subprocess.run([VMFLEET, "drain", "nope", "-f", str(manifests)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "name: no KvmHost 'nope' in the manifests" in bad.stderr
+
+
+def test_vmfleet_drain_without_a_cluster_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "none")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    done = subprocess.run([VMFLEET, "drain", "kvm-a"], capture_output=True, text=True, env=env)
+    assert done.returncode == 1 and "no cluster to ask" in done.stderr

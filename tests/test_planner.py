@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmfleet.planner import DomainAction, HostView, Observation, Op, Severity, VmSeen, VmWant, plan_fleet
+from vmfleet.planner import DomainAction, HostView, Observation, Op, Severity, Update, VmSeen, VmWant, plan_fleet
 
 
 def wants(n: int, running: bool = True, vcpus: int = 1, memory: int = 512) -> list[VmWant]:
@@ -239,3 +239,77 @@ def test_every_host_cordoned_stalls_new_vms_naming_the_hosts() -> None:
     (problem,) = plan.problems
     assert (problem.severity, problem.reason) == (Severity.STALLED, "HostsCordoned")
     assert problem.message.endswith("cordoned (spec.unschedulable): a, b")
+
+
+# ---------------------------------------------------------------- drain (KvmHost annotation vmfleet.io/drain)
+
+
+def draining(name: str) -> HostView:
+    return host(name, cordoned=True, draining=True)
+
+
+def test_a_drain_migrates_a_running_vm_to_another_host() -> None:
+    views = hosts(draining("a"), host("b"))
+    plan = plan_fleet(
+        wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    assert [(a.op.value, a.host) for a in plan.actions if isinstance(a, DomainAction)] == [("migrate", "b")]
+    assert plan.placement == {0: "b"} and plan.moving == {0} and plan.problems == []
+
+
+def test_a_drain_takes_down_at_most_max_unavailable_ready_vms_at_once() -> None:
+    views = hosts(draining("a"), host("b"))
+    on_a = {o: running(o, "a") for o in range(4)}
+    two = Update(budget=2)
+    plan = plan_fleet(wants(4), seen(clones=frozenset(range(4)), domains=on_a, hosts=views), "spread", same_hash, two)
+    assert plan.moving == {0, 1} and plan.stranded == {2, 3}
+    assert not [a for a in plan.actions if a.ordinal in (2, 3)]
+    # a VM down already (web-3 crashed) moves without taking from the budget, and does not count twice
+    on_a[3] = running(3, "a", state="Crashed")
+    plan = plan_fleet(wants(4), seen(clones=frozenset(range(4)), domains=on_a, hosts=views), "spread", same_hash, two)
+    assert plan.moving == {0, 3} and plan.stranded == {1, 2}
+
+
+def test_a_stopped_vm_moves_and_stays_stopped() -> None:
+    views = hosts(draining("a"), host("b"))
+    off = {0: running(0, "a", state="Shutoff")}
+    plan = plan_fleet(wants(1, running=False), seen(clones=frozenset({0}), domains=off, hosts=views), "pack", same_hash)
+    assert ops(plan) == [("define", 0), ("undefine", 0)]
+    assert [a.host for a in plan.actions if isinstance(a, DomainAction)] == ["b", "a"]
+
+
+def test_a_vm_with_no_other_host_stays_on_the_draining_host_untouched() -> None:
+    views = hosts(draining("a"), host("b", cordoned=True), host("c", memory=256))
+    plan = plan_fleet(
+        wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    assert plan.actions == [] and plan.stranded == {0} and plan.placement == {0: "a"}
+    assert plan.problems == []  # it runs on: the host's status says it is still there
+
+
+def test_a_draining_host_that_does_not_answer_moves_nothing() -> None:
+    views = hosts(HostView("a", False, cordoned=True, draining=True, error="refused"), host("b"))
+    plan = plan_fleet(
+        wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    assert plan.actions == [] and [p.reason for p in plan.problems] == ["HostUnreachable"]
+
+
+def test_a_vm_recorded_on_a_drained_host_without_its_domain_is_defined_elsewhere() -> None:
+    # its clone was made, the operator stopped before the define; then the host was drained
+    views = hosts(draining("a"), host("b"))
+    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), recorded={0: "a"}, hosts=views), "spread", same_hash)
+    assert [(a.op.value, a.host) for a in plan.actions if isinstance(a, DomainAction)] == [
+        ("define", "b"),
+        ("start", "b"),
+    ]
+
+
+def test_a_drain_moves_nothing_to_another_kvmhost_of_the_same_libvirt() -> None:
+    # kvm-b is kvm-a under another name: a define there and an undefine here would remove the VM
+    views = hosts(host("a", cordoned=True, draining=True, uri="qemu:///system"))
+    views["b"] = host("b", uri="qemu:///system")
+    plan = plan_fleet(
+        wants(1), seen(clones=frozenset({0}), domains={0: running(0, "a")}, hosts=views), "spread", same_hash
+    )
+    assert plan.actions == [] and plan.stranded == {0}

@@ -63,7 +63,16 @@ STEPS = int(os.environ.get("VMFLEET_SAFETY_STEPS", "25"))
 HUNG_TIMEOUT, PATIENT_TIMEOUT = 0.3, 30.0
 SETTINGS = Settings(store_timeout_seconds=PATIENT_TIMEOUT)
 STATUS_SCHEMA = root_schema(KINDS["VmFleet"])["properties"]["status"]
-STATS = {"examples": 0, "steps": 0, "hung calls": 0, "late calls": 0, "reimages": 0, "cut short": 0, "updates down": 0}
+STATS = {
+    "examples": 0,
+    "steps": 0,
+    "hung calls": 0,
+    "late calls": 0,
+    "reimages": 0,
+    "cut short": 0,
+    "updates down": 0,
+    "drains": 0,
+}
 
 
 def uri(host: str, generation: int = 0) -> str:
@@ -125,6 +134,7 @@ class FleetSafety(RuleBasedStateMachine):
         self.host_uris = {h: uri(h) for h in HOSTS}
         self.present = set(HOSTS)
         self.cordoned: set[str] = set()  # KvmHosts with spec.unschedulable
+        self.draining: set[str] = set()  # KvmHosts annotated vmfleet.io/drain: "true"
         self.dead: set[str] = set()
         self.vcpus, self.memory = 1, 64
         self.user_data: str | None = None  # the template's spec.cloudInit.userData; no cloud-init while None
@@ -159,7 +169,10 @@ class FleetSafety(RuleBasedStateMachine):
     def hosts(self) -> list[KvmHost]:
         return [
             h
-            for h in (parse(host_doc(n, self.host_uris[n], n in self.cordoned)) for n in sorted(self.present))
+            for h in (
+                parse(host_doc(n, self.host_uris[n], n in self.cordoned, n in self.draining))
+                for n in sorted(self.present)
+            )
             if isinstance(h, KvmHost)
         ]
 
@@ -255,10 +268,10 @@ class FleetSafety(RuleBasedStateMachine):
             result = self.loop.run_until_complete(run)
         finally:
             self.world.on_delete = self.world.on_power = self.world.on_define = None
-        cordoned = {self.host_uris[h]: h for h in self.cordoned if h in self.present}
+        cordoned = {self.host_uris[h]: h for h in self.cordoned | self.draining if h in self.present}
         for uri, name in defined:
             if uri in cordoned and not any(d.uri == uri and d.name == name for d in domains):
-                raise Violation(f"{what}: defined {name} on {cordoned[uri]}, which is cordoned (spec.unschedulable)")
+                raise Violation(f"{what}: defined {name} on {cordoned[uri]}, which is cordoned or drained")
         if self.hung is not None and self.hung.entered.is_set() and self.hung_image is None:
             self.hung_image = self.image  # a clone the hung call makes comes from the parent of this pass
         for path, where in sorted(deleted.items()):
@@ -373,7 +386,8 @@ class FleetSafety(RuleBasedStateMachine):
         names = {f"ns.web-{o}": o for o in range(f.replicas) if o not in f.reimage}
         counted = {n for n, o in names.items() if f.runs(o) == "Always" or (f.runs(o) == "RerunOnFailure" and n in up)}
         down = counted - up
-        budget = f.max_unavailable if f.update_type == "RollingUpdate" else 0
+        # A drain moves VMs within maxUnavailable whatever the update strategy.
+        budget = f.max_unavailable if f.update_type == "RollingUpdate" or self.draining else 0
         before = len(down)
         limit = max(budget, before)
         found: list[str] = []
@@ -452,10 +466,22 @@ class FleetSafety(RuleBasedStateMachine):
             if ready["status"] != "True":
                 raise Violation(f"a healthy world did not converge: {ready} (I4)")
             self.check_seeds(f, result.status)
+            self.check_drained(f)
             if self.owed:
                 raise Violation(
                     f"a healthy world's pass did not make the clones of reimages cut short: {self.owed} (I1)"
                 )
+
+    def check_drained(self, f: FleetState) -> None:
+        """After a pass in a healthy world, a drained host holds no domain of the fleet while another host may
+        take its VMs (every host has room for the whole fleet here)."""
+        if not self.draining or not (set(HOSTS) - self.draining - self.cordoned):
+            return
+        drained = {self.host_uris[h]: h for h in self.draining}
+        STATS["drains"] += 1
+        left = [(drained[d.uri], d.name) for d in self.world.domains() if d.fleet_uid == f.uid and d.uri in drained]
+        if left:
+            raise Violation(f"a pass left VMs on drained hosts while another host could take them: {left}")
 
     def seeds(self) -> dict[str, bytes]:
         return {p: (self.store_root / p).read_bytes() for p in files(self.store_root) if p.endswith(".iso")}
@@ -494,7 +520,16 @@ class FleetSafety(RuleBasedStateMachine):
             and not self.world.down
             and not self.dead
             and not any(d.fleet_uid == uid and d.uri not in current for d in self.world.domains())
+            and not (self.recorded_uris(uid) - current)  # vmfleet cannot know that nothing runs there
         )
+
+    def recorded_uris(self, uid: str) -> set[str]:
+        """The URIs the fleet's record in the store names."""
+        path = self.store_root / "vmfleet" / "clones" / "ns" / "web" / uid / "fleet.json"
+        try:
+            return {vm["uri"] for vm in json.loads(path.read_text())["vms"].values() if vm["host"]}
+        except FileNotFoundError:
+            return set()
 
     def check_space(self, status: dict[str, Any]) -> None:
         clones = [c for c in status["clones"] if "allocatedBytes" in c]
@@ -615,6 +650,12 @@ class FleetSafety(RuleBasedStateMachine):
     def cordon(self, host: str, on: bool, then_pass: bool) -> None:
         """kubectl patch kvh HOST spec.unschedulable: its VMs stay, no new one is put there."""
         (self.cordoned.add if on else self.cordoned.discard)(host)
+        self.then(then_pass)
+
+    @rule(host=st.sampled_from(HOSTS), on=st.booleans(), then_pass=st.booleans())
+    def drain(self, host: str, on: bool, then_pass: bool) -> None:
+        """kubectl annotate kvh HOST vmfleet.io/drain=true (or its removal): its VMs move, cold, to other hosts."""
+        (self.draining.add if on else self.draining.discard)(host)
         self.then(then_pass)
 
     @precondition(lambda self: len(self.present) > 1)
@@ -889,7 +930,8 @@ def _report_counts() -> Any:
         f"{STATS['hung calls'] - before['hung calls']} store calls hung, "
         f"{STATS['late calls'] - before['late calls']} of them made and landed late, "
         f"{STATS['reimages'] - before['reimages']} reimages ({STATS['cut short'] - before['cut short']} cut short), "
-        f"{STATS['updates down'] - before['updates down']} VMs that should run taken down"
+        f"{STATS['updates down'] - before['updates down']} VMs that should run taken down, "
+        f"{STATS['drains'] - before['drains']} passes checked with a host drained"
     )
 
 

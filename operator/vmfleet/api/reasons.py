@@ -172,6 +172,7 @@ DOMAINS_DEFINED: Final = _normal("DomainsDefined")
 DOMAINS_STARTED: Final = _normal("DomainsStarted")
 DOMAINS_STOPPED: Final = _normal("DomainsStopped")
 DOMAINS_UNDEFINED: Final = _normal("DomainsUndefined")
+MIGRATED: Final = _normal("Migrated")
 CLONES_DELETED: Final = _normal("ClonesDeleted")
 CLONES_RETAINED: Final = _normal("ClonesRetained")
 REIMAGED: Final = _normal("Reimaged")
@@ -266,6 +267,21 @@ UNDEFINE_FAILED: Final = _problem(
     meaning="a libvirt call failed; the message has libvirt's error",
     hint="see libvirt's message above; the next pass retries",
 )
+MIGRATE_FAILED: Final = _problem(
+    "MigrateFailed",
+    where="VmFleet, Degraded",
+    meaning="a drain's move failed: libvirt refused both the live migration and a step of the cold move after it",
+    hint="see libvirt's message above; the next pass retries the move",
+)
+MIGRATED_COLD: Final = _problem(
+    "MigratedCold",
+    where="VmFleet, Warning event",
+    meaning="a drain could not live-migrate a running VM (libvirt refused: the store not shared between the two "
+    "hosts, the target's libvirtd out of the source's reach, a CPU mismatch...), so it moved it cold: shut down, "
+    "defined on the other host, started",
+    hint="see libvirt's message; for live moves the source's libvirtd must reach the target's KvmHost URI, both must "
+    "mount the store on a shared file system, and the target's spec.migrationAddress must be reachable",
+)
 DELETE_CLONE_FAILED: Final = _problem(
     "DeleteCloneFailed",
     where="VmFleet, Degraded",
@@ -315,6 +331,15 @@ REACHABLE: Final = _normal("Reachable")
 CONNECTED: Final = _normal("Connected")
 NOT_CORDONED: Final = _normal("NotCordoned")
 CORDONED: Final = _normal("Cordoned")
+DRAINED: Final = _normal("Drained")
+DRAINING: Final = _problem(
+    "Draining",
+    where="KvmHost, Drained False",
+    meaning='annotation `vmfleet.io/drain: "true"`: the host takes no new VM and its VMs move to other hosts '
+    "their fleets may use, at most `maxUnavailable` of a fleet down at once; the message names the VMs still here",
+    hint="wait for the fleets' next passes; a VM that stays has no other host with room its fleet may use (or was "
+    "saved with managedsave): add or uncordon a host, or remove the annotation to stop the drain",
+)
 STORE_RELEASED: Final = _normal("StoreReleased")
 HOST_RELEASED: Final = _normal("HostReleased")
 UNREACHABLE: Final = _problem(

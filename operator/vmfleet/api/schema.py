@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import reasons
+
 GROUP = "vmfleet.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -253,8 +255,16 @@ KVM_HOST_SPEC = obj(
         ),
         "unschedulable": boolean(
             "Cordon: no new VM is placed on this host (a new VM, or a scale-out); the VMs on it stay, run and "
-            "are updated there. As a Node's spec.unschedulable: set it before maintenance, unset it after.",
+            "are updated there. As a Node's spec.unschedulable: set it before maintenance, unset it after. "
+            'Annotation vmfleet.io/drain: "true" cordons the host too and moves its VMs to other hosts '
+            "(`vmfleet drain`).",
             default=False,
+        ),
+        "migrationAddress": string(
+            "Host name or address other hosts send a live migration's memory to (a drain's moves); default: the "
+            "name this host's libvirtd gives for itself.",
+            pattern=HOSTNAME_PATTERN,
+            maxLength=253,
         ),
         "consoleLogDir": string(
             "Directory on the host where each VM's serial console is logged as <domain>.log.",
@@ -782,6 +792,7 @@ KINDS: dict[str, Kind] = {
                 _column("URI", ".spec.uri"),
                 _column("Ready", '.status.conditions[?(@.type=="Ready")].status'),
                 _column("Schedulable", '.status.conditions[?(@.type=="Schedulable")].status'),
+                _column("Drain", f'.status.conditions[?(@.type=="{reasons.DRAINED}")].reason'),
                 _column("Domains", ".status.domains", "integer"),
                 _AGE,
             ),

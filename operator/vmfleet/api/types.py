@@ -17,6 +17,7 @@ from .validation import FieldError, InvalidManifest, validate
 HOSTS_LOST_ANNOTATION = "vmfleet.io/hosts-lost"
 FLEET_LABEL = "vmfleet.io/fleet"  # status.labelSelector of the scale subresource: <label>=<fleet name>
 REIMAGE_ANNOTATION = "vmfleet.io/reimage"  # one-shot: ordinals to reimage; the operator removes it once done
+DRAIN_ANNOTATION = "vmfleet.io/drain"  # on a KvmHost, "true": its VMs move to other hosts; it takes no new one
 
 # Fleets read in standalone mode have no apiserver UID: derive a stable one from namespace/name.
 _STANDALONE_UID_NAMESPACE = uuid.UUID("6f1c5f7e-2d0b-4b8e-9a57-0c9f3a1e7d42")
@@ -117,6 +118,7 @@ class KvmHost:
     console_log_dir: str | None
     secret: SecretRef | None = None
     unschedulable: bool = False  # cordoned: no new VM is placed here
+    migration_address: str | None = None  # where live migrations to this host send memory (tcp://ADDRESS)
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> KvmHost:
@@ -132,7 +134,18 @@ class KvmHost:
             s.get("consoleLogDir"),
             SecretRef(**s["secretRef"]) if "secretRef" in s else None,
             s.get("unschedulable") is True,
+            s.get("migrationAddress"),
         )
+
+    @property
+    def draining(self) -> bool:
+        """Annotation DRAIN_ANNOTATION is "true": every VM here moves to another host its fleet may use."""
+        return self.meta.annotations.get(DRAIN_ANNOTATION, "").strip().lower() == "true"
+
+    @property
+    def cordoned(self) -> bool:
+        """No new VM is placed here: spec.unschedulable, or drained (a drained host is also cordoned)."""
+        return self.unschedulable or self.draining
 
     def store_path(self, store: CloneStore, relative: str) -> str:
         """Where this host sees a file that lives at `relative` under the store's root."""

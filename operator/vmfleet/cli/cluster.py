@@ -69,6 +69,24 @@ def annotate_fleet(namespace: str | None, name: str, key: str, value: str) -> st
     return ns
 
 
+def annotate_host(name: str, key: str, value: str | None) -> None:
+    """Set (None: remove) one annotation on a KvmHost, as `kubectl annotate kvh NAME KEY=VALUE --overwrite`."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    _connect(None)
+    try:
+        with _asking("", name):
+            client.CustomObjectsApi().patch_cluster_custom_object(
+                GROUP, VERSION, "kvmhosts", name, {"metadata": {"annotations": {key: value}}}, _request_timeout=15
+            )
+    except ClusterError as e:
+        cause = e.__context__
+        if isinstance(cause, ApiException) and cause.status == 404:
+            raise ClusterError(f"KvmHost {name} not found: `kubectl get kvh` lists the hosts") from None
+        raise
+
+
 @contextlib.contextmanager
 def _asking(ns: str, name: str | None) -> Iterator[None]:
     """The API's refusals and a cluster out of reach, as ClusterError saying what to do."""

@@ -1,4 +1,4 @@
-"""The `vmfleet` command: apply (standalone), status, run (the operator), crds, image."""
+"""The `vmfleet` command: apply (standalone), status, reimage, drain, run (the operator), crds, image."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def _standalone(
         return None
     try:
         loaded, secrets = load(args.filename)
-        if getattr(args, "reimage", None):
-            name, value, mark = args.reimage
+        if getattr(args, "mark", None):  # reimage or drain -f: the manifests annotated first
+            name, value, mark = args.mark
             loaded = mark(loaded, name, value)
         progress = None if args.quiet or dry_run else (lambda fleet: ProgressReport(fleet.meta.name))
         objects, results = asyncio.run(apply(loaded, secrets, dry_run=dry_run, progress=progress, settings=settings))
@@ -182,8 +182,43 @@ def _reimage(args: argparse.Namespace) -> int:
         return 0
     from .manifests import reimage_in
 
-    args.reimage = (args.name, value, reimage_in)
+    args.mark = (args.name, value, reimage_in)
     return _apply(args)
+
+
+def _drain(args: argparse.Namespace) -> int:
+    """Move every VM off a KvmHost and keep new ones away (its drain annotation): through the operator, or at once
+    over standalone manifests with -f. --undo lifts it (the VMs moved stay where they are)."""
+    from ..api.types import DRAIN_ANNOTATION
+
+    value = "" if args.undo else "true"
+    if not args.filename:
+        from .cluster import ClusterError, annotate_host
+
+        try:
+            annotate_host(args.host, DRAIN_ANNOTATION, value or None)
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if args.undo:
+            print(f"KvmHost {args.host}: drain lifted (annotation {DRAIN_ANNOTATION} removed); it takes new VMs again")
+        else:
+            print(
+                f"KvmHost {args.host}: draining (annotation {DRAIN_ANNOTATION}=true); its fleets move their VMs at "
+                f"their next pass. `kubectl get kvh {args.host}` says Drained once none is left"
+            )
+        return 0
+    from .manifests import drain_in
+
+    args.mark = (args.host, value, drain_in)
+    done = _apply(args)
+    if done == 0 and not args.undo:
+        print(
+            f'add the annotation {DRAIN_ANNOTATION}: "true" to KvmHost {args.host} in the manifests to keep it '
+            "drained at the next `vmfleet apply`",
+            file=sys.stderr,
+        )
+    return done
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -243,6 +278,13 @@ def parser() -> argparse.ArgumentParser:
     ri.add_argument("-f", "--filename", action="append", help="standalone manifests: reimage now, then converge")
     ri.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     ri.set_defaults(func=_reimage, dry_run=False, quiet=False)
+
+    dr = sub.add_parser("drain", help="move every VM off a KvmHost to other hosts, and place no new one there")
+    dr.add_argument("host", help="the KvmHost")
+    dr.add_argument("--undo", action="store_true", help="lift the drain: the host takes new VMs again")
+    dr.add_argument("-f", "--filename", action="append", help="standalone manifests: drain now (cold moves)")
+    dr.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    dr.set_defaults(func=_drain, dry_run=False, quiet=False)
 
     r = sub.add_parser("run", help="run the operator against the cluster in $KUBECONFIG or in-cluster")
     r.add_argument("-n", "--namespace", action="append", default=[], help="watch only these (default: all)")

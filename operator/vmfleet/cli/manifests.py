@@ -12,7 +12,7 @@ import yaml
 
 from ..api import CloneStore, FieldError, InvalidManifest, KvmHost, Resource, VmFleet, VmTemplate, validate
 from ..api.schema import DEFAULT_NAMESPACE
-from ..api.types import PARSERS, REIMAGE_ANNOTATION, parse
+from ..api.types import DRAIN_ANNOTATION, PARSERS, REIMAGE_ANNOTATION, parse
 from ..engine.catalog import Catalog, Unresolved
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -159,14 +159,28 @@ def resolve(resources: Iterable[Resource]) -> tuple[Catalog, list[VmFleet]]:
 def reimage_in(loaded: list[Loaded], name: str, ordinals: str) -> list[Loaded]:
     """The manifests with the fleet `name` asking for a reimage of `ordinals` (its annotation, as kubectl annotate
     would set it); InvalidManifest when no such fleet is in them."""
+    return _annotated(loaded, "VmFleet", name, REIMAGE_ANNOTATION, ordinals, "vmfleet reimage")
+
+
+def drain_in(loaded: list[Loaded], name: str, value: str) -> list[Loaded]:
+    """The manifests with the KvmHost `name` annotated to be drained ("true") or not (""): what `vmfleet drain -f`
+    applies."""
+    return _annotated(loaded, "KvmHost", name, DRAIN_ANNOTATION, value, "vmfleet drain")
+
+
+def _annotated(loaded: list[Loaded], kind: str, name: str, key: str, value: str, command: str) -> list[Loaded]:
     out, found = [], False
     for item in loaded:
-        if item.doc["kind"] == "VmFleet" and item.resource.meta.name == name:
+        if item.doc["kind"] == kind and item.resource.meta.name == name:
             doc = copy.deepcopy(item.doc)
-            doc["metadata"].setdefault("annotations", {})[REIMAGE_ANNOTATION] = ordinals
+            annotations = doc["metadata"].setdefault("annotations", {})
+            if value:
+                annotations[key] = value
+            else:
+                annotations.pop(key, None)
             item = Loaded(doc, parse(doc, item.source), item.source)
             found = True
         out.append(item)
     if not found:
-        raise InvalidManifest("vmfleet reimage", [FieldError("name", f"no VmFleet {name!r} in the manifests")])
+        raise InvalidManifest(command, [FieldError("name", f"no {kind} {name!r} in the manifests")])
     return out

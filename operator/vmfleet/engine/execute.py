@@ -15,6 +15,7 @@ from ..planner import Action, Plan
 class Outcome:
     action: Action
     error: str | None = None
+    note: str | None = None  # done, another way than planned: a Warning Event says how (a migration gone cold)
 
     @property
     def ok(self) -> bool:
@@ -23,7 +24,7 @@ class Outcome:
 
 log = logging.getLogger(__name__)
 
-Actuator = Callable[[Action], Awaitable[None]]
+Actuator = Callable[[Action], Awaitable[str | None]]
 Progress = Callable[[Outcome, int, int], None]
 """Told of each action as it ends: (its outcome, actions ended so far, actions planned)."""
 
@@ -64,7 +65,7 @@ async def execute(plan: Plan, actuate: Actuator, concurrency: int, progress: Pro
 
 async def _attempt(actuate: Actuator, action: Action) -> Outcome:
     try:
-        await actuate(action)
+        note = await actuate(action)
     except VmfleetError as e:  # the drivers' errors: what the world refused, said in the driver's words
         return Outcome(action, str(e) or type(e).__name__)
     except Exception as e:
@@ -72,4 +73,4 @@ async def _attempt(actuate: Actuator, action: Action) -> Outcome:
         # with its traceback and said to be unexpected.
         log.exception("%s failed unexpectedly", action)
         return Outcome(action, f"unexpected {type(e).__name__}: {e} (a vmfleet bug: please report it)")
-    return Outcome(action)
+    return Outcome(action, note=note)

@@ -204,7 +204,7 @@ async def _reconcile(
                     fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes
                 )
             plan.observed(wave)
-            if not all(o.ok for o in done) or not wave.pending:
+            if not all(o.ok for o in done) or not (wave.pending or wave.moving):
                 break
         try:
             if not dry_run:

@@ -222,7 +222,7 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
         found = await endpoint.list_domains()
         capacity = host.capacity or await endpoint.capacity()
     except HostError as e:
-        return HostView(name, reachable=False, eligible=eligible, cordoned=host.unschedulable, error=str(e)), []
+        return HostView(name, reachable=False, eligible=eligible, cordoned=host.cordoned, error=str(e)), []
     active = [d for d in found if d.active and (d.owner is None or d.owner.host in ("", name))]
     return HostView(
         name,
@@ -232,7 +232,9 @@ async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> t
         capacity.memory_mib,
         sum(d.vcpus for d in active),
         sum(d.memory_mib for d in active),
-        cordoned=host.unschedulable,
+        cordoned=host.cordoned,
+        draining=host.draining,
+        uri=host.uri,
     ), found
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..api import reasons
-from ..hypervisor import LibvirtHost, domain_xml
+from ..hypervisor import HostError, LibvirtHost, domain_xml
 from ..planner import Action, CloneAction, DomainAction, Op, ParentAction
 from ..storage import StoreDriver
 from .record import RecordKeeper
@@ -30,12 +30,12 @@ class Actor:
     parent_lock: asyncio.Lock
     record: RecordKeeper  # the record as the plan was announced, for operations that move it on
 
-    async def __call__(self, action: Action) -> None:
-        await OPERATIONS[action.op].run(self, action)
+    async def __call__(self, action: Action) -> str | None:
+        return await OPERATIONS[action.op].run(self, action)
 
 
 A = TypeVar("A", ParentAction, CloneAction, DomainAction)
-CarryOut = Callable[[Actor, A], Awaitable[None]]
+CarryOut = Callable[[Actor, A], Awaitable[str | None]]  # a note: done another way than planned
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ class Operation:
     did: str  # how that Event says it: "<did> 3 VM(s): web-0, web-1, web-2"
     failed: str  # the Warning Event's and the Degraded condition's reason when it fails
     kind: type[Action]
-    carry_out: Callable[[Actor, Any], Awaitable[None]]
+    carry_out: Callable[[Actor, Any], Awaitable[str | None]]
 
-    async def run(self, actor: Actor, action: Action) -> None:
+    async def run(self, actor: Actor, action: Action) -> str | None:
         assert isinstance(action, self.kind), (self.op, action)
-        await self.carry_out(actor, action)
+        return await self.carry_out(actor, action)
 
 
 OPERATIONS: dict[Op, Operation] = {}
@@ -155,3 +155,27 @@ async def stop(actor: Actor, a: DomainAction) -> None:
 @operation(Op.UNDEFINE, DomainAction, reasons.DOMAINS_UNDEFINED, "undefined domain(s) of", reasons.UNDEFINE_FAILED)
 async def undefine(actor: Actor, a: DomainAction) -> None:
     await actor.endpoints[a.host].undefine(actor.snapshot.desired.domain_name(a.ordinal))
+
+
+@operation(Op.MIGRATE, DomainAction, reasons.MIGRATED, "moved (drain)", reasons.MIGRATE_FAILED)
+async def migrate(actor: Actor, a: DomainAction) -> str | None:
+    """A running VM to host `a.host`: live (peer to peer, its disk on the shared store, not copied), defined there
+    as vmfleet would define it and undefined here. Where libvirt refuses, cold: the VM is shut down as a stop
+    does, defined there, undefined here and started there (the planner took it from maxUnavailable for that).
+    The record names the new host already (Snapshot.announced)."""
+    snap = actor.snapshot
+    source, target = actor.endpoints[snap.seen.domains[a.ordinal].host], actor.endpoints[a.host]
+    name = snap.desired.domain_name(a.ordinal)
+    spec = snap.domain_spec(a.ordinal, a.host)
+    xml = domain_xml(spec, snap.owner(a.ordinal, a.host, spec), snap.domain_uuid(a.ordinal))
+    address = snap.desired.hosts[a.host].migration_address
+    try:
+        await source.migrate(name, target.uri, xml, f"tcp://{address}" if address else None)
+        return None
+    except HostError as e:
+        refused = str(e)
+    await source.shutdown(name, snap.desired.fleet.grace_seconds)
+    await target.define(xml)
+    await source.undefine(name)
+    await target.start(name)
+    return f"not migrated live ({refused}); moved cold to {a.host}"

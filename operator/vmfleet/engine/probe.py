@@ -8,6 +8,8 @@ from typing import Any
 from ..api import CloneStore, KvmHost, reasons
 from ..clock import now
 from ..errors import HostError, RootMissing, VmfleetError
+from ..hypervisor import DomainInfo
+from ..planner import listing
 from .runtime import Runtime
 from .status import condition, summary_conditions
 
@@ -29,17 +31,32 @@ async def host_status(runtime: Runtime, host: KvmHost, previous: Mapping[str, An
                 "Ready", reasons.CONNECTED, f"{host.uri}: {len(domains)} domain(s)", gen, previous, now()
             ),
             schedulable(host, previous),
+            *drained(host, domains, previous),
         ],
     }
 
 
 def schedulable(host: KvmHost, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """Whether new VMs are placed on the host: `kubectl get kvh` shows it, as `kubectl get nodes` shows a cordon."""
-    if host.unschedulable:
+    if host.draining:
+        why, message = reasons.CORDONED, "being drained (annotation vmfleet.io/drain): no new VM is placed here"
+    elif host.unschedulable:
         why, message = reasons.CORDONED, "spec.unschedulable: no new VM is placed here; the VMs here stay"
     else:
         why, message = reasons.NOT_CORDONED, ""
-    return condition("Schedulable", not host.unschedulable, why, message, host.meta.generation, previous, now())
+    return condition("Schedulable", not host.cordoned, why, message, host.meta.generation, previous, now())
+
+
+def drained(host: KvmHost, domains: list[DomainInfo], previous: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """While the drain annotation is set: Draining as long as a VM of a fleet is defined here, then Drained."""
+    if not host.draining:
+        return []
+    left = sorted(d.name for d in domains if d.owner is not None and d.owner.host in ("", host.meta.name))
+    if left:
+        why, message = reasons.DRAINING, f"{len(left)} VM(s) still here: {listing(left)}"
+    else:
+        why, message = reasons.DRAINED, "no VM of a fleet is defined here; the KvmHost can be deleted"
+    return [condition(reasons.DRAINED, not left, why, message, host.meta.generation, previous, now())]
 
 
 async def store_status(runtime: Runtime, store: CloneStore, previous: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class Snapshot:
                     )
             elif (
                 isinstance(a, DomainAction)
-                and a.op in (Op.DEFINE, Op.START)
+                and a.op in (Op.DEFINE, Op.START, Op.MIGRATE)
                 and (old is None or old.host != a.host or old.state == DELETING)
             ):
                 vms[a.ordinal] = Placement(
@@ -160,6 +160,7 @@ class Snapshot:
                     uri(a.host),
                     CREATING if old and old.state == CREATING else PLACED,
                     old.parent if old else "",
+                    stopped=bool(old and old.stopped and old.host),  # a drain's move: stopped there, started here
                 )
         return self.record.with_vms(vms)
 

@@ -45,6 +45,8 @@ def events_for(
         who = desired.parent if isinstance(a, ParentAction) else desired.vm_name(a.ordinal)
         if outcome.ok:
             done[a.op].append(who)
+            if outcome.note is not None:
+                events.append(Event("Warning", reasons.MIGRATED_COLD, f"{who}: {outcome.note}"))
         else:
             where = f" on {a.host}" if isinstance(a, DomainAction) else ""
             events.append(Event("Warning", OPERATIONS[a.op].failed, f"{who}{where}: {outcome.error}"))

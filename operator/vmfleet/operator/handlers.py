@@ -282,6 +282,10 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         kopf.on.create(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.resume(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.delete(GROUP, VERSION, plural, registry=r)(delete)
+    # The drain annotation of a KvmHost: its status says Draining at once (its fleets move their VMs at their pass).
+    kopf.on.update(
+        GROUP, VERSION, "kvmhosts", field="metadata.annotations", id="probe_kvmhost/annotations", registry=r
+    )(probe_kvmhost)
     # While a rolling update goes on, a pass every few seconds: the next VMs go as soon as the last are ready.
     kopf.timer(
         GROUP,

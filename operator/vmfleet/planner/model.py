@@ -35,7 +35,9 @@ class HostView:
     used_vcpus: int = 0
     used_memory_mib: int = 0
     error: str = ""
-    cordoned: bool = False  # KvmHost spec.unschedulable: its VMs stay, no new one is placed on it
+    cordoned: bool = False  # KvmHost spec.unschedulable (or drained): no new VM is placed on it
+    draining: bool = False  # KvmHost annotation vmfleet.io/drain: its VMs move to other hosts
+    uri: str = ""  # the libvirt endpoint: two KvmHosts of one URI are one host, nothing moves between them
 
 
 @dataclass(frozen=True)
@@ -126,11 +128,12 @@ class Op(enum.Enum):
     WRITE_SEED = "write-seed"
     DELETE_SEEDS = "delete-seeds"
     REIMAGE = "reimage"
+    MIGRATE = "migrate"  # a running VM to another host (a drain): live, else cold
 
 
 PARENT_OPS = frozenset({Op.PREPARE_PARENT})
 CLONE_OPS = frozenset({Op.CREATE_CLONE, Op.DELETE_CLONE, Op.WRITE_SEED, Op.DELETE_SEEDS, Op.REIMAGE})
-DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE})
+DOMAIN_OPS = frozenset({Op.DEFINE, Op.START, Op.STOP, Op.UNDEFINE, Op.MIGRATE})
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class CloneAction:
 
 @dataclass(frozen=True)
 class DomainAction:
-    """On one VM's domain, on one host."""
+    """On one VM's domain, on one host (MIGRATE: the host it goes to)."""
 
     op: Op
     ordinal: int
@@ -220,12 +223,15 @@ class Plan:
     # (updateStrategy OnDelete, runStrategy Manual).
     waiting: set[int] = field(default_factory=set)
     ready: set[int] = field(default_factory=set)
+    # VMs on a draining host: moved this pass, and waiting (for maxUnavailable, or for a host to take them).
+    moving: set[int] = field(default_factory=set)
+    stranded: set[int] = field(default_factory=set)
 
     def observed(self, after: Plan) -> None:
         """What this plan reports, once it has run, is what the plan of the state it left says."""
         self.problems, self.restart_required = after.problems, after.restart_required
         self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
-        self.waiting = after.waiting
+        self.waiting, self.moving, self.stranded = after.waiting, after.moving, after.stranded
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]

@@ -145,11 +145,14 @@ def _converge_vm(
         )
         return
     if domain is not None:
-        plan.placement[o] = domain.host
-        rollout.converge(plan, want, domain)
+        if not _move(plan, want, domain, seen, loads, policy, rollout):
+            plan.placement[o] = domain.host
+            rollout.converge(plan, want, domain)
         return
 
-    if host is None or host not in loads:
+    # Where it was recorded, unless that host is cordoned or drained: it was looked at (above) and has no domain of
+    # it, so defining it there would be placing a new VM on it.
+    if host is None or host not in loads or loads[host].view.cordoned:
         host = choose_host(want, loads, policy)
         if host is None:
             plan.problems.append(_no_host(want, seen.hosts))
@@ -171,6 +174,49 @@ def _converge_vm(
     plan.actions.append(DomainAction(Op.DEFINE, o, host, "no domain" if has_clone else "new VM"))
     if want.running and want.run != "Manual":
         plan.actions.append(DomainAction(Op.START, o, host, "should run"))
+
+
+def _move(
+    plan: Plan, want: VmWant, vm: VmSeen, seen: Observation, loads: dict[str, HostLoad], policy: str, rollout: Rollout
+) -> bool:
+    """A VM on a draining host moves to another host the fleet may use, cold: stopped, defined there (same UUID,
+    MAC and clone), undefined here, started there. The record names the new host before the first of these runs
+    (Snapshot.announced), so a pass cut short leaves the old domain alone, or the new one beside an inactive old
+    one, which the next pass undefines as a stale duplicate: never two that run, never one nobody knows.
+    A running VM is migrated live (MIGRATE); where libvirt refuses, the same operation moves it cold, so a ready one
+    takes one of maxUnavailable either way. False: it stays where it is, for now."""
+    view = seen.hosts.get(vm.host)
+    if view is None or not view.draining or not view.reachable:
+        return False
+    o = want.ordinal
+    if vm.saved:  # its saved memory is on this host; undefining it would drop it
+        plan.stranded.add(o)
+        return False
+    costs = vm.active and o in rollout.ready and o not in rollout.granted
+    if costs and rollout.room <= 0:
+        plan.stranded.add(o)  # waits for a VM to be ready again
+        return False
+    elsewhere = {n: load for n, load in loads.items() if not (view.uri and load.view.uri == view.uri)}
+    target = choose_host(want, elsewhere, policy)
+    if target is None:
+        plan.stranded.add(o)  # no other host: it stays, and the host says so (Drained False)
+        return False
+    if costs:
+        rollout.room -= 1
+    loads[target].add(want)
+    plan.placement[o] = target
+    plan.moving.add(o)
+    why = f"drain of {vm.host}: moves to {target}"
+    if o in seen.seed_missing:
+        plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed"))
+    if vm.active:
+        plan.actions.append(DomainAction(Op.MIGRATE, o, target, why))
+        return True
+    plan.actions.append(DomainAction(Op.DEFINE, o, target, why))
+    plan.actions.append(DomainAction(Op.UNDEFINE, o, vm.host, f"drain of {vm.host}: defined on {target}"))
+    if rollout.run(want, vm) is True:
+        plan.actions.append(DomainAction(Op.START, o, target, f"moved from {vm.host} (drain)"))
+    return True
 
 
 def _no_host(want: VmWant, hosts: Mapping[str, HostView]) -> Problem:

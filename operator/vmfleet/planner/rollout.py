@@ -50,6 +50,7 @@ class Rollout:
             elif room > 0 and update.rolling:
                 self.granted.add(o)
                 room -= 1
+        self.room = room  # what is left of the budget: VMs a drain may take down (cold moves)
 
     def run(self, want: VmWant, vm: VmSeen | None) -> bool | None:
         return should_run(want, vm, want.ordinal in self.seen.stopped)
