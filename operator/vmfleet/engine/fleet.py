@@ -225,7 +225,7 @@ async def _reconcile(
 
 # What takes a disk or a domain away is decided on a full listing of the hosts, never on a view alone: a view
 # misses a change whose event was lost (a person's `virsh define` and `start` of a domain it thinks gone).
-DESTRUCTIVE = frozenset({Op.UNDEFINE, Op.DELETE_CLONE, Op.DELETE_SEEDS, Op.REIMAGE})
+DESTRUCTIVE = frozenset({Op.UNDEFINE, Op.DELETE_CLONE, Op.DELETE_SEEDS, Op.REIMAGE, Op.MIGRATE})
 
 
 def _destroys(plan: Plan) -> bool:

@@ -171,6 +171,7 @@ async def migrate(actor: Actor, a: DomainAction) -> str | None:
     address = snap.desired.hosts[a.host].migration_address
     try:
         await source.migrate(name, target.uri, xml, f"tcp://{address}" if address else None)
+        target.view.changed(name)  # arrived there: looked at before the target's view shows it
         return None
     except HostError as e:
         refused = str(e)

@@ -348,6 +348,7 @@ class LibvirtHost:
             "migrate",
             f"migrating {name} to {target_uri}",
             lambda c: c.lookupByName(name).migrateToURI3(target_uri, params, flags),
+            touches=name,
         )
 
     async def undefine(self, name: str) -> None:
