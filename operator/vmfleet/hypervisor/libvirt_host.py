@@ -188,6 +188,9 @@ class LibvirtHost:
                 found = (_described(dom) for dom in conn.listAllDomains(0))
                 return [d for d in found if d is not None]
 
+            # One round trip whatever the view holds: a host that stopped answering says so now, not at the next
+            # full listing (a dropped SSH session can leave the connection looking alive).
+            conn.getLibVersion()
             return self.view.look(list_all, describe_by_name, self._events)
 
         return await self._call("list", "listing domains", collect)
