@@ -691,7 +691,13 @@ VM_FLEET_STATUS = obj(
             "logicalBytes - allocatedBytes (never below 0): what full copies would have cost on top.", 0
         ),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
-        "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
+        "measuredAt": string(
+            "When the space figures shown last changed. The clones are measured at every pass (each spec change "
+            "and every resync of the operator, VMFLEET_RESYNC_SECONDS) and the status is written only when a "
+            "figure differs, so the figures are at most one resync old, unless condition Degraded says "
+            "StoreUnavailable: they are then those of the last pass that reached the store.",
+            format="date-time",
+        ),
         "store": string("The CloneStore the fleet's clones are in (a fleet cannot move to another store)."),
         "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),
         "clonesByParent": array(
