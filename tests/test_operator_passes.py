@@ -13,7 +13,7 @@ import libvirt
 import pytest
 import yaml
 
-from helpers import REPO, quickstart
+from helpers import REPO, a_resync_later, quickstart
 from vmfleet.engine import Runtime
 from vmfleet.engine.status import status_changes
 from vmfleet.operator import passes
@@ -143,6 +143,7 @@ async def test_an_unchanged_fleet_writes_nothing_to_the_store_libvirt_or_its_sta
     vm = Path(docs["CloneStore"]["spec"]["root"]).rglob("demo-0.qcow2").__next__()
     with vm.open("ab") as f:
         f.write(b"\1" * (1 << 20))
+    a_resync_later(runtime)
     grown = await passes.fleet_pass(runtime, fleet, catalog(docs))
     changed = status_changes(settled, grown.status)
     assert set(changed) == {"allocatedBytes", "clones", "savedBytes", "savingsRatio", "measuredAt"}, changed

@@ -692,9 +692,10 @@ VM_FLEET_STATUS = obj(
         ),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
         "measuredAt": string(
-            "When the space figures shown last changed. The clones are measured at every pass (each spec change "
-            "and every resync of the operator, VMFLEET_RESYNC_SECONDS) and the status is written only when a "
-            "figure differs, so the figures are at most one resync old, unless condition Degraded says "
+            "When the space figures shown last changed. The files of all fleets of a store are measured together, "
+            "in one batch, whenever a pass finds the last batch half a resync (VMFLEET_RESYNC_SECONDS) old, and a "
+            "fleet's files again at once when vmfleet has changed them; the status is written only when a figure "
+            "differs. The figures are so at most one resync old, unless condition Degraded says "
             "StoreUnavailable: they are then those of the last pass that reached the store.",
             format="date-time",
         ),
