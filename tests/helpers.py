@@ -321,6 +321,6 @@ class DirectoryWatch:
 
 
 def a_resync_later(runtime: Any) -> None:
-    """A store's space figures are read again once half a resync old (engine/measure.py): let a resync pass."""
+    """A store's space figures are read again once a resync old (engine/measure.py): let a resync pass."""
     clock = runtime.clock
     runtime.clock = lambda: clock() + runtime.settings.resync_seconds

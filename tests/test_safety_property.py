@@ -122,7 +122,7 @@ class FleetSafety(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.now = 0.0  # the clock the store's measurer reads (engine/measure.py)
         self.runtime = WorldRuntime(self.world, SETTINGS, clock=lambda: self.now)
-        # Clones written to since a resync passed, by no pass of vmfleet: their figures may lag (by half a resync).
+        # Clones written to since a resync passed, by no pass of vmfleet: their figures may lag (by a resync).
         self.written: set[str] = set()
         self.hung: SlowCall | None = None
         self.host_uris = {h: uri(h) for h in HOSTS}
@@ -692,8 +692,8 @@ class FleetSafety(RuleBasedStateMachine):
 
     @rule()
     def a_resync_passes(self) -> None:
-        """Space figures are measured once for all fleets of a store and kept up to half a resync: from now on
-        they must be the files' as they are."""
+        """Space figures are measured once for all fleets of a store and kept up to a resync: from now on they
+        must be the files' as they are."""
         self.now += SETTINGS.resync_seconds
         self.written.clear()
 

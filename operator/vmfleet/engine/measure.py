@@ -3,8 +3,8 @@
 
 Each fleet asks for its own files only, as found by its own observation in this pass, and gets figures for those
 only: never a file of another fleet, never a file its observation did not find. A figure is served from the last
-batch while it is younger than half a resync; the first fleet to find its figures older measures the files of
-every fleet in one batch, and the passes of the other fleets in that resync use it. A pass that is about to act
+batch while it is younger than a resync; the first fleet to find its figures older measures the files of every
+fleet in one batch, and the passes of the other fleets in that resync use it. A pass that is about to act
 forgets its files first: what it makes, replaces or writes is measured again, on its own (also when the pass
 stops half way and the next one finds it).
 """
@@ -29,14 +29,14 @@ class StoreMeasurer:
         self._lock = asyncio.Lock()  # one measurement at a time: the fleets behind it wait and share it
 
     async def measure(self, paths: Sequence[str]) -> dict[str, Space]:
-        """The figures of those of `paths` that exist, at most half a resync old."""
+        """The figures of those of `paths` that exist, less than a resync old."""
         asked = self.clock()
         for p in paths:
             self._asked[p] = asked
         async with self._lock:
             t = self.clock()
             unknown = [p for p in paths if p not in self._found]
-            expired = any(t - self._found[p][0] >= self.resync / 2 for p in paths if p in self._found)
+            expired = any(t - self._found[p][0] >= self.resync for p in paths if p in self._found)
             if expired:
                 self._forget(t)
                 batch = sorted(set(self._asked) | set(unknown))
