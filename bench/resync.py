@@ -73,7 +73,7 @@ class BenchRuntime(Runtime):
 
     async def close(self) -> None:
         await super().close()
-        for h in self._own.values():
+        for h in list(self._own.values()):
             await h.close()
 
 
