@@ -203,9 +203,11 @@ def resync_section(r: dict) -> list[str]:
         "do. *Before*: each pass measured its own files with a command of its own, and its status changed at every "
         "pass (measuredAt), so the handler patched it whole and the apiserver stored it. *After*: one measurement "
         "per store serves every fleet's pass of the period (engine/measure.py) and only status fields that changed "
-        "are sent. The same fleets, rounds alternating, in one run (bench/resync.py, "
-        f"{r['date']}, {r['cpus']} CPUs, load {r['load_before']} at the start); counts are of the last of "
-        f"{r['rounds']} rounds of each (all alike), seconds their median.",
+        "are sent. The same fleets, a round of each in turn, in one run per size (bench/resync.py, "
+        f"{r['date']}, {r['cpus']} CPUs, load {r['load_before']} at the start, {r['rounds']} round(s) of each: "
+        "counts of the last, all alike; seconds their median). The SSH commands left after are each "
+        "fleet's own observation (its parent looked at, its directory listed, its record read: 5 a pass), "
+        "unchanged here. Round seconds are the engine's in-process cost (no network), noisy on this shared machine.",
         "",
         "| fleets | VMs | SSH commands before | after | measuring commands before | after "
         "| status patches before | after | status writes before | after | bytes patched before | after "
