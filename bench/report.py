@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
+import platform
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 
@@ -14,6 +18,23 @@ def emit(result: dict, as_json: bool) -> None:
     width = max(map(len, result)) + 2
     for key, value in result.items():
         print(f"{key:{width}} {value}")
+
+
+def run_alone(
+    p: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], Awaitable[dict]],
+    section: Callable[[dict], list[str]],
+) -> None:
+    """A benchmark run on its own (`python -m bench.X`): its result printed, its section spliced in the report."""
+    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.add_argument("--report", action="store_true", help="put this section in docs/benchmarks.md in place of its own")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    result["machine"] = platform.platform()
+    if args.report:
+        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        path.write_text(splice(path.read_text(), section(result)))
+    emit(result, args.json)
 
 
 def _mib(n: float) -> str:
@@ -167,6 +188,40 @@ def rollout_section(r: dict) -> list[str]:
         f"| {r['n']} | {r['max_unavailable']} | {r['seconds']} | {r['observing_seconds']} | {r['floor_seconds']} | "
         f"{r['overhead_ratio']} | {r['passes']} | {r['waves']} | {r['most_stopped_in_a_wave']} |",
     ]
+
+
+RESYNC_HEADING = "## A resync of many fleets on one store"
+
+
+def resync_section(r: dict) -> list[str]:
+    """bench/resync.py's section, from its heading to its last line."""
+    lines = [
+        RESYNC_HEADING,
+        "",
+        f"Fleets of {r['vms_per_fleet']} VMs on one GPFS store (the simulator over SSH), each on its own libvirt "
+        "test-driver host; a round is every fleet's resync pass once, spread over a resync period, with nothing to "
+        "do. *Before*: each pass measured its own files with a command of its own, and its status changed at every "
+        "pass (measuredAt), so the handler patched it whole and the apiserver stored it. *After*: one measurement "
+        "per store serves every fleet's pass of the period (engine/measure.py) and only status fields that changed "
+        "are sent. The same fleets, a round of each in turn, in one run per size (bench/resync.py, "
+        f"{r['date']}, {r['cpus']} CPUs, load {r['load_before']} at the start, {r['rounds']} round(s) of each: "
+        "counts of the last, all alike; seconds their median). The SSH commands left after are each "
+        "fleet's own observation (its parent looked at, its directory listed, its record read: 5 a pass), "
+        "unchanged here. Round seconds are the engine's in-process cost (no network), noisy on this shared machine.",
+        "",
+        "| fleets | VMs | SSH commands before | after | measuring commands before | after "
+        "| status patches before | after | status writes before | after | bytes patched before | after "
+        "| round s before | after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        b, a = row["before"], row["after"]
+        cells = [row["fleets"], row["vms"]]
+        for key in ("ssh_commands", "measuring_commands", "status_patches", "status_writes", "patch_bytes"):
+            cells += [f"{b[key]:,}", f"{a[key]:,}"]
+        cells += [b["seconds"], a["seconds"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
 
 
 def splice(text: str, section: list[str]) -> str:

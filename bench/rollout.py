@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from vmfleet.planner import Op
 from vmfleet.sim import Simulator
 
 from . import site
-from .report import emit, rollout_section, splice
+from .report import rollout_section, run_alone
 
 OLD_MIB, NEW_MIB = 64, 96
 CONCURRENCY = 16  # the store's: above maxUnavailable, so a wave is never cut by it
@@ -198,15 +197,7 @@ def main() -> None:
     p.add_argument("--vms", type=int, default=100)
     p.add_argument("--max-unavailable", type=int, default=10)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    p.add_argument("--report", action="store_true", help="put this section in docs/benchmarks.md in place of its own")
-    args = p.parse_args()
-    result = asyncio.run(_run(args))
-    result["machine"] = platform.platform()
-    if args.report:
-        path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-        path.write_text(splice(path.read_text(), rollout_section(result)))
-    emit(result, args.json)
+    run_alone(p, _run, rollout_section)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,8 @@ def store(server: sim.Simulator, concurrency: int) -> CloneStore:
     )
 
 
-def host() -> KvmHost:
-    return objects.host(1 << 16, 1 << 30)
+def host(name: str = "t") -> KvmHost:
+    return objects.host(1 << 16, 1 << 30, name)
 
 
 def template(memory_mib: int = 64) -> VmTemplate:

@@ -318,3 +318,9 @@ class DirectoryWatch:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def a_resync_later(runtime: Any) -> None:
+    """A store's space figures are read again once a resync old (engine/measure.py): let a resync pass."""
+    clock = runtime.clock
+    runtime.clock = lambda: clock() + runtime.settings.resync_seconds

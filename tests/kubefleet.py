@@ -60,6 +60,16 @@ def store_root(tmp_path: Path, image: Path) -> Path:
     return root
 
 
+def ready_fleet(kube: Cluster, prefix: str, unique: str, tmp_path: Path, image: Path) -> tuple[str, str, Path]:
+    """A 2-VM fleet on the test driver in its own namespace, Ready: namespace, name of its store and host, root."""
+    ns = name = f"{prefix}-{unique}"
+    kube.kubectl("create", "namespace", ns)
+    root = store_root(tmp_path, image)
+    apply(kube, objects(root, ns, "test:///default", 2, name))
+    wait_ready(kube, ns)
+    return ns, name, root
+
+
 def fleet(kube: Cluster, ns: str) -> dict:
     return kube.get("vmfleets", "web", "-n", ns)
 

@@ -172,8 +172,8 @@ class WorldHost(LibvirtHost):
 class WorldRuntime(Runtime):
     """The operator's runtime, its libvirt endpoints steered by the world."""
 
-    def __init__(self, world: World, settings: Settings = Settings()):
-        super().__init__(settings=settings)
+    def __init__(self, world: World, settings: Settings = Settings(), clock: Callable[[], float] = time.monotonic):
+        super().__init__(settings=settings, clock=clock)
         self.world = world
         self._watched: set[int] = set()
         self.store_timeout: float | None = None  # what the store drivers wait from now on (None: the settings')

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 
 from cluster import Cluster
 from helpers import REPO, wait_for
-from kubefleet import apply, fleet, objects, store_root, wait_ready
+from kubefleet import apply, fleet, objects, ready_fleet, store_root, wait_ready
 from operator_process import OperatorProcess
 from vmfleet.seed import read_files
 
@@ -126,6 +127,29 @@ def test_every_status_field_the_operator_writes_survives_the_apiserver(
 
     kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
     assert len(list(root.rglob("web-*.qcow2"))) == 2, "deletionPolicy Retain must keep the clones"
+
+
+def test_a_ready_fleet_is_not_rewritten_at_each_resync_and_a_scale_still_shows_at_once(
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+) -> None:
+    ns, name, _ = ready_fleet(kube, "q", unique, tmp_path, small_image)
+
+    def versions() -> dict[str, str]:
+        got = [fleet(kube, ns), kube.get("vmtemplates", "tiny", "-n", ns), kube.get("clonestores", name)]
+        return {o["kind"]: o["metadata"]["resourceVersion"] for o in got}
+
+    def passes() -> float:
+        return operator.metrics()[("vmfleet_reconcile_seconds_count", frozenset({("kind", "VmFleet")}))]
+
+    time.sleep(2 * operator.resync)  # the pass after the one that converged says it planned nothing: one write
+    before, passes_before = versions(), passes()
+    time.sleep(4 * operator.resync)
+    assert passes() >= passes_before + 3, "the operator did not resync meanwhile"
+    assert versions() == before, "an unchanged fleet, its template or its store was written at a resync"
+
+    kube.kubectl("scale", "vmfleet/web", "-n", ns, "--replicas=3")
+    kube.kubectl("wait", "--for=jsonpath={.status.readyReplicas}=3", "vmfleet/web", "-n", ns, "--timeout=30s")
+    kube.kubectl("delete", "vmfleet/web", "-n", ns, "--timeout=60s")
 
 
 @pytest.mark.hosts
@@ -278,11 +302,7 @@ def test_a_fleet_applied_before_its_template_waits_then_converges(
 def test_a_store_and_a_host_in_use_are_not_deleted_from_under_the_fleet(
     kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
 ) -> None:
-    ns, name = f"d-{unique}", f"d-{unique}"
-    kube.kubectl("create", "namespace", ns)
-    root = store_root(tmp_path, small_image)
-    apply(kube, objects(root, ns, "test:///default", 2, name))
-    wait_ready(kube, ns)
+    ns, name, root = ready_fleet(kube, "d", unique, tmp_path, small_image)
     kube.kubectl("delete", f"clonestore/{name}", f"kvmhost/{name}", "--wait=false")
     reasons = lambda: {e["reason"] for e in kube.get("events", "-A")["items"] if e["involvedObject"]["name"] == name}
     wait_for(lambda: {"StoreInUse", "HostInUse"} <= reasons(), 30, "the store and the host to refuse deletion")

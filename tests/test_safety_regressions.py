@@ -16,6 +16,7 @@ import libvirt
 import pytest
 import yaml
 
+from helpers import a_resync_later
 from safety_world import World, WorldRuntime, host_doc, store_doc, write_into
 from vmfleet.api import parse
 from vmfleet.api.crd import root_schema
@@ -221,6 +222,7 @@ async def test_finding_8_saved_bytes_never_go_negative(site: Site) -> None:
     await site.converge(site.fleet(1))
     (clone,) = site.clones()
     write_into(site.root / clone, "qcow2", 0, 64 << 20)  # the whole disk: the overlay outgrows it
+    a_resync_later(site.runtime)
     result = await site.converge(site.fleet(1))
     assert result.status["allocatedBytes"] > result.status["logicalBytes"]
     assert result.status["savedBytes"] == 0 and result.status["savingsRatio"] == 0.0

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from conftest import unavailable
+from helpers import a_resync_later
 from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
 from vmfleet import sim
 from vmfleet.api import VmTemplate
@@ -108,6 +109,7 @@ async def test_the_seed_transcript_zero_byte_clones_until_written(make_env: Make
         for _ in range(100):
             disk.write(os.urandom(MIB))
         os.fsync(disk.fileno())
+    a_resync_later(env.runtime)
     after = (await reconcile_fleet(env.runtime, f, t, store, [host()], status)).status
     by_name = clones(after)
     assert abs(by_name["web-1"]["allocatedBytes"] - 100 * MIB) <= 4096
@@ -169,6 +171,7 @@ async def test_gpfs_measures_all_clones_with_one_stat(make_env: MakeEnv) -> None
         disk.write(os.urandom(3 * MIB))
         os.fsync(disk.fileno())
     before = len(env.sim.commands)
+    a_resync_later(env.runtime)
     after = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()], status)).status
     assert [c["allocatedBytes"] for c in after["clones"]] == [0, 0, 3 * MIB, 0, 0]
     refresh = env.sim.commands[before:]
@@ -178,6 +181,43 @@ async def test_gpfs_measures_all_clones_with_one_stat(make_env: MakeEnv) -> None
     lost = (await reconcile_fleet(env.runtime, fleet(5), template(), env.store(), [host()], after)).status
     assert [c.get("allocatedBytes") for c in lost["clones"]] == [0, 0, None, 0, 0]
     assert next(c for c in lost["clones"] if c["name"] == "web-2")["state"] == "Lost"
+
+
+async def test_the_fleets_of_a_store_share_one_measurement_per_resync_each_told_only_its_own(
+    make_env: MakeEnv,
+) -> None:
+    env = await make_env("gpfs")
+    store, now = env.store(), [0.0]
+    env.runtime.clock = lambda: now[0]
+    fleets = [fleet(2, f"f{i}") for i in range(6)]
+    status = {f.meta.name: (await reconcile_fleet(env.runtime, f, template(), store, [host()])).status for f in fleets}
+
+    async def a_resync_round() -> list[str]:
+        now[0] += env.runtime.settings.resync_seconds
+        before = len(env.sim.commands)
+        for f in fleets:  # the fleets' resync timers, spread over the period
+            result = await reconcile_fleet(env.runtime, f, template(), store, [host()], status[f.meta.name])
+            status[f.meta.name] = result.status
+            now[0] += 1
+        return env.sim.commands[before:]
+
+    for _ in range(3):
+        done = await a_resync_round()
+        assert sum(c.startswith("xargs -0 stat") for c in done) == 1, done  # one for 6 fleets, not 6
+        assert {c.split()[0] for c in done} <= {"realpath", "ls", "head", "stat", "xargs"}, done  # read-only
+    assert [c["allocatedBytes"] for s in status.values() for c in s["clones"]] == [0] * 12
+    clone = env.directory / "frank" / clone_path(status["f1"], 1)
+    with open(clone, "r+b") as disk:
+        disk.write(os.urandom(3 * MIB))
+        os.fsync(disk.fileno())
+    os.unlink(env.directory / "frank" / clone_path(status["f2"], 0))  # deleted by hand
+    await a_resync_round()
+    told = {(f, c["name"]): c.get("allocatedBytes") for f, s in status.items() for c in s["clones"]}
+    assert told == {
+        **{(f"f{i}", f"f{i}-{o}"): 0 for i in range(6) for o in range(2)},
+        ("f1", "f1-1"): 3 * MIB,
+        ("f2", "f2-0"): None,  # Lost: the figures of a file that is gone are not told
+    }
 
 
 async def test_a_failed_clone_leaves_nothing_and_the_next_pass_converges(make_env: MakeEnv) -> None:

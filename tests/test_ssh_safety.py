@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from conftest import TIMINGS
-from helpers import SEED, SEED_BYTES, SEED_DIR, SEED_NAME, tmpfs_at, wait_for
+from helpers import SEED, SEED_BYTES, SEED_DIR, SEED_NAME, a_resync_later, tmpfs_at, wait_for
 from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
 from test_sonas import MakeEnv, clone_path, make_env  # noqa: F401 - the simulator fixture
 from vmfleet.api import CloneStore, InvalidManifest, parse
@@ -185,6 +185,7 @@ async def test_the_driver_through_openssh_16_clones_at_once(make_env: MakeEnv, p
     with open(written, "r+b") as disk:
         disk.write(b"\1" * MIB)
     subprocess.run(["sync", str(written)], check=True)
+    a_resync_later(env.runtime)
     again = await reconcile_fleet(env.runtime, fleet(16), template(), store, [host()], first.status)
     assert [c["allocatedBytes"] for c in again.status["clones"]] == [0, 0, 0, MIB] + [0] * 12
     down = await reconcile_fleet(env.runtime, fleet(0), template(), store, [host()], again.status)
@@ -324,6 +325,7 @@ async def test_gpfs_logical_bytes_of_a_qcow2_clone_is_the_disk_the_guest_sees(ma
     resized = env.directory / "frank" / clone_path(first.status, 1)
     subprocess.run(["qemu-img", "resize", "-q", "-f", "qcow2", str(resized), "64M"], check=True)
     before = len(env.sim.commands)
+    a_resync_later(env.runtime)
     again = await reconcile_fleet(env.runtime, fleet(3), template(image, "qcow2"), store, [host()], first.status)
     assert [c["logicalBytes"] for c in again.status["clones"]] == [32 * MIB, 64 * MIB, 32 * MIB]
     assert again.status["logicalBytes"] == 128 * MIB

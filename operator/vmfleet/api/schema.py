@@ -701,7 +701,15 @@ VM_FLEET_STATUS = obj(
             "logicalBytes - allocatedBytes (never below 0): what full copies would have cost on top.", 0
         ),
         "savingsRatio": {"type": "number", "description": "savedBytes / logicalBytes, 0 to 1."},
-        "measuredAt": string("When the clones' space was measured, all in one pass.", format="date-time"),
+        "measuredAt": string(
+            "When the space figures shown last changed. The files of all fleets of a store are measured together, "
+            "in one batch, whenever a pass finds the last batch a resync (VMFLEET_RESYNC_SECONDS) old, and a "
+            "fleet's files again at once when vmfleet has changed them; the status is written only when a figure "
+            "differs. The figures are so at most two resyncs old (a pass shows those of the last batch, and the "
+            "next pass comes a resync later), unless condition Degraded says StoreUnavailable: they are then those "
+            "of the last pass that reached the store.",
+            format="date-time",
+        ),
         "store": string("The CloneStore the fleet's clones are in (a fleet cannot move to another store)."),
         "parent": string("The clone parent the fleet's clones come from, relative to the store's root."),
         "clonesByParent": array(

@@ -51,6 +51,7 @@ class FleetDrivers:
         self.driver: StoreDriver = runtime.store_driver(desired.store)
         self.endpoints: dict[str, LibvirtHost] = {n: runtime.host(h) for n, h in desired.hosts.items()}
         self.parent_lock = runtime.parent_lock(desired.store, desired.parent)
+        self.measurer = runtime.measurer(desired.store)
 
     async def observe(self, fresh: bool = False) -> Snapshot:
         """`fresh`: every host listed in full, not from its view (which misses a change whose event was lost)."""
@@ -70,6 +71,7 @@ class FleetDrivers:
     async def run(self, snap: Snapshot, plan: Plan, concurrency: int, progress: Progress | None) -> list[Outcome]:
         """Announce `plan` in the record, then carry it out."""
         announced = snap.announced(plan)
+        await self.measurer.forget(snap.measured())  # what the plan changes is not told as it was
         await self.save(snap, announced)
         keeper = RecordKeeper(self.driver, self.desired.directory, announced)
         return await execute(
@@ -209,7 +211,7 @@ async def _reconcile(
         try:
             if not dry_run:
                 await drivers.save(snap, snap.settled())
-            space = await drivers.driver.measure(snap.measured())
+            space = await drivers.measurer.measure(snap.measured())
         except StoreError as e:
             return _unavailable(
                 fleet, store, previous_status, e, events_for(first, plan, outcomes, None, None), outcomes

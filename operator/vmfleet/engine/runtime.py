@@ -1,23 +1,32 @@
-"""Long-lived connections shared by every reconcile: one store driver per CloneStore, one libvirt
-connection per KvmHost, one lock per fleet so two passes over a fleet never overlap."""
+"""Long-lived connections shared by every reconcile: one store driver and one measurer per CloneStore, one
+libvirt connection per KvmHost, one lock per fleet so two passes over a fleet never overlap."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from ..api.types import CloneStore, KvmHost
 from ..credentials import KeyReader, SecretReader, no_secrets, ssh_keys
 from ..hypervisor import LibvirtHost
 from ..settings import Settings
 from ..storage import StoreDriver, make_driver
+from .measure import StoreMeasurer
 
 
 class Runtime:
-    def __init__(self, read_secret: SecretReader = no_secrets, settings: Settings = Settings()) -> None:
-        self.read_secret, self.settings = read_secret, settings
+    def __init__(
+        self,
+        read_secret: SecretReader = no_secrets,
+        settings: Settings = Settings(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read_secret, self.settings, self.clock = read_secret, settings, clock  # clock: the measurers'
         self._stores: dict[str, tuple[CloneStore, StoreDriver]] = {}
         self._hosts: dict[str, LibvirtHost] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._measurers: dict[str, StoreMeasurer] = {}
         self._retired: list[StoreDriver] = []
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
@@ -27,6 +36,15 @@ class Runtime:
                 self._retired.append(known[1])  # its connection is closed with the runtime
             self._stores[store.meta.name] = (store, make_driver(store, self.read_secret, self.settings))
         return self._stores[store.meta.name][1]
+
+    def measurer(self, store: CloneStore) -> StoreMeasurer:
+        """The space measurements every fleet of the store shares (measure.py)."""
+        driver = self.store_driver(store)
+        known = self._measurers.get(store.meta.name)
+        if known is None or known.driver is not driver:
+            known = StoreMeasurer(driver, self.settings.resync_seconds, lambda: self.clock())
+            self._measurers[store.meta.name] = known
+        return known
 
     def host(self, host: KvmHost) -> LibvirtHost:
         known = self._hosts.get(host.meta.name)
@@ -56,4 +74,5 @@ class Runtime:
         for host in self._hosts.values():
             await host.close()
         self._stores.clear()
+        self._measurers.clear()
         self._hosts.clear()

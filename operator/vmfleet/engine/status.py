@@ -242,7 +242,7 @@ def fleet_status(
         # A qcow2 overlay written in full is larger than its disk: saved is then 0, never negative.
         "savedBytes": max(0, logical - allocated),
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
-        "measuredAt": now,
+        "measuredAt": _measured_at(clones, logical, allocated, previous, now),
         "store": desired.store.meta.name,
         "parent": desired.parent,
         "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(snap.clones_by_parent().items())],
@@ -250,6 +250,28 @@ def fleet_status(
         "clones": clones,
         "compactedFields": compact(clones),
     }
+
+
+def _measured_at(
+    clones: list[dict[str, Any]], logical: int, allocated: int, previous: Mapping[str, Any] | None, now: str
+) -> str:
+    """When the figures shown last changed: re-measured figures that are the same leave the status as it was, so
+    an unchanged fleet is not written at every resync (each write is a watch event to every watcher)."""
+    prev = previous or {}
+
+    def figures(entries: Any) -> list[tuple[Any, Any, Any]]:
+        return [(c.get("name"), c.get("logicalBytes"), c.get("allocatedBytes")) for c in entries or []]
+
+    totals = (prev.get("logicalBytes"), prev.get("allocatedBytes")) == (logical, allocated)
+    same = totals and figures(prev.get("clones")) == figures(clones)
+    return str(prev["measuredAt"]) if same and prev.get("measuredAt") else now
+
+
+def status_changes(previous: Mapping[str, Any] | None, status: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level fields of `status` that differ from `previous`: the merge patch to write (empty: no write).
+    A field `previous` lacks and `status` sets to None is no change (merged, null removes)."""
+    prev = previous or {}
+    return {k: v for k, v in status.items() if prev.get(k) != v}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use
 from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
-from ..engine.status import rollout_goes_on
+from ..engine.status import rollout_goes_on, status_changes
 from ..settings import Settings
 from . import passes
 from .secrets import ClusterSecrets
@@ -144,8 +144,9 @@ def post(body: kopf.Body, events: list[Event]) -> None:
 
 
 def report(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, result: passes.PassResult) -> None:
-    """Write the status and post the events; when waiting on a reference, come back in seconds."""
-    patch.status.update(result.status)
+    """Write what changed in the status and post the events; when waiting on a reference, come back in seconds.
+    Nothing changed, nothing is written: kopf sends no empty patch."""
+    patch.status.update(status_changes(plain(body.get("status") or {}), result.status))
     if result.reimaged:
         patch.fns.append(forget_request(result.reimaged))
     post(body, result.events)
