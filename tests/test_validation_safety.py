@@ -52,6 +52,7 @@ HOST = {
     "spec": {
         "uri": "qemu+libssh://root@kvm1.example.com:2222/system",
         "consoleLogDir": "/var/log/vmfleet",
+        "migrationAddress": "10.0.0.11",
         "storeMounts": [{"store": "sonas1", "path": "/mnt/sonas"}],
         "secretRef": {"name": "kvm-ssh", "namespace": "vmfleet-system"},
     },
@@ -114,6 +115,7 @@ NEWLINE_FIELDS = [
     (STORE, "spec.ssh.secretRef.namespace"),
     (HOST, "spec.uri"),
     (HOST, "spec.consoleLogDir"),
+    (HOST, "spec.migrationAddress"),
     (HOST, "spec.storeMounts[0].store"),
     (HOST, "spec.storeMounts[0].path"),
     (HOST, "spec.secretRef.name"),
