@@ -34,8 +34,7 @@ class Holding:
     lease_seconds: float
     acquired: str | None
     transitions: int
-    version: str = ""
-    renewed: str | None = None
+    version: str = ""  # a renewal is a new version: a record seen unchanged is one whose version stays
 
     @classmethod
     def of(cls, lease: dict[str, Any]) -> Holding:
@@ -46,7 +45,6 @@ class Holding:
             spec.get("acquireTime"),
             int(spec.get("leaseTransitions") or 0),
             lease.get("metadata", {}).get("resourceVersion", ""),
-            spec.get("renewTime"),
         )
 
 
