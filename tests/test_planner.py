@@ -278,6 +278,19 @@ def test_a_stopped_vm_moves_and_stays_stopped() -> None:
     assert [a.host for a in plan.actions if isinstance(a, DomainAction)] == ["b", "a"]
 
 
+def test_a_running_vm_that_should_stop_is_stopped_and_moved_cold_not_migrated() -> None:
+    # found by the safety machine: carried live to be stopped there, it ran on after the pass that moved it
+    views = hosts(draining("a"), host("b"))
+    on = {0: running(0, "a")}
+    plan = plan_fleet(wants(1, running=False), seen(clones=frozenset({0}), domains=on, hosts=views), "pack", same_hash)
+    assert [(a.op.value, a.host) for a in plan.actions if isinstance(a, DomainAction)] == [
+        ("stop", "a"),
+        ("define", "b"),
+        ("undefine", "a"),
+    ]
+    assert plan.placement == {0: "b"} and plan.moving == {0}
+
+
 def test_a_vm_with_no_other_host_stays_on_the_draining_host_untouched() -> None:
     views = hosts(draining("a"), host("b", cordoned=True), host("c", memory=256))
     plan = plan_fleet(

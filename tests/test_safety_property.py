@@ -1013,3 +1013,13 @@ def test_a_disk_reimaged_after_its_figures_were_read_shows_the_new_clone_s(tmp_p
         written = machine.clones()[path]
         machine.request_reimage({0}, True)  # check_space fails when its figures are still the old clone's
         assert machine.clones()[path] != written  # reimaged: a new clone in its place
+
+
+def test_a_stopped_vm_on_a_drained_host_moves_and_the_fleet_converges(tmp_path: Path, small_image: Path) -> None:
+    """Found by the state machine on both stores: a VM overridden to stop, then its host drained; the next pass of
+    a healthy world left the fleet at 2/3 ready."""
+    with one_machine(tmp_path, small_image) as machine:
+        machine.a_fleet_runs(3)
+        machine.override(1, False, False)
+        machine.drain("b", True, False)
+        machine.reconcile(False)  # raises Violation when the healthy world does not converge

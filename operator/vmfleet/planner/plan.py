@@ -209,12 +209,15 @@ def _move(
     why = f"drain of {vm.host}: moves to {target}"
     if o in seen.seed_missing:
         plan.actions.append(CloneAction(Op.WRITE_SEED, o, "cloud-init seed"))
-    if vm.active:
+    run = rollout.run(want, vm)
+    if vm.active and run is not False:
         plan.actions.append(DomainAction(Op.MIGRATE, o, target, why))
         return True
+    if vm.active:  # to be stopped anyway: stopped here and moved cold, not carried live to be stopped there
+        plan.actions.append(DomainAction(Op.STOP, o, vm.host, f"is {vm.state}, should be stopped"))
     plan.actions.append(DomainAction(Op.DEFINE, o, target, why))
     plan.actions.append(DomainAction(Op.UNDEFINE, o, vm.host, f"drain of {vm.host}: defined on {target}"))
-    if rollout.run(want, vm) is True:
+    if run is True:
         plan.actions.append(DomainAction(Op.START, o, target, f"moved from {vm.host} (drain)"))
     return True
 
