@@ -554,3 +554,10 @@ def test_a_mac_moved_between_running_vms_waits_for_the_restart_not_the_whole_fle
     assert ("start", 1) not in [(a.op.value, a.ordinal) for a in plan.actions if hasattr(a, "ordinal")]
     assert ("define", 1) in [(a.op.value, a.ordinal) for a in plan.actions if hasattr(a, "ordinal")]
     assert [(p.reason, p.subject) for p in plan.problems] == [("MacInUse", "web-1")]
+
+
+def test_stopping_one_vm_by_its_override_is_no_new_revision_of_the_fleet() -> None:
+    # An override's `running` shapes no VM: were it in the revision, every domain would be redefined and relabelled.
+    base = _desired(_template(), _fleet()).revision
+    assert _desired(_template(), _fleet(overrides=[{"ordinal": 1, "running": False}])).revision == base
+    assert _desired(_template(), _fleet(overrides=[{"ordinal": 1, "vcpus": 4}])).revision != base

@@ -81,8 +81,8 @@ class Desired:
     @functools.cached_property
     def revision(self) -> str:
         """A hash of everything that shapes the fleet's VMs: the template's image and hardware, cloud-init (the
-        Secret's user data by its digest), the overrides. Content, not generations: an edit undone is the revision
-        it was before, so rolling back is rolling forward to it."""
+        Secret's user data by its digest), the overrides' hardware and MACs. Content, not generations: an edit
+        undone is the revision it was before, so rolling back is rolling forward to it."""
         t = self.template
         if t is None:
             return ""
@@ -92,7 +92,11 @@ class Desired:
             "hardware": [t.profile, t.vcpus, t.memory_mib, t.machine_type, t.firmware, t.network],
             "cloudInit": dataclasses.asdict(self.cloud_init) if self.cloud_init else None,
             "userData": hashlib.sha256(user_data.encode(errors="surrogateescape")).hexdigest() if user_data else None,
-            "overrides": {str(o): [v.vcpus, v.memory_mib, v.mac] for o, v in sorted(self.fleet.overrides.items())},
+            "overrides": {
+                str(o): shape
+                for o, v in sorted(self.fleet.overrides.items())
+                if any(shape := [v.vcpus, v.memory_mib, v.mac])  # `running` alone shapes nothing
+            },
         }
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:10]
 
