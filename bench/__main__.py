@@ -3,6 +3,8 @@
 `python -m bench.rollout [--report]`: the rolling update alone (bench/rollout.py), its section spliced in the report.
 `python -m bench.resync [--report]`: a resync round of 100, 500 and 1,000 fleets on one store, before and after
 (bench/resync.py), likewise.
+`python -m bench.drain [--report]`: a host of 100 VMs drained, against the floor of its libvirt calls
+(bench/drain.py), likewise.
 
 Prints a table, or with --json one JSON object on the last line; --report writes docs/benchmarks.md
 and its plot. Run as root for XFS reflinks and the real kube-apiserver (as `sudo make bench`).

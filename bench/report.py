@@ -190,6 +190,33 @@ def rollout_section(r: dict) -> list[str]:
     ]
 
 
+DRAIN_HEADING = "## A host drained (libvirt test driver)"
+
+
+def drain_section(r: dict) -> list[str]:
+    """bench/drain.py's section, from its heading to its last line."""
+    return [
+        DRAIN_HEADING,
+        "",
+        f"A running fleet of {r['n']} VMs on one KvmHost, the host annotated vmfleet.io/drain=true beside an empty "
+        f"one, under maxUnavailable {r['max_unavailable']}: reconcile_fleet passes back to back until no domain of "
+        "the fleet is left on it. The test driver has no migration, so each VM moves cold, as a refused live "
+        "migration does (shutdown, define there, undefine here, start there). Against the floor of the same libvirt "
+        f"calls made directly through the same endpoints on an identical fleet, {r['floor_waves']} sequential waves "
+        f"of {r['max_unavailable']} at once. Medians over {r['repeats']} run(s) of each, alternating (bench/drain.py, "
+        f"{r['date']}, load {r['load_before']} at the start); after every run all {r['n']} domains run on the other "
+        "host with the UUIDs they had, and none is left on the drained one. Where the difference goes: between "
+        "waves the engine observes the store again and plans the next wave from what it sees, and since a move takes "
+        f"a domain away it lists both hosts afresh first (hypervisor/view.py); {r['ssh_commands']} store commands over "
+        "SSH in all (records announced and settled, the clone directory listed). The floor does none of that.",
+        "",
+        "| VMs | maxUnavailable | vmfleet s | floor s | vmfleet/floor | passes | waves | most moved at once |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['n']} | {r['max_unavailable']} | {r['seconds']} | {r['floor_seconds']} | {r['overhead_ratio']} | "
+        f"{r['passes']} | {r['waves']} | {r['most_moved_at_once']} |",
+    ]
+
+
 RESYNC_HEADING = "## A resync of many fleets on one store"
 
 

@@ -13,11 +13,8 @@ in place of the one there (as `python -m bench --report` writes it) without runn
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -35,7 +32,7 @@ from vmfleet.planner import Op
 from vmfleet.sim import Simulator
 
 from . import site
-from .report import rollout_section, run_alone
+from .report import rollout_section
 
 OLD_MIB, NEW_MIB = 64, 96
 CONCURRENCY = 16  # the store's: above maxUnavailable, so a wave is never cut by it
@@ -153,51 +150,27 @@ async def measure(directory: Path, n: int = 100, budget: int = 10, repeats: int 
     from vmfleet.images import make_template_image
 
     make_template_image(str(directory / "bench" / "images" / "t.img"), 64 << 20, 4 << 20)
-    load = os.getloadavg()[0]
-    runs: list[dict] = []
-    floors: list[float] = []
-    for r in range(repeats):
-        # Side by side, each with a fresh simulator and a fresh test driver; which goes first alternates.
-        for engine_first in (True, False) if r % 2 == 0 else (False, True):
-            async with site.simulator(directory) as (server, runtime):
-                if engine_first:
-                    runs.append(await through_engine(runtime, server, n, f"r{r}", budget))
-                else:
-                    floors.append(await floor(runtime, server, n, f"f{r}", budget))
-    e, f = statistics.median(x["seconds"] for x in runs), statistics.median(floors)
+    summary, runs = await site.side_by_side(
+        directory,
+        repeats,
+        lambda server, runtime, r: through_engine(runtime, server, n, f"r{r}", budget),
+        lambda server, runtime, r: floor(runtime, server, n, f"f{r}", budget),
+    )
     return {
+        **summary,
         "n": n,
         "max_unavailable": budget,
         "memory_mib": [OLD_MIB, NEW_MIB],
-        "repeats": repeats,
-        "seconds": round(e, 3),
-        "floor_seconds": round(f, 3),
-        "overhead_ratio": round(e / f, 3),
         "observing_seconds": round(statistics.median(x["observing"] for x in runs), 3),
         "passes": max(x["passes"] for x in runs),
         "waves": max(x["waves"] for x in runs),
         "floor_waves": -(-n // budget),
         "most_stopped_in_a_wave": max(x["most_stopped_in_a_wave"] for x in runs),
-        "engine_runs_s": [round(x["seconds"], 3) for x in runs],
-        "floor_runs_s": [round(x, 3) for x in floors],
-        "verified": True,  # _check passed after every run of both
-        "load_before": round(load, 2),
-        "cpus": os.cpu_count(),
-        "date": dt.date.today().isoformat(),
     }
 
 
-async def _run(args: argparse.Namespace) -> dict:
-    with site.scratch() as (directory, _fs):
-        return await measure(directory, args.vms, args.max_unavailable, args.repeats)
-
-
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.rollout")
-    p.add_argument("--vms", type=int, default=100)
-    p.add_argument("--max-unavailable", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=7)
-    run_alone(p, _run, rollout_section)
+    site.waves_main("python -m bench.rollout", measure, rollout_section, 7)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@ SSH simulator; and the vmfleet objects pointing at them."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import datetime as dt
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +79,53 @@ def template(memory_mib: int = 64) -> VmTemplate:
 
 def fleet(n: int, name: str, **spec: Any) -> VmFleet:
     return objects.fleet(n, name, "bench", "t", **spec)
+
+
+async def side_by_side(
+    directory: Path,
+    repeats: int,
+    engine: Callable[[sim.Simulator, Runtime, int], Awaitable[dict[str, Any]]],
+    floor: Callable[[sim.Simulator, Runtime, int], Awaitable[float]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Each repeat runs the engine and its floor, each with a fresh simulator and a fresh test driver, which goes
+    first alternating: (the medians, their ratio and the run's circumstances; the engine's results)."""
+    load = os.getloadavg()[0]
+    runs: list[dict[str, Any]] = []
+    floors: list[float] = []
+    for r in range(repeats):
+        for engine_first in (True, False) if r % 2 == 0 else (False, True):
+            async with simulator(directory) as (server, runtime):
+                if engine_first:
+                    runs.append(await engine(server, runtime, r))
+                else:
+                    floors.append(await floor(server, runtime, r))
+    e, f = statistics.median(x["seconds"] for x in runs), statistics.median(floors)
+    summary = {
+        "repeats": repeats,
+        "seconds": round(e, 3),
+        "floor_seconds": round(f, 3),
+        "overhead_ratio": round(e / f, 3),
+        "engine_runs_s": [round(x["seconds"], 3) for x in runs],
+        "floor_runs_s": [round(x, 3) for x in floors],
+        "verified": True,  # each run checks what it left, or raises
+        "load_before": round(load, 2),
+        "cpus": os.cpu_count(),
+        "date": dt.date.today().isoformat(),
+    }
+    return summary, runs
+
+
+def waves_main(prog: str, measure: Callable[..., Awaitable[dict[str, Any]]], section: Any, repeats: int) -> None:
+    """`python -m bench.X [--vms N] [--max-unavailable K] [--repeats R]` for a benchmark of VMs taken down in
+    waves (bench/rollout.py, bench/drain.py)."""
+    from .report import run_alone
+
+    async def run(args: argparse.Namespace) -> dict[str, Any]:
+        with scratch() as (directory, _fs):
+            return await measure(directory, args.vms, args.max_unavailable, args.repeats)
+
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--vms", type=int, default=100)
+    p.add_argument("--max-unavailable", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=repeats)
+    run_alone(p, run, section)
