@@ -44,7 +44,7 @@ async def _local(args: argparse.Namespace) -> dict:
             )
         sizes = [10, 100] if quick else [10, 100, 1000]
         fleets = await fleet.measure(directory, sizes, 1 if quick else 3)
-        big = 500 if quick else 5000
+        big = 500 if quick else 10000
         fleets["status_bytes"][str(big)] = await fleet.status_size(directory, big)
         rolling = await rollout.measure(directory, 100, 10, 1 if quick else 7)
         guest: dict = {}

@@ -58,7 +58,7 @@ def test_the_api_reference_in_docs_is_generated_from_the_schema() -> None:
     from vmfleet.api.reference import markdown
 
     assert (REPO / "docs" / "api.md").read_text() == markdown(), "docs/api.md is stale: run `make crds`"
-    assert "| `spec.replicas` | integer | ≥ 0; ≤ 5000; default `1` |" in markdown()
+    assert "| `spec.replicas` | integer | ≥ 0; ≤ 10000; default `1` |" in markdown()
 
 
 def test_vmfleet_crd_has_scale_printer_columns_short_names_and_category() -> None:
@@ -138,7 +138,7 @@ DELETE = object()
 BAD = [
     (FLEET, "spec.replicas", "many", "spec.replicas", "must be of type integer"),
     (FLEET, "spec.replicas", -1, "spec.replicas", "must be >= 0"),
-    (FLEET, "spec.replicas", 5001, "spec.replicas", "must be <= 5000"),
+    (FLEET, "spec.replicas", 10001, "spec.replicas", "must be <= 10000"),
     (FLEET, "spec.placement", "random", "spec.placement", "must be one of: spread, pack"),
     (FLEET, "spec.deletionPolicy", "Keep", "spec.deletionPolicy", "must be one of: Delete, Retain"),
     (FLEET, "spec.templateRef", DELETE, "spec.templateRef", "required"),

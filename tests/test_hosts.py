@@ -260,3 +260,24 @@ def test_vmfleet_drain_without_a_cluster_says_what_to_do(tmp_path: Path) -> None
     env.pop("KUBERNETES_SERVICE_HOST", None)
     done = subprocess.run([VMFLEET, "drain", "kvm-a"], capture_output=True, text=True, env=env)
     assert done.returncode == 1 and "no cluster to ask" in done.stderr
+
+
+async def test_vms_left_out_of_a_status_too_big_for_etcd_still_count_for_their_host_and_store(
+    runtime: Runtime, conn: Any, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The biggest fleets list only some VMs in status.clones (engine/status.py compact); what keeps a KvmHost
+    (HostInUse) or a CloneStore from being deleted must still count every VM."""
+    import jsonschema
+
+    from vmfleet.api.crd import root_schema
+    from vmfleet.api.schema import KINDS, OPTIONAL_CLONE_FIELDS
+    from vmfleet.engine import status as fleet_status
+
+    monkeypatch.setattr(fleet_status, "CLONES_BUDGET", 250)  # room for two bare entries of five
+    result = await reconcile_fleet(runtime, site.fleet(replicas=5), site.template(), site.store, [site.host])
+    status = result.status
+    jsonschema.validate(status, root_schema(KINDS["VmFleet"])["properties"]["status"])
+    assert status["readyReplicas"] == 5 and status["compactedFields"] == list(OPTIONAL_CLONE_FIELDS)
+    assert [c["ordinal"] for c in status["clones"]] == [0, 1] and status["clonesOmitted"] == 3
+    assert handlers.fleet_hosts(status=status) == {"kvm-a": 5}
+    assert handlers.fleet_stores(status=status) == {site.store.meta.name: 5}

@@ -433,35 +433,74 @@ def test_binary_user_data_from_a_secret_reaches_the_seed_unchanged(tmp_path: Pat
     assert read_files(seed.read_bytes())["user-data"] == payload
 
 
+def _entries(n: int, name: str, host: str = "kvm-a") -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f"{name}-{o}",
+            "ordinal": o,
+            "host": host,
+            "file": f"{name}-{o}.img",
+            "state": "Running",
+            "logicalBytes": 10 << 30,
+            "allocatedBytes": 123456789,
+            "uuid": "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14",
+            "mac": "02:11:22:33:04:d2",
+            "addresses": ["10.251.117.234", "fd00:251:117::4d2"],
+            "revision": "478dc259c9",
+        }
+        for o in range(n)
+    ]
+
+
+def _size(entries: list[dict[str, Any]]) -> int:
+    return len(json.dumps(entries, separators=(",", ":")))
+
+
 def test_the_biggest_fleets_status_leaves_out_what_it_must_to_stay_inside_etcd() -> None:
     from vmfleet.engine.status import CLONES_BUDGET, compact
 
-    def entries(n: int, name: str) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": f"{name}-{o}",
-                "ordinal": o,
-                "host": "kvm-a",
-                "file": f"{name}-{o}.img",
-                "state": "Running",
-                "logicalBytes": 10 << 30,
-                "allocatedBytes": 123456789,
-                "uuid": "3b0f8c52-6d1e-4c57-9a0e-2f6b7d8e9c14",
-                "mac": "02:11:22:33:04:d2",
-                "addresses": ["10.251.117.234", "fd00:251:117::4d2"],
-            }
-            for o in range(n)
-        ]
+    small = _entries(100, "web")
+    assert compact(small) == ([], 0) and all("addresses" in c for c in small)
+    usual = _entries(4000, "web")
+    assert compact(usual) == (["addresses"], 0)  # where to ssh goes first
+    assert _size(usual) <= CLONES_BUDGET and all("uuid" in c for c in usual)
+    most = _entries(10000, "web")  # the most VMs: every VM keeps its host, state and space
+    dropped, omitted = compact(most)
+    assert dropped[:3] == ["addresses", "mac", "uuid"] and omitted == 0 and len(most) == 10000
+    assert _size(most) <= CLONES_BUDGET
+    assert all({"ordinal", "host", "state", "logicalBytes", "allocatedBytes"} <= set(c) for c in most)
+    longest = _entries(10000, "f" * 52)
+    assert compact(longest)[1] == 0 and _size(longest) <= CLONES_BUDGET
 
-    small = entries(100, "web")
-    assert compact(small) == [] and all("addresses" in c for c in small)
-    usual = entries(5000, "web")
-    assert compact(usual) == ["addresses"]  # 5000 VMs: where to ssh goes first
-    assert len(json.dumps(usual, separators=(",", ":"))) <= CLONES_BUDGET and all("uuid" in c for c in usual)
-    big = entries(5000, "f" * 52)  # the most VMs, the longest fleet name
-    assert compact(big) == ["addresses", "mac", "uuid"]
-    assert len(json.dumps(big, separators=(",", ":"))) <= CLONES_BUDGET
-    assert all("name" in c and "file" in c for c in big)
+
+def test_entries_that_cannot_fit_are_left_out_the_vms_that_need_a_look_last() -> None:
+    # Found in review: KvmHost names may be 253 characters; 10,000 entries of such a host do not fit whatever
+    # field goes, and a status etcd refuses is never written again.
+    from vmfleet.engine.status import CLONES_BUDGET, compact
+
+    entries = _entries(10000, "web", host="h" * 253)
+    attention = {3, 9999, 5000}
+    dropped, omitted = compact(entries, attention)
+    assert dropped == ["addresses", "mac", "uuid", "name", "file", "revision"]
+    assert omitted > 0 and len(entries) == 10000 - omitted and _size(entries) <= CLONES_BUDGET
+    listed = [c["ordinal"] for c in entries]
+    assert attention <= set(listed) and listed == sorted(listed)
+    assert listed[: len(listed) - 2] == list(range(len(listed) - 2))  # the fine VMs of the lowest ordinals stay
+
+
+def test_whole_counts_survive_entries_left_out() -> None:
+    # What keeps a KvmHost or a CloneStore from being deleted is counted over every VM, not over the entries listed.
+    from vmfleet.api.status import clone_count, vms_by_host
+
+    status = {
+        "clones": [{"ordinal": 0, "host": "a", "file": "web-0.img"}],
+        "clonesOmitted": 9,
+        "clonesByParent": [{"parent": "p1", "clones": 6}, {"parent": "p2", "clones": 4}],
+        "vmsByHost": [{"host": "a", "vms": 7}, {"host": "b", "vms": 3}],
+    }
+    assert clone_count(status) == 10 and vms_by_host(status) == {"a": 7, "b": 3}
+    older = {"clones": [{"ordinal": 0, "host": "a", "file": "web-0.img"}, {"ordinal": 1, "host": "b"}]}
+    assert clone_count(older) == 1 and vms_by_host(older) == {"a": 1, "b": 1}
 
 
 def _legacy(conn: Any, desired: Any, ordinal: int, clone: str, mac: str) -> None:

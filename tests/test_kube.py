@@ -399,7 +399,7 @@ def _invalid_corpus() -> list[tuple[str, dict, str]]:
         ),
         (
             "spec.overrides[0].ordinal out of range",
-            _with(fleet, "spec.overrides", [{"ordinal": 5000}]),
+            _with(fleet, "spec.overrides", [{"ordinal": 10000}]),
             "spec.overrides[0].ordinal",
         ),
         (

@@ -46,9 +46,11 @@ LABEL_KEY_PATTERN = (
 LABEL_KEY_LENGTH_PATTERN = r"^([^/]{1,253}/)?[^/]{1,63}$"
 # A fleet name leaves room for "-<ordinal>" inside a 63-character name.
 MAX_FLEET_NAME = 52
-MAX_REPLICAS = 5000
+MAX_REPLICAS = 10000
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure")
-MAX_ADDRESSES = 2  # per VM in status: where to ssh (an IPv4 and an IPv6), not an inventory: 5000 VMs fit in etcd
+# The fields of status.clones[] the biggest fleets leave out first (engine/status.py compact), in this order.
+OPTIONAL_CLONE_FIELDS = ("addresses", "mac", "uuid", "name", "file", "revision")
+MAX_ADDRESSES = 2  # per VM in status: where to ssh (an IPv4 and an IPv6), not an inventory
 
 
 @dataclass(frozen=True)
@@ -641,8 +643,8 @@ _CLONE_STATUS = obj(
         "ordinal": integer("The VM's ordinal.", 0),
         "host": string("The KvmHost the VM is placed on."),
         "file": string(
-            "The clone's file name in status.cloneDirectory (a name, not a path: it keeps the "
-            "status of a 5,000-VM fleet far from etcd's object size limit)."
+            "The clone's file name in status.cloneDirectory (a name, not a path: it keeps the status of the biggest "
+            "fleets far from etcd's object size limit)."
         ),
         "state": string("Pending, Running, Stopped, Paused, Lost, Unknown, ..."),
         "revision": string("The fleet revision the VM was last built or updated from (status.updateRevision)."),
@@ -666,7 +668,7 @@ _CLONE_STATUS = obj(
             0,
         ),
     },
-    required=("name", "ordinal"),
+    required=("ordinal",),
 )
 
 VM_FLEET_STATUS = obj(
@@ -730,13 +732,34 @@ VM_FLEET_STATUS = obj(
             "vmfleet/clones/<namespace>/<fleet>/<fleet UID>; the UID says which fleet made "
             "them, so a later fleet of the same name never touches them."
         ),
-        "clones": array("One entry per VM, by ordinal.", _CLONE_STATUS, maxItems=MAX_REPLICAS + 1000),
+        "vmsByHost": array(
+            "How many of the fleet's VMs each KvmHost holds (all of them, whatever status.clones lists): a KvmHost "
+            "is deleted only when no fleet counts any.",
+            obj(
+                "One KvmHost.",
+                {"host": string("The KvmHost's name."), "vms": integer("VMs of this fleet placed on it.", 0)},
+                required=("host", "vms"),
+            ),
+            maxItems=MAX_REPLICAS + 1000,
+        ),
+        "clones": array(
+            "One entry per VM, by ordinal (in the biggest fleets, see clonesOmitted, not every VM).",
+            _CLONE_STATUS,
+            maxItems=MAX_REPLICAS + 1000,
+        ),
         "compactedFields": array(
-            "Per-VM fields left out of status.clones so that the object stays inside etcd's size limit (the "
-            "biggest fleets only): addresses first, then mac, then uuid. The VMs' domains still have them "
-            "(virsh domifaddr, virsh domuuid).",
-            string("A field of status.clones[].", enum=["addresses", "mac", "uuid"]),
-            maxItems=3,
+            "Per-VM fields left out of every entry of status.clones so that the object stays inside etcd's size "
+            "limit (the biggest fleets only), in this order: addresses, mac, uuid (the VMs' domains have them: virsh "
+            "domifaddr, domiflist, domuuid), name (<fleet>-<ordinal>), file (in status.cloneDirectory), revision "
+            "(status.updatedReplicas counts the VMs on status.updateRevision).",
+            string("A field of status.clones[].", enum=list(OPTIONAL_CLONE_FIELDS)),
+            maxItems=len(OPTIONAL_CLONE_FIELDS),
+        ),
+        "clonesOmitted": integer(
+            "VMs left out of status.clones even with compactedFields, so that the object stays inside etcd's size "
+            "limit: those ready as they are, the highest ordinals first. The fleet's totals and status.vmsByHost "
+            "count them; `virsh list` on the hosts shows them.",
+            0,
         ),
     },
 )

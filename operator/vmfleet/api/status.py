@@ -36,8 +36,25 @@ def clones_by_store_and_parent(status: Mapping[str, Any] | None) -> dict[tuple[s
 
 
 def clone_count(status: Mapping[str, Any] | None) -> int:
-    """Clones a fleet's status says exist: what its template's parent must outlive."""
-    return sum(1 for c in (status or {}).get("clones", []) or [] if "file" in c)
+    """Clones a fleet's status says exist: what its store must outlive. Counted by parent (status.clones of the
+    biggest fleets lists some VMs only); by entry in a status written before the counts were."""
+    s = status or {}
+    if s.get("clonesByParent") is not None:
+        return sum(clones_by_parent(s).values())
+    return sum(1 for c in s.get("clones", []) or [] if "file" in c)
+
+
+def vms_by_host(status: Mapping[str, Any] | None) -> dict[str, int]:
+    """The fleet's VMs per KvmHost: what keeps a host from being deleted. From status.vmsByHost (every VM), or from
+    the entries of a status written before it was."""
+    s = status or {}
+    if s.get("vmsByHost") is not None:
+        return {e["host"]: int(e["vms"]) for e in s["vmsByHost"]}
+    hosts: dict[str, int] = {}
+    for entry in s.get("clones", []) or []:
+        if entry.get("host"):
+            hosts[entry["host"]] = hosts.get(entry["host"], 0) + 1
+    return hosts
 
 
 def parent_in_use(status: Mapping[str, Any] | None) -> tuple[str, str, bool]:

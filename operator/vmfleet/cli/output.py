@@ -97,7 +97,7 @@ def fleet_table(obj: dict[str, Any]) -> str:
     ]
     for c in clones:
         row = (
-            c["name"],
+            c.get("name") or f"{meta['name']}-{c['ordinal']}",
             c.get("host", "-"),
             c.get("state", "-"),
             human_bytes(c.get("logicalBytes")),
@@ -108,6 +108,8 @@ def fleet_table(obj: dict[str, Any]) -> str:
     where = [f"clones in {status['cloneDirectory']}/"] if status.get("cloneDirectory") else []
     if status.get("compactedFields"):  # the biggest fleets: kept out of the object for etcd's size limit
         where.append(f"per-VM {', '.join(status['compactedFields'])} left out of the status (size)")
+    if status.get("clonesOmitted"):
+        where.append(f"{status['clonesOmitted']} VMs ready as they are not listed (size); virsh list shows them")
     return "\n".join([head, table(rows), *where, *problems(status)])
 
 

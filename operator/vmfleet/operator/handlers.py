@@ -13,7 +13,7 @@ import kopf
 
 from .. import metrics
 from ..api.schema import GROUP, VERSION
-from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use
+from ..api.status import clone_count, clones_by_store_and_parent, parent_in_use, vms_by_host
 from ..api.types import REIMAGE_ANNOTATION
 from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
@@ -90,11 +90,7 @@ def fleet_parents(
 
 
 def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
-    hosts: dict[str, int] = {}
-    for entry in plain(status).get("clones", []) or []:
-        if entry.get("host"):
-            hosts[entry["host"]] = hosts.get(entry["host"], 0) + 1
-    return hosts
+    return vms_by_host(plain(status))
 
 
 def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
