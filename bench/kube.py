@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,7 +28,43 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> dict:
+def manifests(root: Path, driver: str, n: int, namespace: str) -> list[dict[str, Any]]:
+    """A store, a test-driver host, a template and a fleet of n VMs: as kubectl and `vmfleet apply` take them."""
+    return [
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "CloneStore",
+            "metadata": {"name": namespace},
+            "spec": {"driver": driver, "root": str(root), "concurrency": 16},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "KvmHost",
+            "metadata": {"name": namespace, "labels": {"b": namespace}},
+            "spec": {
+                "uri": "test:///default",
+                "domainType": "qemu",
+                "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30},
+            },
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmTemplate",
+            "metadata": {"name": "t", "namespace": namespace},
+            "spec": {"storeRef": {"name": namespace}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
+        },
+        {
+            "apiVersion": "vmfleet.io/v1alpha1",
+            "kind": "VmFleet",
+            "metadata": {"name": "f", "namespace": namespace},
+            "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": namespace}}},
+        },
+    ]
+
+
+@contextlib.contextmanager
+def operator_on_cluster(resync_seconds: float = 30) -> Iterator[tuple[Cluster, OperatorProcess]]:
+    """The test suite's control plane with deploy/ installed, and `vmfleet run` as its ServiceAccount."""
     base = Path(tempfile.mkdtemp(prefix="vmfleet-bench-kube-"))
     cluster = Cluster(build(), base)
     cluster.start()
@@ -33,47 +72,28 @@ def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> d
     try:
         cluster.install(REPO / "deploy")
         sa = cluster.service_account_kubeconfig("vmfleet-system", "vmfleet-operator", base / "sa.kubeconfig")
-        operator = OperatorProcess(sa, base / "operator.log", resync_seconds=30)
+        operator = OperatorProcess(sa, base / "operator.log", resync_seconds=resync_seconds)
         operator.start()
-        root = directory / "kube"
-        make_template_image(str(root / "images" / "t.img"), 64 << 20, 4 << 20)
-        driver = "reflink" if _reflinks(root) else "qcow2"
-        rows = []
+        assert operator.proc is not None
+        yield cluster, operator
+    finally:
+        if operator is not None:
+            operator.stop()
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> dict:
+    root = directory / "kube"
+    make_template_image(str(root / "images" / "t.img"), 64 << 20, 4 << 20)
+    driver = "reflink" if _reflinks(root) else "qcow2"
+    rows = []
+    with operator_on_cluster() as (cluster, operator):
         for n in sizes:
             ns = f"bench-{n}"
             cluster.kubectl("create", "namespace", ns)
-            docs = [
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "CloneStore",
-                    "metadata": {"name": ns},
-                    "spec": {"driver": driver, "root": str(root), "concurrency": 16},
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "KvmHost",
-                    "metadata": {"name": ns, "labels": {"b": ns}},
-                    "spec": {
-                        "uri": "test:///default",
-                        "domainType": "qemu",
-                        "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30},
-                    },
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "VmTemplate",
-                    "metadata": {"name": "t", "namespace": ns},
-                    "spec": {"storeRef": {"name": ns}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
-                },
-                {
-                    "apiVersion": "vmfleet.io/v1alpha1",
-                    "kind": "VmFleet",
-                    "metadata": {"name": "f", "namespace": ns},
-                    "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": ns}}},
-                },
-            ]
             t0 = time.perf_counter()
-            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+            cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(root, driver, n, ns)))
             cluster.kubectl(
                 "wait",
                 "--for=condition=Ready",
@@ -94,12 +114,7 @@ def measure(directory: Path, sizes: list[int], budget_seconds: float = 600) -> d
                     "operator_peak_rss_mib": round(peak_rss_mib(operator.proc.pid), 1),
                 }
             )
-        return {"rows": rows, "driver": driver}
-    finally:
-        if operator is not None:
-            operator.stop()
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    return {"rows": rows, "driver": driver}
 
 
 def _reflinks(root: Path) -> bool:

@@ -217,6 +217,65 @@ def drain_section(r: dict) -> list[str]:
     ]
 
 
+SCALE_HEADING = "## One fleet of 10,000 VMs"
+
+
+def scale_section(r: dict) -> list[str]:
+    """bench/scale.py's section, from its heading to its last line."""
+    lines = [
+        SCALE_HEADING,
+        "",
+        f"One fleet of {r['n']:,} VMs on libvirt's test driver, clones on the {r['driver']} store driver, the same for "
+        "all three in one run (bench/scale.py, "
+        f"{r['date']}, {r['cpus']} CPUs, load {r['load_before']} at the start): the floor is the same store and "
+        "libvirt calls in a bare loop at the store's concurrency (clone, define, start); standalone is `vmfleet "
+        "apply -f`; through Kubernetes is the real kube-apiserver and `vmfleet run` as deploy/'s ServiceAccount, "
+        "from `kubectl apply` to Ready. Each a process of its own: its wall time and peak RSS. Every run is "
+        "checked: all VMs ready, all domains running.",
+        "",
+        "| | seconds | peak RSS | ratio |",
+        "|---|---:|---:|---:|",
+        f"| floor | {r['floor_seconds']} | {r['floor_peak_rss_mib']} MiB | 1 |",
+        f"| standalone | {r['standalone_seconds']} | {r['standalone_peak_rss_mib']} MiB | "
+        f"{r['standalone_over_floor']} of the floor |",
+    ]
+    if "kube_seconds" in r:
+        lines += [
+            f"| through Kubernetes | {r['kube_seconds']} | {r['operator_peak_rss_mib']} MiB (the operator) | "
+            f"{r['kube_over_standalone']} of standalone |",
+            "",
+            f"The VmFleet object: {r['object_bytes']:,} bytes (etcd takes up to 1,572,864), {r['listed_vms']:,} VMs "
+            f"listed in status.clones, {r['clones_omitted']} left out; per-VM fields left out: "
+            f"{', '.join(r['compacted_fields']) or 'none'}. Each VM's entry keeps its ordinal, host, state and space "
+            f"(logicalBytes, allocatedBytes). `kubectl get vmf` took {r['kubectl_get_seconds']} s and `vmfleet "
+            f"status f` (all {r['listed_vms']:,} rows) {r['vmfleet_status_seconds']} s.",
+        ]
+    return lines
+
+
+MANY_HEADING = "## Many fleets through Kubernetes"
+
+
+def many_section(r: dict) -> list[str]:
+    """bench/many.py's section, from its heading to its last line."""
+    return [
+        MANY_HEADING,
+        "",
+        f"{r['fleets']:,} fleets of {r['vms_per_fleet']} VMs applied at once on one CloneStore ({r['driver']}) and one "
+        "KvmHost (libvirt's test driver), through the real kube-apiserver and `vmfleet run` as deploy/'s "
+        f"ServiceAccount, resync {r['resync_seconds']} s (bench/many.py, {r['date']}, {r['cpus']} CPUs, load "
+        f"{r['load_before']} at the start). The reference is one {r['vms_per_fleet']}-VM fleet's first pass "
+        "standalone (reconcile_fleet in process, the same driver; the median of 9) times the number of fleets. Idle: "
+        "the operator's user and system CPU over two resync periods once every fleet is Ready.",
+        "",
+        "| fleets | VMs | kubectl apply to all Ready, s | reference, s | ratio | idle operator, cores "
+        "| operator peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['fleets']:,} | {r['fleets'] * r['vms_per_fleet']:,} | {r['ready_seconds']} | {r['reference_seconds']} | "
+        f"{r['over_reference']} | {r['idle_cores']} | {r['operator_peak_rss_mib']} MiB |",
+    ]
+
+
 RESYNC_HEADING = "## A resync of many fleets on one store"
 
 
