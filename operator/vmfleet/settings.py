@@ -22,6 +22,11 @@ class Settings:
     """VMFLEET_RESYNC_SECONDS: how often every object is reconciled again, changed or not, and each KvmHost's
     domains listed in full (in between, libvirt's events say which changed: hypervisor/view.py)."""
 
+    resync_rate: float = 10.0
+    """VMFLEET_RESYNC_RATE: at most this many resync passes start per second, all objects together (changes are
+    not held back): with more objects than resync_seconds times this, each is resynced less often, and an idle
+    operator's CPU stays bounded whatever their number (operator/pacing.py); 0: no limit."""
+
     metrics_port: int = 9090
     """VMFLEET_METRICS_PORT: where Prometheus scrapes /metrics; 0 for no endpoint."""
 

@@ -6,7 +6,8 @@ when it is registered); the handlers read the same Settings from kopf's memo.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -20,6 +21,7 @@ from ..engine.catalog import Catalog, FleetParents, Unresolved
 from ..engine.status import rollout_goes_on, status_changes
 from ..settings import Settings
 from . import passes
+from .pacing import Pacer
 from .secrets import ClusterSecrets
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -51,6 +53,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.background.cancellation_polling = 1.0
     ours = settings_of(memo)
     memo.runtime = Runtime(ClusterSecrets(), ours)
+    memo.pacer = Pacer(ours.resync_rate)
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -273,8 +276,9 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         ("clonestores", probe_clonestore, delete_clonestore),
         ("kvmhosts", probe_kvmhost, delete_kvmhost),
     ):
-        # A pass on resume, on create, on each spec change and every resync_seconds (passes are idempotent).
-        kopf.timer(GROUP, VERSION, plural, interval=resync, initial_delay=resync, registry=r)(reconcile)
+        # A pass on resume, on create, on each spec change and every resync_seconds (passes are idempotent), the
+        # resyncs paced (operator/pacing.py).
+        kopf.timer(GROUP, VERSION, plural, interval=resync, initial_delay=resync, registry=r)(paced(reconcile))
         kopf.on.update(GROUP, VERSION, plural, field="spec", registry=r)(reconcile)
         kopf.on.create(GROUP, VERSION, plural, registry=r)(reconcile)
         kopf.on.resume(GROUP, VERSION, plural, registry=r)(reconcile)
@@ -295,6 +299,17 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
         registry=r,
     )(reconcile_vmfleet)
     return r
+
+
+def paced(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The handler, once the Pacer gives its turn: a resync. Its name is the handler's, so is its kopf id."""
+
+    @functools.wraps(handler)
+    async def resync(memo: kopf.Memo, **kw: Any) -> None:
+        await memo.pacer.turn()
+        await handler(memo=memo, **kw)
+
+    return resync
 
 
 def rolling(status: kopf.Status, **_: Any) -> bool:
