@@ -273,11 +273,37 @@ async def test_vms_left_out_of_a_status_too_big_for_etcd_still_count_for_their_h
     from vmfleet.api.schema import KINDS, OPTIONAL_CLONE_FIELDS
     from vmfleet.engine import status as fleet_status
 
-    monkeypatch.setattr(fleet_status, "CLONES_BUDGET", 250)  # room for two bare entries of five
-    result = await reconcile_fleet(runtime, site.fleet(replicas=5), site.template(), site.store, [site.host])
+    fleet = site.fleet(replicas=5)
+    empty = await reconcile_fleet(runtime, site.fleet(replicas=0), site.template(), site.store, [site.host])
+    rest = len(json.dumps(empty.status, separators=(",", ":"))) + 200  # the status but its entries, 5 VMs on
+    monkeypatch.setattr(fleet_status, "OBJECT_BUDGET", fleet.stored_bytes + rest + 250)  # two or three bare entries' room
+    result = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
     status = result.status
     jsonschema.validate(status, root_schema(KINDS["VmFleet"])["properties"]["status"])
     assert status["readyReplicas"] == 5 and status["compactedFields"] == list(OPTIONAL_CLONE_FIELDS)
-    assert [c["ordinal"] for c in status["clones"]] == [0, 1] and status["clonesOmitted"] == 3
+    omitted = status["clonesOmitted"]
+    assert 0 < omitted < 5 and [c["ordinal"] for c in status["clones"]] == list(range(5 - omitted))
     assert handlers.fleet_hosts(status=status) == {"kvm-a": 5}
     assert handlers.fleet_stores(status=status) == {site.store.meta.name: 5}
+
+
+async def test_a_stale_definition_on_another_host_keeps_that_host_counted(pair: Pair) -> None:
+    """Found in review: status.vmsByHost counted one host per VM, so a KvmHost left with a stale definition of a VM
+    (a move cut short before its undefine) could be deleted with it, and the definition started there later (I2)."""
+    first = await pair.reconcile(1, pair.hosts(), placement="pack")
+    assert pair.where() == {"prod.web-0": [("kvm-a", True)]}
+
+    def killed(*_: str) -> None:
+        raise Killed("undefine")
+
+    pair.world.on_undefine = killed
+    with pytest.raises(Killed):
+        await pair.reconcile(1, pair.hosts(drain="kvm-a"), first.status, placement="pack")
+    pair.world.on_undefine = None
+    assert pair.where() == {"prod.web-0": [("kvm-a", False), ("kvm-b", False)]}
+    await pair.crash()
+    fleet = pair.site.fleet(replicas=1, placement="pack")
+    looked = await reconcile_fleet(
+        pair.runtime, fleet, pair.site.template(), pair.site.store, pair.hosts(drain="kvm-a"), first.status, True
+    )
+    assert handlers.fleet_hosts(status=looked.status) == {"kvm-a": 1, "kvm-b": 1}

@@ -733,8 +733,8 @@ VM_FLEET_STATUS = obj(
             "them, so a later fleet of the same name never touches them."
         ),
         "vmsByHost": array(
-            "How many of the fleet's VMs each KvmHost holds (all of them, whatever status.clones lists): a KvmHost "
-            "is deleted only when no fleet counts any.",
+            "How many of the fleet's VMs each KvmHost held at the last pass (every VM, whatever status.clones lists, "
+            "and a stale definition of one on another host too): a KvmHost is deleted only when no fleet counts any.",
             obj(
                 "One KvmHost.",
                 {"host": string("The KvmHost's name."), "vms": integer("VMs of this fleet placed on it.", 0)},
@@ -757,8 +757,8 @@ VM_FLEET_STATUS = obj(
         ),
         "clonesOmitted": integer(
             "VMs left out of status.clones even with compactedFields, so that the object stays inside etcd's size "
-            "limit: those ready as they are, the highest ordinals first. The fleet's totals and status.vmsByHost "
-            "count them; `virsh list` on the hosts shows them.",
+            "limit: those ready as they are first, the highest ordinals first. The fleet's totals and "
+            "status.vmsByHost count them; `virsh list` on the hosts shows them.",
             0,
         ),
     },

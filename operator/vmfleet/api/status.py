@@ -37,23 +37,23 @@ def clones_by_store_and_parent(status: Mapping[str, Any] | None) -> dict[tuple[s
 
 def clone_count(status: Mapping[str, Any] | None) -> int:
     """Clones a fleet's status says exist: what its store must outlive. Counted by parent (status.clones of the
-    biggest fleets lists some VMs only); by entry in a status written before the counts were."""
+    biggest fleets lists some VMs only) and by entry (a status an older operator wrote, whose counts by parent a
+    merge left behind): the higher of the two, a count too high keeping a store longer, never too short."""
     s = status or {}
-    if s.get("clonesByParent") is not None:
-        return sum(clones_by_parent(s).values())
-    return sum(1 for c in s.get("clones", []) or [] if "file" in c)
+    listed = sum(1 for c in s.get("clones", []) or [] if "file" in c)
+    return max(listed, sum(clones_by_parent(s).values()))
 
 
 def vms_by_host(status: Mapping[str, Any] | None) -> dict[str, int]:
-    """The fleet's VMs per KvmHost: what keeps a host from being deleted. From status.vmsByHost (every VM), or from
-    the entries of a status written before it was."""
+    """The fleet's VMs per KvmHost: what keeps a host from being deleted. From status.vmsByHost (every VM) and from
+    the entries, host by host the higher (as clone_count)."""
     s = status or {}
-    if s.get("vmsByHost") is not None:
-        return {e["host"]: int(e["vms"]) for e in s["vmsByHost"]}
     hosts: dict[str, int] = {}
     for entry in s.get("clones", []) or []:
         if entry.get("host"):
             hosts[entry["host"]] = hosts.get(entry["host"], 0) + 1
+    for e in s.get("vmsByHost", []) or []:
+        hosts[e["host"]] = max(hosts.get(e["host"], 0), int(e["vms"]))
     return hosts
 
 

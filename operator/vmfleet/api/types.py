@@ -312,6 +312,9 @@ class VmFleet:
     update: UpdateStrategy = field(default_factory=lambda: UpdateStrategy())
     readiness: str = "Running"
     progress_deadline: int = 600
+    # The object's bytes but its status (spec, metadata, kubectl's and kopf's copies of the spec in annotations,
+    # managedFields): what is left of etcd's object size limit for the status is what the status may take.
+    stored_bytes: int = 0
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> VmFleet:
@@ -336,6 +339,7 @@ class VmFleet:
             UpdateStrategy.parse(s.get("updateStrategy") or {}),
             s.get("readiness", "Running"),
             int(s.get("progressDeadlineSeconds", 600)),
+            len(json.dumps({k: v for k, v in doc.items() if k != "status"}, separators=(",", ":"), default=str)),
         )
         fleet._check_macs(s.get("overrides", []))
         return fleet

@@ -109,7 +109,7 @@ def fleet_table(obj: dict[str, Any]) -> str:
     if status.get("compactedFields"):  # the biggest fleets: kept out of the object for etcd's size limit
         where.append(f"per-VM {', '.join(status['compactedFields'])} left out of the status (size)")
     if status.get("clonesOmitted"):
-        where.append(f"{status['clonesOmitted']} VMs ready as they are not listed (size); virsh list shows them")
+        where.append(f"{status['clonesOmitted']} VMs not listed (size; the VMs that need a look are listed first)")
     return "\n".join([head, table(rows), *where, *problems(status)])
 
 

@@ -93,9 +93,9 @@ class Desired:
             "cloudInit": dataclasses.asdict(self.cloud_init) if self.cloud_init else None,
             "userData": hashlib.sha256(user_data.encode(errors="surrogateescape")).hexdigest() if user_data else None,
             "overrides": {
-                str(o): shape
+                str(o): made
                 for o, v in sorted(self.fleet.overrides.items())
-                if any(shape := [v.vcpus, v.memory_mib, v.mac])  # `running` alone shapes nothing
+                if any(made := [v.vcpus, v.memory_mib, v.mac])  # `running` alone shapes nothing
             },
         }
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:10]

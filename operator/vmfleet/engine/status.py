@@ -159,7 +159,8 @@ def fleet_status(
     for c in clones:
         if c.get("host"):
             vms_by_host[c["host"]] += 1
-    dropped, omitted = compact(clones, attention)
+    for d in seen.duplicates:  # a stale definition left on another host keeps that host too
+        vms_by_host[d.host] += 1
 
     stalled = [text for p, text in summarise(plan.problems) if p.severity is Severity.STALLED]
     degraded = [text for p, text in summarise(plan.problems) if p.severity is Severity.DEGRADED]
@@ -239,7 +240,7 @@ def fleet_status(
             "Updated", rollout.reason == reasons.ROLLOUT_COMPLETE, rollout.reason, rollout.message, gen, previous, now
         )
     )
-    return {
+    status = {
         "observedGeneration": gen,
         "conditions": conditions,
         "replicas": existing,
@@ -253,16 +254,23 @@ def fleet_status(
         # A qcow2 overlay written in full is larger than its disk: saved is then 0, never negative.
         "savedBytes": max(0, logical - allocated),
         "savingsRatio": round(max(0, logical - allocated) / logical, 4) if logical else 0.0,
-        "measuredAt": _measured_at(clones, logical, allocated, previous, now),
+        "measuredAt": now,
         "store": desired.store.meta.name,
         "parent": desired.parent,
         "clonesByParent": [{"parent": k, "clones": v} for k, v in sorted(snap.clones_by_parent().items())],
         "cloneDirectory": desired.directory,
         "vmsByHost": [{"host": h, "vms": n} for h, n in sorted(vms_by_host.items())],
-        "clones": clones,
-        "compactedFields": dropped,
-        "clonesOmitted": omitted,
+        "compactedFields": list(OPTIONAL_CLONE_FIELDS),
+        "clonesOmitted": len(clones),
     }
+    rest = len(json.dumps(status, separators=(",", ":")))  # at its longest: what the entries may not take
+    status["compactedFields"], status["clonesOmitted"] = compact(
+        clones, OBJECT_BUDGET - desired.fleet.stored_bytes - rest, attention
+    )
+    # Compared with the last status entry by entry as it was written: compacted alike while the fleet is the same.
+    status["measuredAt"] = _measured_at(clones, logical, allocated, previous, now)
+    status["clones"] = clones
+    return status
 
 
 def _measured_at(
@@ -372,34 +380,35 @@ def _seconds_between(earlier: str, later: str) -> int:
         return 0
 
 
-# etcd refuses an object over 1.5 MiB, and a status write refused leaves the fleet's status stale for good. The
-# per-VM entries of the biggest fleets leave out what can be found elsewhere, field by field in this order, and
-# status.compactedFields says which; entries that still do not fit are left out (the VMs that need a look are kept),
-# and status.clonesOmitted says how many. The totals, and the counts by host and by parent, are always whole.
-CLONES_BUDGET = 1_100_000  # 70% of it: 10,000 VMs on hosts of 5-character names, but OPTIONAL_CLONE_FIELDS: 1.01 MB
+# etcd refuses an object over 1.5 MiB (1,572,864 B), and a status write refused leaves the fleet's status stale for
+# good. Whatever the rest of the object and of the status leaves of OBJECT_BUDGET is the room of the per-VM entries:
+# the biggest fleets' leave out what can be found elsewhere, field by field in OPTIONAL_CLONE_FIELDS' order
+# (status.compactedFields says which), then whole entries, the VMs that need a look kept (status.clonesOmitted says
+# how many). The totals, and the counts by host and by parent, always count every VM.
+OBJECT_BUDGET = 1_200_000  # 76% of the limit: 10,000 VMs of usual names keep their ordinal, host, state and space
 
 
-def compact(clones: list[dict[str, Any]], attention: Set[int] = frozenset()) -> tuple[list[str], int]:
-    """Drop OPTIONAL_CLONE_FIELDS from every entry, one field at a time, until the entries fit CLONES_BUDGET; then
+def compact(clones: list[dict[str, Any]], room: int, attention: Set[int] = frozenset()) -> tuple[list[str], int]:
+    """Drop OPTIONAL_CLONE_FIELDS from every entry, one field at a time, until the entries fit in `room` bytes; then
     drop whole entries, those of VMs not in `attention` and of the highest ordinals first. (fields dropped, entries
     dropped); `clones` keeps its order."""
     dropped: list[str] = []
     sizes = [len(json.dumps(c, separators=(",", ":"))) + 1 for c in clones]
     for name in OPTIONAL_CLONE_FIELDS:
-        if sum(sizes) <= CLONES_BUDGET:
+        if sum(sizes) <= room:
             return dropped, 0
         for i, c in enumerate(clones):
             if c.pop(name, None) is not None:
                 sizes[i] = len(json.dumps(c, separators=(",", ":"))) + 1
         dropped.append(name)
     total = sum(sizes)
-    if total <= CLONES_BUDGET:
+    if total <= room:
         return dropped, 0
     # The entries left out: the latest ordinals among the VMs that are fine, then among the others.
     order = sorted(range(len(clones)), key=lambda i: (clones[i]["ordinal"] in attention, -clones[i]["ordinal"]))
     out: set[int] = set()
     for i in order:
-        if total <= CLONES_BUDGET:
+        if total <= room:
             break
         out.add(i)
         total -= sizes[i]
