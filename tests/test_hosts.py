@@ -276,7 +276,7 @@ async def test_vms_left_out_of_a_status_too_big_for_etcd_still_count_for_their_h
     fleet = site.fleet(replicas=5)
     empty = await reconcile_fleet(runtime, site.fleet(replicas=0), site.template(), site.store, [site.host])
     rest = len(json.dumps(empty.status, separators=(",", ":"))) + 200  # the status but its entries, 5 VMs on
-    monkeypatch.setattr(fleet_status, "OBJECT_BUDGET", fleet.stored_bytes + rest + 250)  # two or three bare entries' room
+    monkeypatch.setattr(fleet_status, "OBJECT_BUDGET", fleet.stored_bytes + rest + 250)  # 2 or 3 bare entries
     result = await reconcile_fleet(runtime, fleet, site.template(), site.store, [site.host])
     status = result.status
     jsonschema.validate(status, root_schema(KINDS["VmFleet"])["properties"]["status"])
