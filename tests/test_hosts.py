@@ -307,3 +307,18 @@ async def test_a_stale_definition_on_another_host_keeps_that_host_counted(pair: 
         pair.runtime, fleet, pair.site.template(), pair.site.store, pair.hosts(drain="kvm-a"), first.status, True
     )
     assert handlers.fleet_hosts(status=looked.status) == {"kvm-a": 1, "kvm-b": 1}
+
+
+async def test_a_finished_job_moved_by_a_drain_stays_finished_on_its_new_host(pair: Pair) -> None:
+    """Found in review: a RerunOnFailure VM whose guest powered itself off (its job done) was moved cold, and on
+    its new host, where libvirt no longer says why it is off, the next pass started it again."""
+    spec = {"placement": "pack", "runStrategy": "RerunOnFailure"}
+    status = (await pair.reconcile(1, pair.hosts(), **spec)).status
+    assert pair.where() == {"prod.web-0": [("kvm-a", True)]}
+    pair.world.conn(pair.uris["kvm-a"]).lookupByName("prod.web-0").shutdown()  # the guest's job is done
+    pair.world.changed(pair.uris["kvm-a"], "prod.web-0")
+    status = {**status, **(await pair.reconcile(1, pair.hosts(), status, **spec)).status}
+    assert pair.where() == {"prod.web-0": [("kvm-a", False)]}  # done: not run again
+    for _ in range(3):  # the move, then passes after it
+        status = {**status, **(await pair.reconcile(1, pair.hosts(drain="kvm-a"), status, **spec)).status}
+    assert pair.where() == {"prod.web-0": [("kvm-b", False)]}

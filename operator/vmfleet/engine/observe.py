@@ -161,6 +161,7 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         None,
         frozenset(o for o, p in record.vms.items() if p.stopped),
         frozenset(o for o, p in record.vms.items() if p.state == REIMAGING),
+        frozenset(o for o, p in record.vms.items() if p.finished),
     )
     return Snapshot(desired, seen, record, files, frozenset(released), seeds)
 

@@ -38,6 +38,9 @@ class Placement:
     # the VM stays ready when the lease table is lost or reset under a running guest.
     lease: int = 0
     answered: bool = False
+    # Its guest had powered itself off (its job done) when a drain moved it: on the new host libvirt no longer says
+    # why it is off, and RerunOnFailure must not start it there. Until it runs again.
+    finished: bool = False
 
 
 @dataclass
@@ -69,6 +72,7 @@ class FleetRecord:
                             **({"stopped": True} if p.stopped else {}),
                             **({"lease": p.lease} if p.lease else {}),
                             **({"answered": True} if p.answered else {}),
+                            **({"finished": True} if p.finished else {}),
                         }
                         for o, p in sorted(self.vms.items())
                     },
@@ -97,6 +101,7 @@ class FleetRecord:
                     p.get("stopped") is True,
                     int(p.get("lease", 0)),
                     p.get("answered") is True,
+                    p.get("finished") is True,
                 )
                 for o, p in doc["vms"].items()
             }

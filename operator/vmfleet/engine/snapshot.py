@@ -155,12 +155,15 @@ class Snapshot:
                 and a.op in (Op.DEFINE, Op.START, Op.MIGRATE)
                 and (old is None or old.host != a.host or old.state == DELETING)
             ):
+                moving = self.seen.domains.get(a.ordinal)
                 vms[a.ordinal] = Placement(
                     a.host,
                     uri(a.host),
                     CREATING if old and old.state == CREATING else PLACED,
                     old.parent if old else "",
                     stopped=bool(old and old.stopped and old.host),  # a drain's move: stopped there, started here
+                    finished=bool(old and old.finished)
+                    or (moving is not None and not moving.active and moving.stop_reason == "shutdown"),
                 )
         return self.record.with_vms(vms)
 
@@ -181,6 +184,7 @@ class Snapshot:
                 vms[o] = old  # a reimage cut short with its old clone gone: the next pass makes the new one
             elif domain is not None:
                 stopped = bool(old and old.stopped) and not domain.active
+                finished = bool(old and old.finished) and not domain.active
                 here = old is not None and old.host == domain.host
                 answered = domain.active and (bool(here and old and old.answered) or o in (seen.addressed or ()))
                 vms[o] = Placement(
@@ -191,11 +195,14 @@ class Snapshot:
                     stopped=stopped,
                     lease=old.lease if here and old else 0,
                     answered=answered,
+                    finished=finished,
                 )
             elif old is None:
                 continue  # a clone nobody recorded (made before records existed): nothing to say where it ran
             elif old.state == REIMAGING:  # not begun: its old clone is the one found
-                vms[o] = Placement(old.host, old.uri, PLACED, _parent_found(old), stopped=old.stopped)
+                vms[o] = Placement(
+                    old.host, old.uri, PLACED, _parent_found(old), stopped=old.stopped, finished=old.finished
+                )
             elif o in seen.clones:
                 vms[o] = Placement(
                     old.host, old.uri, DELETING if old.state == DELETING and o not in wanted else PLACED, old.parent

@@ -94,6 +94,8 @@ class Observation:
     stopped: frozenset[int] = frozenset()
     # VMs whose record announces a reimage (reimaging): the old clone untouched, or deleted by a reimage cut short.
     reimaging: frozenset[int] = frozenset()
+    # VMs whose guest had powered itself off when a drain moved them (the record says so): as if libvirt said so.
+    finished: frozenset[int] = frozenset()
 
     def unobservable(self) -> list[str]:
         """Hosts that may hold a domain nobody can see now."""

@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from .model import CloneAction, DomainAction, Observation, Op, Plan, SpecHash, Update, VmSeen, VmWant
 
 
-def should_run(want: VmWant, vm: VmSeen | None, stopped_by_vmfleet: bool = False) -> bool | None:
+def should_run(
+    want: VmWant, vm: VmSeen | None, stopped_by_vmfleet: bool = False, finished: bool = False
+) -> bool | None:
     """True: start it when off; False: stop it when on; None: leave it as it is."""
     strategy = want.run
     if strategy == "Always":
@@ -25,7 +27,8 @@ def should_run(want: VmWant, vm: VmSeen | None, stopped_by_vmfleet: bool = False
     if strategy == "Manual":
         return None if vm is not None else False
     # RerunOnFailure: not again after the guest powered itself off (its job is done)
-    done = vm is not None and not vm.active and vm.stop_reason == "shutdown" and not stopped_by_vmfleet
+    by_itself = vm is not None and (vm.stop_reason == "shutdown" or (finished and vm.stop_reason == ""))
+    done = vm is not None and not vm.active and by_itself and not stopped_by_vmfleet
     return None if done else True
 
 
@@ -53,7 +56,7 @@ class Rollout:
         self.room = room  # what is left of the budget: VMs a drain may take down (cold moves)
 
     def run(self, want: VmWant, vm: VmSeen | None) -> bool | None:
-        return should_run(want, vm, want.ordinal in self.seen.stopped)
+        return should_run(want, vm, want.ordinal in self.seen.stopped, want.ordinal in self.seen.finished)
 
     def _ready(self, want: VmWant, vm: VmSeen | None, o: int) -> bool:
         if vm is None or o not in self.seen.clones:
