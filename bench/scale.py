@@ -31,7 +31,6 @@ from . import site
 from .kube import _reflinks, manifests, operator_on_cluster, peak_rss_mib
 from .report import run_alone, scale_section
 
-CONCURRENCY = 16  # the store's, as kube.manifests writes it
 VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 
 
@@ -65,7 +64,7 @@ async def _floor(docs_path: Path) -> None:
     desired = desire(runtime, fleet, template, store, [host])
     driver = runtime.store_driver(store)
     endpoint = LibvirtHost(host.meta.name, host.uri)
-    limit = asyncio.Semaphore(CONCURRENCY)
+    limit = asyncio.Semaphore(store.concurrency)  # the store's, as the engine runs it
     await driver.prepare_parent(template.image_path, template.image_format, desired.parent)
 
     async def one(o: int) -> None:
