@@ -58,6 +58,7 @@ class World:
         self.conns: dict[str, libvirt.virConnect] = {}
         self.down: set[str] = set()
         self.hosts: list[WorldHost] = []  # every endpoint the operators made: told of changes made behind them
+        self.stores: list[LocalStore] = []  # every store driver the operators made: whose threads may be busy
         # What a test watches while the engine acts: a domain about to be taken down or just started (op "stop" or
         # "start", the URI, the domain's name), and a store file about to be deleted (its path in the store).
         self.on_power: Callable[[str, str, str], None] | None = None
@@ -177,18 +178,16 @@ class WorldRuntime(Runtime):
         super().__init__(settings=settings, clock=clock)
         self.world = world
         self._watched: set[int] = set()
-        self.store_timeout: float | None = None  # what the store drivers wait from now on (None: the settings')
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
-        driver = self._watch(super().store_driver(store))
-        if self.store_timeout is not None and isinstance(driver, LocalStore):
-            driver.timeout = self.store_timeout
-        return driver
+        return self._watch(super().store_driver(store))
 
     def _watch(self, driver: StoreDriver) -> StoreDriver:
         """The real driver, its deletions told to the world before they are made."""
         if id(driver) not in self._watched:
             self._watched.add(id(driver))
+            if isinstance(driver, LocalStore):
+                self.world.stores.append(driver)
             real = driver.delete
 
             async def delete(path: str) -> None:
@@ -267,55 +266,99 @@ def store_settled(root: Path | str, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
-def _partial_clone(fd: int, *_: Any) -> bool:
-    """fchmod of a clone's partial, just made: the clone is not published yet."""
+def is_clone_file(name: str) -> bool:
+    return name.endswith((".img", ".qcow2"))
+
+
+def _partial_clone(fd: int, *_: Any) -> str | None:
+    """fchmod of a clone's partial, just made (the clone is not published yet): its path."""
     try:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        return False
-    return "/vmfleet/clones/" in target and target.endswith(".partial") and ".json." not in target  # not the record
+        return None
+    if "/vmfleet/clones/" in target and target.endswith(".partial") and ".json." not in target:  # not the record
+        return target
+    return None
 
 
 class SlowCall:
-    """The `nth` call of os.<name> made in a store's thread with matching arguments blocks until released,
-    then runs as it would have: a call on a slow mount that the engine gave up on (StoreTimeout) and that
-    lands later. Only one call blocks, even when several match at once."""
+    """One call of os.<name> made in a store's thread with matching arguments blocks until released, then runs as
+    it would have: a call on a slow mount that the engine gave up on (StoreTimeout) and that lands later.
 
-    KINDS: ClassVar[dict[str, tuple[str, Callable[..., bool]]]] = {
-        "delete a clone": ("unlink", lambda name, *_, **__: str(name).endswith((".img", ".qcow2"))),
+    Which call: the `nth` that matches; or, with `when_idle`, the first by its match (a path) of those the code
+    made until nothing else could happen (`choose`, called by a SteppedLoop), the others let go on. Threads race
+    to a call; the order of paths does not, so every replay of a sequence hangs the same VM's call."""
+
+    KINDS: ClassVar[dict[str, tuple[str, Callable[..., Any]]]] = {
+        "delete a clone": ("unlink", lambda name, *_, **__: str(name) if is_clone_file(str(name)) else None),
         "write the record": ("rename", lambda _src, dst, *_, **__: str(dst) == "fleet.json"),
         "make a clone": ("fchmod", _partial_clone),
     }
 
-    def __init__(self, name: str, match: Callable[..., bool], nth: int = 1, kind: str = ""):
-        self.name, self.match, self.nth, self.kind = name, match, nth, kind or name
+    def __init__(self, name: str, match: Callable[..., Any], nth: int = 1, kind: str = "", when_idle: bool = False):
+        self.name, self.match, self.nth, self.kind, self.when_idle = name, match, nth, kind or name, when_idle
         self.real = getattr(os, name)
         self.entered, self.released, self.finished = threading.Event(), threading.Event(), threading.Event()
         self.armed, self.seen = True, 0
         self._lock = threading.Lock()
+        self._waiting: list[tuple[str, threading.Event]] = []  # when_idle: the calls that may be the one
+        self._chosen: threading.Event | None = None
 
     @classmethod
-    def of_kind(cls, kind: str) -> SlowCall:
+    def of_kind(cls, kind: str, when_idle: bool = False) -> SlowCall:
         name, match = cls.KINDS[kind]
-        return cls(name, match, kind=kind)
+        return cls(name, match, kind=kind, when_idle=when_idle)
 
     def install(self) -> SlowCall:
         setattr(os, self.name, self)
         return self
 
     def _take(self, *args: Any, **kw: Any) -> bool:
-        if not self.armed or threading.current_thread() is threading.main_thread() or not self.match(*args, **kw):
+        if not self.armed or threading.current_thread() is threading.main_thread():
             return False
+        key = self.match(*args, **kw)
+        if not key:
+            return False
+        if self.when_idle:
+            return self._wait_for_choice(str(key))
         with self._lock:
             self.seen += 1
             taken = self.armed and self.seen == self.nth
             if taken:
                 self.armed = False
+        if taken:
+            self.entered.set()
         return taken
+
+    def _wait_for_choice(self, key: str) -> bool:
+        me = threading.Event()
+        with self._lock:
+            if not self.armed:
+                return False
+            self._waiting.append((key, me))
+        me.wait(60)
+        return self._chosen is me
+
+    def choose(self) -> bool:
+        """The first waiting call by its path hangs, the others go on; whether any was waiting."""
+        with self._lock:
+            if not self._waiting:
+                return False
+            self.armed = False
+            self._chosen = min(self._waiting, key=lambda w: w[0])[1]
+            self.entered.set()
+            for _, call in self._waiting:
+                call.set()
+            self._waiting.clear()
+        return True
+
+    def holding(self) -> int:
+        """The threads it holds: calls waiting to be chosen, and the one that hangs until it lands."""
+        with self._lock:
+            return len(self._waiting) + (self.entered.is_set() and not self.finished.is_set())
 
     def __call__(self, *args: Any, **kw: Any) -> Any:
         if self._take(*args, **kw):
-            self.entered.set()
             self.released.wait(60)
             try:
                 return self.real(*args, **kw)
@@ -326,7 +369,11 @@ class SlowCall:
     def land(self, store_root: Path | str) -> bool:
         """Let the call run (if it was made at all), wait until the store takes calls again (the call is over,
         a clone published), and take the patch off; whether it ran."""
-        self.armed = False
+        with self._lock:
+            self.armed = False
+            for _, call in self._waiting:
+                call.set()
+            self._waiting.clear()
         self.released.set()
         try:
             if self.entered.is_set():

@@ -11,13 +11,14 @@ runs longer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from hypothesis.stateful import (
 
 from helpers import xfs_io_exclusive
 from safety_world import Domain, SlowCall, World, WorldRuntime, files, host_doc, store_doc, write_into
+from stepped_loop import SteppedLoop
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
@@ -58,11 +60,10 @@ IMAGES = ("images/t.img", "images/u.img")  # the template's image is switched be
 RUN_STRATEGIES = ("Always", "Halted", "Manual", "RerunOnFailure")
 EXAMPLES = int(os.environ.get("VMFLEET_SAFETY_EXAMPLES", "300"))
 STEPS = int(os.environ.get("VMFLEET_SAFETY_STEPS", "25"))
-# A store call made to hang (rule a_store_call_hangs) is given up on quickly; otherwise the timeout is long, as a
-# loaded machine's real qemu-img or reflink can take longer than that (CI failed so, and hypothesis called it flaky;
-# while a call hangs, every call of the step is given HUNG_TIMEOUT: 0.3 s was once too short too).
-HUNG_TIMEOUT, PATIENT_TIMEOUT = 1.0, 30.0
-SETTINGS = Settings(store_timeout_seconds=PATIENT_TIMEOUT)
+# In the seconds of the machine's SteppedLoop, which pass only when nothing else can happen: the only call that
+# times out is one made to hang (rule a_store_call_hangs), however long a loaded machine's qemu-img takes.
+STORE_TIMEOUT = 1.0
+SETTINGS = Settings(store_timeout_seconds=STORE_TIMEOUT)
 STATUS_SCHEMA = root_schema(KINDS["VmFleet"])["properties"]["status"]
 STATS = {
     "examples": 0,
@@ -129,7 +130,9 @@ class FleetSafety(RuleBasedStateMachine):
         # A symlink inside the store that leads out: nothing may follow it (I6).
         os.symlink(self.outside / "precious", self.store_root / "images" / "link.img")
         self.world = World(self.base)
-        self.loop = asyncio.new_event_loop()
+        # Time moves only when nothing else can happen: a hung call is given up once the rest of its pass is done,
+        # however loaded the machine, so a replay of a sequence sees the same world (hypothesis needs it).
+        self.loop = SteppedLoop(busy=self.store_calls, on_idle=lambda: self.hung is not None and self.hung.choose())
         self.now = 0.0  # the clock the store's measurer reads (engine/measure.py)
         self.runtime = WorldRuntime(self.world, SETTINGS, clock=lambda: self.now)
         # Clones written to since a resync passed, by no pass of vmfleet: their figures may lag (by a resync).
@@ -153,6 +156,12 @@ class FleetSafety(RuleBasedStateMachine):
         self.owed: dict[int, str] = {}
         # Clone path -> whether it was a reimage the spec asked for: a delete a pass made that hung (it lands later).
         self.late_deletes: dict[str, bool] = {}
+
+    def store_calls(self) -> int:
+        """The store calls running or queued, those the hung call holds not counted: they do not end by
+        themselves."""
+        held = self.hung.holding() if self.hung is not None else 0
+        return sum(store.in_flight() for store in self.world.stores) - held
 
     def teardown(self) -> None:
         try:
@@ -273,7 +282,6 @@ class FleetSafety(RuleBasedStateMachine):
         self.world.on_delete = on_delete
         defined: list[tuple[str, str]] = []
         self.world.on_define = lambda uri, name: defined.append((uri, name))
-        self.runtime.store_timeout = PATIENT_TIMEOUT if self.hung is None else HUNG_TIMEOUT
         too_many = self.watch_budget(f, domains) if f is not None and not f.deleting else []
         try:
             result = self.loop.run_until_complete(run)
@@ -602,7 +610,7 @@ class FleetSafety(RuleBasedStateMachine):
         up after its timeout and goes on; it lands when the_hung_call_lands lets it. A scale (and perhaps a
         reimage asked for: the call may cut it short) and a pass follow at once, so that the call is likely made."""
         assert self.fleet is not None
-        self.hung = SlowCall.of_kind(kind).install()
+        self.hung = SlowCall.of_kind(kind, when_idle=True).install()
         STATS["hung calls"] += 1
         self.fleet.reimage |= reimage
         self.scale(replicas, True)
@@ -1031,3 +1039,42 @@ def test_a_stopped_vm_on_a_drained_host_moves_and_the_fleet_converges(tmp_path: 
         machine.override(1, False, False)
         machine.drain("b", True, False)
         machine.reconcile(False)  # raises Violation when the healthy world does not converge
+
+
+@contextmanager
+def a_loaded_machine(seconds: float) -> Iterator[None]:
+    """Every file a store's thread publishes (renames into place) takes `seconds` longer: a machine busy with
+    other work, as CI's is."""
+    real = os.rename
+
+    def slow(*args: Any, **kw: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(seconds)
+        real(*args, **kw)
+
+    os.rename = slow
+    try:
+        yield
+    finally:
+        os.rename = real
+
+
+def test_a_pass_beside_a_hung_call_does_as_much_on_a_slow_machine_as_on_a_fast_one(
+    tmp_path: Path, small_image: Path
+) -> None:
+    """Found in CI (FlakyStrategyDefinition, both stores): hypothesis replays a sequence and must see the same
+    world each time. While one store call hangs the others of the pass go on; if the hung one were given up by the
+    wall clock, a loaded machine would have made fewer of them by then, and a replay would differ."""
+
+    def play(root: Path, slow: bool) -> tuple[bool, list[str], list[tuple[str, bool]]]:
+        with one_machine(root, small_image) as machine:
+            machine.a_fleet_runs(1)
+            with a_loaded_machine(STORE_TIMEOUT * 1.5) if slow else nullcontext():
+                machine.a_store_call_hangs("make a clone", 3, set())
+            assert machine.hung is not None
+            made = sorted(map(stem, machine.clones()))
+            return machine.hung.entered.is_set(), made, sorted((d.name, d.active) for d in machine.world.domains())
+
+    fast = play(tmp_path / "fast", slow=False)
+    assert fast[0] and len(fast[1]) == 2, fast  # web-0, and one of the two new VMs: the other's clone hangs
+    assert play(tmp_path / "slow", slow=True) == fast

@@ -295,6 +295,11 @@ class StorePool:
                     self._changed.acquire()
                     self._busy -= 1
 
+    def in_flight(self) -> int:
+        """The calls running or queued, a thread stuck on a hung mount included."""
+        with self._changed:
+            return self._busy + sum(1 for job, _, _ in self._jobs if not job.cancelled())
+
     def close(self) -> None:
         """Queued calls are cancelled; a thread stuck in a call is not waited for: it ends once the mount
         answers."""
@@ -736,6 +741,10 @@ class LocalStore:
         if problem is not None:
             raise RootMissing(f"{self.field} {self.base} {problem}")
         return f"{self.base} is reachable"
+
+    def in_flight(self) -> int:
+        """The store's calls running or queued, in both pools."""
+        return self._calls.in_flight() + self._copies.in_flight()
 
     async def close(self) -> None:
         self._calls.close()
