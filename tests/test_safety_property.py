@@ -1078,3 +1078,22 @@ def test_a_pass_beside_a_hung_call_does_as_much_on_a_slow_machine_as_on_a_fast_o
     fast = play(tmp_path / "fast", slow=False)
     assert fast[0] and len(fast[1]) == 2, fast  # web-0, and one of the two new VMs: the other's clone hangs
     assert play(tmp_path / "slow", slow=True) == fast
+
+
+def test_the_same_reimage_asked_again_after_the_first_was_done_is_carried_out(
+    tmp_path: Path, small_image: Path
+) -> None:
+    """`kubectl annotate vmf web vmfleet.io/reimage=0` twice, the operator having removed the first once done: the
+    record forgot the first request in memory but never wrote that down (FleetDrivers.save compared the VMs only),
+    so the second was taken as done already and web-0 kept its disk."""
+    with one_machine(tmp_path, small_image) as machine:
+        machine.a_fleet_runs(1)
+        (path,) = machine.clones()
+        first = machine.clones()[path]
+        machine.request_reimage({0}, True)
+        assert machine.fleet is not None and not machine.fleet.reimage  # done: the annotation removed
+        second = machine.clones()[path]
+        assert second != first
+        machine.reconcile(False)  # a pass with no annotation
+        machine.request_reimage({0}, True)
+        assert machine.clones()[path] != second

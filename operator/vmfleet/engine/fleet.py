@@ -79,8 +79,9 @@ class FleetDrivers:
         )
 
     async def save(self, snap: Snapshot, record: FleetRecord) -> None:
-        """Write the fleet's record when it differs from the one observed (and is not empty and absent)."""
-        if record.vms != snap.record.vms and (record.vms or snap.record.vms):
+        """Write the fleet's record when what it says differs from the one observed: its VMs, or the reimage request
+        it carried out (forgotten once the annotation goes, so that the same value asked again is a new request)."""
+        if record.content() != snap.record.content():
             await write_record(self.driver, self.desired.directory, record)
 
 

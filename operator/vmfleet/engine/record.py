@@ -119,6 +119,10 @@ class FleetRecord:
                 "restore it or remove it to let vmfleet rebuild it"
             ) from None
 
+    def content(self) -> tuple[dict[int, Placement], str, frozenset[int]]:
+        """What the record says, without whose it is."""
+        return self.vms, self.reimage_request, self.reimaged
+
     def with_vms(self, vms: Mapping[int, Placement]) -> FleetRecord:
         return replace(self, vms=dict(vms))
 
