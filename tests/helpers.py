@@ -324,3 +324,8 @@ def a_resync_later(runtime: Any) -> None:
     """A store's space figures are read again once a resync old (engine/measure.py): let a resync pass."""
     clock = runtime.clock
     runtime.clock = lambda: clock() + runtime.settings.resync_seconds
+
+
+def clone_path(status: dict[str, Any], entry: dict[str, Any]) -> str:
+    """Where a clone of a status entry is, relative to the store's root (entries of small fleets keep their file)."""
+    return f"{status['cloneDirectory']}/{entry['file']}"

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers import quickstart
-from vmfleet.api.status import clone_path
+from helpers import clone_path, quickstart
 
 VMFLEET = str(Path(sys.executable).parent / "vmfleet")
 

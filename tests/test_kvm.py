@@ -13,9 +13,8 @@ import libvirt
 import pytest
 
 from conftest import TIMINGS, Sshd
-from helpers import open_up, wait_for
+from helpers import clone_path, open_up, wait_for
 from vmfleet.api import parse
-from vmfleet.api.status import clone_path
 from vmfleet.api.types import CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import Runtime, reconcile_fleet, teardown_fleet
 from vmfleet.images import boot_sector

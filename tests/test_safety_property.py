@@ -37,13 +37,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from helpers import xfs_io_exclusive
+from helpers import clone_path, xfs_io_exclusive
 from safety_world import Domain, SlowCall, World, WorldRuntime, files, host_doc, store_doc, write_into
 from stepped_loop import SteppedLoop
 from vmfleet.api import InvalidManifest, parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
-from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, REIMAGE_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.cli.manifests import load
 from vmfleet.engine import reconcile_fleet, teardown_fleet

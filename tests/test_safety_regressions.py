@@ -16,12 +16,11 @@ import libvirt
 import pytest
 import yaml
 
-from helpers import a_resync_later
+from helpers import a_resync_later, clone_path
 from safety_world import World, WorldRuntime, host_doc, store_doc, write_into
 from vmfleet.api import parse
 from vmfleet.api.crd import root_schema
 from vmfleet.api.schema import KINDS
-from vmfleet.api.status import clone_path
 from vmfleet.api.types import HOSTS_LOST_ANNOTATION, CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.engine import FleetResult, reconcile_fleet, teardown_fleet
 from vmfleet.engine.desired import VM_UUID_NAMESPACE

@@ -15,11 +15,6 @@ def is_ready(status: Mapping[str, Any] | None) -> bool:
     return condition_of(status, "Ready").get("status") == "True"
 
 
-def clone_path(status: Mapping[str, Any], entry: Mapping[str, Any]) -> str:
-    """Where a clone of the status is, relative to the store's root."""
-    return f"{status['cloneDirectory']}/{entry['file']}"
-
-
 def clones_by_parent(status: Mapping[str, Any] | None) -> dict[str, int]:
     """Clones a fleet's status says it has, per clone parent: what each parent must outlive."""
     out: dict[str, int] = {}
