@@ -155,6 +155,15 @@ def test_a_reimage_cut_short_makes_the_clone_instead_of_reporting_it_lost() -> N
     assert [p.reason for p in lost.problems] == ["CloneLost"] and not lost.actions
 
 
+def test_a_running_vm_that_should_be_stopped_is_reimaged_and_left_stopped() -> None:
+    """Found by the safety machine in CI: a VM overridden to stop, not yet stopped, and a reimage asked for. It was
+    stopped, reimaged and started again ("updated"), so a healthy world's pass left it running and not ready."""
+    plan = _plan([_vm(0)], strategy="Halted", reimage=frozenset({0}))
+    assert _ops(plan) == [("stop", 0), ("reimage", 0)]
+    manual = _plan([_vm(0)], strategy="Manual", reimage=frozenset({0}))
+    assert _ops(manual) == [("stop", 0), ("reimage", 0), ("start", 0)]  # a person's VM comes back as it was
+
+
 def test_a_saved_vm_is_not_reimaged_under_its_saved_memory() -> None:
     plan = _plan([_vm(0, active=False, saved=True)], reimage=frozenset({0}))
     assert ("reimage", 0) not in _ops(plan)

@@ -1030,6 +1030,15 @@ def test_a_disk_reimaged_after_its_figures_were_read_shows_the_new_clone_s(tmp_p
         assert machine.clones()[path] != written  # reimaged: a new clone in its place
 
 
+def test_a_vm_overridden_to_stop_then_reimaged_stays_stopped(tmp_path: Path, small_image: Path) -> None:
+    """Found by the state machine in CI on both stores: a running VM's override set to stop, and before a pass a
+    reimage asked for; the pass stopped it, reimaged it and started it again, and the fleet was 0/1 ready."""
+    with one_machine(tmp_path, small_image) as machine:
+        machine.a_fleet_runs(1)
+        machine.override(0, False, False)
+        machine.request_reimage({0}, True)  # raises Violation when the healthy world does not converge
+
+
 def test_a_stopped_vm_on_a_drained_host_moves_and_the_fleet_converges(tmp_path: Path, small_image: Path) -> None:
     """Found by the state machine on both stores: a VM overridden to stop, then its host drained; the next pass of
     a healthy world left the fleet at 2/3 ready."""

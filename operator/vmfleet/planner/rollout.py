@@ -157,7 +157,8 @@ class Rollout:
         if o in self.seen.stale_seeds and not vm.saved and (down or vm.live_hash == wanted_hash):
             plan.actions.append(CloneAction(Op.DELETE_SEEDS, o, "seed images of an earlier cloud-init"))
         if down:
-            if run is True or (vm.active and o in self.granted):  # taken down to be updated: brought back
+            # Taken down to be updated: brought back, unless it should be stopped anyway.
+            if run is True or (vm.active and o in self.granted and run is not False):
                 why = "updated" if vm.active else f"is {vm.state}, should run"
                 plan.actions.append(DomainAction(Op.START, o, host, why))
         elif run is False:
