@@ -574,7 +574,11 @@ class HostState:
         return {
             "rule": sorted(r for r in now.rules - self.rules if re.search(rf" -j (KUBE-|CNI-|{FIREWALL}$)", r)),
             "chain": sorted(c for c in now.chains - self.chains if c.split()[-1].startswith(cluster_chains)),
-            "nft": sorted(t for t in now.nft_tables - self.nft_tables if t.split()[1] in ("ip", "ip6")),
+            # A table iptables-nft made for kube-proxy that another user (libvirt's networks) has put rules in since
+            # is theirs too: neither left by the cluster nor dropped.
+            "nft": sorted(
+                t for t in now.nft_tables - self.nft_tables if t.split()[1] in ("ip", "ip6") and not _nft_in_use(t)
+            ),
             "link": sorted(x for x in now.links - self.links if x in (DUMMY, BRIDGE) or _on_bridge(x)),
             "mount": sorted((m for m in now.mounts - self.mounts if m.startswith(str(cluster_dir))), key=len)[::-1],
             "path": sorted((p for p in now.paths - self.paths if ours(p)), key=len),
@@ -605,10 +609,8 @@ class HostState:
             for chain in added["chain"]:
                 tool, _, table, name = chain.split()
                 attempt(f"{verb} {chain}", lambda: sh(tool, "-w", "-t", table, verb, name))
-        for table in added["nft"]:  # made by iptables-nft for kube-proxy: dropped if nothing else uses them
-            listing = sh("nft", "list", *table.split(), check=False).stdout
-            if not re.search(r"^\s+(?!type |chain |policy |\})\S", listing, re.M):
-                attempt(table, lambda: sh("nft", "delete", *table.split()))
+        for table in added["nft"]:  # made by iptables-nft for kube-proxy, and left with empty chains only
+            attempt(table, lambda: sh("nft", "delete", *table.split()))
         for link in added["link"]:
             attempt(f"link {link}", lambda: sh("ip", "link", "del", link))
         for mount in added["mount"]:
@@ -632,6 +634,12 @@ def _shim_sockets(cluster_dir: Path) -> set[str]:
     tasks = cluster_dir / "containerd" / "state" / "io.containerd.runtime.v2.task" / "k8s.io"
     ids = os.listdir(tasks) if tasks.is_dir() else []
     return {hashlib.sha256(f"{address}/k8s.io/{task}".encode()).hexdigest() for task in ids}
+
+
+def _nft_in_use(table: str) -> bool:
+    """Whether an nftables table ("table ip nat") holds a rule: something uses it."""
+    listing = sh("nft", "list", *table.split(), check=False).stdout
+    return bool(re.search(r"^\s+(?!type |chain |policy |\})\S", listing, re.M))
 
 
 def _write_sysctl(key: str, value: str) -> None:
