@@ -285,8 +285,9 @@ class SlowCall:
     """One call of os.<name> made in a store's thread with matching arguments blocks until released, then runs as
     it would have: a call on a slow mount that the engine gave up on (StoreTimeout) and that lands later.
 
-    Which call: the `nth` that matches; or, with `when_idle`, the first by its match (a path) of those the code
-    made until nothing else could happen (`choose`, called by a SteppedLoop), the others let go on. Threads race
+    Which call: the `nth` that matches; or, given `when_idle` (a SteppedLoop's `nudge`, called as a call starts to
+    wait so that the loop looks again), the first by its match (a path) of those the code made until nothing else
+    could happen (`choose`, called by the loop), the others let go on. Threads race
     to a call; the order of paths does not, so every replay of a sequence hangs the same VM's call."""
 
     KINDS: ClassVar[dict[str, tuple[str, Callable[..., Any]]]] = {
@@ -295,7 +296,14 @@ class SlowCall:
         "make a clone": ("fchmod", _partial_clone),
     }
 
-    def __init__(self, name: str, match: Callable[..., Any], nth: int = 1, kind: str = "", when_idle: bool = False):
+    def __init__(
+        self,
+        name: str,
+        match: Callable[..., Any],
+        nth: int = 1,
+        kind: str = "",
+        when_idle: Callable[[], None] | None = None,
+    ):
         self.name, self.match, self.nth, self.kind, self.when_idle = name, match, nth, kind or name, when_idle
         self.real = getattr(os, name)
         self.entered, self.released, self.finished = threading.Event(), threading.Event(), threading.Event()
@@ -305,7 +313,7 @@ class SlowCall:
         self._chosen: threading.Event | None = None
 
     @classmethod
-    def of_kind(cls, kind: str, when_idle: bool = False) -> SlowCall:
+    def of_kind(cls, kind: str, when_idle: Callable[[], None] | None = None) -> SlowCall:
         name, match = cls.KINDS[kind]
         return cls(name, match, kind=kind, when_idle=when_idle)
 
@@ -319,8 +327,8 @@ class SlowCall:
         key = self.match(*args, **kw)
         if not key:
             return False
-        if self.when_idle:
-            return self._wait_for_choice(str(key))
+        if self.when_idle is not None:
+            return self._wait_for_choice(str(key), self.when_idle)
         with self._lock:
             self.seen += 1
             taken = self.armed and self.seen == self.nth
@@ -330,12 +338,13 @@ class SlowCall:
             self.entered.set()
         return taken
 
-    def _wait_for_choice(self, key: str) -> bool:
+    def _wait_for_choice(self, key: str, nudge: Callable[[], None]) -> bool:
         me = threading.Event()
         with self._lock:
             if not self.armed:
                 return False
             self._waiting.append((key, me))
+        nudge()  # this thread no longer counts as busy: the loop may be idle now, and waits for no result of it
         me.wait(60)
         return self._chosen is me
 

@@ -38,6 +38,11 @@ class SteppedLoop(asyncio.SelectorEventLoop):
     def _executor_done(self, _: asyncio.Future[Any]) -> None:
         self._in_executor -= 1
 
+    def nudge(self) -> None:
+        """From any thread: look again whether the loop is idle (a thread stopped counting as busy without sending
+        it anything)."""
+        self.call_soon_threadsafe(lambda: None)
+
     def idle(self) -> bool:
         return self._in_executor == 0 and self._busy() == 0
 

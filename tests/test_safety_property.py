@@ -609,7 +609,7 @@ class FleetSafety(RuleBasedStateMachine):
         up after its timeout and goes on; it lands when the_hung_call_lands lets it. A scale (and perhaps a
         reimage asked for: the call may cut it short) and a pass follow at once, so that the call is likely made."""
         assert self.fleet is not None
-        self.hung = SlowCall.of_kind(kind, when_idle=True).install()
+        self.hung = SlowCall.of_kind(kind, when_idle=self.loop.nudge).install()
         STATS["hung calls"] += 1
         self.fleet.reimage |= reimage
         self.scale(replicas, True)
