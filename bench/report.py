@@ -250,6 +250,8 @@ def scale_section(r: dict) -> list[str]:
             f"(logicalBytes, allocatedBytes). `kubectl get vmf` took {r['kubectl_get_seconds']} s and `vmfleet "
             f"status f` (all {r['listed_vms']:,} rows) {r['vmfleet_status_seconds']} s.",
         ]
+    else:
+        lines += ["", "Through Kubernetes: not part of this run (`--no-kube`)."]
     return lines
 
 
