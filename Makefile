@@ -24,7 +24,7 @@ demo-sonas: $(VENV)/.installed
 test: $(VENV)/.installed
 	hack/system-packages.sh test
 	VENV=$(VENV) hack/check.sh
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=40
 
 crds: $(VENV)/.installed
 	$(VENV)/bin/vmfleet crds -d crds --reference docs/api.md --troubleshooting docs/operations.md
