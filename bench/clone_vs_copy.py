@@ -9,11 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from vmfleet.extents import ficlone, own_bytes
 from vmfleet.images import make_template_image
-from vmfleet.sim import Simulator
+from vmfleet.sim.server import Simulator
 from vmfleet.storage import commands as cmd
-from vmfleet.storage.fiemap import own_bytes
-from vmfleet.storage.local import ficlone
 from vmfleet.storage.qcow2 import Qcow2Store
 
 from .site import MOUNT

@@ -29,8 +29,8 @@ from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.engine.fleet import desire
 from vmfleet.hypervisor import domain_xml
 from vmfleet.planner import Op
-from vmfleet.sim import Simulator
 from vmfleet.sim.objects import API_VERSION
+from vmfleet.sim.server import Simulator
 
 from . import site
 from .report import drain_section

@@ -11,7 +11,7 @@ from vmfleet.api.types import to_manifest
 from vmfleet.engine import reconcile_fleet
 from vmfleet.engine.fleet import desire
 from vmfleet.hypervisor import LibvirtHost, domain_xml
-from vmfleet.sim import Simulator
+from vmfleet.sim.server import Simulator
 
 from . import site
 

@@ -23,7 +23,7 @@ from typing import Any
 import libvirt
 
 from vmfleet.engine import Runtime, reconcile_fleet
-from vmfleet.sim import Simulator
+from vmfleet.sim.server import Simulator
 
 from . import site
 from .report import emit

@@ -28,7 +28,7 @@ from vmfleet.engine.runtime import Runtime
 from vmfleet.engine.status import status_changes
 from vmfleet.hypervisor import LibvirtHost
 from vmfleet.images import make_template_image
-from vmfleet.sim import Simulator
+from vmfleet.sim.server import Simulator
 from vmfleet.storage import Space, StoreDriver
 
 from . import site

@@ -29,7 +29,7 @@ from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.engine.fleet import desire
 from vmfleet.hypervisor import LibvirtHost, domain_xml
 from vmfleet.planner import Op
-from vmfleet.sim import Simulator
+from vmfleet.sim.server import Simulator
 
 from . import site
 from .report import rollout_section

@@ -17,10 +17,10 @@ from typing import Any
 
 import asyncssh
 
-from vmfleet import sim
 from vmfleet.api.types import CloneStore, KvmHost, SecretRef, VmFleet, VmTemplate
 from vmfleet.engine import Runtime
 from vmfleet.sim import objects
+from vmfleet.sim import server as sim
 from vmfleet.sim.objects import MOUNT
 
 

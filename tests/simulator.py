@@ -11,11 +11,12 @@ from typing import Any
 import asyncssh
 
 from conftest import Sshd
-from vmfleet import sim
 from vmfleet.api import CloneStore, KvmHost, VmFleet, VmTemplate
 from vmfleet.api.types import SecretRef
 from vmfleet.engine import Runtime
 from vmfleet.sim import objects
+from vmfleet.sim import server as sim
+from vmfleet.sim.fs import SimFs
 from vmfleet.sim.objects import MOUNT
 
 
@@ -33,7 +34,7 @@ class OpenSshSim:
         address: str = "127.0.0.1",
         port: int = 0,
     ):
-        self.fs, self.personality, self.log = sim.SimFs(str(directory), MOUNT), personality, base / "commands.log"
+        self.fs, self.personality, self.log = SimFs(str(directory), MOUNT), personality, base / "commands.log"
         self.log.touch()
         self.hold = base / "hold"  # see hold_replies
         force = [

@@ -465,7 +465,7 @@ def sonas_simulator(xfs: Path, unique: str, small_image: Path) -> Iterator[tuple
 
     import asyncssh
 
-    from vmfleet import sim
+    from vmfleet.sim import server as sim
 
     directory = xfs / f"kube-sonas-{unique}"
     (directory / "frank" / "images").mkdir(parents=True)

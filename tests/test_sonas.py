@@ -18,10 +18,10 @@ from prometheus_client import REGISTRY
 from conftest import unavailable
 from helpers import a_resync_later
 from simulator import MOUNT, OpenSshSim, SimEnv, fleet, host, template
-from vmfleet import sim
 from vmfleet.api import VmTemplate
 from vmfleet.engine import Runtime, reconcile_fleet
 from vmfleet.images import make_template_image
+from vmfleet.sim import server as sim
 from vmfleet.sim.cli import unquoted_metacharacters
 from vmfleet.storage import StoreError, make_driver
 from vmfleet.storage import commands as cmd

@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +72,22 @@ async def test_the_server_refuses_the_11th_session_of_one_connection(make_env: M
     refused = [r for r in results if isinstance(r, asyncssh.ChannelOpenError)]
     assert (len(ok), len(refused)) == (10, 6), results
     assert {(r.code, r.reason) for r in refused} == {(asyncssh.OPEN_CONNECT_FAILED, "open failed")}
+
+
+def test_a_forced_command_loads_only_the_simulator_interpreter(tmp_path: Path) -> None:
+    """sshd starts the interpreter once per command: when it loaded the product too (0.8 s of CPU each),
+    16 commands of 1 s at once took 10 s on 2 cores and CI's timed out. A real mmclone starts in
+    milliseconds."""
+    (tmp_path / "frank").mkdir()
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": cmd.ls(f"{MOUNT}/frank"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmdline = ["-m", "vmfleet.sim", "--exec", "--dir", str(tmp_path), "--mount-point", MOUNT, "--personality", "gpfs"]
+    run = subprocess.run([sys.executable, "-X", "importtime", *cmdline], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    loaded = {line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "vmfleet.sim.cli" in loaded
+    heavy = sorted(m for m in loaded if m.split(".")[0] in {"asyncssh", "pydantic", "prometheus_client", "asyncio"})
+    product = sorted(m for m in loaded if m.startswith("vmfleet.") and m.split(".")[1] not in {"sim", "extents"})
+    assert (heavy, product) == ([], []), (heavy, product)
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -282,8 +299,8 @@ async def test_an_image_that_is_itself_a_clone_is_redirected_and_keeps_sharing_w
 
 
 def test_the_simulator_keeps_gpfs_rules_for_parents_split_and_links(xfs: Path, unique: str) -> None:
-    from vmfleet.sim import SimFs
-    from vmfleet.storage.fiemap import exclusive_and_shared
+    from vmfleet.extents import exclusive_and_shared
+    from vmfleet.sim.fs import SimFs
 
     d = xfs / f"rules-{unique}"
     d.mkdir()
@@ -334,8 +351,8 @@ async def test_gpfs_logical_bytes_of_a_qcow2_clone_is_the_disk_the_guest_sees(ma
 
 
 def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
-    from vmfleet.sim import SimFs
     from vmfleet.sim.cli import execute
+    from vmfleet.sim.fs import SimFs
 
     _qcow2(tmp_path / "a.qcow2", "32M")
     (tmp_path / "short").write_bytes(b"ab")
@@ -357,8 +374,8 @@ def test_the_simulator_s_od_prints_what_gnu_od_prints(tmp_path: Path) -> None:
 def test_the_simulator_s_dd_does_what_gnu_dd_does(tmp_path: Path) -> None:
     """`dd of=FILE conv=fsync status=none` with binary stdin: the bytes written, the status, what it prints; a
     longer old file truncated; a missing directory, a directory, a full file system (what was written stays)."""
-    from vmfleet.sim import SimFs
     from vmfleet.sim.cli import execute
+    from vmfleet.sim.fs import SimFs
 
     fs = SimFs(str(tmp_path), "/g")
     (tmp_path / "d").mkdir()

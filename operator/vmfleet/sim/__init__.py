@@ -1,6 +1,5 @@
-"""A simulator of SONAS's and GPFS's clone commands behind a real SSH server (python -m vmfleet.sim)."""
+"""A simulator of SONAS's and GPFS's clone commands behind a real SSH server (python -m vmfleet.sim).
 
-from .fs import SimFs
-from .server import Faults, Simulator, start
-
-__all__ = ["Faults", "SimFs", "Simulator", "start"]
+Empty on purpose: an OpenSSH ForceCommand starts the interpreter (cli, fs) once per command, and loads
+nothing else. The asyncssh server is `sim.server`.
+"""

@@ -10,7 +10,6 @@ ForceCommand, so the SSH server in front of the simulator is the one users meet.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -39,6 +38,8 @@ def main() -> None:
         sys.exit(run_once(args.dir, args.mount_point, args.personality, args.latency, args.log, args.hold_file))
     if not args.secret:
         p.error("--secret is required unless --exec")
+
+    import asyncio
 
     import asyncssh
     import yaml

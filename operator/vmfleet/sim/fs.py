@@ -16,8 +16,7 @@ import shutil
 import stat as stat_module
 from dataclasses import dataclass
 
-from ..storage.fiemap import exclusive_and_shared
-from ..storage.local import ficlone
+from ..extents import exclusive_and_shared, ficlone
 
 XATTR = "user.vmfleet.sim.clone"
 _FALLOC_FL_UNSHARE_RANGE = 0x40

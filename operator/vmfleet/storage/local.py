@@ -39,10 +39,10 @@ from typing import Any, TypeVar
 
 from ..disks import FileDisk
 from ..errors import RootMissing, StoreError, StoreTimeout
+from ..extents import FICLONE
 from ..settings import Settings
 from .base import PARTIAL_SUFFIX, Space, check_relative, file_disk
 
-FICLONE = 0x40049409
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO planted in the store cannot hang us
@@ -54,19 +54,6 @@ CALL_THREADS = 8  # the short calls (listing, stat, read, unlink, rename, reflin
 COPY_THREADS = 2  # copies take minutes: they never hold up the short calls
 _IDLE_SECONDS = 30.0  # an idle thread ends: a store nobody closes leaves none behind
 T = TypeVar("T")
-
-
-def ficlone(source: str, target: str) -> None:
-    """Reflink `source` to a new file `target` (O_EXCL: an existing target is an error)."""
-    with open(source, "rb") as src:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            fcntl.ioctl(fd, FICLONE, src.fileno())
-        except BaseException:
-            os.close(fd)
-            os.unlink(target)
-            raise
-        os.close(fd)
 
 
 def copy_sparse(src: int, dst: int) -> None:

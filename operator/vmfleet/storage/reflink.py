@@ -6,9 +6,9 @@ import fcntl
 import os
 
 from ..errors import StoreError
+from ..extents import FICLONE, exclusive_and_shared
 from .base import Space
-from .fiemap import exclusive_and_shared
-from .local import FICLONE, NO_REFLINK, LocalStore, Partial
+from .local import NO_REFLINK, LocalStore, Partial
 from .qcow2 import guest_size, read_header
 
 
@@ -29,6 +29,6 @@ class ReflinkStore(LocalStore):
 
     def _measure(self, fd: int, path: str) -> Space:
         """logical: the disk the guest sees (a qcow2 clone's virtual size); allocated: FIEMAP's extents
-        without the shared flag, XFS's transient copy-on-write preallocation left out (fiemap.py)."""
+        without the shared flag, XFS's transient copy-on-write preallocation left out (extents.py)."""
         exclusive, _shared = exclusive_and_shared(fd)
         return Space(guest_size(path, os.fstat(fd).st_size, read_header(fd)), exclusive)

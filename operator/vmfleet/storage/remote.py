@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from ..disks import FileDisk
 from ..errors import StoreError
+from ..extents import own_bytes
 from ..settings import Settings
 from . import commands as cmd
 from .base import PARTIAL_SUFFIX, Space, file_disk
-from .fiemap import own_bytes
 from .local import LocalStore
 from .qcow2 import guest_size, read_header, refuse_backing_file
 from .ssh import SshRunner
