@@ -30,8 +30,14 @@ if ! podman image exists "$base"; then
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
   rootfs="$work/rootfs"
   rm -rf "$rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$rootfs" \
-      "${mirror:-http://deb.debian.org/debian}" >&2
+  # A mirror caught mid-sync fails a debootstrap once in a while (seen in CI): it is tried three times.
+  for try in 1 2 3; do
+    debootstrap --variant=minbase --include=python3,python3-venv,python3-pip bookworm "$rootfs" \
+        "${mirror:-http://deb.debian.org/debian}" >&2 && break
+    tail -5 "$rootfs/debootstrap/debootstrap.log" >&2 || true
+    [ "$try" = 3 ] && { echo "debootstrap failed three times" >&2; exit 1; }
+    rm -rf "$rootfs"; sleep 10
+  done
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb "$rootfs/etc/resolv.conf"
   tar -C "$rootfs" -c . | podman import - "$base" >&2
   rm -rf "$rootfs"

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import prebuild
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -311,7 +313,7 @@ class Cluster:
 
 
 def build() -> Path:
-    done = subprocess.run([str(HERE / "kube" / "build.sh")], capture_output=True, text=True)
+    done = prebuild.result("kube")
     if done.returncode != 0:
         raise RuntimeError(f"building kube-apiserver failed:\n{done.stderr[-4000:]}")
     return Path(done.stdout.strip())

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import prebuild
 from vmfleet.engine import Runtime
 from vmfleet.images import make_template_image
 
@@ -33,11 +34,34 @@ REQUIRE_REAL = os.environ.get("VMFLEET_REQUIRE_REAL") == "1"
 
 
 TIMINGS: dict[str, float] = {}
+BUILT_FOR = {"kube": ("kube",), "node_cluster": ("kube", "image")}  # fixture: the builds it needs
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for what, seconds in TIMINGS.items():
         terminalreporter.write_line(f"vmfleet: {what} in {seconds:.1f} s")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need a cold build run last, while the build goes on beside the others (tests/prebuild.py).
+    The sort is stable: the tests of each file keep their order."""
+    items.sort(key=lambda item: bool(BUILT_FOR.keys() & set(getattr(item, "fixturenames", ()))))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    needed = set().union(*(getattr(item, "fixturenames", ()) for item in session.items))
+    for fixture, builds in BUILT_FOR.items():
+        if fixture in needed:
+            for name in builds:
+                prebuild.start(name)
+    if any(item.path.name == "test_gitops.py" for item in session.items):  # Flux's health checks, built in Go
+        prebuild.start("flux")
+
+
+def pytest_sessionfinish() -> None:
+    prebuild.stop()
 
 
 def unavailable(what: str) -> None:
@@ -248,14 +272,8 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeClust
     except RuntimeError as e:
         unavailable(str(e))
     base = tmp_path_factory.mktemp("node")
-    archive = base / "vmfleet-image.tar"
-    done = subprocess.run(
-        [str(REPO / "hack" / "build-image.sh")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "VMFLEET_IMAGE_ARCHIVE": str(archive)},
-    )
+    archive = prebuild.image_archive()
+    done = prebuild.result("image")
     if done.returncode:
         unavailable(f"hack/build-image.sh failed:\n{done.stderr[-3000:]}")
     TIMINGS["cluster binaries and operator image built or found"] = time.monotonic() - t0

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from lupa import lua51
 
+import prebuild
 from cluster import Cluster
 from helpers import REPO, wait_for
 from kubefleet import apply, objects, store_root, wait_ready
@@ -65,7 +66,7 @@ def argo_health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
 
 @cache
 def fluxprobe() -> str:
-    done = subprocess.run([str(REPO / "tests" / "flux" / "build.sh")], capture_output=True, text=True)
+    done = prebuild.result("flux")
     if done.returncode != 0:
         raise RuntimeError(f"building tests/flux failed:\n{done.stderr[-4000:]}")
     return done.stdout.strip()
