@@ -192,6 +192,25 @@ class Cluster:
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
+    VMFLEET_KINDS = "vmfleets,vmtemplates,clonestores,kvmhosts"
+
+    def vmfleet_objects(self) -> set[tuple[str, str, str]]:
+        """(kind/name, namespace or "", uid) of every vmfleet.io object."""
+        items = self.get(self.VMFLEET_KINDS, "-A")["items"]
+        return {
+            (f"{o['kind'].lower()}/{o['metadata']['name']}", o["metadata"].get("namespace", ""), o["metadata"]["uid"])
+            for o in items
+        }
+
+    def remove_vmfleet_objects_since(self, before: set[tuple[str, str, str]]) -> None:
+        """Deletes what a test made, finalizers and all (no operator may be left to clear them): an operator a
+        later test starts then acts on that test's objects only, not on every host and fleet made before it."""
+        for what, namespace, _ in self.vmfleet_objects() - before:
+            where = ("-n", namespace) if namespace else ()
+            self.kubectl("delete", what, *where, "--wait=false", "--ignore-not-found", check=False)
+            patch = json.dumps({"metadata": {"finalizers": None}})
+            self.kubectl("patch", what, *where, "--type=merge", "-p", patch, check=False)
+
     def _apiserver_args(self, etcd_port: int, api_port: int) -> list[str]:
         d = self.dir
         return [

@@ -227,6 +227,18 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+@pytest.fixture(autouse=True)
+def _kube_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the shared apiserver leaves no vmfleet.io object behind (see Cluster.remove_vmfleet_objects_since)."""
+    if "kube" not in request.fixturenames:
+        yield
+        return
+    kube: Cluster = request.getfixturevalue("kube")
+    before = kube.vmfleet_objects()
+    yield
+    kube.remove_vmfleet_objects_since(before)
+
+
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real etcd and kube-apiserver on loopback with RBAC, deploy/ applied (CRDs, RBAC, namespace)."""

@@ -190,7 +190,9 @@ class Site:
                 {"storeRef": {"name": "shared"}, "image": {"path": "images/boot.img"}, "network": NETWORK},
             )
         )
-        self.fleet = parse(_doc("VmFleet", "web", {"templateRef": {"name": "t"}, "replicas": 1, "placement": "pack"}))
+        # The boot-sector guest has no ACPI: a cold move would wait out the 60 s default grace to destroy it.
+        spec = {"templateRef": {"name": "t"}, "replicas": 1, "placement": "pack", "shutdown": {"gracePeriodSeconds": 0}}
+        self.fleet = parse(_doc("VmFleet", "web", spec))
 
     def hosts(self, drain: str = "") -> list[Any]:
         out = []
