@@ -3,11 +3,16 @@ a drained one (annotation vmfleet.io/drain) sees its VMs moved to other hosts, c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from vmfleet.api import KvmHost, parse
 from vmfleet.engine import Runtime, host_status, reconcile_fleet
 from vmfleet.engine.catalog import Catalog
 from vmfleet.operator import handlers, passes
+from vmfleet.settings import Settings
 
 pytestmark = pytest.mark.hosts
 
@@ -322,3 +328,65 @@ async def test_a_finished_job_moved_by_a_drain_stays_finished_on_its_new_host(pa
     for _ in range(3):  # the move, then passes after it
         status = {**status, **(await pair.reconcile(1, pair.hosts(drain="kvm-a"), status, **spec)).status}
     assert pair.where() == {"prod.web-0": [("kvm-b", False)]}
+
+
+@pytest.fixture
+def silent_libvirtd() -> Iterator[str]:
+    """A libvirtd port that accepts every connection and never answers (a daemon stopped mid-way, a proxy
+    holding the line): libvirt's open waits on it for good, keepalive not being set up yet."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"qemu+tcp://127.0.0.1:{server.getsockname()[1]}/system"
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+
+
+async def test_a_libvirtd_that_never_answers_fails_its_host_in_time_and_holds_up_nothing_else(
+    conn: Any, site: Site, silent_libvirtd: str
+) -> None:
+    """Found in review: libvirt's open on a daemon that accepts and never answers never returns. Every pass of a
+    fleet that may use that KvmHost hung for good, and each took one of the event loop's 6 default threads, so
+    after 6 passes nothing else of the operator ran either. Now each host's calls run in threads of its own and
+    fail after VMFLEET_LIBVIRT_TIMEOUT_SECONDS: the fleet is placed on the host that answers."""
+    silent = parse(
+        _doc("KvmHost", "kvm-b", {"uri": silent_libvirtd, "capacity": {"vcpus": 64, "memoryMiB": 65536}}, ns=None)
+    )
+    runtime = Runtime(settings=Settings(libvirt_timeout_seconds=2))
+    try:
+        t0 = time.monotonic()
+        fleets = [
+            parse(_doc("VmFleet", f"web{i}", {"templateRef": {"name": "t"}, "replicas": 2}, uid=f"u-{i}"))
+            for i in range(8)
+        ]
+        passes_ = await asyncio.wait_for(
+            asyncio.gather(
+                *(reconcile_fleet(runtime, f, site.template(), site.store, [silent, site.host]) for f in fleets),
+                return_exceptions=True,
+            ),
+            60,
+        )
+        took = time.monotonic() - t0
+        for done in passes_:
+            assert not isinstance(done, BaseException), done
+            assert done.status["readyReplicas"] == 2
+            assert {c["host"] for c in done.status["clones"]} == {"kvm-a"}
+        assert took < 15, f"8 passes took {took:.0f} s"
+        probed = await asyncio.wait_for(host_status(runtime, silent, None), 20)
+        (ready,) = [c for c in probed["conditions"] if c["type"] == "Ready"]
+        assert ready["status"] == "False" and "did not answer within 2 s" in ready["message"], ready
+        # the event loop's own threads are free: nothing of the silent host holds them
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), 5) == 1
+    finally:
+        await runtime.close()

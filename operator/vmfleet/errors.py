@@ -8,6 +8,7 @@ arises; the engine catches these and nothing broader, and turns each into a cond
     │   ├── StoreTimeout      the store did not answer in time (a hung mount, a silent SSH peer)
     │   └── RootMissing       the store's root is not a directory that can be opened where vmfleet runs
     ├── HostError             a libvirt host refused or did not answer
+    │   └── HostTimeout       the host did not answer in time (a libvirtd that accepts and never answers)
     ├── CredentialsError      a Secret named by a spec field cannot be read or lacks a key
     │   └── SecretUnreadable  (credentials.py) a SecretReader's failure, before the field is known
     ├── Unresolved            (engine/catalog.py) a reference that does not resolve, or an invalid object
@@ -38,6 +39,10 @@ class RootMissing(StoreError):
 
 class HostError(VmfleetError):
     """A libvirt host refused an operation or cannot be reached."""
+
+
+class HostTimeout(HostError):
+    """The host did not answer within its timeout; the call may still be running there."""
 
 
 class CredentialsError(VmfleetError):

@@ -39,6 +39,12 @@ class Settings:
     """VMFLEET_COPY_TIMEOUT_SECONDS: the same for the one call that copies data: making a clone parent from
     its image; 0: no limit."""
 
+    libvirt_timeout_seconds: float = 60.0
+    """VMFLEET_LIBVIRT_TIMEOUT_SECONDS: how long a libvirt call to a KvmHost (connecting included, queued behind
+    the host's other calls included) may take before the host is reported unreachable: a libvirtd that accepts
+    and never answers. A live migration is not limited (libvirt's own keepalive ends one whose peer is gone);
+    0: no limit."""
+
     lease: str = ""
     """VMFLEET_LEASE: NAMESPACE/NAME of the coordination.k8s.io Lease on which the operator's replicas elect the
     one that reconciles (deploy/ runs 2); empty: no election, for a single replica."""

@@ -53,7 +53,12 @@ class Runtime:
                 known.drop()
             # Listed in full once per resync; in between only the domains events say changed (hypervisor/view.py).
             known = self._hosts[host.meta.name] = LibvirtHost(
-                host.meta.name, host.uri, self._credentials(host), host.secret, self.settings.resync_seconds
+                host.meta.name,
+                host.uri,
+                self._credentials(host),
+                host.secret,
+                self.settings.resync_seconds,
+                self.settings.libvirt_timeout_seconds,
             )
         return known
 

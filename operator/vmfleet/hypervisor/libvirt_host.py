@@ -1,8 +1,14 @@
-"""One libvirt endpoint: a single connection, reopened when it dies, every call run off the event loop."""
+"""One libvirt endpoint: a single connection, reopened when it dies, every call run off the event loop.
+
+Every call runs in the host's own threads (threads.py) and waits at most `timeout` seconds: libvirt's open on a
+daemon that accepts and never answers never returns, and keepalive only starts once a connection is open. A
+call given up on may still land: as a person acting on the host meanwhile, which every pass allows for (the
+view is listed in full again, and what takes a disk away looks at the domain again first)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,13 +23,17 @@ import libvirt
 from .. import metrics
 from ..api.types import Capacity
 from ..credentials import KeyReader
-from ..errors import CredentialsError, HostError
+from ..errors import CredentialsError, HostError, HostTimeout
+from ..threads import CallPool
 from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
-from .view import DomainView
+from .view import Describe, DomainView, FleetKey, Usage
 
 T = TypeVar("T")
 
 _POLL_SECONDS = 0.25  # how often shutdown() looks whether the guest has powered off
+CALL_THREADS = 8  # a host's calls at once: a store's default concurrency
+MIGRATION_THREADS = 4  # live migrations take minutes, unlimited: they never hold up the short calls
+_CLOSE_SECONDS = 5.0
 
 # libvirt prints every error to stderr by default; the exceptions carry the same text.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -49,9 +59,14 @@ class LibvirtHost:
         credentials: KeyReader | None = None,
         secret: object = None,
         relist_seconds: float = 0,
+        timeout: float = 60.0,
     ) -> None:
+        """`timeout`: seconds a call may take, queueing and connecting included (0: no limit)."""
         self.name = name
         self.uri = uri
+        self.timeout = timeout
+        self._calls = CallPool(f"libvirt {name}", CALL_THREADS, self._timed_out, self._closed)
+        self._migrations = CallPool(f"libvirt {name} migrations", MIGRATION_THREADS, self._timed_out, self._closed)
         self.secret = secret  # which Secret the credentials come from: a new one means a new connection
         self._credentials = credentials
         self._files: str | None = None  # a private directory holding the key and known_hosts
@@ -129,11 +144,23 @@ class LibvirtHost:
             except libvirt.libvirtError:
                 pass
 
+    def _timed_out(self, what: str, seconds: float) -> HostTimeout:
+        return HostTimeout(f"KvmHost {self.name}: {what} did not answer within {seconds:g} s")
+
+    def _closed(self, what: str) -> HostError:
+        return HostError(f"KvmHost {self.name}: {what}: closed")
+
     async def _call(
-        self, operation: str, what: str, fn: Callable[[libvirt.virConnect], T], touches: str | None = None
+        self,
+        operation: str,
+        what: str,
+        fn: Callable[[libvirt.virConnect], T],
+        touches: str | None = None,
+        pool: CallPool | None = None,
+        limit: float | None = None,
     ) -> T:
-        """`fn` on the connection, off the event loop; `touches`: the domain it may change, looked at again
-        before the view shows it, whether or not `fn` succeeded."""
+        """`fn` on the connection, in the host's threads within its timeout; `touches`: the domain it may change,
+        looked at again before the view shows it, whether or not `fn` succeeded or returned in time."""
 
         def run() -> T:
             try:
@@ -151,7 +178,14 @@ class LibvirtHost:
                 if touches is not None:
                     self.view.changed(touches)
 
-        return await asyncio.to_thread(run)
+        try:
+            return await (pool or self._calls).run(run, self.timeout if limit is None else limit, what)
+        except HostTimeout:  # given up on: what it does late, the next look sees
+            metrics.LIBVIRT_ERRORS.labels(self.name, operation).inc()
+            self.view.forget()
+            if touches is not None:
+                self.view.changed(touches)
+            raise
 
     def _watch(self, conn: libvirt.virConnect) -> None:
         """Listen to a new connection's domain events; without them, every look lists the host in full."""
@@ -178,8 +212,17 @@ class LibvirtHost:
     async def list_domains(self) -> list[DomainInfo]:
         """Every domain of the host with its state and vmfleet's metadata, through the view: listed in full when
         due, else only the domains that changed since looked at again."""
+        return await self._look(lambda list_all, describe, events: self.view.look(list_all, describe, events))
 
-        def collect(conn: libvirt.virConnect) -> list[DomainInfo]:
+    async def fleet_domains(self, fleet: FleetKey) -> tuple[list[DomainInfo], Usage]:
+        """As list_domains, but only the domains that can concern `fleet`, and what the running domains take of
+        this KvmHost: a fleet's look costs its own VMs, not the host's."""
+        return await self._look(
+            lambda list_all, describe, events: self.view.look_for(fleet, self.name, list_all, describe, events)
+        )
+
+    async def _look(self, look: Callable[[Callable[[], list[DomainInfo]], Describe, bool], T]) -> T:
+        def collect(conn: libvirt.virConnect) -> T:
             def describe_by_name(name: str) -> DomainInfo | None:
                 dom = _lookup(conn, name)
                 return None if dom is None else _described(dom)
@@ -191,7 +234,7 @@ class LibvirtHost:
             # One round trip whatever the view holds: a host that stopped answering says so now, not at the next
             # full listing (a dropped SSH session can leave the connection looking alive).
             conn.getLibVersion()
-            return self.view.look(list_all, describe_by_name, self._events)
+            return look(list_all, describe_by_name, self._events)
 
         return await self._call("list", "listing domains", collect)
 
@@ -352,6 +395,8 @@ class LibvirtHost:
             f"migrating {name} to {target_uri}",
             lambda c: c.lookupByName(name).migrateToURI3(target_uri, params, flags),
             touches=name,
+            pool=self._migrations,
+            limit=0,
         )
 
     async def undefine(self, name: str) -> None:
@@ -375,7 +420,10 @@ class LibvirtHost:
         await self._call("undefine", f"undefining {name}", undefine, touches=name)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.drop)
+        with contextlib.suppress(HostError):  # a host that does not answer is not waited for
+            await self._calls.run(self.drop, min(self.timeout, _CLOSE_SECONDS) or _CLOSE_SECONDS, "closing")
+        self._calls.close()
+        self._migrations.close()
         if self._files is not None:
             shutil.rmtree(self._files, ignore_errors=True)
             self._files = None

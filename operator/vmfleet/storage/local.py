@@ -19,8 +19,6 @@ delete) of the same target, and only when a non-blocking flock on it succeeds: i
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -41,6 +39,7 @@ from ..disks import FileDisk
 from ..errors import RootMissing, StoreError, StoreTimeout
 from ..extents import FICLONE
 from ..settings import Settings
+from ..threads import CallPool
 from .base import PARTIAL_SUFFIX, Space, check_relative, file_disk
 
 NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY)
@@ -52,7 +51,6 @@ _PARTIAL = re.compile(r"\.[0-9a-f]{16}" + re.escape(PARTIAL_SUFFIX) + "$")
 MAX_TEXT = 16 << 20
 CALL_THREADS = 8  # the short calls (listing, stat, read, unlink, rename, reflink): a CloneStore's default concurrency
 COPY_THREADS = 2  # copies take minutes: they never hold up the short calls
-_IDLE_SECONDS = 30.0  # an idle thread ends: a store nobody closes leaves none behind
 T = TypeVar("T")
 
 
@@ -146,9 +144,6 @@ def _rename_noreplace(dir_fd: int, old: str, new: str) -> bool:
     raise OSError(err, os.strerror(err), new)
 
 
-_Job = tuple[concurrent.futures.Future[Any], Callable[[], Any], str]  # (its future, the work, what it is)
-
-
 class _Running:
     """Calls given up on after they started, under one name of a store (its root, its CloneStore)."""
 
@@ -207,95 +202,16 @@ class Pending:
         )
 
 
-class StorePool:
-    """At most `size` threads of one store, started as calls come and ended after a while idle. Daemon
-    threads: one stuck on a hung mount holds up neither `close` nor the operator's exit."""
-
-    def __init__(self, name: str, size: int, pending: Pending | None = None) -> None:
-        self._name, self._size = name, size
-        self._pending = pending if pending is not None else Pending()
-        self._jobs: collections.deque[_Job] = collections.deque()
-        self._changed = threading.Condition()
-        self._threads = self._busy = 0
-        self._closed = False
-
-    async def run(self, work: Callable[[], T], timeout: float, what: str) -> T:  # noqa: ASYNC109 - a thread pool
-        """`work()` in one of the threads; StoreTimeout naming `what` unless it is done within `timeout`
-        seconds of now (0: no limit), queueing included. A call given up on before it started never runs; one
-        given up on after it started makes the store refuse every call until it returns (Pending)."""
-        job: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._changed:
-            if self._closed:
-                raise StoreError(f"{what}: the store is closed")
-            refused = self._pending.refusal(what)
-            if refused is not None:
-                raise refused
-            while self._jobs and self._jobs[0][0].cancelled():
-                self._jobs.popleft()  # given up on while stuck threads held the pool
-            self._jobs.append((job, work, what))
-            if len(self._jobs) > self._threads - self._busy and self._threads < self._size:
-                self._threads += 1
-                threading.Thread(target=self._serve, name=f"{self._name} {self._threads}", daemon=True).start()
-            self._changed.notify()
-        waiting = asyncio.wrap_future(job)
-        try:
-            done, _ = await asyncio.wait({waiting}, timeout=timeout or None)
-        except BaseException:  # the pass itself was cancelled
-            self._give_up(job, waiting, what)
-            raise
-        if not done:
-            self._give_up(job, waiting, what)
-            raise StoreTimeout(f"{what} did not answer within {timeout:g} s (a hung mount?)")
-        if waiting.cancelled():
-            raise StoreError(f"{what}: the store is closed")  # while the call queued
-        return waiting.result()
-
-    def _give_up(self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str) -> None:
-        # `job` now, in this thread: through `waiting` alone the cancellation would reach it at the loop's next
-        # turn, when a thread may have taken it already. `waiting` too: its late outcome is nobody's.
-        if not job.cancel() and not job.done():
-            self._pending.add(job, what)
-        waiting.cancel()
-
-    def _serve(self) -> None:
-        with self._changed:
-            while True:
-                if not self._jobs:
-                    if self._closed or (not self._changed.wait(_IDLE_SECONDS) and not self._jobs):
-                        self._threads -= 1  # closed, or idle for a while
-                        return
-                    continue
-                job, work, what = self._jobs.popleft()
-                if not job.set_running_or_notify_cancel():
-                    continue  # its caller gave up while it queued
-                refused = self._pending.refusal(what)
-                if refused is not None:  # queued before an earlier call was given up on: not run beside it
-                    job.set_exception(refused)
-                    continue
-                self._busy += 1
-                self._changed.release()
-                try:
-                    job.set_result(work())
-                except BaseException as e:
-                    job.set_exception(e)
-                finally:
-                    self._changed.acquire()
-                    self._busy -= 1
-
-    def in_flight(self) -> int:
-        """The calls running or queued, a thread stuck on a hung mount included."""
-        with self._changed:
-            return self._busy + sum(1 for job, _, _ in self._jobs if not job.cancelled())
-
-    def close(self) -> None:
-        """Queued calls are cancelled; a thread stuck in a call is not waited for: it ends once the mount
-        answers."""
-        with self._changed:
-            self._closed = True
-            for job, _, _ in self._jobs:
-                job.cancel()
-            self._jobs.clear()
-            self._changed.notify_all()
+def StorePool(name: str, size: int, pending: Pending | None = None) -> CallPool:
+    """At most `size` threads of one store (threads.py); a call given up on after it started makes the store refuse
+    every call until it returns (Pending)."""
+    return CallPool(
+        name,
+        size,
+        lambda what, seconds: StoreTimeout(f"{what} did not answer within {seconds:g} s (a hung mount?)"),
+        lambda what: StoreError(f"{what}: the store is closed"),
+        pending if pending is not None else Pending(),
+    )
 
 
 class AlreadyExists(StoreError):
