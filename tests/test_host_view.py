@@ -5,16 +5,20 @@ On the libvirt test driver, whose events come through libvirt's event loop as a 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import libvirt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import wait_for
 from test_rollout import Site, _doc, conn, site  # noqa: F401
 from vmfleet.api import parse
 from vmfleet.engine import Runtime, reconcile_fleet
-from vmfleet.hypervisor import LibvirtHost
+from vmfleet.hypervisor import DomainInfo, FleetKey, LibvirtHost, Owner, Usage
+from vmfleet.hypervisor.view import DomainView
 from vmfleet.settings import Settings
 
 pytestmark = pytest.mark.hosts
@@ -233,8 +237,6 @@ async def test_a_domain_defined_again_behind_a_stale_view_keeps_its_clone(
 def test_a_forget_during_a_full_listing_is_not_undone_by_it() -> None:
     """Found by review: a connection replaced while a listing ran (events maybe missed) was forgotten, then the
     listing's end marked the view fresh again, and the next look trusted it."""
-    from vmfleet.hypervisor.view import DomainView
-
     view = DomainView(relist_seconds=3600)
     listings = []
 
@@ -249,3 +251,74 @@ def test_a_forget_during_a_full_listing_is_not_undone_by_it() -> None:
     assert len(listings) == 2
     view.look(list_all, lambda name: None)
     assert len(listings) == 2
+
+
+_NAMES = [f"d{i}" for i in range(6)]
+_OWNERS = st.one_of(
+    st.none(),
+    st.builds(
+        lambda uid, fleet, host: Owner(uid, "prod", fleet, 0, "c", "h", host),
+        st.sampled_from(["u1", "u2", ""]),
+        st.sampled_from(["web", "db"]),
+        st.sampled_from(["", "kvm-a", "kvm-b"]),
+    ),
+)
+_DOMAINS = st.builds(
+    DomainInfo,
+    st.sampled_from(_NAMES),
+    st.sampled_from(["Running", "Stopped", "Paused"]),
+    st.integers(1, 4),
+    st.integers(1, 64),
+    _OWNERS,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("list"), st.lists(_DOMAINS, max_size=6, unique_by=lambda d: d.name)),
+            st.tuples(st.just("changed"), st.sampled_from(_NAMES), st.one_of(st.none(), _DOMAINS)),
+        ),
+        max_size=12,
+    ),
+    key=st.builds(
+        FleetKey,
+        st.sampled_from(["u1", "u2"]),
+        st.just("prod"),
+        st.sampled_from(["web", "db"]),
+        st.sets(st.sampled_from(_NAMES), max_size=3),
+    ),
+    host=st.sampled_from(["", "kvm-a", "kvm-b"]),
+)
+def test_what_a_fleet_is_shown_is_what_the_whole_listing_says_of_it(
+    steps: list[tuple[Any, ...]], key: FleetKey, host: str
+) -> None:
+    """A fleet's look is served from indices kept as domains come and go (a pass costs its own VMs, not the
+    host's): whatever happened, it shows exactly the domains of the full look that can concern the fleet, in the
+    same order, and the same use of the host as the running domains add up to."""
+    view = DomainView(relist_seconds=3600)
+    now: dict[str, DomainInfo] = {}  # the host: libvirt lists in this order
+    for step in steps:
+        if step[0] == "list":  # changed behind the view's back, then its connection replaced
+            now = {d.name: d for d in step[1]}
+            view.forget()
+        else:
+            _, name, info = step
+            info = None if info is None else replace(info, name=name)
+            if info is None:
+                now.pop(name, None)
+            else:
+                now[name] = info
+            view.changed(name)
+        full = view.look(lambda: list(now.values()), now.get)
+        found, used = view.look_for(key, host, lambda: list(now.values()), now.get)
+
+        def concerns(d: DomainInfo) -> bool:
+            o = d.owner
+            return d.name in key.names or (o is not None and (o.fleet_uid == key.uid or o.fleet == key.name))
+
+        assert full == list(now.values())
+        assert found == [d for d in full if concerns(d)]
+        running = [d for d in full if d.active and (d.owner is None or d.owner.host in ("", host))]
+        assert used == Usage(sum(d.vcpus for d in running), sum(d.memory_mib for d in running))

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from ..hypervisor import DomainInfo, HostError, Lease, LibvirtHost
+from ..hypervisor import DomainInfo, FleetKey, HostError, Lease, LibvirtHost
 from ..planner import HostView, Observation, VmSeen
 from ..storage import StoreDriver
 from .desired import Desired
@@ -23,16 +23,17 @@ async def observe(desired: Desired, driver: StoreDriver, endpoints: Mapping[str,
         read_record(driver, desired.directory, fleet.meta.uid, desired.namespace, fleet.meta.name),
     )
     files = desired.clone_files(names)
-    views = await asyncio.gather(*(_observe_host(desired, n, endpoints[n]) for n in desired.hosts))
+    ours = {desired.domain_name(o): o for o in range(fleet.replicas)}
+    key = FleetKey(fleet.meta.uid, desired.namespace, fleet.meta.name, ours.keys())
+    views = await asyncio.gather(*(_observe_host(desired, key, n, endpoints[n]) for n in desired.hosts))
     hosts: dict[str, HostView] = {}
     domains: dict[int, VmSeen] = {}
     duplicates: list[VmSeen] = []
     conflicts: dict[int, str] = {}
     leftovers: list[tuple[VmSeen, DomainInfo]] = []
     unknown_macs: dict[int, tuple[str, str]] = {}  # ordinal -> (host, domain) defined before vmfleet chose MACs
-    ours = {desired.domain_name(o): o for o in range(fleet.replicas)}
     placed = {o: p.host for o, p in record.vms.items()}
-    for view, found in views:
+    for view, found in views:  # only the domains that can concern this fleet
         hosts[view.name] = view
         for d in found:
             if d.owner is not None and d.owner.host not in ("", view.name) and d.owner.host in desired.hosts:
@@ -216,23 +217,24 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-async def _observe_host(desired: Desired, name: str, endpoint: LibvirtHost) -> tuple[HostView, list[DomainInfo]]:
+async def _observe_host(
+    desired: Desired, key: FleetKey, name: str, endpoint: LibvirtHost
+) -> tuple[HostView, list[DomainInfo]]:
     host = desired.hosts[name]
     eligible = desired.fleet.selects(host)
     try:
-        found = await endpoint.list_domains()
+        found, used = await endpoint.fleet_domains(key)
         capacity = host.capacity or await endpoint.capacity()
     except HostError as e:
         return HostView(name, reachable=False, eligible=eligible, cordoned=host.cordoned, error=str(e)), []
-    active = [d for d in found if d.active and (d.owner is None or d.owner.host in ("", name))]
     return HostView(
         name,
         True,
         eligible,
         capacity.vcpus,
         capacity.memory_mib,
-        sum(d.vcpus for d in active),
-        sum(d.memory_mib for d in active),
+        used.vcpus,
+        used.memory_mib,
         cordoned=host.cordoned,
         draining=host.draining,
         uri=host.uri,

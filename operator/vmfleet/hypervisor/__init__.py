@@ -2,5 +2,17 @@
 
 from .domain import DomainInfo, DomainSpec, Lease, Owner, domain_xml, parse_owner
 from .libvirt_host import HostError, LibvirtHost
+from .view import FleetKey, Usage
 
-__all__ = ["DomainInfo", "DomainSpec", "HostError", "Lease", "LibvirtHost", "Owner", "domain_xml", "parse_owner"]
+__all__ = [
+    "DomainInfo",
+    "DomainSpec",
+    "FleetKey",
+    "HostError",
+    "Lease",
+    "LibvirtHost",
+    "Owner",
+    "Usage",
+    "domain_xml",
+    "parse_owner",
+]
