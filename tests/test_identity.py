@@ -620,3 +620,25 @@ def test_stopping_one_vm_by_its_override_is_no_new_revision_of_the_fleet() -> No
     base = _desired(_template(), _fleet()).revision
     assert _desired(_template(), _fleet(overrides=[{"ordinal": 1, "running": False}])).revision == base
     assert _desired(_template(), _fleet(overrides=[{"ordinal": 1, "vcpus": 4}])).revision != base
+
+
+def test_only_this_fleets_clones_and_seeds_are_taken_from_a_listing_whatever_else_lies_there() -> None:
+    """One pattern serves every fleet (a pattern per fleet overflowed re's cache with 1,000 fleets): another
+    fleet whose name ends like this one's, a name ending in a newline, a leading zero are not this fleet's."""
+    d = _desired(_template(cloudInit={"userData": "#cloud-config\n"}), _fleet())
+    seed = d.seed_path(1)
+    assert seed is not None
+    names = [
+        "web-0.qcow2",
+        "web-1.img",
+        "web-2.qcow2\n",
+        "web-02.qcow2",
+        "my-web-2.qcow2",
+        "web-web-2.qcow2",
+        "web-2.qcow2.partial",
+        seed.rsplit("/", 1)[1],
+        seed.rsplit("/", 1)[1] + "\n",
+        "my-" + seed.rsplit("/", 1)[1],
+    ]
+    assert d.clone_files(names) == {0: "web-0.qcow2", 1: "web-1.img"}
+    assert d.seed_files(names) == {1: frozenset({seed})}

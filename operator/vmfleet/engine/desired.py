@@ -27,6 +27,14 @@ DiskOf = Callable[[str, str], DiskSource]
 """(clone under the store root, where the host sees it) -> what the domain opens: the store driver's."""
 
 
+# One pattern for every fleet, the fleet's name compared after: a pattern per fleet name overflows re's cache of
+# 512 with many fleets, and each pass would compile its own again.
+_EXTENSIONS = "|".join(re.escape(e.lstrip(".")) for e in CLONE_EXTENSIONS.values())
+_CLONE_NAME = re.compile(rf"^(.+)-(0|[1-9][0-9]*)\.({_EXTENSIONS})\Z", re.DOTALL)
+_LABELS = "|".join(re.escape(label) for label in LABELS.values())
+_SEED_NAME = re.compile(rf"^(.+)-(0|[1-9][0-9]*)\.({_LABELS})-[0-9a-f]{{12}}\.iso\Z", re.DOTALL)
+
+
 class Desired:
     """One fleet as its spec wants it. Without a template (a fleet being deleted whose template is gone) it
     still names everything the fleet made, so that it can be found and removed."""
@@ -52,10 +60,6 @@ class Desired:
         self.clone_format = clone_format if template else "raw"
         self.forced = fleet.hosts_declared_lost
         self.wants: list[VmWant] = self._wants() if template else []
-        extensions = "|".join(re.escape(e.lstrip(".")) for e in CLONE_EXTENSIONS.values())
-        self._clone_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({extensions})$")
-        labels = "|".join(re.escape(label) for label in LABELS.values())
-        self._seed_name = re.compile(rf"^{re.escape(fleet.meta.name)}-(0|[1-9][0-9]*)\.({labels})-[0-9a-f]{{12}}\.iso$")
         self._seeds: dict[int, Seed | None] = {}
         self._kept: Mapping[int, str] = {}
         self._live: Mapping[int, str] = {}
@@ -137,8 +141,8 @@ class Desired:
         (a crash between formats): the one of the current format."""
         files: dict[int, str] = {}
         for n in names:
-            if m := self._clone_name.match(n):
-                o = int(m.group(1))
+            if (m := _CLONE_NAME.match(n)) and m.group(1) == self.fleet.meta.name:
+                o = int(m.group(2))
                 if o not in files or disk_format_of(n) == self.clone_format:
                     files[o] = n
         return files
@@ -147,8 +151,8 @@ class Desired:
         """Ordinal -> the seed images of each VM among the names in the fleet's directory."""
         out: dict[int, set[str]] = {}
         for n in names:
-            if m := self._seed_name.match(n):
-                out.setdefault(int(m.group(1)), set()).add(f"{self.directory}/{n}")
+            if (m := _SEED_NAME.match(n)) and m.group(1) == self.fleet.meta.name:
+                out.setdefault(int(m.group(2)), set()).add(f"{self.directory}/{n}")
         return {o: frozenset(found) for o, found in out.items()}
 
     def keep_macs(self, kept: Mapping[int, str], live: Mapping[int, str] | None = None) -> None:
