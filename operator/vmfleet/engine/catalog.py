@@ -3,6 +3,8 @@ hands them over, validated here when first used), `vmfleet apply` from the manif
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,15 +26,37 @@ class Unresolved(VmfleetError):
         self.reason = reason
 
 
+# What a typed object is made of (its status is not: the apiserver checked that, and passes read it as it is).
+_MADE_OF = ("name", "namespace", "uid", "generation", "labels", "annotations")
+
+
 def typed(entry: Mapping[str, Any] | R, kind: type[R]) -> R:
-    """The object as `kind`: parsed already, or validated first as the apiserver would have (InvalidSpec if not)."""
+    """The object as `kind`: parsed already, or validated first as the apiserver would have (InvalidSpec if not).
+    Validating runs the CRDs' CEL rules, a few milliseconds an object: every pass of every fleet would pay it for
+    each object it names, so an object is validated once per content of its spec and metadata."""
     if isinstance(entry, kind):
         return entry
     assert isinstance(entry, Mapping)
+    meta = entry.get("metadata")
+    made_of = {
+        **{k: v for k, v in entry.items() if k not in ("metadata", "status")},
+        "metadata": {k: meta[k] for k in _MADE_OF if k in meta} if isinstance(meta, Mapping) else meta,
+    }
     try:
-        return parse_as(kind, dict(entry), "the API")
+        parsed = _parsed(kind.__name__, json.dumps(made_of, sort_keys=True, default=str))
     except InvalidManifest as e:
         raise Unresolved(reasons.INVALID_SPEC, str(e)) from e
+    assert isinstance(parsed, kind)
+    return parsed
+
+
+_KINDS: dict[str, Any] = {k.__name__: k for k in (CloneStore, KvmHost, VmTemplate, VmFleet)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(kind: str, doc: str) -> object:
+    """Typed objects are frozen: one is shared by every pass that names the same content (an error, not kept)."""
+    return parse_as(_KINDS[kind], json.loads(doc), "the API")
 
 
 @dataclass(frozen=True)
