@@ -7,8 +7,8 @@ when it is registered); the handlers read the same Settings from kopf's memo.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import kopf
 
@@ -106,6 +106,33 @@ def first(store: kopf.Store[Any]) -> Any:
     return next(iter(store))  # one object per name
 
 
+K = TypeVar("K")
+
+
+class _Firsts(Mapping[K, Any]):
+    """An index's one object per key, read when asked: a pass reads a few, and the fleets' indices have an entry
+    per fleet (copying them at every pass cost each pass the number of fleets)."""
+
+    def __init__(self, index: kopf.Index[K, Any]) -> None:
+        self._index = index
+
+    def __getitem__(self, key: K) -> Any:
+        return first(self._index[key])
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _Sums(_Firsts[K]):
+    """An index's counts per key, added up when asked."""
+
+    def __getitem__(self, key: K) -> int:
+        return sum(self._index[key])
+
+
 def catalog(
     clonestores: kopf.Index[str, Any],
     kvmhosts: kopf.Index[str, Any],
@@ -117,17 +144,17 @@ def catalog(
 ) -> Catalog:
     templates = {key: first(store) for key, store in vmtemplates.items()}
     return Catalog(
-        stores={key: first(store) for key, store in clonestores.items()},
+        stores=_Firsts(clonestores),
         hosts=[first(store) for store in kvmhosts.values()],
         templates=templates,
-        clones_by_parent={key: sum(store) for key, store in fleet_clones.items()},
+        clones_by_parent=_Sums(fleet_clones),
         images_by_template={
             key: (t["spec"]["storeRef"]["name"], t["spec"]["image"]["path"], t["spec"]["image"].get("format", "raw"))
             for key, t in templates.items()
         },
-        vms_by_host={key: sum(store) for key, store in fleet_hosts.items()},
-        clones_by_store={key: sum(store) for key, store in fleet_stores.items()},
-        fleets={key: first(store) for key, store in fleet_parents.items()},
+        vms_by_host=_Sums(fleet_hosts),
+        clones_by_store=_Sums(fleet_stores),
+        fleets=_Firsts(fleet_parents),
     )
 
 
