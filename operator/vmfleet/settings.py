@@ -19,8 +19,13 @@ DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-
 @dataclass(frozen=True)
 class Settings:
     resync_seconds: float = 60.0
-    """VMFLEET_RESYNC_SECONDS: how often every object is reconciled again, changed or not, and each KvmHost's
-    domains listed in full (in between, libvirt's events say which changed: hypervisor/view.py)."""
+    """VMFLEET_RESYNC_SECONDS: how often every object is reconciled again, changed or not."""
+
+    host_relist_seconds: float = 600.0
+    """VMFLEET_HOST_RELIST_SECONDS: how often each KvmHost's domains are listed in full, for all fleets at once;
+    in between, libvirt's domain events say which changed (hypervisor/view.py). Events are lost only with their
+    connection, after which the host is listed in full at once; this catches what nothing else would. Listing
+    10,000 domains costs seconds of CPU: at every resync it was most of what an idle operator did."""
 
     resync_rate: float = 10.0
     """VMFLEET_RESYNC_RATE: at most this many resync passes start per second, all objects together (changes are

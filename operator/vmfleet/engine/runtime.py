@@ -51,13 +51,13 @@ class Runtime:
         if known is None or (known.uri, known.secret) != (host.uri, host.secret):
             if known is not None:
                 known.drop()
-            # Listed in full once per resync; in between only the domains events say changed (hypervisor/view.py).
+            # Listed in full once per relist period; in between, the domains events say changed (hypervisor/view.py).
             known = self._hosts[host.meta.name] = LibvirtHost(
                 host.meta.name,
                 host.uri,
                 self._credentials(host),
                 host.secret,
-                self.settings.resync_seconds,
+                self.settings.host_relist_seconds,
                 self.settings.libvirt_timeout_seconds,
             )
         return known
