@@ -34,7 +34,7 @@ REQUIRE_REAL = os.environ.get("VMFLEET_REQUIRE_REAL") == "1"
 
 
 TIMINGS: dict[str, float] = {}
-BUILT_FOR = {"kube": ("kube",), "node_cluster": ("kube", "image")}  # fixture: the builds it needs
+BUILT_FOR = {"kube": ("kube",), "node_cluster": ("kube", "image"), "flux": ("flux",)}  # fixture: the builds it needs
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -56,8 +56,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if fixture in needed:
             for name in builds:
                 prebuild.start(name)
-    if any(item.path.name == "test_gitops.py" for item in session.items):  # Flux's health checks, built in Go
-        prebuild.start("flux")
 
 
 def pytest_sessionfinish() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +63,20 @@ def argo_health(kind: str, obj: dict[str, Any]) -> dict[str, str]:
     return {"status": result["status"], "message": result["message"]}
 
 
-@cache
-def fluxprobe() -> str:
+@pytest.fixture(scope="session")
+def flux() -> str:
+    """fluxprobe: Flux's own health-check code, built in Go (tests/flux; started early by conftest's BUILT_FOR)."""
     done = prebuild.result("flux")
     if done.returncode != 0:
         raise RuntimeError(f"building tests/flux failed:\n{done.stderr[-4000:]}")
     return done.stdout.strip()
 
 
-def flux_status(objs: list[dict[str, Any]]) -> list[dict[str, str]]:
+def flux_status(flux: str, objs: list[dict[str, Any]]) -> list[dict[str, str]]:
     """kstatus and the example's healthCheckExprs on each object, computed by Flux's own Go code."""
     exprs = yaml.safe_load(FLUX.read_text())["spec"]["healthCheckExprs"]
     done = subprocess.run(
-        [fluxprobe()], input=json.dumps({"healthCheckExprs": exprs, "objects": objs}), capture_output=True, text=True
+        [flux], input=json.dumps({"healthCheckExprs": exprs, "objects": objs}), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -96,14 +96,14 @@ def test_the_argo_cd_health_check_passes_its_cases(kind: str) -> None:
         assert argo_health(kind, load_case(kind, case)) == case["healthStatus"], case["inputPath"]
 
 
-def test_every_state_has_a_case_for_argo_cd_and_a_verdict_for_flux() -> None:
+def test_every_state_has_a_case_for_argo_cd_and_a_verdict_for_flux(flux: str) -> None:
     named = {f"{kind}/{Path(c['inputPath']).stem}" for kind in KINDS for c in cases(kind)}
     assert named == set(EXPECTED)
     objs = [load_case(key.split("/")[0], {"inputPath": f"testdata/{key.split('/')[1]}.yaml"}) for key in EXPECTED]
-    for (key, (argo, kstatus, cel)), flux in zip(EXPECTED.items(), flux_status(objs), strict=True):
+    for (key, (argo, kstatus, cel)), read in zip(EXPECTED.items(), flux_status(flux, objs), strict=True):
         kind = key.split("/")[0]
         assert argo_health(kind, objs[list(EXPECTED).index(key)])["status"] == argo, key
-        assert (flux["kstatus"], flux["cel"]) == (kstatus, cel), (key, flux)
+        assert (read["kstatus"], read["cel"]) == (kstatus, cel), (key, read)
 
 
 def test_one_health_check_serves_every_kind_and_the_argocd_cm_patch_carries_it() -> None:
@@ -152,7 +152,7 @@ class States:
 
 
 def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
-    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str
+    kube: Cluster, operator: OperatorProcess, tmp_path: Path, small_image: Path, unique: str, flux: str
 ) -> None:
     ns, name = f"g-{unique}", f"g-{unique}"
     kube.kubectl("create", "namespace", ns)
@@ -239,7 +239,7 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
         lambda o: condition(o, "Degraded") == ("True", "RootMissing"),
     )
 
-    verdicts = flux_status(list(s.seen.values()))
+    verdicts = flux_status(flux, list(s.seen.values()))
     for (key, obj), flux in zip(s.seen.items(), verdicts, strict=True):
         kind, state = key.split("/")
         argo, kstatus, cel = EXPECTED[key]
@@ -271,7 +271,7 @@ def test_states_the_real_operator_writes_read_right_in_argo_cd_and_flux(
 
 
 async def test_a_rolling_update_reads_in_progress_then_failed_once_stalled(
-    runtime: Any, conn: Any, site: Any, monkeypatch: pytest.MonkeyPatch
+    runtime: Any, conn: Any, site: Any, monkeypatch: pytest.MonkeyPatch, flux: str
 ) -> None:
     """The statuses a rolling update writes (test_rollout.broken_rollout: the engine's, as the operator patches
     them): under way, Argo CD says Progressing and kstatus InProgress; stalled past progressDeadlineSeconds,
@@ -289,7 +289,7 @@ async def test_a_rolling_update_reads_in_progress_then_failed_once_stalled(
         }
         for p in passes[1:]
     ]
-    read = zip(objs, flux_status(objs), strict=True)
+    read = zip(objs, flux_status(flux, objs), strict=True)
     verdicts = [(argo_health("VmFleet", o)["status"], f["kstatus"], f["cel"]) for o, f in read]
     assert verdicts == [
         ("Progressing", "InProgress", "InProgress"),
