@@ -205,11 +205,27 @@ class Cluster:
     def remove_vmfleet_objects_since(self, before: set[tuple[str, str, str]]) -> None:
         """Deletes what a test made, finalizers and all (no operator may be left to clear them): an operator a
         later test starts then acts on that test's objects only, not on every host and fleet made before it."""
-        for what, namespace, _ in self.vmfleet_objects() - before:
+        made = self.vmfleet_objects() - before
+        if not made:
+            return
+        by_namespace: dict[str, list[str]] = {}
+        for what, namespace, _ in made:
+            by_namespace.setdefault(namespace, []).append(what)
+        for namespace, names in by_namespace.items():  # one call per namespace, then one for every finalizer
             where = ("-n", namespace) if namespace else ()
-            self.kubectl("delete", what, *where, "--wait=false", "--ignore-not-found", check=False)
-            patch = json.dumps({"metadata": {"finalizers": None}})
-            self.kubectl("patch", what, *where, "--type=merge", "-p", patch, check=False)
+            self.kubectl("delete", *sorted(names), *where, "--wait=false", "--ignore-not-found", check=False)
+        uids = {uid for _, _, uid in made}
+        held = [o for o in self.get(self.VMFLEET_KINDS, "-A")["items"] if o["metadata"]["uid"] in uids]
+        for o in held:
+            o["metadata"].pop("finalizers", None)
+        if held:
+            listed = json.dumps({"apiVersion": "v1", "kind": "List", "items": held})
+            if self.kubectl("replace", "-f", "-", stdin=listed, check=False).returncode:  # one changed meanwhile
+                patch = json.dumps({"metadata": {"finalizers": None}})
+                for o in held:
+                    where = ("-n", o["metadata"]["namespace"]) if o["metadata"].get("namespace") else ()
+                    what = f"{o['kind'].lower()}/{o['metadata']['name']}"
+                    self.kubectl("patch", what, *where, "--type=merge", "-p", patch, check=False)
 
     def _apiserver_args(self, etcd_port: int, api_port: int) -> list[str]:
         d = self.dir
