@@ -6,6 +6,7 @@ take-over is quick; deploy/ keeps the defaults (15 s)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -53,6 +54,12 @@ def holder(kube: Cluster) -> str:
     if lease.returncode:
         return ""
     return json.loads(lease.stdout)["spec"].get("holderIdentity") or ""
+
+
+def renewed(kube: Cluster) -> float:
+    """When the Lease was last renewed, in seconds since the epoch (the holder's clock, this machine's)."""
+    lease = json.loads(kube.kubectl("get", "lease", "-n", "vmfleet-system", "vmfleet-operator", "-o", "json").stdout)
+    return dt.datetime.fromisoformat(lease["spec"]["renewTime"]).timestamp()
 
 
 def leader(kube: Cluster, ops: list[OperatorProcess]) -> OperatorProcess:
@@ -133,11 +140,16 @@ def test_the_standby_finishes_a_fleet_whose_leader_was_killed_mid_provisioning_m
     assert sorted(now) == [f"{ns}.web-{i}" for i in range(8)]  # no orphan, no duplicate
     assert {n: now[n] for n in defined} == defined  # the same domains, not defined again
 
-    # the killed replica back (the kubelet restarts it): it waits, and reconciles nothing
+    # the killed replica back (the kubelet restarts it): it waits, and reconciles nothing, for longer than the
+    # lease would take to be taken over had the leader stopped renewing
+    before = len(active.output())
     active.start()
-    time.sleep(3)
+    wait_for(lambda: "waits for Lease" in active.output()[before:], 30, "the restarted replica to wait")
+    waiting_since = renewed(kube)
+    lease_seconds = float(SHORT_LEASE["VMFLEET_LEASE_SECONDS"])
+    wait_for(lambda: renewed(kube) - waiting_since > lease_seconds + 1, 30, "the leader to renew past a lease")
     assert leader(kube, replicas) is standby
-    assert "waits for Lease" in active.output().split("holds the lease now")[-1]
+    assert "holds the lease now" not in active.output()[before:] and HANDLED not in active.output()[before:]
 
 
 def test_an_apiserver_restarted_under_the_replicas_changes_nothing_and_a_later_scale_is_done_once(
