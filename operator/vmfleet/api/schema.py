@@ -34,7 +34,7 @@ _URI_HOST = r"([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
 _URI_AUTHORITY = rf"(({_URI_USER}@)?{_URI_HOST}(:[0-9]{{1,5}})?)?"
 LIBVIRT_URI_PATTERN = (
     rf"^(qemu(\+(ssh|libssh|libssh2|tcp|tls|unix))?://{_URI_AUTHORITY}/(system|session)"
-    rf"|test://{_URI_AUTHORITY}/default)$"
+    rf"|test(\+(tcp|unix))?://{_URI_AUTHORITY}/default)$"
 )
 # Kubernetes' label rules (k8s.io/apimachinery/pkg/util/validation): a value of at most 63 characters; a key is
 # an optional DNS-subdomain prefix (at most 253) and '/', then a name of at most 63. "[.]", not an escaped dot,
@@ -226,7 +226,8 @@ KVM_HOST_SPEC = obj(
         "uri": string(
             "libvirt connection URI: qemu:///system, qemu+ssh://user@host/system, test:///default. Only "
             "scheme://[user@]host[:port]/path: a scheme above or qemu+libssh, qemu+libssh2, qemu+tcp, qemu+tls, "
-            "qemu+unix; a host name, IPv4 or [IPv6] address; the path /system or /session (/default for test). No "
+            "qemu+unix; a host name, IPv4 or [IPv6] address; the path /system or /session (/default for libvirt's test "
+            "driver: test, or test+tcp and test+unix for one a libvirtd serves). No "
             "query string (?...), fragment (#...), %-escape or space: vmfleet adds the parameters it needs itself "
             "(keyfile, known_hosts, sshauth), and others could turn off host-key checking or run another command.",
             pattern=LIBVIRT_URI_PATTERN,
