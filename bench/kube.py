@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from cluster import Cluster, build  # noqa: E402  (the test suite's control plane)
+from kubefleet import objects  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
 from vmfleet.images import make_template_image  # noqa: E402
 
@@ -28,38 +29,20 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def manifests(root: Path, driver: str, n: int, namespace: str) -> list[dict[str, Any]]:
+def manifests(root: Path, driver: str, n: int, namespace: str, uri: str = "test:///default") -> list[dict[str, Any]]:
     """A store, a test-driver host, a template and a fleet of n VMs: as kubectl and `vmfleet apply` take them."""
-    return [
-        {
-            "apiVersion": "vmfleet.io/v1alpha1",
-            "kind": "CloneStore",
-            "metadata": {"name": namespace},
-            "spec": {"driver": driver, "root": str(root), "concurrency": 16},
-        },
-        {
-            "apiVersion": "vmfleet.io/v1alpha1",
-            "kind": "KvmHost",
-            "metadata": {"name": namespace, "labels": {"b": namespace}},
-            "spec": {
-                "uri": "test:///default",
-                "domainType": "qemu",
-                "capacity": {"vcpus": 1 << 16, "memoryMiB": 1 << 30},
-            },
-        },
-        {
-            "apiVersion": "vmfleet.io/v1alpha1",
-            "kind": "VmTemplate",
-            "metadata": {"name": "t", "namespace": namespace},
-            "spec": {"storeRef": {"name": namespace}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
-        },
-        {
-            "apiVersion": "vmfleet.io/v1alpha1",
-            "kind": "VmFleet",
-            "metadata": {"name": "f", "namespace": namespace},
-            "spec": {"templateRef": {"name": "t"}, "replicas": n, "hostSelector": {"matchLabels": {"b": namespace}}},
-        },
-    ]
+    return objects(
+        root,
+        namespace,
+        uri,
+        n,
+        namespace,
+        driver=driver,
+        concurrency=16,
+        capacity=(1 << 16, 1 << 30),
+        template="t",
+        fleet="f",
+    )
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -84,7 +85,7 @@ async def _floor(docs_path: Path) -> None:
     await runtime.close()
 
 
-def _standalone_and_floor(directory: Path, driver: str, n: int) -> dict[str, Any]:
+def _standalone_and_floor(directory: Path, driver: str, n: int, uri: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for what in ("floor", "standalone"):
         root = directory / what
@@ -92,7 +93,7 @@ def _standalone_and_floor(directory: Path, driver: str, n: int) -> dict[str, Any
 
         make_template_image(str(root / "images" / "t.img"), 64 << 20, 4 << 20)
         docs = root / "fleet.yaml"
-        docs.write_text(yaml.safe_dump_all(manifests(root, driver, n, "bench")))
+        docs.write_text(yaml.safe_dump_all(manifests(root, driver, n, "bench", uri)))
         if what == "floor":
             seconds, rss, _ = _child([sys.executable, "-m", "bench.scale", "--floor", str(docs)], root)
         else:
@@ -104,15 +105,25 @@ def _standalone_and_floor(directory: Path, driver: str, n: int) -> dict[str, Any
     return out
 
 
-def _through_kubernetes(directory: Path, driver: str, n: int) -> dict[str, Any]:
+def _through_kubernetes(directory: Path, driver: str, n: int, uri: str) -> dict[str, Any]:
+    import libvirt
+
     from vmfleet.images import make_template_image
 
     root = directory / "kube"
     make_template_image(str(root / "images" / "t.img"), 64 << 20, 4 << 20)
-    with operator_on_cluster() as (cluster, operator):
+    # A connection of the bench's own holds libvirtd's test driver state for the run, whatever the operator's does.
+    pin = libvirt.open(uri) if uri != "test:///default" else None
+    with (
+        contextlib.closing(pin) if pin is not None else contextlib.nullcontext(),
+        operator_on_cluster() as (
+            cluster,
+            operator,
+        ),
+    ):
         cluster.kubectl("create", "namespace", "bench")
         t0 = time.perf_counter()
-        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(root, driver, n, "bench")))
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(root, driver, n, "bench", uri)))
         cluster.kubectl("wait", "--for=condition=Ready", "vmfleet/f", "-n", "bench", "--timeout=1800s", timeout=1830)
         seconds = time.perf_counter() - t0
         obj = json.loads(cluster.kubectl("get", "vmfleets", "f", "-n", "bench", "-o", "json").stdout)
@@ -144,9 +155,15 @@ def measure(directory: Path, n: int, kube: bool = True) -> dict[str, Any]:
     directory.mkdir(parents=True, exist_ok=True)
     driver = "reflink" if _reflinks(directory) else "qcow2"
     load = os.getloadavg()[0]
-    result: dict[str, Any] = {"n": n, "driver": driver, **_standalone_and_floor(directory, driver, n)}
-    if kube and os.geteuid() == 0:
-        result.update(_through_kubernetes(directory, driver, n))
+    with site.test_driver_out_of_process() as uri:
+        result: dict[str, Any] = {
+            "n": n,
+            "driver": driver,
+            "uri": uri,
+            **_standalone_and_floor(directory, driver, n, uri),
+        }
+        if kube and os.geteuid() == 0:
+            result.update(_through_kubernetes(directory, driver, n, uri))
         result["kube_over_standalone"] = round(result["kube_seconds"] / result["standalone_seconds"], 3)
     result["standalone_over_floor"] = round(result["standalone_seconds"] / result["floor_seconds"], 3)
     result.update(load_before=round(load, 2), cpus=os.cpu_count(), date=dt.date.today().isoformat())

@@ -12,33 +12,49 @@ from cluster import Cluster
 from helpers import open_up
 
 
-def objects(root: Path, ns: str, uri: str, replicas: int, name: str, policy: str = "Delete") -> list[dict]:
+def objects(
+    root: Path,
+    ns: str,
+    uri: str,
+    replicas: int,
+    name: str,
+    policy: str = "Delete",
+    *,
+    driver: str = "qcow2",
+    concurrency: int | None = None,
+    capacity: tuple[int, int] = (16, 16384),
+    template: str = "tiny",
+    fleet: str = "web",
+) -> list[dict]:
+    """A CloneStore and a KvmHost named `name`, a VmTemplate and a VmFleet in `ns`: as kubectl takes them."""
+    store: dict = {"driver": driver, "root": str(root)}
+    if concurrency is not None:
+        store["concurrency"] = concurrency
     return [
-        {
-            "apiVersion": "vmfleet.io/v1alpha1",
-            "kind": "CloneStore",
-            "metadata": {"name": name},
-            "spec": {"driver": "qcow2", "root": str(root)},
-        },
+        {"apiVersion": "vmfleet.io/v1alpha1", "kind": "CloneStore", "metadata": {"name": name}, "spec": store},
         # libvirt's test driver always runs its own 8 GiB domain "test".
         {
             "apiVersion": "vmfleet.io/v1alpha1",
             "kind": "KvmHost",
             "metadata": {"name": name, "labels": {"test": name}},
-            "spec": {"uri": uri, "domainType": "qemu", "capacity": {"vcpus": 16, "memoryMiB": 16384}},
+            "spec": {
+                "uri": uri,
+                "domainType": "qemu",
+                "capacity": {"vcpus": capacity[0], "memoryMiB": capacity[1]},
+            },
         },
         {
             "apiVersion": "vmfleet.io/v1alpha1",
             "kind": "VmTemplate",
-            "metadata": {"name": "tiny", "namespace": ns},
+            "metadata": {"name": template, "namespace": ns},
             "spec": {"storeRef": {"name": name}, "image": {"path": "images/t.img"}, "memoryMiB": 64},
         },
         {
             "apiVersion": "vmfleet.io/v1alpha1",
             "kind": "VmFleet",
-            "metadata": {"name": "web", "namespace": ns},
+            "metadata": {"name": fleet, "namespace": ns},
             "spec": {
-                "templateRef": {"name": "tiny"},
+                "templateRef": {"name": template},
                 "replicas": replicas,
                 "deletionPolicy": policy,
                 "hostSelector": {"matchLabels": {"test": name}},
