@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 import yaml
 
@@ -25,6 +26,7 @@ from test_rollout import Site, _doc, conn, site  # noqa: F401
 from vmfleet.api import KvmHost, parse
 from vmfleet.engine import Runtime, host_status, reconcile_fleet
 from vmfleet.engine.catalog import Catalog
+from vmfleet.errors import HostError
 from vmfleet.operator import handlers, passes
 from vmfleet.settings import Settings
 
@@ -390,3 +392,111 @@ async def test_a_libvirtd_that_never_answers_fails_its_host_in_time_and_holds_up
         assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), 5) == 1
     finally:
         await runtime.close()
+
+
+async def test_a_call_given_up_on_before_it_reached_libvirt_never_runs_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a start that timed out while its connection was being reopened (a partition: the open
+    hangs) ran once the host answered again, possibly after a person had declared the host lost and the VM was
+    started elsewhere: two domains on one disk. A call given up on before it reached libvirt is dropped."""
+    from vmfleet.errors import HostTimeout
+    from vmfleet.hypervisor import LibvirtHost
+
+    gate, real_open = threading.Event(), libvirt.open
+
+    def hanging_open(uri: str) -> Any:
+        gate.wait(30)  # partitioned: the open hangs until the host answers again
+        return real_open(uri)
+
+    host = LibvirtHost("kvm-a", "test:///default", timeout=0.5)
+    pinned = real_open("test:///default")  # the test driver's state lives while a connection holds it
+    try:
+        await host.stop("test")  # the test driver's own domain
+        host.drop()  # keepalive dropped the connection
+        monkeypatch.setattr(libvirt, "open", hanging_open)
+        with pytest.raises(HostTimeout, match="did not answer within 0.5 s"):
+            await host.start("test")
+        gate.set()  # the host answers again
+        await asyncio.sleep(1)
+        assert not pinned.lookupByName("test").isActive(), "a start given up on ran later"
+    finally:
+        gate.set()
+        monkeypatch.setattr(libvirt, "open", real_open)
+        await host.close()
+        pinned.close()
+
+
+async def test_a_listing_slower_than_the_timeout_is_trusted_once_it_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: a look that timed out forgot the view, so the listing it had started was not trusted when
+    it ended, and every later look listed in full again and timed out again: a host too big to list within the
+    timeout was unreachable for good. The listing now counts once it is done."""
+    from vmfleet.errors import HostTimeout
+    from vmfleet.hypervisor import FleetKey, LibvirtHost
+    from vmfleet.hypervisor import libvirt_host as lh
+
+    real = lh._described
+
+    def slow(dom: Any) -> Any:
+        time.sleep(0.8)  # a host listed over a slow link
+        return real(dom)
+
+    host = LibvirtHost("kvm-a", "test:///default", relist_seconds=600, timeout=0.5)
+    pinned = libvirt.open("test:///default")
+    try:
+        await host.capacity()  # connected, and its events watched
+        monkeypatch.setattr(lh, "_described", slow)
+        key = FleetKey("u", "prod", "web", ["test"])
+        with pytest.raises(HostTimeout):
+            await host.fleet_domains(key)
+        await asyncio.sleep(1)  # the listing ends meanwhile
+        found, _ = await host.fleet_domains(key)
+        assert [d.name for d in found] == ["test"] and host.view.full_listings == 1
+    finally:
+        await host.close()
+        pinned.close()
+
+
+async def test_a_host_whose_uri_is_edited_is_closed_off_the_event_loop(silent_libvirtd: str) -> None:
+    """Found in review: a KvmHost's URI edited closed its old connection on the event loop, a round trip that a
+    libvirtd that stopped answering never ends; the old endpoint's threads and key files were never let go."""
+    runtime = Runtime(settings=Settings(libvirt_timeout_seconds=1))
+    spec = {"capacity": {"vcpus": 8, "memoryMiB": 8192}}
+    try:
+        old = runtime.host(parse(_doc("KvmHost", "kvm-b", {"uri": silent_libvirtd, **spec}, ns=None)))
+        with pytest.raises(HostError):
+            await old.list_domains()
+        t0 = time.monotonic()
+        new = runtime.host(parse(_doc("KvmHost", "kvm-b", {"uri": "test:///default", **spec}, ns=None)))
+        assert time.monotonic() - t0 < 0.5 and new is not old
+        assert [d.name for d in await new.list_domains()] == ["test"]
+        await asyncio.sleep(0.1)
+        with pytest.raises(HostError, match="closed"):
+            await old.list_domains()  # let go: its calls refused at once
+    finally:
+        await runtime.close()
+
+
+async def test_a_live_migration_past_its_time_is_aborted_and_never_followed_by_a_cold_move(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a migration waited without limit (connecting included), holding its fleet's pass and lock
+    for good. Bounded now; but one given up on may still be under way, so the VM is not moved cold beside it: the
+    move fails, the migration is aborted, and the next pass looks where the VM runs."""
+    from vmfleet.errors import HostTimeout
+    from vmfleet.hypervisor import LibvirtHost
+
+    first = await pair.reconcile(2, pair.hosts())
+    asked: list[str] = []
+
+    async def too_long(self: LibvirtHost, name: str, *_: Any) -> None:
+        asked.append(name)
+        raise HostTimeout(f"KvmHost {self.name}: migrating {name} did not answer within 1 s")
+
+    monkeypatch.setattr(LibvirtHost, "migrate", too_long)
+    second = await pair.reconcile(2, pair.hosts(drain="kvm-a"), first.status)
+    assert asked == ["prod.web-0"]
+    assert pair.where()["prod.web-0"] == [("kvm-a", True)]  # still running where it was: nothing cold beside it
+    assert not [e for e in second.events if e.reason == "MigratedCold"]
+    assert "MigrateFailed" in json.dumps(second.status["conditions"]) + json.dumps([e.reason for e in second.events])
+    monkeypatch.undo()
+    third = await pair.reconcile(2, pair.hosts(drain="kvm-a"), second.status)
+    assert pair.where()["prod.web-0"] == [("kvm-b", True)] and third.status["readyReplicas"] == 2

@@ -47,8 +47,11 @@ class Settings:
     libvirt_timeout_seconds: float = 60.0
     """VMFLEET_LIBVIRT_TIMEOUT_SECONDS: how long a libvirt call to a KvmHost (connecting included, queued behind
     the host's other calls included) may take before the host is reported unreachable: a libvirtd that accepts
-    and never answers. A live migration is not limited (libvirt's own keepalive ends one whose peer is gone);
-    0: no limit."""
+    and never answers (a live migration has its own limit); 0: no limit."""
+
+    migration_timeout_seconds: float = 3600.0
+    """VMFLEET_MIGRATION_TIMEOUT_SECONDS: how long a live migration may take, connecting included; past it the
+    migration is aborted and the VM stays where it runs (the next pass looks where it is). 0: no limit."""
 
     lease: str = ""
     """VMFLEET_LEASE: NAMESPACE/NAME of the coordination.k8s.io Lease on which the operator's replicas elect the

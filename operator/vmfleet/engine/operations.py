@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..api import reasons
+from ..errors import HostTimeout
 from ..hypervisor import HostError, LibvirtHost, domain_xml
 from ..planner import Action, CloneAction, DomainAction, Op, ParentAction
 from ..storage import StoreDriver
@@ -173,6 +174,9 @@ async def migrate(actor: Actor, a: DomainAction) -> str | None:
         await source.migrate(name, target.uri, xml, f"tcp://{address}" if address else None)
         target.view.changed(name)  # arrived there: looked at before the target's view shows it
         return None
+    except HostTimeout:
+        target.view.changed(name)
+        raise  # it may still be under way: not moved cold beside it; the next pass looks where it runs
     except HostError as e:
         refused = str(e)
     await source.shutdown(name, snap.desired.fleet.grace_seconds)

@@ -28,6 +28,7 @@ class Runtime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._measurers: dict[str, StoreMeasurer] = {}
         self._retired: list[StoreDriver] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def store_driver(self, store: CloneStore) -> StoreDriver:
         known = self._stores.get(store.meta.name)
@@ -50,7 +51,7 @@ class Runtime:
         known = self._hosts.get(host.meta.name)
         if known is None or (known.uri, known.secret) != (host.uri, host.secret):
             if known is not None:
-                known.drop()
+                self._close_later(known)
             # Listed in full once per relist period; in between, the domains events say changed (hypervisor/view.py).
             known = self._hosts[host.meta.name] = LibvirtHost(
                 host.meta.name,
@@ -59,8 +60,20 @@ class Runtime:
                 host.secret,
                 self.settings.host_relist_seconds,
                 self.settings.libvirt_timeout_seconds,
+                self.settings.migration_timeout_seconds,
             )
         return known
+
+    def _close_later(self, host: LibvirtHost) -> None:
+        """A host replaced (its URI or Secret edited) is closed off the event loop: closing its connection is a
+        round trip to a libvirtd that may not answer. Its key files go with it."""
+        try:
+            task = asyncio.get_running_loop().create_task(host.close())
+        except RuntimeError:  # no loop: nothing waits on it
+            host.drop()
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _credentials(self, host: KvmHost) -> KeyReader | None:
         return None if host.secret is None else ssh_keys(host.secret, self.read_secret, "spec.secretRef")
@@ -78,6 +91,7 @@ class Runtime:
         self._retired.clear()
         for host in self._hosts.values():
             await host.close()
+        await asyncio.gather(*self._closing)
         self._stores.clear()
         self._measurers.clear()
         self._hosts.clear()

@@ -2,8 +2,10 @@
 
 Every call runs in the host's own threads (threads.py) and waits at most `timeout` seconds: libvirt's open on a
 daemon that accepts and never answers never returns, and keepalive only starts once a connection is open. A
-call given up on may still land: as a person acting on the host meanwhile, which every pass allows for (the
-view is listed in full again, and what takes a disk away looks at the domain again first)."""
+call given up on before it was sent (queued, or waiting for the connection) is dropped, never sent later: a
+start long after could follow a person's forced move of the VM. One already sent may still land: as a person
+acting on the host meanwhile, which every pass allows for (libvirt's events tell the view, and what takes a disk
+away looks at the domain again first)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ T = TypeVar("T")
 
 _POLL_SECONDS = 0.25  # how often shutdown() looks whether the guest has powered off
 CALL_THREADS = 8  # a host's calls at once: a store's default concurrency
-MIGRATION_THREADS = 4  # live migrations take minutes, unlimited: they never hold up the short calls
+MIGRATION_THREADS = 4  # live migrations take minutes: they never hold up the short calls
 _CLOSE_SECONDS = 5.0
 
 # libvirt prints every error to stderr by default; the exceptions carry the same text.
@@ -60,11 +62,13 @@ class LibvirtHost:
         secret: object = None,
         relist_seconds: float = 0,
         timeout: float = 60.0,
+        migration_timeout: float = 3600.0,
     ) -> None:
-        """`timeout`: seconds a call may take, queueing and connecting included (0: no limit)."""
+        """`timeout`: seconds a call may take, queueing and connecting included; `migration_timeout`, a live
+        migration (0: no limit)."""
         self.name = name
         self.uri = uri
-        self.timeout = timeout
+        self.timeout, self.migration_timeout = timeout, migration_timeout
         self._calls = CallPool(f"libvirt {name}", CALL_THREADS, self._timed_out, self._closed)
         self._migrations = CallPool(f"libvirt {name} migrations", MIGRATION_THREADS, self._timed_out, self._closed)
         self.secret = secret  # which Secret the credentials come from: a new one means a new connection
@@ -162,12 +166,16 @@ class LibvirtHost:
         """`fn` on the connection, in the host's threads within its timeout; `touches`: the domain it may change,
         looked at again before the view shows it, whether or not `fn` succeeded or returned in time."""
 
+        abandoned = threading.Event()  # its caller gave up: it may no longer be wanted, or even safe
+
         def run() -> T:
             try:
                 conn = self._connection()
             except HostError:
                 self.view.forget()  # silent for a while: what it said before may be old
                 raise
+            if abandoned.is_set():  # given up on while connecting: a start now could follow a forced move
+                raise HostTimeout(f"KvmHost {self.name}: {what}: given up on before it was sent")
             self._watch(conn)
             try:
                 return fn(conn)
@@ -180,9 +188,11 @@ class LibvirtHost:
 
         try:
             return await (pool or self._calls).run(run, self.timeout if limit is None else limit, what)
-        except HostTimeout:  # given up on: what it does late, the next look sees
+        except HostTimeout:
+            # Not sent yet: dropped. Sent: what it does late, libvirt's events and the run's `changed` tell the
+            # view (a listing it began still counts once done).
+            abandoned.set()
             metrics.LIBVIRT_ERRORS.labels(self.name, operation).inc()
-            self.view.forget()
             if touches is not None:
                 self.view.changed(touches)
             raise
@@ -380,7 +390,8 @@ class LibvirtHost:
     async def migrate(self, name: str, target_uri: str, persist_xml: str, address: str | None) -> None:
         """Live-migrate a running domain, peer to peer (this host's libvirtd connects to `target_uri`), its disks on
         shared storage (libvirt refuses when it does not count them as shared: nothing is copied). It is defined
-        there as `persist_xml` and undefined here. HostError when refused: it still runs here."""
+        there as `persist_xml` and undefined here. HostError when refused: it still runs here. HostTimeout past
+        `migration_timeout`: aborted if libvirt still answers, else where it runs is for the next look to say."""
         flags = (
             libvirt.VIR_MIGRATE_LIVE
             | libvirt.VIR_MIGRATE_PEER2PEER
@@ -390,14 +401,19 @@ class LibvirtHost:
         params = {libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml}
         if address:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = address
-        await self._call(
-            "migrate",
-            f"migrating {name} to {target_uri}",
-            lambda c: c.lookupByName(name).migrateToURI3(target_uri, params, flags),
-            touches=name,
-            pool=self._migrations,
-            limit=0,
-        )
+        try:
+            await self._call(
+                "migrate",
+                f"migrating {name} to {target_uri}",
+                lambda c: c.lookupByName(name).migrateToURI3(target_uri, params, flags),
+                touches=name,
+                pool=self._migrations,
+                limit=self.migration_timeout,
+            )
+        except HostTimeout:
+            with contextlib.suppress(HostError):
+                await self._call("migrate", f"aborting the migration of {name}", lambda c: _abort(c, name), name)
+            raise
 
     async def undefine(self, name: str) -> None:
         def undefine(conn: libvirt.virConnect) -> None:
@@ -451,6 +467,12 @@ def _describe(dom: libvirt.virDomain) -> DomainInfo:
         _stop_reason(state, reason),
         live.revision if live else "",
     )
+
+
+def _abort(conn: libvirt.virConnect, name: str) -> None:
+    dom = _lookup(conn, name)
+    if dom is not None:
+        dom.abortJob()
 
 
 def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
