@@ -605,7 +605,7 @@ def test_an_object_is_validated_once_per_content_and_an_invalid_edit_is_still_re
     }
     first = typed(body, VmFleet)
     later = {**body, "metadata": {**body["metadata"], "resourceVersion": "2"}, "status": {"readyReplicas": 2}}
-    assert typed(later, VmFleet) is first and validated == ["once"]
+    assert typed(later, VmFleet) == first and validated == ["once"]
     edited = {**body, "metadata": {**body["metadata"], "generation": 2}, "spec": {**body["spec"], "replicas": -1}}
     with pytest.raises(Unresolved, match="spec.replicas"):
         typed(edited, VmFleet)
@@ -614,6 +614,28 @@ def test_an_object_is_validated_once_per_content_and_an_invalid_edit_is_still_re
     assert validated == ["once", "once", "once"]
     scaled = {**body, "metadata": {**body["metadata"], "generation": 3}, "spec": {**body["spec"], "replicas": 3}}
     assert typed(scaled, VmFleet).replicas == 3
+
+
+def test_an_object_kept_typed_takes_one_entry_and_counts_its_bytes_as_stored() -> None:
+    """Found in review: the cache kept an entry per content, annotations included, so kopf's retries of a fleet
+    with 64 KB of user data could grow it past the pod's memory; and a fleet typed from the cache counted its
+    bytes without managedFields, so its status was sized as if etcd had room it has not."""
+    from vmfleet.api.types import VmFleet, stored_bytes
+    from vmfleet.engine import catalog
+
+    managed = [{"manager": "kubectl", "fieldsV1": {f"f:{i}": {} for i in range(2000)}}]
+    body = {
+        "apiVersion": "vmfleet.io/v1alpha1",
+        "kind": "VmFleet",
+        "metadata": {"name": "big", "namespace": "prod", "uid": "u-big", "generation": 1, "managedFields": managed},
+        "spec": {"templateRef": {"name": "t"}, "replicas": 2},
+    }
+    before = len(catalog._typed)
+    for retry in range(50):  # kopf's progress annotation, rewritten at every retry
+        body["metadata"]["annotations"] = {"vmfleet.io/reconcile_vmfleet": f'{{"retries": {retry}}}'}
+        fleet = catalog.typed(body, VmFleet)
+        assert fleet.stored_bytes == stored_bytes(body) > 20_000
+    assert len(catalog._typed) == before + 1
 
 
 def test_the_catalog_reads_kopfs_indices_when_asked_with_the_counts_they_add_up_to() -> None:

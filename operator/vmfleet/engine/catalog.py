@@ -3,14 +3,16 @@ hands them over, validated here when first used), `vmfleet apply` from the manif
 
 from __future__ import annotations
 
-import functools
+import collections
+import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..api import CloneStore, InvalidManifest, KvmHost, VmFleet, VmTemplate, reasons
-from ..api.types import R, parse_as
+from ..api.types import R, parse_as, stored_bytes
 from ..errors import VmfleetError
 from ..planner import listing
 from ..storage import parent_path
@@ -26,14 +28,18 @@ class Unresolved(VmfleetError):
         self.reason = reason
 
 
-# What a typed object is made of (its status is not: the apiserver checked that, and passes read it as it is).
+# What a typed object is made of, but the bytes it takes in etcd (its status is not: the apiserver checked that,
+# and passes read it as it is).
 _MADE_OF = ("name", "namespace", "uid", "generation", "labels", "annotations")
+_TYPED_KEPT = 4096  # objects: one entry each, the least used going first
+_typed: collections.OrderedDict[tuple[str, str, str, str], tuple[bytes, Any]] = collections.OrderedDict()
 
 
 def typed(entry: Mapping[str, Any] | R, kind: type[R]) -> R:
     """The object as `kind`: parsed already, or validated first as the apiserver would have (InvalidSpec if not).
     Validating runs the CRDs' CEL rules, a few milliseconds an object: every pass of every fleet would pay it for
-    each object it names, so an object is validated once per content of its spec and metadata."""
+    each object it names, so the last one typed of each object is kept while its content is the same (an error
+    never is: an invalid object is refused at every pass)."""
     if isinstance(entry, kind):
         return entry
     assert isinstance(entry, Mapping)
@@ -42,21 +48,29 @@ def typed(entry: Mapping[str, Any] | R, kind: type[R]) -> R:
         **{k: v for k, v in entry.items() if k not in ("metadata", "status")},
         "metadata": {k: meta[k] for k in _MADE_OF if k in meta} if isinstance(meta, Mapping) else meta,
     }
-    try:
-        parsed = _parsed(kind.__name__, json.dumps(made_of, sort_keys=True, default=str))
-    except InvalidManifest as e:
-        raise Unresolved(reasons.INVALID_SPEC, str(e)) from e
+    digest = hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).digest()
+    m = meta if isinstance(meta, Mapping) else {}
+    key = (kind.__name__, str(m.get("namespace")), str(m.get("name")), str(m.get("uid")))
+    kept = _typed.get(key)
+    parsed: Any = None
+    if kept is not None and kept[0] == digest:
+        _typed.move_to_end(key)
+        parsed = kept[1]
+    else:
+        try:
+            parsed = parse_as(kind, made_of, "the API")
+        except InvalidManifest as e:
+            raise Unresolved(reasons.INVALID_SPEC, str(e)) from e
+        _typed[key] = (digest, parsed)
+        _typed.move_to_end(key)
+        while len(_typed) > _TYPED_KEPT:
+            _typed.popitem(last=False)
+    if isinstance(parsed, VmFleet):  # its bytes as stored, managedFields and all: what its status may take
+        size = stored_bytes(entry)
+        if parsed.stored_bytes != size:
+            parsed = dataclasses.replace(parsed, stored_bytes=size)
     assert isinstance(parsed, kind)
     return parsed
-
-
-_KINDS: dict[str, Any] = {k.__name__: k for k in (CloneStore, KvmHost, VmTemplate, VmFleet)}
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed(kind: str, doc: str) -> object:
-    """Typed objects are frozen: one is shared by every pass that names the same content (an error, not kept)."""
-    return parse_as(_KINDS[kind], json.loads(doc), "the API")
 
 
 @dataclass(frozen=True)
