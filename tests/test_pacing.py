@@ -48,7 +48,7 @@ def test_without_a_rate_nothing_waits() -> None:
 
 
 def test_the_rate_is_a_setting() -> None:
-    assert Settings().resync_rate == 10.0
+    assert Settings().resync_rate == 5.0
     assert Settings.from_env({"VMFLEET_RESYNC_RATE": "2.5"}).resync_rate == 2.5
 
 
