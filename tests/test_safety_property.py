@@ -161,10 +161,11 @@ class FleetSafety(RuleBasedStateMachine):
         self.late_deletes: dict[str, bool] = {}
 
     def store_calls(self) -> int:
-        """The store calls running or queued, those the hung call holds not counted: they do not end by
-        themselves."""
+        """The store and libvirt calls running or queued in their own threads, those the hung call holds not
+        counted: they do not end by themselves."""
         held = self.hung.holding() if self.hung is not None else 0
-        return sum(store.in_flight() for store in self.world.stores) - held
+        hosts = sum(host.in_flight() for host in self.world.hosts)
+        return sum(store.in_flight() for store in self.world.stores) + hosts - held
 
     def teardown(self) -> None:
         try:

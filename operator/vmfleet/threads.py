@@ -119,6 +119,9 @@ class CallPool:
                 except BaseException as e:
                     job.set_exception(e)
                 finally:
+                    # Not kept while idle: an error's traceback holds the call's frames, and a libvirt
+                    # connection in them stays open (concurrent.futures' workers drop theirs too).
+                    del job, work
                     self._changed.acquire()
                     self._busy -= 1
 

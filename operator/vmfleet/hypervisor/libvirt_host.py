@@ -148,6 +148,10 @@ class LibvirtHost:
             except libvirt.libvirtError:
                 pass
 
+    def in_flight(self) -> int:
+        """The calls running or queued in the host's threads."""
+        return self._calls.in_flight() + self._migrations.in_flight()
+
     def _timed_out(self, what: str, seconds: float) -> HostTimeout:
         return HostTimeout(f"KvmHost {self.name}: {what} did not answer within {seconds:g} s")
 
