@@ -13,6 +13,7 @@ import asyncio
 import collections
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -25,8 +26,8 @@ class Guard(Protocol):
     def refusal(self, what: str) -> Exception | None:
         """Why `what` may not run now (calls given up on are still running), or None."""
 
-    def add(self, job: concurrent.futures.Future[Any], what: str) -> None:
-        """`job` was given up on after it started: it is running still."""
+    def add(self, job: concurrent.futures.Future[Any], what: str, seconds: float) -> None:
+        """`job` was given up on after it started, `seconds` after it was asked for: it is running still."""
 
 
 class Unguarded:
@@ -35,7 +36,7 @@ class Unguarded:
     def refusal(self, what: str) -> Exception | None:
         return None
 
-    def add(self, job: concurrent.futures.Future[Any], what: str) -> None:
+    def add(self, job: concurrent.futures.Future[Any], what: str, seconds: float) -> None:
         pass
 
 
@@ -78,23 +79,26 @@ class CallPool:
                 threading.Thread(target=self._serve, name=f"{self._name} {self._threads}", daemon=True).start()
             self._changed.notify()
         waiting = asyncio.wrap_future(job)
+        asked = time.monotonic()
         try:
             done, _ = await asyncio.wait({waiting}, timeout=timeout or None)
         except BaseException:  # the caller itself was cancelled
-            self._give_up(job, waiting, what)
+            self._give_up(job, waiting, what, round(time.monotonic() - asked, 1))
             raise
         if not done:
-            self._give_up(job, waiting, what)
+            self._give_up(job, waiting, what, timeout)
             raise self._timed_out(what, timeout)
         if waiting.cancelled():
             raise self._closed_error(what)  # while the call queued
         return waiting.result()
 
-    def _give_up(self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str) -> None:
+    def _give_up(
+        self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str, timeout: float
+    ) -> None:
         # `job` now, in this thread: through `waiting` alone the cancellation would reach it at the loop's next
         # turn, when a thread may have taken it already. `waiting` too: its late outcome is nobody's.
         if not job.cancel() and not job.done():
-            self._guard.add(job, what)
+            self._guard.add(job, what, timeout)
         waiting.cancel()
 
     def _serve(self) -> None:
