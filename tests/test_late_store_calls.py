@@ -94,9 +94,9 @@ async def test_a_call_given_up_on_while_it_queued_never_runs(tmp_path: Path) -> 
     """Cancelled at once, in the caller's thread: not at the event loop's next turn, when a freed thread may
     already have taken it."""
     from vmfleet.errors import StoreTimeout
-    from vmfleet.storage.local import StorePool
+    from vmfleet.storage.local import store_pool
 
-    pool = StorePool("review", 1)
+    pool = store_pool("review", 1)
     stuck, ran = threading.Event(), threading.Event()
     first = asyncio.ensure_future(pool.run(lambda: stuck.wait(10), 0, "the stuck call"))
     await asyncio.sleep(0.05)

@@ -205,7 +205,7 @@ class Pending:
         )
 
 
-def StorePool(name: str, size: int, pending: Pending | None = None) -> CallPool:
+def store_pool(name: str, size: int, pending: Pending | None = None) -> CallPool:
     """At most `size` threads of one store (threads.py); a call given up on after it started makes the store refuse
     every call until it returns (Pending)."""
     return CallPool(
@@ -242,8 +242,8 @@ class LocalStore:
         self.field = field
         self.timeout, self.copy_timeout = settings.store_timeout_seconds, settings.copy_timeout_seconds
         pending = Pending(Pending.root(self.base), *names)  # shared: a late copy holds up the short calls too
-        self._calls = StorePool(f"store {self.base}", CALL_THREADS, pending)
-        self._copies = StorePool(f"store {self.base} copies", COPY_THREADS, pending)
+        self._calls = store_pool(f"store {self.base}", CALL_THREADS, pending)
+        self._copies = store_pool(f"store {self.base} copies", COPY_THREADS, pending)
 
     # ------------------------------------------------------------------ safe resolution (in threads)
 
