@@ -274,7 +274,8 @@ def many_section(r: dict) -> list[str]:
         "",
         f"{r['fleets']:,} fleets of {r['vms_per_fleet']} VMs applied at once on one CloneStore ({r['driver']}) and one "
         "KvmHost (libvirt's test driver), through the real kube-apiserver and `vmfleet run` as deploy/'s "
-        f"ServiceAccount, resync {r['resync_seconds']} s (bench/many.py, {r['date']}, {r['cpus']} CPUs, load "
+        f"ServiceAccount, resync {r['resync_seconds']} s; Ready as a watch sees it (bench/many.py, {r['date']}, "
+        f"{r['cpus']} CPUs, load "
         f"{r['load_before']} at the start). The reference is one {r['vms_per_fleet']}-VM fleet's first pass "
         "standalone (reconcile_fleet in process, the same driver; the median of 9) times the number of fleets. The "
         "operator's user and system CPU over a resync round (every fleet once, at most VMFLEET_RESYNC_RATE passes a "
@@ -286,6 +287,28 @@ def many_section(r: dict) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {r['fleets']:,} | {r['fleets'] * r['vms_per_fleet']:,} | {r['ready_seconds']} | {r['reference_seconds']} | "
         f"{r['over_reference']} | {r['first_round_cores']} | {r['idle_cores']} | {r['operator_peak_rss_mib']} MiB |",
+        "",
+        "Is the time linear in the fleets? Before the batch above, through the same operator and apiserver, one fleet "
+        f"and then {r['small_batch_fleets']} were applied, each batch with its own template in a namespace of its "
+        "own; the seconds each further fleet adds (a batch's time less the one fleet's, over the fleets past the "
+        "first), in the small batch and in the big one:",
+        "",
+        "| one fleet, s | small batch | its s | s per fleet | big batch | its s | s per fleet | big over small |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {r['one_fleet_ready_seconds']} | {r['small_batch_fleets']:,} | {r['small_batch_ready_seconds']} | "
+        f"{r['seconds_per_fleet_small_batch']} | {r['fleets']:,} | {r['ready_seconds']} | {r['seconds_per_fleet']} | "
+        f"{r['over_small_batch_slope']} |",
+        "",
+        "Where the CPU went until every fleet was Ready (user and system time of each process), against the "
+        "reference's CPU (one fleet's first pass in process, test driver included, times the number of fleets), and "
+        "the writes the apiserver served (its apiserver_request_total, POST/PATCH/PUT/DELETE):",
+        "",
+        "| operator CPU, s | kube-apiserver CPU, s | reference CPU, s | API writes per fleet | writes by resource |",
+        "|---:|---:|---:|---:|---|",
+        f"| {r['operator_cpu_seconds_to_ready']} | {r['apiserver_cpu_seconds_to_ready']} | "
+        f"{r['reference_cpu_seconds']} | {r['api_writes_per_fleet']} | "
+        + ", ".join(f"{k} {n:,}" for k, n in r["api_writes_to_ready"].items())
+        + " |",
     ]
 
 

@@ -299,9 +299,16 @@ class Cluster:
         with open(self.dir / "apiserver.log", "ab") as log:
             self.processes.append(subprocess.Popen(self._apiserver, stdout=log, stderr=subprocess.STDOUT))
 
+    def _apiserver_process(self) -> subprocess.Popen[bytes]:
+        (api,) = [p for p in self.processes if p.args == self._apiserver and p.poll() is None]
+        return api
+
+    def apiserver_pid(self) -> int:
+        return self._apiserver_process().pid
+
     def restart_apiserver(self) -> None:
         """The apiserver stopped (SIGTERM) and started again on the same port; etcd, and so every object, kept."""
-        (api,) = [p for p in self.processes if p.args == self._apiserver and p.poll() is None]
+        api = self._apiserver_process()
         api.terminate()
         api.wait(30)
         self.processes.remove(api)
