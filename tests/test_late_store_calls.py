@@ -110,6 +110,32 @@ async def test_a_call_given_up_on_while_it_queued_never_runs(tmp_path: Path) -> 
     pool.close()
 
 
+@pytest.mark.parametrize("timeout", [0, 60])
+async def test_a_call_whose_caller_stopped_waiting_is_not_said_to_have_timed_out(timeout: float) -> None:
+    """Refused behind a call whose caller was cancelled (an operator shutting down): the refusal says so, not that
+    the call did not answer within a limit it had not reached, or did not have."""
+    from vmfleet.errors import StoreTimeout
+    from vmfleet.storage.local import Pending, store_pool
+
+    pool = store_pool("review", 2, Pending(f"cancelled-{timeout}"))
+    gate = threading.Event()
+    call = asyncio.ensure_future(pool.run(lambda: gate.wait(5), timeout, "deleting web-0"))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    try:
+        with pytest.raises(StoreTimeout) as refused:
+            await pool.run(lambda: None, timeout, "listing the fleet")
+        assert "did not answer within" not in str(refused.value)
+        assert "an earlier call (deleting web-0) has not returned: its caller stopped waiting after 0." in str(
+            refused.value
+        )
+    finally:
+        gate.set()
+        pool.close()
+
+
 async def test_a_teardown_waits_for_a_clone_still_being_made(site: Site, slow: Callable[..., SlowCall]) -> None:
     from vmfleet.engine import release_parent, teardown_fleet
 

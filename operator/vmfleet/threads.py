@@ -26,8 +26,9 @@ class Guard(Protocol):
     def refusal(self, what: str) -> Exception | None:
         """Why `what` may not run now (calls given up on are still running), or None."""
 
-    def add(self, job: concurrent.futures.Future[Any], what: str, seconds: float) -> None:
-        """`job` was given up on after it started, `seconds` after it was asked for: it is running still."""
+    def add(self, job: concurrent.futures.Future[Any], what: str, why: str) -> None:
+        """`job` was given up on after it started (`why`: it did not answer in time, or its caller stopped
+        waiting): it is running still."""
 
 
 class Unguarded:
@@ -36,7 +37,7 @@ class Unguarded:
     def refusal(self, what: str) -> Exception | None:
         return None
 
-    def add(self, job: concurrent.futures.Future[Any], what: str, seconds: float) -> None:
+    def add(self, job: concurrent.futures.Future[Any], what: str, why: str) -> None:
         pass
 
 
@@ -83,22 +84,21 @@ class CallPool:
         try:
             done, _ = await asyncio.wait({waiting}, timeout=timeout or None)
         except BaseException:  # the caller itself was cancelled
-            self._give_up(job, waiting, what, round(time.monotonic() - asked, 1))
+            self._give_up(job, waiting, what, f"its caller stopped waiting after {time.monotonic() - asked:.1f} s")
             raise
         if not done:
-            self._give_up(job, waiting, what, timeout)
-            raise self._timed_out(what, timeout)
+            error = self._timed_out(what, timeout)
+            self._give_up(job, waiting, what, f"it did not answer within {timeout:g} s")
+            raise error
         if waiting.cancelled():
             raise self._closed_error(what)  # while the call queued
         return waiting.result()
 
-    def _give_up(
-        self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str, timeout: float
-    ) -> None:
+    def _give_up(self, job: concurrent.futures.Future[Any], waiting: asyncio.Future[Any], what: str, why: str) -> None:
         # `job` now, in this thread: through `waiting` alone the cancellation would reach it at the loop's next
         # turn, when a thread may have taken it already. `waiting` too: its late outcome is nobody's.
         if not job.cancel() and not job.done():
-            self._guard.add(job, what, timeout)
+            self._guard.add(job, what, why)
         waiting.cancel()
 
     def _serve(self) -> None:

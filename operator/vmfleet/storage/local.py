@@ -149,7 +149,7 @@ class _Running:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.calls: dict[int, tuple[str, float]] = {}  # what each is, and how long it was waited for
+        self.calls: dict[int, tuple[str, str]] = {}  # what each is, and why it was given up on
 
 
 _RUNNING: dict[str, _Running] = {}
@@ -173,10 +173,10 @@ class Pending:
     def root(path: str) -> str:
         return f"root {os.path.normpath(path)}"  # no realpath: the mount may hang
 
-    def add(self, job: concurrent.futures.Future[Any], what: str, seconds: float) -> None:
+    def add(self, job: concurrent.futures.Future[Any], what: str, why: str) -> None:
         for running in self._sets:
             with running.lock:
-                running.calls[id(job)] = (what, seconds)
+                running.calls[id(job)] = (what, why)
         job.add_done_callback(lambda done: self._forget(id(done)))
 
     def _forget(self, key: int) -> None:
@@ -184,9 +184,9 @@ class Pending:
             with running.lock:
                 running.calls.pop(key, None)
 
-    def running(self) -> list[tuple[str, float]]:
-        """What is still running and how long it was waited for, oldest first."""
-        out: list[tuple[str, float]] = []
+    def running(self) -> list[tuple[str, str]]:
+        """What is still running and why it was given up on, oldest first."""
+        out: list[tuple[str, str]] = []
         for running in self._sets:
             with running.lock:
                 out += [c for c in running.calls.values() if c not in out]
@@ -198,10 +198,10 @@ class Pending:
             return None
         # What hangs and for how long, whichever call is refused: a fleet's, its CloneStore's and its
         # templates' conditions then all say why, and say it alike from one pass to the next.
-        call, seconds = earlier[0]
+        call, why = earlier[0]
         return StoreTimeout(
-            f"{what}: refused while an earlier call ({call}) has not returned: it did not answer within "
-            f"{seconds:g} s (a hung mount?); the store is used again once it has"
+            f"{what}: refused while an earlier call ({call}) has not returned: {why} (a hung mount?); the store is "
+            "used again once it has"
         )
 
 
