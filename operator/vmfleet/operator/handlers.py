@@ -77,9 +77,12 @@ def vmtemplates(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> 
     return {(namespace, name): plain(body)}
 
 
+# The fleets' indices read the status where it is: a copy of a 10,000-VM fleet's took 58 ms, on the event loop.
+
+
 def fleet_clones(status: kopf.Status, **_: Any) -> dict[tuple[str, str], int]:
     """Clones per (store, clone parent), by what each fleet made (not by the template it names now)."""
-    return clones_by_store_and_parent(plain(status))
+    return clones_by_store_and_parent(status)
 
 
 def fleet_parents(
@@ -88,19 +91,18 @@ def fleet_parents(
     """Which parent each fleet clones from, and whether its counts are known yet: an old parent is deleted
     only when no fleet may still clone from it."""
     assert namespace is not None  # a namespaced kind
-    store, parent, counted = parent_in_use(plain(status))
-    template = str((plain(spec).get("templateRef") or {}).get("name") or "")
+    store, parent, counted = parent_in_use(status)
+    template = str((spec.get("templateRef") or {}).get("name") or "")
     return {(namespace, name): FleetParents(store, parent, counted, template)}
 
 
 def fleet_hosts(status: kopf.Status, **_: Any) -> dict[str, int]:
-    return vms_by_host(plain(status))
+    return vms_by_host(status)
 
 
 def fleet_stores(status: kopf.Status, **_: Any) -> dict[str, int]:
     """Clones per CloneStore: a store keeps its finalizer while any fleet has clones in it."""
-    s = plain(status)
-    return {s["store"]: clone_count(s)} if s.get("store") else {}
+    return {status["store"]: clone_count(status)} if status.get("store") else {}
 
 
 def on_loop(indexer: Callable[..., T]) -> Callable[..., Awaitable[T]]:
