@@ -101,6 +101,7 @@ class ReadyWatch:
             env=cluster.env(),
         )  # fmt: skip
         self._ready: set[str] = set()
+        self._ended = False
         self._changed = threading.Condition()
         threading.Thread(target=self._read, name="ready-watch", daemon=True).start()
 
@@ -111,11 +112,16 @@ class ReadyWatch:
             with self._changed:
                 (self._ready.add if ready == "True" else self._ready.discard)(name)
                 self._changed.notify_all()
+        with self._changed:
+            self._ended = True  # kubectl ended (or the apiserver closed the watch): nothing more will be seen
+            self._changed.notify_all()
 
     def wait(self, count: int, seconds: float) -> int:
         """Until `count` fleets are Ready or `seconds` have passed: how many are."""
         with self._changed:
-            self._changed.wait_for(lambda: len(self._ready) >= count, seconds)
+            self._changed.wait_for(lambda: len(self._ready) >= count or self._ended, seconds)
+            if len(self._ready) < count and self._ended:
+                raise RuntimeError(f"the watch ended ({self._proc.wait()}) with {len(self._ready)} of {count} Ready")
             return len(self._ready)
 
     def close(self) -> None:
@@ -236,9 +242,16 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         return await asyncio.to_thread(measure, directory, args.fleets, args.vms)
 
 
+def _at_least_3(text: str) -> int:
+    n = int(text)
+    if n < 3:
+        raise argparse.ArgumentTypeError(f"{n}: at least 3 (one fleet, then a tenth of them but at least 2, then all)")
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.many")
-    p.add_argument("--fleets", type=int, default=1000)
+    p.add_argument("--fleets", type=_at_least_3, default=1000, help="at least 3: one, a tenth and all are applied")
     p.add_argument("--vms", type=int, default=10)
     run_alone(p, _run, many_section)
 
