@@ -114,6 +114,11 @@ class Install:
         lease = self.kubectl("get", "lease", *OPERATOR, "vmfleet-operator", "-o", "json", check=False)
         return (json.loads(lease.stdout)["spec"].get("holderIdentity") or "") if lease.returncode == 0 else ""
 
+    def running(self, container: str) -> bool:
+        """Whether containerd still runs this container's task (`ctr tasks ls`: TASK PID STATUS)."""
+        listed = self.cluster.ctr("tasks", "ls", check=False).stdout.decode().splitlines()[1:]
+        return any(line.split()[:1] == [container] and "RUNNING" in line.split() for line in listed)
+
     def pod(self) -> dict[str, Any]:
         """The pod that reconciles: the leader."""
         leader: dict[str, Any] = wait_for(self.leader, 120, "an operator pod holding the lease")
@@ -386,6 +391,7 @@ def test_the_standby_pod_finishes_a_scale_out_whose_leader_was_killed_making_not
     old = install.pod()
     old_holder = install.holder()
     n = len(domains) + 1
+    container = old["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
     install.sim.hold_replies(COPY)
     try:
         install.sh(f"kubectl scale vmf/basic --replicas={n}")
@@ -394,8 +400,10 @@ def test_the_standby_pod_finishes_a_scale_out_whose_leader_was_killed_making_not
         if kill.startswith("kubectl"):
             install.kubectl("delete", "pod", *OPERATOR, old["metadata"]["name"], "--grace-period=0", "--force")
         else:
-            container = old["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
             install.cluster.ctr("tasks", "kill", "--signal", "SIGKILL", container)
+        # A force-deleted pod's container runs on until the kubelet gets to it: the store answers only once the
+        # leader is gone, or it finishes the scale-out itself and nothing is taken over.
+        wait_for(lambda: not install.running(container), 60, "the killed leader's container to stop")
     finally:
         install.sim.hold_replies(None)
     install.sh(f"kubectl wait --for=jsonpath='{{.status.readyReplicas}}'={n} vmf/basic --timeout=3m")
