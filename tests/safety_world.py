@@ -59,7 +59,6 @@ class World:
         self.down: set[str] = set()
         self.hosts: list[WorldHost] = []  # every endpoint the operators made: told of changes made behind them
         self.stores: list[LocalStore] = []  # every store driver the operators made: whose threads may be busy
-        self.hosts: list[LibvirtHost] = []  # every libvirt endpoint likewise
         # What a test watches while the engine acts: a domain about to be taken down or just started (op "stop" or
         # "start", the URI, the domain's name), and a store file about to be deleted (its path in the store).
         self.on_power: Callable[[str, str, str], None] | None = None
@@ -206,7 +205,6 @@ class WorldRuntime(Runtime):
             # wall clock: a slow example would otherwise list where a fast one did not, and hypothesis needs every
             # run of a case to see the same.
             known = self._hosts[host.meta.name] = WorldHost(self.world, host.meta.name, host.uri, math.inf)
-            self.world.hosts.append(known)
         return known
 
 
