@@ -46,6 +46,7 @@ class Domain:
     disk: str
     fleet_uid: str
     seeds: tuple[str, ...] = ()  # the other (read-only) disks: cloud-init seed images
+    paused: bool = False  # active, its guest not running (`virsh suspend`, or a start libvirt has not finished)
 
 
 class World:
@@ -102,6 +103,7 @@ class World:
             source.get("file", "") if source is not None else "",
             owner.fleet_uid if owner else "",
             others,
+            dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED,
         )
 
     def power_loss(self, uri: str) -> None:

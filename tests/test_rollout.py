@@ -68,6 +68,20 @@ def test_a_vm_already_down_costs_the_budget_and_is_updated_without_waiting() -> 
     assert _ops(plan) == [("define", 1), ("start", 1), ("stop", 3), ("start", 3)]
 
 
+def test_a_vm_libvirt_is_still_starting_or_that_is_paused_is_down_and_costs_the_budget() -> None:
+    # After a crash mid-wave: web-3's start was sent (QEMU is up, paused until libvirt resumes it), web-2 is off.
+    # Both are down, so with maxUnavailable 2 no other VM may go (CI saw web-1 stopped too: 3 down at once).
+    starting = VmSeen(3, "a", "Paused", True, "new", "new")
+    vms = [_vm(0, live="old"), _vm(1, live="old"), _vm(2, active=False), starting]
+    plan = _plan(vms, budget=2)
+    assert _ops(plan) == [("start", 2)]
+    assert plan.ready == {0, 1}
+    # A person's `virsh suspend` on an outdated VM: down already, so it is updated without waiting for the budget.
+    paused = VmSeen(3, "a", "Paused", True, "new", "old")
+    plan = _plan([_vm(0, live="old"), _vm(1, live="old"), _vm(2, live="old"), paused], budget=1)
+    assert _ops(plan) == [("stop", 3), ("start", 3)]
+
+
 def test_partition_updates_only_ordinals_at_or_above_it_and_leaves_the_rest_as_they_are() -> None:
     vms = [_vm(o, live="old", spec="old") for o in range(6)]
     vms[1] = _vm(1, active=False, spec="old")  # below the partition and off: started on its old definition

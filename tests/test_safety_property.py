@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import libvirt
 import pytest
 import yaml
 from hypothesis import HealthCheck, settings
@@ -76,6 +77,7 @@ STATS = {
     "cut short": 0,
     "updates down": 0,
     "drains": 0,
+    "paused": 0,
 }
 
 
@@ -406,7 +408,7 @@ class FleetSafety(RuleBasedStateMachine):
         """While this pass runs: the fleet's wanted VMs that should run and are down at once are never more than
         maxUnavailable (none with OnDelete) or than were down before it. A VM whose reimage a person asked for
         goes past the budget; one down counts from the moment it is asked to stop until it started."""
-        up = {d.name for d in domains if d.fleet_uid == f.uid and d.active}
+        up = {d.name for d in domains if d.fleet_uid == f.uid and d.active and not d.paused}
         names = {f"ns.web-{o}": o for o in range(f.replicas) if o not in f.reimage}
         counted = {n for n, o in names.items() if f.runs(o) == "Always" or (f.runs(o) == "RerunOnFailure" and n in up)}
         down = counted - up
@@ -534,8 +536,8 @@ class FleetSafety(RuleBasedStateMachine):
             self.reconcile(False)
 
     def healthy(self) -> bool:
-        """Every host answers under its URI and none of the fleet's domains is where no KvmHost points: the
-        fleet must then converge (else a person has to act first, and vmfleet must wait for them)."""
+        """Every host answers under its URI, none of the fleet's domains is where no KvmHost points and none is
+        paused: the fleet must then converge (else a person has to act first, and vmfleet must wait for them)."""
         current = {self.host_uris[h] for h in self.present}
         uid = self.fleet.uid if self.fleet else ""
         return (
@@ -544,7 +546,7 @@ class FleetSafety(RuleBasedStateMachine):
             and self.present == set(HOSTS)
             and not self.world.down
             and not self.dead
-            and not any(d.fleet_uid == uid and d.uri not in current for d in self.world.domains())
+            and not any(d.fleet_uid == uid and (d.uri not in current or d.paused) for d in self.world.domains())
             and not (self.recorded_uris(uid) - current)  # vmfleet cannot know that nothing runs there
         )
 
@@ -840,6 +842,21 @@ class FleetSafety(RuleBasedStateMachine):
         self.world.changed(where, name)
         self.then(then_pass)
 
+    @precondition(lambda self: bool(self.running_domains()))
+    @rule(data=st.data(), then_pass=st.booleans())
+    def a_person_pauses_or_resumes_a_domain(self, data: st.DataObject, then_pass: bool) -> None:
+        """`virsh suspend` (or `resume`) behind the operator. A paused VM is down: it costs a rolling update's budget
+        as one off does (CI once saw a start a crash cut short, paused in libvirt, taken for up: 3 down of 2)."""
+        where, name = data.draw(st.sampled_from(self.running_domains()))
+        dom = self.world.conn(where).lookupByName(name)
+        if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+            dom.resume()
+        else:
+            dom.suspend()
+            STATS["paused"] += 1
+        self.world.changed(where, name)
+        self.then(then_pass)
+
     # Not while a store call hangs: a delete already sent lands whatever a person starts meanwhile (found by this
     # rule); libvirt's lock manager, not vmfleet, stands between such a start and that disk.
     @precondition(lambda self: self.hung is None and bool(self.startable_domains()))
@@ -966,7 +983,8 @@ def _report_counts() -> Any:
         f"{STATS['late calls'] - before['late calls']} of them made and landed late, "
         f"{STATS['reimages'] - before['reimages']} reimages ({STATS['cut short'] - before['cut short']} cut short), "
         f"{STATS['updates down'] - before['updates down']} VMs that should run taken down, "
-        f"{STATS['drains'] - before['drains']} passes checked with a host drained"
+        f"{STATS['drains'] - before['drains']} passes checked with a host drained, "
+        f"{STATS['paused'] - before['paused']} VMs paused"
     )
 
 

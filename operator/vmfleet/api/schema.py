@@ -603,8 +603,9 @@ VM_FLEET_SPEC = obj(
             default={},
         ),
         "readiness": string(
-            "When a VM counts as ready (readyReplicas, and before a rolling update moves on): Running, or "
-            "Address: running and an IP address seen on its NIC (a DHCP lease, or the host's ARP table), so "
+            "When a VM counts as ready (readyReplicas, and before a rolling update moves on): Running (its domain "
+            "runs: not paused, nor still starting, which libvirt does paused), or Address: running and an IP "
+            "address seen on its NIC (a DHCP lease, or the host's ARP table), so "
             "that a guest that does not boot is not ready and halts the update. dnsmasq keeps a lease while its guest "
             "is off: a lease counts only when granted after vmfleet started the VM (it runs out later than the one "
             "its MAC held then), and once one was, the VM stays ready while it runs (a lease table lost or a host "

@@ -59,6 +59,12 @@ class VmSeen:
     live_revision: str = ""  # ... and the one it runs (until restarted), while active
 
     @property
+    def running(self) -> bool:
+        """Its guest runs: not paused (by a person, or still starting: libvirt starts QEMU paused and resumes it
+        at the end of a start that a crash may have cut short), not shutting down or suspended."""
+        return self.active and self.state == "Running"
+
+    @property
     def ran_and_stopped(self) -> bool:
         """It ran and is off now, by the guest's doing or a crash (not a domain only defined, or saved)."""
         return not self.active and not self.saved and self.stop_reason in ("shutdown", "crashed", "failed", "destroyed")

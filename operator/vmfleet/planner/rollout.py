@@ -67,7 +67,7 @@ class Rollout:
         if not run:
             return not vm.active
         addressed = self.seen.addressed
-        return vm.active and (addressed is None or o in addressed)
+        return vm.running and (addressed is None or o in addressed)
 
     def in_scope(self, o: int) -> bool:
         return o >= self.update.partition or o in self.update.reimage
