@@ -150,9 +150,9 @@ class WorldHost(LibvirtHost):
         if self.world.on_power is not None:
             self.world.on_power(op, self.uri, name)
 
-    async def shutdown(self, name: str, grace_seconds: float) -> bool:
+    async def shutdown(self, name: str, grace_seconds: float, paused: bool = True) -> bool:
         self._power("stop", name)  # down from the moment it is asked to go
-        return await super().shutdown(name, grace_seconds)
+        return await super().shutdown(name, grace_seconds, paused)
 
     async def stop(self, name: str) -> None:
         self._power("stop", name)

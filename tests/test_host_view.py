@@ -143,8 +143,8 @@ async def test_a_vm_saved_as_it_is_stopped_for_a_reimage_keeps_its_disk(
         inode = clone.stat().st_ino
         real = LibvirtHost.shutdown
 
-        async def saved_meanwhile(self: LibvirtHost, name: str, grace: float) -> bool:
-            stopped = await real(self, name, grace)
+        async def saved_meanwhile(self: LibvirtHost, name: str, grace: float, paused: bool = True) -> bool:
+            stopped = await real(self, name, grace, paused)
             dom = conn.lookupByName(name)
             dom.create()
             dom.managedSave(0)

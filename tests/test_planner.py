@@ -270,6 +270,15 @@ def test_a_drain_takes_down_at_most_max_unavailable_ready_vms_at_once() -> None:
     assert plan.moving == {0, 3} and plan.stranded == {1, 2}
 
 
+def test_a_drain_leaves_a_paused_vm_where_it_is_and_says_why() -> None:
+    # Moved cold, a VM a person paused (or QEMU, on an I/O error) would be destroyed: its memory lost.
+    views = hosts(draining("a"), host("b"))
+    paused = VmSeen(0, "a", "Paused", True, "h", "h", stop_reason="user")
+    plan = plan_fleet(wants(1), seen(clones=frozenset({0}), domains={0: paused}, hosts=views), "spread", same_hash)
+    assert plan.actions == [] and plan.stranded == {0} and plan.held == {0}
+    assert [(p.reason, p.subject) for p in plan.problems] == [("VmPaused", "web-0")]
+
+
 def test_a_stopped_vm_moves_and_stays_stopped() -> None:
     views = hosts(draining("a"), host("b"))
     off = {0: running(0, "a", state="Shutoff")}

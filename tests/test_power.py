@@ -23,6 +23,7 @@ import pytest
 from conftest import TIMINGS
 from helpers import LifecycleEvents, linux_image, wait_for
 from vmfleet.disks import FileDisk
+from vmfleet.errors import HostError
 from vmfleet.guest import CONSOLE_LINE
 from vmfleet.hypervisor import DomainInfo, DomainSpec, LibvirtHost, Owner, domain_xml
 from vmfleet.images import make_template_image
@@ -114,7 +115,7 @@ def guests(libvirtd: str, events: LifecycleEvents) -> Iterator[Guests]:
         seed = base / "seed.iso"
         seed.write_bytes(Seed("cidata", (("meta-data", b"instance-id: power\nlocal-hostname: power\n"),)).image())
         g.define("linux", linux_image(base), memory_mib=192, seed=seed)
-        for role in ("deaf", "killed", "undefined", "late"):
+        for role in ("deaf", "killed", "undefined", "late", "paused"):
             g.boot_sector(role)
         g.boot_sector("off", start=False)
         yield g
@@ -175,6 +176,23 @@ async def test_a_guest_deaf_to_the_button_is_destroyed_after_its_grace_period_no
     assert stops(events, name) == [libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED]
     found = await info(host, name)
     assert (found.state, found.stop_reason) == ("Stopped", "destroyed")
+
+
+async def test_a_paused_guest_is_destroyed_at_once_as_qemu_refuses_its_power_button(
+    guests: Guests, events: LifecycleEvents, host: LibvirtHost
+) -> None:
+    """`virsh suspend`, or a start not finished: QEMU's driver refuses the button ("domain is not running"), so
+    waiting out the grace period would only delay the stop it is asked for."""
+    name = guests.name("paused")
+    booted(guests, "paused")
+    guests.conn.lookupByName(name).suspend()
+    assert (await info(host, name)).state == "Paused"
+    t0 = time.monotonic()
+    assert await host.shutdown(name, 60) is False
+    assert time.monotonic() - t0 < 10
+    events.wait(name, STOPPED)
+    assert stops(events, name) == [libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED]
+    assert (await info(host, name)).state == "Stopped"
 
 
 async def test_a_guest_whose_qemu_was_killed_reads_crashed_not_shutdown(
@@ -269,6 +287,13 @@ async def test_the_test_driver_shuts_down_and_says_why(unique: str) -> None:
         assert (await info(host, name)).stop_reason == "destroyed"
         assert await host.shutdown(name, 5) is True
         assert (await info(host, name)).stop_reason == "destroyed"  # unchanged
+        # Paused by a person after vmfleet decided to stop it while it ran: left alone, and said.
+        dom.create()
+        dom.suspend()
+        assert (await info(host, name)).stop_reason == "user"
+        with pytest.raises(HostError, match="paused since this stop was decided: left alone"):
+            await host.shutdown(name, 5, paused=False)
+        assert (await info(host, name)).state == "Paused"
     finally:
         await host.close()
         if dom.isActive():

@@ -68,18 +68,35 @@ def test_a_vm_already_down_costs_the_budget_and_is_updated_without_waiting() -> 
     assert _ops(plan) == [("define", 1), ("start", 1), ("stop", 3), ("start", 3)]
 
 
-def test_a_vm_libvirt_is_still_starting_or_that_is_paused_is_down_and_costs_the_budget() -> None:
+def test_a_vm_libvirt_is_still_starting_is_down_and_costs_the_budget() -> None:
     # After a crash mid-wave: web-3's start was sent (QEMU is up, paused until libvirt resumes it), web-2 is off.
     # Both are down, so with maxUnavailable 2 no other VM may go (CI saw web-1 stopped too: 3 down at once).
-    starting = VmSeen(3, "a", "Paused", True, "new", "new")
+    starting = VmSeen(3, "a", "Paused", True, "new", "new", stop_reason="starting")
     vms = [_vm(0, live="old"), _vm(1, live="old"), _vm(2, active=False), starting]
     plan = _plan(vms, budget=2)
     assert _ops(plan) == [("start", 2)]
-    assert plan.ready == {0, 1}
-    # A person's `virsh suspend` on an outdated VM: down already, so it is updated without waiting for the budget.
-    paused = VmSeen(3, "a", "Paused", True, "new", "old")
-    plan = _plan([_vm(0, live="old"), _vm(1, live="old"), _vm(2, live="old"), paused], budget=1)
-    assert _ops(plan) == [("stop", 3), ("start", 3)]
+    assert plan.ready == {0, 1} and not plan.problems  # it ends by itself: nothing for a person to do
+
+
+def test_a_vm_a_person_paused_is_down_waits_and_is_named_but_never_destroyed_for_an_update() -> None:
+    # `virsh suspend`, or QEMU pausing a guest whose writes failed (a full store): vmfleet does not resume it, so
+    # it does not destroy it either (its guest's memory would be lost): the update waits, and says for what.
+    paused = [VmSeen(o, "a", "Paused", True, "new", "old", stop_reason=why) for o, why in ((2, "user"), (3, "ioerror"))]
+    plan = _plan([_vm(0, live="old"), _vm(1, live="old"), *paused], budget=2)
+    assert _ops(plan) == [] and plan.ready == {0, 1}  # two down already: the budget is spent
+    assert plan.pending == {0, 1, 2, 3}
+    assert [(p.reason, p.subject, p.vm_state) for p in plan.problems] == [
+        ("VmPaused", "web-2", "Paused"),
+        ("VmPaused", "web-3", "Paused"),
+    ]
+    assert "paused by a person" in plan.problems[0].message and "I/O error" in plan.problems[1].message
+    # ... unless a person asks for its reimage: it is destroyed at once (the power button does nothing to it)
+    plan = _plan([_vm(0, live="old"), _vm(1, live="old"), *paused], budget=2, reimage=frozenset({3}))
+    assert _ops(plan) == [("stop", 3), ("reimage", 3), ("start", 3)]
+    assert [p.subject for p in plan.problems] == ["web-2"] and plan.held == {2}
+    # one current and paused: not ready, named, nothing done to it
+    plan = _plan([_vm(0), VmSeen(1, "a", "Paused", True, "new", "new", stop_reason="user")])
+    assert _ops(plan) == [] and plan.ready == {0} and [p.subject for p in plan.problems] == ["web-1"]
 
 
 def test_partition_updates_only_ordinals_at_or_above_it_and_leaves_the_rest_as_they_are() -> None:
@@ -243,11 +260,11 @@ class Downs:
         self.stops: list[str] = []
         shutdown, start = LibvirtHost.shutdown, LibvirtHost.start
 
-        async def counted_shutdown(host: LibvirtHost, name: str, grace: float) -> bool:
+        async def counted_shutdown(host: LibvirtHost, name: str, grace: float, paused: bool = True) -> bool:
             self.down.add(name)
             self.most = max(self.most, len(self.down))
             self.stops.append(name)
-            return await shutdown(host, name, grace)
+            return await shutdown(host, name, grace, paused)
 
         async def counted_start(host: LibvirtHost, name: str) -> None:
             await start(host, name)

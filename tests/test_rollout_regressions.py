@@ -29,7 +29,7 @@ from vmfleet.storage.qcow2 import Qcow2Store
 def host_stops_answering(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every stop fails as on a host that stopped answering, until the block ends."""
 
-    async def failing(host: Any, name: str, grace: float) -> bool:
+    async def failing(host: Any, name: str, grace: float, paused: bool = True) -> bool:
         raise HostError(f"{name}: host stopped answering")
 
     with monkeypatch.context() as m:
@@ -448,11 +448,11 @@ async def test_H2_a_lease_renewed_while_the_guest_shuts_down_is_not_taken_for_on
     first = await reconcile_fleet(runtime, fleet, site.template(**NET), site.store, [site.host])
     shutdown = LibvirtHost.shutdown
 
-    async def renews_first(host: LibvirtHost, name: str, grace: float) -> bool:
+    async def renews_first(host: LibvirtHost, name: str, grace: float, paused: bool = True) -> bool:
         mac = re.search(r"<mac address='([^']+)'/>", conn.lookupByName(name).XMLDesc()).group(1)  # type: ignore[union-attr]
         dnsmasq.clock += 1
         dnsmasq.leases[mac]["expirytime"] = dnsmasq.clock + 3600
-        return await shutdown(host, name, grace)
+        return await shutdown(host, name, grace, paused)
 
     monkeypatch.setattr(LibvirtHost, "shutdown", renews_first)
     second = await reconcile_fleet(

@@ -199,6 +199,13 @@ MAC_IN_USE: Final = _problem(
     "between running VMs)",
     hint="restart the VM named in the message: it takes its new MAC, and the other starts",
 )
+VM_PAUSED: Final = _problem(
+    "VmPaused",
+    where="VmFleet, Degraded",
+    meaning="a VM's domain is paused (by a person, or by QEMU after an I/O error) or its guest is asleep: it is "
+    "not ready and counts against maxUnavailable; vmfleet neither resumes it nor destroys it for an update",
+    hint="resume the VM named in the message (virsh resume) once what paused it is fixed, or reimage it",
+)
 USER_DATA_UNREADABLE: Final = _problem(
     "UserDataUnreadable",
     where="VmFleet, Stalled",

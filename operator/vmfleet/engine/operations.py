@@ -148,9 +148,14 @@ async def start(actor: Actor, a: DomainAction) -> None:
 
 @operation(Op.STOP, DomainAction, reasons.DOMAINS_STOPPED, "stopped", reasons.STOP_FAILED)
 async def stop(actor: Actor, a: DomainAction) -> None:
-    """The ACPI power button, then the plug after spec.shutdown.gracePeriodSeconds."""
-    desired = actor.snapshot.desired
-    await actor.endpoints[a.host].shutdown(desired.domain_name(a.ordinal), desired.fleet.grace_seconds)
+    """The ACPI power button, then the plug after spec.shutdown.gracePeriodSeconds (at once for a paused guest,
+    if it was paused already when the plan was made)."""
+    snap = actor.snapshot
+    vm = snap.seen.domains.get(a.ordinal)
+    paused = vm is not None and vm.active and not vm.running
+    await actor.endpoints[a.host].shutdown(
+        snap.desired.domain_name(a.ordinal), snap.desired.fleet.grace_seconds, paused
+    )
 
 
 @operation(Op.UNDEFINE, DomainAction, reasons.DOMAINS_UNDEFINED, "undefined domain(s) of", reasons.UNDEFINE_FAILED)
@@ -179,7 +184,7 @@ async def migrate(actor: Actor, a: DomainAction) -> str | None:
         raise  # it may still be under way: not moved cold beside it; the next pass looks where it runs
     except HostError as e:
         refused = str(e)
-    await source.shutdown(name, snap.desired.fleet.grace_seconds)
+    await source.shutdown(name, snap.desired.fleet.grace_seconds, paused=False)  # it ran when it was planned
     await target.define(xml)
     await source.undefine(name)
     await target.start(name)

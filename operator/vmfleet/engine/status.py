@@ -337,14 +337,16 @@ def _rollout(snap: Snapshot, plan: Plan, previous: Mapping[str, Any] | None, now
         message = f"{on}; {names}: on an older revision until stopped or reimaged ({why})"
         return Rollout(False, False, reasons.UPDATE_WAITING, message, current, progressed_at)
     names = listing([fleet.vm_name(o) for o in pending if o not in plan.waiting])
+    # Paused VMs take the budget until a person resumes them.
+    held = f"; {listing([fleet.vm_name(o) for o in sorted(plan.held)])} paused: counted as down" if plan.held else ""
     waited = _seconds_between(progressed_at, now)
     if waited > fleet.progress_deadline:
         message = (
             f"{on}; no VM became ready on it for {waited} s (progressDeadlineSeconds {fleet.progress_deadline}); "
-            f"{names} still to update"
+            f"{names} still to update{held}"
         )
         return Rollout(False, True, reasons.ROLLOUT_STALLED, message, current, progressed_at)
-    message = f"{on}; updating {names} (maxUnavailable {desired.update().budget})"
+    message = f"{on}; updating {names} (maxUnavailable {desired.update().budget}){held}"
     return Rollout(True, False, reasons.ROLLING_UPDATE, message, current, progressed_at)
 
 

@@ -44,6 +44,26 @@ STOP_REASONS: dict[int, str] = {
     )
     if hasattr(libvirt, f"VIR_DOMAIN_SHUTOFF_{name}")
 }
+# Why an active domain's guest does not run (VIR_DOMAIN_PAUSED's reasons): "user" and "ioerror" wait for a person;
+# "starting", "migration", "save", "snapshot", "dump" and "shutting down" end by themselves.
+PAUSE_REASONS: dict[int, str] = {
+    getattr(libvirt, f"VIR_DOMAIN_PAUSED_{name}"): reason
+    for name, reason in (
+        ("USER", "user"),
+        ("IOERROR", "ioerror"),
+        ("WATCHDOG", "watchdog"),
+        ("CRASHED", "crashed"),
+        ("STARTING_UP", "starting"),
+        ("MIGRATION", "migration"),
+        ("POSTCOPY", "migration"),
+        ("SAVE", "save"),
+        ("SNAPSHOT", "snapshot"),
+        ("FROM_SNAPSHOT", "snapshot"),
+        ("DUMP", "dump"),
+        ("SHUTTING_DOWN", "shutting down"),
+    )
+    if hasattr(libvirt, f"VIR_DOMAIN_PAUSED_{name}")
+}
 
 
 @dataclass(frozen=True)
@@ -117,7 +137,9 @@ class DomainInfo:
     saved: bool = False  # stopped with its memory saved (managedsave): it resumes on its older definition
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs (Owner.mac_kept)
     live_mac: str | None = None  # the MAC of the definition a running domain was started with
-    stop_reason: str = ""  # why it is not running (STOP_REASONS; "crashed" too in the crashed state); "" if running
+    # Why its guest is not running: STOP_REASONS when off ("crashed" too in the crashed state), PAUSE_REASONS when
+    # paused; "" while it runs.
+    stop_reason: str = ""
     live_revision: str = ""  # the fleet revision of the definition a running domain was started with
 
     @property

@@ -27,7 +27,7 @@ from ..api.types import Capacity
 from ..credentials import KeyReader
 from ..errors import CredentialsError, HostError, HostTimeout
 from ..threads import CallPool
-from .domain import METADATA_NS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
+from .domain import METADATA_NS, PAUSE_REASONS, STATES, STOP_REASONS, DomainInfo, Lease, Owner, nic_mac, parse_owner
 from .view import Describe, DomainView, FleetKey, Usage
 
 T = TypeVar("T")
@@ -316,28 +316,36 @@ class LibvirtHost:
 
         await self._call("stop", f"stopping {name}", destroy, touches=name)
 
-    async def shutdown(self, name: str, grace_seconds: float) -> bool:
+    async def shutdown(self, name: str, grace_seconds: float, paused: bool = True) -> bool:
         """Stop a domain as its guest expects: press the ACPI power button, give the guest `grace_seconds` from the
         press to power itself off, then destroy it. True when it stopped by itself (or was not running, or is gone);
-        False when it was destroyed (at once with `grace_seconds` <= 0: no button)."""
+        False when it was destroyed (at once with `grace_seconds` <= 0, or when its guest is paused or asleep and
+        cannot hear the button). `paused` False: it ran when this stop was decided, and a guest paused since (by a
+        person, or by QEMU on an I/O error) is left alone: a HostError says so, and the next pass decides."""
         what = f"shutting down {name}"
 
-        def press(conn: libvirt.virConnect) -> bool:  # True: nothing left to stop
+        def press(conn: libvirt.virConnect) -> str:  # "off", "wait" (for the guest), "destroy" or "held"
             try:
                 dom = conn.lookupByName(name)
                 if not dom.isActive():
-                    return True
+                    return "off"
+                state = dom.state()[0]
+                if state == libvirt.VIR_DOMAIN_SHUTDOWN:
+                    return "wait" if grace_seconds > 0 else "destroy"  # its guest is powering off already
+                if state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+                    return "destroy" if paused else "held"  # QEMU refuses the button of a guest that does not run
                 if grace_seconds <= 0:
-                    return False
+                    return "destroy"
                 try:
                     dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
                 except libvirt.libvirtError as e:
                     if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT):
                         raise
                     dom.shutdown()  # a driver without the flag (the test driver): its default method
-                return False
+                return "wait"
             except libvirt.libvirtError as e:
-                return stopped_meanwhile(e, conn)
+                stopped_meanwhile(e, conn)  # raises unless it stopped
+                return "off"
 
         def stopped(conn: libvirt.virConnect) -> bool:
             try:
@@ -362,17 +370,20 @@ class LibvirtHost:
                 return True
             raise e
 
-        if await self._call("shutdown", what, press, touches=name):
+        left = await self._call("shutdown", what, press, touches=name)
+        if left == "off":
             return True
-        if grace_seconds > 0:
+        if left == "held":
+            raise HostError(f"KvmHost {self.name}: {what}: paused since this stop was decided: left alone")
+        if left == "wait":
             deadline = time.monotonic() + grace_seconds
             while True:  # each look its own short call: the event loop and the connection stay free in between
                 if await self._call("shutdown", what, stopped):
                     return True
-                left = deadline - time.monotonic()
-                if left <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     break
-                await asyncio.sleep(min(_POLL_SECONDS, left))
+                await asyncio.sleep(min(_POLL_SECONDS, remaining))
         return await self._call("shutdown", f"destroying {name}", destroy, touches=name)
 
     async def ensure_off(self, name: str) -> None:
@@ -515,9 +526,11 @@ _NOT_THERE = frozenset(
 
 
 def _stop_reason(state: int, reason: int) -> str:
-    """Why a domain is not running, from virDomainGetState: "" while it runs."""
+    """Why a domain's guest is not running, from virDomainGetState: "" while it runs."""
     if state == libvirt.VIR_DOMAIN_CRASHED:
         return "crashed"
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        return PAUSE_REASONS.get(reason, "")
     return STOP_REASONS.get(reason, "") if state == libvirt.VIR_DOMAIN_SHUTOFF else ""
 
 

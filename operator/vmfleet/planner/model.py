@@ -40,6 +40,9 @@ class HostView:
     uri: str = ""  # the libvirt endpoint: two KvmHosts of one URI are one host, nothing moves between them
 
 
+PAUSED_FOR_A_WHILE = frozenset({"starting", "migration", "save", "snapshot", "dump", "shutting down"})
+
+
 @dataclass(frozen=True)
 class VmSeen:
     """A domain of this fleet found on a host (by its vmfleet metadata)."""
@@ -54,7 +57,9 @@ class VmSeen:
     saved: bool = False  # stopped with a managed save: it resumes on the definition it ran
     kept_mac: str | None = None  # the MAC libvirt gave it before vmfleet chose MACs, kept
     live_mac: str | None = None  # the MAC it runs with (until it restarts)
-    stop_reason: str = ""  # why an inactive domain stopped: shutdown (by the guest), destroyed, crashed, ...
+    # Why its guest does not run: off, shutdown (by the guest), destroyed, crashed, ...; paused, user, ioerror,
+    # starting, migration, ... ("" while it runs).
+    stop_reason: str = ""
     revision: str = ""  # the fleet revision it was defined for ("" when defined before revisions)
     live_revision: str = ""  # ... and the one it runs (until restarted), while active
 
@@ -63,6 +68,15 @@ class VmSeen:
         """Its guest runs: not paused (by a person, or still starting: libvirt starts QEMU paused and resumes it
         at the end of a start that a crash may have cut short), not shutting down or suspended."""
         return self.active and self.state == "Running"
+
+    @property
+    def held(self) -> bool:
+        """Active, its guest stopped where it was until someone lets it go on (`virsh suspend`, QEMU after an I/O
+        error, a guest asleep): vmfleet neither resumes it nor destroys it for an update (its memory would be
+        lost). Paused only for a while (starting, migrating, saving) it is not held."""
+        if self.state == "Suspended":
+            return self.active
+        return self.active and self.state == "Paused" and self.stop_reason not in PAUSED_FOR_A_WHILE
 
     @property
     def ran_and_stopped(self) -> bool:
@@ -230,6 +244,7 @@ class Plan:
     # Of those, the VMs running that vmfleet does not take down to update: they wait for a person to stop them
     # (updateStrategy OnDelete, runStrategy Manual).
     waiting: set[int] = field(default_factory=set)
+    held: set[int] = field(default_factory=set)  # paused by a person or by QEMU: down until someone resumes them
     ready: set[int] = field(default_factory=set)
     # VMs on a draining host: moved this pass, and waiting (for maxUnavailable, or for a host to take them).
     moving: set[int] = field(default_factory=set)
@@ -240,6 +255,7 @@ class Plan:
         self.problems, self.restart_required = after.problems, after.restart_required
         self.updated, self.pending, self.ready = after.updated, after.pending, after.ready
         self.waiting, self.moving, self.stranded = after.waiting, after.moving, after.stranded
+        self.held = after.held
 
     def parent_actions(self) -> list[ParentAction]:
         return [a for a in self.actions if isinstance(a, ParentAction)]

@@ -192,6 +192,9 @@ def _move(
     if vm.saved:  # its saved memory is on this host; undefining it would drop it
         plan.stranded.add(o)
         return False
+    if vm.active and not vm.running and rollout.run(want, vm) is not False:
+        plan.stranded.add(o)  # paused: held (its memory is not lost in a cold move), or soon running, then moved
+        return False
     costs = vm.active and o in rollout.ready and o not in rollout.granted
     if costs and rollout.room <= 0:
         plan.stranded.add(o)  # waits for a VM to be ready again

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .model import CloneAction, DomainAction, Observation, Op, Plan, SpecHash, Update, VmSeen, VmWant
+from ..api import reasons
+from .model import CloneAction, DomainAction, Observation, Op, Plan, Problem, Severity, SpecHash, Update, VmSeen, VmWant
 
 
 def should_run(
@@ -48,6 +49,8 @@ class Rollout:
             vm = seen.domains[o]
             if not self._disruptive(vm, o) or not self._may_restart(wanted[o], vm):
                 continue
+            if not vm.running and o not in update.reimage:
+                continue  # paused: held (see VmSeen.held), or running again soon and then updated in its turn
             if o not in self.ready or o in update.reimage:
                 self.granted.add(o)  # already down, or a person asked
             elif room > 0 and update.rolling:
@@ -129,6 +132,9 @@ class Rollout:
         """The actions for one VM whose domain exists, in the order they must run."""
         o, host = want.ordinal, vm.host
         run = self.run(want, vm)
+        if vm.held and run is True and o not in self.update.reimage:
+            plan.held.add(o)
+            plan.problems.append(Problem(Severity.DEGRADED, reasons.VM_PAUSED, _held(vm), o, want.name, vm.state))
         if self.updated(o):
             plan.updated.add(o)
         elif self.in_scope(o):
@@ -183,3 +189,16 @@ class Rollout:
         if self.image_outdated(o):
             return "the template's image changed"
         return f"ephemeral: it stopped ({vm.stop_reason})"
+
+
+def _held(vm: VmSeen) -> str:
+    """Why a held VM is not ready, and what lets it go on (VmSeen.held)."""
+    if vm.state == "Suspended":
+        why = "suspended by its guest (asleep): wake it (virsh dompmwakeup)"
+    elif vm.stop_reason == "user":
+        why = "paused by a person (virsh suspend): resume it (virsh resume)"
+    elif vm.stop_reason == "ioerror":
+        why = "paused by QEMU on an I/O error (is the store full?): free space, then resume it (virsh resume)"
+    else:
+        why = f"paused ({vm.stop_reason or 'no reason given'}): resume it (virsh resume)"
+    return f"{why}; vmfleet neither resumes nor destroys it, and counts it as down"
