@@ -86,47 +86,62 @@ def _renamed(fleet: Any, name: str) -> Any:
 
 
 class ReadyWatch:
-    """Which fleets of a namespace are Ready, from one `kubectl get -w` stream. Listing all of them every 2 s (as
+    """Which fleets of a namespace are Ready, from a `kubectl get -w` stream. Listing all of them every 2 s (as
     this bench did: 1,000 objects read, encoded and decoded each time) took the CPU of the very machine it
-    measured; a watch costs one event per write the operator makes."""
+    measured; a watch costs one event per write the operator makes. The apiserver closes a watcher that falls
+    behind (kubectl then ends with 0): it is started again, and its first listing brings the set up to date."""
 
     JSONPATH = '{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\\n"}'
+    RESTARTS = 10
 
     def __init__(self, cluster: Any, namespace: str) -> None:
-        self._proc = subprocess.Popen(
-            [str(cluster.bin / "kubectl"), "get", "vmfleets", "-n", namespace, "-w", "--request-timeout=0",
-             "-o", f"jsonpath={self.JSONPATH}"],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=cluster.env(),
-        )  # fmt: skip
+        self._argv = [str(cluster.bin / "kubectl"), "get", "vmfleets", "-n", namespace, "-w", "--request-timeout=0",
+                      "-o", f"jsonpath={self.JSONPATH}"]  # fmt: skip
+        self._env = cluster.env()
         self._ready: set[str] = set()
-        self._ended = False
+        self._ended: int | None = None  # kubectl's exit status, once it ended for good
+        self._closed = False
+        self.restarts = 0
         self._changed = threading.Condition()
+        self._proc = self._start()
         threading.Thread(target=self._read, name="ready-watch", daemon=True).start()
 
+    def _start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(self._argv, stdout=subprocess.PIPE, text=True, env=self._env)
+
     def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            name, _, ready = line.strip().partition(" ")
+        while True:
+            assert self._proc.stdout is not None
+            for line in self._proc.stdout:
+                name, _, ready = line.strip().partition(" ")
+                with self._changed:
+                    (self._ready.add if ready == "True" else self._ready.discard)(name)
+                    self._changed.notify_all()
+            status = self._proc.wait()
             with self._changed:
-                (self._ready.add if ready == "True" else self._ready.discard)(name)
+                if status == 0 and not self._closed and self.restarts < self.RESTARTS:
+                    self.restarts += 1
+                    self._proc = self._start()
+                    continue
+                self._ended = status  # nothing more will be seen
                 self._changed.notify_all()
-        with self._changed:
-            self._ended = True  # kubectl ended (or the apiserver closed the watch): nothing more will be seen
-            self._changed.notify_all()
+                return
 
     def wait(self, count: int, seconds: float) -> int:
         """Until `count` fleets are Ready or `seconds` have passed: how many are."""
         with self._changed:
-            self._changed.wait_for(lambda: len(self._ready) >= count or self._ended, seconds)
-            if len(self._ready) < count and self._ended:
-                raise RuntimeError(f"the watch ended ({self._proc.wait()}) with {len(self._ready)} of {count} Ready")
+            self._changed.wait_for(lambda: len(self._ready) >= count or self._ended is not None, seconds)
+            if len(self._ready) < count and self._ended is not None:
+                ended = f"the watch ended ({self._ended}, {self.restarts} restarts)"
+                raise RuntimeError(f"{ended} with {len(self._ready)} of {count} Ready")
             return len(self._ready)
 
     def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
+        with self._changed:
+            self._closed = True
+            proc = self._proc
+        proc.kill()
+        proc.wait()
 
 
 def _cluster_requests(cluster: Any) -> dict[str, int]:
@@ -191,6 +206,7 @@ def measure(directory: Path, fleets: int, vms: int, budget_seconds: float = 3600
         "reference_cpu_seconds": round(ref_cpu * fleets, 1),
         "api_writes_to_ready": batch["writes"],
         "api_writes_per_fleet": round(sum(batch["writes"].values()) / fleets, 1),
+        "watch_restarts": batch["watch_restarts"],
         "first_round_cores": round(first, 3),
         "idle_cores": round(idle, 3),
         "round_seconds": round(round_seconds, 1),
@@ -234,6 +250,7 @@ def _batch(
         "operator_cpu": cpu,
         "apiserver_cpu": api_cpu,
         "writes": {k: n - writes0.get(k, 0) for k, n in sorted(writes1.items()) if n > writes0.get(k, 0)},
+        "watch_restarts": watch.restarts,
     }
 
 
