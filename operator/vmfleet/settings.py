@@ -33,6 +33,11 @@ class Settings:
     operator's CPU stays bounded whatever their number (operator/pacing.py); 0: no limit. An unchanged fleet's
     pass costs about 10 ms of CPU (bench/many.py): 5 a second keep an idle operator near 0.05 cores."""
 
+    api_writes: int = 16
+    """VMFLEET_API_WRITES: at most this many writes to the apiserver (status patches, Events) in flight at once;
+    the others wait their turn in the operator, reads never (operator/session.py). Past the apiserver's
+    --max-mutating-requests-inflight it refuses them (429) and each is retried seconds later. 0: no limit."""
+
     metrics_port: int = 9090
     """VMFLEET_METRICS_PORT: where Prometheus scrapes /metrics; 0 for no endpoint."""
 

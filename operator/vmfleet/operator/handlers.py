@@ -20,7 +20,7 @@ from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
 from ..engine.status import rollout_goes_on, status_changes
 from ..settings import Settings
-from . import passes
+from . import passes, session
 from .pacing import Pacer
 from .secrets import ClusterSecrets
 
@@ -299,7 +299,7 @@ def registry(settings: Settings) -> kopf.OperatorRegistry:
     """Every handler above, in the order kopf runs them, with the resync interval of these settings."""
     r = kopf.OperatorRegistry()
     # kopf's default registry logs in with the kubernetes client (in-cluster, else $KUBECONFIG); ours must say so.
-    kopf.on.login(registry=r, errors=kopf.ErrorsMode.IGNORED)(kopf.login_via_client)
+    kopf.on.login(registry=r, errors=kopf.ErrorsMode.IGNORED)(session.login)
     kopf.on.startup(registry=r)(configure)
     kopf.on.cleanup(registry=r)(close)
     for plural, indexer in (
