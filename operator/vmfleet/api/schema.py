@@ -147,6 +147,16 @@ def observed_generation() -> Schema:
     return integer("The metadata.generation this status was computed from.", 0)
 
 
+def kopf_record() -> Schema:
+    """status.kopf: where kopf keeps what it needs between events, written with the status (one write, not two)."""
+    return {
+        "type": "object",
+        "description": "The operator framework's own record (kopf): the last spec it handled "
+        "(last-handled-configuration) and a handler's retries (progress). Not for users.",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+
+
 # ---------------------------------------------------------------- CloneStore
 
 REMOTE_DRIVERS = ["sonas", "gpfs"]  # reached over SSH (spec.ssh); the others work on a local or mounted directory
@@ -215,7 +225,7 @@ CLONE_STORE_SPEC = obj(
 
 CLONE_STORE_STATUS = obj(
     "What the operator last saw of the store.",
-    {"observedGeneration": observed_generation(), "conditions": conditions()},
+    {"observedGeneration": observed_generation(), "conditions": conditions(), "kopf": kopf_record()},
 )
 
 # ---------------------------------------------------------------- KvmHost
@@ -301,6 +311,7 @@ KVM_HOST_STATUS = obj(
     "What the operator last saw of the host.",
     {
         "observedGeneration": observed_generation(),
+        "kopf": kopf_record(),
         "conditions": conditions(),
         "domains": integer("Domains defined on the host.", 0),
     },
@@ -450,6 +461,7 @@ VM_TEMPLATE_STATUS = obj(
     "The template's read-only clone parent.",
     {
         "observedGeneration": observed_generation(),
+        "kopf": kopf_record(),
         "conditions": conditions(),
         "parent": obj(
             "The read-only clone parent every clone of this template is made from.",
@@ -677,6 +689,7 @@ VM_FLEET_STATUS = obj(
     "What the fleet looks like now.",
     {
         "observedGeneration": observed_generation(),
+        "kopf": kopf_record(),
         "conditions": conditions(),
         "replicas": integer("VMs that exist (a clone and a domain).", 0),
         "labelSelector": string(

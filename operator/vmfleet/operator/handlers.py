@@ -20,7 +20,7 @@ from ..engine import Event, Runtime
 from ..engine.catalog import Catalog, FleetParents, Unresolved
 from ..engine.status import rollout_goes_on, status_changes
 from ..settings import Settings
-from . import passes, session
+from . import passes, records, session
 from .pacing import Pacer
 from .secrets import ClusterSecrets
 
@@ -45,8 +45,7 @@ def settings_of(memo: kopf.Memo) -> Settings:
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    records.keep_in_status(settings)
     settings.posting.level = 20  # INFO: our Normal events are worth posting
     settings.watching.server_timeout = 300
     # A resync pass still running when its object is deleted holds the finalizer; kopf rechecks after this
