@@ -4,6 +4,7 @@ never held. Through a real HTTP server that counts what it is serving at once.""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -79,3 +80,29 @@ def test_the_operator_logs_in_through_the_bounded_session() -> None:
     activities = handlers.registry(Settings())._activities.get_all_handlers()
     logins = [h.fn for h in activities if h.activity is not None and h.activity.value == "authentication"]
     assert logins == [session.login]
+
+
+def test_the_same_credentials_give_the_same_session_so_kopf_can_refuse_them(monkeypatch: Any) -> None:
+    """Found in review: kopf refuses a login equal to one the apiserver refused (401); a new session at each login
+    was never equal, so revoked credentials had every watcher log in again and again, without a pause."""
+    import kopf
+
+    from vmfleet.operator import session
+    from vmfleet.settings import Settings
+
+    tokens = iter(["a", "a", "b"])
+    monkeypatch.setattr(
+        kopf, "login_via_client", lambda **_: kopf.ConnectionInfo(server="https://127.0.0.1:1", token=next(tokens))
+    )
+
+    async def play() -> list[Any]:
+        memo = kopf.Memo(settings=Settings())
+        logins = [await session.login(memo=memo) for _ in range(3)]
+        for s in {id(x): x for x in logins}.values():
+            assert s is not None
+            await s.aiohttp_session.close()
+        return logins
+
+    first, again, other = asyncio.run(play())
+    assert again is first and again == first  # kopf's vault compares them: this one it has refused already
+    assert other is not first and other.aiohttp_session.headers["Authorization"] == "Bearer b"

@@ -33,23 +33,32 @@ def bounded_writes(limit: int) -> aiohttp.ClientMiddlewareType:
     return middleware
 
 
+_sessions: dict[kopf.ConnectionInfo, kopf.AiohttpSession] = {}
+
+
 async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
-    """kopf's own login (in-cluster, else $KUBECONFIG), in a session of the same make whose writes are bounded."""
-    info = kopf.login_via_client(**kwargs)
+    """kopf's own login (in-cluster, else $KUBECONFIG; in a thread, as kopf runs it: an exec plugin may take
+    seconds), in a session of the same make whose writes are bounded. The same credentials give the same session:
+    kopf refuses a login equal to one the apiserver refused (401), where a new session each time would have it log
+    in again and again."""
+    info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
     if info is None:
         return None
-    limit = memo.settings.api_writes
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),  # kopf's: watches hold theirs
-        headers=info.as_http_headers(),
-        proxy=info.proxy_url,
-        trust_env=info.trust_env,
-        middlewares=(bounded_writes(limit),) if limit else (),
-    )
-    return kopf.AiohttpSession(
-        aiohttp_session=session,
-        server=info.server,
-        default_namespace=info.default_namespace,
-        priority=info.priority,
-        expiration=info.expiration,
-    )
+    if info not in _sessions:
+        _sessions.clear()  # the last credentials only: kopf closes the sessions it gives up
+        limit = memo.settings.api_writes
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),  # kopf's: watches hold theirs
+            headers=info.as_http_headers(),  # the token, or basic auth
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
+            middlewares=(bounded_writes(limit),) if limit else (),
+        )
+        _sessions[info] = kopf.AiohttpSession(
+            aiohttp_session=session,
+            server=info.server,
+            default_namespace=info.default_namespace,
+            priority=info.priority,
+            expiration=info.expiration,
+        )
+    return _sessions[info]
