@@ -312,8 +312,8 @@ class VmFleet:
     update: UpdateStrategy = field(default_factory=lambda: UpdateStrategy())
     readiness: str = "Running"
     progress_deadline: int = 600
-    # The object's bytes but its status (spec, metadata, kubectl's and kopf's copies of the spec in annotations,
-    # managedFields): what is left of etcd's object size limit for the status is what the status may take.
+    # The object's bytes but its status (spec, metadata, kubectl's copy of the spec in an annotation, managedFields)
+    # and kopf's copy in status.kopf: what is left of etcd's object size limit is what the status may take.
     stored_bytes: int = 0
 
     @classmethod
@@ -435,8 +435,18 @@ R = TypeVar("R", CloneStore, KvmHost, VmTemplate, VmFleet)
 
 
 def stored_bytes(doc: Mapping[str, Any]) -> int:
-    """The object's bytes in etcd but its status (VmFleet.stored_bytes)."""
-    return len(json.dumps({k: v for k, v in doc.items() if k != "status"}, separators=(",", ":"), default=str))
+    """The object's bytes in etcd but the status vmfleet writes (VmFleet.stored_bytes): all but the status, and
+    kopf's record of the spec, labels and annotations, an escaped JSON string in status.kopf that goes out with
+    the status (operator/records.py), counted as it will be even before it is there."""
+    meta = doc.get("metadata")
+    kept = {k: meta[k] for k in ("labels", "annotations") if k in meta} if isinstance(meta, Mapping) else {}
+    record = {"spec": doc.get("spec"), "metadata": kept}
+    rest = {k: v for k, v in doc.items() if k != "status"}
+    return len(_compact(rest)) + len(json.dumps(_compact(record)))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def parse_as(kind: type[R], doc: Mapping[str, Any], source: str = "manifest") -> R:
