@@ -299,6 +299,13 @@ def many_section(r: dict) -> list[str]:
         f"{r['seconds_per_fleet_small_batch']} | {r['fleets']:,} | {r['ready_seconds']} | {r['seconds_per_fleet']} | "
         f"{r['over_small_batch_slope']} |",
         "",
+        "Against the time a fleet takes through the same operator and apiserver "
+        f"({r['seconds_per_fleet_small_batch']} s each in the small batch), {r['fleets']:,} fleets would take "
+        f"{r['fleets'] * r['seconds_per_fleet_small_batch']:.1f} s; they took {r['ready_seconds']} s: "
+        f"**{r['ready_seconds'] / (r['fleets'] * r['seconds_per_fleet_small_batch']):.3f}×** (target: within 1.2×). "
+        f"Against the reference above, the engine's work in process with no apiserver (whose CPU shares the same "
+        f"{r['cpus']} cores), {r['over_reference']}×.",
+        "",
         "Where the CPU went until every fleet was Ready (user and system time of each process), against the "
         "reference's CPU (one fleet's first pass in process, test driver included, times the number of fleets), and "
         "the writes the apiserver served (its apiserver_request_total, POST/PATCH/PUT/DELETE):",
